@@ -1,0 +1,423 @@
+"""The training loop. One explicit loop owns the counters; decisions come from the pure tracker in
+`converge.decide`, and this module acts on them (LR cuts, saving, stopping).
+
+Per step the loop does only device work: forward, backward, optimizer step and an on-device sum of the
+loss. The host reads values once per epoch (marked "sync point" below).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from converge.config import TrainConfig
+from converge.console import Console
+from converge.data import TensorSplit, check_label_range, epoch_seed, is_classification
+from converge.decide import ConvergencePolicy, ConvergenceTracker
+from converge.engine import device as dev
+from converge.engine.objective import check_outputs_fit, default_metrics, infer_loss
+from converge.engine.optim import build_optimizer, current_lr, scale_lr
+from converge.engine.rng import capture_rng, restore_rng, seed_everything
+from converge.errors import ConvergeError
+from converge.io import checkpoint as ckpt
+from converge.io.runfolder import BEST_WEIGHTS, SUMMARY, RunFolder
+from converge.io.weights import snapshot, weights_bytes
+
+STATUSES = ("converged", "max_epochs", "diverged", "interrupted")
+PROGRESS_UPDATES_PER_EPOCH = 25
+
+
+@dataclass
+class FitResult:
+    """What a run hands back: the model with its best weights loaded, the summary and the history."""
+
+    model: nn.Module
+    summary: dict
+    history: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+class _StopSignals:
+    """First Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, *, loss: Callable | None = None,
+                 metrics: dict[str, Callable] | None = None, folder: RunFolder | None = None,
+                 console: Console | None = None, run_info: dict | None = None) -> None:
+        self.config = config
+        self.folder = folder
+        self.console = console or Console()
+        self.run_info = run_info or {}
+        self.device = dev.pick_device(config.device)
+        dev.check_amp(config.amp, self.device)
+        self.model = model.to(self.device)
+        self.splits = {name: split.to(self.device) for name, split in splits.items()}
+        self.loss_fn, self.kind, self.metric_fns = self._resolve_objective(loss, metrics or {})
+        self.monitor_key = _monitor_key(config.monitor, self.metric_fns)
+        self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay)
+        self.scaler = dev.make_grad_scaler(config.amp, self.device)
+        self.tracker = ConvergenceTracker(ConvergencePolicy(
+            mode=config.mode, patience=config.patience, threshold=config.threshold,
+            cooldown=config.cooldown, unproductive_cuts=config.unproductive_cuts))
+        # Counters and records the loop owns.
+        self.epoch = 0            # finished epochs
+        self.step = 0             # optimizer steps
+        self.batch = 0            # next batch inside an unfinished epoch (0 at an epoch boundary)
+        self.partial_loss: torch.Tensor | None = None
+        self.partial_seen = 0
+        self.history: list[dict] = []
+        self.events: list[dict] = []
+        self.best_state = snapshot(self.model.state_dict())
+        self.best_record: dict = {}
+        self.status: str | None = None
+        self.stop_reason = ""
+        self.elapsed_before = 0.0
+        self._last_checkpoint = time.monotonic()
+
+    # --- set-up ----------------------------------------------------------------------------------
+    def _resolve_objective(self, loss, metrics):
+        train = self.splits["train"]
+        inputs, targets = train.probe(min(self.config.batch_size, 256))
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), dev.autocast(self.config.amp, self.device):
+                outputs = self.model(inputs)
+        except Exception as exc:
+            raise ConvergeError(f"the model fails on a batch of inputs of shape {_shape(inputs)}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.model.train(was_training)
+        inferred, kind = infer_loss(targets)
+        if not is_classification(targets):
+            kind = "regression"
+        if kind == "classification" and isinstance(outputs, torch.Tensor) and outputs.ndim >= 2:
+            for split in self.splits.values():
+                check_label_range(split, outputs.shape[1])
+        loss_fn = loss if loss is not None else inferred
+        check_outputs_fit(loss_fn, outputs, targets)
+        metric_fns = {**default_metrics(kind, outputs), **metrics}
+        for name in metric_fns:
+            if name == "loss" or not name.isidentifier():
+                raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
+        return loss_fn, kind, metric_fns
+
+    # --- the loop --------------------------------------------------------------------------------
+    def run(self) -> FitResult:
+        self._run_started = time.monotonic()
+        self.console.start(self.config.max_epochs)
+        if self.folder is not None and not self.history:
+            self._write_run_info()
+        try:
+            with _StopSignals() as signals:
+                while self.status is None:
+                    if signals.requested and self.batch == 0:
+                        self._checkpoint()
+                        self._interrupted(signals)
+                        break
+                    if self.epoch >= self.config.max_epochs:
+                        self.status = "max_epochs"
+                        self.stop_reason = f"reached --max-epochs {self.config.max_epochs} before converging"
+                        self._event("max_epochs", reason=self.stop_reason)
+                        break
+                    train_loss = self._train_epoch(signals)
+                    if train_loss is None:  # interrupted inside the epoch
+                        self._interrupted(signals)
+                        break
+                    self._end_epoch(train_loss)
+            return self._finish()
+        finally:
+            self.console.close()
+            if self.folder is not None:
+                self.folder.close()
+
+    def _interrupted(self, signals: _StopSignals) -> None:
+        self.status = "interrupted"
+        self.stop_reason = f"stopped by {signals.requested}; continue with `converge resume`"
+        self._event("interrupted", reason=self.stop_reason, batch=self.batch)
+
+    def _train_epoch(self, signals: _StopSignals) -> float | None:
+        """One pass over the training split. Returns the mean training loss, or None when a stop was
+        requested (the state is checkpointed at an optimizer-step boundary first)."""
+        cfg, epoch = self.config, self.epoch + 1
+        self._epoch_started = time.monotonic()
+        if self.batch == 0:
+            seed_everything(epoch_seed(cfg.seed, epoch))
+            self.partial_loss, self.partial_seen = None, 0
+        train = self.splits["train"]
+        total = train.num_batches(cfg.batch_size, train=True)
+        self.console.start_epoch(epoch, total, completed=self.batch)
+        report_every = max(1, (total or 1000) // PROGRESS_UPDATES_PER_EPOCH)
+        loss_sum = self.partial_loss if self.partial_loss is not None else \
+            torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = self.partial_seen
+        model, optimizer, scaler, loss_fn = self.model, self.optimizer, self.scaler, self.loss_fn
+        accumulate = cfg.accumulate
+        model.train()
+        pending_step = False
+        batches = train.batches(cfg.batch_size, shuffle_seed=epoch_seed(cfg.seed, epoch) ^ 0x5DEECE66D,
+                                start=self.batch)
+        for index, (inputs, targets) in enumerate(batches, start=self.batch):
+            with dev.autocast(cfg.amp, self.device):
+                loss = loss_fn(model(inputs), targets)
+            if scaler is not None:
+                scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+            else:
+                (loss / accumulate if accumulate > 1 else loss).backward()
+            n = targets.shape[0]
+            loss_sum.add_(loss.detach(), alpha=n)
+            seen += n
+            if (index + 1) % report_every == 0:
+                self.console.advance(report_every)
+            if (index + 1) % accumulate and index + 1 != total:
+                pending_step = True
+                continue
+            self._optimizer_step()
+            pending_step = False
+            if signals.requested or time.monotonic() - self._last_checkpoint > cfg.checkpoint_seconds:
+                self.batch, self.partial_loss, self.partial_seen = index + 1, loss_sum, seen
+                self._checkpoint()
+                if signals.requested:
+                    return None
+        if pending_step:  # a DataLoader without len(): the last micro-batches still need their step
+            self._optimizer_step()
+        self.batch, self.partial_loss, self.partial_seen = 0, None, 0
+        if seen == 0:
+            raise ConvergeError("the train split produced no batches")
+        return float(loss_sum / seen)  # sync point: once per epoch
+
+    def _optimizer_step(self) -> None:
+        cfg, optimizer, scaler = self.config, self.optimizer, self.scaler
+        if scaler is not None:
+            if cfg.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            if cfg.clip_grad is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    @torch.no_grad()
+    def evaluate(self, split_name: str, prefix: str = "") -> dict[str, float]:
+        """Mean loss and metrics over a split (metrics are averaged per sample over batches)."""
+        split = self.splits[split_name]
+        model = self.model
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(1 + len(self.metric_fns), dtype=torch.float64, device=self.device)
+        seen = 0
+        for inputs, targets in split.batches(self.config.batch_size):
+            with dev.autocast(self.config.amp, self.device):
+                outputs = model(inputs)
+                values = [self.loss_fn(outputs, targets)]
+                values += [fn(outputs, targets) for fn in self.metric_fns.values()]
+            n = targets.shape[0]
+            sums += torch.stack([torch.as_tensor(v, device=self.device).double().reshape(()) for v in values]) * n
+            seen += n
+        model.train(was_training)
+        means = (sums / max(seen, 1)).tolist()  # sync point: once per evaluation
+        names = ["loss", *self.metric_fns]
+        return {f"{prefix}{name}": value for name, value in zip(names, means)}
+
+    def _end_epoch(self, train_loss: float) -> None:
+        self.epoch += 1
+        lr = current_lr(self.optimizer)
+        val = self.evaluate("val", prefix="val_")
+        record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": train_loss, **val,
+                  "seconds": round(time.monotonic() - self._epoch_started, 4)}
+        self.history.append(record)
+        notes = self._decide(record, lr)
+        self.console.end_epoch(record, notes)
+        if self.folder is not None:
+            self.folder.metrics.append(record)
+            self._checkpoint()
+
+    def _decide(self, record: dict, lr: float) -> list[str]:
+        """Turn the tracker's verdict into actions: keep best weights, cut the LR, stop."""
+        notes = []
+        value = record[self.monitor_key]
+        if not math.isfinite(record["train_loss"]):
+            self.status = "diverged"
+            self.stop_reason = (f"training loss became {record['train_loss']} in epoch {self.epoch}; "
+                                f"the best weights (epoch {self.tracker.best_epoch}) are kept")
+            self._event("diverged", reason=self.stop_reason, train_loss=record["train_loss"], lr=lr)
+            return ["diverged"]
+        previous_best = self.tracker.best
+        verdict = self.tracker.update(value, lr_at_minimum=lr <= self.config.min_lr * (1 + 1e-9))
+        if verdict.new_best:
+            self.best_state = snapshot(self.model.state_dict())
+            self.best_record = {k: v for k, v in record.items() if k.startswith("val_")}
+            if self.folder is not None:
+                self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self.best_state))
+            self._event("new_best", monitor=self.monitor_key, value=value,
+                        previous=previous_best if math.isfinite(previous_best) else None,
+                        significant=verdict.significant)
+            notes.append("new best")
+        if verdict.reduce_lr:
+            new_lr = scale_lr(self.optimizer, self.config.lr_factor, self.config.min_lr)
+            self._event("lr_reduced", old_lr=lr, new_lr=new_lr, reason=verdict.reason,
+                        bad_epochs=verdict.bad_epochs, best=self.tracker.best, best_epoch=self.tracker.best_epoch)
+            notes.append(f"lr -> {new_lr:.3g}")
+        if verdict.stop:
+            self.status, self.stop_reason = "converged", verdict.reason
+            self._event("converged", reason=verdict.reason, bad_epochs=verdict.bad_epochs, lr=lr,
+                        best=self.tracker.best, best_epoch=self.tracker.best_epoch)
+            notes.append("converged")
+        return notes
+
+    def _event(self, kind: str, **values) -> None:
+        event = {"event": kind, "epoch": self.epoch, "step": self.step, **values}
+        self.events.append(event)
+        if self.folder is not None:
+            self.folder.events.append(event)
+
+    # --- the end ---------------------------------------------------------------------------------
+    def _finish(self) -> FitResult:
+        if self.status != "interrupted":
+            self.model.load_state_dict(self.best_state)
+            self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
+                        value=self.tracker.best)
+        test = self.evaluate("test") if "test" in self.splits and self.status != "interrupted" else None
+        wall = self.elapsed_before + time.monotonic() - self._run_started
+        summary = self._summary(test, wall)
+        if self.folder is not None:
+            if self.status != "interrupted":
+                self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self.best_state))
+            self._checkpoint(wall_seconds=wall)
+            self.folder.flush()
+            self.folder.write_json(SUMMARY, summary)
+            _plot_curves(self.folder, self.history, self.events, self.monitor_key)
+        return FitResult(self.model, summary, list(self.history), list(self.events),
+                         self.folder.path if self.folder else None)
+
+    def _summary(self, test: dict | None, wall: float) -> dict:
+        cfg = self.config
+        summary = {
+            "status": self.status,
+            "stop_reason": self.stop_reason,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "best_epoch": self.tracker.best_epoch,
+            "monitor": self.monitor_key,
+            "mode": cfg.mode,
+            "best": dict(self.best_record),
+            "hyperparameters": {"optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                                "batch_size": cfg.batch_size},
+            "final_lr": current_lr(self.optimizer),
+            "lr_reductions": self.tracker.total_cuts,
+            "tuning_epochs": 0,
+            "task_kind": self.kind,
+            "device": str(self.device),
+            "wall_seconds": round(wall, 3),
+            "config": cfg.to_dict(),
+        }
+        if test is not None:
+            summary["test"] = test
+        return {**summary, **{k: v for k, v in self.run_info.items() if k not in summary}}
+
+    # --- state -----------------------------------------------------------------------------------
+    def state_dict(self, wall_seconds: float | None = None) -> dict:
+        return {
+            "format": ckpt.FORMAT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "tracker": self.tracker.state_dict(),
+            "best_model": self.best_state,
+            "best_record": self.best_record,
+            "progress": {"epoch": self.epoch, "step": self.step, "batch": self.batch,
+                         "partial_loss": self.partial_loss, "partial_seen": self.partial_seen,
+                         "status": self.status, "stop_reason": self.stop_reason,
+                         "wall_seconds": wall_seconds if wall_seconds is not None else self.elapsed_before},
+            "rng": capture_rng(),
+            "history": self.history,
+            "logs": {"events": self.events},
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.best_state = {k: v.to(self.device) for k, v in state["best_model"].items()}
+        self.best_record = dict(state["best_record"])
+        progress = state["progress"]
+        self.epoch, self.step, self.batch = progress["epoch"], progress["step"], progress["batch"]
+        partial = progress["partial_loss"]
+        self.partial_loss = partial.to(self.device) if partial is not None else None
+        self.partial_seen = progress["partial_seen"]
+        self.status, self.stop_reason = progress["status"], progress["stop_reason"]
+        self.elapsed_before = float(progress["wall_seconds"] or 0.0)
+        self.history = [dict(r) for r in state["history"]]
+        self.events = [dict(e) for e in state["logs"]["events"]]
+        restore_rng(state["rng"])
+
+    def _checkpoint(self, wall_seconds: float | None = None) -> None:
+        if self.folder is None:
+            return
+        if wall_seconds is None:
+            wall_seconds = self.elapsed_before + time.monotonic() - self._run_started
+        self.folder.write_checkpoint_later(ckpt.serialize(self.state_dict(wall_seconds)))
+        self._last_checkpoint = time.monotonic()
+
+    def _write_run_info(self) -> None:
+        self.folder.write_json("run.json", {"config": self.config.to_dict(), **self.run_info})
+
+
+def _monitor_key(monitor: str, metric_fns: dict) -> str:
+    name = monitor[4:] if monitor.startswith("val_") else monitor
+    if name != "loss" and name not in metric_fns:
+        known = ", ".join(["val_loss", *(f"val_{m}" for m in metric_fns)])
+        raise ConvergeError(f"--monitor {monitor!r} is not a reported value; choose one of {known}")
+    return f"val_{name}"
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _plot_curves(folder: RunFolder, history: list[dict], events: list[dict], monitor: str) -> None:
+    from converge.report.curves import plot_curves
+
+    if history:
+        plot_curves(folder.path / "curves.png", history, events, monitor)

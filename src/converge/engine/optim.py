@@ -1,0 +1,60 @@
+"""Optimizers with decoupled weight decay on weights only."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and kernels (ndim >= 2); leave biases and normalization scales/shifts (ndim < 2)
+    alone: decaying them only pulls the network away from its own normalization."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        return SGDW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class SGDW(torch.optim.SGD):
+    """SGD with Nesterov momentum 0.9 and *decoupled* weight decay (Loshchilov & Hutter): weights shrink
+    by ``lr * weight_decay`` each step instead of the decay being added to the gradient, where momentum
+    would amplify it and mix it into the update direction."""
+
+    def __init__(self, params, lr: float) -> None:
+        groups = [dict(group) for group in params]
+        for group in groups:
+            group["decoupled_weight_decay"] = group.pop("weight_decay", 0.0)
+        super().__init__(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            decay = group["decoupled_weight_decay"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if decay and params:
+                torch._foreach_mul_(params, 1.0 - group["lr"] * decay)
+        return super().step(closure)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def scale_lr(optimizer: torch.optim.Optimizer, factor: float, min_lr: float) -> float:
+    """Multiply every group's LR by ``factor``, never below ``min_lr``. Returns the first group's LR."""
+    for group in optimizer.param_groups:
+        group["lr"] = max(group["lr"] * factor, min_lr)
+    return current_lr(optimizer)

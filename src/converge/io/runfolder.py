@@ -1,0 +1,140 @@
+"""The run folder's files. Small text files are written in the loop (once per epoch); large binary
+writes (weights, checkpoints) go to one background thread so the loop never waits on a disk."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from converge.errors import ConvergeError
+from converge.io import checkpoint as ckpt
+from converge.io.atomic import atomic_write_bytes, atomic_write_text
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
+BEST_WEIGHTS = "best.safetensors"
+CURVES = "curves.png"
+RUN_INFO = "run.json"
+OWN_FILES = (SUMMARY, METRICS, EVENTS, BEST_WEIGHTS, CURVES, RUN_INFO, ckpt.CHECKPOINT, ckpt.PREVIOUS)
+
+
+def to_json(value: Any) -> Any:
+    """JSON with non-finite floats written as null: strict JSON readers reject NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
+
+
+class JsonlLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = 0
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(to_json(record), allow_nan=False) + "\n")
+        self.lines += 1
+
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace the whole log at once (a resumed run puts back the checkpoint's copy)."""
+        atomic_write_text(self.path, "".join(json.dumps(to_json(r), allow_nan=False) + "\n" for r in records))
+        self.lines = len(records)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash: everything after it is lost anyway
+                break
+    return records
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.metrics = JsonlLog(self.path / METRICS)
+        self.events = JsonlLog(self.path / EVENTS)
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    @classmethod
+    def create(cls, path: str | Path, *, force: bool = False) -> "RunFolder":
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ConvergeError(f"output folder {str(path)!r} is a file")
+        if path.is_dir() and any(path.iterdir()):
+            if not force:
+                raise ConvergeError(f"output folder {str(path)!r} already exists and is not empty; "
+                                    f"pass --force to overwrite it or use `converge resume {path}`")
+            for name in OWN_FILES:  # only our own files: --force must never wipe a user's folder
+                (path / name).unlink(missing_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConvergeError(f"output folder {str(path)!r} cannot be written: {exc.strerror or exc}") from None
+        return cls(path)
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> "RunFolder":
+        path = Path(path)
+        if not (path / RUN_INFO).exists():
+            raise ConvergeError(f"{str(path)!r} is not a converge run folder (no {RUN_INFO})")
+        return cls(path)
+
+    # --- small files, written in the loop -------------------------------------------------------
+    def write_json(self, name: str, value: Any) -> None:
+        atomic_write_text(self.path / name, json.dumps(to_json(value), indent=2, allow_nan=False) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        with open(self.path / name, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    # --- large files, written in the background ------------------------------------------------
+    def write_bytes_later(self, name: str, data: bytes) -> None:
+        self._submit(atomic_write_bytes, self.path / name, data)
+
+    def write_checkpoint_later(self, data: bytes) -> None:
+        self._submit(ckpt.save_checkpoint, self.path, data)
+
+    def _submit(self, fn, *args) -> None:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="converge-writer")
+        # Back-pressure: never more than one write waiting behind the one in progress.
+        while len(self._pending) >= 2:
+            self._pending.pop(0).result()
+        for future in [f for f in self._pending if f.done()]:
+            future.result()  # surfaces a failed write now rather than at the end of the run
+            self._pending.remove(future)
+        self._pending.append(self._writer.submit(fn, *args))
+
+    def flush(self) -> None:
+        """Wait for background writes; re-raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.path / name)

@@ -1,0 +1,116 @@
+"""Load a user's task file: a Python file with `model()` and `data()`, and optional `loss`, `metrics`,
+`monitor` and `mode`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from torch import nn
+
+from converge.errors import ConvergeError
+
+
+@dataclass
+class Task:
+    path: Path
+    module: ModuleType
+    loss: Callable | None = None
+    metrics: dict[str, Callable] = field(default_factory=dict)
+    monitor: str = "val_loss"
+    mode: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def sha256(self) -> str:
+        return file_sha256(self.path)
+
+    def build_model(self) -> nn.Module:
+        model = self._call("model")
+        if not isinstance(model, nn.Module):
+            raise ConvergeError(f"model() in {self.path.name} must return a torch.nn.Module, "
+                                f"got {type(model).__name__}")
+        return model
+
+    def build_data(self) -> tuple:
+        splits = self._call("data")
+        if not isinstance(splits, (tuple, list)) or len(splits) not in (2, 3):
+            raise ConvergeError(f"data() in {self.path.name} must return (train, val) or (train, val, test), "
+                                f"got {_describe(splits)}")
+        return tuple(splits) + (None,) * (3 - len(splits))
+
+    def _call(self, name: str) -> Any:
+        try:
+            return getattr(self.module, name)()
+        except ConvergeError:
+            raise
+        except Exception as exc:
+            raise ConvergeError(f"{name}() in {self.path.name} raised {type(exc).__name__}: {exc}") from exc
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    return type(value).__name__
+
+
+def load_task(path: str | Path) -> Task:
+    path = Path(path)
+    if not path.exists():
+        raise ConvergeError(f"task file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ConvergeError(f"task file {str(path)!r} is not a file")
+    if path.suffix != ".py":
+        raise ConvergeError(f"task file {str(path)!r} is not a Python file (expected a .py file)")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConvergeError(f"task file {str(path)!r} is not Python source (not UTF-8 text)") from None
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise ConvergeError(f"task file {str(path)!r} does not parse: line {exc.lineno}: {exc.msg}") from None
+    module = _import(path.resolve())
+    for required in ("model", "data"):
+        if not callable(getattr(module, required, None)):
+            raise ConvergeError(f"task file {str(path)!r} has no {required}() function")
+    metrics = getattr(module, "metrics", None) or {}
+    if callable(metrics) and not isinstance(metrics, dict):
+        metrics = metrics()
+    if not isinstance(metrics, dict) or not all(callable(fn) for fn in metrics.values()):
+        raise ConvergeError(f"metrics in {path.name} must be a dict of name -> fn(outputs, targets)")
+    loss = getattr(module, "loss", None)
+    if isinstance(loss, type) and issubclass(loss, nn.Module):
+        loss = loss()
+    if loss is not None and not callable(loss):
+        raise ConvergeError(f"loss in {path.name} must be callable as loss(outputs, targets)")
+    return Task(path=path.resolve(), module=module, loss=loss, metrics=dict(metrics),
+                monitor=getattr(module, "monitor", "val_loss"), mode=getattr(module, "mode", None))
+
+
+def _import(path: Path) -> ModuleType:
+    module_name = f"converge_task_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    # Let the task import modules that sit beside it, as it would when run as a script.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ConvergeError(f"task file {path.name} raised {type(exc).__name__} while loading: {exc}") from exc
+    return module
