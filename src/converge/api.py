@@ -17,8 +17,8 @@ from converge.data import make_splits
 from converge.engine.loop import FitResult, Trainer
 from converge.engine.rng import seed_everything
 from converge.errors import ConvergeError
-from converge.io.checkpoint import CheckpointError, load_checkpoint
-from converge.io.runfolder import RUN_INFO, RunFolder
+from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
+from converge.io.runfolder import RUN_INFO, SUMMARY, RunFolder
 from converge.task import file_sha256, load_task
 
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
@@ -51,15 +51,11 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Calla
     info = _run_info(name=type(model).__name__)
     trainer = Trainer(model, splits, config, loss=loss, metrics=metrics, console=make_console(verbose),
                       run_info=info)
-    if resume and Path(out, RUN_INFO).exists():
-        folder = RunFolder.open_existing(out)
-        try:
-            state, source, problems = load_checkpoint(folder.path)
-        except CheckpointError as exc:
-            raise ConvergeError(f"cannot resume {str(out)!r}: {exc}") from None
-        continue_from(trainer, folder, state, source, problems)
+    checkpoint = _read_checkpoint(RunFolder(out)) if resume and Path(out, RUN_INFO).exists() else None
+    if checkpoint:
+        continue_from(trainer, RunFolder.open_existing(out), *checkpoint)
     elif out is not None:
-        trainer.folder = RunFolder.create(out, force=force)
+        trainer.folder = RunFolder.create(out, force=force or resume)
     return trainer.run()
 
 
@@ -96,39 +92,50 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
     if "task" not in info:
         raise ConvergeError(f"{str(run_dir)!r} was written by converge.fit(); resume it from Python with "
                             "fit(..., out=..., resume=True)")
-    try:
-        state, source, problems = load_checkpoint(folder.path)
-    except CheckpointError as exc:
-        raise ConvergeError(f"cannot resume {str(run_dir)!r}: {exc}") from None
+    checkpoint = _read_checkpoint(folder)
     task = load_task(info["task"])
-    config = TrainConfig.from_dict(state["config"])
+    config = TrainConfig.from_dict(checkpoint[0]["config"] if checkpoint else info["config"])
     if max_epochs is not None:
         config = TrainConfig.from_dict({**config.to_dict(), "max_epochs": max_epochs})
     console = console or make_console(verbose)
     if task.sha256 != info.get("task_sha256"):
-        console.message(f"warning: {task.path} changed since the run started; results may differ")
+        console.warning(f"{task.path} changed since the run started; results may differ")
     trainer = _task_trainer(task, config, console, folder=None)
-    continue_from(trainer, folder, state, source, problems)
+    if checkpoint:
+        continue_from(trainer, folder, *checkpoint)
+    else:  # stopped before its first checkpoint: nothing was kept, so the run starts over in place
+        trainer.folder = RunFolder.create(folder.path, force=True)
     return trainer.run()
+
+
+def _read_checkpoint(folder: RunFolder) -> tuple | None:
+    """The newest usable checkpoint, None when the run never wrote one, an error when all are corrupt."""
+    if not any(folder.exists(name) for name in (CHECKPOINT, PREVIOUS)):
+        return None
+    try:
+        return load_checkpoint(folder.path)
+    except CheckpointError as exc:
+        raise ConvergeError(f"cannot resume {str(folder.path)!r}: {exc}") from None
 
 
 def continue_from(trainer: Trainer, folder: RunFolder, state: dict, source: Path, problems: list[str]) -> None:
     """Load a checkpoint into a freshly built trainer and put the run folder's logs back in step with it."""
-    status = state["progress"]["status"]
-    if status in ("converged", "diverged"):
-        raise ConvergeError(f"the run in {str(folder.path)!r} already finished (status {status}); "
-                            "nothing to resume")
-    if status == "max_epochs" and state["progress"]["epoch"] >= trainer.config.max_epochs:
-        raise ConvergeError(f"the run in {str(folder.path)!r} stopped at --max-epochs "
-                            f"{state['progress']['epoch']}; pass a larger --max-epochs to continue it")
+    status, epoch = state["progress"]["status"], state["progress"]["epoch"]
+    finished = status in ("converged", "diverged") or (status == "max_epochs" and epoch >= trainer.config.max_epochs)
+    # A run killed while writing its final files has a finished checkpoint but an older summary:
+    # resuming it writes the final files again.
+    if finished and folder.exists(SUMMARY) and folder.read_json(SUMMARY).get("status") == status:
+        hint = "; pass a larger --max-epochs to continue it" if status == "max_epochs" else ""
+        raise ConvergeError(f"the run in {str(folder.path)!r} already finished (status {status}){hint}")
     trainer.load_state_dict(state)
-    trainer.status, trainer.stop_reason = None, ""
+    if not finished:
+        trainer.status, trainer.stop_reason = None, ""
     trainer.folder = folder
     # The logs may hold lines written after the checkpoint; the checkpoint's copy is the truth.
     folder.metrics.rewrite(trainer.history)
     folder.events.rewrite(trainer.events)
     for problem in problems:
-        trainer.console.message(f"warning: {problem}; using {source.name}")
+        trainer.console.warning(f"{problem}; using {source.name}")
         trainer._event("checkpoint_fallback", problem=problem, used=source.name)
     trainer._event("resumed", checkpoint=source.name, epoch_done=trainer.epoch, batch=trainer.batch)
 

@@ -22,14 +22,20 @@ class _UsageError(Exception):
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
 
 
 def _float(text: str) -> float:
-    return float(text)
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,22 +112,29 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(exc), debug)
         if debug:
             raise
-        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {_one_line(str(exc))} (run with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 
 def _fail(message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_one_line(message)}", file=sys.stderr)
     return 2
+
+
+def _one_line(message: str) -> str:
+    """Errors are one line on stderr, even when the message quotes a multi-line exception."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _run(args: argparse.Namespace) -> int:
     from converge.api import resume_run, train_task
 
     if args.command == "train":
-        options = {name: getattr(args, name) for name in TRAIN_OPTIONS}
+        # Flags left out are not passed, so the task file's own `monitor` and `mode` still apply.
+        options = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
         result = train_task(args.task, out=args.out, force=args.force, verbose=not args.quiet, **options)
     else:
         result = resume_run(args.run_dir, max_epochs=args.max_epochs, verbose=not args.quiet)
@@ -145,9 +158,9 @@ def print_summary(summary: dict, run_dir) -> None:
     table.add_row("hyperparameters", f"{hp['optimizer']} lr {hp['lr']:.3g} weight decay {hp['weight_decay']:.3g} "
                                      f"batch {hp['batch_size']}")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f}s on {summary['device']}")
-    if run_dir is not None:
-        table.add_row("run folder", str(run_dir))
     console.print(table)
+    if run_dir is not None:
+        print(f"run folder: {run_dir}")
 
 
 def _fmt(value) -> str:

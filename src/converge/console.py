@@ -38,6 +38,10 @@ class Console:
     def message(self, text: str) -> None: ...
     def close(self) -> None: ...
 
+    def warning(self, text: str) -> None:
+        """Warnings reach stderr even when the console is quiet."""
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
 
 class PlainConsole(Console):
     def __init__(self, stream: IO[str] | None = None) -> None:

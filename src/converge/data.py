@@ -194,7 +194,14 @@ def make_split(data: Any, name: str, num_workers: int = 0) -> TensorSplit | Load
                 raise ConvergeError(f"the {name} dataset has no len(); give a map-style Dataset") from None
             if length == 0:
                 raise ConvergeError(f"the {name} split is empty")
-        inputs, targets = split.probe(8)
+        try:
+            inputs, targets = split.probe(8)
+        except ConvergeError:
+            raise
+        except StopIteration:  # an IterableDataset (or a DataLoader over one) that yields nothing
+            raise ConvergeError(f"the {name} split is empty") from None
+        except Exception as exc:
+            raise ConvergeError(f"the {name} split cannot be read: {type(exc).__name__}: {exc}") from exc
         check_finite(inputs, f"{name} inputs")
         return split
     if isinstance(data, (tuple, list)) and len(data) == 2:

@@ -81,7 +81,8 @@ def load_task(path: str | Path) -> Task:
     try:
         compile(source, str(path), "exec")
     except SyntaxError as exc:
-        raise ConvergeError(f"task file {str(path)!r} does not parse: line {exc.lineno}: {exc.msg}") from None
+        where = f"line {exc.lineno}: " if exc.lineno else ""
+        raise ConvergeError(f"task file {str(path)!r} does not parse: {where}{exc.msg}") from None
     module = _import(path.resolve())
     for required in ("model", "data"):
         if not callable(getattr(module, required, None)):

@@ -3,8 +3,10 @@
 One state machine decides both, so the two can never disagree:
 
 * A value is a *new best* when it beats the best so far at all; the best weights follow it.
-* It is a *significant improvement* when it beats the best by more than ``threshold``
-  (relative to ``|best|`` by default, or absolute). Only significant improvements reset patience.
+* It is a *significant improvement* when it beats the *reference* -- the value of the last
+  significant improvement -- by more than ``threshold`` (relative to ``|reference|`` by default, or
+  absolute). Only significant improvements reset patience. Because the reference does not creep along
+  with tiny gains, slow but steady progress still counts once it adds up to the threshold.
 * After ``patience`` epochs without a significant improvement (epochs in cooldown after a cut
   do not count) the learning rate is cut by ``factor``.
 * The run has *converged* when patience runs out again and the LR has already been cut
@@ -77,6 +79,7 @@ class ConvergenceTracker:
     def __init__(self, policy: ConvergencePolicy | None = None) -> None:
         self.policy = policy or ConvergencePolicy()
         self.best = math.inf if self.policy.mode == "min" else -math.inf
+        self.reference = self.best
         self.best_epoch = 0
         self.epochs = 0
         self.bad_epochs = 0
@@ -88,11 +91,12 @@ class ConvergenceTracker:
         p = self.policy
         self.epochs += 1
         new_best = is_improvement(value, self.best, mode=p.mode)
-        significant = is_improvement(value, self.best, mode=p.mode, threshold=p.threshold,
+        significant = is_improvement(value, self.reference, mode=p.mode, threshold=p.threshold,
                                      threshold_mode=p.threshold_mode)
         if new_best:
             self.best, self.best_epoch = float(value), self.epochs
         if significant:
+            self.reference = float(value)
             self.bad_epochs = 0
             self.cuts_since_improvement = 0
         elif self.cooldown_left > 0:
@@ -117,7 +121,7 @@ class ConvergenceTracker:
         reason = f"no significant improvement for {bad} epochs; best {self.best:.6g} at epoch {self.best_epoch}"
         return Verdict(new_best, significant, True, False, bad, reason)
 
-    _STATE_KEYS = ("best", "best_epoch", "epochs", "bad_epochs", "cooldown_left",
+    _STATE_KEYS = ("best", "reference", "best_epoch", "epochs", "bad_epochs", "cooldown_left",
                    "cuts_since_improvement", "total_cuts")
 
     def state_dict(self) -> dict:
@@ -130,6 +134,6 @@ class ConvergenceTracker:
         if missing:
             raise KeyError(f"ConvergenceTracker state is missing {missing}")
         self.policy = ConvergencePolicy(**state["policy"])
-        self.best = float(state["best"])
-        for key in self._STATE_KEYS[1:]:
+        self.best, self.reference = float(state["best"]), float(state["reference"])
+        for key in self._STATE_KEYS[2:]:
             setattr(self, key, int(state[key]))

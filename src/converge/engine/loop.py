@@ -145,8 +145,7 @@ class Trainer:
         try:
             with _StopSignals() as signals:
                 while self.status is None:
-                    if signals.requested and self.batch == 0:
-                        self._checkpoint()
+                    if signals.requested:  # arrived between epochs; _finish writes the checkpoint
                         self._interrupted(signals)
                         break
                     if self.epoch >= self.config.max_epochs:
@@ -210,9 +209,9 @@ class Trainer:
             pending_step = False
             if signals.requested or time.monotonic() - self._last_checkpoint > cfg.checkpoint_seconds:
                 self.batch, self.partial_loss, self.partial_seen = index + 1, loss_sum, seen
-                self._checkpoint()
                 if signals.requested:
-                    return None
+                    return None  # _finish writes the checkpoint
+                self._checkpoint()
         if pending_step:  # a DataLoader without len(): the last micro-batches still need their step
             self._optimizer_step()
         self.batch, self.partial_loss, self.partial_seen = 0, None, 0
@@ -311,22 +310,26 @@ class Trainer:
 
     # --- the end ---------------------------------------------------------------------------------
     def _finish(self) -> FitResult:
-        if self.status != "interrupted":
+        finished = self.status != "interrupted"
+        # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
+        self._checkpoint()
+        if finished:
             self.model.load_state_dict(self.best_state)
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
                         value=self.tracker.best)
-        test = self.evaluate("test") if "test" in self.splits and self.status != "interrupted" else None
-        wall = self.elapsed_before + time.monotonic() - self._run_started
-        summary = self._summary(test, wall)
+        test = self.evaluate("test") if "test" in self.splits and finished else None
+        summary = self._summary(test, self._wall_seconds())
         if self.folder is not None:
-            if self.status != "interrupted":
+            if finished:
                 self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self.best_state))
-            self._checkpoint(wall_seconds=wall)
-            self.folder.flush()
-            self.folder.write_json(SUMMARY, summary)
             _plot_curves(self.folder, self.history, self.events, self.monitor_key)
+            self.folder.flush()
+            self.folder.write_json(SUMMARY, summary)  # last: a final summary means every file is complete
         return FitResult(self.model, summary, list(self.history), list(self.events),
                          self.folder.path if self.folder else None)
+
+    def _wall_seconds(self) -> float:
+        return self.elapsed_before + time.monotonic() - self._run_started
 
     def _summary(self, test: dict | None, wall: float) -> dict:
         cfg = self.config
@@ -392,12 +395,10 @@ class Trainer:
         self.events = [dict(e) for e in state["logs"]["events"]]
         restore_rng(state["rng"])
 
-    def _checkpoint(self, wall_seconds: float | None = None) -> None:
+    def _checkpoint(self) -> None:
         if self.folder is None:
             return
-        if wall_seconds is None:
-            wall_seconds = self.elapsed_before + time.monotonic() - self._run_started
-        self.folder.write_checkpoint_later(ckpt.serialize(self.state_dict(wall_seconds)))
+        self.folder.write_checkpoint_later(ckpt.serialize(self.state_dict(self._wall_seconds())))
         self._last_checkpoint = time.monotonic()
 
     def _write_run_info(self) -> None:

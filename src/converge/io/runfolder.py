@@ -101,8 +101,11 @@ class RunFolder:
         atomic_write_text(self.path / name, json.dumps(to_json(value), indent=2, allow_nan=False) + "\n")
 
     def read_json(self, name: str) -> Any:
-        with open(self.path / name, encoding="utf-8") as handle:
-            return json.load(handle)
+        try:
+            with open(self.path / name, encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConvergeError(f"{str(self.path / name)!r} cannot be read: {exc}") from None
 
     # --- large files, written in the background ------------------------------------------------
     def write_bytes_later(self, name: str, data: bytes) -> None:
