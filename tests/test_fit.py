@@ -1,0 +1,192 @@
+"""The Python API: converge.fit on tensors, Datasets and DataLoaders, and the engine's options."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import converge
+from converge.engine.optim import SGDW, build_optimizer, parameter_groups
+
+
+def classification_data(n=600, features=8, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    y = (x[:, :classes] + 0.3 * torch.randn(n, classes, generator=g)).argmax(1)
+    cut = int(n * 0.7)
+    return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def mlp(features=8, outputs=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, outputs))
+
+
+def quick(**options):
+    return {"verbose": False, "max_epochs": 6, "batch_size": 32, **options}
+
+
+def test_returns_best_model_summary_and_history():
+    train, val = classification_data()
+    result = converge.fit(mlp(), train, val, test=val, **quick(max_epochs=40))
+    assert result.status in ("converged", "max_epochs")
+    assert len(result.history) == result.summary["epochs"]
+    best = result.history[result.summary["best_epoch"] - 1]
+    assert best["val_loss"] == min(r["val_loss"] for r in result.history)
+    # the returned model holds the best weights: its test loss on the val split is the best val loss
+    assert result.summary["test"]["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+    assert result.summary["best"]["val_accuracy"] == best["val_accuracy"]
+    assert result.summary["tuning_epochs"] == 0
+    assert result.run_dir is None
+
+
+def test_no_out_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    converge.fit(mlp(), *classification_data(), **quick(max_epochs=2))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_same_seed_same_run_and_other_seed_differs():
+    train, val = classification_data()
+    runs = [converge.fit(mlp(), train, val, **quick(seed=seed)).history for seed in (1, 1, 2)]
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(runs[0]) == strip(runs[1])
+    assert strip(runs[0]) != strip(runs[2])
+
+
+def test_dataset_split_trains_exactly_like_tensors():
+    (x, y), (xv, yv) = classification_data()
+    tensors = converge.fit(mlp(), (x, y), (xv, yv), **quick()).history
+    datasets = converge.fit(mlp(), TensorDataset(x, y), TensorDataset(xv, yv), **quick()).history
+    for a, b in zip(tensors, datasets):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+def test_numpy_arrays_and_user_dataloaders_are_accepted():
+    (x, y), (xv, yv) = classification_data()
+    result = converge.fit(mlp(), (x.numpy().astype(np.float64), y.numpy()), DataLoader(TensorDataset(xv, yv),
+                          batch_size=50), **quick(max_epochs=2))
+    assert len(result.history) == 2 and "val_accuracy" in result.history[0]
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    result = converge.fit(mlp(), loader, (xv, yv), **quick(max_epochs=2))
+    assert result.history[-1]["step"] == 2 * len(loader)
+
+
+def test_regression_infers_mse_and_fixes_column_targets():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 5, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.1 * torch.randn(400, generator=g)  # shape (N,)
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)  # outputs (N, 1): must not broadcast against (N,) targets
+    result = converge.fit(model, (x[:300], y[:300]), (x[300:], y[300:]), **quick(max_epochs=60, lr=0.05))
+    assert result.summary["task_kind"] == "regression"
+    assert "val_accuracy" not in result.history[0]
+    assert result.summary["best"]["val_loss"] < 0.05  # noise variance is 0.01: it learned the line
+    with torch.no_grad():
+        expected = ((model(x[300:]).squeeze(1) - y[300:]) ** 2).mean().item()
+    assert result.summary["best"]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_custom_loss_metric_and_monitor_in_max_mode():
+    train, val = classification_data()
+    errors = {"error_rate": lambda out, y: (out.argmax(1) != y).float().mean()}
+    result = converge.fit(mlp(), train, val, loss=nn.CrossEntropyLoss(label_smoothing=0.1), metrics=errors,
+                          monitor="accuracy", mode="max", **quick(max_epochs=10))
+    assert result.summary["monitor"] == "val_accuracy"
+    accuracies = [r["val_accuracy"] for r in result.history]
+    assert result.summary["best"]["val_accuracy"] == max(accuracies)
+    first = result.history[0]
+    assert first["val_error_rate"] == pytest.approx(1 - first["val_accuracy"])
+
+
+def test_gradient_accumulation_matches_a_larger_batch():
+    train, val = classification_data()
+    big = mlp()
+    converge.fit(big, train, val, **quick(max_epochs=1, batch_size=60))
+    accumulated = mlp()
+    converge.fit(accumulated, train, val, **quick(max_epochs=1, batch_size=30, accumulate=2))
+    # 420 samples: 7 steps of 60, or 7 steps of 2 x 30 over the same permutation; only the
+    # summation order differs.
+    for a, b in zip(big.parameters(), accumulated.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_decay_applies_to_weights_only():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Conv1d(1, 2, 3), nn.BatchNorm1d(2))
+    groups = parameter_groups(model, 0.1)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    assert names == {"0.weight", "2.weight"}
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_decay_is_decoupled_from_the_gradient(name):
+    model = nn.Linear(3, 2)
+    optimizer = build_optimizer(model, name, lr=0.1, weight_decay=0.5)
+    before_w, before_b = model.weight.detach().clone(), model.bias.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    # with a zero gradient only the decay acts: w <- w * (1 - lr * wd); biases are untouched
+    torch.testing.assert_close(model.weight.detach(), before_w * (1 - 0.1 * 0.5))
+    torch.testing.assert_close(model.bias.detach(), before_b)
+    if name == "sgd":
+        assert isinstance(optimizer, SGDW) and optimizer.param_groups[0]["weight_decay"] == 0.0
+
+
+def test_a_blown_up_run_stops_as_diverged_and_keeps_finite_best_weights():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g) * 100
+    y = x.sum(1)
+    model = nn.Linear(4, 1)
+    result = converge.fit(model, (x[:150], y[:150]), (x[150:], y[150:]),
+                          **quick(optimizer="sgd", lr=10.0, weight_decay=0.0, max_epochs=20))
+    assert result.status == "diverged"
+    assert "diverged" in [e["event"] for e in result.events]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bf16_autocast_on_cpu_trains():
+    train, val = classification_data()
+    result = converge.fit(mlp(), train, val, **quick(max_epochs=3, amp="bf16", device="cpu"))
+    assert math.isfinite(result.summary["best"]["val_loss"])
+
+
+def test_clip_grad_limits_the_step():
+    train, val = classification_data()
+    free, clipped = mlp(), mlp()
+    start = [p.detach().clone() for p in clipped.parameters()]
+    converge.fit(free, train, val, **quick(max_epochs=1, optimizer="sgd", lr=0.5, weight_decay=0.0))
+    converge.fit(clipped, train, val, **quick(max_epochs=1, optimizer="sgd", lr=0.5, weight_decay=0.0,
+                                              clip_grad=1e-6))
+    moved = sum((p.detach() - s).norm().item() for p, s in zip(clipped.parameters(), start))
+    moved_free = sum((p.detach() - s).norm().item() for p, s in zip(free.parameters(), start))
+    assert moved < 1e-3 < moved_free
+
+
+def test_fit_writes_run_folder_and_resume_refuses_a_finished_run(tmp_path):
+    train, val = classification_data()
+    out = tmp_path / "run"
+    result = converge.fit(mlp(), train, val, out=out, **quick(max_epochs=3))
+    assert result.run_dir == out
+    for name in ("summary.json", "metrics.jsonl", "events.jsonl", "best.safetensors", "checkpoint.pt",
+                 "curves.png", "run.json"):
+        assert (out / name).exists(), name
+    reloaded = mlp(seed=5)
+    converge.load_weights(out / "best.safetensors", reloaded)
+    for a, b in zip(reloaded.state_dict().values(), result.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(converge.ConvergeError, match="already finished"):
+        converge.fit(mlp(), train, val, out=out, resume=True, **quick(max_epochs=3))
+    extended = converge.fit(mlp(), train, val, out=out, resume=True, **quick(max_epochs=5))
+    assert [r["epoch"] for r in extended.history] == [1, 2, 3, 4, 5]
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="learning_rate"):
+        converge.fit(mlp(), *classification_data(), learning_rate=0.1)
