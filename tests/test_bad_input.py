@@ -140,6 +140,8 @@ DATA_CASES = [
     ("too-few-features", "x, y = _xy(); return (x[:, :5], y), (x[:, :5], y)",
      ["the model fails on a batch of inputs of shape", "5)"]),
     ("targets-wrong-shape", "x, y = _xy(); return (x, y[:, None]), (x, y[:, None])", ["the loss cannot compare"]),
+    ("regression-targets-wrong-width", "x, _ = _xy(); t = x[:, :2].contiguous(); return (x, t), (x, t)",
+     ["the loss cannot compare", "3) with targets of shape", "MSE needs outputs and targets of one shape"]),
 ]
 
 DATA_HELPERS = '''

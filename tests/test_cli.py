@@ -342,3 +342,34 @@ def test_help(cli_subprocess):
     for flag in ("--optimizer", "--lr", "--weight-decay", "--batch-size", "--max-epochs", "--out", "--force",
                  "--quiet", "--debug"):
         assert flag in result.out
+
+
+def test_diverged_run_exits_3_and_keeps_finite_best_weights(cli, make_task, tmp_path):
+    task = make_task('''
+    def data():
+        x, _ = _xy()
+        x = x * 100
+        y = x.sum(1)
+        return (x[:150], y[:150]), (x[150:], y[150:])
+
+    def model():
+        return nn.Linear(8, 1)
+    ''')
+    result = cli("train", task, "--out", tmp_path / "run", "--optimizer", "sgd", "--lr", "10", "--quiet")
+    assert result.code == 3, result.err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "training loss became" in summary["stop_reason"]
+
+
+def test_debug_is_accepted_before_the_command(cli):
+    result = cli("--debug", "train", "no-such-task.py")
+    assert result.code == 2 and "does not exist" in result.err
+
+
+def test_two_runs_in_the_same_second_get_their_own_default_folders(cli, task_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt, *a: "20260101-000000")
+    for _ in range(2):
+        assert cli("train", task_file, "--max-epochs", "1", "--quiet").code == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["task-20260101-000000",
+                                                                     "task-20260101-000000-2"]

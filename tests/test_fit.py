@@ -86,8 +86,9 @@ def test_regression_infers_mse_and_fixes_column_targets():
     assert result.summary["task_kind"] == "regression"
     assert "val_accuracy" not in result.history[0]
     assert result.summary["best"]["val_loss"] < 0.05  # noise variance is 0.01: it learned the line
+    device = next(model.parameters()).device  # fit leaves the model on the device it trained on
     with torch.no_grad():
-        expected = ((model(x[300:]).squeeze(1) - y[300:]) ** 2).mean().item()
+        expected = ((model(x[300:].to(device)).squeeze(1).cpu() - y[300:]) ** 2).mean().item()
     assert result.summary["best"]["val_loss"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -164,8 +165,8 @@ def test_clip_grad_limits_the_step():
     converge.fit(free, train, val, **quick(max_epochs=1, optimizer="sgd", lr=0.5, weight_decay=0.0))
     converge.fit(clipped, train, val, **quick(max_epochs=1, optimizer="sgd", lr=0.5, weight_decay=0.0,
                                               clip_grad=1e-6))
-    moved = sum((p.detach() - s).norm().item() for p, s in zip(clipped.parameters(), start))
-    moved_free = sum((p.detach() - s).norm().item() for p, s in zip(free.parameters(), start))
+    moved = sum((p.detach().cpu() - s).norm().item() for p, s in zip(clipped.parameters(), start))
+    moved_free = sum((p.detach().cpu() - s).norm().item() for p, s in zip(free.parameters(), start))
     assert moved < 1e-3 < moved_free
 
 
@@ -180,7 +181,7 @@ def test_fit_writes_run_folder_and_resume_refuses_a_finished_run(tmp_path):
     reloaded = mlp(seed=5)
     converge.load_weights(out / "best.safetensors", reloaded)
     for a, b in zip(reloaded.state_dict().values(), result.model.state_dict().values()):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b.cpu())
     with pytest.raises(converge.ConvergeError, match="already finished"):
         converge.fit(mlp(), train, val, out=out, resume=True, **quick(max_epochs=3))
     extended = converge.fit(mlp(), train, val, out=out, resume=True, **quick(max_epochs=5))

@@ -60,7 +60,12 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Calla
 
 
 def default_out(task_name: str) -> Path:
-    return Path("runs") / f"{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs") / f"{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, number = base, 1
+    while path.exists():  # two runs started in the same second get their own folders
+        number += 1
+        path = base.with_name(f"{base.name}-{number}")
+    return path
 
 
 def train_task(task_path: str | Path, *, out: str | Path | None = None, force: bool = False,

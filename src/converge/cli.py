@@ -1,6 +1,7 @@
 """`converge` on the command line: parse arguments, call the library, print one-line errors.
 
-Exit status: 0 finished (converged or max_epochs), 1 diverged, 2 bad input, 130 interrupted.
+Exit status: 0 finished (converged or max_epochs), 1 unexpected error, 2 bad input, 3 diverged,
+130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import sys
 import traceback
 
-EXIT_STATUS = {"converged": 0, "max_epochs": 0, "diverged": 1, "interrupted": 130}
+EXIT_STATUS = {"converged": 0, "max_epochs": 0, "diverged": 3, "interrupted": 130}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="converge", description="Train a PyTorch task to convergence and explain the run.")
     parser.add_argument("--version", action="version", version=f"converge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a task file to convergence")

