@@ -14,7 +14,7 @@ import pytest
 TASK = '''
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 def model():
     return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 4))
@@ -24,11 +24,14 @@ def data():
     x = torch.randn(3000, 16, generator=g)
     y = (x[:, :4] + 0.5 * torch.randn(3000, 4, generator=g)).argmax(1)
     splits = (x[:2000], y[:2000]), (x[2000:2600], y[2000:2600]), (x[2600:], y[2600:])
-    if USE_DATASET:
+    if SPLITS == "dataset":
         return tuple(TensorDataset(a, b) for a, b in splits)
+    if SPLITS == "loader":  # the user's own DataLoader, shuffled from the global RNG
+        train, *rest = (TensorDataset(a, b) for a, b in splits)
+        return (DataLoader(train, batch_size=32, shuffle=True), *rest)
     return splits
 
-USE_DATASET = False
+SPLITS = "tensors"
 '''
 
 # One thread: tiny models run faster and the timing of a kill does not depend on other load.
@@ -37,9 +40,9 @@ TIMING_KEYS = {"seconds"}
 SUMMARY_TIMING_KEYS = {"wall_seconds"}
 
 
-def write_task(folder: Path, dataset: bool = False) -> Path:
-    path = folder / ("task_ds.py" if dataset else "task.py")
-    path.write_text(TASK.replace("USE_DATASET = False", f"USE_DATASET = {dataset}"))
+def write_task(folder: Path, splits: str = "tensors") -> Path:
+    path = folder / f"task_{splits}.py"
+    path.write_text(TASK.replace('SPLITS = "tensors"', f"SPLITS = {splits!r}"))
     return path
 
 
@@ -153,9 +156,9 @@ def test_all_checkpoints_corrupt_is_a_clear_error(reference, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset", [False, True], ids=["tensors", "dataset"])
-def test_repeated_random_kills_then_resume_is_bit_exact(tmp_path, dataset):
-    task = write_task(tmp_path, dataset)
+@pytest.mark.parametrize("splits", ["tensors", "dataset", "loader"])
+def test_repeated_random_kills_then_resume_is_bit_exact(tmp_path, splits):
+    task = write_task(tmp_path, splits)
     run_ok(train_args(task, tmp_path / "reference", 8))
     out = tmp_path / "run"
     rng = random.Random(int(os.environ.get("CONVERGE_TEST_SEED", time.time_ns() % 10_000)))
@@ -170,3 +173,49 @@ def test_repeated_random_kills_then_resume_is_bit_exact(tmp_path, dataset):
     else:
         run_ok(resume if (out / "run.json").exists() else train_args(task, out, 8))
     assert_same_run(tmp_path / "reference", out)
+
+
+class _InterruptAt:
+    """Cross-entropy that sends this process SIGINT at its ``at``-th training call, as Ctrl-C would."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, outputs, targets):
+        import torch.nn.functional as F
+
+        if outputs.requires_grad:
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+        return F.cross_entropy(outputs, targets)
+
+
+@pytest.mark.parametrize("splits", ["tensors", "dataset", "loader"])
+def test_ctrl_c_inside_an_epoch_resumes_exactly_in_process(tmp_path, splits):
+    """Interrupted at a known step in the middle of epoch 2, for each kind of split."""
+    import importlib.util
+
+    import torch
+
+    import converge
+
+    spec = importlib.util.spec_from_file_location(f"resume_task_{splits}", write_task(tmp_path, splits))
+    task = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task)
+
+    def run(out, loss, resume=False):
+        torch.manual_seed(0)
+        return converge.fit(task.model(), *task.data(), out=out, loss=loss, resume=resume, verbose=False,
+                            max_epochs=3, batch_size=32, seed=3, device="cpu")
+
+    import torch.nn.functional as F
+
+    reference = run(tmp_path / "reference", F.cross_entropy)
+    stopped = run(tmp_path / "run", _InterruptAt(63 + 20))  # 63 steps per epoch: step 20 of epoch 2
+    assert stopped.status == "interrupted"
+    assert stopped.events[-1]["event"] == "interrupted" and stopped.events[-1]["batch"] == 20
+    resumed = run(tmp_path / "run", F.cross_entropy, resume=True)
+    assert resumed.status == "max_epochs"
+    assert_same_run(tmp_path / "reference", tmp_path / "run")
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]

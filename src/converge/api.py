@@ -15,11 +15,11 @@ from converge.config import TrainConfig
 from converge.console import Console, make_console
 from converge.data import make_splits
 from converge.engine.loop import FitResult, Trainer
-from converge.engine.rng import seed_everything
+from converge.rng import seed_everything
 from converge.errors import ConvergeError
 from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
 from converge.io.runfolder import RUN_INFO, SUMMARY, RunFolder
-from converge.task import file_sha256, load_task
+from converge.task import load_task
 
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
 

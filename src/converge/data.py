@@ -3,13 +3,13 @@ through a DataLoader. Shapes, emptiness and non-finite values are checked where 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.errors import ConvergeError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -19,6 +19,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """A seed for one epoch that depends only on the run's seed and the epoch number, so an epoch can be
     replayed after a crash without knowing anything that happened before it."""
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
+
+
+def _shuffle_seed(seed: int) -> int:
+    # The data order gets its own stream, apart from the global one that dropout draws from.
+    return seed ^ 0x5DEECE66D
 
 
 def _as_tensor(array: Any, name: str, role: str) -> torch.Tensor:
@@ -69,12 +74,13 @@ class TensorSplit:
         n = len(self)
         return n // batch_size + (_keep_remainder(n % batch_size, train))
 
-    def batches(self, batch_size: int, *, shuffle_seed: int | None = None, start: int = 0
+    def batches(self, batch_size: int, *, seed: int | None = None, start: int = 0
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from ``start`` on; with an epoch ``seed`` they are shuffled (training), else in order."""
         inputs, targets = self.inputs, self.targets
-        train = shuffle_seed is not None
+        train = seed is not None
         if train:
-            generator = torch.Generator().manual_seed(shuffle_seed)
+            generator = torch.Generator().manual_seed(_shuffle_seed(seed))
             order = torch.randperm(len(self), generator=generator).to(inputs.device)
             inputs, targets = inputs.index_select(0, order), targets.index_select(0, order)
         total = self.num_batches(batch_size, train)
@@ -135,26 +141,39 @@ class LoaderSplit:
         n = len(self)
         return n // batch_size + _keep_remainder(n % batch_size, train)
 
-    def batches(self, batch_size: int, *, shuffle_seed: int | None = None, start: int = 0):
-        train = shuffle_seed is not None
+    def batches(self, batch_size: int, *, seed: int | None = None, start: int = 0):
+        train = seed is not None
         if self.user_loader:
-            loader = self.source
-            skip = start
+            iterator = self._replay_user_loader(seed, start)
         else:
             n = len(self)
             drop_last = train and n % batch_size == 1
+            shuffle_seed = _shuffle_seed(seed) if train else None
             sampler = _EpochSampler(n, shuffle_seed, start * batch_size)
             generator = torch.Generator().manual_seed(shuffle_seed if train else 0)
-            loader = DataLoader(self.source, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                                num_workers=self.num_workers, generator=generator,
-                                pin_memory=self.device.type == "cuda")
-            skip = 0
+            iterator = iter(DataLoader(self.source, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                                       num_workers=self.num_workers, generator=generator,
+                                       pin_memory=self.device.type == "cuda"))
         non_blocking = self.device.type == "cuda"
-        for index, batch in enumerate(loader):
-            if index < skip:
-                continue
+        for batch in iterator:
             inputs, targets = _split_batch(batch, self.name)
             yield move_to(inputs, self.device, non_blocking), move_to(targets, self.device, non_blocking)
+
+    def _replay_user_loader(self, seed: int | None, start: int):
+        """A user's DataLoader draws its order from the global RNG, which at an epoch's start is seeded
+        with the epoch seed. Resuming inside the epoch, replay that: seed, skip
+        the batches already trained on, then put back the RNG state the checkpoint saved."""
+        if seed is None or start == 0:
+            return iter(self.source)
+        saved = capture_rng()
+        seed_everything(seed)
+        try:
+            iterator = iter(self.source)  # a DataLoader draws its workers' base seed here
+            for _ in range(start):
+                next(iterator)
+        finally:
+            restore_rng(saved)
+        return iterator
 
     def probe(self, size: int):
         loader = self.source if self.user_loader else DataLoader(self.source, batch_size=size)

@@ -108,10 +108,10 @@ class ConvergenceTracker:
             return Verdict(new_best, significant, False, False, self.bad_epochs)
         bad = self.bad_epochs
         if self.cuts_since_improvement >= p.unproductive_cuts or lr_at_minimum:
-            why = ("the learning rate is already at its minimum" if lr_at_minimum and
-                   self.cuts_since_improvement < p.unproductive_cuts else
-                   f"the learning rate was already cut {self.cuts_since_improvement} time(s) without help")
-            reason = (f"converged: no significant improvement for {bad} epochs and {why}; "
+            cuts = self.cuts_since_improvement
+            why = ("with the learning rate at its minimum" if lr_at_minimum and cuts < p.unproductive_cuts
+                   else f"even after {cuts} LR cut{'s' if cuts != 1 else ''}" if cuts else "(no LR cuts allowed)")
+            reason = (f"converged: no significant improvement in {bad} epochs {why}; "
                       f"best {self.best:.6g} at epoch {self.best_epoch}")
             return Verdict(new_best, significant, False, True, bad, reason)
         self.cuts_since_improvement += 1

@@ -20,12 +20,12 @@ from torch import nn
 
 from converge.config import TrainConfig
 from converge.console import Console
-from converge.data import TensorSplit, check_label_range, epoch_seed, is_classification
+from converge.data import check_label_range, epoch_seed, is_classification
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.engine import device as dev
 from converge.engine.objective import check_outputs_fit, default_metrics, infer_loss
 from converge.engine.optim import build_optimizer, current_lr, scale_lr
-from converge.engine.rng import capture_rng, restore_rng, seed_everything
+from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
 from converge.io.runfolder import BEST_WEIGHTS, SUMMARY, RunFolder
@@ -184,12 +184,11 @@ class Trainer:
         loss_sum = self.partial_loss if self.partial_loss is not None else \
             torch.zeros((), dtype=torch.float64, device=self.device)
         seen = self.partial_seen
-        model, optimizer, scaler, loss_fn = self.model, self.optimizer, self.scaler, self.loss_fn
+        model, scaler, loss_fn = self.model, self.scaler, self.loss_fn
         accumulate = cfg.accumulate
         model.train()
         pending_step = False
-        batches = train.batches(cfg.batch_size, shuffle_seed=epoch_seed(cfg.seed, epoch) ^ 0x5DEECE66D,
-                                start=self.batch)
+        batches = train.batches(cfg.batch_size, seed=epoch_seed(cfg.seed, epoch), start=self.batch)
         for index, (inputs, targets) in enumerate(batches, start=self.batch):
             with dev.autocast(cfg.amp, self.device):
                 loss = loss_fn(model(inputs), targets)
