@@ -87,6 +87,10 @@ DATA_CASES = [
                       "(x[160:], y[160:])", ["test labels range over [0, 5]"]),
     ("label-in-dataset", "x, y = _xy(); y[0] = 4; return TensorDataset(x[:120], y[:120]), (x[120:], y[120:])",
      ["train labels range over [0, 4]"]),
+    # a TensorDataset is checked whole, not only on its first samples
+    ("label-late-in-loader", "x, y = _xy(); y[119] = 6; "
+                             "return DataLoader(TensorDataset(x[:120], y[:120]), batch_size=8), (x[120:], y[120:])",
+     ["train labels range over [0, 6]"]),
     # NaN or Inf
     ("nan-train", "x, y = _xy(); x[3, 2] = float('nan'); return (x[:120], y[:120]), (x[120:], y[120:])",
      ["train inputs contain 1 NaN or Inf"]),
@@ -98,6 +102,9 @@ DATA_CASES = [
                           "return (x[:120], y[:120]), (x[120:], y[120:])", ["train inputs contain 1 NaN or Inf"]),
     ("nan-in-dataset", "x, y = _xy(); x[0, 0] = float('nan'); "
                        "return TensorDataset(x[:120], y[:120]), (x[120:], y[120:])", ["train inputs contain"]),
+    ("nan-late-in-dataset", "x, y = _xy(); x[110, 3] = float('nan'); "
+                            "return TensorDataset(x[:120], y[:120]), (x[120:], y[120:])",
+     ["train inputs contain 1 NaN or Inf"]),
     ("nan-regression-targets", "x, _ = _xy(); y = x[:, :1].clone(); y[5, 0] = float('nan'); "
                                "return (x[:120], y[:120]), (x[120:], y[120:])", ["train targets contain 1 NaN"]),
     # empty splits

@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except _UsageError as exc:
         return _fail(str(exc), debug)
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: the last checkpoint stands
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         from converge.errors import ConvergeError
 

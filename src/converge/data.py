@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset
 
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.errors import ConvergeError
@@ -175,6 +175,13 @@ class LoaderSplit:
             restore_rng(saved)
         return iterator
 
+    def whole_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (inputs, targets) tensors behind a TensorDataset, else None."""
+        dataset = self.source.dataset if self.user_loader else self.source
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+            return dataset.tensors[0], dataset.tensors[1]
+        return None
+
     def probe(self, size: int):
         loader = self.source if self.user_loader else DataLoader(self.source, batch_size=size)
         inputs, targets = _split_batch(next(iter(loader)), self.name)
@@ -221,7 +228,8 @@ def make_split(data: Any, name: str, num_workers: int = 0) -> TensorSplit | Load
             raise ConvergeError(f"the {name} split is empty") from None
         except Exception as exc:
             raise ConvergeError(f"the {name} split cannot be read: {type(exc).__name__}: {exc}") from exc
-        check_finite(inputs, f"{name} inputs")
+        whole = split.whole_tensors()  # a TensorDataset can be checked completely, not just sampled
+        check_finite(whole[0] if whole else inputs, f"{name} inputs")
         return split
     if isinstance(data, (tuple, list)) and len(data) == 2:
         inputs = _as_tensor(data[0], name, "inputs")
@@ -256,8 +264,9 @@ def check_label_range(split: TensorSplit | LoaderSplit, num_classes: int) -> Non
     """Class labels must index the model's outputs: 0 <= label < num_classes."""
     if isinstance(split, TensorSplit):
         targets = split.targets
-    else:
-        targets = split.probe(256)[1]
+    else:  # a Dataset is checked completely when it is a TensorDataset, else on a first sample
+        whole = split.whole_tensors()
+        targets = whole[1] if whole else split.probe(256)[1]
     if not isinstance(targets, torch.Tensor) or targets.numel() == 0:
         return
     low, high = int(targets.min()), int(targets.max())
