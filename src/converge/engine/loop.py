@@ -20,10 +20,10 @@ from torch import nn
 
 from converge.config import TrainConfig
 from converge.console import Console
-from converge.data import check_label_range, epoch_seed, is_classification
+from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.engine import device as dev
-from converge.engine.objective import check_outputs_fit, default_metrics, infer_loss
+from converge.engine.objective import resolve_objective
 from converge.engine.optim import build_optimizer, current_lr, scale_lr
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.errors import ConvergeError
@@ -85,7 +85,9 @@ class Trainer:
         dev.check_amp(config.amp, self.device)
         self.model = model.to(self.device)
         self.splits = {name: split.to(self.device) for name, split in splits.items()}
-        self.loss_fn, self.kind, self.metric_fns = self._resolve_objective(loss, metrics or {})
+        objective = resolve_objective(self.model, self.splits, loss, metrics or {}, amp=config.amp,
+                                      device=self.device, probe_size=config.batch_size)
+        self.loss_fn, self.kind, self.metric_fns = objective.loss_fn, objective.kind, objective.metric_fns
         self.monitor_key = _monitor_key(config.monitor, self.metric_fns)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay)
         self.scaler = dev.make_grad_scaler(config.amp, self.device)
@@ -106,35 +108,6 @@ class Trainer:
         self.stop_reason = ""
         self.elapsed_before = 0.0
         self._last_checkpoint = time.monotonic()
-
-    # --- set-up ----------------------------------------------------------------------------------
-    def _resolve_objective(self, loss, metrics):
-        train = self.splits["train"]
-        inputs, targets = train.probe(min(self.config.batch_size, 256))
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), dev.autocast(self.config.amp, self.device):
-                outputs = self.model(inputs)
-        except Exception as exc:
-            raise ConvergeError(f"the model fails on a batch of inputs of shape {_shape(inputs)}: "
-                                f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self.model.train(was_training)
-        inferred, kind = infer_loss(targets)
-        if not is_classification(targets):
-            kind = "regression"
-        if kind == "classification" and isinstance(outputs, torch.Tensor) and outputs.ndim >= 2:
-            for split in self.splits.values():
-                check_label_range(split, outputs.shape[1])
-        loss_fn = loss if loss is not None else inferred
-        check_outputs_fit(loss_fn, outputs, targets)
-        metric_fns = {**default_metrics(kind, outputs), **metrics}
-        for name in metric_fns:
-            if name == "loss" or not name.isidentifier():
-                raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
-        return loss_fn, kind, metric_fns
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> FitResult:
@@ -410,10 +383,6 @@ def _monitor_key(monitor: str, metric_fns: dict) -> str:
         known = ", ".join(["val_loss", *(f"val_{m}" for m in metric_fns)])
         raise ConvergeError(f"--monitor {monitor!r} is not a reported value; choose one of {known}")
     return f"val_{name}"
-
-
-def _shape(value) -> str:
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _plot_curves(folder: RunFolder, history: list[dict], events: list[dict], monitor: str) -> None:

@@ -2,12 +2,55 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from converge.data import check_label_range, is_classification
+from converge.engine import device as dev
 from converge.errors import ConvergeError
+
+
+@dataclass
+class Objective:
+    loss_fn: Callable
+    kind: str                        # "classification" or "regression"
+    metric_fns: dict[str, Callable]
+
+
+def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, metrics: dict[str, Callable], *,
+                      amp: str, device: torch.device, probe_size: int | str) -> Objective:
+    """Run the model once on a probe batch (eval mode, no gradient: no side effects) to infer the loss,
+    check the labels against the outputs and catch shape mismatches before any training."""
+    size = probe_size if isinstance(probe_size, int) else 64
+    inputs, targets = splits["train"].probe(min(size, 256))
+    inputs, targets = inputs.to(device), targets.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), dev.autocast(amp, device):
+            outputs = model(inputs)
+    except Exception as exc:
+        raise ConvergeError(f"the model fails on a batch of inputs {_shape(inputs)}: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    inferred, kind = infer_loss(targets)
+    if not is_classification(targets):
+        kind = "regression"
+    if kind == "classification" and isinstance(outputs, torch.Tensor) and outputs.ndim >= 2:
+        for split in splits.values():
+            check_label_range(split, outputs.shape[1])
+    loss_fn = loss if loss is not None else inferred
+    check_outputs_fit(loss_fn, outputs, targets)
+    metric_fns = {**default_metrics(kind, outputs), **metrics}
+    for name in metric_fns:
+        if name == "loss" or not name.isidentifier():
+            raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
+    return Objective(loss_fn, kind, metric_fns)
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
