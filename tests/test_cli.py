@@ -38,6 +38,9 @@ def _train(cli, task, out, *flags):
 
 # --- the run folder -------------------------------------------------------------------------------------
 
+# The four knobs converge tunes by default, fixed: for checks that need known values.
+FIXED_KNOBS = ("--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "1e-2", "--batch-size", "64")
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, default_task_source):
     """One 4-epoch classification run, shared by the read-only checks below."""
@@ -45,7 +48,8 @@ def finished(tmp_path_factory, default_task_source):
     task = root / "task.py"
     task.write_text(default_task_source)
     out = root / "run"
-    code = converge.cli.main(["train", str(task), "--out", str(out), "--max-epochs", "4", "--quiet"])
+    code = converge.cli.main(["train", str(task), "--out", str(out), "--max-epochs", "4", "--quiet",
+                              *FIXED_KNOBS])
     assert code == 0
     return task, out, json.loads((out / "summary.json").read_text())
 
@@ -148,7 +152,8 @@ def test_flags_map_onto_hyperparameters(cli, task_file, tmp_path):
 
 
 def test_every_train_flag_reaches_the_config(cli, task_file, tmp_path):
-    summary = _train(cli, task_file, tmp_path / "run", "--max-epochs", "2", "--patience", "7", "--lr-factor", "0.5",
+    summary = _train(cli, task_file, tmp_path / "run", *FIXED_KNOBS, "--warmup-steps", "3",
+                     "--max-epochs", "2", "--patience", "7", "--lr-factor", "0.5",
                      "--min-lr", "1e-5", "--cooldown", "1", "--threshold", "0.01", "--unproductive-cuts", "2",
                      "--seed", "3", "--device", "cpu", "--amp", "off", "--clip-grad", "1.5", "--accumulate", "2",
                      "--checkpoint-seconds", "60", "--num-workers", "0", "--monitor", "accuracy", "--mode", "max")
@@ -156,7 +161,7 @@ def test_every_train_flag_reaches_the_config(cli, task_file, tmp_path):
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-2, "batch_size": 64, "max_epochs": 2, "patience": 7,
         "seed": 3, "device": "cpu", "amp": "off", "clip_grad": 1.5, "accumulate": 2, "lr_factor": 0.5,
         "threshold": 0.01, "cooldown": 1, "min_lr": 1e-5, "unproductive_cuts": 2, "monitor": "accuracy",
-        "mode": "max", "checkpoint_seconds": 60.0, "num_workers": 0}
+        "mode": "max", "checkpoint_seconds": 60.0, "num_workers": 0, "warmup_steps": 3}
     assert summary["monitor"] == "val_accuracy" and summary["mode"] == "max"
 
 
@@ -273,7 +278,7 @@ def data():
     return tuple({wrap} for a, b in ((0, 120), (120, 160), (160, 200)))
 ''')
     out = tmp_path / "run"
-    summary = _train(cli, task, out, "--max-epochs", "2")
+    summary = _train(cli, task, out, "--max-epochs", "2", "--batch-size", "64")
     assert summary["status"] == "max_epochs" and summary["epochs"] == 2
     assert set(summary["test"]) == {"loss", "accuracy"}
     records = _read_jsonl(out / "metrics.jsonl")
@@ -373,3 +378,32 @@ def test_two_runs_in_the_same_second_get_their_own_default_folders(cli, task_fil
         assert cli("train", task_file, "--max-epochs", "1", "--quiet").code == 0
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["task-20260101-000000",
                                                                      "task-20260101-000000-2"]
+
+
+def test_auto_is_the_default_and_records_its_choices(cli, task_file, tmp_path):
+    out = tmp_path / "run"
+    summary = _train(cli, task_file, out, "--max-epochs", "2")
+    chosen = summary["hyperparameters"]
+    assert chosen["optimizer"] in ("adamw", "sgd") and chosen["lr"] > 0 and chosen["weight_decay"] >= 0
+    assert 1 <= chosen["batch_size"] <= 120
+    assert summary["tuning_epochs"] > 0
+    events = _read_jsonl(out / "events.jsonl")
+    kinds = [e["event"] for e in events]
+    for kind in ("chose_batch_size", "lr_range_test", "race_rung", "chose_optimizer", "chose_weight_decay"):
+        assert kind in kinds, kind
+    chose = next(e for e in events if e["event"] == "chose_optimizer")
+    assert (chose["value"], chose["lr"]) == (chosen["optimizer"], chosen["lr"])
+    # tuning happens before training: its events come first, at epoch 0
+    assert all(e["epoch"] == 0 for e in events[:kinds.index("chose_weight_decay") + 1])
+    stages = json.loads((out / "tuning.json").read_text())
+    assert {"batch_size", "range_test_adamw", "range_test_sgd", "race"} <= set(stages)
+
+
+def test_explicit_values_override_their_knob_only(cli, task_file, tmp_path):
+    out = tmp_path / "run"
+    summary = _train(cli, task_file, out, "--max-epochs", "1", "--optimizer", "sgd", "--batch-size", "40")
+    assert summary["hyperparameters"]["optimizer"] == "sgd" and summary["hyperparameters"]["batch_size"] == 40
+    events = _read_jsonl(out / "events.jsonl")
+    tests = [e for e in events if e["event"] == "lr_range_test"]
+    assert [t["optimizer"] for t in tests] == ["sgd"] and tests[0]["batch_size"] == 40
+    assert not any(e["event"] in ("chose_optimizer", "chose_batch_size") for e in events)

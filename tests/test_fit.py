@@ -26,7 +26,9 @@ def mlp(features=8, outputs=3, seed=0):
 
 
 def quick(**options):
-    return {"verbose": False, "max_epochs": 6, "batch_size": 32, **options}
+    """Fixed hyperparameters (no tuning) unless a test asks for "auto"."""
+    return {"verbose": False, "max_epochs": 6, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3,
+            "weight_decay": 1e-2, **options}
 
 
 def test_returns_best_model_summary_and_history():

@@ -48,7 +48,8 @@ def write_task(folder: Path, splits: str = "tensors") -> Path:
 
 def train_args(task: Path, out: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "converge", "train", str(task), "--out", str(out), "--max-epochs", str(epochs),
-            "--batch-size", "32", "--seed", "3", "--device", "cpu", "--checkpoint-seconds", "0.05", "--quiet"]
+            "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "1e-2", "--seed", "3",
+            "--device", "cpu", "--checkpoint-seconds", "0.05", "--quiet"]
 
 
 def run_ok(args: list[str]) -> subprocess.CompletedProcess:
@@ -207,7 +208,8 @@ def test_ctrl_c_inside_an_epoch_resumes_exactly_in_process(tmp_path, splits):
     def run(out, loss, resume=False):
         torch.manual_seed(0)
         return converge.fit(task.model(), *task.data(), out=out, loss=loss, resume=resume, verbose=False,
-                            max_epochs=3, batch_size=32, seed=3, device="cpu")
+                            max_epochs=3, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=1e-2, seed=3,
+                            device="cpu")
 
     import torch.nn.functional as F
 

@@ -18,7 +18,11 @@ from converge.engine.loop import FitResult, Trainer
 from converge.rng import seed_everything
 from converge.errors import ConvergeError
 from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
-from converge.io.runfolder import RUN_INFO, SUMMARY, RunFolder
+from converge.engine import device as dev
+from converge.engine.loop import monitor_key
+from converge.engine.objective import resolve_objective
+from converge.io.runfolder import RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder
+from converge.tune import StageLog, choose_hyperparameters
 from converge.task import load_task
 
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
@@ -49,14 +53,63 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Calla
     if resume and out is None:
         raise ConvergeError("resume=True needs the run folder: pass out=...")
     info = _run_info(name=type(model).__name__)
-    trainer = Trainer(model, splits, config, loss=loss, metrics=metrics, console=make_console(verbose),
-                      run_info=info)
     checkpoint = _read_checkpoint(RunFolder(out)) if resume and Path(out, RUN_INFO).exists() else None
     if checkpoint:
+        config = TrainConfig.from_dict(checkpoint[0]["config"]).with_values(max_epochs=config.max_epochs)
+    folder = _FolderOnce(out, force=force, resume=resume) if not checkpoint else _FolderOnce(None)
+    trainer = _build_trainer(model, splits, config, loss=loss, metrics=metrics, console=make_console(verbose),
+                             info=info, folder=folder)
+    if checkpoint:
         continue_from(trainer, RunFolder.open_existing(out), *checkpoint)
-    elif out is not None:
-        trainer.folder = RunFolder.create(out, force=force or resume)
     return trainer.run()
+
+
+class _FolderOnce:
+    """Creates the run folder when first asked: after the input has been checked (so bad input leaves
+    nothing behind) and before tuning starts (so finished tuning stages can be saved in it)."""
+
+    def __init__(self, out: str | Path | None, *, force: bool = False, resume: bool = False) -> None:
+        self.out, self.force, self.resume = out, force, resume
+        self.folder: RunFolder | None = None
+        self.made = False
+
+    def __call__(self) -> RunFolder | None:
+        if not self.made and self.out is not None:
+            # A resumed run that never reached its first checkpoint starts again in place, keeping the
+            # tuning stages it had finished.
+            self.folder = RunFolder.create(self.out, force=self.force or self.resume,
+                                           keep=(TUNING_STAGES,) if self.resume else ())
+        self.made = True
+        return self.folder
+
+
+def _build_trainer(model: nn.Module, splits: dict, config: TrainConfig, *, loss, metrics, console: Console,
+                   info: dict, folder: _FolderOnce) -> Trainer:
+    """Check everything, make the run folder, choose the "auto" knobs, and build the Trainer."""
+    tuning = None
+    if config.auto_knobs:
+        device = dev.pick_device(config.device)
+        dev.check_amp(config.amp, device)
+        model.to(device)
+        on_device = {name: split.to(device) for name, split in splits.items()}
+        objective = resolve_objective(model, on_device, loss, metrics or {}, amp=config.amp, device=device,
+                                      probe_size=64)
+        monitor_key(config.monitor, objective.metric_fns)
+        run_folder = folder()
+        tuning = choose_hyperparameters(model, on_device, config, objective, device=device, console=console,
+                                        log=_stage_log(run_folder))
+        config = tuning.config
+    trainer = Trainer(model, splits, config, loss=loss, metrics=metrics, console=console, run_info=info,
+                      tuning=tuning)
+    trainer.folder = folder()
+    return trainer
+
+
+def _stage_log(folder: RunFolder | None) -> StageLog:
+    if folder is None:
+        return StageLog()
+    stages = folder.read_json(TUNING_STAGES) if folder.exists(TUNING_STAGES) else {}
+    return StageLog(stages, save=lambda values: folder.write_json(TUNING_STAGES, values))
 
 
 def default_out(task_name: str) -> Path:
@@ -75,18 +128,17 @@ def train_task(task_path: str | Path, *, out: str | Path | None = None, force: b
     options.setdefault("monitor", task.monitor)
     options.setdefault("mode", task.mode)
     config = make_config(**options)
-    trainer = _task_trainer(task, config, console or make_console(verbose), folder=None)
-    trainer.folder = RunFolder.create(out if out is not None else default_out(task.name), force=force)
-    return trainer.run()
+    folder = _FolderOnce(out if out is not None else default_out(task.name), force=force)
+    return _task_trainer(task, config, console or make_console(verbose), folder).run()
 
 
-def _task_trainer(task, config: TrainConfig, console: Console, folder: RunFolder | None) -> Trainer:
+def _task_trainer(task, config: TrainConfig, console: Console, folder: _FolderOnce) -> Trainer:
     seed_everything(config.seed)  # model initialisation and any randomness in data() follow the seed
     model = task.build_model()
     splits = make_splits(*task.build_data(), num_workers=config.num_workers)
     info = _run_info(name=task.name, task=str(task.path), task_sha256=task.sha256)
-    return Trainer(model, splits, config, loss=task.loss, metrics=task.metrics, folder=folder,
-                   console=console, run_info=info)
+    return _build_trainer(model, splits, config, loss=task.loss, metrics=task.metrics, console=console,
+                          info=info, folder=folder)
 
 
 def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: bool = True,
@@ -105,11 +157,11 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
     console = console or make_console(verbose)
     if task.sha256 != info.get("task_sha256"):
         console.warning(f"{task.path} changed since the run started; results may differ")
-    trainer = _task_trainer(task, config, console, folder=None)
+    # Without a checkpoint the run stopped before its first epoch ended: it starts over in place,
+    # keeping the tuning stages it had finished.
+    trainer = _task_trainer(task, config, console, _FolderOnce(None if checkpoint else folder.path, resume=True))
     if checkpoint:
         continue_from(trainer, folder, *checkpoint)
-    else:  # stopped before its first checkpoint: nothing was kept, so the run starts over in place
-        trainer.folder = RunFolder.create(folder.path, force=True)
     return trainer.run()
 
 
@@ -147,3 +199,38 @@ def continue_from(trainer: Trainer, folder: RunFolder, state: dict, source: Path
 
 def _run_info(**values: Any) -> dict:
     return {"converge_version": __version__, "torch_version": torch.__version__, **values}
+
+
+def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int | str = "auto",
+            weight_decay: float | str = "auto", seed: int = 0, device: str | None = None, amp: str = "off",
+            out: str | Path | None = None, force: bool = False) -> dict:
+    """What `converge lr-find TASK` does: a range test per optimizer, its suggestion, and lr_find.png."""
+    from converge.config import DEFAULT_WEIGHT_DECAY, OPTIMIZERS
+    from converge.tune.auto import choose_batch_size
+    from converge.tune.lr_find import lr_range_test, plot_range_test
+
+    task = load_task(task_path)
+    config = make_config(optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                         device=device, amp=amp, monitor=task.monitor, mode=task.mode)
+    seed_everything(config.seed)
+    model = task.build_model()
+    device_ = dev.pick_device(config.device)
+    dev.check_amp(config.amp, device_)
+    model.to(device_)
+    splits = {k: s.to(device_) for k, s in make_splits(*task.build_data(), num_workers=0).items()}
+    objective = resolve_objective(model, splits, task.loss, task.metrics, amp=config.amp, device=device_,
+                                  probe_size=64)
+    folder = RunFolder.create(out if out is not None else default_out(f"{task.name}-lr-find"), force=force)
+    size = config.batch_size
+    if size == "auto":
+        size, _ = choose_batch_size(len(splits["train"]), model, splits["train"], objective, device_, config.amp)
+    results = {}
+    for opt in (OPTIMIZERS if config.optimizer == "auto" else (config.optimizer,)):
+        decay = DEFAULT_WEIGHT_DECAY[opt] if config.weight_decay == "auto" else config.weight_decay
+        test = lr_range_test(model, splits["train"], objective.loss_fn, optimizer=opt, weight_decay=decay,
+                             batch_size=size, device=device_, amp=config.amp, seed=config.seed)
+        plot_range_test(folder.path / (f"lr_find_{opt}.png" if len(results) else "lr_find.png"), test,
+                        test.suggestion.lr)
+        results[opt] = {**test.to_dict(), "weight_decay": decay}
+    folder.write_json("lr_find.json", results)
+    return {"run_dir": folder.path, "results": results}

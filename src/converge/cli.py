@@ -39,6 +39,12 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
 
 
+def _or_auto(parse):
+    def parse_or_auto(text: str):
+        return "auto" if text == "auto" else parse(text)
+    return parse_or_auto
+
+
 def build_parser() -> argparse.ArgumentParser:
     from converge import __version__
     from converge.config import AMP_MODES, OPTIMIZERS
@@ -51,11 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a task file to convergence")
     train.add_argument("task", help="Python file with model() and data()")
     knobs = train.add_argument_group("hyperparameters")
-    knobs.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (default) or sgd (Nesterov momentum 0.9)")
-    knobs.add_argument("--lr", type=_float, help="starting learning rate (default 1e-3 AdamW, 1e-2 SGD)")
-    knobs.add_argument("--weight-decay", type=_float, help="decoupled weight decay on weights only")
-    knobs.add_argument("--batch-size", type=_positive_int, help="samples per batch (default 64)")
+    knobs.add_argument("--optimizer", choices=(*OPTIMIZERS, "auto"),
+                       help="adamw, sgd (Nesterov momentum 0.9) or auto (default: a short race picks one)")
+    knobs.add_argument("--lr", type=_or_auto(_float), help="starting learning rate, or auto (default: range test)")
+    knobs.add_argument("--weight-decay", type=_or_auto(_float),
+                       help="decoupled weight decay on weights only, or auto (default)")
+    knobs.add_argument("--batch-size", type=_or_auto(_positive_int), help="samples per batch, or auto (default)")
     stop = train.add_argument_group("convergence")
+    knobs.add_argument("--warmup-steps", type=int, help="linear LR warmup over this many steps (auto: when needed)")
     stop.add_argument("--max-epochs", type=_positive_int, help="hard cap on epochs (default 1000)")
     stop.add_argument("--patience", type=_positive_int, help="epochs without progress before the LR is cut (5)")
     stop.add_argument("--lr-factor", type=_float, help="LR multiplier at each cut (default 0.1)")
@@ -79,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default runs/<task>-<time>)")
     train.add_argument("--force", action="store_true", help="overwrite the run folder's files if it exists")
 
+    finder = commands.add_parser("lr-find", help="run a learning-rate range test and print the suggestion")
+    finder.add_argument("task", help="Python file with model() and data()")
+    finder.add_argument("--optimizer", choices=(*OPTIMIZERS, "auto"), default="auto",
+                        help="adamw, sgd, or auto (default: both)")
+    finder.add_argument("--batch-size", type=_or_auto(_positive_int), default="auto")
+    finder.add_argument("--weight-decay", type=_or_auto(_float), default="auto")
+    finder.add_argument("--seed", type=int, default=0)
+    finder.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    finder.add_argument("--amp", choices=AMP_MODES, default="off")
+    finder.add_argument("--out", help="folder for lr_find.png and lr_find.json (default runs/<task>-lr-find-<time>)")
+    finder.add_argument("--force", action="store_true", help="overwrite converge's files in --out")
+    finder.add_argument("--debug", action="store_true", help="show tracebacks")
+
     resume = commands.add_parser("resume", help="continue an interrupted run from its checkpoint")
     resume.add_argument("run_dir", help="the run folder")
     resume.add_argument("--max-epochs", type=_positive_int, help="raise the epoch cap of a finished run")
@@ -93,7 +115,7 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
 
 TRAIN_OPTIONS = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs", "patience", "lr_factor",
                  "min_lr", "cooldown", "threshold", "unproductive_cuts", "monitor", "mode", "seed", "device",
-                 "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers")
+                 "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers", "warmup_steps")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +159,8 @@ def _one_line(message: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     from converge.api import resume_run, train_task
 
+    if args.command == "lr-find":
+        return _lr_find(args)
     if args.command == "train":
         # Flags left out are not passed, so the task file's own `monitor` and `mode` still apply.
         options = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
@@ -145,6 +169,20 @@ def _run(args: argparse.Namespace) -> int:
         result = resume_run(args.run_dir, max_epochs=args.max_epochs, verbose=not args.quiet)
     print_summary(result.summary, result.run_dir)
     return EXIT_STATUS[result.summary["status"]]
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from converge.api import find_lr
+
+    found = find_lr(args.task, optimizer=args.optimizer, batch_size=args.batch_size, weight_decay=args.weight_decay,
+                    seed=args.seed, device=args.device, amp=args.amp, out=args.out, force=args.force)
+    for opt, result in found["results"].items():
+        lr = result["suggested_lr"]
+        shown = f"{lr:.3g}" if lr else "none"
+        print(f"{opt}: suggested lr {shown} (batch {result['batch_size']}, {len(result['lrs'])} steps, "
+              f"loss minimum at {result['min_loss_lr'] or float('nan'):.3g}): {result['reason']}")
+    print(f"plot: {found['run_dir'] / 'lr_find.png'}")
+    return 0
 
 
 def print_summary(summary: dict, run_dir) -> None:

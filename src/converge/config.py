@@ -8,19 +8,24 @@ from dataclasses import asdict, dataclass, fields
 from converge.errors import ConvergeError
 
 OPTIMIZERS = ("adamw", "sgd")
+AUTO = "auto"
+TUNED = ("optimizer", "lr", "weight_decay", "batch_size")
 AMP_MODES = ("off", "bf16", "fp16")
+# Fallbacks when a range test gives no evidence, and the decoupled weight decay used when the tuning
+# budget is too small to tell values apart (see converge.tune).
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 5e-4}
 
 
 @dataclass
 class TrainConfig:
-    """Everything that decides how a run trains. Flags of `converge train` map 1:1 onto these fields."""
+    """Everything that decides how a run trains. Flags of `converge train` map 1:1 onto these fields.
+    "auto" (the default for the four tuned knobs) lets converge choose the value before training."""
 
-    optimizer: str = "adamw"
-    lr: float | None = None              # None: 1e-3 for AdamW, 1e-2 for SGD
-    weight_decay: float | None = None    # None: 1e-2 for AdamW, 5e-4 for SGD
-    batch_size: int = 64
+    optimizer: str = AUTO
+    lr: float | str = AUTO
+    weight_decay: float | str = AUTO
+    batch_size: int | str = AUTO
     max_epochs: int = 1000
     patience: int = 5
     seed: int = 0
@@ -32,6 +37,7 @@ class TrainConfig:
     threshold: float = 1e-3              # relative improvement that counts as progress
     cooldown: int = 0
     min_lr: float | None = None          # None: 1e-3 x the starting LR
+    warmup_steps: int = 0                # linear LR warmup over this many optimizer steps
     unproductive_cuts: int = 1           # LR cuts without progress before the run is declared converged
     monitor: str = "val_loss"
     mode: str | None = None              # "min" or "max"; required for a metric other than val_loss
@@ -40,19 +46,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.optimizer = str(self.optimizer).lower()
-        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        _check(self.optimizer in (*OPTIMIZERS, AUTO), "optimizer", self.optimizer,
+               f"one of {', '.join(OPTIMIZERS)}, auto")
         _check(self.amp in AMP_MODES, "amp", self.amp, f"one of {', '.join(AMP_MODES)}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.optimizer]
-        if self.weight_decay is None:
-            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
-        _check(_positive(self.lr), "lr", self.lr, "a positive number")
-        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight-decay", self.weight_decay,
-               "a number >= 0")
-        for name in ("batch_size", "max_epochs", "patience", "accumulate"):
+        _check(self.lr == AUTO or _positive(self.lr), "lr", self.lr, "a positive number or auto")
+        _check(self.weight_decay == AUTO or (_finite(self.weight_decay) and self.weight_decay >= 0),
+               "weight-decay", self.weight_decay, "a number >= 0 or auto")
+        _check(self.batch_size == AUTO or (_int(self.batch_size) and self.batch_size >= 1), "batch-size",
+               self.batch_size, "an integer >= 1 or auto")
+        for name in ("max_epochs", "patience", "accumulate"):
             value = getattr(self, name)
             _check(_int(value) and value >= 1, name.replace("_", "-"), value, "an integer >= 1")
-        for name in ("seed", "cooldown", "unproductive_cuts", "num_workers"):
+        for name in ("seed", "cooldown", "unproductive_cuts", "num_workers", "warmup_steps"):
             value = getattr(self, name)
             _check(_int(value) and value >= 0, name.replace("_", "-"), value, "an integer >= 0")
         _check(self.clip_grad is None or _positive(self.clip_grad), "clip-grad", self.clip_grad,
@@ -60,10 +65,11 @@ class TrainConfig:
         _check(_finite(self.lr_factor) and 0 < self.lr_factor < 1, "lr-factor", self.lr_factor,
                "a number between 0 and 1")
         _check(_finite(self.threshold) and self.threshold >= 0, "threshold", self.threshold, "a number >= 0")
-        if self.min_lr is None:
+        if self.min_lr is None and self.lr != AUTO:
             self.min_lr = self.lr * 1e-3
-        _check(_finite(self.min_lr) and 0 <= self.min_lr <= self.lr, "min-lr", self.min_lr,
-               f"a number between 0 and the LR ({self.lr:g})")
+        if self.min_lr is not None:
+            _check(_finite(self.min_lr) and self.min_lr >= 0 and (self.lr == AUTO or self.min_lr <= self.lr),
+                   "min-lr", self.min_lr, f"a number between 0 and the LR ({self.lr})")
         _check(_positive(self.checkpoint_seconds), "checkpoint-seconds", self.checkpoint_seconds,
                "a positive number")
         if self.mode is None:
@@ -71,6 +77,15 @@ class TrainConfig:
                    f"'min' or 'max' (monitor {self.monitor!r} needs an explicit direction)")
             self.mode = "min"
         _check(self.mode in ("min", "max"), "mode", self.mode, "'min' or 'max'")
+
+    @property
+    def auto_knobs(self) -> list[str]:
+        """The tuned knobs still left to converge to choose."""
+        return [name for name in TUNED if getattr(self, name) == AUTO]
+
+    def with_values(self, **values) -> "TrainConfig":
+        """A copy with some fields replaced (derived defaults such as min_lr are worked out again)."""
+        return TrainConfig.from_dict({**self.to_dict(), **values})
 
     def to_dict(self) -> dict:
         return asdict(self)

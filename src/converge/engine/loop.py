@@ -24,7 +24,7 @@ from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.engine import device as dev
 from converge.engine.objective import resolve_objective
-from converge.engine.optim import build_optimizer, current_lr, scale_lr
+from converge.engine.optim import build_optimizer, current_lr, scale_lr, warm_up
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
@@ -76,11 +76,15 @@ class _StopSignals:
 class Trainer:
     def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, *, loss: Callable | None = None,
                  metrics: dict[str, Callable] | None = None, folder: RunFolder | None = None,
-                 console: Console | None = None, run_info: dict | None = None) -> None:
+                 console: Console | None = None, run_info: dict | None = None, restore_best: bool = True,
+                 tuning=None) -> None:
         self.config = config
+        self.restore_best = restore_best
         self.folder = folder
         self.console = console or Console()
         self.run_info = run_info or {}
+        if config.auto_knobs:
+            raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.tune)")
         self.device = dev.pick_device(config.device)
         dev.check_amp(config.amp, self.device)
         self.model = model.to(self.device)
@@ -88,7 +92,7 @@ class Trainer:
         objective = resolve_objective(self.model, self.splits, loss, metrics or {}, amp=config.amp,
                                       device=self.device, probe_size=config.batch_size)
         self.loss_fn, self.kind, self.metric_fns = objective.loss_fn, objective.kind, objective.metric_fns
-        self.monitor_key = _monitor_key(config.monitor, self.metric_fns)
+        self.monitor_key = monitor_key(config.monitor, self.metric_fns)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay)
         self.scaler = dev.make_grad_scaler(config.amp, self.device)
         self.tracker = ConvergenceTracker(ConvergencePolicy(
@@ -101,7 +105,9 @@ class Trainer:
         self.partial_loss: torch.Tensor | None = None
         self.partial_seen = 0
         self.history: list[dict] = []
-        self.events: list[dict] = []
+        # Tuning (converge.tune) happens before the loop; its choices are the run's first events.
+        self.tuning_epochs = float(tuning.epochs) if tuning is not None else 0.0
+        self.events: list[dict] = list(tuning.events) if tuning is not None else []
         self.best_state = snapshot(self.model.state_dict())
         self.best_record: dict = {}
         self.status: str | None = None
@@ -113,8 +119,9 @@ class Trainer:
     def run(self) -> FitResult:
         self._run_started = time.monotonic()
         self.console.start(self.config.max_epochs)
-        if self.folder is not None and not self.history:
+        if self.folder is not None and not self.history and self.step == 0:
             self._write_run_info()
+            self.folder.events.rewrite(self.events)
         try:
             with _StopSignals() as signals:
                 while self.status is None:
@@ -136,6 +143,12 @@ class Trainer:
             self.console.close()
             if self.folder is not None:
                 self.folder.close()
+
+    def extend(self, epochs: int) -> FitResult:
+        """Train ``epochs`` more epochs from where the run stands (the tuning race continues its arms so)."""
+        self.config = self.config.with_values(max_epochs=self.epoch + epochs)
+        self.status, self.stop_reason = None, ""
+        return self.run()
 
     def _interrupted(self, signals: _StopSignals) -> None:
         self.status = "interrupted"
@@ -193,6 +206,8 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         cfg, optimizer, scaler = self.config, self.optimizer, self.scaler
+        if self.step < cfg.warmup_steps:
+            warm_up(optimizer, self.step, cfg.warmup_steps)
         if scaler is not None:
             if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
@@ -285,7 +300,7 @@ class Trainer:
         finished = self.status != "interrupted"
         # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
         self._checkpoint()
-        if finished:
+        if finished and self.restore_best:
             self.model.load_state_dict(self.best_state)
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
                         value=self.tracker.best)
@@ -318,7 +333,7 @@ class Trainer:
                                 "batch_size": cfg.batch_size},
             "final_lr": current_lr(self.optimizer),
             "lr_reductions": self.tracker.total_cuts,
-            "tuning_epochs": 0,
+            "tuning_epochs": round(self.tuning_epochs, 3),
             "task_kind": self.kind,
             "device": str(self.device),
             "wall_seconds": round(wall, 3),
@@ -341,6 +356,7 @@ class Trainer:
             "progress": {"epoch": self.epoch, "step": self.step, "batch": self.batch,
                          "partial_loss": self.partial_loss, "partial_seen": self.partial_seen,
                          "status": self.status, "stop_reason": self.stop_reason,
+                         "tuning_epochs": self.tuning_epochs,
                          "wall_seconds": wall_seconds if wall_seconds is not None else self.elapsed_before},
             "rng": capture_rng(),
             "history": self.history,
@@ -362,6 +378,7 @@ class Trainer:
         self.partial_loss = partial.to(self.device) if partial is not None else None
         self.partial_seen = progress["partial_seen"]
         self.status, self.stop_reason = progress["status"], progress["stop_reason"]
+        self.tuning_epochs = float(progress.get("tuning_epochs", 0.0))
         self.elapsed_before = float(progress["wall_seconds"] or 0.0)
         self.history = [dict(r) for r in state["history"]]
         self.events = [dict(e) for e in state["logs"]["events"]]
@@ -377,7 +394,7 @@ class Trainer:
         self.folder.write_json("run.json", {"config": self.config.to_dict(), **self.run_info})
 
 
-def _monitor_key(monitor: str, metric_fns: dict) -> str:
+def monitor_key(monitor: str, metric_fns: dict) -> str:
     name = monitor[4:] if monitor.startswith("val_") else monitor
     if name != "loss" and name not in metric_fns:
         known = ", ".join(["val_loss", *(f"val_{m}" for m in metric_fns)])

@@ -65,4 +65,17 @@ def scale_lr(optimizer: torch.optim.Optimizer, factor: float, min_lr: float) -> 
     """Multiply every group's LR by ``factor``, never below ``min_lr``. Returns the first group's LR."""
     for group in optimizer.param_groups:
         group["lr"] = max(group["lr"] * factor, min_lr)
+        if WARMUP_BASE in group:  # a cut during warmup lowers where the warmup is heading
+            group[WARMUP_BASE] = max(group[WARMUP_BASE] * factor, min_lr)
     return current_lr(optimizer)
+
+
+WARMUP_BASE = "warmup_base_lr"
+
+
+def warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+    """Linear warmup: step ``step`` (0-based) runs at (step + 1) / warmup_steps of each group's LR.
+    The target LR is kept in the param group, so it travels with the optimizer's state_dict."""
+    fraction = min(1.0, (step + 1) / warmup_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault(WARMUP_BASE, group["lr"]) * fraction

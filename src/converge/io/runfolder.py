@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ EVENTS = "events.jsonl"
 BEST_WEIGHTS = "best.safetensors"
 CURVES = "curves.png"
 RUN_INFO = "run.json"
-OWN_FILES = (SUMMARY, METRICS, EVENTS, BEST_WEIGHTS, CURVES, RUN_INFO, ckpt.CHECKPOINT, ckpt.PREVIOUS)
+TUNING_STAGES = "tuning.json"
+LR_FIND_PLOT = "lr_find.png"
+OWN_FILES = (SUMMARY, METRICS, EVENTS, BEST_WEIGHTS, CURVES, RUN_INFO, TUNING_STAGES, LR_FIND_PLOT,
+             ckpt.CHECKPOINT, ckpt.PREVIOUS)
 
 
 def to_json(value: Any) -> Any:
@@ -70,7 +74,7 @@ class RunFolder:
         self._pending: list[Future] = []
 
     @classmethod
-    def create(cls, path: str | Path, *, force: bool = False) -> "RunFolder":
+    def create(cls, path: str | Path, *, force: bool = False, keep: tuple[str, ...] = ()) -> "RunFolder":
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ConvergeError(f"output folder {str(path)!r} is a file")
@@ -79,12 +83,12 @@ class RunFolder:
                 raise ConvergeError(f"output folder {str(path)!r} already exists and is not empty; "
                                     f"pass --force to overwrite it or use `converge resume {path}`")
             for name in OWN_FILES:  # only our own files: --force must never wipe a user's folder
-                (path / name).unlink(missing_ok=True)
+                if name not in keep:
+                    (path / name).unlink(missing_ok=True)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            with tempfile.TemporaryFile(dir=path):  # unnamed where the OS allows: nothing left behind
+                pass
         except OSError as exc:
             raise ConvergeError(f"output folder {str(path)!r} cannot be written: {exc.strerror or exc}") from None
         return cls(path)

@@ -1,0 +1,253 @@
+"""Choose the optimizer, learning rate, weight decay and batch size before training ("auto").
+
+The steps, each recorded as an event with its evidence:
+
+1. **Batch size**: about 50 steps per epoch, as a power of two in [16, 256], capped by the training
+   set; on CUDA a forward/backward at that size is tried first and halved on out-of-memory.
+2. **Learning rate**: a range test per candidate optimizer, read by `converge.decide.suggest_lr`.
+   A curve with no evidence falls back to the optimizer's standard LR, and says so.
+3. **Optimizer and LR, checked on validation**: every (optimizer, LR) arm -- the suggestion and a
+   third of it, or three LRs around it when the optimizer is fixed -- trains a short rung with the
+   real engine; successive halving keeps the better half on the monitored value until one is left.
+4. **Weight decay**: the budget of a short race cannot tell weight decays apart (their effect shows
+   over a whole run), so an explicit value is kept and "auto" takes the standard decoupled value
+   for the optimizer (AdamW 1e-2, SGD 5e-4), recorded as such.
+5. **Warmup**: when the chosen LR is within 5x of where the range test's loss bottomed out (close to
+   the unstable side), the first epoch (at most 200 steps) warms up linearly. Warmup is a function
+   of the step count, so it needs no horizon and composes with plateau cuts.
+
+Finished stages are saved in the run folder's `tuning.json`; a run killed while tuning picks up
+from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from converge.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, TrainConfig
+from converge.console import Console
+from converge.data import TensorSplit
+from converge.decide.lr_suggest import LrSuggestion
+from converge.engine import device as dev
+from converge.engine.objective import Objective
+from converge.tune.lr_find import RangeTest, lr_range_test
+
+TARGET_STEPS_PER_EPOCH = 50
+BATCH_RANGE = (16, 256)
+RUNG_STEPS = 40            # optimizer steps per arm in the first rung (at least one epoch)
+WARMUP_MARGIN = 5.0        # warm up when the LR is within this factor of the range test's loss minimum
+
+
+@dataclass
+class Tuning:
+    config: TrainConfig
+    epochs: float = 0.0
+    events: list[dict] = field(default_factory=list)
+    range_tests: dict[str, RangeTest] = field(default_factory=dict)
+
+
+class StageLog:
+    """What tuning has finished so far, so a killed run need not redo it. ``save`` persists it."""
+
+    def __init__(self, stages: dict | None = None, save=None) -> None:
+        self.stages = dict(stages or {})
+        self._save = save
+
+    def get(self, name: str):
+        return self.stages.get(name)
+
+    def put(self, name: str, value) -> None:
+        self.stages[name] = value
+        if self._save is not None:
+            self._save(self.stages)
+
+
+def choose_batch_size(n_train: int, model: nn.Module, split, objective: Objective, device: torch.device,
+                      amp: str) -> tuple[int, str]:
+    target = n_train / TARGET_STEPS_PER_EPOCH
+    size = 2 ** round(math.log2(max(target, 1)))
+    size = int(min(max(size, BATCH_RANGE[0]), BATCH_RANGE[1], n_train))
+    reason = (f"{n_train} training samples: about {TARGET_STEPS_PER_EPOCH} steps per epoch, as a power of two "
+              f"in [{BATCH_RANGE[0]}, {BATCH_RANGE[1]}], capped by the training set")
+    while device.type == "cuda" and size > 1 and not _fits_in_memory(model, split, objective, size, device, amp):
+        size //= 2
+        reason += f"; halved to {size} after running out of GPU memory"
+    return size, reason
+
+
+def _fits_in_memory(model, split, objective, size, device, amp) -> bool:
+    probe = copy.deepcopy(model).to(device)
+    try:
+        inputs, targets = next(iter(split.batches(size)))
+        with dev.autocast(amp, device):
+            objective.loss_fn(probe(inputs), targets).backward()
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        del probe
+        torch.cuda.empty_cache()
+
+
+def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, objective: Objective, *,
+                           device: torch.device, console: Console | None = None,
+                           log: StageLog | None = None) -> Tuning:
+    console = console or Console()
+    log = log or StageLog()
+    train = splits["train"].to(device)
+    n_train = len(train)
+    events: list[dict] = []
+    samples = 0
+
+    batch_size = config.batch_size
+    if batch_size == "auto":
+        batch_size, reason = log.get("batch_size") or choose_batch_size(n_train, model, train, objective, device,
+                                                                          config.amp)
+        log.put("batch_size", [batch_size, reason])
+        events.append(_event("chose_batch_size", value=batch_size, reason=reason, train_samples=n_train))
+        console.message(f"tuning: batch size {batch_size} ({reason})")
+
+    optimizers = list(OPTIMIZERS) if config.optimizer == "auto" else [config.optimizer]
+    decay = {opt: DEFAULT_WEIGHT_DECAY[opt] if config.weight_decay == "auto" else config.weight_decay
+             for opt in optimizers}
+    tests: dict[str, RangeTest] = {}
+    arms: list[tuple[str, float]] = []
+    for opt in optimizers:
+        if config.lr != "auto":
+            arms.append((opt, float(config.lr)))
+            continue
+        test = _range_test(log, model, train, objective, opt, decay[opt], batch_size, device, config)
+        tests[opt] = test
+        samples += test.samples
+        lr, note = _lr_from(test.suggestion, opt)
+        events.append(_event("lr_range_test", optimizer=opt, batch_size=batch_size, steps=len(test.lrs),
+                             suggested_lr=lr, min_loss_lr=test.suggestion.min_loss_lr, ok=test.suggestion.ok,
+                             candidates=dict(test.suggestion.candidates), reason=note))
+        console.message(f"tuning: {opt} range test over {len(test.lrs)} steps -> LR {lr:.3g} ({note})")
+        arms += [(opt, candidate) for candidate in _lr_arms(lr, test.suggestion, fixed=len(optimizers) == 1)]
+
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    if len(arms) > 1:
+        (opt, lr), race_samples, race_events = _race(log, model, splits, config, objective, arms, decay,
+                                                     batch_size, steps_per_epoch, tests, console)
+        samples += race_samples
+        events += race_events
+    else:
+        opt, lr = arms[0]
+    if config.optimizer == "auto":
+        events.append(_event("chose_optimizer", value=opt, lr=lr,
+                             reason="won the race on the monitored validation value"))
+    if config.weight_decay == "auto":
+        events.append(_event("chose_weight_decay", value=decay[opt], reason=(
+            f"the standard decoupled weight decay for {opt}: a short race cannot tell weight decays apart, "
+            f"their effect shows over a whole run")))
+    warmup, warmup_reason = _warmup_steps(lr, tests.get(opt), steps_per_epoch)
+    if warmup:
+        events.append(_event("warmup", steps=warmup, lr=lr, reason=warmup_reason))
+    chosen = config.with_values(optimizer=opt, lr=lr, weight_decay=decay[opt], batch_size=batch_size,
+                                warmup_steps=warmup or config.warmup_steps, min_lr=None if config.lr == "auto"
+                                else config.min_lr)
+    epochs = samples / n_train
+    console.message(f"tuning: {opt} lr {lr:.3g} weight decay {decay[opt]:g} batch {batch_size}"
+                    f"{f' warmup {warmup} steps' if warmup else ''} ({epochs:.1f} epochs spent choosing)")
+    return Tuning(chosen, epochs, events, tests)
+
+
+def _event(kind: str, **values) -> dict:
+    return {"event": kind, "epoch": 0, "step": 0, **values}
+
+
+def _range_test(log, model, train, objective, opt, decay, batch_size, device, config) -> RangeTest:
+    saved = log.get(f"range_test_{opt}")
+    if saved is not None:
+        from converge.decide.lr_suggest import suggest_lr
+
+        losses = [math.nan if loss is None else loss for loss in saved["losses"]]  # JSON keeps NaN as null
+        test = RangeTest(opt, batch_size, list(saved["lrs"]), losses, int(saved["samples"]))
+        test.suggestion = suggest_lr(test.lrs, test.losses)
+        return test
+    test = lr_range_test(model, train, objective.loss_fn, optimizer=opt, weight_decay=decay, batch_size=batch_size,
+                         device=device, amp=config.amp, seed=config.seed)
+    log.put(f"range_test_{opt}", test.to_dict())
+    return test
+
+
+def _lr_from(suggestion: LrSuggestion, opt: str) -> tuple[float, str]:
+    if suggestion.ok:
+        return suggestion.lr, suggestion.reason
+    return DEFAULT_LR[opt], f"no usable evidence ({suggestion.reason}); the standard {DEFAULT_LR[opt]:g} for {opt}"
+
+
+def _lr_arms(lr: float, suggestion: LrSuggestion, fixed: bool) -> list[float]:
+    """LRs to check on validation: the suggestion and a third of it; with one optimizer, also 3x (never
+    past half the loss minimum's LR)."""
+    if not suggestion.ok:
+        return [lr]
+    arms = [lr, lr / 3]
+    if fixed and suggestion.min_loss_lr and 3 * lr <= suggestion.min_loss_lr / 2:
+        arms.insert(0, 3 * lr)
+    return arms
+
+
+def _warmup_steps(lr: float, test: RangeTest | None, steps_per_epoch: int) -> tuple[int, str]:
+    if test is None or not test.suggestion.ok or not test.suggestion.min_loss_lr:
+        return 0, ""
+    margin = test.suggestion.min_loss_lr / lr
+    if margin >= WARMUP_MARGIN:
+        return 0, ""
+    steps = max(10, min(steps_per_epoch, 200))
+    return steps, (f"the LR {lr:.3g} is within {margin:.1f}x of the range test's loss minimum "
+                   f"({test.suggestion.min_loss_lr:.3g}); a linear warmup over {steps} steps keeps the first "
+                   f"updates stable")
+
+
+def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_per_epoch, tests, console):
+    """Successive halving: every arm trains a rung; the better half (by best monitored value) trains
+    another; until one is left. Arms train with the real engine from the same initial weights."""
+    from converge.engine.loop import Trainer
+
+    saved = log.get("race")
+    if saved is not None:
+        return (saved["winner"][0], saved["winner"][1]), saved["samples"], saved["events"]
+    rung_epochs = max(1, math.ceil(RUNG_STEPS / steps_per_epoch))
+    race_splits = {name: split for name, split in splits.items() if name != "test"}
+    trainers = {}
+    for opt, lr in arms:
+        warmup, _ = _warmup_steps(lr, tests.get(opt), steps_per_epoch)
+        arm_config = config.with_values(optimizer=opt, lr=lr, weight_decay=decay[opt], batch_size=batch_size,
+                                        warmup_steps=warmup, max_epochs=1, min_lr=None,
+                                        patience=max(config.patience, 10**6), checkpoint_seconds=1e9)
+        trainers[(opt, lr)] = Trainer(copy.deepcopy(model), race_splits, arm_config, loss=objective.loss_fn,
+                                      metrics=objective.metric_fns, restore_best=False)
+    alive, rung, events, samples = list(arms), 0, [], 0
+    sign = 1 if config.mode == "min" else -1
+    while len(alive) > 1:
+        rung += 1
+        scores = {}
+        for arm in alive:
+            trainer = trainers[arm]
+            if trainer.status != "diverged":
+                trainer.extend(rung_epochs)
+                if trainer.status == "interrupted":  # Ctrl-C: stop tuning; finished stages are saved
+                    raise KeyboardInterrupt
+                samples += rung_epochs * len(trainer.splits["train"])
+            # An arm whose training loss blew up is out, whatever it scored before.
+            finite = math.isfinite(trainer.tracker.best) and trainer.status != "diverged"
+            scores[arm] = sign * trainer.tracker.best if finite else math.inf
+        ranked = sorted(alive, key=lambda arm: scores[arm])
+        keep = ranked[: max(1, len(alive) // 2)]
+        events.append(_event("race_rung", rung=rung, epochs=rung_epochs, monitor=trainers[alive[0]].monitor_key,
+                             arms=[{"optimizer": o, "lr": lr, "best": sign * scores[(o, lr)]
+                                    if math.isfinite(scores[(o, lr)]) else None} for o, lr in ranked],
+                             kept=[{"optimizer": o, "lr": lr} for o, lr in keep]))
+        console.message("tuning: race rung {} ({} epoch(s) each): ".format(rung, rung_epochs) + ", ".join(
+            f"{o} {lr:.3g} -> {sign * scores[(o, lr)]:.4g}" for o, lr in ranked))
+        alive = keep
+    winner = alive[0]
+    log.put("race", {"winner": list(winner), "samples": samples, "events": events})
+    return winner, samples, events

@@ -1,0 +1,111 @@
+"""The learning-rate range test: train a copy of the model for a few dozen steps while the LR grows
+exponentially, and record the loss at every step. The user's model and any optimizer are untouched:
+the test runs on a deep copy, so there is nothing to restore afterwards."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from converge.data import epoch_seed
+from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
+from converge.engine import device as dev
+from converge.engine.optim import build_optimizer
+from converge.rng import seed_everything
+
+# Range tests draw their batches from epochs numbered far past any real run, so their data order
+# never coincides with a training epoch's.
+_SWEEP_EPOCH_OFFSET = 1_000_000
+
+
+@dataclass
+class RangeTest:
+    optimizer: str
+    batch_size: int
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    samples: int = 0                 # training samples seen, for the tuning cost in epochs
+    suggestion: LrSuggestion | None = None
+
+    def to_dict(self) -> dict:
+        s = self.suggestion
+        return {"optimizer": self.optimizer, "batch_size": self.batch_size, "lrs": self.lrs, "losses": self.losses,
+                "samples": self.samples, "suggested_lr": s.lr if s else None, "ok": bool(s and s.ok),
+                "reason": s.reason if s else "", "min_loss_lr": s.min_loss_lr if s else None,
+                "candidates": dict(s.candidates) if s else {}}
+
+
+def lr_range_test(model: nn.Module, train_split, loss_fn, *, optimizer: str, weight_decay: float, batch_size: int,
+                  device: torch.device, amp: str = "off", seed: int = 0, start_lr: float = 1e-7,
+                  end_lr: float = 10.0, steps: int = 80, diverge_factor: float = 4.0) -> RangeTest:
+    """Sweep the LR from ``start_lr`` to ``end_lr`` over at most ``steps`` optimizer steps; stop early once
+    the smoothed loss passes ``diverge_factor`` x its best or stops being finite."""
+    probe = copy.deepcopy(model).to(device)
+    probe.train()
+    opt = build_optimizer(probe, optimizer, start_lr, weight_decay)
+    growth = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+    result = RangeTest(optimizer, batch_size)
+    seed_everything(epoch_seed(seed, _SWEEP_EPOCH_OFFSET))
+    best, sweep_epoch = math.inf, 0
+    while len(result.lrs) < steps:
+        sweep_epoch += 1
+        batches = train_split.batches(batch_size, seed=epoch_seed(seed, _SWEEP_EPOCH_OFFSET + sweep_epoch))
+        for inputs, targets in batches:
+            lr = start_lr * growth ** len(result.lrs)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with dev.autocast(amp, device):
+                loss = loss_fn(probe(inputs), targets)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            value = float(loss.detach())  # the sweep needs every loss to stop at divergence: a sync per step
+            result.lrs.append(lr)
+            result.losses.append(value)
+            result.samples += int(targets.shape[0])
+            smoothed = smooth(result.losses)[-1]
+            best = min(best, smoothed)
+            if not math.isfinite(value) or (len(result.lrs) > 5 and smoothed > diverge_factor * best) \
+                    or len(result.lrs) >= steps:
+                break
+        else:
+            continue
+        break
+    result.suggestion = suggest_lr(result.lrs, result.losses, diverge_factor=diverge_factor)
+    return result
+
+
+def plot_range_test(path, test: RangeTest, chosen_lr: float | None) -> None:
+    """lr_find.png: raw and smoothed loss against LR (log scale), the chosen LR marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    finite = [(lr, loss) for lr, loss in zip(test.lrs, test.losses) if math.isfinite(loss)]
+    if finite:
+        ax.plot([p[0] for p in finite], [p[1] for p in finite], color="#bbbbbb", linewidth=1, label="loss")
+    smoothed = smooth(test.losses)
+    shown = [(lr, v) for lr, v in zip(test.lrs, smoothed) if math.isfinite(v)]
+    if shown:
+        ax.plot([p[0] for p in shown], [p[1] for p in shown], color="#1f77b4", label="smoothed loss")
+        low, high = min(v for _, v in shown), max(v for _, v in shown)
+        top = min(high, low + 3 * (shown[0][1] - low)) if shown[0][1] > low else high
+        pad = 0.05 * (top - low) if top > low else abs(low) * 0.05 + 1e-12
+        ax.set_ylim(low - pad, top + pad)
+    if chosen_lr:
+        ax.axvline(chosen_lr, color="#d62728", linestyle="--", label=f"chosen {chosen_lr:.2g}")
+    if test.suggestion and test.suggestion.min_loss_lr:
+        ax.axvline(test.suggestion.min_loss_lr, color="#999999", linestyle=":",
+                   label=f"loss minimum {test.suggestion.min_loss_lr:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"LR range test ({test.optimizer}, batch {test.batch_size})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
