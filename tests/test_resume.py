@@ -110,7 +110,9 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(reference, tmp_path):
     code = start_and_stop(train_args(task, out, 8), out, after, delay, signal.SIGKILL)
     print(f"CONVERGE_TEST_SEED={seed}: killed after {after} epochs + {delay:.3f}s, exit {code}")
     if code != 0:  # else the run finished before the kill: its files must still match
-        run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"])
+        # Killed before the run folder had its run.json, there is nothing to resume: start again.
+        run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"] if (out / "run.json").exists()
+               else train_args(task, out, 8))
     assert_same_run(ref_run, out)
     events = [json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()]
     assert "resumed" in events or code == 0
@@ -221,3 +223,26 @@ def test_ctrl_c_inside_an_epoch_resumes_exactly_in_process(tmp_path, splits):
     assert resumed.status == "max_epochs"
     assert_same_run(tmp_path / "reference", tmp_path / "run")
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
+
+
+def test_killed_while_tuning_resumes_to_the_same_run(tmp_path):
+    """Auto mode: a run killed during the tuning phase keeps its finished stages (tuning.json) and, resumed,
+    ends exactly as an uninterrupted auto run."""
+    task = write_task(tmp_path)
+    auto = lambda out: [sys.executable, "-m", "converge", "train", str(task), "--out", str(out),  # noqa: E731
+                        "--max-epochs", "3", "--seed", "3", "--device", "cpu", "--quiet"]
+    run_ok(auto(tmp_path / "reference"))
+    out = tmp_path / "run"
+    process = subprocess.Popen(auto(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.monotonic() + 120
+    while not (out / "tuning.json").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (out / "checkpoint.pt").exists(), "the kill was meant to land in the tuning phase"
+    stages = json.loads((out / "tuning.json").read_text())
+    assert stages, "a finished tuning stage was saved"
+    run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"])
+    assert_same_run(tmp_path / "reference", out)
+    reference_events = (tmp_path / "reference" / "events.jsonl").read_text()
+    assert (out / "events.jsonl").read_text() == reference_events

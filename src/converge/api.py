@@ -73,12 +73,14 @@ class _FolderOnce:
         self.folder: RunFolder | None = None
         self.made = False
 
-    def __call__(self) -> RunFolder | None:
+    def __call__(self, config: TrainConfig | None = None, info: dict | None = None) -> RunFolder | None:
         if not self.made and self.out is not None:
             # A resumed run that never reached its first checkpoint starts again in place, keeping the
             # tuning stages it had finished.
             self.folder = RunFolder.create(self.out, force=self.force or self.resume,
                                            keep=(TUNING_STAGES,) if self.resume else ())
+            # At once, so that `converge resume` knows the task even if the run dies while tuning.
+            self.folder.write_json(RUN_INFO, {"config": config.to_dict() if config else {}, **(info or {})})
         self.made = True
         return self.folder
 
@@ -95,13 +97,13 @@ def _build_trainer(model: nn.Module, splits: dict, config: TrainConfig, *, loss,
         objective = resolve_objective(model, on_device, loss, metrics or {}, amp=config.amp, device=device,
                                       probe_size=64)
         monitor_key(config.monitor, objective.metric_fns)
-        run_folder = folder()
+        run_folder = folder(config, info)
         tuning = choose_hyperparameters(model, on_device, config, objective, device=device, console=console,
                                         log=_stage_log(run_folder))
         config = tuning.config
     trainer = Trainer(model, splits, config, loss=loss, metrics=metrics, console=console, run_info=info,
                       tuning=tuning)
-    trainer.folder = folder()
+    trainer.folder = folder(config, info)
     return trainer
 
 

@@ -5,8 +5,11 @@ curve (Lightning's `lr_find` picked 1.1e-7 on an unscaled tabular task), "minimu
 when the minimum sits right at the divergence cliff, and fastai's valley rule is fooled by a long
 flat stretch. So the suggestion combines evidence:
 
-1. The losses are smoothed (bias-corrected EMA) and cut where they stop being finite or climb past
-   ``diverge_factor`` x the best smoothed loss.
+1. The sweep is cut where the loss stops being finite, where its trailing median passes
+   ``diverge_factor`` x its best, or where, after a clear fall, it climbs back above where it started.
+   The rules then read a *zero-phase* smoothing of what is left (a centred median against spikes, then
+   an EMA forwards and backwards): a causal EMA lags the sweep by about beta / (1 - beta) steps --
+   nearly a decade of LR in a short sweep -- and would place the minimum several times too high.
 2. A curve whose smoothed loss never falls by ``min_drop`` of its starting value gives no suggestion
    (``ok=False``): the caller falls back to a safe default and says so.
 3. Three rules vote, each only over the points up to the loss minimum and past the first
@@ -45,28 +48,60 @@ def smooth(losses: list[float], beta: float = 0.9) -> list[float]:
     return out
 
 
-def usable_prefix(lrs: list[float], smoothed: list[float], diverge_factor: float) -> int:
-    """How many leading points to trust: up to the first non-finite or diverged one."""
+def rolling_median(values: list[float], window: int = 5, centered: bool = True) -> list[float]:
+    """Median over a sliding window (centred, or trailing): one spiky batch cannot move it."""
+    out = []
+    for i in range(len(values)):
+        lo = max(0, i - window // 2) if centered else max(0, i - window + 1)
+        part = sorted(values[lo:lo + window] if centered else values[lo:i + 1])
+        out.append(part[len(part) // 2])
+    return out
+
+
+def smooth_zero_phase(losses: list[float], beta: float = 0.8) -> list[float]:
+    """A centred median (against spikes), then the EMA forwards and backwards: smooth without shifting
+    features along the LR axis."""
+    forward = smooth(rolling_median(losses), beta)
+    return smooth(forward[::-1], beta)[::-1]
+
+
+def usable_prefix(lrs: list[float], losses: list[float], diverge_factor: float = 4.0,
+                  rebound_drop: float = 0.2) -> int:
+    """How many leading points to trust: up to the first one that is non-finite, or where the trailing
+    median of the loss passes ``diverge_factor`` x its best, or -- once it has clearly fallen (by
+    ``rebound_drop``) -- climbs back above where the sweep started: a chaotic stretch that never
+    "diverges" numerically still tells nothing."""
+    for i, (lr, loss) in enumerate(zip(lrs, losses)):
+        if not (math.isfinite(loss) and math.isfinite(lr) and lr > 0):
+            return i
+    medians = rolling_median(list(losses), centered=False)
+    start = medians[min(9, len(medians) - 1)]
+    # A fall counts only when it is clear of batch-to-batch noise: three standard deviations of a median
+    # of five, estimated from the first ten losses (median absolute deviation).
+    first = sorted(losses[:10])
+    mad = sorted(abs(v - first[len(first) // 2]) for v in first)[len(first) // 2] if first else 0.0
+    noise = 3 * 1.4826 * mad * 1.25 / math.sqrt(5)
     best = math.inf
-    for i, value in enumerate(smoothed):
-        if not math.isfinite(value) or not math.isfinite(lrs[i]) or lrs[i] <= 0:
+    for i, value in enumerate(medians):
+        if i > 0 and value > diverge_factor * best:
             return i
-        if value > diverge_factor * best and i > 0:
+        fell = best < start * (1 - rebound_drop) and start - best > noise
+        if i > 9 and fell and value > start:
             return i
-        best = min(best, value)
-    return len(smoothed)
+        if i >= 9:
+            best = min(best, value)
+    return len(medians)
 
 
-def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.9, diverge_factor: float = 4.0,
+def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.8, diverge_factor: float = 4.0,
                min_drop: float = 0.05, skip_start: float = 0.1, min_points: int = 8) -> LrSuggestion:
     if len(lrs) != len(losses):
         raise ValueError(f"lrs and losses differ in length: {len(lrs)} and {len(losses)}")
-    smoothed = smooth(list(losses), beta)
-    n = usable_prefix(list(lrs), smoothed, diverge_factor)
+    n = usable_prefix(list(lrs), list(losses), diverge_factor)
     if n < min_points:
         return LrSuggestion(None, False, f"only {n} usable point(s) before the loss diverged or became NaN",
                             used_points=n)
-    lrs, smoothed = list(lrs[:n]), smoothed[:n]
+    lrs, smoothed = list(lrs[:n]), smooth_zero_phase(list(losses[:n]), beta)
     low = min(range(n), key=smoothed.__getitem__)
     start_loss = smoothed[0]
     drop = (start_loss - smoothed[low]) / abs(start_loss) if start_loss else 0.0

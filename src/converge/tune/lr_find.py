@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from converge.data import epoch_seed
-from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
+from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr, usable_prefix
 from converge.engine import device as dev
 from converge.engine.optim import build_optimizer
 from converge.rng import seed_everything
@@ -41,7 +41,7 @@ class RangeTest:
 
 def lr_range_test(model: nn.Module, train_split, loss_fn, *, optimizer: str, weight_decay: float, batch_size: int,
                   device: torch.device, amp: str = "off", seed: int = 0, start_lr: float = 1e-7,
-                  end_lr: float = 10.0, steps: int = 80, diverge_factor: float = 4.0) -> RangeTest:
+                  end_lr: float = 10.0, steps: int = 100, diverge_factor: float = 4.0) -> RangeTest:
     """Sweep the LR from ``start_lr`` to ``end_lr`` over at most ``steps`` optimizer steps; stop early once
     the smoothed loss passes ``diverge_factor`` x its best or stops being finite."""
     probe = copy.deepcopy(model).to(device)
@@ -50,7 +50,7 @@ def lr_range_test(model: nn.Module, train_split, loss_fn, *, optimizer: str, wei
     growth = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     result = RangeTest(optimizer, batch_size)
     seed_everything(epoch_seed(seed, _SWEEP_EPOCH_OFFSET))
-    best, sweep_epoch = math.inf, 0
+    sweep_epoch = 0
     while len(result.lrs) < steps:
         sweep_epoch += 1
         batches = train_split.batches(batch_size, seed=epoch_seed(seed, _SWEEP_EPOCH_OFFSET + sweep_epoch))
@@ -67,10 +67,8 @@ def lr_range_test(model: nn.Module, train_split, loss_fn, *, optimizer: str, wei
             result.lrs.append(lr)
             result.losses.append(value)
             result.samples += int(targets.shape[0])
-            smoothed = smooth(result.losses)[-1]
-            best = min(best, smoothed)
-            if not math.isfinite(value) or (len(result.lrs) > 5 and smoothed > diverge_factor * best) \
-                    or len(result.lrs) >= steps:
+            usable = usable_prefix(result.lrs, result.losses, diverge_factor)
+            if usable < len(result.lrs) or len(result.lrs) >= steps:  # the rest of the sweep would tell nothing
                 break
         else:
             continue

@@ -1,0 +1,303 @@
+"""The LR suggestion read from a range test (`converge.decide.lr_suggest`), on recorded and synthetic curves.
+
+Recorded curves (tests/data/lr_curves/*.json, written once by record.py there -- the tests only read
+them): real range tests of small models, each with `good_lr_range`, the LRs measured to train well
+(constant-LR grid, final validation loss within 20% of the best). Synthetic curves: shapes with a
+known answer -- a clean and a noisy U, NaN in the middle, NaN from the start, never decreasing, the
+long flat start that made Lightning suggest 1.1e-7, a divergence cliff right after the minimum.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from converge.decide.lr_suggest import smooth, suggest_lr
+
+CURVES = Path(__file__).parent / "data" / "lr_curves"
+N = 100
+LRS = [10 ** (-7 + 8 * i / (N - 1)) for i in range(N)]          # 1e-7 .. 10, like a real sweep
+NAN, INF = float("nan"), float("inf")
+
+
+def load(name: str) -> dict:
+    data = json.loads((CURVES / f"{name}.json").read_text())
+    data["losses"] = [float(v) for v in data["losses"]]                # "nan" / "inf" strings -> floats
+    return data
+
+
+def check_clamp(s) -> None:
+    """Every suggestion, whatever the curve: a finite LR within [min-loss LR / 100, min-loss LR / 3]."""
+    assert s.ok and s.lr is not None and math.isfinite(s.lr) and s.lr > 0, s
+    assert s.min_loss_lr / 100 * (1 - 1e-9) <= s.lr <= s.min_loss_lr / 3 * (1 + 1e-9), s
+
+
+def u_curve(min_lr: float, width: float = 2.0, noise: float = 0.0, seed: int = 0) -> list[float]:
+    """A parabola in log10(LR) with its analytic minimum 1.0 at `min_lr`; `noise` is a relative sd."""
+    rng = random.Random(seed)
+    x0 = math.log10(min_lr)
+    return [(1 + ((math.log10(lr) - x0) / width) ** 2) * (1 + noise * rng.gauss(0, 1)) for lr in LRS]
+
+
+def flat_then_fall(fall_lr: float, min_lr: float, noise: float, seed: int, *, level: float = 3.0e4,
+                   floor: float = 0.1) -> list[float]:
+    """Lightning's failure shape: a long, noisy plateau at `level` (an unscaled MSE) up to `fall_lr`,
+    a fall to `floor` x level by `min_lr`, then a blow-up. Noise is multiplicative (relative sd)."""
+    rng = random.Random(seed)
+    a, b = math.log10(fall_lr), math.log10(min_lr)
+    out = []
+    for lr in LRS:
+        x = math.log10(lr)
+        if x <= a:
+            value = 1.0
+        elif x <= b:
+            value = 1 - (1 - floor) * ((x - a) / (b - a)) ** 1.5
+        else:
+            value = floor * 10 ** (4 * (x - b))
+        out.append(level * value * (1 + noise * rng.gauss(0, 1)))
+    return out
+
+
+# ---------------------------------------------------------------- recorded range tests
+
+RECORDED = sorted(p.stem for p in CURVES.glob("*.json"))
+
+# Cases where the suggestion genuinely falls outside the measured good range (numbers from the
+# recording and the suggestion logic as of this commit). Strict: if the logic changes and one of
+# them starts to pass, the test says so.
+OUTSIDE = {
+    "digits_cnn__sgd": "the sweep never shows a fall (100 steps, loss ~2.30 flat to LR 0.2, 1.99 once at 0.42, "
+                       "then 7.4): ok=False; the grid's good LR is 0.1 (val CE 0.022)",
+    "diabetes_raw__sgd": "raw targets: the sweep's fall above 1e-3 is the output bias fitting the target mean "
+                         "(MSE 32000 -> ~6000); suggests ~3e-3, where 15 epochs end at val MSE ~5140 (the "
+                         "mean's); good range 1e-5..1e-4 (best 1.8e-5: 3253)",
+    "digits_mlp__adamw": "suggests ~2.2e-3 (min-loss LR 0.022 / 10); good range is 1e-2 only "
+                         "(val CE 0.036; 5.6e-3: 0.049, 3.2e-3: 0.055, 1.8e-2: 0.27)",
+    "digits_mlp__sgd": "suggests ~0.024 (min-loss LR 0.24 / 10); good range is 0.178 only "
+                       "(val CE 0.045; 0.1: 0.067, 0.056: 0.075, 0.032: 0.085, 0.018: 0.12)",
+    "standardized_regression__adamw": "suggests ~4e-3, just below the good range 5.6e-3..5.6e-2 "
+                                      "(val MSE at 3.2e-3: 0.0171 vs best 0.0125 at 1e-2, limit 0.0150)",
+    "standardized_regression__sgd": "suggests ~7.9e-3 (min-loss LR 0.079 / 10); good range 0.056..0.178 "
+                                    "(best 0.1: 0.0117; 0.01: 0.0388)",
+    "wild_scale_tabular__adamw": "unscaled: the sweep's minimum (~1e-3..8e-3) is the bias fitting the target "
+                                 "mean (MSE 1e4 -> 4e3); suggests ~5e-4, where 15 epochs end at val MSE ~4220 "
+                                 "(the mean's); the structure is only learnt at 0.018..0.056 (best 905)",
+}
+
+
+def test_every_recorded_curve_is_well_formed():
+    assert len(RECORDED) >= 8
+    for name in RECORDED:
+        data = load(name)
+        assert len(data["lrs"]) == len(data["losses"]) >= 2, name
+        assert all(b > a for a, b in zip(data["lrs"], data["lrs"][1:])), name
+        lo, hi = data["good_lr_range"]
+        assert 0 < lo <= hi, name
+        assert "val" in data["notes"] and data["task"] and data["optimizer"] in ("adamw", "sgd"), name
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=OUTSIDE[name])) if name in OUTSIDE else name
+    for name in RECORDED])
+def test_recorded_curve_suggestion_lies_in_its_measured_good_range(name):
+    data = load(name)
+    s = suggest_lr(data["lrs"], data["losses"])
+    lo, hi = data["good_lr_range"]
+    assert s.ok, s.reason
+    assert lo <= s.lr <= hi, f"suggested {s.lr:.3g}, good range [{lo:.3g}, {hi:.3g}]; {s.reason}"
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_recorded_curve_answer_is_coherent(name):
+    """Whatever the verdict: a suggestion is clamped and explained, a refusal says why -- and the raw
+    loss scale (MSE of 3e4 on raw targets, cross-entropy of 2.3) does not change the answer."""
+    data = load(name)
+    s = suggest_lr(data["lrs"], data["losses"])
+    assert 0 <= s.used_points <= len(data["lrs"])
+    assert s.reason
+    if s.ok:
+        check_clamp(s)
+        assert s.min_loss_lr in data["lrs"][:s.used_points]
+    else:
+        assert s.lr is None
+    rescaled = suggest_lr(data["lrs"], [v * 1e-3 for v in data["losses"]])
+    assert rescaled.ok == s.ok
+    if s.ok:
+        assert rescaled.lr == pytest.approx(s.lr, rel=1e-9)
+
+
+def test_recorded_never_decreasing_curve_gives_no_suggestion():
+    """A real sweep that never fell (SGD on the digits CNN: cross-entropy ~2.30 throughout)."""
+    data = load("digits_cnn__sgd")
+    s = suggest_lr(data["lrs"], data["losses"])
+    assert not s.ok and s.lr is None
+    assert "never fell" in s.reason or "usable" in s.reason, s.reason
+
+
+def test_recorded_unscaled_tabular_curves_do_not_suggest_the_start_of_the_sweep():
+    """The Lightning failure (1.1e-7 on an unscaled tabular task): on the real raw-target sweeps, whose
+    first decades are a flat, noisy MSE of ~3e4, the suggestion stays far from the sweep's start."""
+    for name in ("diabetes_raw__adamw", "diabetes_raw__sgd", "wild_scale_tabular__adamw"):
+        data = load(name)
+        s = suggest_lr(data["lrs"], data["losses"])
+        assert s.ok, (name, s.reason)
+        assert s.lr >= 1e-5, (name, s)
+        assert s.lr >= s.min_loss_lr / 100, (name, s)
+
+
+# ---------------------------------------------------------------- synthetic: U-shaped
+
+@pytest.mark.parametrize("min_lr", [1e-4, 1e-3, 1e-2, 1e-1])
+def test_clean_u_curve_suggests_3_to_100_times_below_its_minimum(min_lr):
+    s = suggest_lr(LRS, u_curve(min_lr))
+    check_clamp(s)
+    step = LRS[1] / LRS[0]
+    assert min_lr / step <= s.min_loss_lr <= min_lr * step           # found the analytic minimum
+    assert min_lr / 100 * (1 - 1e-9) <= s.lr <= min_lr / 3 * step
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("min_lr", [1e-3, 3e-2])
+def test_noisy_u_curve_stays_within_the_true_minimums_window(min_lr, seed):
+    s = suggest_lr(LRS, u_curve(min_lr, noise=0.15, seed=seed))   # 15% batch-to-batch noise
+    check_clamp(s)
+    assert min_lr / 100 <= s.lr <= min_lr / 3, (s.lr, s.reason)
+
+
+# ---------------------------------------------------------------- synthetic: NaN / inf
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+@pytest.mark.parametrize("cut", [60, 75, 95])
+def test_nan_in_the_middle_or_tail_ends_the_usable_prefix(cut, bad):
+    """Past the minimum or before it, the first non-finite loss ends the evidence: what comes after
+    it -- even a lower loss -- changes nothing."""
+    losses = u_curve(1e-2, noise=0.03, seed=1)
+    broken = losses[:cut] + [bad] + [0.01] * (N - cut - 1)           # "better" losses after the NaN
+    s = suggest_lr(LRS, broken)
+    assert s.used_points <= cut
+    check_clamp(s)
+    assert s.lr < LRS[cut] and s.min_loss_lr < LRS[cut]
+    truncated = suggest_lr(LRS[:cut], losses[:cut])
+    assert (s.lr, s.min_loss_lr, s.used_points) == (truncated.lr, truncated.min_loss_lr, truncated.used_points)
+
+
+def test_nan_just_past_the_fall_keeps_the_suggestion_before_it():
+    """A NaN in the middle of the fall: the suggestion comes from the prefix only (below the NaN's LR)."""
+    losses = u_curve(1e-1)
+    losses[70] = NAN                                                   # LR ~ 4e-2, still falling
+    s = suggest_lr(LRS, losses)
+    check_clamp(s)
+    assert s.used_points == 70
+    assert s.min_loss_lr <= LRS[69] and s.lr < LRS[70] / 3
+
+
+@pytest.mark.parametrize("losses, what", [
+    ([NAN] * N, "NaN from the start"),
+    ([NAN] + u_curve(1e-2)[1:], "NaN first"),
+    ([INF] * N, "inf from the start"),
+    (u_curve(1e-2)[:7] + [NAN] * (N - 7), "7 finite points, then NaN"),
+    ([3.0, 2.5, 2.0, INF] + [1.0] * (N - 4), "3 finite points, then inf"),
+])
+def test_too_few_finite_points_gives_no_suggestion(losses, what):
+    s = suggest_lr(LRS, losses)
+    assert not s.ok and s.lr is None, what
+    assert s.used_points < 8, what
+    assert "usable" in s.reason or "NaN" in s.reason, (what, s.reason)
+    assert str(s.used_points) in s.reason, (what, s.reason)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7])
+def test_short_sweeps_give_no_suggestion(n):
+    losses = [3.0 - 0.25 * i for i in range(n)]                         # falling, but only n points
+    s = suggest_lr(LRS[:n], losses)
+    assert not s.ok and s.lr is None
+    assert "usable" in s.reason and str(n) in s.reason, s.reason
+
+
+# ---------------------------------------------------------------- synthetic: never decreasing
+
+@pytest.mark.parametrize("losses, what", [
+    ([2.3] * N, "constant"),
+    ([2.3 * (1 + 0.01 * random.Random(3).gauss(0, 1)) for _ in range(N)], "flat with 1% noise"),
+    ([1.0 + i / N for i in range(N)], "slowly rising"),
+    ([1.0 + 0.02 * math.sin(i / 3) for i in range(N)], "wobbling by 2%"),
+    ([1.0] * 60 + [1.0 + 0.05 * i for i in range(40)], "flat, then rising"),
+])
+def test_never_decreasing_curve_gives_no_suggestion(losses, what):
+    s = suggest_lr(LRS, losses)
+    assert not s.ok and s.lr is None, (what, s)
+    assert "never fell" in s.reason, (what, s.reason)
+
+
+def test_a_fall_just_under_min_drop_is_refused_and_just_over_is_accepted():
+    def curve(depth):
+        return [1.0 - depth * min(1.0, max(0.0, (i - 40) / 30)) for i in range(N)]
+    assert not suggest_lr(LRS, curve(0.02)).ok
+    assert suggest_lr(LRS, curve(0.2)).ok
+
+
+# ---------------------------------------------------------------- synthetic: Lightning's failure shape
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("fall_lr, min_lr", [(1e-4, 1e-2), (1e-2, 3e-1), (1e-3, 1e-1)])
+def test_long_noisy_flat_start_does_not_pull_the_suggestion_to_the_start(fall_lr, min_lr, seed):
+    """The plateau's batch noise (5%, on an MSE of 3e4) holds steep little drops; none of them may be
+    read as the descent. Lightning's 1.1e-7 was 5 decades below where the loss moved."""
+    losses = flat_then_fall(fall_lr, min_lr, noise=0.05, seed=seed)
+    s = suggest_lr(LRS, losses)
+    check_clamp(s)
+    assert min_lr / 100 <= s.lr <= min_lr, (s.lr, s.reason)
+    assert s.lr >= fall_lr / 10, (s.lr, s.reason)                   # not in the noisy plateau's depth
+    assert s.lr > 1e-6
+
+
+# ---------------------------------------------------------------- synthetic: divergence right after the minimum
+
+@pytest.mark.parametrize("tail", ["explodes", "explodes then NaN", "explodes then inf"])
+def test_divergence_right_after_the_minimum_keeps_the_suggestion_off_the_cliff(tail):
+    min_i = 70
+    losses = [2.0 - 1.5 * min(1.0, max(0.0, (i - 40) / (min_i - 40))) for i in range(min_i + 1)]
+    losses += [losses[-1] * 10 ** (i + 1) for i in range(4)]          # x10, x100, ... straight after
+    if tail != "explodes":
+        losses.append(NAN if "NaN" in tail else INF)
+    losses += [NAN] * (N - len(losses))
+    s = suggest_lr(LRS, losses)
+    check_clamp(s)
+    assert s.used_points <= min_i + 5
+    assert s.min_loss_lr <= LRS[min_i + 1]
+    assert LRS[min_i] / 100 <= s.lr <= LRS[min_i] / 3 * LRS[1] / LRS[0]
+
+
+# ---------------------------------------------------------------- input checks and smoothing
+
+@pytest.mark.parametrize("n_lrs, n_losses", [(10, 9), (9, 10), (0, 1), (100, 0)])
+def test_different_lengths_are_a_value_error(n_lrs, n_losses):
+    with pytest.raises(ValueError, match="length"):
+        suggest_lr(LRS[:n_lrs], [1.0] * n_losses)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.8, 0.9, 0.98])
+def test_smooth_is_bias_corrected(beta):
+    losses = u_curve(1e-2, noise=0.2, seed=2)
+    out = smooth(losses, beta)
+    assert len(out) == len(losses)
+    assert out[0] == pytest.approx(losses[0], rel=1e-12)           # no pull towards the zero start
+    assert smooth([7.5] * 50, beta) == pytest.approx([7.5] * 50, rel=1e-12)
+    for i in range(1, len(out)):                                   # a weighted mean of what came so far
+        assert min(losses[:i + 1]) - 1e-12 <= out[i] <= max(losses[:i + 1]) + 1e-12
+
+
+def test_smooth_second_value_is_the_normalized_weighted_mean():
+    beta = 0.9
+    out = smooth([2.0, 4.0], beta)
+    assert out[1] == pytest.approx((beta * (1 - beta) * 2.0 + (1 - beta) * 4.0) / (1 - beta**2))
+
+
+def test_smooth_keeps_non_finite_values_non_finite():
+    out = smooth([1.0, 2.0, NAN, 1.0], 0.9)
+    assert all(math.isfinite(v) for v in out[:2])
+    assert not math.isfinite(out[2])
