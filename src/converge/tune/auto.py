@@ -31,7 +31,6 @@ from torch import nn
 
 from converge.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, TrainConfig
 from converge.console import Console
-from converge.data import TensorSplit
 from converge.decide.lr_suggest import LrSuggestion
 from converge.engine import device as dev
 from converge.engine.objective import Objective
