@@ -210,7 +210,11 @@ def test_too_few_finite_points_gives_no_suggestion(losses, what):
     assert str(s.used_points) in s.reason, (what, s.reason)
 
 
-@pytest.mark.parametrize("n", [0, 1, 5, 7])
+@pytest.mark.parametrize("n", [
+    pytest.param(0, marks=pytest.mark.xfail(strict=True, raises=IndexError, reason=(
+        "suggest_lr([], []) raises IndexError in usable_prefix (medians[min(9, len - 1)] on an empty "
+        "list) instead of answering ok=False; a range test over an empty loader would crash"))),
+    1, 5, 7])
 def test_short_sweeps_give_no_suggestion(n):
     losses = [3.0 - 0.25 * i for i in range(n)]                         # falling, but only n points
     s = suggest_lr(LRS[:n], losses)
@@ -257,19 +261,34 @@ def test_long_noisy_flat_start_does_not_pull_the_suggestion_to_the_start(fall_lr
 
 # ---------------------------------------------------------------- synthetic: divergence right after the minimum
 
-@pytest.mark.parametrize("tail", ["explodes", "explodes then NaN", "explodes then inf"])
-def test_divergence_right_after_the_minimum_keeps_the_suggestion_off_the_cliff(tail):
-    min_i = 70
-    losses = [2.0 - 1.5 * min(1.0, max(0.0, (i - 40) / (min_i - 40))) for i in range(min_i + 1)]
-    losses += [losses[-1] * 10 ** (i + 1) for i in range(4)]          # x10, x100, ... straight after
-    if tail != "explodes":
-        losses.append(NAN if "NaN" in tail else INF)
-    losses += [NAN] * (N - len(losses))
-    s = suggest_lr(LRS, losses)
+def cliff_curve(spikes: int, end: str) -> list[float]:
+    """Flat at 2.0, a fall to 0.5 at index CLIFF (its true minimum), then `spikes` losses each 10x the
+    last, then the sweep ends there or with one NaN / inf (a recorder keeps that last value)."""
+    losses = [2.0 - 1.5 * min(1.0, max(0.0, (i - 40) / (CLIFF - 40))) for i in range(CLIFF + 1)]
+    losses += [0.5 * 10 ** (i + 1) for i in range(spikes)]
+    return losses + ({"nan": [NAN], "inf": [INF]}.get(end, []))
+
+
+CLIFF = 70                                                            # LRS[70] ~ 4.5e-2
+NO_DIVERGE_CHECK_BEFORE_NAN = (
+    "usable_prefix returns at the first non-finite loss before its divergence check runs, so every "
+    "spike before a closing NaN/inf stays in the prefix; the backward EMA pass then smears them over "
+    "the fall (3 spikes: lr 4.0e-4, 4 spikes: 7.6e-5 vs window 4.5e-4..1.5e-2; 5 spikes: ok=False "
+    "'never fell' with min-loss LR 1e-7)")
+
+
+@pytest.mark.parametrize("spikes, end", [
+    (0, "end"), (1, "end"), (2, "end"), (3, "end"), (5, "end"), (0, "nan"), (1, "nan"), (2, "inf"),
+    *[pytest.param(k, end, marks=pytest.mark.xfail(strict=True, reason=NO_DIVERGE_CHECK_BEFORE_NAN))
+      for k in (3, 4, 5) for end in ("nan", "inf")],
+])
+def test_divergence_right_after_the_minimum_keeps_the_suggestion_off_the_cliff(spikes, end):
+    losses = cliff_curve(spikes, end)
+    s = suggest_lr(LRS[:len(losses)], losses)
     check_clamp(s)
-    assert s.used_points <= min_i + 5
-    assert s.min_loss_lr <= LRS[min_i + 1]
-    assert LRS[min_i] / 100 <= s.lr <= LRS[min_i] / 3 * LRS[1] / LRS[0]
+    assert s.used_points <= CLIFF + 1 + spikes
+    assert s.min_loss_lr <= LRS[CLIFF + 1]
+    assert LRS[CLIFF] / 100 <= s.lr <= LRS[CLIFF] / 3 * LRS[1] / LRS[0], (s.lr, s.reason)
 
 
 # ---------------------------------------------------------------- input checks and smoothing

@@ -21,8 +21,8 @@ from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_c
 from converge.engine import device as dev
 from converge.engine.loop import monitor_key
 from converge.engine.objective import resolve_objective
-from converge.io.runfolder import RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder
-from converge.tune import StageLog, choose_hyperparameters
+from converge.io.runfolder import LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder
+from converge.tune import StageLog, choose_hyperparameters, plot_range_test
 from converge.task import load_task
 
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
@@ -101,6 +101,9 @@ def _build_trainer(model: nn.Module, splits: dict, config: TrainConfig, *, loss,
         tuning = choose_hyperparameters(model, on_device, config, objective, device=device, console=console,
                                         log=_stage_log(run_folder))
         config = tuning.config
+        chosen_test = tuning.range_tests.get(config.optimizer)
+        if run_folder is not None and chosen_test is not None:
+            plot_range_test(run_folder.path / LR_FIND_PLOT, chosen_test, config.lr)
     trainer = Trainer(model, splits, config, loss=loss, metrics=metrics, console=console, run_info=info,
                       tuning=tuning)
     trainer.folder = folder(config, info)

@@ -200,6 +200,8 @@ def print_summary(summary: dict, run_dir) -> None:
     hp = summary["hyperparameters"]
     table.add_row("hyperparameters", f"{hp['optimizer']} lr {hp['lr']:.3g} weight decay {hp['weight_decay']:.3g} "
                                      f"batch {hp['batch_size']}")
+    if summary.get("tuning_epochs"):
+        table.add_row("tuning", f"{summary['tuning_epochs']:.1f} epochs spent choosing them")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f}s on {summary['device']}")
     console.print(table)
     if run_dir is not None:
