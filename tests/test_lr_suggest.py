@@ -36,6 +36,11 @@ def check_clamp(s) -> None:
     assert s.min_loss_lr / 100 * (1 - 1e-9) <= s.lr <= s.min_loss_lr / 3 * (1 + 1e-9), s
 
 
+def gauss(n: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.gauss(0, 1) for _ in range(n)]
+
+
 def u_curve(min_lr: float, width: float = 2.0, noise: float = 0.0, seed: int = 0) -> list[float]:
     """A parabola in log10(LR) with its analytic minimum 1.0 at `min_lr`; `noise` is a relative sd."""
     rng = random.Random(seed)
@@ -83,6 +88,13 @@ OUTSIDE = {
                                       "(val MSE at 3.2e-3: 0.0171 vs best 0.0125 at 1e-2, limit 0.0150)",
     "standardized_regression__sgd": "suggests ~7.9e-3 (min-loss LR 0.079 / 10); good range 0.056..0.178 "
                                     "(best 0.1: 0.0117; 0.01: 0.0388)",
+    "standardized_regression__sgd__to_nan": "the sweep run on to inf (90 steps, ending 4.9e3, 2.8e12, 4.3e25, inf): "
+                                            "ok=False 'never fell (best drop 0.0%)', min-loss LR 1e-7 -- the "
+                                            "exploding losses before the inf stay in the prefix (see "
+                                            "NO_DIVERGE_CHECK_BEFORE_NAN); its 10x-stopped twin gets 7.9e-3",
+    "wild_scale_tabular__sgd__to_nan": "the sweep run on to inf (35 steps, ending 5.8e4, 8.6e9, 1.1e30, inf): ok=False "
+                                       "'never fell', min-loss LR 1e-7, same cause; its 10x-stopped twin gets "
+                                       "2.0e-7, inside the good range 1e-8..3.2e-6",
     "wild_scale_tabular__adamw": "unscaled: the sweep's minimum (~1e-3..8e-3) is the bias fitting the target "
                                  "mean (MSE 1e4 -> 4e3); suggests ~5e-4, where 15 epochs end at val MSE ~4220 "
                                  "(the mean's); the structure is only learnt at 0.018..0.056 (best 905)",
@@ -90,7 +102,7 @@ OUTSIDE = {
 
 
 def test_every_recorded_curve_is_well_formed():
-    assert len(RECORDED) >= 8
+    assert len(RECORDED) >= 10
     for name in RECORDED:
         data = load(name)
         assert len(data["lrs"]) == len(data["losses"]) >= 2, name
@@ -124,10 +136,26 @@ def test_recorded_curve_answer_is_coherent(name):
         assert s.min_loss_lr in data["lrs"][:s.used_points]
     else:
         assert s.lr is None
-    rescaled = suggest_lr(data["lrs"], [v * 1e-3 for v in data["losses"]])
-    assert rescaled.ok == s.ok
-    if s.ok:
-        assert rescaled.lr == pytest.approx(s.lr, rel=1e-9)
+    for scale in (2.0**-15, 2.0**10):                              # powers of two: exact in floating point
+        rescaled = suggest_lr(data["lrs"], [v * scale for v in data["losses"]])
+        assert (rescaled.ok, rescaled.lr, rescaled.used_points) == (s.ok, s.lr, s.used_points)
+
+
+TWINS = ["standardized_regression__sgd", "wild_scale_tabular__sgd"]   # also recorded on to the first inf
+
+
+@pytest.mark.xfail(strict=True, reason="the exploding losses before a closing inf stay in the usable prefix "
+                                       "and hide the fall: ok=False 'never fell' on both (see OUTSIDE)")
+@pytest.mark.parametrize("name", TWINS)
+def test_recorded_sweep_run_on_to_inf_agrees_with_its_stopped_twin(name):
+    """A NaN-containing real sweep: the blow-up at its end must not change what the fall before it says."""
+    stopped, to_nan = load(name), load(f"{name}__to_nan")
+    assert not math.isfinite(to_nan["losses"][-1]) and len(to_nan["losses"]) > len(stopped["losses"])
+    assert to_nan["lrs"][:len(stopped["lrs"])] == stopped["lrs"]
+    a = suggest_lr(stopped["lrs"], stopped["losses"])
+    b = suggest_lr(to_nan["lrs"], to_nan["losses"])
+    assert a.ok and b.ok, b.reason
+    assert a.lr / 3 <= b.lr <= a.lr * 3, (a.lr, b.lr)
 
 
 def test_recorded_never_decreasing_curve_gives_no_suggestion():
@@ -135,7 +163,7 @@ def test_recorded_never_decreasing_curve_gives_no_suggestion():
     data = load("digits_cnn__sgd")
     s = suggest_lr(data["lrs"], data["losses"])
     assert not s.ok and s.lr is None
-    assert "never fell" in s.reason or "usable" in s.reason, s.reason
+    assert "never fell" in s.reason, s.reason
 
 
 def test_recorded_unscaled_tabular_curves_do_not_suggest_the_start_of_the_sweep():
@@ -222,11 +250,18 @@ def test_short_sweeps_give_no_suggestion(n):
     assert "usable" in s.reason and str(n) in s.reason, s.reason
 
 
+def test_eight_falling_points_are_enough():
+    s = suggest_lr(LRS[:8], [3.0 - 0.25 * i for i in range(8)])
+    check_clamp(s)
+    assert s.used_points == 8
+
+
 # ---------------------------------------------------------------- synthetic: never decreasing
 
 @pytest.mark.parametrize("losses, what", [
     ([2.3] * N, "constant"),
-    ([2.3 * (1 + 0.01 * random.Random(3).gauss(0, 1)) for _ in range(N)], "flat with 1% noise"),
+    ([2.3 * (1 + 0.01 * g) for g in gauss(N, seed=3)], "flat with 1% noise"),
+    ([2.3 * (1 + 0.03 * g) for g in gauss(N, seed=4)], "flat with 3% noise"),
     ([1.0 + i / N for i in range(N)], "slowly rising"),
     ([1.0 + 0.02 * math.sin(i / 3) for i in range(N)], "wobbling by 2%"),
     ([1.0] * 60 + [1.0 + 0.05 * i for i in range(40)], "flat, then rising"),
