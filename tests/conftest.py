@@ -10,8 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from converge.cli import main
+
+# The tests train tiny models: one thread is faster for them, and it keeps their timing independent of
+# whatever else loads the machine (spinning OpenMP threads degrade badly when cores are oversubscribed).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses the tests start
 
 # Every generated task file starts with this: imports and `_xy()`, 200 samples x 8 features, 3 classes.
 TASK_HEADER = '''
