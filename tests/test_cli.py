@@ -407,3 +407,26 @@ def test_explicit_values_override_their_knob_only(cli, task_file, tmp_path):
     tests = [e for e in events if e["event"] == "lr_range_test"]
     assert [t["optimizer"] for t in tests] == ["sgd"] and tests[0]["batch_size"] == 40
     assert not any(e["event"] in ("chose_optimizer", "chose_batch_size") for e in events)
+
+
+def test_lr_find_prints_suggestions_and_writes_the_plot(cli, task_file, tmp_path):
+    out = tmp_path / "find"
+    result = cli("lr-find", task_file, "--out", out)
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert any(line.startswith("adamw: suggested lr") for line in lines)
+    assert any(line.startswith("sgd: suggested lr") for line in lines)
+    assert (out / "lr_find.png").read_bytes().startswith(PNG_MAGIC)
+    found = json.loads((out / "lr_find.json").read_text())
+    assert set(found) == {"adamw", "sgd"}
+    for curve in found.values():
+        assert len(curve["lrs"]) == len(curve["losses"]) > 8
+        assert curve["lrs"] == sorted(curve["lrs"])
+
+
+def test_lr_find_one_optimizer_and_bad_input(cli, task_file, tmp_path):
+    result = cli("lr-find", task_file, "--optimizer", "sgd", "--batch-size", "16", "--out", tmp_path / "f")
+    assert result.code == 0 and "adamw" not in result.out
+    assert json.loads((tmp_path / "f" / "lr_find.json").read_text())["sgd"]["batch_size"] == 16
+    cli("lr-find", tmp_path / "missing.py").single_error("does not exist")
+    cli("lr-find", task_file, "--batch-size", "0").single_error("--batch-size")
