@@ -36,8 +36,9 @@ def test_batch_size_rule(n, expected):
 
 
 @pytest.mark.parametrize("lr, min_loss_lr, fixed, expected", [
-    (3e-3, 1e-2, False, [1e-3, 3e-4]),
-    (3e-3, 1e-2, True, [3e-3, 1e-3, 3e-4]),
+    (1e-3, 1e-2, False, [1e-3, 1e-3 / 3]),
+    (1e-3, 1e-2, True, [3e-3, 1e-3, 1e-3 / 3]),      # room up to min-loss LR / 2
+    (3e-3, 1e-2, True, [3e-3, 1e-3]),                # 3x would pass min-loss LR / 2
 ])
 def test_lr_arms(lr, min_loss_lr, fixed, expected):
     suggestion = LrSuggestion(lr, True, "", min_loss_lr=min_loss_lr)
