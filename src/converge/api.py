@@ -90,12 +90,7 @@ def _build_trainer(model: nn.Module, splits: dict, config: TrainConfig, *, loss,
     """Check everything, make the run folder, choose the "auto" knobs, and build the Trainer."""
     tuning = None
     if config.auto_knobs:
-        device = dev.pick_device(config.device)
-        dev.check_amp(config.amp, device)
-        model.to(device)
-        on_device = {name: split.to(device) for name, split in splits.items()}
-        objective = resolve_objective(model, on_device, loss, metrics or {}, amp=config.amp, device=device,
-                                      probe_size=64)
+        device, on_device, objective = _checked_setup(model, splits, config, loss, metrics)
         monitor_key(config.monitor, objective.metric_fns)
         run_folder = folder(config, info)
         tuning = choose_hyperparameters(model, on_device, config, objective, device=device, console=console,
@@ -108,6 +103,17 @@ def _build_trainer(model: nn.Module, splits: dict, config: TrainConfig, *, loss,
                       tuning=tuning)
     trainer.folder = folder(config, info)
     return trainer
+
+
+def _checked_setup(model: nn.Module, splits: dict, config: TrainConfig, loss, metrics):
+    """The device, the splits on it, and the objective (probe forward, label and shape checks)."""
+    device = dev.pick_device(config.device)
+    dev.check_amp(config.amp, device)
+    model.to(device)
+    on_device = {name: split.to(device) for name, split in splits.items()}
+    objective = resolve_objective(model, on_device, loss, metrics or {}, amp=config.amp, device=device,
+                                  probe_size=64)
+    return device, on_device, objective
 
 
 def _stage_log(folder: RunFolder | None) -> StageLog:
@@ -219,12 +225,8 @@ def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int |
                          device=device, amp=amp, monitor=task.monitor, mode=task.mode)
     seed_everything(config.seed)
     model = task.build_model()
-    device_ = dev.pick_device(config.device)
-    dev.check_amp(config.amp, device_)
-    model.to(device_)
-    splits = {k: s.to(device_) for k, s in make_splits(*task.build_data(), num_workers=0).items()}
-    objective = resolve_objective(model, splits, task.loss, task.metrics, amp=config.amp, device=device_,
-                                  probe_size=64)
+    device_, splits, objective = _checked_setup(model, make_splits(*task.build_data()), config, task.loss,
+                                                task.metrics)
     folder = RunFolder.create(out if out is not None else default_out(f"{task.name}-lr-find"), force=force)
     size = config.batch_size
     if size == "auto":
