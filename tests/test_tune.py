@@ -82,7 +82,7 @@ def test_auto_chooses_every_knob_with_evidence_and_is_deterministic():
                                                                 again.config.batch_size)
     kinds = [e["event"] for e in first.events]
     assert kinds.count("lr_range_test") == 2 and "race_rung" in kinds
-    assert {"chose_batch_size", "chose_optimizer", "chose_weight_decay"} <= set(kinds)
+    assert {"chose_batch_size", "chose_optimizer", "chose_lr", "chose_weight_decay"} <= set(kinds)
     assert first.epochs > 0
     assert set(first.range_tests) == {"adamw", "sgd"}
     race = [e for e in first.events if e["event"] == "race_rung"]
@@ -130,3 +130,13 @@ def test_finished_stages_are_reused(monkeypatch):
                                    device=torch.device("cpu"), log=StageLog(dict(saved)))
     assert (again.config.lr, again.config.batch_size) == (first.config.lr, first.config.batch_size)
     assert math.isclose(again.epochs, first.epochs)
+
+
+def test_an_explicit_min_lr_survives_tuning():
+    model, splits, objective = task()
+    tuning = choose_hyperparameters(model, splits, TrainConfig(optimizer="adamw", min_lr=1e-6), objective,
+                                    device=torch.device("cpu"))
+    assert tuning.config.min_lr == 1e-6
+    derived = choose_hyperparameters(model, splits, TrainConfig(optimizer="adamw"), objective,
+                                     device=torch.device("cpu"))
+    assert derived.config.min_lr == pytest.approx(derived.config.lr * 1e-3)

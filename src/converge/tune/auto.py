@@ -32,7 +32,7 @@ from torch import nn
 
 from converge.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, TrainConfig
 from converge.console import Console
-from converge.decide.lr_suggest import LrSuggestion
+from converge.decide.lr_suggest import LrSuggestion, suggest_lr
 from converge.engine import device as dev
 from converge.engine.objective import Objective
 from converge.tune.lr_find import RangeTest, lr_range_test
@@ -139,9 +139,12 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
         events += race_events
     else:
         opt, lr = arms[0]
+    raced = "won the race on the monitored validation value" if len(arms) > 1 else "the only candidate"
     if config.optimizer == "auto":
-        events.append(_event("chose_optimizer", value=opt, lr=lr,
-                             reason="won the race on the monitored validation value"))
+        events.append(_event("chose_optimizer", value=opt, lr=lr, reason=raced))
+    if config.lr == "auto":
+        events.append(_event("chose_lr", value=lr, optimizer=opt, reason=raced if len(arms) > 1 else
+                             "the range test's suggestion (nothing else to race)"))
     if config.weight_decay == "auto":
         events.append(_event("chose_weight_decay", value=decay[opt], reason=(
             f"the standard decoupled weight decay for {opt}: a short race cannot tell weight decays apart, "
@@ -150,8 +153,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
     if warmup:
         events.append(_event("warmup", steps=warmup, lr=lr, reason=warmup_reason))
     chosen = config.with_values(optimizer=opt, lr=lr, weight_decay=decay[opt], batch_size=batch_size,
-                                warmup_steps=warmup or config.warmup_steps, min_lr=None if config.lr == "auto"
-                                else config.min_lr)
+                                warmup_steps=warmup or config.warmup_steps, min_lr=config.min_lr)
     epochs = samples / n_train
     console.message(f"tuning: {opt} lr {lr:.3g} weight decay {decay[opt]:g} batch {batch_size}"
                     f"{f' warmup {warmup} steps' if warmup else ''} ({epochs:.1f} epochs spent choosing)")
@@ -165,8 +167,6 @@ def _event(kind: str, **values) -> dict:
 def _range_test(log, model, train, objective, opt, decay, batch_size, device, config) -> RangeTest:
     saved = log.get(f"range_test_{opt}")
     if saved is not None:
-        from converge.decide.lr_suggest import suggest_lr
-
         losses = [math.nan if loss is None else loss for loss in saved["losses"]]  # JSON keeps NaN as null
         test = RangeTest(opt, batch_size, list(saved["lrs"]), losses, int(saved["samples"]))
         test.suggestion = suggest_lr(test.lrs, test.losses)
