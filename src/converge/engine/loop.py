@@ -31,7 +31,6 @@ from converge.io import checkpoint as ckpt
 from converge.io.runfolder import BEST_WEIGHTS, SUMMARY, RunFolder
 from converge.io.weights import snapshot, weights_bytes
 
-STATUSES = ("converged", "max_epochs", "diverged", "interrupted")
 PROGRESS_UPDATES_PER_EPOCH = 25
 
 

@@ -54,17 +54,6 @@ class JsonlLog:
         self.lines = len(records)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash: everything after it is lost anyway
-                break
-    return records
-
-
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
