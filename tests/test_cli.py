@@ -42,14 +42,10 @@ def _train(cli, task, out, *flags):
 FIXED_KNOBS = ("--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "1e-2", "--batch-size", "64")
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, default_task_source):
+def finished(tmp_path_factory, default_task_source, train_once):
     """One 4-epoch classification run, shared by the read-only checks below."""
-    root = tmp_path_factory.mktemp("cli")
-    task = root / "task.py"
-    task.write_text(default_task_source)
-    out = root / "run"
-    code = converge.cli.main(["train", str(task), "--out", str(out), "--max-epochs", "4", "--quiet",
-                              *FIXED_KNOBS])
+    task, out, code = train_once(tmp_path_factory.mktemp("cli"), default_task_source, "--max-epochs", "4",
+                                 *FIXED_KNOBS)
     assert code == 0
     return task, out, json.loads((out / "summary.json").read_text())
 
@@ -397,6 +393,10 @@ def test_auto_is_the_default_and_records_its_choices(cli, task_file, tmp_path):
     assert all(e["epoch"] == 0 for e in events[:kinds.index("chose_weight_decay") + 1])
     stages = json.loads((out / "tuning.json").read_text())
     assert {"batch_size", "range_test_adamw", "range_test_sgd", "race"} <= set(stages)
+    # run.json keeps the options as given, so a run resumed before its first checkpoint tunes again
+    # (from the saved stages) instead of training with choices whose evidence it no longer has
+    given = json.loads((out / "run.json").read_text())["config"]
+    assert [given[k] for k in ("optimizer", "lr", "weight_decay", "batch_size")] == ["auto"] * 4
 
 
 def test_explicit_values_override_their_knob_only(cli, task_file, tmp_path):

@@ -79,7 +79,9 @@ class _FolderOnce:
             # tuning stages it had finished.
             self.folder = RunFolder.create(self.out, force=self.force or self.resume,
                                            keep=(TUNING_STAGES,) if self.resume else ())
-            # At once, so that `converge resume` knows the task even if the run dies while tuning.
+            # At once, so that `converge resume` knows the task even if the run dies while tuning. It keeps
+            # the options as given ("auto" included): a run resumed before its first checkpoint redoes
+            # its tuning from the saved stages, exactly as the uninterrupted run did.
             self.folder.write_json(RUN_INFO, {"config": config.to_dict() if config else {}, **(info or {})})
         self.made = True
         return self.folder
@@ -164,7 +166,7 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
     task = load_task(info["task"])
     config = TrainConfig.from_dict(checkpoint[0]["config"] if checkpoint else info["config"])
     if max_epochs is not None:
-        config = TrainConfig.from_dict({**config.to_dict(), "max_epochs": max_epochs})
+        config = config.with_values(max_epochs=max_epochs)
     console = console or make_console(verbose)
     if task.sha256 != info.get("task_sha256"):
         console.warning(f"{task.path} changed since the run started; results may differ")

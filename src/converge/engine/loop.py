@@ -119,8 +119,7 @@ class Trainer:
         self._run_started = time.monotonic()
         self.console.start(self.config.max_epochs)
         if self.folder is not None and not self.history and self.step == 0:
-            self._write_run_info()
-            self.folder.events.rewrite(self.events)
+            self.folder.events.rewrite(self.events)  # a fresh run: tuning's events come first
         try:
             with _StopSignals() as signals:
                 while self.status is None:
@@ -388,9 +387,6 @@ class Trainer:
             return
         self.folder.write_checkpoint_later(ckpt.serialize(self.state_dict(self._wall_seconds())))
         self._last_checkpoint = time.monotonic()
-
-    def _write_run_info(self) -> None:
-        self.folder.write_json("run.json", {"config": self.config.to_dict(), **self.run_info})
 
 
 def monitor_key(monitor: str, metric_fns: dict) -> str:

@@ -50,31 +50,37 @@ def lr_range_test(model: nn.Module, train_split, loss_fn, *, optimizer: str, wei
     growth = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     result = RangeTest(optimizer, batch_size)
     seed_everything(epoch_seed(seed, _SWEEP_EPOCH_OFFSET))
-    sweep_epoch = 0
-    while len(result.lrs) < steps:
-        sweep_epoch += 1
-        batches = train_split.batches(batch_size, seed=epoch_seed(seed, _SWEEP_EPOCH_OFFSET + sweep_epoch))
-        for inputs, targets in batches:
-            lr = start_lr * growth ** len(result.lrs)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with dev.autocast(amp, device):
-                loss = loss_fn(probe(inputs), targets)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            value = float(loss.detach())  # the sweep needs every loss to stop at divergence: a sync per step
-            result.lrs.append(lr)
-            result.losses.append(value)
-            result.samples += int(targets.shape[0])
-            usable = usable_prefix(result.lrs, result.losses, diverge_factor)
-            if usable < len(result.lrs) or len(result.lrs) >= steps:  # the rest of the sweep would tell nothing
-                break
-        else:
-            continue
-        break
+    for inputs, targets in _endless_batches(train_split, batch_size, seed):
+        lr = start_lr * growth ** len(result.lrs)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with dev.autocast(amp, device):
+            loss = loss_fn(probe(inputs), targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        value = float(loss.detach())  # the sweep needs every loss to stop at divergence: a sync per step
+        result.lrs.append(lr)
+        result.losses.append(value)
+        result.samples += int(targets.shape[0])
+        # Stop once the rest of the sweep would tell nothing, or at the step budget.
+        if usable_prefix(result.lrs, result.losses, diverge_factor) < len(result.lrs) or len(result.lrs) >= steps:
+            break
     result.suggestion = suggest_lr(result.lrs, result.losses, diverge_factor=diverge_factor)
     return result
+
+
+def _endless_batches(split, batch_size: int, seed: int):
+    """Training batches epoch after epoch, each epoch in its own seeded order; ends only if an epoch is empty."""
+    epoch = 0
+    while True:
+        epoch += 1
+        empty = True
+        for batch in split.batches(batch_size, seed=epoch_seed(seed, _SWEEP_EPOCH_OFFSET + epoch)):
+            empty = False
+            yield batch
+        if empty:
+            return
 
 
 def plot_range_test(path, test: RangeTest, chosen_lr: float | None) -> None:
