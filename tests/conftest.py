@@ -138,3 +138,18 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture
 def folder_snapshot():
     return snapshot
+
+
+@pytest.fixture(scope="session")
+def train_once():
+    """train_once(root, source, *flags): write `source` as root/task.py and train it into root/run
+    in-process; returns (task, run, exit status). For module-scoped fixtures that share one finished run
+    between read-only checks."""
+
+    def train(root: Path, source: str, *flags: str) -> tuple[Path, Path, int]:
+        task = root / "task.py"
+        task.write_text(source)
+        run = root / "run"
+        return task, run, main(["train", str(task), "--out", str(run), "--quiet", *flags])
+
+    return train

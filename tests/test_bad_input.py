@@ -296,13 +296,10 @@ def test_folder_of_user_files_is_not_a_run_folder_and_is_kept(cli, task_file, tm
 # --- an existing run is never lost or corrupted by a failed command -------------------------------------
 
 @pytest.fixture(scope="module")
-def pristine_run(tmp_path_factory, default_task_source):
+def pristine_run(tmp_path_factory, default_task_source, train_once):
     """A finished 3-epoch run (status max_epochs), made once per module; tests work on copies of it."""
-    root = tmp_path_factory.mktemp("pristine")
-    task = root / "task.py"
-    task.write_text(default_task_source)
-    run = root / "run"
-    assert main(["train", str(task), "--out", str(run), "--max-epochs", "3", "--quiet"]) == 0
+    task, run, code = train_once(tmp_path_factory.mktemp("pristine"), default_task_source, "--max-epochs", "3")
+    assert code == 0
     return task, run
 
 
