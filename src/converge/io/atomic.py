@@ -24,8 +24,8 @@ def fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, keep_previous: str | Path | None = None) -> None:
-    """Write ``data`` to ``path`` atomically. With ``keep_previous``, the old file moves there first,
-    so that at every instant at least one complete file exists."""
+    """Write ``data`` to ``path`` atomically. With ``keep_previous``, the old file is kept there too;
+    ``path`` itself never goes missing (the old one is hard-linked aside, where the file system allows)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -35,13 +35,23 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, keep_previous: str | Pa
             handle.flush()
             os.fsync(handle.fileno())
         if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
+            _keep_copy(path, Path(keep_previous))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _keep_copy(path: Path, previous: Path) -> None:
+    link = previous.with_name(f".{previous.name}.link")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:  # no hard links here: move it aside (``path`` is missing until the next rename)
+        os.replace(path, previous)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
