@@ -138,7 +138,11 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(reference, tmp_path):
     out = tmp_path / "run"
     start_and_stop(train_args(task, out, 8), out, 4, 0.0, signal.SIGKILL)
     checkpoint = out / "checkpoint.pt"
-    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated, as by a full disk
+    # Truncated, as by a full disk. A new file: a kill can land while checkpoint.pt and checkpoint.prev.pt
+    # are still two names of one file (the rotation hard-links), which an in-place edit would hit twice.
+    data = checkpoint.read_bytes()
+    checkpoint.unlink()
+    checkpoint.write_bytes(data[:1000])
     done = run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"])
     assert "corrupt or truncated" in done.stdout + done.stderr
     assert_same_run(ref_run, out)
