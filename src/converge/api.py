@@ -191,7 +191,7 @@ def _read_checkpoint(folder: RunFolder) -> tuple | None:
 def continue_from(trainer: Trainer, folder: RunFolder, state: dict, source: Path, problems: list[str]) -> None:
     """Load a checkpoint into a freshly built trainer and put the run folder's logs back in step with it."""
     status, epoch = state["progress"]["status"], state["progress"]["epoch"]
-    finished = status in ("converged", "diverged") or (status == "max_epochs" and epoch >= trainer.config.max_epochs)
+    finished = status in ("converged", "diverged", "pruned") or (status == "max_epochs" and epoch >= trainer.config.max_epochs)
     # A run killed while writing its final files has a finished checkpoint but an older summary:
     # resuming it writes the final files again.
     if finished and folder.exists(SUMMARY) and folder.read_json(SUMMARY).get("status") == status:

@@ -10,7 +10,7 @@ import argparse
 import sys
 import traceback
 
-EXIT_STATUS = {"converged": 0, "max_epochs": 0, "diverged": 3, "interrupted": 130}
+EXIT_STATUS = {"converged": 0, "max_epochs": 0, "pruned": 0, "diverged": 3, "interrupted": 130}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -76,12 +76,15 @@ class Trainer:
     def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, *, loss: Callable | None = None,
                  metrics: dict[str, Callable] | None = None, folder: RunFolder | None = None,
                  console: Console | None = None, run_info: dict | None = None, restore_best: bool = True,
-                 tuning=None) -> None:
+                 tuning=None, epoch_judge: Callable[[dict], str | None] | None = None) -> None:
         self.config = config
         self.restore_best = restore_best
         self.folder = folder
         self.console = console or Console()
         self.run_info = run_info or {}
+        # An outside judge (a hyperparameter search's pruner) sees every epoch's record after the run's own
+        # decisions; a reason string back stops the run with status "pruned".
+        self.epoch_judge = epoch_judge
         if config.auto_knobs:
             raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.tune)")
         self.device = dev.pick_device(config.device)
@@ -249,6 +252,12 @@ class Trainer:
                   "seconds": round(time.monotonic() - self._epoch_started, 4)}
         self.history.append(record)
         notes = self._decide(record, lr)
+        if self.status is None and self.epoch_judge is not None:
+            reason = self.epoch_judge(dict(record))
+            if reason:
+                self.status, self.stop_reason = "pruned", str(reason)
+                self._event("pruned", reason=self.stop_reason)
+                notes.append("pruned")
         self.console.end_epoch(record, notes)
         if self.folder is not None:
             self.folder.metrics.append(record)
