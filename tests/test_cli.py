@@ -152,12 +152,14 @@ def test_every_train_flag_reaches_the_config(cli, task_file, tmp_path):
                      "--max-epochs", "2", "--patience", "7", "--lr-factor", "0.5",
                      "--min-lr", "1e-5", "--cooldown", "1", "--threshold", "0.01", "--unproductive-cuts", "2",
                      "--seed", "3", "--device", "cpu", "--amp", "off", "--clip-grad", "1.5", "--accumulate", "2",
-                     "--checkpoint-seconds", "60", "--num-workers", "0", "--monitor", "accuracy", "--mode", "max")
+                     "--checkpoint-seconds", "60", "--num-workers", "0", "--monitor", "accuracy", "--mode", "max",
+                     "--no-guard", "--max-rollbacks", "2", "--tensorboard")
     assert summary["config"] == {
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-2, "batch_size": 64, "max_epochs": 2, "patience": 7,
         "seed": 3, "device": "cpu", "amp": "off", "clip_grad": 1.5, "accumulate": 2, "lr_factor": 0.5,
         "threshold": 0.01, "cooldown": 1, "min_lr": 1e-5, "unproductive_cuts": 2, "monitor": "accuracy",
-        "mode": "max", "checkpoint_seconds": 60.0, "num_workers": 0, "warmup_steps": 3}
+        "mode": "max", "checkpoint_seconds": 60.0, "num_workers": 0, "warmup_steps": 3, "guard": False,
+        "max_rollbacks": 2, "tensorboard": True}
     assert summary["monitor"] == "val_accuracy" and summary["mode"] == "max"
 
 
@@ -356,10 +358,13 @@ def test_diverged_run_exits_3_and_keeps_finite_best_weights(cli, make_task, tmp_
     def model():
         return nn.Linear(8, 1)
     ''')
-    result = cli("train", task, "--out", tmp_path / "run", "--optimizer", "sgd", "--lr", "10", "--quiet")
+    result = cli("train", task, "--out", tmp_path / "run", "--optimizer", "sgd", "--lr", "10", "--quiet",
+                 "--no-guard")
     assert result.code == 3, result.err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "diverged" and "training loss became" in summary["stop_reason"]
+    assert summary["rollbacks"] == 0 and summary["config"]["guard"] is False
+    assert [d["code"] for d in summary["diagnosis"]][0] == "diverged"
 
 
 def test_debug_is_accepted_before_the_command(cli):

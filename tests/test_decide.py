@@ -9,7 +9,9 @@ from converge.decide import ConvergencePolicy, ConvergenceTracker, is_improvemen
 
 def run(values, *, at_minimum_after_cuts=None, **policy):
     """Feed values; return one letter per epoch: '+' significant best, 'b' insignificant new best,
-    '.' nothing, 'R' LR reduced, 'S' stop. A letter for an action wins over the best markers."""
+    '.' nothing, 'R' LR reduced, 'S' stop. A letter for an action wins over the best markers.
+    Without smoothing (window 1) unless a test asks for it, so the table pins the raw rule."""
+    policy.setdefault("window", 1)
     tracker = ConvergenceTracker(ConvergencePolicy(**policy))
     letters = []
     for value in values:
@@ -50,6 +52,29 @@ def run(values, *, at_minimum_after_cuts=None, **policy):
 def test_scripted_sequences(values, policy, expected):
     letters, _ = run(values, **policy)
     assert letters == expected
+
+
+@pytest.mark.parametrize("values, window, expected", [
+    # one lucky epoch (0.5) amid a steady decline: the raw rule waits for the decline to beat 0.5, cuts
+    # the LR, then stops the run as converged; the median of 3 follows the trend and never cuts
+    ([1.0, 0.9, 0.8, 0.5, 0.78, 0.76, 0.74, 0.72, 0.70, 0.68, 0.66], 1, "++++..R..S"),
+    ([1.0, 0.9, 0.8, 0.5, 0.78, 0.76, 0.74, 0.72, 0.70, 0.68, 0.66], 3, "++++++.++++"),
+    # one bad epoch (a spike) costs at most one bad epoch either way
+    ([1.0, 0.9, 0.8, 3.0, 0.7, 0.6, 0.5], 3, "+++.+++"),
+    # a real plateau is still found, one epoch later than without smoothing
+    ([1.0, 0.5, 0.5, 0.5, 0.5], 1, "++..R"),
+    ([1.0, 0.5, 0.5, 0.5, 0.5, 0.5], 3, "+++..R"),
+])
+def test_smoothing_ignores_single_epoch_outliers(values, window, expected):
+    letters, _ = run(values, patience=3, window=window)
+    assert letters == expected
+
+
+def test_smoothed_value_treats_nan_as_worst():
+    tracker = ConvergenceTracker(ConvergencePolicy(window=3))
+    for value in (1.0, math.nan):
+        tracker.update(value)
+    assert tracker.smoothed(0.5) == 1.0   # median of (1.0, inf, 0.5)
 
 
 def test_cooldown_epochs_after_a_cut_do_not_count():
@@ -98,7 +123,7 @@ def test_is_improvement(value, best, mode, threshold, mode_t, expected):
 
 def test_state_round_trip_mid_sequence():
     values = [1.0, 0.8, 0.8, 0.8, 0.79, 0.8, 0.8, 0.8, 0.8, 0.8]
-    whole, _ = run(values, patience=2, cooldown=1)
+    whole, _ = run(values, patience=2, cooldown=1, window=3)
     first = ConvergenceTracker(ConvergencePolicy(patience=2, cooldown=1))
     letters = []
     for value in values[:4]:

@@ -142,13 +142,13 @@ def test_decay_is_decoupled_from_the_gradient(name):
         assert isinstance(optimizer, SGDW) and optimizer.param_groups[0]["weight_decay"] == 0.0
 
 
-def test_a_blown_up_run_stops_as_diverged_and_keeps_finite_best_weights():
+def test_without_the_guard_a_blown_up_run_stops_as_diverged_and_keeps_finite_best_weights():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 4, generator=g) * 100
     y = x.sum(1)
     model = nn.Linear(4, 1)
     result = converge.fit(model, (x[:150], y[:150]), (x[150:], y[150:]),
-                          **quick(optimizer="sgd", lr=10.0, weight_decay=0.0, max_epochs=20))
+                          **quick(optimizer="sgd", lr=10.0, weight_decay=0.0, max_epochs=20, guard=False))
     assert result.status == "diverged"
     assert "diverged" in [e["event"] for e in result.events]
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -43,6 +43,9 @@ class TrainConfig:
     mode: str | None = None              # "min" or "max"; required for a metric other than val_loss
     checkpoint_seconds: float = 300.0    # also checkpoint inside an epoch this often
     num_workers: int = 0                 # DataLoader workers for Dataset splits
+    guard: bool = True                   # roll back and cut the LR on a NaN or a loss spike
+    max_rollbacks: int = 5               # rollbacks in a row (no new best between) before giving up
+    tensorboard: bool = False            # also write TensorBoard event files into the run folder
 
     def __post_init__(self) -> None:
         self.optimizer = str(self.optimizer).lower()
@@ -57,7 +60,9 @@ class TrainConfig:
         for name in ("max_epochs", "patience", "accumulate"):
             value = getattr(self, name)
             _check(_int(value) and value >= 1, name.replace("_", "-"), value, "an integer >= 1")
-        for name in ("seed", "cooldown", "unproductive_cuts", "num_workers", "warmup_steps"):
+        _check(isinstance(self.guard, bool), "guard", self.guard, "true or false")
+        _check(isinstance(self.tensorboard, bool), "tensorboard", self.tensorboard, "true or false")
+        for name in ("seed", "cooldown", "unproductive_cuts", "num_workers", "warmup_steps", "max_rollbacks"):
             value = getattr(self, name)
             _check(_int(value) and value >= 0, name.replace("_", "-"), value, "an integer >= 0")
         _check(self.clip_grad is None or _positive(self.clip_grad), "clip-grad", self.clip_grad,

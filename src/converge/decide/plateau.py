@@ -3,7 +3,11 @@
 One state machine decides both, so the two can never disagree:
 
 * A value is a *new best* when it beats the best so far at all; the best weights follow it.
-* It is a *significant improvement* when it beats the *reference* -- the value of the last
+* Progress is judged on the *smoothed* value: the median of the last ``window`` values (3 by default).
+  One unusually good epoch therefore cannot set a bar that the still-improving trend fails to clear
+  for ``patience`` epochs -- the known failure of ReduceLROnPlateau, which compares every epoch with the
+  best value ever seen and so answers one lucky (or one bad) epoch with a train of LR cuts.
+* The smoothed value is a *significant improvement* when it beats the *reference* -- the value of the last
   significant improvement -- by more than ``threshold`` (relative to ``|reference|`` by default, or
   absolute). Only significant improvements reset patience. Because the reference does not creep along
   with tiny gains, slow but steady progress still counts once it adds up to the threshold.
@@ -34,6 +38,7 @@ class ConvergencePolicy:
     threshold_mode: str = "rel"
     cooldown: int = 0
     unproductive_cuts: int = 1
+    window: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -46,6 +51,8 @@ class ConvergencePolicy:
             raise ValueError(f"threshold must be >= 0, got {self.threshold!r}")
         if not (isinstance(self.cooldown, int) and self.cooldown >= 0):
             raise ValueError(f"cooldown must be an integer >= 0, got {self.cooldown!r}")
+        if not (isinstance(self.window, int) and self.window >= 1):
+            raise ValueError(f"window must be an integer >= 1, got {self.window!r}")
         if not (isinstance(self.unproductive_cuts, int) and self.unproductive_cuts >= 0):
             raise ValueError(f"unproductive_cuts must be an integer >= 0, got {self.unproductive_cuts!r}")
 
@@ -86,17 +93,27 @@ class ConvergenceTracker:
         self.cooldown_left = 0
         self.cuts_since_improvement = 0
         self.total_cuts = 0
+        self.recent: list[float] = []
+
+    def smoothed(self, value: float) -> float:
+        """The median of the last ``window`` values including ``value``; non-finite values count as worst."""
+        worst = math.inf if self.policy.mode == "min" else -math.inf
+        values = sorted(v if math.isfinite(v) else worst for v in (*self.recent, value)[-self.policy.window:])
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
     def update(self, value: float, *, lr_at_minimum: bool = False) -> Verdict:
         p = self.policy
         self.epochs += 1
         new_best = is_improvement(value, self.best, mode=p.mode)
-        significant = is_improvement(value, self.reference, mode=p.mode, threshold=p.threshold,
+        smoothed = self.smoothed(value)
+        self.recent = [*self.recent, float(value)][-p.window:]
+        significant = is_improvement(smoothed, self.reference, mode=p.mode, threshold=p.threshold,
                                      threshold_mode=p.threshold_mode)
         if new_best:
             self.best, self.best_epoch = float(value), self.epochs
         if significant:
-            self.reference = float(value)
+            self.reference = float(smoothed)
             self.bad_epochs = 0
             self.cuts_since_improvement = 0
         elif self.cooldown_left > 0:
@@ -127,6 +144,7 @@ class ConvergenceTracker:
     def state_dict(self) -> dict:
         state = {key: getattr(self, key) for key in self._STATE_KEYS}
         state["policy"] = asdict(self.policy)
+        state["recent"] = list(self.recent)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -137,3 +155,4 @@ class ConvergenceTracker:
         self.best, self.reference = float(state["best"]), float(state["reference"])
         for key in self._STATE_KEYS[2:]:
             setattr(self, key, int(state[key]))
+        self.recent = [float(v) for v in state.get("recent", [])][-self.policy.window:]

@@ -106,3 +106,30 @@ def default_metrics(kind: str, outputs) -> dict[str, Callable]:
     if kind == "classification" and isinstance(outputs, torch.Tensor) and outputs.ndim >= 2:
         return {"accuracy": accuracy}
     return {}
+
+
+BASELINE_SAMPLES = 100_000
+
+
+@torch.no_grad()
+def constant_prediction_loss(split, kind: str) -> float | None:
+    """The default loss of the best constant prediction on (up to BASELINE_SAMPLES of) a split's targets:
+    the label entropy for cross-entropy, the mean target variance for MSE. The yardstick for "the model
+    learned nothing"; None when the targets do not suit it."""
+    targets, seen = [], 0
+    for _, batch_targets in split.batches(4096):
+        targets.append(batch_targets.detach().reshape(batch_targets.shape[0], -1).cpu())
+        seen += batch_targets.shape[0]
+        if seen >= BASELINE_SAMPLES:
+            break
+    if not targets:
+        return None
+    y = torch.cat(targets)
+    if kind == "classification":
+        if y.shape[1] != 1 or y.dtype.is_floating_point:
+            return None
+        counts = torch.bincount(y.reshape(-1).long()).double()
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * p.log()).sum())
+    y = y.double()
+    return float(y.var(dim=0, unbiased=False).mean()) if y.shape[0] > 1 else None

@@ -26,6 +26,11 @@ def serialize(state: dict) -> bytes:
     return buffer.getvalue()
 
 
+def deserialize(data: bytes, device: torch.device | str = "cpu") -> dict:
+    """The inverse of :func:`serialize`, for a state held in memory (the divergence guard's good state)."""
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+
+
 def save_checkpoint(folder: Path, data: bytes) -> None:
     atomic_write_bytes(folder / CHECKPOINT, data, keep_previous=folder / PREVIOUS)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,9 @@ RUN_INFO = "run.json"
 TUNING_STAGES = "tuning.json"
 LR_FIND_PLOT = "lr_find.png"
 OWN_FILES = (SUMMARY, METRICS, EVENTS, BEST_WEIGHTS, CURVES, RUN_INFO, TUNING_STAGES, LR_FIND_PLOT,
-             ckpt.CHECKPOINT, ckpt.PREVIOUS)
+             ckpt.CHECKPOINT, ckpt.PREVIOUS, "doctor.json", "remedies.json", "standardize.json",
+             "report.html")
+OWN_DIRS = ("tensorboard",)
 
 
 def to_json(value: Any) -> Any:
@@ -74,6 +77,9 @@ class RunFolder:
             for name in OWN_FILES:  # only our own files: --force must never wipe a user's folder
                 if name not in keep:
                     (path / name).unlink(missing_ok=True)
+            for name in OWN_DIRS:
+                if name not in keep:
+                    shutil.rmtree(path / name, ignore_errors=True)
         try:
             path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=path):  # unnamed where the OS allows: nothing left behind

@@ -1,1 +1,1 @@
-"""Plots of a run (matplotlib is imported only when a plot is drawn)."""
+"""Plots and HTML reports of runs (matplotlib is imported only when a plot is drawn)."""

@@ -222,7 +222,8 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
         warmup, _ = _warmup_steps(lr, tests.get(opt), steps_per_epoch)
         arm_config = config.with_values(optimizer=opt, lr=lr, weight_decay=decay[opt], batch_size=batch_size,
                                         warmup_steps=warmup, max_epochs=1, min_lr=None,
-                                        patience=max(config.patience, 10**6), checkpoint_seconds=1e9)
+                                        patience=max(config.patience, 10**6), checkpoint_seconds=1e9,
+                                        guard=False)  # a diverging arm must lose, not be rescued
         trainers[(opt, lr)] = Trainer(copy.deepcopy(model), race_splits, arm_config, loss=objective.loss_fn,
                                       metrics=objective.metric_fns, restore_best=False)
     alive, rung, events, samples = list(arms), 0, [], 0

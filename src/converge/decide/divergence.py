@@ -1,0 +1,174 @@
+"""When training has blown up: a non-finite loss, or a loss spike far outside recent running statistics.
+
+The watch sees step losses one by one, in order (the engine reads them from the device in small
+windows, never once per step) and keeps running statistics of ``log(loss)``: an exponential moving
+mean and variance. Log space makes the rule scale-free (a loss of 1e4 and one of 1e-2 are judged
+alike) and matches how losses fall: by factors, not by amounts.
+
+A step is a *spike* when either test below says so and its loss is above ``floor_fraction`` of the
+first losses' mean (so that a loss already near zero, 1e-8 -> 1e-6, is not called a blow-up).
+
+The *outlier* test needs all of these:
+
+* its loss is more than ``spike_factor`` times the running (geometric) mean -- a big jump, not noise;
+* its log-loss is more than ``spike_zscore`` running standard deviations above the running mean --
+  unusual for this run's batch-to-batch noise, which can be large late in training;
+* at least ``warmup`` finite losses have been seen, so the statistics mean something.
+
+The *peak* test: the loss is more than ``peak_factor`` times the largest of the last ``peak_window``
+accepted losses. Log statistics go blind once a run's batch losses touch zero (classification that fits
+its data); the peak test, on the plain scale, still sees a jump back to a sizeable loss there.
+
+A step has *exploded* when its loss is more than ``explode_factor`` times the run's first loss: whatever
+the noise, a loss a thousand times worse than at initialization is a blow-up (and the running statistics
+cannot see it when the run climbs there within its first steps).
+
+A *non-finite* loss or gradient norm (NaN, +-Inf) is always an alarm. Alarmed values never enter the statistics.
+
+How many rollbacks to allow before giving up is a separate, equally pure question answered by
+:func:`rollback_verdict`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    spike_factor: float = 4.0
+    spike_zscore: float = 6.0
+    warmup: int = 10
+    smoothing: float = 0.05           # weight of the newest value in the moving statistics
+    floor_fraction: float = 1e-3
+    explode_factor: float = 1e3
+    peak_factor: float = 6.0
+    peak_window: int = 100
+    max_rollbacks: int = 5            # consecutive rollbacks without a new best before "diverged"
+    lr_factor: float = 0.5            # the first rollback halves the LR; each further one in a row cuts harder
+
+    def __post_init__(self) -> None:
+        if not self.spike_factor > 1:
+            raise ValueError(f"spike_factor must be > 1, got {self.spike_factor!r}")
+        if not self.spike_zscore > 0:
+            raise ValueError(f"spike_zscore must be > 0, got {self.spike_zscore!r}")
+        if not 0 < self.smoothing < 1:
+            raise ValueError(f"smoothing must be between 0 and 1, got {self.smoothing!r}")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"lr_factor must be between 0 and 1, got {self.lr_factor!r}")
+        if not (isinstance(self.max_rollbacks, int) and self.max_rollbacks >= 0):
+            raise ValueError(f"max_rollbacks must be an integer >= 0, got {self.max_rollbacks!r}")
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A step the run must not keep. ``reason`` is a sentence for a person."""
+
+    kind: str            # "nonfinite" or "spike"
+    loss: float
+    typical: float       # the running geometric mean of recent losses (nan before any)
+    reason: str
+
+
+class LossWatch:
+    """Feed it every step's loss in order; it answers None (fine) or an :class:`Alarm`."""
+
+    def __init__(self, policy: GuardPolicy | None = None) -> None:
+        self.policy = policy or GuardPolicy()
+        self.seen = 0             # finite, accepted losses
+        self.mean = 0.0           # of log(loss)
+        self.var = 0.0
+        self.first_sum = 0.0      # sum of the first `warmup` losses, for the near-zero floor
+        self.first_loss = math.nan
+        self.recent: list[float] = []   # the last `peak_window` accepted losses
+
+    @property
+    def typical(self) -> float:
+        return math.exp(self.mean) if self.seen else math.nan
+
+    def update(self, loss: float, grad_norm: float | None = None) -> Alarm | None:
+        """Judge one step. ``grad_norm`` is the step's gradient norm where it was measured."""
+        p = self.policy
+        if not math.isfinite(loss):
+            return Alarm("nonfinite", loss, self.typical, f"the training loss became {loss}")
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            return Alarm("nonfinite", loss, self.typical, f"the gradient norm became {grad_norm}")
+        log_loss = math.log(max(loss, 1e-30))
+        if self.first_loss > 0 and loss > p.explode_factor * self.first_loss:
+            return Alarm("spike", loss, self.typical, f"the loss exploded: {loss:.4g} is "
+                         f"{loss / self.first_loss:.3g}x the first loss of the run ({self.first_loss:.4g})")
+        if self.seen >= p.warmup and loss > p.floor_fraction * self.first_sum / p.warmup:
+            jump = log_loss - self.mean
+            spread = math.sqrt(self.var)
+            if jump > math.log(p.spike_factor) and jump > p.spike_zscore * spread:
+                return Alarm("spike", loss, self.typical,
+                             f"loss spike: {loss:.4g} is {math.exp(jump):.3g}x the running mean {self.typical:.4g} "
+                             f"({jump / spread if spread else math.inf:.3g} standard deviations of log-loss)")
+            peak = max(self.recent)
+            if loss > p.peak_factor * peak:
+                return Alarm("spike", loss, self.typical, f"loss spike: {loss:.4g} is {loss / peak:.3g}x the "
+                             f"largest of the last {len(self.recent)} losses ({peak:.4g})")
+        self._accept(log_loss, loss)
+        return None
+
+    def _accept(self, log_loss: float, loss: float) -> None:
+        if self.seen == 0:
+            self.first_loss = loss
+        if self.seen < self.policy.warmup:
+            self.first_sum += loss
+            # Plain running mean and variance while warming up, so the first value does not dominate.
+            n = self.seen + 1
+            delta = log_loss - self.mean
+            self.mean += delta / n
+            self.var += (delta * (log_loss - self.mean) - self.var) / n
+        else:
+            a = self.policy.smoothing
+            delta = log_loss - self.mean
+            self.mean += a * delta
+            self.var = (1 - a) * (self.var + a * delta * delta)
+        self.seen += 1
+        self.recent = (self.recent + [loss])[-self.policy.peak_window:]
+
+    _STATE_KEYS = ("seen", "mean", "var", "first_sum", "first_loss", "recent")
+
+    def state_dict(self) -> dict:
+        return {**{key: getattr(self, key) for key in self._STATE_KEYS}, "policy": asdict(self.policy)}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [key for key in (*self._STATE_KEYS, "policy") if key not in state]
+        if missing:
+            raise KeyError(f"LossWatch state is missing {missing}")
+        self.policy = GuardPolicy(**state["policy"])
+        self.seen = int(state["seen"])
+        self.mean, self.var = float(state["mean"]), float(state["var"])
+        self.first_sum, self.first_loss = float(state["first_sum"]), float(state["first_loss"])
+        self.recent = [float(v) for v in state["recent"]]
+
+
+@dataclass(frozen=True)
+class RollbackVerdict:
+    give_up: bool
+    lr_factor: float     # multiply the LR by this after rolling back
+    reason: str = ""
+
+
+def rollback_verdict(streak: int, policy: GuardPolicy) -> RollbackVerdict:
+    """What to do about an alarm when ``streak`` rollbacks already happened since the last new best.
+
+    Isolated incidents (a bad batch) get a gentle cut; repeated ones mean the LR itself is too high, so
+    each further rollback in a row cuts twice as hard (x0.5, x0.25, x0.125, ... with the default).
+    """
+    if streak >= policy.max_rollbacks:
+        return RollbackVerdict(True, 1.0, f"gave up after {streak} rollbacks in a row without a new best")
+    return RollbackVerdict(False, policy.lr_factor ** (streak + 1))
+
+
+def clip_after_rollback(current: float | None, typical_grad_norm: float | None) -> float | None:
+    """Gradient clipping to use after a rollback: halve an existing limit, or start at twice the typical
+    gradient norm seen so far (no limit when none is known)."""
+    if current is not None:
+        return current / 2
+    if typical_grad_norm is not None and math.isfinite(typical_grad_norm) and typical_grad_norm > 0:
+        return 2 * typical_grad_norm
+    return None

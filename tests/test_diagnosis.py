@@ -1,0 +1,84 @@
+"""The training diagnosis on scripted histories and event logs."""
+
+import math
+
+import pytest
+
+from converge.decide.diagnosis import diagnose, live_findings
+
+
+def history(train, val, lr=1e-3):
+    return [{"epoch": i + 1, "lr": lr, "train_loss": t, "val_loss": v} for i, (t, v) in enumerate(zip(train, val))]
+
+
+def codes(train, val, events=(), status="converged", baseline=None, patience=3, max_epochs=100):
+    found = diagnose(history(train, val), list(events), status=status, monitor="val_loss", mode="min",
+                     patience=patience, max_epochs=max_epochs, weight_decay=0.01, baseline_loss=baseline)
+    for item in found:
+        assert set(item) == {"code", "message", "evidence", "fix"} and item["message"]
+    return [item["code"] for item in found]
+
+
+DECLINE = [1.0, 0.7, 0.5, 0.4, 0.35, 0.33, 0.32, 0.32, 0.32]
+
+
+@pytest.mark.parametrize("train, val, events, status, baseline, expected", [
+    # a healthy run that converged
+    (DECLINE, [v * 1.05 for v in DECLINE], [], "converged", 1.0, ["converged"]),
+    # still improving when the epoch cap hit
+    (DECLINE[:5], DECLINE[:5], [], "max_epochs", None, ["still_improving"]),
+    # capped on a plateau: not "still improving"
+    ([1.0, 0.5] + [0.5] * 6, [1.0, 0.5] + [0.5] * 6, [], "max_epochs", None, []),
+    # validation rising while training falls
+    ([1.0, 0.6, 0.4, 0.25, 0.15, 0.1, 0.06], [1.0, 0.8, 0.7, 0.75, 0.85, 0.95, 1.1], [], "converged", None,
+     ["converged", "overfitting"]),
+    # validation rising but training flat too: not overfitting
+    ([1.0, 0.6, 0.5, 0.5, 0.5, 0.5], [1.0, 0.8, 0.7, 0.8, 0.9, 1.0], [], "converged", None, ["converged"]),
+    # training loss stuck near the constant-prediction loss
+    ([0.70, 0.69, 0.69, 0.69], [0.70, 0.69, 0.69, 0.69], [], "converged", math.log(2), ["converged", "underfitting"]),
+    # a high loss with a large gap is not underfitting
+    ([0.5, 0.45, 0.45, 0.45], [1.2, 1.2, 1.2, 1.2], [], "converged", math.log(2), ["converged"]),
+    # oscillating training loss
+    ([1.0, 1.5, 0.9, 1.4, 0.8, 1.3, 0.9], [1.0] * 7, [], "converged", None, ["converged", "lr_too_high"]),
+    # repeated rollbacks
+    (DECLINE, DECLINE, [{"event": "rollback", "epoch": 1, "new_lr": 0.1}] * 2, "converged", None,
+     ["converged", "lr_too_high"]),
+    # one rollback is an incident, not a verdict on the LR
+    (DECLINE, DECLINE, [{"event": "rollback", "epoch": 1, "new_lr": 0.1}], "converged", None, ["converged"]),
+    (DECLINE[:3], DECLINE[:3], [{"event": "diverged", "reason": "the loss exploded", "lr": 0.5}], "diverged", None,
+     ["diverged"]),
+])
+def test_scripted_runs(train, val, events, status, baseline, expected):
+    assert codes(train, val, events, status, baseline) == expected
+
+
+def test_evidence_and_fix_carry_the_numbers():
+    found = diagnose(history([1.0, 0.6, 0.4, 0.25, 0.15, 0.1, 0.06], [1.0, 0.8, 0.7, 0.75, 0.85, 0.95, 1.1]), [],
+                     status="converged", monitor="val_loss", mode="min", patience=3, max_epochs=10,
+                     weight_decay=0.01)
+    overfit = next(f for f in found if f["code"] == "overfitting")
+    assert overfit["evidence"]["best_val_epoch"] == 3 and overfit["evidence"]["val_loss_last"] == 1.1
+    assert "--weight-decay" in overfit["fix"] and "epoch 3" in overfit["fix"]
+    capped = diagnose(history(DECLINE[:5], DECLINE[:5]), [], status="max_epochs", monitor="val_loss", mode="min",
+                      patience=3, max_epochs=5)
+    assert "--max-epochs" in capped[0]["fix"] and capped[0]["evidence"]["best_epoch"] == 5
+    diverged = diagnose(history([1.0], [1.0]), [{"event": "diverged", "reason": "r", "lr": 0.5}], status="diverged",
+                        monitor="val_loss", mode="min", patience=3, max_epochs=5)
+    assert "--lr 0.05" in diverged[0]["fix"]
+
+
+def test_rollbacks_suggest_the_lr_the_guard_settled_on():
+    events = [{"event": "rollback", "epoch": 1, "new_lr": 0.05}, {"event": "rollback", "epoch": 1, "new_lr": 0.0125}]
+    found = live_findings(history(DECLINE, DECLINE), events)
+    assert found[0]["code"] == "lr_too_high" and "--lr 0.0125" in found[0]["fix"]
+
+
+def test_max_mode_monitor_and_non_finite_values():
+    rows = [{"epoch": i + 1, "lr": 1e-3, "train_loss": t, "val_loss": v, "val_accuracy": a}
+            for i, (t, v, a) in enumerate([(1.0, 1.0, 0.5), (math.nan, math.nan, math.nan), (0.5, 0.6, 0.8)])]
+    found = diagnose(rows, [], status="max_epochs", monitor="val_accuracy", mode="max", patience=3, max_epochs=3)
+    assert found[0]["code"] == "still_improving" and found[0]["evidence"]["best"] == 0.8
+
+
+def test_live_findings_leave_out_status_and_underfitting():
+    assert live_findings(history([0.7] * 4, [0.7] * 4), []) == []

@@ -1,0 +1,116 @@
+"""The divergence watch and the rollback rule, on scripted loss sequences."""
+
+import math
+import random
+
+import pytest
+
+from converge.decide.divergence import (GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict)
+
+
+def first_alarm(values, **policy):
+    """(index, kind) of the first alarm, or None."""
+    watch = LossWatch(GuardPolicy(**policy))
+    for index, value in enumerate(values):
+        alarm = watch.update(value)
+        if alarm is not None:
+            return index, alarm.kind
+    return None
+
+
+def noisy_decline(n=300, start=2.0, end=0.05, noise=0.3, seed=0):
+    """Batch losses falling geometrically with multiplicative noise, like a healthy run."""
+    rng = random.Random(seed)
+    return [start * (end / start) ** (i / n) * math.exp(rng.gauss(0, noise)) for i in range(n)]
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([1.0, 0.9, math.nan], (2, "nonfinite")),
+    ([1.0, math.inf], (1, "nonfinite")),
+    ([-math.inf], (0, "nonfinite")),
+    # a jump far beyond the run's noise, after the warm-up
+    (noisy_decline(50) + [50.0], (50, "spike")),
+    # the same jump inside the warm-up is only judged by the first-loss rule (1000x)
+    ([1.0, 0.9, 20.0], None),
+    ([1.0, 0.9, 2000.0], (2, "spike")),
+    # a healthy noisy run raises nothing
+    (noisy_decline(), None),
+    (noisy_decline(noise=0.8, seed=3), None),
+    # a loss already near zero that wobbles by orders of magnitude is not a blow-up
+    ([1.0] * 10 + [1e-8] * 40 + [1e-6], None),
+    # losses that touch zero blind the log statistics; the peak rule still sees a jump back up
+    ([1.0] * 10 + [0.01, 0.0, 0.02, 0.0] * 30 + [1.5], (130, "spike")),
+])
+def test_scripted_losses(values, expected):
+    assert first_alarm(values) == expected
+
+
+def test_a_non_finite_gradient_norm_is_an_alarm_even_with_a_finite_loss():
+    watch = LossWatch()
+    assert watch.update(1.0, grad_norm=3.0) is None
+    alarm = watch.update(1.0, grad_norm=math.nan)
+    assert alarm.kind == "nonfinite" and "gradient norm" in alarm.reason
+
+
+def test_alarmed_values_do_not_enter_the_statistics():
+    values = noisy_decline(60)
+    watch = LossWatch()
+    for value in values:
+        watch.update(value)
+    before = watch.state_dict()
+    assert watch.update(1e4) is not None
+    assert watch.state_dict() == before
+
+
+def test_reason_names_the_numbers():
+    alarm = LossWatch().update(math.nan)
+    assert "nan" in alarm.reason
+    watch = LossWatch()
+    for value in noisy_decline(50):
+        watch.update(value)
+    alarm = watch.update(80.0)
+    assert "80" in alarm.reason and ("running mean" in alarm.reason or "largest of the last" in alarm.reason)
+
+
+def test_state_round_trip_gives_the_same_judgements():
+    values = noisy_decline(80) + [40.0] + noisy_decline(30, start=0.1, end=0.08)
+    whole = LossWatch()
+    expected = [whole.update(v) is not None for v in values]
+    first = LossWatch()
+    got = [first.update(v) is not None for v in values[:40]]
+    second = LossWatch(GuardPolicy(spike_factor=99))  # the saved policy must come back
+    second.load_state_dict(first.state_dict())
+    got += [second.update(v) is not None for v in values[40:]]
+    assert got == expected and second.policy == GuardPolicy()
+
+
+def test_load_state_dict_rejects_missing_keys():
+    with pytest.raises(KeyError, match="missing"):
+        LossWatch().load_state_dict({"seen": 1})
+
+
+@pytest.mark.parametrize("streak, give_up, factor", [
+    (0, False, 0.5), (1, False, 0.25), (2, False, 0.125), (4, False, 0.5 ** 5), (5, True, 1.0), (9, True, 1.0),
+])
+def test_rollback_verdict(streak, give_up, factor):
+    verdict = rollback_verdict(streak, GuardPolicy(max_rollbacks=5))
+    assert (verdict.give_up, verdict.lr_factor) == (give_up, factor)
+    assert (f"{streak} rollbacks" in verdict.reason) if give_up else verdict.reason == ""
+
+
+def test_zero_rollbacks_allowed_gives_up_at_once():
+    assert rollback_verdict(0, GuardPolicy(max_rollbacks=0)).give_up
+
+
+@pytest.mark.parametrize("current, typical, expected", [
+    (None, None, None), (None, 3.0, 6.0), (4.0, 3.0, 2.0), (4.0, None, 2.0), (None, math.nan, None), (None, 0.0, None),
+])
+def test_clip_after_rollback(current, typical, expected):
+    assert clip_after_rollback(current, typical) == expected
+
+
+@pytest.mark.parametrize("bad", [dict(spike_factor=1.0), dict(spike_zscore=0), dict(smoothing=1.0),
+                                 dict(lr_factor=1.5), dict(max_rollbacks=-1)])
+def test_policy_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        GuardPolicy(**bad)
