@@ -21,9 +21,19 @@ def weights_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | Non
 
 
 def load_weights(path: str | Path, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Read a ``best.safetensors``; with ``model``, also load the weights into it (strictly)."""
+    """Read a ``best.safetensors``; with ``model``, also load the weights into it (strictly). When a
+    ``standardize.json`` lies beside the weights (`converge train --fix` on a model whose first layer could
+    not absorb the input standardization), the model standardizes its inputs with it from then on."""
     state = load_file(str(path))
     if model is not None:
         device = next(model.parameters(), torch.empty(0)).device
         model.load_state_dict({k: v.to(device) for k, v in state.items()})
+        stats = Path(path).with_name("standardize.json")
+        if stats.exists():
+            import json
+
+            from converge.doctor.remedies import add_standardize_hook
+
+            values = json.loads(stats.read_text(encoding="utf-8"))
+            add_standardize_hook(model, torch.tensor(values["mean"]), torch.tensor(values["std"]))
     return state

@@ -1,0 +1,41 @@
+"""A finding: what a check saw, how bad it is, the numbers behind it, and what to do about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+SEVERITIES = ("error", "warning", "info")          # most severe first
+_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str                 # one of CODES
+    severity: str             # "error" | "warning" | "info"
+    message: str              # one sentence a person can read
+    evidence: dict[str, Any] = field(default_factory=dict)   # the numbers behind it (JSON-ready)
+    fix: str = ""             # what to do about it
+
+    def __post_init__(self) -> None:
+        if self.severity not in _RANK:
+            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {self.severity!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": self.severity, "message": self.message,
+                "evidence": dict(self.evidence), "fix": self.fix}
+
+
+def severity_rank(severity: str) -> int:
+    """0 for error, 1 for warning, 2 for info: sort ascending for most severe first."""
+    return _RANK[severity]
+
+
+def ranked(findings: Iterable[Finding]) -> list[Finding]:
+    """Most severe first; checks keep their order within a severity (sorting is stable)."""
+    return sorted(findings, key=lambda f: severity_rank(f.severity))
+
+
+def at_least(findings: Iterable[Finding], severity: str) -> list[Finding]:
+    """The findings at ``severity`` or worse."""
+    return [f for f in findings if severity_rank(f.severity) <= severity_rank(severity)]

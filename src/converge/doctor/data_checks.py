@@ -1,0 +1,213 @@
+"""Data checks: pure functions over tensors that return findings. Nothing here trains or writes.
+
+``x`` below is a feature matrix: the inputs flattened to (rows, features), float, finite rows only (see
+`feature_matrix`). Thresholds are documented in `converge.doctor.thresholds`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+from converge.doctor import thresholds as T
+from converge.doctor._findings import Finding
+
+
+def _r(value: float, digits: int = 4) -> float | None:
+    value = float(value)
+    return None if not math.isfinite(value) else float(f"{value:.{digits}g}")
+
+
+def feature_matrix(inputs, *, max_features: int = T.MAX_FEATURES, seed: int = 0):
+    """(rows, features) float32 of floating inputs with only finite rows, plus the kept feature indices
+    (None: all) — or (None, None) when the inputs are not a floating tensor (token ids, dicts...)."""
+    if not isinstance(inputs, torch.Tensor) or not inputs.dtype.is_floating_point or inputs.ndim == 0:
+        return None, None
+    x = inputs.detach().reshape(inputs.shape[0], -1).float().cpu()
+    x = x[torch.isfinite(x).all(dim=1)]
+    kept = None
+    if x.shape[1] > max_features:
+        kept = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(seed))[:max_features].sort().values
+        x = x[:, kept]
+    return x, kept
+
+
+def class_imbalance(targets: torch.Tensor, *, info_ratio: float = T.IMBALANCE_INFO,
+                    warn_ratio: float = T.IMBALANCE_WARN) -> list[Finding]:
+    """Largest over smallest class count among the classes present in the training labels."""
+    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.numel() == 0:
+        return []
+    counts = torch.bincount(targets.reshape(-1).long().clamp(min=0))
+    present = counts[counts > 0]
+    if present.numel() < 2:
+        return []
+    ratio = float(present.max() / present.min())
+    if ratio < info_ratio:
+        return []
+    frequencies = {str(c): int(n) for c, n in enumerate(counts.tolist()) if n}
+    smallest = int(torch.where(counts == present.min())[0][0])
+    largest = int(torch.where(counts == present.max())[0][0])
+    severity = "warning" if ratio >= warn_ratio else "info"
+    return [Finding("class_imbalance", severity,
+                    f"classes are imbalanced: class {largest} has {ratio:.1f}x the samples of class {smallest}",
+                    {"class_counts": frequencies, "ratio": _r(ratio), "largest_class": largest,
+                     "smallest_class": smallest},
+                    "use class-balanced loss weights or sampling (converge train --fix), and watch a balanced "
+                    "metric rather than accuracy")]
+
+
+def unscaled_features(x: torch.Tensor, *, std_high: float = T.SCALE_STD_HIGH, mean_high: float = T.SCALE_MEAN_HIGH,
+                      std_low: float = T.SCALE_STD_LOW, spread: float = T.SCALE_SPREAD, worst: int = 5
+                      ) -> list[Finding]:
+    """Features far from standardized: std above ``std_high``, abs(mean) above ``mean_high`` (and above the
+    std), all features squashed (median std below ``std_low``) or one dominating (largest / median std
+    above ``spread``). Constant features are left to `constant_features`."""
+    if x is None or x.shape[0] < 2:
+        return []
+    mean, std = x.mean(0).double(), x.std(0).double()
+    varying = std > 0
+    if not bool(varying.any()):
+        return []
+    mean, std = mean[varying], std[varying]
+    index = torch.nonzero(varying).reshape(-1)
+    median_std = float(std.median())
+    problems = []
+    big_std, big_mean = std > std_high, (mean.abs() > mean_high) & (mean.abs() > std)
+    if bool(big_std.any()):
+        problems.append(f"{int(big_std.sum())} feature(s) with std above {std_high:g}")
+    if bool(big_mean.any()):
+        problems.append(f"{int(big_mean.sum())} feature(s) with abs(mean) above {mean_high:g}")
+    if median_std < std_low:
+        problems.append(f"median feature std {median_std:.3g} below {std_low:g}")
+    if float(std.max()) / median_std > spread:
+        problems.append(f"largest feature std is {float(std.max()) / median_std:.3g}x the median")
+    if not problems:
+        return []
+    # worst first: far from unit scale, far from the other features' scale, or far off centre
+    badness = (std.log10().abs() + (std / median_std).log10().abs()
+               + (mean.abs() / std.clamp(min=1e-12)).clamp(min=1).log10())
+    order = badness.argsort(descending=True)[:worst]
+    evidence = {"worst_features": [{"feature": int(index[i]), "mean": _r(mean[i]), "std": _r(std[i])}
+                                   for i in order.tolist()],
+                "std_min": _r(std.min()), "std_median": _r(median_std), "std_max": _r(std.max()),
+                "abs_mean_max": _r(mean.abs().max()), "features": int(x.shape[1])}
+    return [Finding("unscaled_features", "warning", "inputs are far from standardized: " + "; ".join(problems),
+                    evidence, "standardize each feature with training-split statistics (converge train --fix "
+                              "does it and folds it into the model), or scale the inputs in data()")]
+
+
+def constant_features(x: torch.Tensor, *, warn_fraction: float = T.CONSTANT_WARN_FRACTION) -> list[Finding]:
+    """Features with one value in every row: they carry nothing (info), or most of the inputs (warning)."""
+    if x is None or x.shape[0] < 2:
+        return []
+    constant = (x == x[0:1]).all(dim=0)
+    count = int(constant.sum())
+    if count == 0:
+        return []
+    fraction = count / x.shape[1]
+    indices = torch.nonzero(constant).reshape(-1)[:20].tolist()
+    severity = "warning" if fraction >= warn_fraction else "info"
+    return [Finding("constant_features", severity,
+                    f"{count} of {x.shape[1]} feature(s) are constant in the training data",
+                    {"count": count, "fraction": _r(fraction), "features": indices,
+                     "values": [_r(x[0, i]) for i in indices]},
+                    "drop the constant features (they carry no information), or check how the data was read")]
+
+
+def outliers(x: torch.Tensor, *, z: float = T.OUTLIER_Z, warn_fraction: float = T.OUTLIER_WARN_FRACTION,
+             worst: int = 10) -> list[Finding]:
+    """Rows holding a value whose robust z-score abs(x - median) / (1.4826 MAD) exceeds ``z``. Features
+    whose MAD is 0 (mostly one value, e.g. sparse pixels) are skipped."""
+    if x is None or x.shape[0] < 10:
+        return []
+    median = x.median(dim=0).values
+    mad = (x - median).abs().median(dim=0).values * 1.4826
+    usable = mad > 0
+    if not bool(usable.any()):
+        return []
+    scores = ((x[:, usable] - median[usable]) / mad[usable]).abs()
+    row_score = scores.max(dim=1).values
+    bad = row_score > z
+    count = int(bad.sum())
+    if count == 0:
+        return []
+    fraction = count / x.shape[0]
+    order = row_score.argsort(descending=True)[:min(worst, count)]
+    severity = "warning" if fraction >= warn_fraction else "info"
+    return [Finding("outliers", severity,
+                    f"{count} row(s) ({100 * fraction:.2g}%) hold values more than {z:g} robust standard "
+                    "deviations from the median",
+                    {"rows": count, "fraction": _r(fraction), "z_bound": z, "max_z": _r(row_score.max()),
+                     "worst_rows": order.tolist(), "features_checked": int(usable.sum())},
+                    "check those rows for entry or unit errors; clip or winsorize the features, or use a robust "
+                    "loss (Huber) for regression targets")]
+
+
+def nonfinite_values(splits: dict) -> list[Finding]:
+    """NaN/Inf counts in the inputs and targets of each split: ``{name: (inputs, targets)}``."""
+    counts = {}
+    for name, pair in splits.items():
+        for role, tensor in zip(("inputs", "targets"), pair):
+            if isinstance(tensor, torch.Tensor) and tensor.dtype.is_floating_point:
+                nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+                if nan or inf:
+                    rows = int((~torch.isfinite(tensor.reshape(tensor.shape[0], -1))).any(dim=1).sum())
+                    counts[f"{name}_{role}"] = {"nan": nan, "inf": inf, "rows": rows}
+    if not counts:
+        return []
+    where = ", ".join(f"{key.replace('_', ' ')} ({v['nan']} NaN, {v['inf']} Inf)" for key, v in counts.items())
+    return [Finding("nonfinite_values", "error", f"non-finite values in {where}", counts,
+                    "impute or drop the rows with NaN/Inf in data(); converge train refuses them")]
+
+
+def row_hashes(inputs: torch.Tensor) -> list[str]:
+    """One digest per row of the inputs' bytes (identical rows, identical digests)."""
+    rows = inputs.detach().cpu().contiguous().reshape(inputs.shape[0], -1)
+    if rows.dtype.is_floating_point:
+        rows = rows.float() + 0.0  # -0.0 and 0.0 hash alike
+    data = rows.numpy()
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in data]
+
+
+def train_val_overlap(train_inputs: torch.Tensor, others: dict) -> list[Finding]:
+    """Rows of the validation/test inputs that also appear, byte for byte, in the training inputs."""
+    if not isinstance(train_inputs, torch.Tensor):
+        return []
+    seen = set(row_hashes(train_inputs))
+    evidence = {}
+    for name, inputs in others.items():
+        if not isinstance(inputs, torch.Tensor) or inputs.shape[0] == 0:
+            continue
+        hashes = row_hashes(inputs)
+        shared = [i for i, h in enumerate(hashes) if h in seen]
+        if shared:
+            evidence[name] = {"rows": len(shared), "fraction": _r(len(shared) / len(hashes)), "examples": shared[:10]}
+    if not evidence:
+        return []
+    where = ", ".join(f"{v['rows']} {name} row(s) ({100 * v['fraction']:.2g}%)" for name, v in evidence.items())
+    return [Finding("train_val_overlap", "warning", f"{where} also appear in the training data (leakage)",
+                    evidence, "deduplicate before splitting, so validation and test measure generalization")]
+
+
+def too_few_samples(n_train: int, n_params: int, num_classes: int | None, *, min_per_class: int = T.MIN_PER_CLASS,
+                    min_samples: int = T.MIN_SAMPLES, max_params_per_sample: float = T.MAX_PARAMS_PER_SAMPLE
+                    ) -> list[Finding]:
+    """Too little training data for the task (per class) or for the model's size."""
+    problems = []
+    per_class = n_train / num_classes if num_classes else None
+    if num_classes and per_class < min_per_class:
+        problems.append(f"{per_class:.3g} samples per class (fewer than {min_per_class})")
+    elif not num_classes and n_train < min_samples:
+        problems.append(f"{n_train} samples (fewer than {min_samples})")
+    ratio = n_params / max(n_train, 1)
+    if ratio > max_params_per_sample:
+        problems.append(f"{ratio:.3g} trainable parameters per sample (more than {max_params_per_sample:g})")
+    if not problems:
+        return []
+    evidence = {"train_samples": n_train, "trainable_parameters": n_params, "params_per_sample": _r(ratio)}
+    if num_classes:
+        evidence.update(classes=num_classes, samples_per_class=_r(per_class))
+    return [Finding("too_few_samples", "warning", "too little training data: " + "; ".join(problems), evidence,
+                    "gather more data or augment it, use a smaller model (or a pretrained one), and regularize")]

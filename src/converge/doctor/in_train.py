@@ -1,0 +1,166 @@
+"""The doctor inside `converge train`: the cheap checks before training (printed as warnings, logged as
+`doctor_finding` events, saved as doctor.json), the remedies asked for (`--fix`, `--drop-label-issues`;
+logged as `remedy` events, saved as remedies.json), and, after training, the standardization folded
+into the exported weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from converge.data import TensorSplit, is_classification
+from converge.doctor import remedies as rx
+from converge.doctor._findings import Finding, at_least
+from converge.doctor.run import label_issues, run_checks, samples_from_splits
+from converge.rng import capture_rng, restore_rng
+
+DOCTOR_FILE = "doctor.json"
+REMEDIES_FILE = "remedies.json"
+TRAIN_MAX_ROWS = 5000   # rows per split the checks at the start of `converge train` read
+
+
+@dataclass
+class Prepared:
+    """What the doctor changed before training, and what it must do after."""
+    splits: dict
+    loss: Callable | None
+    findings: list[Finding] = field(default_factory=list)
+    remedies: list[rx.Remedy] = field(default_factory=list)
+    standardization: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, metrics: dict | None, check: bool,
+                    fix: bool, drop_label_issues: bool, seed: int, console) -> Prepared:
+    """Run the cheap checks (``check``) and apply the remedies asked for; returns the splits and loss to
+    train with. Neither the model nor the global RNG state is changed."""
+    prepared = Prepared(dict(splits), loss)
+    if not (check or fix or drop_label_issues):
+        return prepared
+    saved = capture_rng()
+    try:
+        samples = samples_from_splits(splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
+        prepared.findings = run_checks(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed)
+        for name in rx.plan(prepared.findings, fix=fix, drop_label_issues=drop_label_issues):
+            remedy = _APPLY[name](prepared, model, seed)
+            prepared.remedies.append(remedy)
+    finally:
+        restore_rng(saved)
+    if check:
+        for finding in at_least(prepared.findings, "warning"):
+            console.warning(f"doctor: {finding.code}: {finding.message} (fix: {finding.fix})")
+    for remedy in prepared.remedies:
+        console.message(f"doctor: {remedy.remedy}: {json.dumps(remedy.detail)[:200]}")
+    return prepared
+
+
+def _standardize(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
+    train = prepared.splits["train"]
+    if not isinstance(train, TensorSplit) or not train.inputs.dtype.is_floating_point:
+        return rx.Remedy("standardize_features", {"applied": False,
+                                                  "reason": "only in-memory floating-point inputs are standardized"})
+    mean, std = rx.standardization(train.inputs)
+    prepared.splits = {name: TensorSplit(rx.standardize(split.inputs, mean, std), split.targets, name)
+                       if isinstance(split, TensorSplit) else split for name, split in prepared.splits.items()}
+    prepared.standardization = (mean, std)
+    layer = rx.first_linear(model, mean.numel())
+    export = (f"folded into layer {layer[0]!r} of best.safetensors" if layer else
+              f"kept in {rx.STANDARDIZE_FILE}, applied by converge.load_weights")
+    return rx.Remedy("standardize_features", {
+        "applied": True, "statistics": "training split", "features": mean.numel(), "export": export,
+        "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())]})
+
+
+def _balance(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
+    train = prepared.splits["train"]
+    if prepared.loss is not None:
+        return rx.Remedy("class_balanced_loss", {"applied": False, "reason": "the task defines its own loss"})
+    if not isinstance(train, TensorSplit) or not is_classification(train.targets):
+        return rx.Remedy("class_balanced_loss", {"applied": False,
+                                                 "reason": "only in-memory class labels are re-weighted"})
+    classes = _classes(model, train)
+    weights = rx.balanced_class_weights(train.targets, classes)
+    prepared.loss = rx.WeightedCrossEntropy(weights)
+    return rx.Remedy("class_balanced_loss", {"applied": True, "weights": [round(float(w), 4) for w in weights],
+                                             "from_epoch": 1, "note": "validation loss is weighted the same way"})
+
+
+def _drop(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
+    train = prepared.splits["train"]
+    if not isinstance(train, TensorSplit) or not is_classification(train.targets):
+        return rx.Remedy("drop_label_issues", {"applied": False,
+                                               "reason": "only in-memory classification splits"})
+    sample = samples_from_splits({"train": train}, seed=seed)["train"]
+    _, flagged = label_issues(sample, _classes(model, train), seed=seed, progress=lambda text: None)
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[flagged] = False
+    kept = keep.to(train.inputs.device)
+    prepared.splits["train"] = TensorSplit(train.inputs[kept], train.targets[kept], "train")
+    return rx.Remedy("drop_label_issues", {"applied": True, "dropped": int(len(flagged)),
+                                           "train_rows_left": int(keep.sum()),
+                                           "dropped_indices": sorted(int(i) for i in flagged)})
+
+
+_APPLY = {"standardize_features": _standardize, "class_balanced_loss": _balance, "drop_label_issues": _drop}
+
+
+def _classes(model: nn.Module, split: TensorSplit) -> int:
+    was_training = model.training
+    with torch.no_grad():
+        outputs = model.eval()(split.inputs[:2])
+    model.train(was_training)
+    return max(int(outputs.shape[1]), int(split.targets.max()) + 1)
+
+
+def record(trainer, prepared: Prepared) -> None:
+    """The findings and remedies as events and as doctor.json / remedies.json in the run folder."""
+    for finding in prepared.findings:
+        trainer.add_event("doctor_finding", code=finding.code, severity=finding.severity, message=finding.message)
+    for remedy in prepared.remedies:
+        trainer.add_event("remedy", **remedy.to_dict())
+    if trainer.folder is not None:
+        trainer.folder.write_json(DOCTOR_FILE, [f.to_dict() for f in prepared.findings])
+        if prepared.remedies:
+            trainer.folder.write_json(REMEDIES_FILE, [r.to_dict() for r in prepared.remedies])
+
+
+def exporter(model: nn.Module, prepared: Prepared) -> Callable[[dict], dict] | None:
+    """The Trainer's export_state: the best state with the standardization folded into the first linear
+    layer, so best.safetensors takes raw inputs from its first write on. None when there is nothing to fold."""
+    if prepared is None or prepared.standardization is None or rx.first_linear(model, prepared.standardization[0].numel()) is None:
+        return None
+    import copy
+
+    from converge.io.weights import snapshot
+
+    mean, std = prepared.standardization
+    shadow = copy.deepcopy(model)
+
+    def export(state: dict) -> dict:
+        with torch.no_grad():
+            shadow.load_state_dict(state)
+            rx.fold_standardization(shadow, mean, std)
+        return snapshot(shadow.state_dict())
+
+    return export
+
+
+def after_training(result, prepared: Prepared | None):
+    """Make the returned model take raw inputs as best.safetensors does (the Trainer wrote the folded file):
+    fold the standardization into result.model, or save standardize.json and hook the model."""
+    if prepared is None or prepared.standardization is None or result.summary.get("status") == "interrupted":
+        return result
+    from converge.io.atomic import atomic_write_text
+
+    mean, std = prepared.standardization
+    with torch.no_grad():
+        folded = rx.fold_standardization(result.model, mean, std)
+    if folded is None:
+        rx.add_standardize_hook(result.model, mean, std)
+        if result.run_dir is not None:
+            atomic_write_text(result.run_dir / rx.STANDARDIZE_FILE,
+                              json.dumps({"mean": mean.tolist(), "std": std.tolist()}) + "\n")
+    return result

@@ -1,0 +1,122 @@
+"""Label noise by confident learning (Northcutt, Jiang & Chuang, "Confident Learning: Estimating
+Uncertainty in Dataset Labels", JAIR 70, 2021), implemented here so that cleanlab is not a dependency:
+
+1. out-of-sample predicted probabilities P (rows x classes) from k-fold trainings of a cheap proxy;
+2. per-class thresholds t_j = mean of P[i, j] over the rows labelled j (the class's self-confidence);
+3. the confident joint C[i][j]: rows labelled i whose P[row, j] >= t_j for some j, counted at the
+   largest such P[row, j];
+4. calibrate C so that row i sums to the count of label i, normalise to the joint Q (sum 1); the
+   estimated noise rate is the off-diagonal mass 1 - trace(Q);
+5. prune by noise rate: for each i != j, the round(n Q[i][j]) rows labelled i with the largest margin
+   P[row, j] - P[row, i] are label issues.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from converge.doctor import thresholds as T
+from converge.doctor._findings import Finding
+
+
+def confident_joint(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """C[i][j] (classes x classes, integer counts), steps 2 and 3 above."""
+    classes = probs.shape[1]
+    thresholds = torch.stack([probs[labels == j, j].mean() if bool((labels == j).any()) else probs.new_tensor(1.0)
+                              for j in range(classes)])
+    above = probs >= thresholds - 1e-6
+    masked = torch.where(above, probs, torch.full_like(probs, -1.0))
+    confident = above.any(dim=1)
+    guess = masked.argmax(dim=1)
+    joint = torch.zeros(classes, classes, dtype=torch.long)
+    joint.index_put_((labels[confident], guess[confident]), torch.ones(int(confident.sum()), dtype=torch.long),
+                     accumulate=True)
+    return joint
+
+
+def noise_joint(joint: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Q: the confident joint calibrated to the label counts and normalised to sum 1 (step 4)."""
+    classes = joint.shape[0]
+    label_counts = torch.bincount(labels, minlength=classes).double()
+    rows = joint.double().sum(dim=1, keepdim=True)
+    calibrated = torch.where(rows > 0, joint.double() / rows.clamp(min=1) * label_counts[:, None],
+                             torch.diag(label_counts))
+    return calibrated / calibrated.sum()
+
+
+def find_label_issues(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(a bool mask of label issues, the estimated noise rate, Q), by pruning by noise rate (step 5)."""
+    probs, labels = probs.double(), labels.long()
+    joint = noise_joint(confident_joint(probs, labels), labels)
+    n, classes = len(labels), probs.shape[1]
+    issues = torch.zeros(n, dtype=torch.bool)
+    for i in range(classes):
+        rows = torch.nonzero(labels == i).reshape(-1)
+        for j in range(classes):
+            count = min(int(round(n * float(joint[i, j]))), len(rows)) if i != j else 0
+            if count:
+                margin = probs[rows, j] - probs[rows, i]
+                issues[rows[margin.argsort(descending=True)[:count]]] = True
+    noise_rate = float(1.0 - joint.trace())
+    return issues, noise_rate, joint
+
+
+def out_of_sample_probs(x: torch.Tensor, labels: torch.Tensor, classes: int, *, folds: int = T.NOISE_FOLDS,
+                        seed: int = 0, epochs: int = 40, hidden: int = 64) -> torch.Tensor:
+    """Predicted probabilities for every row from a proxy that never saw it: a one-hidden-layer MLP on
+    standardized flattened inputs, trained on the other k-1 folds (AdamW, a few dozen epochs)."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    probs = torch.full((len(labels), classes), 1.0 / classes)
+    for fold in range(folds):
+        held = order[fold::folds]
+        train = torch.ones(len(labels), dtype=torch.bool)
+        train[held] = False
+        mean, std = x[train].mean(0), x[train].std(0).clamp(min=1e-8)
+        model = _fit_proxy((x[train] - mean) / std, labels[train], classes, generator, epochs, hidden)
+        with torch.no_grad():
+            probs[held] = model((x[held] - mean) / std).softmax(dim=1)
+    return probs
+
+
+def _fit_proxy(x, y, classes, generator, epochs, hidden) -> nn.Module:
+    torch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch_seed)
+        model = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, classes))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
+        batch = max(32, min(256, len(y) // 20))
+        for _ in range(epochs):
+            for rows in torch.randperm(len(y)).split(batch):
+                optimizer.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(x[rows]), y[rows]).backward()
+                optimizer.step()
+    return model.eval()
+
+
+def label_noise_finding(probs: torch.Tensor, labels: torch.Tensor, *, indices: torch.Tensor | None = None,
+                        warn_rate: float = T.NOISE_WARN, worst: int = 20, extra: dict | None = None
+                        ) -> tuple[list[Finding], torch.Tensor]:
+    """The `label_noise` finding from out-of-sample probabilities, and the issue mask (rows of ``probs``).
+    ``indices`` map rows back to positions in the whole split."""
+    issues, rate, joint = find_label_issues(probs, labels)
+    count = int(issues.sum())
+    if count == 0:
+        return [], issues
+    self_confidence = probs.double()[torch.arange(len(labels)), labels]
+    flagged = torch.nonzero(issues).reshape(-1)
+    worst_rows = flagged[self_confidence[flagged].argsort()][:worst]
+    position = indices[worst_rows] if indices is not None else worst_rows
+    evidence = {"noise_rate": float(f"{rate:.4g}"), "issues": count, "rows_checked": len(labels),
+                "worst_indices": position.tolist(),
+                "worst_given_labels": labels[worst_rows].tolist(),
+                "worst_predicted": probs[worst_rows].argmax(dim=1).tolist(), **(extra or {})}
+    if joint.shape[0] <= 20:
+        evidence["noise_joint"] = [[float(f"{v:.3g}") for v in row] for row in joint.tolist()]
+    severity = "warning" if rate >= warn_rate else "info"
+    return [Finding("label_noise", severity,
+                    f"about {100 * rate:.1f}% of training labels look wrong (confident learning); {count} "
+                    "sample(s) flagged",
+                    evidence, "review the flagged samples (worst_indices); converge train --fix "
+                              "--drop-label-issues leaves them out of training")], issues

@@ -1,0 +1,196 @@
+"""Model checks: small functions taking a model and one batch, returning findings. Each works on a deep
+copy of the model, so the model handed in keeps its weights (and no gradients) whatever a check does.
+Thresholds are documented in `converge.doctor.thresholds`."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from converge.doctor import thresholds as T
+from converge.doctor._findings import Finding
+from converge.engine.objective import cross_entropy, mean_squared_error
+
+
+def _r(value: float, digits: int = 4) -> float | None:
+    value = float(value)
+    return None if not math.isfinite(value) else float(f"{value:.{digits}g}")
+
+
+def expected_init_loss(kind: str, targets: torch.Tensor, outputs: torch.Tensor) -> tuple[float, str] | None:
+    """The loss a freshly initialised model should start near, and why: ln C for C classes (uniform
+    predictions), mean(y^2) for MSE (predictions near 0)."""
+    if kind == "classification" and outputs.ndim >= 2:
+        return math.log(outputs.shape[1]), f"ln {outputs.shape[1]} (uniform predictions over the classes)"
+    if kind == "regression":
+        return float(targets.float().pow(2).mean()), "mean of the squared targets (predictions near 0)"
+    return None
+
+
+def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: str, *,
+                  ratio: float = T.INIT_LOSS_RATIO) -> list[Finding]:
+    """The loss at initialisation, against its expected value; only for converge's own losses."""
+    if loss_fn not in (cross_entropy, mean_squared_error):
+        return []
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        outputs = model(inputs)
+        loss = float(loss_fn(outputs, targets))
+    expected = expected_init_loss(kind, targets, outputs)
+    if expected is None:
+        return []
+    value, why = expected
+    if math.isfinite(loss) and loss <= ratio * max(value, 1e-8):
+        return []
+    evidence = {"initial_loss": _r(loss), "expected": _r(value), "expected_because": why, "ratio_bound": ratio,
+                "output_abs_mean": _r(outputs.float().abs().mean())}
+    return [Finding("init_loss_off", "warning",
+                    f"the loss at initialisation is {loss:.4g}, more than {ratio:g}x the expected {value:.4g}",
+                    evidence, "initialise the last layer smaller (outputs near 0; for classification, bias at "
+                              "the log class priors) and check the input scale")]
+
+
+def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *, steps: int = T.OVERFIT_STEPS,
+                         lrs: tuple = T.OVERFIT_LRS, ratio: float = T.OVERFIT_RATIO) -> list[Finding]:
+    """Train copies of the model on this one batch with Adam (one LR after another); the loss (in eval
+    mode) must fall below ``ratio`` times its start. A model that cannot memorise one small batch has a
+    bug (inputs ignored, gradients cut) or too little capacity."""
+    tried = []
+    for lr in lrs:
+        start, end, used = _overfit(copy.deepcopy(model), inputs, targets, loss_fn, lr, steps, ratio)
+        tried.append({"lr": lr, "start_loss": _r(start), "end_loss": _r(end), "steps": used})
+        if math.isfinite(end) and end <= ratio * start:
+            return []
+    return [Finding("cannot_overfit_batch", "error",
+                    f"the model cannot fit a single batch of {len(targets)} samples: the loss stays above "
+                    f"{ratio:g}x its start after {steps} Adam steps",
+                    {"batch_size": len(targets), "ratio_bound": ratio, "tries": tried},
+                    "look for a bug (inputs detached or ignored, a wrong loss, frozen layers) or add capacity")]
+
+
+def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio) -> tuple[float, float, int]:
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(loss_fn(model(inputs), targets))
+
+    start = eval_loss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return start, start, 0
+    optimizer = torch.optim.Adam(params, lr=lr)
+    end = start
+    for step in range(1, steps + 1):
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), targets)
+        if not loss.requires_grad or not torch.isfinite(loss):
+            return start, float(loss), step
+        loss.backward()
+        optimizer.step()
+        if step % 25 == 0 or step == steps:  # an eval-mode loss (no dropout) every 25 steps
+            end = eval_loss()
+            if end <= ratio * start:
+                return start, end, step
+    return start, end, steps
+
+
+def layer_gradient_norms(model: nn.Module, inputs, targets, loss_fn: Callable) -> list[tuple[str, float, float]]:
+    """(name, gradient norm, weight norm) of each weight with ndim >= 2, in registration order (input to
+    output for a Sequential), after one backward pass at initialisation."""
+    model = copy.deepcopy(model).train()
+    model.zero_grad(set_to_none=True)
+    loss_fn(model(inputs), targets).backward()
+    return [(name, float(p.grad.norm()), float(p.detach().norm())) for name, p in model.named_parameters()
+            if p.ndim >= 2 and p.grad is not None]
+
+
+def gradient_flow(norms: list[tuple[str, float, float]], *, vanishing: float = T.VANISHING_RATIO,
+                  exploding: float = T.EXPLODING_RATIO, relative: float = T.EXPLODING_RELATIVE) -> list[Finding]:
+    """Vanishing or exploding gradients from per-layer norms: the first layer's gradient norm over the
+    last layer's (below ``vanishing``: vanishing; above ``exploding``: exploding), or any layer whose
+    gradient norm is more than ``relative`` times its weights' norm (exploding everywhere at once)."""
+    if len(norms) < 2:
+        return []
+    evidence = {"layers": [{"name": n, "grad_norm": _r(g, 3), "weight_norm": _r(w, 3)} for n, g, w in norms]}
+    if not all(math.isfinite(g) for _, g, _ in norms):
+        return [Finding("exploding_gradients", "error", "gradients at initialisation are NaN or infinite",
+                        evidence, "lower the initial weight scale, normalize the inputs, add normalization layers")]
+    first, last = norms[0][1], norms[-1][1]
+    ratio = first / last if last > 0 else math.inf
+    largest = max(g / w if w > 0 else 0.0 for _, g, w in norms)
+    evidence.update(first_over_last=_r(ratio, 3), max_grad_over_weight=_r(largest, 3),
+                    bounds={"vanishing": vanishing, "exploding": exploding, "relative": relative})
+    if ratio < vanishing:
+        return [Finding("vanishing_gradients", "warning",
+                        f"gradients shrink {1 / max(ratio, 1e-300):.3g}x from the last layer to the first at "
+                        "initialisation", evidence,
+                        "use ReLU-family activations with He initialisation, residual connections or "
+                        "normalization layers; avoid deep stacks of sigmoid/tanh")]
+    if ratio > exploding or largest > relative:
+        what = (f"grow {ratio:.3g}x from the last layer to the first" if ratio > exploding else
+                f"reach {largest:.3g}x the weights' norm")
+        return [Finding("exploding_gradients", "warning", f"gradients at initialisation {what}",
+                        evidence, "lower the initial weight scale (default or He initialisation), normalize the "
+                                  "inputs and targets, add normalization layers, clip gradients (--clip-grad)")]
+    return []
+
+
+RELU_TYPES = (nn.ReLU, nn.ReLU6)
+
+
+def relu_activity(model: nn.Module, inputs) -> dict[str, tuple[int, int]]:
+    """{layer: (dead units, units)} for every ReLU module call on the batch (eval mode). A unit is a
+    channel (dim 1) and is dead when it is 0 for every sample and position."""
+    model = copy.deepcopy(model).eval()
+    activity: dict[str, tuple[int, int]] = {}
+    calls: dict[str, int] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            if not isinstance(output, torch.Tensor) or output.ndim < 2:
+                return
+            calls[name] = calls.get(name, 0) + 1
+            key = name if calls[name] == 1 else f"{name}#{calls[name]}"
+            alive = (output.detach() > 0).transpose(0, 1).reshape(output.shape[1], -1).any(dim=1)
+            activity[key] = (int((~alive).sum()), int(alive.numel()))
+        return record
+
+    handles = [m.register_forward_hook(hook(n or "relu")) for n, m in model.named_modules()
+               if isinstance(m, RELU_TYPES)]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return activity
+
+
+def dead_units(activity: dict[str, tuple[int, int]], *, warn_fraction: float = T.DEAD_WARN_FRACTION
+               ) -> list[Finding]:
+    """ReLU units never active on the batch: a `warning` when a layer has at least ``warn_fraction`` of
+    them, `info` for a few."""
+    dead = {name: counts for name, counts in activity.items() if counts[0]}
+    if not dead:
+        return []
+    layers = [{"layer": name, "dead": d, "units": u, "fraction": _r(d / u)} for name, (d, u) in dead.items()]
+    worst = max(layers, key=lambda layer: layer["fraction"])
+    severity = "warning" if worst["fraction"] >= warn_fraction else "info"
+    total = sum(d for d, _ in dead.values())
+    return [Finding("dead_units", severity,
+                    f"{total} ReLU unit(s) never activate on a batch; worst layer {worst['layer']} "
+                    f"({100 * worst['fraction']:.0f}% dead)",
+                    {"layers": layers, "warn_fraction": warn_fraction},
+                    "check the input scale and the biases' initialisation; lower the LR; consider LeakyReLU/GELU")]
+
+
+def output_mismatch(message: str, evidence: dict | None = None) -> list[Finding]:
+    """The finding for an objective that cannot be resolved (converge's own check failed with ``message``)."""
+    return [Finding("output_mismatch", "error", message, dict(evidence or {}),
+                    "make the last layer's output fit the targets: C outputs for labels 0..C-1 "
+                    "(cross-entropy), the target's shape for MSE, or define `loss` in the task")]

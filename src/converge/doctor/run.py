@@ -1,0 +1,213 @@
+"""Run the checks: read bounded samples of the splits, run the data checks on them, resolve the objective
+as `converge train` would, then run the model checks on one batch. Returns findings, most severe first;
+printing and writing them is the caller's business."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from converge.data import TensorSplit, is_classification
+from converge.doctor import data_checks as dc
+from converge.doctor import model_checks as mc
+from converge.doctor import thresholds as T
+from converge.doctor._findings import Finding, ranked
+from converge.doctor._sample import Sample, sample_split
+from converge.doctor.label_noise import label_noise_finding, out_of_sample_probs
+from converge.engine import device as dev
+from converge.engine.objective import Objective, resolve_objective
+from converge.errors import ConvergeError
+from converge.rng import capture_rng, restore_rng, seed_everything
+
+CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "constant_features", "outliers",
+               "train_val_overlap", "too_few_samples", "output_mismatch", "init_loss_off",
+               "vanishing_gradients", "exploding_gradients", "dead_units")
+EXPENSIVE_CODES = ("label_noise", "cannot_overfit_batch")
+CODES = CHEAP_CODES + EXPENSIVE_CODES
+
+
+def finite_rows(inputs: Any, targets: Any) -> torch.Tensor | None:
+    """A mask of the rows whose inputs and targets are all finite (None when they are not tensors)."""
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        return None
+    mask = torch.ones(targets.shape[0], dtype=torch.bool)
+    for tensor in (inputs, targets):
+        if tensor.dtype.is_floating_point:
+            mask &= torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1).cpu()
+    return mask
+
+
+def data_findings(samples: dict[str, Sample]) -> list[Finding]:
+    """Every data check but label_noise and too_few_samples (which need the model)."""
+    train = samples["train"]
+    findings = dc.nonfinite_values({name: (s.inputs, s.targets) for name, s in samples.items()})
+    findings += dc.class_imbalance(train.targets) if is_classification(train.targets) else []
+    x, kept = dc.feature_matrix(train.inputs)
+    sampled = {**train.evidence(), **({"features_sampled": len(kept)} if kept is not None else {})}
+    for check in (dc.unscaled_features, dc.constant_features, dc.outliers):
+        findings += [_with(f, sampled) for f in check(x)]
+    others = {name: s.inputs for name, s in samples.items() if name != "train"}
+    findings += [_with(f, sampled) for f in dc.train_val_overlap(train.inputs, others)]
+    return findings
+
+
+def _with(finding: Finding, evidence: dict) -> Finding:
+    """The finding with sampling facts added to its evidence (when the split was sampled)."""
+    if not evidence.get("sampled"):
+        return finding
+    return Finding(finding.code, finding.severity, finding.message, {**finding.evidence, **evidence}, finding.fix)
+
+
+def resolve(model: nn.Module, samples: dict[str, Sample], loss, metrics, device) -> tuple[Objective | None, dict, list]:
+    """The objective `converge train` would use, on the finite rows; an output/label mismatch becomes an
+    `output_mismatch` finding instead of an error. Returns (objective or None, finite splits, findings)."""
+    splits = {}
+    for name, sample in samples.items():
+        mask = finite_rows(sample.inputs, sample.targets)
+        if mask is None:
+            raise ConvergeError(f"converge doctor needs {name} inputs and targets that are tensors or arrays")
+        if not bool(mask.any()):
+            return None, {}, []
+        splits[name] = TensorSplit(sample.inputs[mask], sample.targets[mask], name).to(device)
+    try:
+        return resolve_objective(model, splits, loss, metrics or {}, amp="off", device=device, probe_size=64), splits, []
+    except ConvergeError as exc:
+        if str(exc).startswith("the model fails on a batch") or "metric name" in str(exc):
+            raise
+        targets = splits["train"].targets
+        return None, splits, mc.output_mismatch(str(exc), {"target_shape": list(targets.shape[1:]),
+                                                           "target_dtype": str(targets.dtype).replace("torch.", "")})
+
+
+def model_findings(model: nn.Module, splits: dict, objective: Objective, *, cheap: bool, seed: int,
+                   progress: Callable[[str], None]) -> list[Finding]:
+    """The model checks on one batch; with ``cheap=False`` also the overfit-one-batch check."""
+    inputs, targets = splits["train"].probe(T.MODEL_BATCH)
+    loss_fn, findings = objective.loss_fn, []
+    findings += mc.init_loss_off(model, inputs, targets, loss_fn, objective.kind)
+    findings += mc.gradient_flow(mc.layer_gradient_norms(model, inputs, targets, loss_fn))
+    findings += mc.dead_units(mc.relu_activity(model, inputs))
+    if not cheap:
+        progress(f"doctor: fitting one batch of {min(T.OVERFIT_BATCH, len(targets))} samples")
+        seed_everything(seed)
+        findings += mc.cannot_overfit_batch(model, inputs[:T.OVERFIT_BATCH], targets[:T.OVERFIT_BATCH], loss_fn)
+    return findings
+
+
+def noise_findings(sample: Sample, classes: int, *, seed: int, progress: Callable[[str], None]) -> list[Finding]:
+    """label_noise on at most NOISE_MAX_ROWS finite training rows, with the k-fold MLP proxy."""
+    return label_issues(sample, classes, seed=seed, progress=progress)[0]
+
+
+def label_issues(sample: Sample, classes: int, *, seed: int, progress: Callable[[str], None]
+                 ) -> tuple[list[Finding], torch.Tensor]:
+    """(the label_noise findings, the positions in the whole split of every flagged row)."""
+    none = torch.zeros(0, dtype=torch.long)
+    mask = finite_rows(sample.inputs, sample.targets)
+    x, _ = dc.feature_matrix(sample.inputs[mask])
+    labels = sample.targets[mask].cpu()
+    if x is None or len(labels) < 10 * T.NOISE_FOLDS or int(labels.max()) >= classes:
+        return [], none
+    positions = sample.indices[mask] if sample.indices is not None else torch.nonzero(mask).reshape(-1)
+    if len(labels) > T.NOISE_MAX_ROWS:
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:T.NOISE_MAX_ROWS].sort().values
+        x, labels, positions = x[keep], labels[keep], positions[keep]
+    progress(f"doctor: {T.NOISE_FOLDS}-fold proxy trainings on {len(labels)} rows for label noise")
+    probs = out_of_sample_probs(x, labels, classes, seed=seed)
+    extra = {"proxy": f"MLP (64 hidden units) on standardized flattened inputs, {T.NOISE_FOLDS}-fold",
+             "sampled": len(labels) < (sample.total or 0)}
+    findings, issues = label_noise_finding(probs, labels, indices=positions, extra=extra)
+    return findings, positions[issues]
+
+
+def run_checks(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | None = None,
+               metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
+               progress: Callable[[str], None] | None = None) -> list[Finding]:
+    """All checks on sampled splits; ``cheap=True`` leaves out label_noise and cannot_overfit_batch.
+    The model is not changed and the global RNG state is put back afterwards."""
+    progress = progress or (lambda text: None)
+    saved = capture_rng()
+    try:
+        findings = data_findings(samples)
+        device_ = dev.pick_device(device)
+        model_copy = _copy_to(model, device_)
+        objective, splits, problems = resolve(model_copy, samples, loss, metrics, device_)
+        findings += problems
+        train = samples["train"]
+        classes = _classes(model_copy, splits, objective)
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        findings += dc.too_few_samples(train.total or len(train), params, classes)
+        if objective is not None:
+            findings += model_findings(model_copy, splits, objective, cheap=cheap, seed=seed, progress=progress)
+            if not cheap and objective.kind == "classification" and classes:
+                findings += noise_findings(train, classes, seed=seed, progress=progress)
+    finally:
+        restore_rng(saved)
+    return ranked(findings)
+
+
+def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
+    import copy
+    return copy.deepcopy(model).to(device)
+
+
+def _classes(model, splits: dict, objective: Objective | None) -> int | None:
+    if objective is None or objective.kind != "classification":
+        return None
+    with torch.no_grad():
+        outputs = model.eval()(splits["train"].probe(2)[0])
+    return int(outputs.shape[1]) if isinstance(outputs, torch.Tensor) and outputs.ndim >= 2 else None
+
+
+def samples_from_splits(splits: dict, *, seed: int = 0, max_rows: int = T.MAX_ROWS) -> dict[str, Sample]:
+    """Samples of splits already made by `converge.data.make_splits` (in-memory ones are used whole)."""
+    samples = {}
+    for name, split in splits.items():
+        if isinstance(split, TensorSplit) and len(split) <= max_rows:
+            samples[name] = Sample(name, split.inputs, split.targets, len(split), torch.arange(len(split)))
+        else:
+            source = (split.inputs, split.targets) if isinstance(split, TensorSplit) else split.source
+            samples[name] = sample_split(source, name, max_rows=max_rows, seed=seed)
+    return samples
+
+
+def sample_splits(train: Any, val: Any, test: Any = None, *, seed: int = 0, max_rows: int = T.MAX_ROWS
+                  ) -> dict[str, Sample]:
+    given = {"train": train, "val": val, "test": test}
+    return {name: sample_split(data, name, max_rows=max_rows, seed=seed)
+            for name, data in given.items() if data is not None}
+
+
+def diagnose(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Callable | None = None,
+             metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
+             progress: Callable[[str], None] | None = None) -> list[Finding]:
+    """The doctor on objects in memory (the splits as `converge.fit` takes them)."""
+    if not isinstance(model, nn.Module):
+        raise ConvergeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return run_checks(model, sample_splits(train, val, test, seed=seed), loss=loss, metrics=metrics, cheap=cheap,
+                      seed=seed, device=device, progress=progress)
+
+
+def diagnose_task(task, *, task_args: dict | None = None, cheap: bool = False, seed: int = 0,
+                  device: str | None = None, progress: Callable[[str], None] | None = None) -> list[Finding]:
+    """The doctor on a loaded task: builds the model and data with the seed, as `converge train` does."""
+    from converge.task import check_task_args
+
+    task_args = check_task_args(task_args)
+    seed_everything(seed)
+    model = task.build_model(**task_args["model"])
+    splits = task.build_data(**task_args["data"])
+    return diagnose(model, *splits, loss=task.loss, metrics=task.metrics, cheap=cheap, seed=seed, device=device,
+                    progress=progress)
+
+
+def run_doctor(task_path: str | Path, *, cheap: bool = False, seed: int = 0, device: str | None = None,
+               task_args: dict | None = None, progress: Callable[[str], None] | None = None) -> list[Finding]:
+    """What `converge doctor TASK` does: every check on the task file's model and data, most severe first."""
+    from converge.task import load_task
+
+    return diagnose_task(load_task(task_path), task_args=task_args, cheap=cheap, seed=seed, device=device,
+                         progress=progress)

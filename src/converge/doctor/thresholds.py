@@ -1,0 +1,57 @@
+"""Every threshold converge doctor uses, in one place. Each check takes them as keyword arguments with
+these defaults; tests/test_doctor.py pins them with tables.
+
+| constant | value | meaning |
+| --- | --- | --- |
+| MAX_ROWS | 20000 | rows read per split for the data checks (a seeded random sample beyond that) |
+| MAX_FEATURES | 4096 | flattened input features used by the per-feature checks (a seeded subset beyond that) |
+| IMBALANCE_INFO / IMBALANCE_WARN | 1.5 / 3.0 | largest / smallest class count at or above this |
+| SCALE_STD_HIGH | 10.0 | a feature whose standard deviation exceeds this is unscaled |
+| SCALE_MEAN_HIGH | 10.0 | a feature whose abs(mean) exceeds this (and its std) is uncentred |
+| SCALE_STD_LOW | 1e-2 | the median feature std below this: all features squashed |
+| SCALE_SPREAD | 100.0 | largest / median feature std above this: one feature dominates |
+| CONSTANT_WARN_FRACTION | 0.5 | constant features are `info`; at least this fraction of them is a `warning` |
+| OUTLIER_Z | 20.0 | robust z-score abs(x - median) / (1.4826 MAD) above this is an outlier value |
+| OUTLIER_WARN_FRACTION | 0.001 | rows holding an outlier value: `warning` at or above this fraction, else `info` |
+| MIN_PER_CLASS | 20 | fewer training samples per class is too few |
+| MIN_SAMPLES | 50 | fewer training samples (regression) is too few |
+| MAX_PARAMS_PER_SAMPLE | 1000 | more trainable parameters per training sample is too few samples |
+| NOISE_WARN | 0.05 | estimated label-noise rate (confident learning) at or above this is a `warning` |
+| NOISE_FOLDS / NOISE_MAX_ROWS | 4 / 5000 | k-fold trainings of the proxy and the rows they use |
+| INIT_LOSS_RATIO | 2.0 | initial loss above this multiple of its expected value |
+| OVERFIT_BATCH / OVERFIT_STEPS | 32 / 200 | one batch this big, Adam for at most this many steps (per LR) |
+| OVERFIT_LRS | (1e-3, 1e-2) | the learning rates tried in turn |
+| OVERFIT_RATIO | 0.1 | the loss must fall below this fraction of its start |
+| VANISHING_RATIO / EXPLODING_RATIO | 1e-3 / 1e3 | first layer's gradient norm / last layer's, below / above |
+| EXPLODING_RELATIVE | 100.0 | a layer's gradient norm above this multiple of its weights' norm |
+| DEAD_WARN_FRACTION | 0.5 | a ReLU layer with at least this fraction of units never active on a batch |
+| MODEL_BATCH | 256 | samples in the batch the model checks use |
+"""
+
+MAX_ROWS = 20_000
+MAX_FEATURES = 4096
+IMBALANCE_INFO = 1.5
+IMBALANCE_WARN = 3.0
+SCALE_STD_HIGH = 10.0
+SCALE_MEAN_HIGH = 10.0
+SCALE_STD_LOW = 1e-2
+SCALE_SPREAD = 100.0
+CONSTANT_WARN_FRACTION = 0.5
+OUTLIER_Z = 20.0
+OUTLIER_WARN_FRACTION = 0.001
+MIN_PER_CLASS = 20
+MIN_SAMPLES = 50
+MAX_PARAMS_PER_SAMPLE = 1000
+NOISE_WARN = 0.05
+NOISE_FOLDS = 4
+NOISE_MAX_ROWS = 5000
+INIT_LOSS_RATIO = 2.0
+OVERFIT_BATCH = 32
+OVERFIT_STEPS = 200
+OVERFIT_LRS = (1e-3, 1e-2)
+OVERFIT_RATIO = 0.1
+VANISHING_RATIO = 1e-3
+EXPLODING_RATIO = 1e3
+EXPLODING_RELATIVE = 100.0
+DEAD_WARN_FRACTION = 0.5
+MODEL_BATCH = 256

@@ -1,0 +1,643 @@
+"""converge doctor: planted-fault tasks (one per code), clean tasks, the pure checks' thresholds, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from converge.doctor import CODES, Finding, at_least, ranked, run_doctor
+from converge.doctor import data_checks as dc
+from converge.doctor import model_checks as mc
+from converge.doctor import thresholds as T
+from converge.doctor.label_noise import confident_joint, find_label_issues, noise_joint
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# Three well-separated standardized Gaussian blobs, 8 features: the clean baseline every fault is planted in.
+BLOBS = '''
+def _blobs(n=300, seed=0, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centers = torch.randn(classes, 8, generator=g) * 2
+    x = centers[y] + torch.randn(n, 8, generator=g)
+    x = (x - x.mean(0)) / x.std(0)
+    return x, y
+
+def _split(x, y):
+    n = len(y)
+    a, b = int(n * 0.6), int(n * 0.8)
+    return (x[:a], y[:a]), (x[a:b], y[a:b]), (x[b:], y[b:])
+'''
+
+CLEAN_DATA = '''
+def data():
+    return _split(*_blobs())
+'''
+
+# Each planted fault: (code, task body). The body adds or replaces model() / data() of the clean task.
+PLANTED = {
+    "class_imbalance": '''
+def data():
+    x, y = _blobs(400)
+    keep = (y == 0) | ((torch.arange(400) // 3) % 8 == 0)   # classes 1 and 2: 1 in 8
+    return _split(x[keep], y[keep])
+''',
+    "unscaled_features": '''
+def data():
+    x, y = _blobs()
+    return _split(x * torch.tensor([1.0, 1e3, 1.0, 50.0, 1.0, 1.0, 1.0, 1.0]) + 200.0, y)
+''',
+    "nonfinite_values": '''
+def data():
+    x, y = _blobs()
+    x[3, 2] = float("nan")
+    x[7, 0] = float("inf")
+    return _split(x, y)
+''',
+    "train_val_overlap": '''
+def data():
+    (xt, yt), (xv, yv), test = _split(*_blobs())
+    xv[:10], yv[:10] = xt[:10], yt[:10]
+    return (xt, yt), (xv, yv), test
+''',
+    "label_noise": '''
+def data():
+    x, y = _blobs(600)
+    g = torch.Generator().manual_seed(1)
+    flip = torch.rand(600, generator=g) < 0.25
+    y = torch.where(flip, (y + 1 + torch.randint(0, 2, (600,), generator=g)) % 3, y)
+    return _split(x, y)
+''',
+    "too_few_samples": '''
+def data():
+    x, y = _blobs(60)
+    return (x[:30], y[:30]), (x[30:45], y[30:45]), (x[45:], y[45:])
+''',
+    "constant_features": '''
+def data():
+    x, y = _blobs()
+    x[:, 2:] = 1.0
+    return _split(x, y)
+''',
+    "outliers": '''
+def data():
+    x, y = _blobs()
+    x[::50, 1] = 500.0
+    return _split(x, y)
+''',
+    "init_loss_off": '''
+def model():
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    with torch.no_grad():
+        net[2].weight.mul_(100.0)
+    return net
+''',
+    "cannot_overfit_batch": '''
+class Ignores(nn.Module):   # a bug: the inputs are multiplied away
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    def forward(self, x):
+        return self.net(x * 0)
+
+def model():
+    return Ignores()
+''',
+    "vanishing_gradients": '''
+def model():
+    layers = [nn.Linear(8, 32), nn.Sigmoid()]
+    for _ in range(15):
+        layers += [nn.Linear(32, 32), nn.Sigmoid()]
+    return nn.Sequential(*layers, nn.Linear(32, 3))
+''',
+    "exploding_gradients": '''
+def model():
+    layers = [nn.Linear(8, 32)] + [nn.Linear(32, 32) for _ in range(8)] + [nn.Linear(32, 3)]
+    for layer in layers:
+        nn.init.normal_(layer.weight, std=3.0 / layer.in_features ** 0.5)
+    return nn.Sequential(*layers)
+''',
+    "dead_units": '''
+def model():
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)
+    return net
+''',
+    "output_mismatch": '''
+def model():
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))   # 3 classes in the labels
+''',
+}
+
+CLEAN_MODEL = '''
+def model():
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+'''
+
+EXPENSIVE = {"label_noise", "cannot_overfit_batch"}
+
+
+def _write(tmp_path, body: str, name: str) -> Path:
+    source = "import torch\nfrom torch import nn\n" + BLOBS + body
+    if "def model(" not in body:
+        source += CLEAN_MODEL
+    if "def data(" not in body:
+        source += CLEAN_DATA
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    return path
+
+
+def _codes(findings, severity="info"):
+    return {f.code for f in at_least(findings, severity)}
+
+
+def test_every_code_has_a_planted_fault():
+    assert set(PLANTED) == set(CODES)
+
+
+@pytest.mark.parametrize("code", sorted(PLANTED))
+def test_planted_fault_is_found(tmp_path, code):
+    findings = run_doctor(_write(tmp_path, PLANTED[code], code), cheap=code not in EXPENSIVE)
+    found = {f.code: f for f in findings}
+    assert code in found, [f.to_dict() for f in findings]
+    finding = found[code]
+    assert finding.severity in ("warning", "error"), finding
+    assert finding.message and finding.fix and finding.evidence
+    json.dumps(finding.to_dict())  # JSON-ready
+
+
+def test_clean_blobs_have_no_warnings(tmp_path):
+    findings = run_doctor(_write(tmp_path, "", "clean"))
+    assert not at_least(findings, "warning"), [f.to_dict() for f in findings]
+
+
+def test_digits_example_has_no_warnings():
+    findings = run_doctor(EXAMPLES / "digits.py")
+    assert not at_least(findings, "warning"), [f.to_dict() for f in findings]
+    assert "constant_features" in _codes(findings)  # the corner pixels: info only
+
+
+def test_label_noise_evidence_points_at_flipped_rows(tmp_path):
+    findings = run_doctor(_write(tmp_path, PLANTED["label_noise"], "noisy"))
+    noise = next(f for f in findings if f.code == "label_noise")
+    assert 0.15 <= noise.evidence["noise_rate"] <= 0.35
+    # the worst indices are positions in the training split; most of them were flipped
+    g = torch.Generator().manual_seed(1)
+    flipped = torch.nonzero(torch.rand(600, generator=g) < 0.25).reshape(-1).tolist()
+    hits = sum(i in flipped for i in noise.evidence["worst_indices"])
+    assert hits >= 0.8 * len(noise.evidence["worst_indices"])
+
+
+def test_diagnose_leaves_the_model_and_global_rng_alone():
+    from converge.doctor import diagnose
+
+    torch.manual_seed(123)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 3))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _standard(200, 8), torch.arange(200) % 3
+    before = torch.get_rng_state()
+    findings = diagnose(model, (x[:150], y[:150]), (x[150:], y[150:]))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert "label_noise" in {f.code for f in findings}   # random labels: all noise
+
+
+def test_dataset_splits_are_sampled(tmp_path):
+    body = '''
+from torch.utils.data import Dataset
+
+class Rows(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+    def __len__(self):
+        return len(self.y)
+    def __getitem__(self, i):
+        return self.x[i] * 1000.0, self.y[i]
+
+def data():
+    (xt, yt), (xv, yv), _ = _split(*_blobs())
+    return Rows(xt, yt), Rows(xv, yv)
+'''
+    findings = run_doctor(_write(tmp_path, body, "dataset"), cheap=True)
+    assert "unscaled_features" in _codes(findings, "warning")
+
+
+# --- findings --------------------------------------------------------------------------------------------
+
+def test_findings_rank_error_warning_info():
+    findings = [Finding("a", "info", "m"), Finding("b", "error", "m"), Finding("c", "warning", "m"),
+                Finding("d", "error", "m")]
+    assert [f.code for f in ranked(findings)] == ["b", "d", "c", "a"]
+    with pytest.raises(ValueError, match="severity"):
+        Finding("x", "fatal", "m")
+    assert set(Finding("x", "info", "m", {"k": 1}, "f").to_dict()) == {"code", "severity", "message", "evidence", "fix"}
+
+
+# --- thresholds of the pure checks, pinned by tables -----------------------------------------------------
+
+def _labels(counts):
+    return torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+
+
+@pytest.mark.parametrize("counts, severity", [
+    ((100, 100, 100), None),
+    ((100, 70), None),          # ratio 1.43 < 1.5
+    ((150, 100), "info"),       # ratio 1.5
+    ((299, 100), "info"),       # 2.99 < 3
+    ((300, 100), "warning"),    # 3.0
+    ((1000, 10, 500), "warning"),
+])
+def test_class_imbalance_thresholds(counts, severity):
+    findings = dc.class_imbalance(_labels(counts))
+    assert (findings[0].severity if findings else None) == severity
+    if findings:
+        assert findings[0].evidence["ratio"] == pytest.approx(max(counts) / min(counts), rel=1e-3)
+
+
+def _standard(n=500, d=6, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("scale, shift, flagged", [
+    (1.0, 0.0, False),
+    (5.0, 5.0, False),        # within std 10 / mean 10
+    (0.2, 0.0, False),        # [0,1]-ish scales are fine
+    (15.0, 0.0, True),        # std above 10
+    (1.0, 20.0, True),        # mean above 10 and above the std
+    (1e-3, 0.0, True),        # everything squashed: median std below 1e-2
+])
+def test_unscaled_features_thresholds(scale, shift, flagged):
+    assert bool(dc.unscaled_features(_standard() * scale + shift)) == flagged
+
+
+def test_unscaled_features_one_dominating_feature():
+    x = _standard() * 0.05
+    x[:, 0] *= 150.0       # std 7.5: under 10, but 150x the median
+    finding = dc.unscaled_features(x)[0]
+    assert finding.evidence["worst_features"][0]["feature"] == 0
+
+
+@pytest.mark.parametrize("constant, severity", [(0, None), (1, "info"), (2, "info"), (3, "warning"), (6, "warning")])
+def test_constant_features_thresholds(constant, severity):
+    x = _standard()
+    x[:, :constant] = 2.0
+    findings = dc.constant_features(x)
+    assert (findings[0].severity if findings else None) == severity
+
+
+@pytest.mark.parametrize("value, rows, severity", [
+    (None, 0, None),
+    (10.0, 5, None),           # about 10 robust sds: under the bound of 20
+    (30.0, 1, "info"),         # 1 row of 2000 < 0.1%
+    (30.0, 2, "warning"),      # 2 of 2000 = 0.1%
+    (1e6, 50, "warning"),
+])
+def test_outlier_thresholds(value, rows, severity):
+    x = _standard(n=2000, d=4)
+    if value is not None:
+        x[:rows, 1] = value
+    findings = dc.outliers(x)
+    assert (findings[0].severity if findings else None) == severity
+    if findings:
+        assert findings[0].evidence["rows"] == rows
+
+
+def test_outliers_skip_sparse_features():
+    x = torch.zeros(500, 3)
+    x[::10, 0] = 5.0        # MAD 0: skipped, not 50 outliers
+    x[:, 1:] = _standard(500, 2)
+    assert dc.outliers(x) == []
+
+
+def test_nonfinite_values_counts_per_split():
+    x = _standard(20, 3)
+    x[0, 0], x[1, 1], x[1, 2] = float("nan"), float("inf"), float("-inf")
+    y = torch.zeros(20)
+    y[5] = float("nan")
+    finding = dc.nonfinite_values({"train": (x, torch.zeros(20, dtype=torch.long)), "val": (_standard(5, 3), y)})[0]
+    assert finding.severity == "error"
+    assert finding.evidence == {"train_inputs": {"nan": 1, "inf": 2, "rows": 2},
+                                "val_targets": {"nan": 1, "inf": 0, "rows": 1}}
+    assert dc.nonfinite_values({"train": (_standard(5, 3), torch.zeros(5))}) == []
+
+
+def test_train_val_overlap_hashes_rows():
+    train = _standard(100, 4)
+    val = _standard(30, 4, seed=1)
+    val[3], val[7] = train[10], train[50]
+    finding = dc.train_val_overlap(train, {"val": val, "test": _standard(10, 4, seed=2)})[0]
+    assert finding.evidence == {"val": {"rows": 2, "fraction": pytest.approx(2 / 30, rel=1e-3), "examples": [3, 7]}}
+    assert dc.train_val_overlap(train, {"val": val + 1e-3}) == []
+
+
+@pytest.mark.parametrize("n, params, classes, flagged", [
+    (600, 1000, 3, False),
+    (60, 1000, 3, False),       # 20 per class
+    (59, 1000, 3, True),        # 19.7 per class
+    (50, 1000, None, False),
+    (49, 1000, None, True),
+    (1000, 1_000_000, 10, False),   # 1000 parameters per sample
+    (1000, 1_000_001, 10, True),
+])
+def test_too_few_samples_thresholds(n, params, classes, flagged):
+    assert bool(dc.too_few_samples(n, params, classes)) == flagged
+
+
+@pytest.mark.parametrize("first, last, code", [
+    (1.0, 1.0, None),
+    (1e-3, 1.0, None),           # exactly the bound
+    (0.9e-3, 1.0, "vanishing_gradients"),
+    (1e3, 1.0, None),
+    (1.1e3, 1.0, "exploding_gradients"),
+    (float("nan"), 1.0, "exploding_gradients"),
+])
+def test_gradient_flow_thresholds(first, last, code):
+    norms = [("0.weight", first, 10.0), ("1.weight", 0.5, 10.0), ("2.weight", last, 10.0)]
+    findings = mc.gradient_flow(norms)
+    assert (findings[0].code if findings else None) == code
+
+
+@pytest.mark.parametrize("grad, weight, flagged", [(100.0, 1.0, False), (101.0, 1.0, True)])
+def test_gradient_flow_relative_threshold(grad, weight, flagged):
+    assert bool(mc.gradient_flow([("a", grad, weight), ("b", grad, weight)])) == flagged
+
+
+@pytest.mark.parametrize("activity, severity", [
+    ({"1": (0, 32)}, None),
+    ({"1": (3, 32)}, "info"),
+    ({"1": (15, 32), "3": (0, 32)}, "info"),
+    ({"1": (16, 32)}, "warning"),     # exactly half
+    ({"1": (32, 32)}, "warning"),
+])
+def test_dead_units_thresholds(activity, severity):
+    findings = mc.dead_units(activity)
+    assert (findings[0].severity if findings else None) == severity
+
+
+def test_relu_activity_counts_channels_of_conv_outputs():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    with torch.no_grad():
+        model[0].bias[:2] = -1e3
+    activity = mc.relu_activity(model, torch.randn(16, 1, 8, 8))
+    assert activity == {"1": (2, 4)}
+
+
+@pytest.mark.parametrize("scale, flagged", [(1.0, False), (100.0, True)])
+def test_init_loss_off_bound(scale, flagged):
+    from converge.engine.objective import cross_entropy
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 5)
+    with torch.no_grad():
+        model.weight.mul_(scale)
+    x, y = _standard(64, 8), torch.arange(64) % 5
+    assert bool(mc.init_loss_off(model, x, y, cross_entropy, "classification")) == flagged
+
+
+def test_expected_init_loss():
+    outputs = torch.zeros(4, 10)
+    assert mc.expected_init_loss("classification", torch.zeros(4, dtype=torch.long), outputs)[0] == \
+        pytest.approx(math.log(10))
+    assert mc.expected_init_loss("regression", torch.tensor([1.0, -3.0]), torch.zeros(2, 1))[0] == pytest.approx(5.0)
+
+
+# --- confident learning ----------------------------------------------------------------------------------
+
+def test_confident_joint_by_hand():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8], [0.1, 0.9]], dtype=torch.double)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    # thresholds: class 0 = mean(0.9, 0.8, 0.3) = 0.667; class 1 = mean(0.4, 0.8, 0.9) = 0.7
+    joint = confident_joint(probs, labels)
+    assert joint.tolist() == [[2, 1], [0, 2]]   # row 3 (label 1, p0=0.6) is above no threshold
+    q = noise_joint(joint, labels)
+    assert float(q.sum()) == pytest.approx(1.0)
+    assert q[0, 1] == pytest.approx(1 / 6)
+
+
+def test_find_label_issues_flags_the_flips():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3
+    truth = labels.clone()
+    flipped = torch.arange(0, 300, 10)
+    labels[flipped] = (labels[flipped] + 1) % 3
+    probs = torch.full((300, 3), 0.05)
+    probs[torch.arange(300), truth] = 0.9
+    probs += 0.01 * torch.rand(300, 3, generator=g)
+    probs /= probs.sum(1, keepdim=True)
+    issues, rate, _ = find_label_issues(probs, labels)
+    assert rate == pytest.approx(0.1, abs=0.02)
+    assert set(torch.nonzero(issues).reshape(-1).tolist()) == set(flipped.tolist())
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+def test_cli_json_is_only_json(tmp_path, cli):
+    result = cli("doctor", _write(tmp_path, PLANTED["unscaled_features"], "cli_json"), "--json", "--cheap")
+    assert result.code == 0, result.err
+    findings = json.loads(result.out)
+    assert isinstance(findings, list) and findings
+    for finding in findings:
+        assert set(finding) == {"code", "severity", "message", "evidence", "fix"}
+    assert "unscaled_features" in {f["code"] for f in findings}
+    ranks = [("error", "warning", "info").index(f["severity"]) for f in findings]
+    assert ranks == sorted(ranks)
+
+
+def test_cli_table_and_exit_status_0_with_errors(tmp_path, cli):
+    result = cli("doctor", _write(tmp_path, PLANTED["nonfinite_values"], "cli_text"), "--cheap")
+    assert result.code == 0, result.err
+    assert "nonfinite_values" in result.out and "error" in result.out
+
+
+def test_cli_clean_json_is_empty_list(tmp_path, cli):
+    result = cli("doctor", _write(tmp_path, "", "cli_clean"), "--json", "--cheap")
+    assert result.code == 0 and json.loads(result.out) == []
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("missing.py",), "does not exist"),
+    (("--seed", "x"), "invalid int"),
+])
+def test_cli_bad_input_exits_2(tmp_path, cli, args, needle):
+    if args[0] == "missing.py":
+        args = (str(tmp_path / "missing.py"),)
+    else:
+        args = (str(_write(tmp_path, "", "bad")), *args)
+    cli("doctor", *args).single_error(needle)
+
+
+def test_cli_broken_data_exits_2(tmp_path, cli):
+    path = _write(tmp_path, "def data():\n    raise RuntimeError('no file')\n", "broken")
+    cli("doctor", path, "--json").single_error("data()", "no file")
+
+
+def test_cli_subprocess_stdout_is_json(tmp_path, cli_subprocess):
+    result = cli_subprocess("doctor", _write(tmp_path, PLANTED["class_imbalance"], "sub"), "--json")
+    assert result.code == 0, result.err
+    assert "class_imbalance" in {f["code"] for f in json.loads(result.out)}
+
+
+def test_the_suites_default_tasks_have_no_warnings(make_task):
+    """`converge train` runs the cheap checks: the other tests' tiny tasks must not print warnings."""
+    regression = '''
+def model():
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+def data():
+    x, _ = _xy()
+    y = x[:, :1] * 2.0 - x[:, 1:2]
+    return (x[:120], y[:120]), (x[120:160], y[120:160]), (x[160:], y[160:])
+'''
+    for body, name in (("", "default.py"), (regression, "regression.py")):
+        findings = run_doctor(make_task(body, name=name), cheap=True)
+        assert not at_least(findings, "warning"), [f.to_dict() for f in findings]
+
+
+# --- remedies --------------------------------------------------------------------------------------------
+
+from converge.doctor import remedies as rx  # noqa: E402
+
+
+@pytest.mark.parametrize("codes, fix, drop, expected", [
+    ((), False, False, []),
+    (("unscaled_features", "class_imbalance"), False, False, []),
+    (("unscaled_features",), True, False, ["standardize_features"]),
+    (("class_imbalance",), True, False, ["class_balanced_loss"]),
+    (("unscaled_features", "class_imbalance"), True, True,
+     ["drop_label_issues", "standardize_features", "class_balanced_loss"]),
+    ((), False, True, ["drop_label_issues"]),
+])
+def test_remedy_plan(codes, fix, drop, expected):
+    findings = [Finding(code, "warning", "m") for code in codes] + [Finding("class_imbalance", "info", "m")]
+    assert rx.plan(findings, fix=fix, drop_label_issues=drop) == expected
+
+
+def test_plan_ignores_info_findings():
+    assert rx.plan([Finding("class_imbalance", "info", "m")], fix=True, drop_label_issues=False) == []
+
+
+@pytest.mark.parametrize("make_model", [
+    lambda: nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 2)),
+    lambda: nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(5, 7, bias=False), nn.Tanh()), nn.Linear(7, 2)),
+    lambda: nn.Linear(5, 2),
+])
+def test_folded_standardization_takes_raw_inputs(make_model):
+    torch.manual_seed(0)
+    model = make_model()
+    x = torch.randn(50, 5) * torch.tensor([1e-2, 1.0, 1e3, 5.0, 1.0]) + torch.tensor([0.0, 100.0, -5e3, 1.0, 0.0])
+    x[:, 4] = 3.0   # a constant feature: std 1, not a division by zero
+    mean, std = rx.standardization(x)
+    assert std[4] == 1.0
+    expected = model(rx.standardize(x, mean, std))
+    assert rx.fold_standardization(model, mean, std) is not None
+    assert torch.allclose(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unfoldable_model_gets_a_hook_once():
+    model = nn.Sequential(nn.ReLU(), nn.Linear(3, 2))
+    mean, std = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0])
+    assert rx.fold_standardization(model, mean, std) is None
+    x = torch.randn(4, 3)
+    expected = model(rx.standardize(x, mean, std))
+    rx.add_standardize_hook(model, mean, std)
+    rx.add_standardize_hook(model, mean, std)   # not twice
+    assert torch.allclose(model(x), expected)
+
+
+def test_balanced_class_weights():
+    weights = rx.balanced_class_weights(_labels((80, 15, 5)), 4)
+    assert weights.tolist() == pytest.approx([100 / 240, 100 / 45, 100 / 15, 1.0], rel=1e-5)
+    counts = torch.tensor([80, 15, 5], dtype=torch.float)
+    assert float((weights[:3] * counts).std()) < 1e-4   # each present class weighs the same in total
+
+
+# --- inside `converge train` -----------------------------------------------------------------------------
+
+FIX_DATA = '''
+def data():
+    x, y = _blobs(400)
+    keep = (y == 0) | ((torch.arange(400) // 3) % 5 == 0)
+    x, y = x[keep], y[keep]
+    x = x * torch.tensor([1.0, 1e3, 1e-2, 50.0, 1.0, 1.0, 1.0, 1.0]) + 300.0
+    return _split(x, y)
+'''
+
+UNFOLDABLE_MODEL = '''
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    def forward(self, x):
+        return self.net(x * 0.5)
+
+def model():
+    return Scaled()
+'''
+
+TRAIN_FLAGS = ("--quiet", "--max-epochs", "3", "--optimizer", "adamw", "--lr", "1e-2", "--weight-decay", "0",
+               "--batch-size", "32")
+
+
+def _load(path: Path):
+    from converge.task import load_task
+
+    return load_task(path).module
+
+
+@pytest.mark.parametrize("model_body, export", [("", "folded"), (UNFOLDABLE_MODEL, "standardize.json")])
+def test_train_fix_records_and_exports_for_raw_inputs(tmp_path, cli, model_body, export):
+    import converge
+
+    task = _write(tmp_path, FIX_DATA + model_body, "fix")
+    out = tmp_path / "run"
+    result = cli("train", task, "--out", out, "--fix", *TRAIN_FLAGS)
+    assert result.code == 0, result.err
+    assert "doctor: unscaled_features" in result.err and "doctor: class_imbalance" in result.err
+    doctor = json.loads((out / "doctor.json").read_text())
+    assert {"unscaled_features", "class_imbalance"} <= {f["code"] for f in doctor}
+    remedies = {r["remedy"]: r["detail"] for r in json.loads((out / "remedies.json").read_text())}
+    assert set(remedies) == {"standardize_features", "class_balanced_loss"}
+    assert remedies["standardize_features"]["applied"] and remedies["class_balanced_loss"]["applied"]
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert "doctor_finding" in kinds and kinds.count("remedy") == 2
+    assert (out / "standardize.json").exists() == (export == "standardize.json")
+    # the exported weights take raw inputs: they reproduce the run's test accuracy
+    module = _load(task)
+    model = module.model()
+    converge.load_weights(out / "best.safetensors", model)
+    _, _, (x_test, y_test) = module.data()
+    summary = json.loads((out / "summary.json").read_text())
+    with torch.no_grad():
+        accuracy = float((model.eval()(x_test).argmax(1) == y_test).float().mean())
+    assert accuracy == pytest.approx(summary["test"]["accuracy"], abs=1e-6)
+
+
+def test_train_without_fix_changes_nothing(tmp_path, cli):
+    task = _write(tmp_path, FIX_DATA, "nofix")
+    out = tmp_path / "run"
+    result = cli("train", task, "--out", out, *TRAIN_FLAGS)
+    assert result.code == 0, result.err
+    assert "doctor: unscaled_features" in result.err
+    assert (out / "doctor.json").exists() and not (out / "remedies.json").exists()
+    quiet = cli("train", task, "--out", tmp_path / "run2", "--no-doctor", *TRAIN_FLAGS)
+    assert quiet.code == 0 and "doctor" not in quiet.err
+    assert not (tmp_path / "run2" / "doctor.json").exists()
+
+
+def test_train_drop_label_issues_is_recorded(tmp_path, cli):
+    task = _write(tmp_path, PLANTED["label_noise"], "drop")
+    out = tmp_path / "run"
+    result = cli("train", task, "--out", out, "--drop-label-issues", *TRAIN_FLAGS)
+    assert result.code == 0, result.err
+    (remedy,) = json.loads((out / "remedies.json").read_text())
+    assert remedy["remedy"] == "drop_label_issues" and remedy["detail"]["dropped"] > 20
+    assert remedy["detail"]["train_rows_left"] == 360 - remedy["detail"]["dropped"]
