@@ -1,5 +1,6 @@
 """Load a user's task file: a Python file with `model()` and `data()`, and optional `loss`, `metrics`,
-`monitor` and `mode`."""
+`monitor`, `mode` and `search_space(trial)` (the knobs `converge tune` may turn: keyword arguments for
+`model(**kw)` and `data(**kw)`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Task:
     metrics: dict[str, Callable] = field(default_factory=dict)
     monitor: str = "val_loss"
     mode: str | None = None
+    search_space: Callable | None = None   # search_space(trial) -> {"model": {...}, "data": {...}}
 
     @property
     def name(self) -> str:
@@ -33,23 +35,23 @@ class Task:
     def sha256(self) -> str:
         return file_sha256(self.path)
 
-    def build_model(self) -> nn.Module:
-        model = self._call("model")
+    def build_model(self, **kwargs: Any) -> nn.Module:
+        model = self._call("model", kwargs)
         if not isinstance(model, nn.Module):
             raise ConvergeError(f"model() in {self.path.name} must return a torch.nn.Module, "
                                 f"got {type(model).__name__}")
         return model
 
-    def build_data(self) -> tuple:
-        splits = self._call("data")
+    def build_data(self, **kwargs: Any) -> tuple:
+        splits = self._call("data", kwargs)
         if not isinstance(splits, (tuple, list)) or len(splits) not in (2, 3):
             raise ConvergeError(f"data() in {self.path.name} must return (train, val) or (train, val, test), "
                                 f"got {_describe(splits)}")
         return tuple(splits) + (None,) * (3 - len(splits))
 
-    def _call(self, name: str) -> Any:
+    def _call(self, name: str, kwargs: dict | None = None) -> Any:
         try:
-            return getattr(self.module, name)()
+            return getattr(self.module, name)(**(kwargs or {}))
         except ConvergeError:
             raise
         except Exception as exc:
@@ -97,8 +99,13 @@ def load_task(path: str | Path) -> Task:
         loss = loss()
     if loss is not None and not callable(loss):
         raise ConvergeError(f"loss in {path.name} must be callable as loss(outputs, targets)")
+    search_space = getattr(module, "search_space", None)
+    if search_space is not None and not callable(search_space):
+        raise ConvergeError(f"search_space in {path.name} must be a function search_space(trial) -> "
+                            "{'model': {...}, 'data': {...}}")
     return Task(path=path.resolve(), module=module, loss=loss, metrics=dict(metrics),
-                monitor=getattr(module, "monitor", "val_loss"), mode=getattr(module, "mode", None))
+                monitor=getattr(module, "monitor", "val_loss"), mode=getattr(module, "mode", None),
+                search_space=search_space)
 
 
 def _import(path: Path) -> ModuleType:
@@ -115,3 +122,20 @@ def _import(path: Path) -> ModuleType:
         sys.modules.pop(module_name, None)
         raise ConvergeError(f"task file {path.name} raised {type(exc).__name__} while loading: {exc}") from exc
     return module
+
+
+TASK_ARG_KEYS = ("model", "data")
+
+
+def check_task_args(value: Any, where: str = "--task-args") -> dict[str, dict]:
+    """Keyword arguments for the task's `model(**kw)` and `data(**kw)`: ``{"model": {...}, "data": {...}}``
+    (either may be left out). Returned as a plain dict with both keys."""
+    if value is None:
+        return {"model": {}, "data": {}}
+    if not isinstance(value, dict) or set(value) - set(TASK_ARG_KEYS):
+        raise ConvergeError(f"{where} must be a dict with keys 'model' and/or 'data' holding keyword "
+                            f"arguments, got {value!r}")
+    for key, kwargs in value.items():
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+            raise ConvergeError(f"{where}[{key!r}] must be a dict of keyword arguments, got {kwargs!r}")
+    return {key: dict(value.get(key) or {}) for key in TASK_ARG_KEYS}

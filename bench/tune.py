@@ -1,0 +1,165 @@
+"""`converge tune` (with pruning) against a 40-trial Optuna TPE search without pruning.
+
+The tasks are bench/auto.py's (scikit-learn's bundled digits and generated data, fixed splits). For each
+task and seed, side by side:
+
+* ``tune``: ``converge tune`` on a task file that serves the same model and splits: TPE over optimizer,
+  LR, weight decay and batch size, every trial trained by the converge engine to convergence, the best
+  validation loss so far reported every epoch and unpromising trials stopped by the pruner
+  (Hyperband by default). Epochs are those of every trial, pruned ones included.
+* ``tpe``: bench/auto.py's ``run_tpe``: 40 TPE trials over the same four knobs (LR log-uniform in
+  [1e-5, 1], weight decay in [1e-6, 1e-1], batch size in {16, ..., 256}), no pruning, each trial the
+  classic recipe (a hand-written loop: ReduceLROnPlateau 0.1/5, early stopping 10, best weights
+  restored, at most 500 epochs).
+
+Reported: the best validation loss found (the objective of both searches), the total epochs, the test
+metric of the best trial and the seconds. Target (from the issue): the tune search's best validation
+loss at least as good as the TPE search's, with at most 30 % of its epochs.
+
+    .venv/bin/python bench/tune.py                  # or: make bench-tune
+    .venv/bin/python bench/tune.py --tasks digits_mlp --seeds 1 --trials 20 --json tune.json
+    .venv/bin/python bench/tune.py --quick          # smoke run: 1 task, 1 seed, 4 + 4 trials
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import auto  # noqa: E402  (bench/auto.py: the tasks, the classic recipe, the TPE search)
+
+EPOCH_SHARE = 0.30   # the tune search may spend at most this share of the TPE search's epochs
+
+TASK_FILE = '''
+import sys
+sys.path.insert(0, {bench!r})
+import auto
+
+_TASK = auto.TASKS[{name!r}]()
+
+
+def model():
+    return _TASK.make_model()
+
+
+def data():
+    s = _TASK.splits
+    return s["train"], s["val"], s["test"]
+'''
+
+
+def run_tune(task_name: str, seed: int, trials: int, pruner: str, folder: Path) -> dict:
+    from converge.tune.search import tune_task
+
+    task_file = folder / f"{task_name}.py"
+    task_file.write_text(TASK_FILE.format(bench=os.path.dirname(os.path.abspath(__file__)), name=task_name))
+    start = time.perf_counter()
+    result = tune_task(task_file, trials=trials, out=folder / f"{task_name}-{seed}", seed=seed, pruner=pruner,
+                       max_epochs=auto.MAX_EPOCHS, verbose=False)
+    seconds = time.perf_counter() - start
+    s = result.summary
+    test = (s.get("best_summary") or {}).get("test") or {}
+    kind = "classification" if "accuracy" in test else "regression"
+    metric = test.get("accuracy") if kind == "classification" else test.get("loss")
+    return {"val_loss": s["best_value"], "epochs": s["epochs_total"], "seconds": seconds, "trials": trials,
+            "complete": s["trials"]["complete"], "pruned": s["trials"]["pruned"], "test_metric": metric,
+            "hyperparameters": s["best_hyperparameters"], "best_epochs": s.get("best_epochs")}
+
+
+def run_tpe(task_name: str, seed: int, trials: int) -> dict:
+    task = auto.TASKS[task_name]()
+    result = auto.run_tpe(task, seed, trials)
+    return {k: result[k] for k in ("val_loss", "epochs", "seconds", "trials", "test_metric", "hyperparameters")}
+
+
+def _fmt_metric(kind: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    return f"{100 * value:.2f} %" if kind == "classification" else f"{value:.4f}"
+
+
+def print_table(name: str, kind: str, rows: list[dict]) -> dict:
+    label = "test acc" if kind == "classification" else "test MSE"
+    print(f"\n== {name} ({kind})")
+    header = (f"{'seed':>4} {'contender':<22} {'best val loss':>13} {'epochs':>7} {label:>9} {'seconds':>8}  "
+              f"best hyperparameters")
+    print(header)
+    print("-" * (len(header) + 30))
+    for row in rows:
+        for key, label_ in (("tune", f"converge tune ({row['tune']['trials']}, pruned)"),
+                            ("tpe", f"TPE {row['tpe']['trials']} (no pruning)")):
+            r = row[key]
+            print(f"{row['seed']:>4} {label_:<22} {r['val_loss']:>13.5f} {r['epochs']:>7} "
+                  f"{_fmt_metric(kind, r['test_metric']):>9} {r['seconds']:>8.1f}  {auto._hp(r['hyperparameters'])}")
+        share = row["tune"]["epochs"] / row["tpe"]["epochs"]
+        better = row["tune"]["val_loss"] <= row["tpe"]["val_loss"] * (1 + 1e-9)
+        print(f"{'':>4} -> tune/TPE epochs {100 * share:.1f} %, best val loss "
+              f"{'as good or better' if better else 'worse'} ({row['tune']['val_loss'] / row['tpe']['val_loss']:.3f}x); "
+              f"tune trials: {row['tune']['complete']} complete, {row['tune']['pruned']} pruned")
+    shares = [row["tune"]["epochs"] / row["tpe"]["epochs"] for row in rows]
+    met = [r["tune"]["val_loss"] <= r["tpe"]["val_loss"] * (1 + 1e-9) and s <= EPOCH_SHARE for r, s in zip(rows, shares)]
+    mean = {k: statistics.fmean(r[k]["val_loss"] for r in rows) for k in ("tune", "tpe")}
+    print(f"mean over {len(rows)} seed(s): best val loss tune {mean['tune']:.5f} vs TPE {mean['tpe']:.5f}; "
+          f"epochs {statistics.fmean(r['tune']['epochs'] for r in rows):.0f} vs "
+          f"{statistics.fmean(r['tpe']['epochs'] for r in rows):.0f} ({100 * statistics.fmean(shares):.1f} %); "
+          f"target met on {sum(met)} of {len(rows)} seed(s)")
+    return {"met": sum(met), "of": len(rows)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", choices=list(auto.TASKS), default=["digits_mlp", "tabular_cls",
+                                                                                 "friedman_scaled"])
+    parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per task (default 2)")
+    parser.add_argument("--trials", type=int, default=40, help="converge tune trials (default 40)")
+    parser.add_argument("--tpe-trials", type=int, default=40, help="TPE trials without pruning (default 40)")
+    parser.add_argument("--pruner", choices=("hyperband", "asha", "none"), default="hyperband")
+    parser.add_argument("--quick", action="store_true", help="smoke run: first task, 1 seed, 4 + 4 trials")
+    parser.add_argument("--json", metavar="PATH", help="save every number here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.seeds, args.trials, args.tpe_trials = args.tasks[:1], 1, 4, 4
+    torch.set_num_threads(1)
+    info = auto.provenance()
+    print(f"bench/tune.py: commit {info['commit']}{' (+ uncommitted src changes)' if info['src_uncommitted_changes'] else ''}, "
+          f"{info['date']}, {info['cpus']} CPUs, torch {info['torch']} ({info['torch_threads']} thread), "
+          f"optuna {info['optuna']}, load {info['load_avg_start']}")
+    started = time.perf_counter()
+    saved = {"info": info, "args": vars(args), "tasks": {}}
+    verdicts = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
+        for name in args.tasks:
+            kind = auto.TASKS[name]().kind
+            rows = []
+            for seed in range(args.seeds):
+                tune = run_tune(name, seed, args.trials, args.pruner, Path(tmp))
+                tpe = run_tpe(name, seed, args.tpe_trials)
+                rows.append({"seed": seed, "tune": tune, "tpe": tpe})
+                print(f"  {name} seed {seed}: tune {tune['val_loss']:.5f} in {tune['epochs']} epochs "
+                      f"({tune['seconds']:.0f} s), TPE {tpe['val_loss']:.5f} in {tpe['epochs']} epochs "
+                      f"({tpe['seconds']:.0f} s)", flush=True)
+            verdicts[name] = print_table(name, kind, rows)
+            saved["tasks"][name] = {"kind": kind, "rows": rows}
+    info["total_seconds"] = time.perf_counter() - started
+    info["load_avg_end"] = auto._load()
+    met = sum(v["met"] for v in verdicts.values())
+    total = sum(v["of"] for v in verdicts.values())
+    print(f"\ntarget (best val loss at least as good with at most {100 * EPOCH_SHARE:.0f} % of the epochs) met "
+          f"on {met} of {total} task-seed pairs; total {info['total_seconds']:.0f} s, load {info['load_avg_end']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(saved, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""`converge tune`: a hyperparameter search with Optuna, every trial a full converge run.
+
+One worker (one `converge tune` process) runs trials until the study holds ``trials`` finished ones
+(complete or pruned); several workers on the same storage and study share that budget. Each trial:
+
+1. takes its values from Optuna's TPE sampler: optimizer {adamw, sgd}, an LR range per optimizer,
+   weight decay (log scale, 1e-6 standing for "none"), a power-of-two batch size no larger than the
+   training set, plus whatever the task's ``search_space(trial)`` asks for;
+2. trains with the converge engine to convergence in its own run folder ``DIR/trials/NNNN``;
+3. reports the best monitored value so far after every epoch; the pruner (Hyperband by default:
+   several successive-halving brackets, rungs from 2 epochs, reduction factor 3) may stop it there
+   (status "pruned" in its run folder). Measured in bench/tune.py: successive halving alone (asha)
+   prunes too eagerly on these tasks, stopping slow starters that end up best.
+
+At the end the worker exports the best trial: ``best.safetensors``, ``summary.json`` with the
+`converge train` command that reproduces it, and ``tune_report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from converge.errors import ConvergeError
+from converge.tune import storage as st
+
+OPTIMIZER_LR = {"adamw": (1e-5, 1e-1), "sgd": (1e-4, 1.0)}   # log-uniform LR range per optimizer
+WEIGHT_DECAY = (1e-6, 1e-1)    # log-uniform; the 1e-6 floor stands for "no decay to speak of"
+BATCH_SIZES = (16, 32, 64, 128, 256, 512)
+PRUNERS = ("hyperband", "asha", "none")
+MIN_EPOCHS = 2                 # the pruner's first rung: a trial always trains this many epochs
+TUNE_INFO = "tune.json"
+SUMMARY = "summary.json"
+REPORT = "tune_report.html"
+TRIALS = "trials"
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+@dataclass
+class TuneResult:
+    summary: dict
+    out: Path
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM during a trial: the trial stops at a checkpoint and the worker ends."""
+
+
+class _Surplus(Exception):
+    """Two workers started the last trial at the same moment: the later one is not run."""
+
+
+def require_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConvergeError("converge tune needs optuna: pip install 'torch-converge[tune]'") from None
+    return optuna
+
+
+# --- the search space ------------------------------------------------------------------------------
+def batch_choices(n_train: int) -> list[int]:
+    """Powers of two from 16 to 512 that fit in the training set (the largest power of two below a tiny
+    training set otherwise)."""
+    choices = [size for size in BATCH_SIZES if size <= n_train]
+    return choices or [1 << max(0, int(n_train).bit_length() - 1)]
+
+
+def suggest(trial, batch_sizes: list[int], search_space: Callable | None) -> tuple[dict, dict]:
+    """The trial's four knobs and the task's own arguments ``{"model": {...}, "data": {...}}``."""
+    from converge.task import check_task_args
+
+    optimizer = trial.suggest_categorical("optimizer", list(OPTIMIZER_LR))
+    knobs = {"optimizer": optimizer,
+             "lr": trial.suggest_float(f"lr_{optimizer}", *OPTIMIZER_LR[optimizer], log=True),
+             "weight_decay": trial.suggest_float("weight_decay", *WEIGHT_DECAY, log=True),
+             "batch_size": trial.suggest_categorical("batch_size", batch_sizes)}
+    task_args = check_task_args(search_space(trial) if search_space else None, where="search_space(trial)")
+    try:
+        json.dumps(task_args)
+    except (TypeError, ValueError):
+        raise ConvergeError(f"search_space(trial) must return plain values (numbers, strings, lists), "
+                            f"got {task_args!r}") from None
+    return knobs, task_args
+
+
+class EpochJudge:
+    """The Trainer's epoch_judge for one trial: reports the best monitored value so far (the trial's
+    objective if it stopped now) and asks the pruner whether the trial should stop."""
+
+    def __init__(self, trial, key: str, mode: str) -> None:
+        self.trial, self.key, self.mode = trial, key, mode
+        self.best: float | None = None
+
+    def __call__(self, record: dict) -> str | None:
+        value = record.get(self.key)
+        if value is None or not math.isfinite(value):
+            return None
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best = value
+        self.trial.report(self.best, step=record["epoch"])
+        if self.trial.should_prune():
+            return (f"pruned by the search at epoch {record['epoch']}: best {self.key} {self.best:.6g} is "
+                    f"behind the trials that reached this epoch")
+        return None
+
+
+def reproduce_command(task: Path, knobs: dict, *, seed: int, task_args: dict, options: dict) -> str:
+    """The exact `converge train` command line of a trial (floats as repr: they read back identically)."""
+    words = ["converge", "train", str(task), "--optimizer", knobs["optimizer"], "--lr", repr(float(knobs["lr"])),
+             "--weight-decay", repr(float(knobs["weight_decay"])), "--batch-size", str(int(knobs["batch_size"])),
+             "--seed", str(seed)]
+    for name, value in options.items():
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    if any(task_args.values()):
+        words += ["--task-args", json.dumps({k: v for k, v in task_args.items() if v}, sort_keys=True)]
+    return shlex.join(words)
+
+
+# --- the command ---------------------------------------------------------------------------------
+def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = None, storage: str | None = None,
+              storage_file: str | Path | None = None, study: str | None = None, timeout: float | None = None,
+              seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
+              device: str | None = None, pruner: str = "hyperband", heartbeat: int = 20, verbose: bool = True,
+              print_fn: Callable[[str], None] = print) -> TuneResult:
+    """What `converge tune TASK --trials N` does. ``trials`` is the number of finished (complete or
+    pruned) trials the study should hold: a second run with the same folder and study runs only the
+    missing ones. Storage: ``storage`` (an SQLAlchemy URL), ``storage_file`` (a file holding one),
+    $CONVERGE_STORAGE, else a journal file in ``out``."""
+    optuna = require_optuna()
+    from converge.api import default_out, make_config
+    from converge.task import load_task
+
+    _check_options(trials=trials, timeout=timeout, pruner=pruner, heartbeat=heartbeat)
+    task = load_task(task_path)
+    options = {"max_epochs": max_epochs, "patience": patience, "device": device}
+    base = make_config(seed=seed, monitor=task.monitor, mode=task.mode, **options)
+    out = Path(out) if out is not None else default_out(f"{task.name}-tune")
+    spec = st.resolve_storage(out, storage=storage, storage_file=storage_file)
+    study_name = study or task.name
+    worker = _Worker(task, base, out, spec, study_name, options=options, pruner=pruner, heartbeat=heartbeat,
+                     print_fn=print_fn if verbose else (lambda text: None))
+    try:
+        worker.start()
+        status = worker.run(trials, timeout)
+    except ConvergeError:
+        raise
+    except Exception as exc:  # a database dropping out mid-search: say so without the credentials
+        if spec.url is None or not isinstance(exc, _storage_errors(optuna)):
+            raise
+        raise st.storage_error(exc, spec) from None
+    finally:
+        worker.stop()
+    summary = worker.export(trials, status)
+    return TuneResult(summary, out)
+
+
+def _storage_errors(optuna) -> tuple:
+    errors: list[type] = [optuna.exceptions.StorageInternalError]
+    try:
+        import sqlalchemy.exc
+
+        errors.append(sqlalchemy.exc.SQLAlchemyError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _check_options(*, trials, timeout, pruner, heartbeat) -> None:
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ConvergeError(f"--trials must be an integer >= 1, got {trials!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ConvergeError(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    if pruner not in PRUNERS:
+        raise ConvergeError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    if not isinstance(heartbeat, int) or heartbeat < 1:
+        raise ConvergeError(f"--heartbeat must be an integer number of seconds >= 1, got {heartbeat!r}")
+
+
+class _Worker:
+    """One `converge tune` process: opens the study, runs trials until the study is done, exports."""
+
+    def __init__(self, task, base, out: Path, spec: st.StorageSpec, study_name: str, *, options: dict,
+                 pruner: str, heartbeat: int, print_fn: Callable[[str], None]) -> None:
+        self.task, self.base, self.out, self.spec = task, base, out, spec
+        self.study_name, self.options, self.pruner_name, self.heartbeat = study_name, options, pruner, heartbeat
+        self.print = print_fn
+        self.locks: st.WorkerLock | None = None
+        self.study = None
+        self.current: int | None = None   # the storage id of the trial this worker runs
+        self.started = time.monotonic()
+
+    # 1. check the task and the folder, open the study
+    def start(self) -> None:
+        import optuna
+
+        from converge.data import make_splits
+        from converge.rng import seed_everything
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # converge prints one line per trial itself
+        seed_everything(self.base.seed)
+        train = make_splits(*self.task.build_data()).get("train")
+        self.batch_sizes = batch_choices(len(train))
+        info = self._check_folder()
+        if self.spec.url is None:  # the journal lives in the folder
+            self._make_folder()
+        storage = st.open_storage(self.spec, heartbeat=self.heartbeat)
+        direction = "minimize" if self.base.mode == "min" else "maximize"
+        try:
+            self.study = optuna.create_study(storage=storage, study_name=self.study_name, direction=direction,
+                                             pruner=self._pruner(), load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - a driver error, reported redacted
+            raise st.storage_error(exc, self.spec) from None
+        if self.study.direction.name.lower() != direction:
+            raise ConvergeError(f"study {self.study_name!r} in {self.spec.shown} is {self.study.direction.name.lower()}"
+                                f"d, but {self.task.name} monitors {self.base.monitor} with mode {self.base.mode}")
+        self._make_folder(info)
+        self.locks = st.WorkerLock(self.out).acquire()
+        self.print(f"tune: study {self.study_name!r} in {self.spec.shown}, {direction} {self.base.monitor}; "
+                   f"worker {self.locks.id}")
+
+    def _pruner(self):
+        import optuna
+
+        if self.pruner_name == "none":
+            return optuna.pruners.NopPruner()
+        if self.pruner_name == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=MIN_EPOCHS, max_resource=self.base.max_epochs,
+                                                  reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_EPOCHS, reduction_factor=3)
+
+    def _check_folder(self) -> dict | None:
+        """The tune folder belongs to one task, study and storage; a second run continues it. Returns what
+        to write in tune.json (None when it is there already). Writes nothing."""
+        info = {"task": str(self.task.path), "study": self.study_name, "storage": self.spec.shown,
+                "monitor": self.base.monitor, "mode": self.base.mode, "seed": self.base.seed}
+        path = self.out / TUNE_INFO
+        if self.out.exists() and not self.out.is_dir():
+            raise ConvergeError(f"output folder {str(self.out)!r} is a file")
+        if path.exists():
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConvergeError(f"{str(path)!r} cannot be read: {exc}") from None
+            for key in ("study", "storage", "task"):
+                if old.get(key) != info[key]:
+                    raise ConvergeError(f"{str(self.out)!r} holds the tune of {key} {old.get(key)!r}, not "
+                                        f"{info[key]!r}; use another --out")
+            return None
+        if self.out.is_dir() and any(p.name not in (st.JOURNAL, TRIALS, st.WORKERS) for p in self.out.iterdir()):
+            raise ConvergeError(f"output folder {str(self.out)!r} already exists and is not a converge tune folder")
+        return info
+
+    def _make_folder(self, info: dict | None = None) -> None:
+        from converge.io.atomic import atomic_write_text
+
+        try:
+            (self.out / TRIALS).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConvergeError(f"output folder {str(self.out)!r} cannot be written: {exc.strerror or exc}") from None
+        if info is not None:
+            atomic_write_text(self.out / TUNE_INFO, json.dumps(info, indent=2) + "\n")
+
+    # 2. run trials until the study holds enough finished ones
+    def run(self, wanted: int, timeout: float | None) -> str:
+        import optuna
+
+        deadline = None if timeout is None else self.started + timeout
+        try:
+            while True:
+                self._fail_dead_trials()
+                counts = _counts(self.study.get_trials(deepcopy=False))
+                done = counts["COMPLETE"] + counts["PRUNED"]
+                if done >= wanted:
+                    return "finished"
+                if deadline is not None and time.monotonic() >= deadline:
+                    return "timeout"
+                if done + counts["RUNNING"] >= wanted:
+                    # Everything left is running elsewhere: wait, and take over any trial whose worker died.
+                    time.sleep(1.0 if self.spec.url is None else min(5.0, self.heartbeat / 2))
+                    continue
+                self.study.sampler = self._sampler()
+                self.study.optimize(lambda trial: self._objective(trial, wanted), n_trials=1,
+                                    catch=(_Surplus,), gc_after_trial=False)
+        except (_Interrupted, KeyboardInterrupt):
+            self._requeue_interrupted()
+            return "interrupted"
+
+    def _requeue_interrupted(self) -> None:
+        """The trial stopped by Ctrl-C is failed by Optuna; queue it again so a re-run finishes it."""
+        from optuna.trial import TrialState
+
+        if self.current is None:
+            return
+        trial = self.study._storage.get_trial(self.current)
+        if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                st._retry_callback()(self.study, trial)
+
+    def _sampler(self):
+        """TPE, seeded from --seed and the number of trials so far: one worker gives the same study every
+        time; parallel workers starting together do not propose the same values."""
+        import optuna
+
+        seed = self.base.seed * 100_003 + len(self.study.get_trials(deepcopy=False))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.samplers.TPESampler(seed=seed)
+
+    def _fail_dead_trials(self) -> None:
+        if self.spec.url is None:
+            failed = st.fail_dead_trials(self.study, self.locks)
+        else:
+            import optuna
+
+            before = {t.number for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                optuna.storages.fail_stale_trials(self.study)
+            failed = sorted({t.number for t in self.study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.FAIL,))} - before)
+        for number in failed:
+            self.print(f"trial {number}: its worker died; failed and queued again")
+
+    def _objective(self, trial, wanted: int) -> float:
+        import optuna
+
+        from converge.api import _FolderOnce, _task_trainer
+        from converge.console import make_console
+
+        self.current = trial._trial_id
+        self._check_surplus(trial, wanted)
+        trial.set_user_attr("worker", self.locks.id)
+        trial.set_user_attr("host", socket.gethostname())
+        knobs, task_args = suggest(trial, self.batch_sizes, self.task.search_space)
+        run_dir = self.out / TRIALS / f"{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("task_args", task_args)
+        config = self.base.with_values(**knobs)
+        judge = EpochJudge(trial, f"val_{config.monitor.removeprefix('val_')}", config.mode)
+        trainer = _task_trainer(self.task, config, make_console(False), _FolderOnce(run_dir, force=True),
+                                task_args=task_args, epoch_judge=judge)
+        summary = trainer.run().summary
+        for key in ("status", "epochs", "best_epoch"):
+            trial.set_user_attr(key, summary[key])
+        best = summary["best"].get(trainer.monitor_key)
+        self._say(trial, knobs, task_args, summary, best, trainer.monitor_key)
+        if summary["status"] == "interrupted":
+            raise _Interrupted(summary["stop_reason"])
+        if summary["status"] in ("pruned", "diverged") or best is None or not math.isfinite(best):
+            raise optuna.TrialPruned(summary["stop_reason"])
+        return float(best)
+
+    def _check_surplus(self, trial, wanted: int) -> None:
+        """Only the first ``wanted`` trials that have not failed are run (by trial number)."""
+        from optuna.trial import TrialState
+
+        alive = sorted(t.number for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.FAIL)
+        if trial.number not in alive[:wanted]:
+            trial.set_user_attr("surplus", True)
+            raise _Surplus(f"trial {trial.number} is beyond the {wanted} wanted")
+
+    def _say(self, trial, knobs: dict, task_args: dict, summary: dict, best, key: str) -> None:
+        extra = " ".join(f"{part}.{k}={v}" for part, kw in task_args.items() for k, v in kw.items())
+        shown = "nan" if best is None else f"{best:.6g}"
+        self.print(f"trial {trial.number}: {knobs['optimizer']} lr {knobs['lr']:.3g} wd {knobs['weight_decay']:.2g} "
+                   f"batch {knobs['batch_size']}{' ' + extra if extra else ''} -> {summary['status']} after "
+                   f"{summary['epochs']} epoch(s), best {key} {shown}")
+
+    def stop(self) -> None:
+        if self.locks is not None:
+            self.locks.release()
+
+    # 3. export the best trial
+    def export(self, wanted: int, status: str) -> dict:
+        from converge.tune.export import export_study
+
+        return export_study(self.study, self.out, task=self.task, base=self.base, wanted=wanted, status=status,
+                            storage_shown=self.spec.shown, options=self.options,
+                            wall_seconds=time.monotonic() - self.started, print_fn=self.print)
+
+
+def _counts(trials) -> dict[str, int]:
+    counts = {"COMPLETE": 0, "PRUNED": 0, "RUNNING": 0, "WAITING": 0, "FAIL": 0}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
