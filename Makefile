@@ -5,7 +5,7 @@ PIP := $(PY) -m pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test test-slow bench bench-auto install clean
+.PHONY: demo test test-slow test-postgres test-browser bench bench-auto bench-tune install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
+# A real PostgreSQL server on 127.0.0.1 (installed with apt-get when missing), then the tests that use it.
+PG_ROOT ?= /tmp/converge-pg
+test-postgres: $(STAMP)
+	CONVERGE_PG_ROOT=$(PG_ROOT) bash scripts/setup-postgres.sh
+	CONVERGE_TEST_PG_URL_FILE=$(PG_ROOT)/url $(PY) -m pytest -q -m postgres
+
+# Debian's chromium (installed with apt-get when missing), then the tests that render report.html in it.
+test-browser: $(STAMP)
+	bash scripts/setup-browser.sh
+	$(PY) -m pytest -q -m browser
+
 bench: $(STAMP)
 	$(PY) bench/overhead.py
 
@@ -35,6 +46,9 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-auto: $(BENCH_STAMP)
 	$(PY) bench/auto.py $(ARGS)
+
+bench-tune: $(BENCH_STAMP)
+	$(PY) bench/tune.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

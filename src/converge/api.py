@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,11 +20,12 @@ from converge.rng import seed_everything
 from converge.errors import ConvergeError
 from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
 from converge.engine import device as dev
+from converge.engine.distributed import current_world
 from converge.engine.loop import monitor_key
 from converge.engine.objective import resolve_objective
 from converge.io.runfolder import LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder
 from converge.tune import StageLog, choose_hyperparameters, plot_range_test
-from converge.task import load_task
+from converge.task import check_task_args, load_task
 
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
 
@@ -56,11 +58,12 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Calla
     checkpoint = _read_checkpoint(RunFolder(out)) if resume and Path(out, RUN_INFO).exists() else None
     if checkpoint:
         config = TrainConfig.from_dict(checkpoint[0]["config"]).with_values(max_epochs=config.max_epochs)
-    folder = _FolderOnce(out, force=force, resume=resume) if not checkpoint else _FolderOnce(None)
-    trainer = _build_trainer(model, splits, config, loss=loss, metrics=metrics, console=make_console(verbose),
-                             info=info, folder=folder)
+    world, writes = _join_world(config)
+    folder = _FolderOnce(out if writes else None, force=force, resume=resume) if not checkpoint else _FolderOnce(None)
+    trainer = _build_trainer(model, splits, config, loss=loss, metrics=metrics,
+                             console=make_console(verbose) if writes else Console(), info=info, folder=folder)
     if checkpoint:
-        continue_from(trainer, RunFolder.open_existing(out), *checkpoint)
+        continue_from(trainer, RunFolder.open_existing(out) if writes else None, *checkpoint)
     return trainer.run()
 
 
@@ -88,10 +91,16 @@ class _FolderOnce:
 
 
 def _build_trainer(model: nn.Module, splits: dict, config: TrainConfig, *, loss, metrics, console: Console,
-                   info: dict, folder: _FolderOnce) -> Trainer:
+                   info: dict, folder: _FolderOnce, epoch_judge: Callable | None = None) -> Trainer:
     """Check everything, make the run folder, choose the "auto" knobs, and build the Trainer."""
     tuning = None
-    if config.auto_knobs:
+    world = current_world(dev.pick_device(config.device))
+    if config.auto_knobs and world is not None and not world.is_main:
+        # Data-parallel: rank 0 tunes (on the whole data), the others take its choices.
+        _checked_setup(model, splits, config, loss, metrics)
+        tuning = _ChosenElsewhere(*world.object_from_main(None))
+        config = tuning.config
+    elif config.auto_knobs:
         device, on_device, objective = _checked_setup(model, splits, config, loss, metrics)
         monitor_key(config.monitor, objective.metric_fns)
         run_folder = folder(config, info)
@@ -101,10 +110,26 @@ def _build_trainer(model: nn.Module, splits: dict, config: TrainConfig, *, loss,
         chosen_test = tuning.range_tests.get(config.optimizer)
         if run_folder is not None and chosen_test is not None:
             plot_range_test(run_folder.path / LR_FIND_PLOT, chosen_test, config.lr)
+        if world is not None:
+            world.object_from_main((config, tuning.events, tuning.epochs))
     trainer = Trainer(model, splits, config, loss=loss, metrics=metrics, console=console, run_info=info,
-                      tuning=tuning)
+                      tuning=tuning, epoch_judge=epoch_judge)
     trainer.folder = folder(config, info)
     return trainer
+
+
+@dataclass
+class _ChosenElsewhere:
+    """Tuning done by rank 0 of a data-parallel run, as the other ranks receive it."""
+    config: TrainConfig
+    events: list
+    epochs: float
+
+
+def _join_world(config: TrainConfig):
+    """Under torchrun: join the process group. Returns (world or None, whether this process writes)."""
+    world = current_world(dev.pick_device(config.device))
+    return world, world is None or world.is_main
 
 
 def _checked_setup(model: nn.Module, splits: dict, config: TrainConfig, loss, metrics):
@@ -135,23 +160,72 @@ def default_out(task_name: str) -> Path:
 
 
 def train_task(task_path: str | Path, *, out: str | Path | None = None, force: bool = False,
-               verbose: bool = True, console: Console | None = None, **options: Any) -> FitResult:
-    """What `converge train TASK` does: load the task file, train, write the run folder."""
+               verbose: bool = True, console: Console | None = None, task_args: dict | None = None,
+               doctor: bool = True, fix: bool = False, drop_label_issues: bool = False, **options: Any) -> FitResult:
+    """What `converge train TASK` does: load the task file, train, write the run folder. ``task_args``
+    (``{"model": {...}, "data": {...}}``) are keyword arguments for the task's ``model()`` and ``data()``.
+    ``doctor``: run the cheap checks of `converge doctor` first (warnings, doctor.json); ``fix``: standardize
+    unscaled features and re-weight imbalanced classes; ``drop_label_issues``: leave out the training rows
+    confident learning flags (see converge.doctor.remedies)."""
     task = load_task(task_path)
     options.setdefault("monitor", task.monitor)
     options.setdefault("mode", task.mode)
     config = make_config(**options)
-    folder = _FolderOnce(out if out is not None else default_out(task.name), force=force)
-    return _task_trainer(task, config, console or make_console(verbose), folder).run()
+    task_args = check_task_args(task_args)
+    world, writes = _join_world(config)
+    folder = _FolderOnce(out if out is not None else default_out(task.name), force=force) if writes \
+        else _FolderOnce(None)
+    remedies = {"check": doctor, "fix": fix, "drop_label_issues": drop_label_issues}
+    console = (console or make_console(verbose)) if writes else Console()
+    trainer = _task_trainer(task, config, console, folder, task_args=task_args, doctor=remedies)
+    return _after_doctor(trainer.run(), trainer)
 
 
-def _task_trainer(task, config: TrainConfig, console: Console, folder: _FolderOnce) -> Trainer:
+def _task_trainer(task, config: TrainConfig, console: Console, folder: _FolderOnce, *,
+                  task_args: dict | None = None, epoch_judge: Callable | None = None,
+                  doctor: dict | None = None, rerun_checks: bool = True) -> Trainer:
+    task_args = check_task_args(task_args)
     seed_everything(config.seed)  # model initialisation and any randomness in data() follow the seed
-    model = task.build_model()
-    splits = make_splits(*task.build_data(), num_workers=config.num_workers)
-    info = _run_info(name=task.name, task=str(task.path), task_sha256=task.sha256)
-    return _build_trainer(model, splits, config, loss=task.loss, metrics=task.metrics, console=console,
-                          info=info, folder=folder)
+    model = task.build_model(**task_args["model"])
+    splits = make_splits(*task.build_data(**task_args["data"]), num_workers=config.num_workers)
+    extra = {"task_args": task_args} if any(task_args.values()) else {}
+    world = current_world()
+    if world is not None:
+        extra["world_size"] = world.size  # `converge resume` starts as many processes again
+    loss, prepared = task.loss, None
+    if doctor is not None:  # {"check", "fix", "drop_label_issues"} as the run was started with
+        extra["doctor"] = {key: bool(doctor.get(key)) for key in ("check", "fix", "drop_label_issues")}
+        doctor = {**extra["doctor"], "check": extra["doctor"]["check"] and rerun_checks}
+    if doctor and any(doctor.values()):  # converge.doctor.in_train
+        from converge.doctor.in_train import before_training
+
+        _checked_setup(model, splits, config, task.loss, task.metrics)  # bad input fails before any finding
+
+        prepared = before_training(model, splits, loss=task.loss, metrics=task.metrics, seed=config.seed,
+                                   console=console, **doctor)
+        splits, loss = prepared.splits, prepared.loss
+    info = _run_info(name=task.name, task=str(task.path), task_sha256=task.sha256, **extra)
+    trainer = _build_trainer(model, splits, config, loss=loss, metrics=task.metrics, console=console,
+                             info=info, folder=folder, epoch_judge=epoch_judge)
+    if prepared is not None:
+        from converge.doctor.in_train import record
+
+        from converge.doctor.in_train import exporter
+
+        record(trainer, prepared)
+        trainer.doctor_prepared = prepared
+        trainer.export_state = exporter(model, prepared)
+    return trainer
+
+
+def _after_doctor(result: FitResult, trainer: Trainer) -> FitResult:
+    """Fold a `--fix` standardization into the exported weights (converge.doctor.in_train)."""
+    prepared = getattr(trainer, "doctor_prepared", None)
+    if prepared is None:
+        return result
+    from converge.doctor.in_train import after_training
+
+    return after_training(result, prepared)
 
 
 def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: bool = True,
@@ -167,15 +241,21 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
     config = TrainConfig.from_dict(checkpoint[0]["config"] if checkpoint else info["config"])
     if max_epochs is not None:
         config = config.with_values(max_epochs=max_epochs)
-    console = console or make_console(verbose)
+    world, writes = _join_world(config)
+    console = (console or make_console(verbose)) if writes else Console()
     if task.sha256 != info.get("task_sha256"):
         console.warning(f"{task.path} changed since the run started; results may differ")
     # Without a checkpoint the run stopped before its first epoch ended: it starts over in place,
     # keeping the tuning stages it had finished.
-    trainer = _task_trainer(task, config, console, _FolderOnce(None if checkpoint else folder.path, resume=True))
+    # The checks run again only for a run that starts over (their events are in the checkpoint otherwise);
+    # `--fix` remedies are applied again in any case, as the run started with them.
+    trainer = _task_trainer(task, config, console,
+                            _FolderOnce(None if checkpoint or not writes else folder.path, resume=True),
+                            task_args=info.get("task_args"), doctor=info.get("doctor"),
+                            rerun_checks=checkpoint is None)
     if checkpoint:
-        continue_from(trainer, folder, *checkpoint)
-    return trainer.run()
+        continue_from(trainer, folder if writes else None, *checkpoint)
+    return _after_doctor(trainer.run(), trainer)
 
 
 def _read_checkpoint(folder: RunFolder) -> tuple | None:
@@ -188,22 +268,25 @@ def _read_checkpoint(folder: RunFolder) -> tuple | None:
         raise ConvergeError(f"cannot resume {str(folder.path)!r}: {exc}") from None
 
 
-def continue_from(trainer: Trainer, folder: RunFolder, state: dict, source: Path, problems: list[str]) -> None:
-    """Load a checkpoint into a freshly built trainer and put the run folder's logs back in step with it."""
+def continue_from(trainer: Trainer, folder: RunFolder | None, state: dict, source: Path, problems: list[str]) -> None:
+    """Load a checkpoint into a freshly built trainer and put the run folder's logs back in step with it
+    (``folder`` None: a data-parallel rank other than 0, which only loads the state)."""
     status, epoch = state["progress"]["status"], state["progress"]["epoch"]
     finished = status in ("converged", "diverged", "pruned") or (status == "max_epochs" and epoch >= trainer.config.max_epochs)
     # A run killed while writing its final files has a finished checkpoint but an older summary:
     # resuming it writes the final files again.
-    if finished and folder.exists(SUMMARY) and folder.read_json(SUMMARY).get("status") == status:
+    summary = Path(source).parent / SUMMARY
+    if finished and summary.exists() and json.loads(summary.read_text()).get("status") == status:
         hint = "; pass a larger --max-epochs to continue it" if status == "max_epochs" else ""
-        raise ConvergeError(f"the run in {str(folder.path)!r} already finished (status {status}){hint}")
+        raise ConvergeError(f"the run in {str(summary.parent)!r} already finished (status {status}){hint}")
     trainer.load_state_dict(state)
     if not finished:
         trainer.status, trainer.stop_reason = None, ""
     trainer.folder = folder
-    # The logs may hold lines written after the checkpoint; the checkpoint's copy is the truth.
-    folder.metrics.rewrite(trainer.history)
-    folder.events.rewrite(trainer.events)
+    if folder is not None:
+        # The logs may hold lines written after the checkpoint; the checkpoint's copy is the truth.
+        folder.metrics.rewrite(trainer.history)
+        folder.events.rewrite(trainer.events)
     for problem in problems:
         trainer.console.warning(f"{problem}; using {source.name}")
         trainer._event("checkpoint_fallback", problem=problem, used=source.name)

@@ -7,8 +7,10 @@ Exit status: 0 finished (converged or max_epochs), 1 unexpected error, 2 bad inp
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
+from pathlib import Path
 
 EXIT_STATUS = {"converged": 0, "max_epochs": 0, "pruned": 0, "diverged": 3, "interrupted": 130}
 
@@ -84,9 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--checkpoint-seconds", type=_float,
                         help="also checkpoint inside an epoch this often (default 300)")
     engine.add_argument("--num-workers", type=int, help="DataLoader workers for Dataset splits (default 0)")
+    engine.add_argument("--no-guard", dest="guard", action="store_false", default=None,
+                        help="do not roll back on a NaN or a loss spike (the run then stops as diverged)")
+    engine.add_argument("--max-rollbacks", type=int,
+                        help="rollbacks in a row without a new best before the run stops as diverged (default 5)")
+    engine.add_argument("--tensorboard", action="store_true", default=None,
+                        help="also write TensorBoard event files to RUN_DIR/tensorboard")
     _add_output_flags(train)
     train.add_argument("--out", help="run folder (default runs/<task>-<time>)")
     train.add_argument("--force", action="store_true", help="overwrite the run folder's files if it exists")
+    train.add_argument("--task-args", type=_json_object, metavar="JSON",
+                       help='keyword arguments for the task\'s model() and data(): {"model": {...}, "data": {...}}')
+    train.add_argument("--nproc", type=_positive_int,
+                       help="data-parallel training in N processes on this machine (started with torchrun; "
+                            "gloo on CPU, NCCL on GPUs)")
+    remedies = train.add_argument_group("doctor")
+    remedies.add_argument("--fix", action="store_true",
+                          help="apply remedies for what the checks find: standardize unscaled features (training "
+                               "statistics, folded into the exported model), class-balanced loss weights")
+    remedies.add_argument("--drop-label-issues", action="store_true",
+                          help="leave out the training samples whose labels confident learning flags (recorded)")
+    remedies.add_argument("--no-doctor", action="store_true", help="skip the quick checks before training")
+
+    _add_tune_parser(commands)
+    _add_doctor_parser(commands)
+    report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, decisions, diagnosis")
+    report.add_argument("run_dir", help="the run folder")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
 
     finder = commands.add_parser("lr-find", help="run a learning-rate range test and print the suggestion")
     finder.add_argument("task", help="Python file with model() and data()")
@@ -104,8 +130,58 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue an interrupted run from its checkpoint")
     resume.add_argument("run_dir", help="the run folder")
     resume.add_argument("--max-epochs", type=_positive_int, help="raise the epoch cap of a finished run")
+    resume.add_argument("--nproc", type=_positive_int,
+                        help="processes for a data-parallel run (default: as many as the run started with)")
     _add_output_flags(resume)
     return parser
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
+
+
+def _add_tune_parser(commands) -> None:
+    tune = commands.add_parser("tune", help="search hyperparameters with Optuna, every trial trained to convergence")
+    tune.add_argument("task", help="Python file with model() and data(), optionally search_space(trial)")
+    tune.add_argument("--trials", type=_positive_int, required=True,
+                      help="finished (complete or pruned) trials the study should hold; a re-run runs the missing ones")
+    tune.add_argument("--out", help="tune folder (default runs/<task>-tune-<time>)")
+    tune.add_argument("--storage", metavar="URL",
+                      help="SQLAlchemy URL shared by workers on several machines (default: a journal file in --out); "
+                           "prefer $CONVERGE_STORAGE or --storage-file for URLs with passwords")
+    tune.add_argument("--storage-file", metavar="PATH", help="a file holding the storage URL")
+    tune.add_argument("--study", help="study name (default: the task file's name)")
+    tune.add_argument("--timeout", type=_float, metavar="S", help="start no new trial after S seconds")
+    tune.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial (default 0)")
+    tune.add_argument("--max-epochs", type=_positive_int, help="epoch cap of each trial (default 1000)")
+    tune.add_argument("--patience", type=_positive_int, help="patience of each trial (default 5)")
+    tune.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    tune.add_argument("--pruner", choices=("hyperband", "asha", "none"), default="hyperband",
+                      help="hyperband (default), asha (successive halving alone), or none")
+    tune.add_argument("--heartbeat", type=_positive_int, default=20, metavar="S",
+                      help="database storages: heartbeat interval; a trial silent for 3x this is failed and retried")
+    _add_output_flags(tune)
+
+
+def _add_doctor_parser(commands) -> None:
+    doctor = commands.add_parser("doctor", help="check a task's data and model for reasons it will not converge")
+    doctor.add_argument("task", help="Python file with model() and data()")
+    doctor.add_argument("--json", action="store_true",
+                        help="print only a JSON list of {code, severity, message, evidence, fix} on stdout")
+    doctor.add_argument("--cheap", action="store_true", help="skip the slower checks (label_noise, cannot_overfit_batch)")
+    doctor.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    doctor.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    doctor.add_argument("--task-args", type=_json_object, metavar="JSON",
+                        help='keyword arguments for the task\'s model() and data(): {"model": {...}, "data": {...}}')
+    _add_output_flags(doctor)
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -115,17 +191,30 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
 
 TRAIN_OPTIONS = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs", "patience", "lr_factor",
                  "min_lr", "cooldown", "threshold", "unproductive_cuts", "monitor", "mode", "seed", "device",
-                 "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers", "warmup_steps")
+                 "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers", "warmup_steps",
+                 "guard", "max_rollbacks", "tensorboard")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _report_exit(_main(sys.argv[1:] if argv is None else argv))
+    finally:
+        from converge.engine.distributed import shutdown
+
+        shutdown()  # a process group left up makes the process abort at exit
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()
             return 2
+        if args.command in ("train", "resume"):
+            launched = _launch_data_parallel(args, argv)
+            if launched is not None:
+                return launched
         return _run(args)
     except _UsageError as exc:
         return _fail(str(exc), debug)
@@ -139,16 +228,115 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(exc), debug)
         if debug:
             raise
-        print(f"error: {type(exc).__name__}: {_one_line(str(exc))} (run with --debug for the traceback)",
+        where = f"process {_rank()}: " if _under_our_launch() else ""
+        print(f"error: {where}{type(exc).__name__}: {_one_line(str(exc))} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """`--nproc N`, or resuming a run that N processes trained: start this same command in N processes
+    with torchrun and return its exit status. None when this process should just train."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import tempfile
+
+    from converge.engine.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        return None
+    nproc = args.nproc
+    rest = _without_flag(argv, "--nproc")
+    if args.command == "resume" and nproc is None:
+        try:
+            nproc = json.loads(Path(args.run_dir, "run.json").read_text()).get("world_size")
+        except (OSError, ValueError, AttributeError):
+            return None  # not a readable run folder: resuming in this process says so properly
+    if not nproc or nproc < 2:
+        return None
+    if args.command == "train" and args.out is None:
+        from converge.api import default_out
+        from converge.task import load_task
+
+        rest += ["--out", str(default_out(load_task(args.task).name))]  # every process must use the same
+    with tempfile.TemporaryDirectory() as scratch:
+        exit_file = Path(scratch, "exit")
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "converge", *rest]
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # torchrun handles Ctrl-C for its processes
+        try:
+            # OMP_NUM_THREADS: torchrun sets 1 when unset, with a warning; say it ourselves, quietly.
+            env = {"OMP_NUM_THREADS": "1", **os.environ, _EXIT_FILE: str(exit_file)}
+            process = subprocess.Popen(command, env=env, stderr=None if args.debug else subprocess.PIPE, text=True)
+            if process.stderr is not None:
+                _pass_on_own_lines(process.stderr)
+            returncode = process.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        # torchrun answers 1 for any failed process; the first process's own status is the truthful one.
+        return int(exit_file.read_text()) if exit_file.exists() else returncode
+
+
+_EXIT_FILE = "CONVERGE_EXIT_FILE"
+_TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d")          # torchrun's own log lines (glog style)
+
+
+def _pass_on_own_lines(stream) -> None:
+    """Copy the processes' stderr through, leaving out torchrun's own log lines and tracebacks (it prints
+    both when told to stop); our one-line errors and warnings pass unchanged. --debug shows everything."""
+    torchrun_failed = False
+    for line in stream:
+        # torchrun's traceback and failure report come last, when it stops; only our lines pass after it.
+        torchrun_failed = torchrun_failed or line.startswith("Traceback (most recent call last):")
+        ours = line.startswith(("error: ", "warning: "))
+        if ours or not (torchrun_failed or _TORCHRUN_LOG.match(line)):
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def _report_exit(code: int) -> int:
+    """Under our own torchrun launch, the first process tells the launcher its exit status."""
+    import os
+
+    path = os.environ.get(_EXIT_FILE)
+    if path and os.environ.get("RANK", "0") == "0":
+        Path(path).write_text(str(code))
+    return code
+
+
+def _without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            kept.append(arg)
+    return kept
 
 
 def _fail(message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    print(f"error: {_one_line(message)}", file=sys.stderr)
+    if not (_under_our_launch() and _rank() != 0):  # every process meets the same bad input: say it once
+        print(f"error: {_one_line(message)}", file=sys.stderr)
     return 2
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def _under_our_launch() -> bool:
+    import os
+
+    return bool(os.environ.get(_EXIT_FILE)) and "RANK" in os.environ
 
 
 def _one_line(message: str) -> str:
@@ -161,14 +349,63 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "lr-find":
         return _lr_find(args)
+    if args.command == "tune":
+        return _tune(args)
+    if args.command == "doctor":
+        return _doctor(args)
+    if args.command == "report":
+        from converge.report.html import write_report
+
+        print(write_report(args.run_dir))
+        return 0
     if args.command == "train":
         # Flags left out are not passed, so the task file's own `monitor` and `mode` still apply.
         options = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
-        result = train_task(args.task, out=args.out, force=args.force, verbose=not args.quiet, **options)
+        result = train_task(args.task, out=args.out, force=args.force, verbose=not args.quiet,
+                            task_args=args.task_args, doctor=not args.no_doctor, fix=args.fix,
+                            drop_label_issues=args.drop_label_issues, **options)
     else:
         result = resume_run(args.run_dir, max_epochs=args.max_epochs, verbose=not args.quiet)
-    print_summary(result.summary, result.run_dir)
+    if result.run_dir is not None:  # data-parallel: only the first process has the run folder and prints
+        print_summary(result.summary, result.run_dir)
+    from converge.engine.distributed import current_world
+
+    if current_world() is not None:
+        current_world().barrier()  # no process leaves while another still needs the group
     return EXIT_STATUS[result.summary["status"]]
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from converge.tune.search import tune_task
+
+    result = tune_task(args.task, trials=args.trials, out=args.out, storage=args.storage,
+                       storage_file=args.storage_file, study=args.study, timeout=args.timeout, seed=args.seed,
+                       max_epochs=args.max_epochs, patience=args.patience, device=args.device, pruner=args.pruner,
+                       heartbeat=args.heartbeat, verbose=not args.quiet)
+    if args.quiet:
+        print(f"tune: {result.status}; best trial {result.summary['best_trial']}")
+        if result.summary["reproduce"]:
+            print(f"reproduce: {result.summary['reproduce']}")
+    return 130 if result.status == "interrupted" else 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """Exit 0 whenever the checks ran, whatever they found; bad input is status 2 like everywhere else."""
+    import json
+
+    from converge.doctor import run_doctor
+    from converge.doctor.report import print_findings
+    from converge.io.runfolder import to_json
+
+    quiet = args.quiet or args.json
+    progress = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    findings = run_doctor(args.task, cheap=args.cheap, seed=args.seed, device=args.device,
+                          task_args=args.task_args, progress=progress)
+    if args.json:
+        print(json.dumps([to_json(f.to_dict()) for f in findings], indent=2))
+    else:
+        print_findings(findings, title=f"converge doctor: {args.task}")
+    return 0
 
 
 def _lr_find(args: argparse.Namespace) -> int:

@@ -74,9 +74,10 @@ class TensorSplit:
         n = len(self)
         return n // batch_size + (_keep_remainder(n % batch_size, train))
 
-    def batches(self, batch_size: int, *, seed: int | None = None, start: int = 0
+    def batches(self, batch_size: int, *, seed: int | None = None, start: int = 0, world=None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches from ``start`` on; with an epoch ``seed`` they are shuffled (training), else in order."""
+        """Batches from ``start`` on; with an epoch ``seed`` they are shuffled (training), else in order.
+        With a ``world`` (data-parallel training) each batch is this rank's slice of the global batch."""
         inputs, targets = self.inputs, self.targets
         train = seed is not None
         if train:
@@ -86,7 +87,13 @@ class TensorSplit:
         total = self.num_batches(batch_size, train)
         for index in range(start, total):
             lo = index * batch_size
-            yield inputs[lo:lo + batch_size], targets[lo:lo + batch_size]
+            hi = min(lo + batch_size, len(self))
+            if world is not None:
+                if hi - lo < world.size:
+                    continue  # too small to give every rank a sample: skipped on every rank alike
+                part = world.slice_of(hi - lo)
+                lo, hi = lo + part.start, lo + part.stop
+            yield inputs[lo:hi], targets[lo:hi]
 
     def probe(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inputs[:size], self.targets[:size]
@@ -115,6 +122,28 @@ class _EpochSampler(Sampler):
         return self.length - self.start
 
 
+class _RankSlices(Sampler):
+    """Global batches of a sampler's indices, each cut to this rank's slice (only this rank's samples are
+    loaded); a last batch too small to give every rank a sample is skipped on every rank."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, world) -> None:
+        self.sampler, self.batch_size, self.world = sampler, batch_size, world
+
+    def __iter__(self):
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch[self.world.slice_of(len(batch))]
+                batch = []
+        if len(batch) >= self.world.size:
+            yield batch[self.world.slice_of(len(batch))]
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + int(rest >= self.world.size)
+
+
 class LoaderSplit:
     """A Dataset (batched by our own DataLoader) or a user's DataLoader (used as it is)."""
 
@@ -141,9 +170,13 @@ class LoaderSplit:
         n = len(self)
         return n // batch_size + _keep_remainder(n % batch_size, train)
 
-    def batches(self, batch_size: int, *, seed: int | None = None, start: int = 0):
+    def batches(self, batch_size: int, *, seed: int | None = None, start: int = 0, world=None):
         train = seed is not None
         if self.user_loader:
+            if world is not None:
+                raise ConvergeError(f"data-parallel training needs the {self.name} data as tensors or a Dataset "
+                                    f"(converge cuts every global batch into one slice per process); a "
+                                    f"DataLoader cannot be cut so")
             iterator = self._replay_user_loader(seed, start)
         else:
             n = len(self)
@@ -151,8 +184,9 @@ class LoaderSplit:
             shuffle_seed = _shuffle_seed(seed) if train else None
             sampler = _EpochSampler(n, shuffle_seed, start * batch_size)
             generator = torch.Generator().manual_seed(shuffle_seed if train else 0)
-            iterator = iter(DataLoader(self.source, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                                       num_workers=self.num_workers, generator=generator,
+            batching = dict(batch_size=batch_size, sampler=sampler, drop_last=drop_last) if world is None else \
+                dict(batch_sampler=_RankSlices(sampler, batch_size, world))
+            iterator = iter(DataLoader(self.source, **batching, num_workers=self.num_workers, generator=generator,
                                        pin_memory=self.device.type == "cuda"))
         non_blocking = self.device.type == "cuda"
         for batch in iterator:

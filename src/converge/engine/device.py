@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -11,8 +12,13 @@ from converge.errors import ConvergeError
 
 def pick_device(requested: str | None) -> torch.device:
     """CUDA when present, else CPU; an explicit request must be usable."""
+    from converge.engine.distributed import launched_by_torchrun
+
+    local = int(os.environ.get("LOCAL_RANK", "0")) if launched_by_torchrun() else None
+    if requested in (None, "", "auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local)  # under torchrun, each process on its own GPU
     if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:

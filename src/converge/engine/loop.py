@@ -22,9 +22,14 @@ from converge.config import TrainConfig
 from converge.console import Console
 from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
+from converge.decide.diagnosis import diagnose, live_findings
+from converge.decide.divergence import Alarm, GuardPolicy, clip_after_rollback, rollback_verdict
 from converge.engine import device as dev
 from converge.engine.objective import resolve_objective
-from converge.engine.optim import build_optimizer, current_lr, scale_lr, warm_up
+from converge.engine.distributed import current_world
+from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
+from converge.engine.objective import constant_prediction_loss
+from converge.engine.optim import WARMUP_BASE, build_optimizer, current_lr, scale_lr, warm_up
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
@@ -58,6 +63,8 @@ class _StopSignals:
 
     def __enter__(self) -> "_StopSignals":
         if threading.current_thread() is threading.main_thread():
+            # Under torchrun each process has a session of its own: a terminal's Ctrl-C reaches torchrun only,
+            # which passes the same signal on to every process, once.
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -90,22 +97,35 @@ class Trainer:
         self.device = dev.pick_device(config.device)
         dev.check_amp(config.amp, self.device)
         self.model = model.to(self.device)
+        # Under torchrun: forward/backward go through DDP (it averages gradients across ranks); everything
+        # else (state, evaluation, export) uses the plain module.
+        self.world = current_world(self.device)
+        self.train_model = self.model if self.world is None else nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.splits = {name: split.to(self.device) for name, split in splits.items()}
         objective = resolve_objective(self.model, self.splits, loss, metrics or {}, amp=config.amp,
                                       device=self.device, probe_size=config.batch_size)
         self.loss_fn, self.kind, self.metric_fns = objective.loss_fn, objective.kind, objective.metric_fns
+        self.default_loss = loss is None   # then the constant-prediction baseline of the diagnosis applies
         self.monitor_key = monitor_key(config.monitor, self.metric_fns)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay)
         self.scaler = dev.make_grad_scaler(config.amp, self.device)
         self.tracker = ConvergenceTracker(ConvergencePolicy(
             mode=config.mode, patience=config.patience, threshold=config.threshold,
             cooldown=config.cooldown, unproductive_cuts=config.unproductive_cuts))
+        self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks), self.device,
+                                     config.clip_grad, world=self.world) if config.guard else None
+        self.tensorboard = None   # a converge.io.tensorboard.TensorBoardLog when asked for
+        # What best.safetensors holds, from the best state: e.g. `--fix` folds its input standardization into
+        # the first layer so the exported model takes raw inputs (converge.doctor.in_train).
+        self.export_state: Callable[[dict], dict] | None = None
         # Counters and records the loop owns.
         self.epoch = 0            # finished epochs
         self.step = 0             # optimizer steps
         self.batch = 0            # next batch inside an unfinished epoch (0 at an epoch boundary)
         self.partial_loss: torch.Tensor | None = None
         self.partial_seen = 0
+        self.epoch_rollbacks = 0
         self.history: list[dict] = []
         # Tuning (converge.tune) happens before the loop; its choices are the run's first events.
         self.tuning_epochs = float(tuning.epochs) if tuning is not None else 0.0
@@ -123,10 +143,14 @@ class Trainer:
         self.console.start(self.config.max_epochs)
         if self.folder is not None and not self.history and self.step == 0:
             self.folder.events.rewrite(self.events)  # a fresh run: tuning's events come first
+        if self.config.tensorboard and self.folder is not None and self.tensorboard is None:
+            from converge.io.tensorboard import TENSORBOARD_DIR, TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.folder.path / TENSORBOARD_DIR, first_epoch=self.epoch + 1)
         try:
             with _StopSignals() as signals:
                 while self.status is None:
-                    if signals.requested:  # arrived between epochs; _finish writes the checkpoint
+                    if self._stop_agreed(signals):  # arrived between epochs; _finish writes the checkpoint
                         self._interrupted(signals)
                         break
                     if self.epoch >= self.config.max_epochs:
@@ -135,8 +159,9 @@ class Trainer:
                         self._event("max_epochs", reason=self.stop_reason)
                         break
                     train_loss = self._train_epoch(signals)
-                    if train_loss is None:  # interrupted inside the epoch
-                        self._interrupted(signals)
+                    if train_loss is None:  # interrupted inside the epoch, or the guard gave up
+                        if self.status is None:
+                            self._interrupted(signals)
                         break
                     self._end_epoch(train_loss)
             return self._finish()
@@ -157,25 +182,49 @@ class Trainer:
         self._event("interrupted", reason=self.stop_reason, batch=self.batch)
 
     def _train_epoch(self, signals: _StopSignals) -> float | None:
-        """One pass over the training split. Returns the mean training loss, or None when a stop was
-        requested (the state is checkpointed at an optimizer-step boundary first)."""
+        """One pass over the training split. Returns the mean training loss, or None when the run must stop
+        (a stop was requested: the state is checkpointed at an optimizer-step boundary first; or the
+        divergence guard gave up)."""
         cfg, epoch = self.config, self.epoch + 1
         self._epoch_started = time.monotonic()
         if self.batch == 0:
             seed_everything(epoch_seed(cfg.seed, epoch))
             self.partial_loss, self.partial_seen = None, 0
+            self.epoch_rollbacks = 0
+        if self.guard is not None and self.guard.good_state is None:
+            self.guard.good_state = self._serialized_state()  # the start (or resume point) is known-good
         train = self.splits["train"]
         total = train.num_batches(cfg.batch_size, train=True)
         self.console.start_epoch(epoch, total, completed=self.batch)
+        outcome = "rolled_back"
+        while outcome == "rolled_back":  # after a rollback the pass goes on past the offending batch
+            outcome = self._train_batches(signals, total, epoch)
+        if outcome == "stop":
+            return None
+        total_loss, seen = self.partial_loss, self.partial_seen
+        if self.world is not None:  # the epoch's loss over all ranks' slices
+            summed = self.world.sum_(torch.stack([total_loss, torch.tensor(float(seen), dtype=torch.float64,
+                                                                           device=self.device)]))
+            total_loss, seen = summed[0], int(summed[1])
+        loss = float(total_loss / seen) if seen else None  # sync point: once per epoch
+        self.batch, self.partial_loss, self.partial_seen = 0, None, 0
+        if seen == 0 and not self.epoch_rollbacks:
+            raise ConvergeError("the train split produced no batches")
+        return loss if loss is not None else math.nan
+
+    def _train_batches(self, signals: _StopSignals, total: int | None, epoch: int) -> str:
+        """Train from batch ``self.batch`` to the end of the epoch. Returns "done", "stop" or "rolled_back"."""
+        cfg = self.config
         report_every = max(1, (total or 1000) // PROGRESS_UPDATES_PER_EPOCH)
-        loss_sum = self.partial_loss if self.partial_loss is not None else \
-            torch.zeros((), dtype=torch.float64, device=self.device)
-        seen = self.partial_seen
-        model, scaler, loss_fn = self.model, self.scaler, self.loss_fn
+        if self.partial_loss is None:
+            self.partial_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_sum, seen = self.partial_loss, self.partial_seen
+        model, scaler, loss_fn, guard = self.train_model, self.scaler, self.loss_fn, self.guard
         accumulate = cfg.accumulate
         model.train()
         pending_step = False
-        batches = train.batches(cfg.batch_size, seed=epoch_seed(cfg.seed, epoch), start=self.batch)
+        batches = self.splits["train"].batches(cfg.batch_size, seed=epoch_seed(cfg.seed, epoch), start=self.batch,
+                                               world=self.world)
         for index, (inputs, targets) in enumerate(batches, start=self.batch):
             with dev.autocast(cfg.amp, self.device):
                 loss = loss_fn(model(inputs), targets)
@@ -186,6 +235,8 @@ class Trainer:
             n = targets.shape[0]
             loss_sum.add_(loss.detach(), alpha=n)
             seen += n
+            if guard is not None:
+                guard.record_loss(index, loss)
             if (index + 1) % report_every == 0:
                 self.console.advance(report_every)
             if (index + 1) % accumulate and index + 1 != total:
@@ -193,34 +244,142 @@ class Trainer:
                 continue
             self._optimizer_step()
             pending_step = False
-            if signals.requested or time.monotonic() - self._last_checkpoint > cfg.checkpoint_seconds:
-                self.batch, self.partial_loss, self.partial_seen = index + 1, loss_sum, seen
-                if signals.requested:
-                    return None  # _finish writes the checkpoint
+            self.batch, self.partial_seen = index + 1, seen
+            if guard is not None and guard.due and (outcome := self._guard_check()):
+                return outcome
+            stop, checkpoint_due = self._pause_wanted(signals, index)
+            if stop or checkpoint_due:
+                if guard is not None and (outcome := self._guard_check()):
+                    return outcome
+                if stop:
+                    return "stop"  # _finish writes the checkpoint
                 self._checkpoint()
         if pending_step:  # a DataLoader without len(): the last micro-batches still need their step
             self._optimizer_step()
-        self.batch, self.partial_loss, self.partial_seen = 0, None, 0
-        if seen == 0:
-            raise ConvergeError("the train split produced no batches")
-        return float(loss_sum / seen)  # sync point: once per epoch
+        self.partial_seen = seen
+        if guard is not None and (outcome := self._guard_check()):
+            return outcome
+        return "done"
+
+    def _stop_agreed(self, signals: _StopSignals) -> bool:
+        if self.world is None:
+            return signals.requested is not None
+        (stop,) = self.world.any_flags([signals.requested is not None], self.device)
+        if stop and signals.requested is None:
+            signals.requested = "a stop request to another process"
+        return stop
+
+    def _pause_wanted(self, signals: _StopSignals, index: int) -> tuple[bool, bool]:
+        """(stop requested, checkpoint due). Data-parallel ranks agree on both at window boundaries, so that
+        all of them stop, or checkpoint, after the same step."""
+        stop = signals.requested is not None
+        due = time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+        if self.world is None:
+            return stop, due
+        if (index + 1) % CHECK_EVERY:
+            return False, False
+        stop, due = self.world.any_flags([stop, due], self.device)
+        if stop and signals.requested is None:
+            signals.requested = "a stop request to another process"
+        return stop, due
 
     def _optimizer_step(self) -> None:
-        cfg, optimizer, scaler = self.config, self.optimizer, self.scaler
+        cfg, optimizer, scaler, guard = self.config, self.optimizer, self.scaler, self.guard
+        clip = guard.clip_grad if guard is not None else cfg.clip_grad
         if self.step < cfg.warmup_steps:
             warm_up(optimizer, self.step, cfg.warmup_steps)
+        grad_norm = None
         if scaler is not None:
-            if cfg.clip_grad is not None:
+            if clip is not None:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             scaler.step(optimizer)
             scaler.update()
         else:
-            if cfg.clip_grad is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            if clip is not None:
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            elif guard is not None and guard.wants_grad_norm(self.step):
+                grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if guard is not None:
+            guard.record_step(self.step, grad_norm)
+
+    # --- the divergence guard: decisions in converge.decide.divergence, actions here ---------------
+    def _guard_check(self) -> str | None:
+        """Judge the losses recorded since the last check (a sync point). None when all is well."""
+        incident = self.guard.check()
+        return self._roll_back(incident) if incident is not None else None
+
+    def _roll_back(self, incident) -> str:
+        """Undo a blow-up: back to the last known-good state, a lower LR (and tighter clipping), and on
+        past the offending batch. Gives up (status diverged) after too many rollbacks in a row."""
+        guard, alarm = self.guard, incident.alarm
+        verdict = rollback_verdict(guard.streak, guard.policy)
+        lr = current_lr(self.optimizer)
+        evidence = dict(kind=alarm.kind, batch=incident.batch, loss=_finite_or_text(alarm.loss),
+                        typical_loss=_finite_or_text(alarm.typical), grad_norm=_finite_or_text(incident.grad_norm),
+                        lr=lr, at_step=incident.step)
+        lrs = [(group["lr"], group.get(WARMUP_BASE)) for group in self.optimizer.param_groups]
+        to_step = self._restore_good_state()
+        for group, (group_lr, base) in zip(self.optimizer.param_groups, lrs):  # cuts made since stay made
+            group["lr"] = group_lr
+            if base is not None:
+                group[WARMUP_BASE] = base
+        if verdict.give_up:
+            self.status = "diverged"
+            self.stop_reason = (f"{alarm.reason} at step {incident.step} and the guard {verdict.reason}; "
+                                f"the best weights (epoch {self.tracker.best_epoch}) are kept")
+            self._event("diverged", reason=self.stop_reason, rollbacks=guard.total, **evidence)
+            return "stop"
+        # A blow-up may need an LR below the plateau rule's floor: the floor moves down with the cut.
+        guard.lr_scale *= verdict.lr_factor
+        new_lr = scale_lr(self.optimizer, verdict.lr_factor, self._min_lr())
+        old_clip, guard.clip_grad = guard.clip_grad, clip_after_rollback(guard.clip_grad, guard.typical_grad_norm)
+        guard.streak += 1
+        guard.total += 1
+        self.epoch_rollbacks += 1
+        self.batch = incident.batch + 1 if incident.batch is not None else 0
+        self._event("rollback", reason=alarm.reason, **evidence, to_step=to_step, new_lr=new_lr,
+                    clip_grad=guard.clip_grad, previous_clip_grad=old_clip, skipped_to_batch=self.batch,
+                    rollbacks_in_a_row=guard.streak)
+        where = f"batch {incident.batch}" if incident.batch is not None else "validation"
+        self.console.warning(f"{alarm.reason} (epoch {self.epoch + (incident.batch is not None)}, {where}); "
+                             f"rolled back to step {to_step}, LR {lr:.3g} -> {new_lr:.3g}")
+        return "rolled_back"
+
+    def _restore_good_state(self) -> int:
+        """Model, optimizer and scaler as they were at the last clean check; the epoch's loss sum with them.
+        Returns the step restored to."""
+        state = ckpt.deserialize(self.guard.good_state, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        progress = state["progress"]
+        self.step = progress["step"]
+        same_epoch = progress["epoch"] == self.epoch and progress["batch"] > 0
+        partial = progress["partial_loss"] if same_epoch else None
+        self.partial_loss = partial.to(self.device) if partial is not None else None
+        self.partial_seen = progress["partial_seen"] if same_epoch else 0
+        self._keep_share()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.step
+
+    def _serialized_state(self) -> bytes:
+        state = self.state_dict(self._wall_seconds())
+        if self.world is not None and self.partial_loss is not None:
+            # A checkpoint inside an epoch holds the loss summed so far over all ranks (rank 0 writes it);
+            # loading it, rank 0 takes the whole sum and the others start from zero (_keep_share).
+            summed = self.world.sum_(torch.stack([self.partial_loss, torch.tensor(
+                float(self.partial_seen), dtype=torch.float64, device=self.device)]))
+            state["progress"]["partial_loss"], state["progress"]["partial_seen"] = summed[0], int(summed[1])
+        return ckpt.serialize(state)
+
+    def _keep_share(self) -> None:
+        if self.world is not None and not self.world.is_main and self.partial_loss is not None:
+            self.partial_loss, self.partial_seen = torch.zeros_like(self.partial_loss), 0
 
     @torch.no_grad()
     def evaluate(self, split_name: str, prefix: str = "") -> dict[str, float]:
@@ -241,6 +400,8 @@ class Trainer:
             seen += n
         model.train(was_training)
         means = (sums / max(seen, 1)).tolist()  # sync point: once per evaluation
+        if self.world is not None:  # decisions read these: every rank must read rank 0's numbers
+            means = self.world.from_main(means, self.device)
         names = ["loss", *self.metric_fns]
         return {f"{prefix}{name}": value for name, value in zip(names, means)}
 
@@ -249,9 +410,19 @@ class Trainer:
         lr = current_lr(self.optimizer)
         val = self.evaluate("val", prefix="val_")
         record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": train_loss, **val,
-                  "seconds": round(time.monotonic() - self._epoch_started, 4)}
+                  "rollbacks": self.epoch_rollbacks, "seconds": round(time.monotonic() - self._epoch_started, 4)}
         self.history.append(record)
-        notes = self._decide(record, lr)
+        notes = []
+        if self.guard is not None and not all(math.isfinite(record[k]) for k in ("val_loss", self.monitor_key)):
+            # The weights went bad without a bad training loss (e.g. inf activations on validation inputs).
+            alarm = Alarm("nonfinite", record["val_loss"], math.nan,
+                          f"the validation {self.monitor_key[4:]} became {record[self.monitor_key]}")
+            notes.append("rolled back" if self._roll_back(Incident(alarm, None, self.step, None)) != "stop"
+                         else "diverged")
+        if self.status is None:
+            notes += self._decide(record, lr)
+        if self.status is None:
+            notes += self._live_diagnosis()
         if self.status is None and self.epoch_judge is not None:
             reason = self.epoch_judge(dict(record))
             if reason:
@@ -261,31 +432,37 @@ class Trainer:
         self.console.end_epoch(record, notes)
         if self.folder is not None:
             self.folder.metrics.append(record)
-            self._checkpoint()
+        if self.tensorboard is not None:
+            # The first epoch also carries what happened before training (tuning choices, doctor findings).
+            self.tensorboard.log_epoch(record, [e for e in self.events if e.get("epoch") == self.epoch
+                                                or (self.epoch == 1 and e.get("epoch") == 0)])
+        self._checkpoint()
 
     def _decide(self, record: dict, lr: float) -> list[str]:
         """Turn the tracker's verdict into actions: keep best weights, cut the LR, stop."""
         notes = []
         value = record[self.monitor_key]
-        if not math.isfinite(record["train_loss"]):
+        if self.guard is None and not math.isfinite(record["train_loss"]):
             self.status = "diverged"
             self.stop_reason = (f"training loss became {record['train_loss']} in epoch {self.epoch}; "
                                 f"the best weights (epoch {self.tracker.best_epoch}) are kept")
             self._event("diverged", reason=self.stop_reason, train_loss=record["train_loss"], lr=lr)
             return ["diverged"]
         previous_best = self.tracker.best
-        verdict = self.tracker.update(value, lr_at_minimum=lr <= self.config.min_lr * (1 + 1e-9))
+        verdict = self.tracker.update(value, lr_at_minimum=lr <= self._min_lr() * (1 + 1e-9))
         if verdict.new_best:
+            if self.guard is not None and self.epoch_rollbacks == 0:  # progress that needed no rescue
+                self.guard.streak = 0
             self.best_state = snapshot(self.model.state_dict())
             self.best_record = {k: v for k, v in record.items() if k.startswith("val_")}
             if self.folder is not None:
-                self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self.best_state))
+                self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self._exported_best()))
             self._event("new_best", monitor=self.monitor_key, value=value,
                         previous=previous_best if math.isfinite(previous_best) else None,
                         significant=verdict.significant)
             notes.append("new best")
         if verdict.reduce_lr:
-            new_lr = scale_lr(self.optimizer, self.config.lr_factor, self.config.min_lr)
+            new_lr = scale_lr(self.optimizer, self.config.lr_factor, self._min_lr())
             self._event("lr_reduced", old_lr=lr, new_lr=new_lr, reason=verdict.reason,
                         bad_epochs=verdict.bad_epochs, best=self.tracker.best, best_epoch=self.tracker.best_epoch)
             notes.append(f"lr -> {new_lr:.3g}")
@@ -296,7 +473,27 @@ class Trainer:
             notes.append("converged")
         return notes
 
-    def _event(self, kind: str, **values) -> None:
+    def _exported_best(self) -> dict:
+        return self.export_state(self.best_state) if self.export_state is not None else self.best_state
+
+    def add_event(self, kind: str, /, **values) -> None:
+        """Record an event of the caller's own (e.g. a doctor finding) in the run's log."""
+        self._event(kind, **values)
+
+    def _min_lr(self) -> float:
+        return self.config.min_lr * (self.guard.lr_scale if self.guard is not None else 1.0)
+
+    def _live_diagnosis(self) -> list[str]:
+        """Tell a problem (overfitting, an LR too high) the first epoch it shows, not only at the end."""
+        told = {e.get("code") for e in self.events if e.get("event") == "diagnosis"}
+        notes = []
+        for found in live_findings(self.history, self.events, weight_decay=self.config.weight_decay):
+            if found["code"] not in told:
+                self._event("diagnosis", code=found["code"], message=found["message"], fix=found["fix"])
+                notes.append(found["code"])
+        return notes
+
+    def _event(self, kind: str, /, **values) -> None:
         event = {"event": kind, "epoch": self.epoch, "step": self.step, **values}
         self.events.append(event)
         if self.folder is not None:
@@ -313,14 +510,34 @@ class Trainer:
                         value=self.tracker.best)
         test = self.evaluate("test") if "test" in self.splits and finished else None
         summary = self._summary(test, self._wall_seconds())
+        summary["diagnosis"] = self._diagnosis() if finished else []
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.folder is not None:
             if finished:
-                self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self.best_state))
+                self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self._exported_best()))
             _plot_curves(self.folder, self.history, self.events, self.monitor_key)
             self.folder.flush()
+            self._write_report(summary)
             self.folder.write_json(SUMMARY, summary)  # last: a final summary means every file is complete
         return FitResult(self.model, summary, list(self.history), list(self.events),
                          self.folder.path if self.folder else None)
+
+    def _diagnosis(self) -> list[dict]:
+        cfg = self.config
+        baseline = constant_prediction_loss(self.splits["train"], self.kind) if self.default_loss else None
+        return diagnose(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
+                        patience=cfg.patience, max_epochs=cfg.max_epochs, weight_decay=cfg.weight_decay,
+                        baseline_loss=baseline)
+
+    def _write_report(self, summary: dict) -> None:
+        try:
+            from converge.report.html import write_report
+
+            write_report(self.folder.path, summary=summary)
+        except Exception as exc:  # the report is derived from files already safe; it must not cost the run
+            self.console.warning(f"could not write report.html ({type(exc).__name__}: {exc}); "
+                                 f"try `converge report {self.folder.path}`")
 
     def _wall_seconds(self) -> float:
         return self.elapsed_before + time.monotonic() - self._run_started
@@ -340,6 +557,7 @@ class Trainer:
                                 "batch_size": cfg.batch_size},
             "final_lr": current_lr(self.optimizer),
             "lr_reductions": self.tracker.total_cuts,
+            "rollbacks": self.guard.total if self.guard is not None else 0,
             "tuning_epochs": round(self.tuning_epochs, 3),
             "task_kind": self.kind,
             "device": str(self.device),
@@ -358,10 +576,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "tracker": self.tracker.state_dict(),
+            "guard": self.guard.state_dict() if self.guard is not None else None,
             "best_model": self.best_state,
             "best_record": self.best_record,
             "progress": {"epoch": self.epoch, "step": self.step, "batch": self.batch,
                          "partial_loss": self.partial_loss, "partial_seen": self.partial_seen,
+                         "epoch_rollbacks": self.epoch_rollbacks,
                          "status": self.status, "stop_reason": self.stop_reason,
                          "tuning_epochs": self.tuning_epochs,
                          "wall_seconds": wall_seconds if wall_seconds is not None else self.elapsed_before},
@@ -377,6 +597,8 @@ class Trainer:
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.tracker.load_state_dict(state["tracker"])
+        if self.guard is not None and state.get("guard") is not None:
+            self.guard.load_state_dict(state["guard"])
         self.best_state = {k: v.to(self.device) for k, v in state["best_model"].items()}
         self.best_record = dict(state["best_record"])
         progress = state["progress"]
@@ -384,6 +606,8 @@ class Trainer:
         partial = progress["partial_loss"]
         self.partial_loss = partial.to(self.device) if partial is not None else None
         self.partial_seen = progress["partial_seen"]
+        self._keep_share()
+        self.epoch_rollbacks = int(progress.get("epoch_rollbacks", 0))
         self.status, self.stop_reason = progress["status"], progress["stop_reason"]
         self.tuning_epochs = float(progress.get("tuning_epochs", 0.0))
         self.elapsed_before = float(progress["wall_seconds"] or 0.0)
@@ -392,10 +616,23 @@ class Trainer:
         restore_rng(state["rng"])
 
     def _checkpoint(self) -> None:
-        if self.folder is None:
+        """Write the state (with a run folder), and keep it as the guard's rollback target: every caller
+        checks the guard's window first, so a checkpointed state is a known-good one."""
+        if self.folder is None and self.guard is None and self.world is None:
             return
-        self.folder.write_checkpoint_later(ckpt.serialize(self.state_dict(self._wall_seconds())))
+        data = self._serialized_state()
+        if self.guard is not None:
+            self.guard.good_state = data
+        if self.folder is not None:
+            self.folder.write_checkpoint_later(data)
         self._last_checkpoint = time.monotonic()
+
+
+def _finite_or_text(value: float | None) -> float | str | None:
+    """Evidence values for JSON: non-finite numbers as text ("nan", "inf"), so no log line is invalid JSON."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
 
 
 def monitor_key(monitor: str, metric_fns: dict) -> str:

@@ -1,0 +1,138 @@
+"""Data-parallel training: `converge train --nproc 2` (torchrun, gloo on CPU) against one process, and a
+kill or Ctrl-C of the whole process tree followed by `converge resume`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_resume import ENV, assert_same_run, metrics_lines, write_task
+
+# No dropout: with the same global batch, two processes compute the same gradient as one (each takes a
+# contiguous half of every batch; DDP averages), so they must agree up to float summation order.
+TASK = '''
+import torch
+from torch import nn
+
+def model():
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1300, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] * x[:, 2] > 0).long()
+    return (x[:800], y[:800]), (x[800:1000], y[800:1000]), (x[1000:], y[1000:])
+'''
+# The tolerance for "the same run": relative, per epoch, on every logged loss and metric.
+TOLERANCE = 1e-5
+
+
+def train_command(task, out, *extra, epochs=6):
+    return [sys.executable, "-m", "converge", "train", str(task), "--out", str(out), "--max-epochs", str(epochs),
+            "--optimizer", "adamw", "--lr", "0.01", "--weight-decay", "0", "--batch-size", "64", "--device", "cpu",
+            "--quiet", *extra]
+
+
+def run_ok(command):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def logged(folder, name="metrics.jsonl"):
+    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def single_and_two(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    task = folder / "task.py"
+    task.write_text(TASK)
+    run_ok(train_command(task, folder / "one"))
+    run_ok(train_command(task, folder / "two", "--nproc", "2"))
+    return folder / "one", folder / "two"
+
+
+def test_two_processes_match_one_with_the_same_global_batch(single_and_two):
+    one, two = single_and_two
+    ones, twos = logged(one), logged(two)
+    assert [r["epoch"] for r in twos] == [r["epoch"] for r in ones] and [r["step"] for r in twos] == [r["step"] for r in ones]
+    for a, b in zip(ones, twos):
+        for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=TOLERANCE), (a["epoch"], key)
+    summary_one, summary_two = (json.loads((f / "summary.json").read_text()) for f in (one, two))
+    assert summary_two["status"] == summary_one["status"]
+    assert summary_two["test"]["loss"] == pytest.approx(summary_one["test"]["loss"], rel=TOLERANCE)
+    assert json.loads((two / "run.json").read_text())["world_size"] == 2
+
+
+def test_the_run_folder_is_written_once_and_looks_like_a_single_process_one(single_and_two):
+    one, two = single_and_two
+    names = lambda folder: sorted(p.name for p in folder.iterdir())  # noqa: E731
+    assert names(two) == names(one)
+    events = [e["event"] for e in logged(two, "events.jsonl")]
+    assert events.count("restored_best") == 1 and events.count("max_epochs") == 1  # one writer, no duplicates
+
+
+def test_a_dataloader_split_is_refused_with_one_line(tmp_path):
+    task = tmp_path / "task.py"
+    task.write_text(TASK + '''
+from torch.utils.data import DataLoader, TensorDataset
+_plain = data
+def data():
+    (x, y), val, test = _plain()
+    return DataLoader(TensorDataset(x, y), batch_size=32), val, test
+''')
+    done = subprocess.run(train_command(task, tmp_path / "run", "--nproc", "2"), capture_output=True, text=True,
+                          timeout=300, env=ENV)
+    assert done.returncode == 2
+    assert "error: data-parallel training needs the train data as tensors or a Dataset" in done.stderr
+
+
+def start_tree(command, out, after_epochs):
+    """Start a command in its own process group; return it once ``after_epochs`` epochs are logged."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                               start_new_session=True)
+    deadline = time.monotonic() + 180
+    while metrics_lines(out) < after_epochs and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process
+
+
+@pytest.fixture(scope="module")
+def dropout_reference(tmp_path_factory):
+    """An uninterrupted 2-process run of a task with dropout (exactness must survive random masks too)."""
+    folder = tmp_path_factory.mktemp("ddp-ref")
+    task = write_task(folder, "dataset")
+    run_ok(train_command(task, folder / "run", "--nproc", "2", "--checkpoint-seconds", "0.05", epochs=20))
+    return task, folder / "run"
+
+
+@pytest.mark.slow
+def test_sigkill_of_every_process_then_resume_is_bit_exact(dropout_reference, tmp_path):
+    task, reference = dropout_reference
+    out = tmp_path / "run"
+    process = start_tree(train_command(task, out, "--nproc", "2", "--checkpoint-seconds", "0.05", epochs=20), out, 3)
+    # As a power loss would: torchrun starts each worker in a session of its own, so kill them by name too.
+    os.killpg(process.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-KILL", "-f", str(out)], check=False)
+    process.wait(timeout=60)
+    run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"])  # two processes again, by itself
+    assert_same_run(reference, out)
+    assert "resumed" in [e["event"] for e in logged(out, "events.jsonl")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_at_the_same_step_and_resumes_exactly(dropout_reference, tmp_path):
+    task, reference = dropout_reference
+    out = tmp_path / "run"
+    process = start_tree(train_command(task, out, "--nproc", "2", "--checkpoint-seconds", "0.05", epochs=20), out, 2)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert process.wait(timeout=120) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"])
+    assert_same_run(reference, out)
