@@ -153,3 +153,23 @@ def train_once():
         return task, run, main(["train", str(task), "--out", str(run), "--quiet", *flags])
 
     return train
+
+
+@pytest.fixture(scope="session")
+def tiny_finished_run():
+    """tiny_finished_run(out, hidden=16, n=160, lr=0.05): a real short run (seeded MLP on random 3-class data,
+    AdamW, patience 1 so an LR cut happens, 8 epochs at most) written to ``out``; returns ``out``."""
+    from converge import fit
+
+    def train(out: Path, *, hidden: int = 16, n: int = 160, lr: float = 0.05) -> Path:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 8, generator=g)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3))
+        a, b = int(n * 0.6), int(n * 0.8)
+        fit(model, (x[:a], y[:a]), (x[a:b], y[a:b]), (x[b:], y[b:]), optimizer="adamw", lr=lr, weight_decay=0.01,
+            batch_size=32, max_epochs=8, patience=1, seed=0, out=out, verbose=False)
+        return out
+
+    return train

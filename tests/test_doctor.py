@@ -13,7 +13,6 @@ from torch import nn
 from converge.doctor import CODES, Finding, at_least, ranked, run_doctor
 from converge.doctor import data_checks as dc
 from converge.doctor import model_checks as mc
-from converge.doctor import thresholds as T
 from converge.doctor.label_noise import confident_joint, find_label_issues, noise_joint
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -487,16 +486,9 @@ def test_cli_subprocess_stdout_is_json(tmp_path, cli_subprocess):
 
 def test_the_suites_default_tasks_have_no_warnings(make_task):
     """`converge train` runs the cheap checks: the other tests' tiny tasks must not print warnings."""
-    regression = '''
-def model():
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    from test_cli import REGRESSION
 
-def data():
-    x, _ = _xy()
-    y = x[:, :1] * 2.0 - x[:, 1:2]
-    return (x[:120], y[:120]), (x[120:160], y[120:160]), (x[160:], y[160:])
-'''
-    for body, name in (("", "default.py"), (regression, "regression.py")):
+    for body, name in (("", "default.py"), (REGRESSION, "regression.py")):
         findings = run_doctor(make_task(body, name=name), cheap=True)
         assert not at_least(findings, "warning"), [f.to_dict() for f in findings]
 

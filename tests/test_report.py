@@ -9,10 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
-from converge import fit
 from converge.report._figures import curves_png, decision_marks, wants_log
 from converge.report.html import describe, read_run, run_status, write_report
 
@@ -49,17 +46,9 @@ def page_of(folder: Path, **kwargs) -> str:
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory) -> Path:
-    """A real (tiny) finished run with an LR cut: a seeded MLP on random 3-class data."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(160, 8, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    out = tmp_path_factory.mktemp("report") / "run"
-    fit(model, (x[:96], y[:96]), (x[96:128], y[96:128]), (x[128:], y[128:]), optimizer="adamw", lr=0.05,
-        weight_decay=0.01, batch_size=32, max_epochs=8, patience=1, seed=0, out=out, verbose=False)
-    return out
+def real_run(tmp_path_factory, tiny_finished_run) -> Path:
+    """A real (tiny) finished run with an LR cut."""
+    return tiny_finished_run(tmp_path_factory.mktemp("report") / "run")
 
 
 # --- finished and unfinished runs ------------------------------------------------------------------

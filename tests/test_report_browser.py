@@ -8,11 +8,8 @@ import io
 from pathlib import Path
 
 import pytest
-import torch
 from _chromium import PageCheck, check_page, find_chromium  # tests/_chromium.py
-from torch import nn
 
-from converge import fit
 from converge.report.html import write_report
 
 pytestmark = pytest.mark.browser
@@ -27,16 +24,9 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def report(tmp_path_factory, tiny_finished_run) -> Path:
     """The report of a real run: a seeded MLP on random 3-class data, 8 epochs at most."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(192, 8, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
-    out = tmp_path_factory.mktemp("browser") / "run"
-    fit(model, (x[:128], y[:128]), (x[128:160], y[128:160]), (x[160:], y[160:]), optimizer="adamw", lr=0.03,
-        weight_decay=0.01, batch_size=32, max_epochs=8, patience=1, seed=0, out=out, verbose=False)
+    out = tiny_finished_run(tmp_path_factory.mktemp("browser") / "run", hidden=32, n=240, lr=0.03)
     return write_report(out)
 
 
