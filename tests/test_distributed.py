@@ -77,6 +77,16 @@ def test_the_run_folder_is_written_once_and_looks_like_a_single_process_one(sing
     assert events.count("restored_best") == 1 and events.count("max_epochs") == 1  # one writer, no duplicates
 
 
+def test_under_the_users_own_torchrun_it_trains_the_same(single_and_two, tmp_path):
+    _, two = single_and_two
+    task = two.parent / "task.py"
+    command = train_command(task, tmp_path / "run")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "converge"]
+    run_ok(torchrun + command[3:])  # the same flags as `converge train ... --nproc 2`, without --nproc
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(logged(tmp_path / "run")) == strip(logged(two))
+
+
 def test_a_dataloader_split_is_refused_with_one_line(tmp_path):
     task = tmp_path / "task.py"
     task.write_text(TASK + '''
