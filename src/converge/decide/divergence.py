@@ -32,6 +32,7 @@ How many rollbacks to allow before giving up is a separate, equally pure questio
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass
 
 
@@ -81,7 +82,7 @@ class LossWatch:
         self.var = 0.0
         self.first_sum = 0.0      # sum of the first `warmup` losses, for the near-zero floor
         self.first_loss = math.nan
-        self.recent: list[float] = []   # the last `peak_window` accepted losses
+        self.recent: deque[float] = deque(maxlen=self.policy.peak_window)   # the last accepted losses
 
     @property
     def typical(self) -> float:
@@ -105,7 +106,8 @@ class LossWatch:
                 return Alarm("spike", loss, self.typical,
                              f"loss spike: {loss:.4g} is {math.exp(jump):.3g}x the running mean {self.typical:.4g} "
                              f"({jump / spread if spread else math.inf:.3g} standard deviations of log-loss)")
-            peak = max(self.recent)
+            # max() only when the loss beats the last one by the factor: the peak is never below the last.
+            peak = max(self.recent) if loss > p.peak_factor * self.recent[-1] else math.inf
             if loss > p.peak_factor * peak:
                 return Alarm("spike", loss, self.typical, f"loss spike: {loss:.4g} is {loss / peak:.3g}x the "
                              f"largest of the last {len(self.recent)} losses ({peak:.4g})")
@@ -128,12 +130,13 @@ class LossWatch:
             self.mean += a * delta
             self.var = (1 - a) * (self.var + a * delta * delta)
         self.seen += 1
-        self.recent = (self.recent + [loss])[-self.policy.peak_window:]
+        self.recent.append(loss)
 
     _STATE_KEYS = ("seen", "mean", "var", "first_sum", "first_loss", "recent")
 
     def state_dict(self) -> dict:
-        return {**{key: getattr(self, key) for key in self._STATE_KEYS}, "policy": asdict(self.policy)}
+        state = {key: getattr(self, key) for key in self._STATE_KEYS}
+        return {**state, "recent": list(self.recent), "policy": asdict(self.policy)}
 
     def load_state_dict(self, state: dict) -> None:
         missing = [key for key in (*self._STATE_KEYS, "policy") if key not in state]
@@ -143,7 +146,7 @@ class LossWatch:
         self.seen = int(state["seen"])
         self.mean, self.var = float(state["mean"]), float(state["var"])
         self.first_sum, self.first_loss = float(state["first_sum"]), float(state["first_loss"])
-        self.recent = [float(v) for v in state["recent"]]
+        self.recent = deque((float(v) for v in state["recent"]), maxlen=self.policy.peak_window)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from converge.decide.divergence import Alarm, GuardPolicy, LossWatch
 
 CHECK_EVERY = 32          # batches per window: one host sync each
-GRAD_NORM_EVERY = 8       # optimizer steps between gradient-norm samples when clipping does not give it free
+GRAD_NORM_EVERY = 16      # optimizer steps between gradient-norm samples when clipping does not give it free
 RECENT_GRAD_NORMS = 32    # samples kept to know the typical gradient norm
 
 
@@ -36,9 +36,11 @@ class DivergenceGuard:
         self.watch = LossWatch(policy)
         self.world = world              # data-parallel: each rank's losses are its slice's; judge their mean
         self.policy = policy
-        # Row 0: the loss of each batch in the window; row 1: a gradient norm where one was sampled, else -1.
-        self.window = torch.full((2, CHECK_EVERY), -1.0, dtype=torch.float32, device=device)
-        self.filled = 0
+        # The window: each batch's loss tensor (kept as is: no kernel per step), and the gradient norms
+        # sampled, by position in the window. Stacked and read at once by check().
+        self.device = device
+        self.losses: list[torch.Tensor] = []
+        self.grad_norms: dict[int, torch.Tensor] = {}
         self.first_batch = 0
         self.steps: list[int] = []      # optimizer step count after each batch of the window
         self.clip_grad = clip_grad      # may be tightened after a rollback
@@ -49,17 +51,20 @@ class DivergenceGuard:
         self.good_state: bytes | None = None   # a serialized checkpoint taken right after a clean check
 
     # --- per batch: device work only ------------------------------------------------------------
+    @property
+    def filled(self) -> int:
+        return len(self.losses)
+
     def record_loss(self, batch: int, loss: torch.Tensor) -> None:
-        if self.filled == 0:
+        if not self.losses:
             self.first_batch = batch
-        self.window[0, self.filled].copy_(loss.detach(), non_blocking=True)
-        self.filled += 1
+        self.losses.append(loss.detach())
 
     def record_step(self, step: int, grad_norm: torch.Tensor | None) -> None:
         """After an optimizer step that consumed the batches recorded so far."""
-        if grad_norm is not None and self.filled:
-            self.window[1, self.filled - 1].copy_(grad_norm.detach(), non_blocking=True)
-        self.steps.extend([step] * (self.filled - len(self.steps)))
+        if grad_norm is not None and self.losses:
+            self.grad_norms[len(self.losses) - 1] = grad_norm.detach()
+        self.steps.extend([step] * (len(self.losses) - len(self.steps)))
 
     def wants_grad_norm(self, step: int) -> bool:
         return step % GRAD_NORM_EVERY == 0
@@ -71,13 +76,15 @@ class DivergenceGuard:
     # --- per window: one sync -------------------------------------------------------------------
     def check(self) -> Incident | None:
         """Read the window (sync point) and judge its losses in order; the first alarm is the incident."""
-        if self.filled == 0:
+        if not self.losses:
             return None
-        window = self.window[:, :self.filled]
+        unsampled = torch.tensor(-1.0, device=self.device)
+        norms = [self.grad_norms.get(i, unsampled) for i in range(len(self.losses))]
+        window = torch.stack([torch.stack(self.losses).float(), torch.stack(norms).float()])
         if self.world is not None:
             window = self.world.sum_(window.contiguous()) / self.world.size
         losses, norms = window.tolist()
-        steps = self.steps + [self.steps[-1] if self.steps else 0] * (self.filled - len(self.steps))
+        steps = self.steps + [self.steps[-1] if self.steps else 0] * (len(self.losses) - len(self.steps))
         incident = None
         for index, (loss, norm) in enumerate(zip(losses, norms)):
             grad_norm = None if norm == -1.0 else norm
@@ -91,9 +98,7 @@ class DivergenceGuard:
         return incident
 
     def reset_window(self) -> None:
-        self.window.fill_(-1.0)
-        self.filled = 0
-        self.steps = []
+        self.losses, self.grad_norms, self.steps = [], {}, []
 
     @property
     def typical_grad_norm(self) -> float | None:
