@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from converge.errors import ConvergeError
 from converge.tune import storage as st
@@ -275,7 +275,6 @@ class _Worker:
 
     # 2. run trials until the study holds enough finished ones
     def run(self, wanted: int, timeout: float | None) -> str:
-        import optuna
 
         deadline = None if timeout is None else self.started + timeout
         try:
