@@ -439,10 +439,17 @@ def print_summary(summary: dict, run_dir) -> None:
                                      f"batch {hp['batch_size']}")
     if summary.get("tuning_epochs"):
         table.add_row("tuning", f"{summary['tuning_epochs']:.1f} epochs spent choosing them")
+    if summary.get("rollbacks"):
+        table.add_row("rollbacks", f"{summary['rollbacks']} (the divergence guard undid blow-ups; see events.jsonl)")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f}s on {summary['device']}")
+    for found in summary.get("diagnosis", []):
+        fix = f"\nfix: {found['fix']}" if found["code"] != "converged" else ""
+        table.add_row(f"diagnosis: {found['code']}", f"{found['message']}{fix}")
     console.print(table)
     if run_dir is not None:
         print(f"run folder: {run_dir}")
+        if Path(run_dir, "report.html").exists():
+            print(f"report: {Path(run_dir, 'report.html')}")
 
 
 def _fmt(value) -> str:
