@@ -47,9 +47,11 @@ def data(seed=0):
             (x[n_train + n_val:], y[n_train + n_val:]))
 '''
 
+# "defer": class weights in training from the first LR cut (the default) or from epoch 1.
 CONTENDERS = {
     "converge train": {},
     "converge train --fix": {"fix": True},
+    "--fix, weights from epoch 1": {"fix": True, "defer": False},
     "--fix --drop-label-issues": {"fix": True, "drop_label_issues": True},
 }
 
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    from converge.doctor import in_train
     from converge.task import load_task
 
     results = {name: [] for name in CONTENDERS}
@@ -85,6 +88,8 @@ def main() -> None:
         module = load_task(task_path).module
         for seed in range(args.seeds):
             for name, flags in CONTENDERS.items():
+                flags = dict(flags)
+                in_train.DEFER_REWEIGHTING = flags.pop("defer", True)
                 out = Path(root) / f"{seed}-{len(results[name])}-{abs(hash(name))}"
                 started = time.perf_counter()
                 result = converge.train_task(task_path, out=out, verbose=False, seed=seed, max_epochs=args.max_epochs,

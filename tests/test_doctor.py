@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+import converge
+
 from converge.doctor import CODES, Finding, at_least, ranked, run_doctor
 from converge.doctor import data_checks as dc
 from converge.doctor import model_checks as mc
@@ -633,3 +635,39 @@ def test_train_drop_label_issues_is_recorded(tmp_path, cli):
     (remedy,) = json.loads((out / "remedies.json").read_text())
     assert remedy["remedy"] == "drop_label_issues" and remedy["detail"]["dropped"] > 20
     assert remedy["detail"]["train_rows_left"] == 360 - remedy["detail"]["dropped"]
+
+
+def test_deferred_reweighting_weights_training_only_after_the_first_lr_cut():
+    from converge.doctor.remedies import WeightedCrossEntropy
+
+    torch.manual_seed(0)
+    weights = torch.tensor([0.2, 1.0, 5.0])
+    outputs, targets = torch.randn(12, 3, requires_grad=True), torch.tensor([0] * 8 + [1] * 3 + [2])
+    plain = torch.nn.functional.cross_entropy(outputs, targets)
+    weighted = torch.nn.functional.cross_entropy(outputs, targets, weight=weights)
+    loss = WeightedCrossEntropy(weights, deferred=True)
+    loss.set_lr_cuts(0)
+    assert torch.allclose(loss(outputs, targets), plain)                # training, before the cut
+    assert torch.allclose(loss(outputs.detach(), targets), weighted)    # evaluation: always weighted
+    loss.set_lr_cuts(1)
+    assert torch.allclose(loss(outputs, targets), weighted)
+    assert torch.allclose(WeightedCrossEntropy(weights)(outputs, targets), weighted)  # not deferred
+
+
+def test_the_trainer_tells_a_scheduled_loss_the_lr_cuts():
+    seen = []
+
+    class Recording:
+        def set_lr_cuts(self, cuts):
+            seen.append(cuts)
+
+        def __call__(self, outputs, targets):
+            return torch.nn.functional.cross_entropy(outputs, targets)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+    torch.manual_seed(0)
+    result = converge.fit(torch.nn.Linear(4, 2), (x, y), (x, y), loss=Recording(), optimizer="sgd", lr=1e-6,
+                          weight_decay=0.0, batch_size=16, max_epochs=6, patience=1, verbose=False)
+    # once per epoch, with the cuts made so far: none at first, one after the plateau's cut
+    assert seen == [0] * (len(seen) - 1) + [1] and len(seen) == result.summary["epochs"] == 3

@@ -20,7 +20,8 @@ from converge.rng import capture_rng, restore_rng
 
 DOCTOR_FILE = "doctor.json"
 REMEDIES_FILE = "remedies.json"
-TRAIN_MAX_ROWS = 5000   # rows per split the checks at the start of `converge train` read
+TRAIN_MAX_ROWS = 5000
+DEFER_REWEIGHTING = True  # class weights in training from the first LR cut on (see remedies.WeightedCrossEntropy)   # rows per split the checks at the start of `converge train` read
 
 
 @dataclass
@@ -83,9 +84,11 @@ def _balance(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
                                                  "reason": "only in-memory class labels are re-weighted"})
     classes = _classes(model, train)
     weights = rx.balanced_class_weights(train.targets, classes)
-    prepared.loss = rx.WeightedCrossEntropy(weights)
+    prepared.loss = rx.WeightedCrossEntropy(weights, deferred=DEFER_REWEIGHTING)
+    start = "the first LR cut (deferred re-weighting)" if DEFER_REWEIGHTING else "epoch 1"
     return rx.Remedy("class_balanced_loss", {"applied": True, "weights": [round(float(w), 4) for w in weights],
-                                             "from_epoch": 1, "note": "validation loss is weighted the same way"})
+                                             "training_from": start,
+                                             "note": "the validation loss is weighted from the start"})
 
 
 def _drop(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:

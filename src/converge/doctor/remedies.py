@@ -119,12 +119,23 @@ def balanced_class_weights(targets: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 class WeightedCrossEntropy:
-    """Cross-entropy with per-class weights: the class-balanced loss."""
+    """Cross-entropy with per-class weights: the class-balanced loss.
 
-    def __init__(self, weights: torch.Tensor) -> None:
-        self.weights = weights
+    ``deferred``: training uses the plain loss until the first LR cut and the weighted one after it
+    (deferred re-weighting, Cao et al. 2019, "Learning Imbalanced Datasets with Label-Distribution-Aware
+    Margin Loss"): features are learnt from the data as it is, then the decision boundary is re-balanced.
+    Evaluation (no gradient) always uses the weights, so the monitored value keeps one meaning."""
+
+    def __init__(self, weights: torch.Tensor, *, deferred: bool = False) -> None:
+        self.weights, self.deferred = weights, deferred
+        self.active = not deferred
+
+    def set_lr_cuts(self, cuts: int) -> None:
+        """Told by the Trainer at every epoch's start: how many LR cuts the run has made."""
+        self.active = not self.deferred or cuts >= 1
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.weights.device != outputs.device:
             self.weights = self.weights.to(outputs.device)
-        return F.cross_entropy(outputs.float(), targets, weight=self.weights)
+        weighted = self.active or not outputs.requires_grad
+        return F.cross_entropy(outputs.float(), targets, weight=self.weights if weighted else None)

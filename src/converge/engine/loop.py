@@ -191,6 +191,9 @@ class Trainer:
             seed_everything(epoch_seed(cfg.seed, epoch))
             self.partial_loss, self.partial_seen = None, 0
             self.epoch_rollbacks = 0
+        follow_schedule = getattr(self.loss_fn, "set_lr_cuts", None)
+        if follow_schedule is not None:  # a loss that changes with the schedule (deferred re-weighting)
+            follow_schedule(self.tracker.total_cuts)
         if self.guard is not None and self.guard.good_state is None:
             self.guard.good_state = self._serialized_state()  # the start (or resume point) is known-good
         train = self.splits["train"]
