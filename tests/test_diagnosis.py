@@ -32,6 +32,9 @@ DECLINE = [1.0, 0.7, 0.5, 0.4, 0.35, 0.33, 0.32, 0.32, 0.32]
     # validation rising while training falls
     ([1.0, 0.6, 0.4, 0.25, 0.15, 0.1, 0.06], [1.0, 0.8, 0.7, 0.75, 0.85, 0.95, 1.1], [], "converged", None,
      ["converged", "overfitting"]),
+    # a loss near zero that wobbles by 30 %: noise, not overfitting
+    ([1.0, 0.1, 0.01, 0.005, 0.003, 0.002, 0.001], [1.0, 0.1, 0.01, 0.012, 0.013, 0.013, 0.013], [], "converged",
+     None, ["converged"]),
     # validation rising but training flat too: not overfitting
     ([1.0, 0.6, 0.5, 0.5, 0.5, 0.5], [1.0, 0.8, 0.7, 0.8, 0.9, 1.0], [], "converged", None, ["converged"]),
     # training loss stuck near the constant-prediction loss

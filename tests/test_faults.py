@@ -156,3 +156,20 @@ def test_resume_after_a_rollback_continues_exactly(tmp_path):
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("variant", ["dataset", "accumulate", "bf16", "clip"])
+def test_rollback_works_with_datasets_accumulation_mixed_precision_and_clipping(variant, clean_run):
+    from torch.utils.data import TensorDataset
+
+    train, val = blobs()
+    options = {"dataset": {}, "accumulate": {"accumulate": 2}, "bf16": {"amp": "bf16"},
+               "clip": {"clip_grad": 1.0}}[variant]
+    data = TensorDataset(*train) if variant == "dataset" else train
+    result = converge.fit(mlp(), data, val, loss=PlantedLoss("nan", at=[60]), **{**FIXED, **options})
+    assert result.status == "converged" and codes(result) == ["converged"]
+    rollbacks = [e for e in result.events if e["event"] == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["kind"] == "nonfinite"
+    if variant == "clip":
+        assert rollbacks[0]["previous_clip_grad"] == 1.0 and rollbacks[0]["clip_grad"] == 0.5
+    assert result.summary["best"]["val_loss"] <= clean_run.summary["best"]["val_loss"] * 1.1 + 1e-3

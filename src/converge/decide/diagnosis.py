@@ -11,7 +11,8 @@ concrete next step. The codes and what triggers them (thresholds are the module 
   by more than ``RISE`` from one epoch to the next in at least ``OSCILLATION_SHARE`` of the epochs before
   the first LR cut (and at least twice).
 * ``overfitting``     -- (not judged while the training loss oscillates) after its minimum the validation loss rose by more than ``OVERFIT_RISE`` while the
-  training loss fell by more than ``TRAIN_FALL``, over at least ``MIN_EPOCHS_AFTER_BEST`` epochs.
+  training loss fell by more than ``TRAIN_FALL``, over at least ``MIN_EPOCHS_AFTER_BEST`` epochs, and the
+  rise is more than ``RISE_OF_START`` of the first epoch's loss (a loss near zero wobbles by 10 % as noise).
 * ``underfitting``    -- the training loss at the end is still above ``UNDERFIT_SHARE`` of the loss of the
   best constant prediction (the label entropy, or the target variance) and validation is no worse than
   ``UNDERFIT_GAP`` times training: the model does not fit even the data it sees.
@@ -29,6 +30,7 @@ OSCILLATION_SHARE = 0.3
 OVERFIT_RISE = 0.10
 TRAIN_FALL = 0.10
 MIN_EPOCHS_AFTER_BEST = 3
+RISE_OF_START = 0.01
 UNDERFIT_SHARE = 0.5
 UNDERFIT_GAP = 1.3
 
@@ -123,7 +125,8 @@ def _overfitting(history: list[dict], events: list[dict], weight_decay: float | 
         return None
     val_rise = last_val / best_val - 1
     train_fall = 1 - last_train / train_at_best
-    if val_rise <= OVERFIT_RISE or train_fall <= TRAIN_FALL:
+    start = max(finite[0][1], finite[0][2])
+    if val_rise <= OVERFIT_RISE or train_fall <= TRAIN_FALL or last_val - best_val <= RISE_OF_START * start:
         return None
     evidence = {"best_val_epoch": best_epoch, "val_loss_at_best": best_val, "val_loss_last": last_val,
                 "train_loss_at_best": train_at_best, "train_loss_last": last_train,
