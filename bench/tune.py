@@ -6,7 +6,8 @@ task and seed, side by side:
 * ``tune``: ``converge tune`` on a task file that serves the same model and splits: TPE over optimizer,
   LR, weight decay and batch size, every trial trained by the converge engine to convergence, the best
   validation loss so far reported every epoch and unpromising trials stopped by the pruner
-  (Hyperband by default). Epochs are those of every trial, pruned ones included.
+  (Hyperband by default); trial 0 is converge's automatic choice (warm start). Epochs are those of every
+  trial, pruned ones included, plus the epochs the warm start spent choosing trial 0.
 * ``tpe``: bench/auto.py's ``run_tpe``: 40 TPE trials over the same four knobs (LR log-uniform in
   [1e-5, 1], weight decay in [1e-6, 1e-1], batch size in {16, ..., 256}), no pruning, each trial the
   classic recipe (a hand-written loop: ReduceLROnPlateau 0.1/5, early stopping 10, best weights
@@ -58,14 +59,14 @@ def data():
 '''
 
 
-def run_tune(task_name: str, seed: int, trials: int, pruner: str, folder: Path) -> dict:
+def run_tune(task_name: str, seed: int, trials: int, pruner: str, folder: Path, warm_start: bool = True) -> dict:
     from converge.tune.search import tune_task
 
     task_file = folder / f"{task_name}.py"
     task_file.write_text(TASK_FILE.format(bench=os.path.dirname(os.path.abspath(__file__)), name=task_name))
     start = time.perf_counter()
     result = tune_task(task_file, trials=trials, out=folder / f"{task_name}-{seed}", seed=seed, pruner=pruner,
-                       max_epochs=auto.MAX_EPOCHS, verbose=False)
+                       max_epochs=auto.MAX_EPOCHS, warm_start=warm_start, verbose=False)
     seconds = time.perf_counter() - start
     s = result.summary
     test = (s.get("best_summary") or {}).get("test") or {}
@@ -73,7 +74,8 @@ def run_tune(task_name: str, seed: int, trials: int, pruner: str, folder: Path) 
     metric = test.get("accuracy") if kind == "classification" else test.get("loss")
     return {"val_loss": s["best_value"], "epochs": s["epochs_total"], "seconds": seconds, "trials": trials,
             "complete": s["trials"]["complete"], "pruned": s["trials"]["pruned"], "test_metric": metric,
-            "hyperparameters": s["best_hyperparameters"], "best_epochs": s.get("best_epochs")}
+            "hyperparameters": s["best_hyperparameters"], "best_epochs": s.get("best_epochs"),
+            "tuning_epochs": s.get("tuning_epochs", 0.0), "best_trial": s.get("best_trial")}
 
 
 def run_tpe(task_name: str, seed: int, trials: int) -> dict:
@@ -99,7 +101,7 @@ def print_table(name: str, kind: str, rows: list[dict]) -> dict:
         for key, label_ in (("tune", f"converge tune ({row['tune']['trials']}, pruned)"),
                             ("tpe", f"TPE {row['tpe']['trials']} (no pruning)")):
             r = row[key]
-            print(f"{row['seed']:>4} {label_:<22} {r['val_loss']:>13.5f} {r['epochs']:>7} "
+            print(f"{row['seed']:>4} {label_:<22} {r['val_loss']:>13.5f} {r['epochs']:>7.0f} "
                   f"{_fmt_metric(kind, r['test_metric']):>9} {r['seconds']:>8.1f}  {auto._hp(r['hyperparameters'])}")
         share = row["tune"]["epochs"] / row["tpe"]["epochs"]
         better = row["tune"]["val_loss"] <= row["tpe"]["val_loss"] * (1 + 1e-9)
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--trials", type=int, default=40, help="converge tune trials (default 40)")
     parser.add_argument("--tpe-trials", type=int, default=40, help="TPE trials without pruning (default 40)")
     parser.add_argument("--pruner", choices=("hyperband", "asha", "none"), default="hyperband")
+    parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                        help="converge tune without its warm start (trial 0 from TPE like the others)")
     parser.add_argument("--quick", action="store_true", help="smoke run: first task, 1 seed, 4 + 4 trials")
     parser.add_argument("--json", metavar="PATH", help="save every number here")
     args = parser.parse_args(argv)
@@ -142,10 +146,10 @@ def main(argv=None) -> int:
             kind = auto.TASKS[name]().kind
             rows = []
             for seed in range(args.seeds):
-                tune = run_tune(name, seed, args.trials, args.pruner, Path(tmp))
+                tune = run_tune(name, seed, args.trials, args.pruner, Path(tmp), args.warm_start)
                 tpe = run_tpe(name, seed, args.tpe_trials)
                 rows.append({"seed": seed, "tune": tune, "tpe": tpe})
-                print(f"  {name} seed {seed}: tune {tune['val_loss']:.5f} in {tune['epochs']} epochs "
+                print(f"  {name} seed {seed}: tune {tune['val_loss']:.5f} in {tune['epochs']:.0f} epochs "
                       f"({tune['seconds']:.0f} s), TPE {tpe['val_loss']:.5f} in {tpe['epochs']} epochs "
                       f"({tpe['seconds']:.0f} s)", flush=True)
             verdicts[name] = print_table(name, kind, rows)

@@ -20,7 +20,7 @@ pytest.importorskip("optuna")
 
 from converge.errors import ConvergeError  # noqa: E402
 from converge.tune import storage as st  # noqa: E402
-from converge.tune.search import EpochJudge, batch_choices, reproduce_command  # noqa: E402
+from converge.tune.search import EpochJudge, batch_choices, reproduce_command, warm_start_params  # noqa: E402
 
 # Tiny tasks: the conftest header's 200 x 8 three-class data. SEARCHED adds a model knob and a data knob
 # that turns the labels into noise (a bad trial the pruner should stop early).
@@ -149,6 +149,20 @@ def test_epoch_judge_stops_the_run_when_the_pruner_says_so():
     assert "pruned by the search at epoch 2" in judge({"epoch": 2, "val_accuracy": 0.4})
 
 
+@pytest.mark.parametrize("chosen, expected", [
+    ({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-2, "batch_size": 32},
+     {"optimizer": "adamw", "lr_adamw": 3e-3, "weight_decay": 1e-2, "batch_size": 32}),
+    ({"optimizer": "sgd", "lr": 5.0, "weight_decay": 0.0, "batch_size": 256},  # clipped to the space
+     {"optimizer": "sgd", "lr_sgd": 1.0, "weight_decay": 1e-6, "batch_size": 64}),
+    ({"optimizer": "adamw", "lr": 1e-7, "weight_decay": 0.5, "batch_size": 16},
+     {"optimizer": "adamw", "lr_adamw": 1e-5, "weight_decay": 1e-1, "batch_size": 16}),
+])
+def test_warm_start_params_are_the_automatic_choice_within_the_search_space(chosen, expected):
+    from converge.config import TrainConfig
+
+    assert warm_start_params(TrainConfig(**chosen), [16, 32, 64]) == expected
+
+
 def test_reproduce_command_quotes_floats_exactly():
     command = reproduce_command(Path("/t/my task.py"), {"optimizer": "sgd", "lr": 0.1 + 0.2, "weight_decay": 1e-6,
                                                         "batch_size": 32},
@@ -188,6 +202,8 @@ def test_tune_runs_the_study_and_exports_the_best_trial(tuned):
     assert set(summary["best_params"]) >= {"optimizer", "weight_decay", "batch_size", "hidden", "noisy_labels"}
     assert "--task-args" in summary["reproduce"] and str(task) in summary["reproduce"]
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{n:04d}" for n in range(6)]
+    first = _study(out, task.stem).trials[0]  # the warm start: converge's automatic choice
+    assert first.user_attrs["warm_start"] and round(first.user_attrs["tuning_epochs"], 3) == summary["tuning_epochs"] > 0
 
 
 def test_pruned_trials_stop_early_with_their_run_folder_saying_so(tuned):
@@ -197,7 +213,8 @@ def test_pruned_trials_stop_early_with_their_run_folder_saying_so(tuned):
               if json.loads(p.read_text())["status"] == "pruned"]
     assert pruned and all(s["epochs"] < 12 for s in pruned)
     assert all(s["stop_reason"].startswith("pruned by the search") for s in pruned)
-    assert summary["epochs_total"] < 6 * 12
+    assert 0 < summary["tuning_epochs"] < summary["epochs_total"]  # the warm start's choosing counts too
+    assert summary["epochs_total"] - summary["tuning_epochs"] < 6 * 12
 
 
 def test_tune_report_is_one_self_contained_page(tuned):

@@ -168,6 +168,8 @@ def _add_tune_parser(commands) -> None:
                       help="hyperband (default), asha (successive halving alone), or none")
     tune.add_argument("--heartbeat", type=_positive_int, default=20, metavar="S",
                       help="database storages: heartbeat interval; a trial silent for 3x this is failed and retried")
+    tune.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                      help="do not start a new study from converge's automatic choice (trial 0)")
     _add_output_flags(tune)
 
 
@@ -381,7 +383,7 @@ def _tune(args: argparse.Namespace) -> int:
     result = tune_task(args.task, trials=args.trials, out=args.out, storage=args.storage,
                        storage_file=args.storage_file, study=args.study, timeout=args.timeout, seed=args.seed,
                        max_epochs=args.max_epochs, patience=args.patience, device=args.device, pruner=args.pruner,
-                       heartbeat=args.heartbeat, verbose=not args.quiet)
+                       heartbeat=args.heartbeat, warm_start=args.warm_start, verbose=not args.quiet)
     if args.quiet:
         print(f"tune: {result.status}; best trial {result.summary['best_trial']}")
         if result.summary["reproduce"]:

@@ -50,12 +50,15 @@ def export_study(study, out: Path, *, task, base, wanted: int, status: str, stor
     counts = _counts(trials)
     done = counts["COMPLETE"] + counts["PRUNED"]
     rows = trial_rows(trials)
+    # The warm start's epochs spent choosing trial 0, once (a retried trial copies its user attributes).
+    tuning = sum(t.user_attrs.get("tuning_epochs", 0.0) for t in trials if "failed_trial" not in t.system_attrs)
     summary = {
         "status": status if status != "finished" or done >= wanted else "incomplete",
         "task": str(task.path), "study": study.study_name, "storage": storage_shown,
         "monitor": f"val_{base.monitor.removeprefix('val_')}", "mode": base.mode, "seed": base.seed,
         "trials_wanted": wanted, "trials": {k.lower(): v for k, v in counts.items()},
-        "epochs_total": sum(r["epochs"] or 0 for r in rows), "wall_seconds": round(wall_seconds, 3),
+        "epochs_total": round(sum(r["epochs"] or 0 for r in rows) + tuning, 3), "tuning_epochs": round(tuning, 3),
+        "wall_seconds": round(wall_seconds, 3),
         "best_trial": None, "best_value": None, "best_params": None, "best_hyperparameters": None,
         "task_args": None, "reproduce": None, "best_weights": None, "best_run_dir": None,
     }

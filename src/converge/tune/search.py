@@ -1,7 +1,8 @@
 """`converge tune`: a hyperparameter search with Optuna, every trial a full converge run.
 
 One worker (one `converge tune` process) runs trials until the study holds ``trials`` finished ones
-(complete or pruned); several workers on the same storage and study share that budget. Each trial:
+(complete or pruned); several workers on the same storage and study share that budget. A new study's
+trial 0 is converge's own automatic choice (warm start, see `_Worker._warm_start`). Each trial:
 
 1. takes its values from Optuna's TPE sampler: optimizer {adamw, sgd}, an LR range per optimizer,
    weight decay (log scale, 1e-6 standing for "none"), a power-of-two batch size no larger than the
@@ -95,6 +96,17 @@ def suggest(trial, batch_sizes: list[int], search_space: Callable | None) -> tup
     return knobs, task_args
 
 
+def warm_start_params(chosen, batch_sizes: list[int]) -> dict:
+    """The Optuna parameters of the automatic choice ``chosen`` (a TrainConfig with every knob set),
+    clipped to the search space: LR and weight decay to their ranges, the batch size to the nearest
+    choice on a log scale."""
+    low, high = OPTIMIZER_LR[chosen.optimizer]
+    return {"optimizer": chosen.optimizer,
+            f"lr_{chosen.optimizer}": min(max(float(chosen.lr), low), high),
+            "weight_decay": min(max(float(chosen.weight_decay), WEIGHT_DECAY[0]), WEIGHT_DECAY[1]),
+            "batch_size": min(batch_sizes, key=lambda size: abs(math.log2(size / chosen.batch_size)))}
+
+
 class EpochJudge:
     """The Trainer's epoch_judge for one trial: reports the best monitored value so far (the trial's
     objective if it stopped now) and asks the pruner whether the trial should stop."""
@@ -133,12 +145,13 @@ def reproduce_command(task: Path, knobs: dict, *, seed: int, task_args: dict, op
 def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = None, storage: str | None = None,
               storage_file: str | Path | None = None, study: str | None = None, timeout: float | None = None,
               seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
-              device: str | None = None, pruner: str = "hyperband", heartbeat: int = 20, verbose: bool = True,
-              print_fn: Callable[[str], None] = print) -> TuneResult:
+              device: str | None = None, pruner: str = "hyperband", heartbeat: int = 20, warm_start: bool = True,
+              verbose: bool = True, print_fn: Callable[[str], None] = print) -> TuneResult:
     """What `converge tune TASK --trials N` does. ``trials`` is the number of finished (complete or
     pruned) trials the study should hold: a second run with the same folder and study runs only the
     missing ones. Storage: ``storage`` (an SQLAlchemy URL), ``storage_file`` (a file holding one),
-    $CONVERGE_STORAGE, else a journal file in ``out``."""
+    $CONVERGE_STORAGE, else a journal file in ``out``. ``warm_start``: a new study's trial 0 is converge's
+    automatic choice (its tuning epochs count in the summary's ``epochs_total``)."""
     optuna = require_optuna()
     from converge.api import default_out, make_config
     from converge.task import load_task
@@ -151,7 +164,7 @@ def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = No
     spec = st.resolve_storage(out, storage=storage, storage_file=storage_file)
     study_name = study or task.name
     worker = _Worker(task, base, out, spec, study_name, options=options, pruner=pruner, heartbeat=heartbeat,
-                     print_fn=print_fn if verbose else (lambda text: None))
+                     warm_start=warm_start, print_fn=print_fn if verbose else (lambda text: None))
     try:
         worker.start()
         status = worker.run(trials, timeout)
@@ -193,10 +206,10 @@ class _Worker:
     """One `converge tune` process: opens the study, runs trials until the study is done, exports."""
 
     def __init__(self, task, base, out: Path, spec: st.StorageSpec, study_name: str, *, options: dict,
-                 pruner: str, heartbeat: int, print_fn: Callable[[str], None]) -> None:
+                 pruner: str, heartbeat: int, warm_start: bool, print_fn: Callable[[str], None]) -> None:
         self.task, self.base, self.out, self.spec = task, base, out, spec
         self.study_name, self.options, self.pruner_name, self.heartbeat = study_name, options, pruner, heartbeat
-        self.print = print_fn
+        self.warm_start, self.print = warm_start, print_fn
         self.locks: st.WorkerLock | None = None
         self.study = None
         self.current: int | None = None   # the storage id of the trial this worker runs
@@ -278,6 +291,8 @@ class _Worker:
 
         deadline = None if timeout is None else self.started + timeout
         try:
+            if self.warm_start:
+                self._warm_start()
             while True:
                 self._fail_dead_trials()
                 counts = _counts(self.study.get_trials(deepcopy=False))
@@ -296,6 +311,30 @@ class _Worker:
         except (_Interrupted, KeyboardInterrupt):
             self._requeue_interrupted()
             return "interrupted"
+
+    def _warm_start(self) -> None:
+        """A new study starts from converge's own automatic choice (batch-size rule, LR range test, short
+        race: converge.tune.auto), queued as trial 0 with the epochs spent choosing it; the search then
+        samples around a configuration that already trains. Measured in bench/tune.py."""
+        from converge.api import _checked_setup
+        from converge.data import make_splits
+        from converge.rng import seed_everything
+        from converge.tune.auto import choose_hyperparameters
+
+        if self.study.get_trials(deepcopy=False):
+            return  # a study that has begun has had its start
+        seed_everything(self.base.seed)
+        model = self.task.build_model()
+        splits = make_splits(*self.task.build_data())
+        device, on_device, objective = _checked_setup(model, splits, self.base, self.task.loss, self.task.metrics)
+        tuning = choose_hyperparameters(model, on_device, self.base, objective, device=device)
+        params = warm_start_params(tuning.config, self.batch_sizes)
+        # skip_if_exists: two workers starting together choose the same values; one trial is queued.
+        self.study.enqueue_trial(params, user_attrs={"warm_start": True, "tuning_epochs": tuning.epochs},
+                                 skip_if_exists=True)
+        self.print(f"tune: trial 0 starts from converge's automatic choice: {tuning.config.optimizer} lr "
+                   f"{tuning.config.lr:.3g} wd {tuning.config.weight_decay:g} batch {tuning.config.batch_size} "
+                   f"({tuning.epochs:.1f} epochs spent choosing)")
 
     def _requeue_interrupted(self) -> None:
         """The trial stopped by Ctrl-C is failed by Optuna; queue it again so a re-run finishes it."""
