@@ -58,10 +58,10 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Calla
     checkpoint = _read_checkpoint(RunFolder(out)) if resume and Path(out, RUN_INFO).exists() else None
     if checkpoint:
         config = TrainConfig.from_dict(checkpoint[0]["config"]).with_values(max_epochs=config.max_epochs)
-    world, writes = _join_world(config)
+    writes = _writes_run_folder(config)
     folder = _FolderOnce(out if writes else None, force=force, resume=resume) if not checkpoint else _FolderOnce(None)
     trainer = _build_trainer(model, splits, config, loss=loss, metrics=metrics,
-                             console=make_console(verbose) if writes else Console(), info=info, folder=folder)
+                             console=_console(writes, None, verbose), info=info, folder=folder)
     if checkpoint:
         continue_from(trainer, RunFolder.open_existing(out) if writes else None, *checkpoint)
     return trainer.run()
@@ -126,10 +126,15 @@ class _ChosenElsewhere:
     epochs: float
 
 
-def _join_world(config: TrainConfig):
-    """Under torchrun: join the process group. Returns (world or None, whether this process writes)."""
+def _writes_run_folder(config: TrainConfig) -> bool:
+    """Under torchrun, join the process group first. True for a single process and for rank 0: the one
+    process that writes the run folder and prints."""
     world = current_world(dev.pick_device(config.device))
-    return world, world is None or world.is_main
+    return world is None or world.is_main
+
+
+def _console(writes: bool, console: Console | None, verbose: bool) -> Console:
+    return (console or make_console(verbose)) if writes else Console()
 
 
 def _checked_setup(model: nn.Module, splits: dict, config: TrainConfig, loss, metrics):
@@ -171,13 +176,12 @@ def train_task(task_path: str | Path, *, out: str | Path | None = None, force: b
     options.setdefault("monitor", task.monitor)
     options.setdefault("mode", task.mode)
     config = make_config(**options)
-    task_args = check_task_args(task_args)
-    world, writes = _join_world(config)
+    writes = _writes_run_folder(config)
     folder = _FolderOnce(out if out is not None else default_out(task.name), force=force) if writes \
         else _FolderOnce(None)
     remedies = {"check": doctor, "fix": fix, "drop_label_issues": drop_label_issues}
-    console = (console or make_console(verbose)) if writes else Console()
-    trainer = _task_trainer(task, config, console, folder, task_args=task_args, doctor=remedies)
+    trainer = _task_trainer(task, config, _console(writes, console, verbose), folder, task_args=task_args,
+                            doctor=remedies)
     return _after_doctor(trainer.run(), trainer)
 
 
@@ -200,7 +204,6 @@ def _task_trainer(task, config: TrainConfig, console: Console, folder: _FolderOn
         from converge.doctor.in_train import before_training
 
         _checked_setup(model, splits, config, task.loss, task.metrics)  # bad input fails before any finding
-
         prepared = before_training(model, splits, loss=task.loss, metrics=task.metrics, seed=config.seed,
                                    console=console, **doctor)
         splits, loss = prepared.splits, prepared.loss
@@ -208,9 +211,7 @@ def _task_trainer(task, config: TrainConfig, console: Console, folder: _FolderOn
     trainer = _build_trainer(model, splits, config, loss=loss, metrics=task.metrics, console=console,
                              info=info, folder=folder, epoch_judge=epoch_judge)
     if prepared is not None:
-        from converge.doctor.in_train import record
-
-        from converge.doctor.in_train import exporter
+        from converge.doctor.in_train import exporter, record
 
         record(trainer, prepared)
         trainer.doctor_prepared = prepared
@@ -241,8 +242,8 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
     config = TrainConfig.from_dict(checkpoint[0]["config"] if checkpoint else info["config"])
     if max_epochs is not None:
         config = config.with_values(max_epochs=max_epochs)
-    world, writes = _join_world(config)
-    console = (console or make_console(verbose)) if writes else Console()
+    writes = _writes_run_folder(config)
+    console = _console(writes, console, verbose)
     if task.sha256 != info.get("task_sha256"):
         console.warning(f"{task.path} changed since the run started; results may differ")
     # Without a checkpoint the run stopped before its first epoch ended: it starts over in place,

@@ -7,7 +7,6 @@ Exit status: 0 finished (converged or max_epochs), 1 unexpected error, 2 bad inp
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -198,11 +197,11 @@ TRAIN_OPTIONS = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs", 
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _report_exit(_main(sys.argv[1:] if argv is None else argv))
-    finally:
-        from converge.engine.distributed import shutdown
+    from converge.engine.distributed import shutdown, tell_launcher
 
+    try:
+        return tell_launcher(_main(sys.argv[1:] if argv is None else argv))
+    finally:
         shutdown()  # a process group left up makes the process abort at exit
 
 
@@ -230,7 +229,10 @@ def _main(argv: list[str]) -> int:
             return _fail(str(exc), debug)
         if debug:
             raise
-        where = f"process {_rank()}: " if _under_our_launch() else ""
+        from converge.engine.distributed import launched_rank
+
+        rank = launched_rank()
+        where = f"process {rank}: " if rank is not None else ""
         print(f"error: {where}{type(exc).__name__}: {_one_line(str(exc))} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
@@ -240,12 +242,8 @@ def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int | No
     """`--nproc N`, or resuming a run that N processes trained: start this same command in N processes
     with torchrun and return its exit status. None when this process should just train."""
     import json
-    import os
-    import signal
-    import subprocess
-    import tempfile
 
-    from converge.engine.distributed import launched_by_torchrun
+    from converge.engine.distributed import launched_by_torchrun, run_torchrun
 
     if launched_by_torchrun():
         return None
@@ -263,49 +261,7 @@ def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int | No
         from converge.task import load_task
 
         rest += ["--out", str(default_out(load_task(args.task).name))]  # every process must use the same
-    with tempfile.TemporaryDirectory() as scratch:
-        exit_file = Path(scratch, "exit")
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", "converge", *rest]
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # torchrun handles Ctrl-C for its processes
-        try:
-            # OMP_NUM_THREADS: torchrun sets 1 when unset, with a warning; say it ourselves, quietly.
-            env = {"OMP_NUM_THREADS": "1", **os.environ, _EXIT_FILE: str(exit_file)}
-            process = subprocess.Popen(command, env=env, stderr=None if args.debug else subprocess.PIPE, text=True)
-            if process.stderr is not None:
-                _pass_on_own_lines(process.stderr)
-            returncode = process.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        # torchrun answers 1 for any failed process; the first process's own status is the truthful one.
-        return int(exit_file.read_text()) if exit_file.exists() else returncode
-
-
-_EXIT_FILE = "CONVERGE_EXIT_FILE"
-_TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d")          # torchrun's own log lines (glog style)
-
-
-def _pass_on_own_lines(stream) -> None:
-    """Copy the processes' stderr through, leaving out torchrun's own log lines and tracebacks (it prints
-    both when told to stop); our one-line errors and warnings pass unchanged. --debug shows everything."""
-    torchrun_failed = False
-    for line in stream:
-        # torchrun's traceback and failure report come last, when it stops; only our lines pass after it.
-        torchrun_failed = torchrun_failed or line.startswith("Traceback (most recent call last):")
-        ours = line.startswith(("error: ", "warning: "))
-        if ours or not (torchrun_failed or _TORCHRUN_LOG.match(line)):
-            sys.stderr.write(line)
-            sys.stderr.flush()
-
-
-def _report_exit(code: int) -> int:
-    """Under our own torchrun launch, the first process tells the launcher its exit status."""
-    import os
-
-    path = os.environ.get(_EXIT_FILE)
-    if path and os.environ.get("RANK", "0") == "0":
-        Path(path).write_text(str(code))
-    return code
+    return run_torchrun(["-m", "converge", *rest], nproc, debug=args.debug)
 
 
 def _without_flag(argv: list[str], flag: str) -> list[str]:
@@ -324,21 +280,11 @@ def _without_flag(argv: list[str], flag: str) -> list[str]:
 def _fail(message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    if not (_under_our_launch() and _rank() != 0):  # every process meets the same bad input: say it once
+    from converge.engine.distributed import launched_rank
+
+    if launched_rank() in (None, 0):  # every process meets the same bad input: say it once
         print(f"error: {_one_line(message)}", file=sys.stderr)
     return 2
-
-
-def _rank() -> int:
-    import os
-
-    return int(os.environ.get("RANK", "0"))
-
-
-def _under_our_launch() -> bool:
-    import os
-
-    return bool(os.environ.get(_EXIT_FILE)) and "RANK" in os.environ
 
 
 def _one_line(message: str) -> str:

@@ -15,7 +15,13 @@ The design keeps every decision identical on every rank without trusting floatin
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -87,3 +93,56 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _WORLD = None
+
+
+# --- our own torchrun launch (`converge train --nproc N`) -------------------------------------------------
+_EXIT_FILE = "CONVERGE_EXIT_FILE"
+_TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d")   # torchrun's own log lines (glog style)
+
+
+def run_torchrun(arguments: list[str], nproc: int, *, debug: bool = False) -> int:
+    """Run ``python -m torch.distributed.run --standalone --nproc_per_node N ARGUMENTS`` and return the first
+    process's exit status (torchrun itself answers 1 for any failure). Its own log lines and tracebacks are
+    left out of stderr unless ``debug``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        exit_file = Path(scratch, "exit")
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   *arguments]
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # torchrun handles Ctrl-C for its processes
+        try:
+            # OMP_NUM_THREADS: torchrun sets 1 when unset, with a warning; say it ourselves, quietly.
+            env = {"OMP_NUM_THREADS": "1", **os.environ, _EXIT_FILE: str(exit_file)}
+            process = subprocess.Popen(command, env=env, stderr=None if debug else subprocess.PIPE, text=True)
+            if process.stderr is not None:
+                _pass_on_own_lines(process.stderr)
+            returncode = process.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return int(exit_file.read_text()) if exit_file.exists() else returncode
+
+
+def _pass_on_own_lines(stream) -> None:
+    """Copy the processes' stderr through, leaving out torchrun's own log lines and tracebacks (it prints
+    both when told to stop); our one-line errors and warnings pass unchanged."""
+    torchrun_failed = False
+    for line in stream:
+        # torchrun's traceback and failure report come last, when it stops; only our lines pass after it.
+        torchrun_failed = torchrun_failed or line.startswith("Traceback (most recent call last):")
+        ours = line.startswith(("error: ", "warning: "))
+        if ours or not (torchrun_failed or _TORCHRUN_LOG.match(line)):
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def launched_rank() -> int | None:
+    """This process's rank when run_torchrun started it, else None."""
+    if not os.environ.get(_EXIT_FILE) or "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"])
+
+
+def tell_launcher(code: int) -> int:
+    """Under run_torchrun, the first process leaves its exit status for the launcher. Returns ``code``."""
+    if launched_rank() == 0:
+        Path(os.environ[_EXIT_FILE]).write_text(str(code))
+    return code

@@ -204,11 +204,7 @@ class Trainer:
             outcome = self._train_batches(signals, total, epoch)
         if outcome == "stop":
             return None
-        total_loss, seen = self.partial_loss, self.partial_seen
-        if self.world is not None:  # the epoch's loss over all ranks' slices
-            summed = self.world.sum_(torch.stack([total_loss, torch.tensor(float(seen), dtype=torch.float64,
-                                                                           device=self.device)]))
-            total_loss, seen = summed[0], int(summed[1])
+        total_loss, seen = self._epoch_sums()
         loss = float(total_loss / seen) if seen else None  # sync point: once per epoch
         self.batch, self.partial_loss, self.partial_seen = 0, None, 0
         if seen == 0 and not self.epoch_rollbacks:
@@ -264,27 +260,33 @@ class Trainer:
             return outcome
         return "done"
 
-    def _stop_agreed(self, signals: _StopSignals) -> bool:
+    def _epoch_sums(self) -> tuple[torch.Tensor, int]:
+        """The loss summed over the epoch so far and the samples it covers, over every rank's slices."""
         if self.world is None:
-            return signals.requested is not None
-        (stop,) = self.world.any_flags([signals.requested is not None], self.device)
-        if stop and signals.requested is None:
-            signals.requested = "a stop request to another process"
-        return stop
+            return self.partial_loss, self.partial_seen
+        seen = torch.tensor(float(self.partial_seen), dtype=torch.float64, device=self.device)
+        summed = self.world.sum_(torch.stack([self.partial_loss, seen]))
+        return summed[0], int(summed[1])
+
+    def _stop_agreed(self, signals: _StopSignals) -> bool:
+        return self._agreed(signals, checkpoint_due=False)[0]
 
     def _pause_wanted(self, signals: _StopSignals, index: int) -> tuple[bool, bool]:
         """(stop requested, checkpoint due). Data-parallel ranks agree on both at window boundaries, so that
         all of them stop, or checkpoint, after the same step."""
-        stop = signals.requested is not None
-        due = time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
-        if self.world is None:
-            return stop, due
-        if (index + 1) % CHECK_EVERY:
+        if self.world is not None and (index + 1) % CHECK_EVERY:
             return False, False
-        stop, due = self.world.any_flags([stop, due], self.device)
+        return self._agreed(signals, time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds)
+
+    def _agreed(self, signals: _StopSignals, checkpoint_due: bool) -> tuple[bool, bool]:
+        """(stop, checkpoint) as this process sees them, or, data-parallel, as any rank does."""
+        stop = signals.requested is not None
+        if self.world is None:
+            return stop, checkpoint_due
+        stop, checkpoint_due = self.world.any_flags([stop, checkpoint_due], self.device)
         if stop and signals.requested is None:
             signals.requested = "a stop request to another process"
-        return stop, due
+        return stop, checkpoint_due
 
     def _optimizer_step(self) -> None:
         cfg, optimizer, scaler, guard = self.config, self.optimizer, self.scaler, self.guard
@@ -375,9 +377,7 @@ class Trainer:
         if self.world is not None and self.partial_loss is not None:
             # A checkpoint inside an epoch holds the loss summed so far over all ranks (rank 0 writes it);
             # loading it, rank 0 takes the whole sum and the others start from zero (_keep_share).
-            summed = self.world.sum_(torch.stack([self.partial_loss, torch.tensor(
-                float(self.partial_seen), dtype=torch.float64, device=self.device)]))
-            state["progress"]["partial_loss"], state["progress"]["partial_seen"] = summed[0], int(summed[1])
+            state["progress"]["partial_loss"], state["progress"]["partial_seen"] = self._epoch_sums()
         return ckpt.serialize(state)
 
     def _keep_share(self) -> None:
