@@ -77,8 +77,13 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from converge.doctor import in_train
+    from converge.doctor import remedies
     from converge.task import load_task
+
+    deferred_loss = remedies.WeightedCrossEntropy
+
+    def weights_from_epoch_1(weights, *, deferred=True):  # the comparison variant: no deferral
+        return deferred_loss(weights, deferred=False)
 
     results = {name: [] for name in CONTENDERS}
     epochs = {name: [] for name in CONTENDERS}
@@ -89,7 +94,7 @@ def main() -> None:
         for seed in range(args.seeds):
             for name, flags in CONTENDERS.items():
                 flags = dict(flags)
-                in_train.DEFER_REWEIGHTING = flags.pop("defer", True)
+                remedies.WeightedCrossEntropy = deferred_loss if flags.pop("defer", True) else weights_from_epoch_1
                 out = Path(root) / f"{seed}-{len(results[name])}-{abs(hash(name))}"
                 started = time.perf_counter()
                 result = converge.train_task(task_path, out=out, verbose=False, seed=seed, max_epochs=args.max_epochs,

@@ -4,7 +4,16 @@ import math
 
 import pytest
 
-from converge.decide.diagnosis import diagnose, live_findings
+from converge.decide import diagnosis
+
+
+def diagnose(*args, **kwargs) -> list[dict]:
+    """The findings as summary.json holds them."""
+    return [f.to_dict() for f in diagnosis.diagnose_run(*args, **kwargs)]
+
+
+def live_findings(*args, **kwargs) -> list[dict]:
+    return [f.to_dict() for f in diagnosis.live_findings(*args, **kwargs)]
 
 
 def history(train, val, lr=1e-3):
@@ -15,7 +24,7 @@ def codes(train, val, events=(), status="converged", baseline=None, patience=3, 
     found = diagnose(history(train, val), list(events), status=status, monitor="val_loss", mode="min",
                      patience=patience, max_epochs=max_epochs, weight_decay=0.01, baseline_loss=baseline)
     for item in found:
-        assert set(item) == {"code", "message", "evidence", "fix"} and item["message"]
+        assert set(item) == {"code", "severity", "message", "evidence", "fix"} and item["message"]
     return [item["code"] for item in found]
 
 

@@ -1,7 +1,7 @@
 """`converge` on the command line: parse arguments, call the library, print one-line errors.
 
-Exit status: 0 finished (converged or max_epochs), 1 unexpected error, 2 bad input, 3 diverged,
-130 interrupted (resumable).
+Exit status: a finished run's comes from its status (`converge.status`: 0 converged, max_epochs or pruned,
+3 diverged, 130 interrupted and resumable); 1 unexpected error, 2 bad input.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
-
-EXIT_STATUS = {"converged": 0, "max_epochs": 0, "pruned": 0, "diverged": 3, "interrupted": 130}
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, status 2, as for every other bad input
@@ -48,7 +45,8 @@ def _or_auto(parse):
 
 def build_parser() -> argparse.ArgumentParser:
     from converge import __version__
-    from converge.config import AMP_MODES, OPTIMIZERS
+    from converge.config import AMP_MODES
+    from converge.engine.optim import OPTIMIZERS
 
     parser = _Parser(prog="converge", description="Train a PyTorch task to convergence and explain the run.")
     parser.add_argument("--version", action="version", version=f"converge {__version__}")
@@ -244,6 +242,7 @@ def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int | No
     import json
 
     from converge.engine.distributed import launched_by_torchrun, run_torchrun
+    from converge.io.runfolder import RUN_INFO
 
     if launched_by_torchrun():
         return None
@@ -251,13 +250,13 @@ def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int | No
     rest = _without_flag(argv, "--nproc")
     if args.command == "resume" and nproc is None:
         try:
-            nproc = json.loads(Path(args.run_dir, "run.json").read_text()).get("world_size")
+            nproc = json.loads(Path(args.run_dir, RUN_INFO).read_text()).get("world_size")
         except (OSError, ValueError, AttributeError):
             return None  # not a readable run folder: resuming in this process says so properly
     if not nproc or nproc < 2:
         return None
     if args.command == "train" and args.out is None:
-        from converge.api import default_out
+        from converge.assembly import default_out
         from converge.task import load_task
 
         rest += ["--out", str(default_out(load_task(args.task).name))]  # every process must use the same
@@ -320,7 +319,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if current_world() is not None:
         current_world().barrier()  # no process leaves while another still needs the group
-    return EXIT_STATUS[result.summary["status"]]
+    from converge.status import Status
+
+    return Status(result.summary["status"]).exit_code
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -396,8 +397,10 @@ def print_summary(summary: dict, run_dir) -> None:
     console.print(table)
     if run_dir is not None:
         print(f"run folder: {run_dir}")
-        if Path(run_dir, "report.html").exists():
-            print(f"report: {Path(run_dir, 'report.html')}")
+        from converge.io.runfolder import REPORT
+
+        if Path(run_dir, REPORT).exists():
+            print(f"report: {Path(run_dir, REPORT)}")
 
 
 def _fmt(value) -> str:

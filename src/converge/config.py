@@ -5,16 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError
 
-OPTIMIZERS = ("adamw", "sgd")
 AUTO = "auto"
 TUNED = ("optimizer", "lr", "weight_decay", "batch_size")
 AMP_MODES = ("off", "bf16", "fp16")
-# Fallbacks when a range test gives no evidence, and the decoupled weight decay used when the tuning
-# budget is too small to tell values apart (see converge.tune).
-DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
-DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "sgd": 5e-4}
 
 
 @dataclass

@@ -12,9 +12,6 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Tens
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.errors import ConvergeError
 
-SPLIT_NAMES = ("train", "val", "test")
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """A seed for one epoch that depends only on the run's seed and the epoch number, so an epoch can be
     replayed after a crash without knowing anything that happened before it."""

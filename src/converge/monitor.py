@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from converge.decide import ConvergencePolicy, ConvergenceTracker, Verdict
-from converge.engine.optim import current_lr, scale_lr
-from converge.io.weights import snapshot
+from converge.engine.optim import current_lr
+from converge.engine.verdict import apply_verdict
 
 
 class Monitor:
@@ -51,10 +51,10 @@ class Monitor:
         lr = current_lr(self.optimizer)
         verdict = self.tracker.update(value, lr_at_minimum=lr <= self.min_lr * (1 + 1e-9))
         self.last_verdict_ = verdict
+        applied = apply_verdict(verdict, model=self.model, optimizer=self.optimizer, lr_factor=self.factor,
+                                min_lr=self.min_lr)
         if verdict.new_best:
-            self.best_state_ = snapshot(self.model.state_dict())
-        if verdict.reduce_lr:
-            scale_lr(self.optimizer, self.factor, self.min_lr)
+            self.best_state_ = applied.best_state
         if verdict.stop:
             self.stop_reason_ = verdict.reason
         return verdict.stop

@@ -1,7 +1,8 @@
 """Did the run converge, and if not, why? Pure rules over the epoch history and the event log.
 
-Each finding is ``{code, message, evidence, fix}``: ``evidence`` holds numbers from the run, ``fix`` a
-concrete next step. The codes and what triggers them (thresholds are the module constants below):
+Each finding is a `converge.decide.findings.Finding` (code, severity, message, evidence, fix):
+``evidence`` holds numbers from the run, ``fix`` a concrete next step. The codes and what triggers them
+(thresholds are the module constants below):
 
 * ``converged``       -- the run stopped on its convergence rule.
 * ``still_improving`` -- it hit --max-epochs while the monitored value was still improving: its best
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import math
 
+from converge.decide.findings import Finding
+
 ROLLBACKS_FOR_LR = 2
 RISE = 0.10
 OSCILLATION_SHARE = 0.3
@@ -35,13 +38,19 @@ UNDERFIT_SHARE = 0.5
 UNDERFIT_GAP = 1.3
 
 
-def finding(code: str, message: str, evidence: dict, fix: str) -> dict:
-    return {"code": code, "message": message, "evidence": evidence, "fix": fix}
+# How serious each code is: a status that needs no action is information; a problem is a warning;
+# a run that blew up is an error.
+SEVERITY = {"converged": "info", "still_improving": "warning", "diverged": "error", "lr_too_high": "warning",
+            "overfitting": "warning", "underfitting": "warning"}
 
 
-def diagnose(history: list[dict], events: list[dict], *, status: str | None, monitor: str, mode: str,
+def finding(code: str, message: str, evidence: dict, fix: str) -> Finding:
+    return Finding(code, SEVERITY[code], message, evidence, fix)
+
+
+def diagnose_run(history: list[dict], events: list[dict], *, status: str | None, monitor: str, mode: str,
              patience: int, max_epochs: int, weight_decay: float | None = None,
-             baseline_loss: float | None = None) -> list[dict]:
+             baseline_loss: float | None = None) -> list[Finding]:
     """All findings for a run. ``status`` None means the run is still going (only problem codes apply)."""
     findings = [f for f in (_status_finding(history, events, status, monitor, mode, patience, max_epochs),) if f]
     for rule in (_lr_too_high(history, events), _overfitting(history, events, weight_decay),
@@ -51,13 +60,13 @@ def diagnose(history: list[dict], events: list[dict], *, status: str | None, mon
     return findings
 
 
-def live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None = None) -> list[dict]:
+def live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None = None) -> list[Finding]:
     """The problems worth telling while the run still trains."""
     return [f for f in (_lr_too_high(history, events), _overfitting(history, events, weight_decay)) if f]
 
 
 # --- status ------------------------------------------------------------------------------------------
-def _status_finding(history, events, status, monitor, mode, patience, max_epochs) -> dict | None:
+def _status_finding(history, events, status, monitor, mode, patience, max_epochs) -> Finding | None:
     best_epoch, best = _best(history, monitor, mode)
     cuts = sum(1 for e in events if e.get("event") == "lr_reduced")
     base = {"epochs": len(history), "best_epoch": best_epoch, "best": best, "monitor": monitor, "lr_cuts": cuts}
@@ -86,7 +95,7 @@ def _status_finding(history, events, status, monitor, mode, patience, max_epochs
 
 
 # --- problems ----------------------------------------------------------------------------------------
-def _lr_too_high(history: list[dict], events: list[dict]) -> dict | None:
+def _lr_too_high(history: list[dict], events: list[dict]) -> Finding | None:
     rollbacks = [e for e in events if e.get("event") == "rollback"]
     rises, pairs, oscillating = _oscillation(history, events)
     if len(rollbacks) < ROLLBACKS_FOR_LR and not oscillating:
@@ -112,7 +121,7 @@ def _oscillation(history: list[dict], events: list[dict]) -> tuple[int, list, bo
     return rises, pairs, bool(rises >= 2 and pairs and rises / len(pairs) >= OSCILLATION_SHARE)
 
 
-def _overfitting(history: list[dict], events: list[dict], weight_decay: float | None) -> dict | None:
+def _overfitting(history: list[dict], events: list[dict], weight_decay: float | None) -> Finding | None:
     if _oscillation(history, events)[2]:
         return None  # a training loss that jumps about says nothing about generalization
     val = [(r["epoch"], r.get("val_loss"), r.get("train_loss")) for r in history]
@@ -139,7 +148,7 @@ def _overfitting(history: list[dict], events: list[dict], weight_decay: float | 
                    f"(epoch {best_epoch}) are kept")
 
 
-def _underfitting(history: list[dict], baseline_loss: float | None) -> dict | None:
+def _underfitting(history: list[dict], baseline_loss: float | None) -> Finding | None:
     if not history or baseline_loss is None or not _finite(baseline_loss) or baseline_loss <= 0:
         return None
     train = next((r.get("train_loss") for r in reversed(history) if _finite(r.get("train_loss"))), None)

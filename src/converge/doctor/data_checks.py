@@ -7,17 +7,12 @@
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
 
 from converge.doctor import thresholds as T
-from converge.doctor._findings import Finding
+from converge.decide.findings import Finding, rounded
 
-
-def _r(value: float, digits: int = 4) -> float | None:
-    value = float(value)
-    return None if not math.isfinite(value) else float(f"{value:.{digits}g}")
 
 
 def feature_matrix(inputs, *, max_features: int = T.MAX_FEATURES, seed: int = 0):
@@ -52,7 +47,7 @@ def class_imbalance(targets: torch.Tensor, *, info_ratio: float = T.IMBALANCE_IN
     severity = "warning" if ratio >= warn_ratio else "info"
     return [Finding("class_imbalance", severity,
                     f"classes are imbalanced: class {largest} has {ratio:.1f}x the samples of class {smallest}",
-                    {"class_counts": frequencies, "ratio": _r(ratio), "largest_class": largest,
+                    {"class_counts": frequencies, "ratio": rounded(ratio), "largest_class": largest,
                      "smallest_class": smallest},
                     "use class-balanced loss weights or sampling (converge train --fix), and watch a balanced "
                     "metric rather than accuracy")]
@@ -89,10 +84,10 @@ def unscaled_features(x: torch.Tensor, *, std_high: float = T.SCALE_STD_HIGH, me
     badness = (std.log10().abs() + (std / median_std).log10().abs()
                + (mean.abs() / std.clamp(min=1e-12)).clamp(min=1).log10())
     order = badness.argsort(descending=True)[:worst]
-    evidence = {"worst_features": [{"feature": int(index[i]), "mean": _r(mean[i]), "std": _r(std[i])}
+    evidence = {"worst_features": [{"feature": int(index[i]), "mean": rounded(mean[i]), "std": rounded(std[i])}
                                    for i in order.tolist()],
-                "std_min": _r(std.min()), "std_median": _r(median_std), "std_max": _r(std.max()),
-                "abs_mean_max": _r(mean.abs().max()), "features": int(x.shape[1])}
+                "std_min": rounded(std.min()), "std_median": rounded(median_std), "std_max": rounded(std.max()),
+                "abs_mean_max": rounded(mean.abs().max()), "features": int(x.shape[1])}
     return [Finding("unscaled_features", "warning", "inputs are far from standardized: " + "; ".join(problems),
                     evidence, "standardize each feature with training-split statistics (converge train --fix "
                               "does it and folds it into the model), or scale the inputs in data()")]
@@ -111,8 +106,8 @@ def constant_features(x: torch.Tensor, *, warn_fraction: float = T.CONSTANT_WARN
     severity = "warning" if fraction >= warn_fraction else "info"
     return [Finding("constant_features", severity,
                     f"{count} of {x.shape[1]} feature(s) are constant in the training data",
-                    {"count": count, "fraction": _r(fraction), "features": indices,
-                     "values": [_r(x[0, i]) for i in indices]},
+                    {"count": count, "fraction": rounded(fraction), "features": indices,
+                     "values": [rounded(x[0, i]) for i in indices]},
                     "drop the constant features (they carry no information), or check how the data was read")]
 
 
@@ -139,7 +134,7 @@ def outliers(x: torch.Tensor, *, z: float = T.OUTLIER_Z, warn_fraction: float = 
     return [Finding("outliers", severity,
                     f"{count} row(s) ({100 * fraction:.2g}%) hold values more than {z:g} robust standard "
                     "deviations from the median",
-                    {"rows": count, "fraction": _r(fraction), "z_bound": z, "max_z": _r(row_score.max()),
+                    {"rows": count, "fraction": rounded(fraction), "z_bound": z, "max_z": rounded(row_score.max()),
                      "worst_rows": order.tolist(), "features_checked": int(usable.sum())},
                     "check those rows for entry or unit errors; clip or winsorize the features, or use a robust "
                     "loss (Huber) for regression targets")]
@@ -183,7 +178,7 @@ def train_val_overlap(train_inputs: torch.Tensor, others: dict) -> list[Finding]
         hashes = row_hashes(inputs)
         shared = [i for i, h in enumerate(hashes) if h in seen]
         if shared:
-            evidence[name] = {"rows": len(shared), "fraction": _r(len(shared) / len(hashes)), "examples": shared[:10]}
+            evidence[name] = {"rows": len(shared), "fraction": rounded(len(shared) / len(hashes)), "examples": shared[:10]}
     if not evidence:
         return []
     where = ", ".join(f"{v['rows']} {name} row(s) ({100 * v['fraction']:.2g}%)" for name, v in evidence.items())
@@ -206,8 +201,8 @@ def too_few_samples(n_train: int, n_params: int, num_classes: int | None, *, min
         problems.append(f"{ratio:.3g} trainable parameters per sample (more than {max_params_per_sample:g})")
     if not problems:
         return []
-    evidence = {"train_samples": n_train, "trainable_parameters": n_params, "params_per_sample": _r(ratio)}
+    evidence = {"train_samples": n_train, "trainable_parameters": n_params, "params_per_sample": rounded(ratio)}
     if num_classes:
-        evidence.update(classes=num_classes, samples_per_class=_r(per_class))
+        evidence.update(classes=num_classes, samples_per_class=rounded(per_class))
     return [Finding("too_few_samples", "warning", "too little training data: " + "; ".join(problems), evidence,
                     "gather more data or augment it, use a smaller model (or a pretrained one), and regularize")]

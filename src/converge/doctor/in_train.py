@@ -14,14 +14,12 @@ from torch import nn
 
 from converge.data import TensorSplit, is_classification
 from converge.doctor import remedies as rx
-from converge.doctor._findings import Finding, at_least
-from converge.doctor.run import label_issues, run_checks, samples_from_splits
+from converge.decide.findings import Finding, at_least
+from converge.doctor.run import class_count, label_issues, run_checks, samples_from_splits
+from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 
-DOCTOR_FILE = "doctor.json"
-REMEDIES_FILE = "remedies.json"
-TRAIN_MAX_ROWS = 5000
-DEFER_REWEIGHTING = True  # class weights in training from the first LR cut on (see remedies.WeightedCrossEntropy)   # rows per split the checks at the start of `converge train` read
+TRAIN_MAX_ROWS = 5000   # rows per split the checks at the start of `converge train` read
 
 
 @dataclass
@@ -69,7 +67,7 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
     prepared.standardization = (mean, std)
     layer = rx.first_linear(model, mean.numel())
     export = (f"folded into layer {layer[0]!r} of best.safetensors" if layer else
-              f"kept in {rx.STANDARDIZE_FILE}, applied by converge.load_weights")
+              f"kept in {STANDARDIZE}, applied by converge.load_weights")
     return rx.Remedy("standardize_features", {
         "applied": True, "statistics": "training split", "features": mean.numel(), "export": export,
         "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())]})
@@ -82,12 +80,11 @@ def _balance(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
     if not isinstance(train, TensorSplit) or not is_classification(train.targets):
         return rx.Remedy("class_balanced_loss", {"applied": False,
                                                  "reason": "only in-memory class labels are re-weighted"})
-    classes = _classes(model, train)
+    classes = class_count(model, train.inputs, train.targets)
     weights = rx.balanced_class_weights(train.targets, classes)
-    prepared.loss = rx.WeightedCrossEntropy(weights, deferred=DEFER_REWEIGHTING)
-    start = "the first LR cut (deferred re-weighting)" if DEFER_REWEIGHTING else "epoch 1"
+    prepared.loss = rx.WeightedCrossEntropy(weights, deferred=True)
     return rx.Remedy("class_balanced_loss", {"applied": True, "weights": [round(float(w), 4) for w in weights],
-                                             "training_from": start,
+                                             "training_from": "the first LR cut (deferred re-weighting)",
                                              "note": "the validation loss is weighted from the start"})
 
 
@@ -97,7 +94,8 @@ def _drop(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
         return rx.Remedy("drop_label_issues", {"applied": False,
                                                "reason": "only in-memory classification splits"})
     sample = samples_from_splits({"train": train}, seed=seed)["train"]
-    _, flagged = label_issues(sample, _classes(model, train), seed=seed, progress=lambda text: None)
+    _, flagged = label_issues(sample, class_count(model, train.inputs, train.targets), seed=seed,
+                              progress=lambda text: None)
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[flagged] = False
     kept = keep.to(train.inputs.device)
@@ -110,24 +108,19 @@ def _drop(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
 _APPLY = {"standardize_features": _standardize, "class_balanced_loss": _balance, "drop_label_issues": _drop}
 
 
-def _classes(model: nn.Module, split: TensorSplit) -> int:
-    was_training = model.training
-    with torch.no_grad():
-        outputs = model.eval()(split.inputs[:2])
-    model.train(was_training)
-    return max(int(outputs.shape[1]), int(split.targets.max()) + 1)
+def events_of(prepared: Prepared) -> list[dict]:
+    """The findings and remedies as the run's events (before training: epoch 0, step 0)."""
+    start = {"epoch": 0, "step": 0}
+    return ([{"event": "doctor_finding", **start, "code": f.code, "severity": f.severity, "message": f.message}
+             for f in prepared.findings] +
+            [{"event": "remedy", **start, **remedy.to_dict()} for remedy in prepared.remedies])
 
 
-def record(trainer, prepared: Prepared) -> None:
-    """The findings and remedies as events and as doctor.json / remedies.json in the run folder."""
-    for finding in prepared.findings:
-        trainer.add_event("doctor_finding", code=finding.code, severity=finding.severity, message=finding.message)
-    for remedy in prepared.remedies:
-        trainer.add_event("remedy", **remedy.to_dict())
-    if trainer.folder is not None:
-        trainer.folder.write_json(DOCTOR_FILE, [f.to_dict() for f in prepared.findings])
-        if prepared.remedies:
-            trainer.folder.write_json(REMEDIES_FILE, [r.to_dict() for r in prepared.remedies])
+def save(folder: RunFolder, prepared: Prepared) -> None:
+    """doctor.json (every finding) and remedies.json (what was changed) in the run folder."""
+    folder.write_json(DOCTOR_FINDINGS, [f.to_dict() for f in prepared.findings])
+    if prepared.remedies:
+        folder.write_json(REMEDIES, [r.to_dict() for r in prepared.remedies])
 
 
 def exporter(model: nn.Module, prepared: Prepared) -> Callable[[dict], dict] | None:
@@ -164,6 +157,6 @@ def after_training(result, prepared: Prepared | None):
     if folded is None:
         rx.add_standardize_hook(result.model, mean, std)
         if result.run_dir is not None:
-            atomic_write_text(result.run_dir / rx.STANDARDIZE_FILE,
+            atomic_write_text(result.run_dir / STANDARDIZE,
                               json.dumps({"mean": mean.tolist(), "std": std.tolist()}) + "\n")
     return result

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from converge.doctor import thresholds as T
-from converge.doctor._findings import Finding
+from converge.decide.findings import Finding
 
 
 def confident_joint(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,9 @@ import torch
 from torch import nn
 
 from converge.doctor import thresholds as T
-from converge.doctor._findings import Finding
+from converge.decide.findings import Finding, rounded
 from converge.engine.objective import cross_entropy, mean_squared_error
 
-
-def _r(value: float, digits: int = 4) -> float | None:
-    value = float(value)
-    return None if not math.isfinite(value) else float(f"{value:.{digits}g}")
 
 
 def expected_init_loss(kind: str, targets: torch.Tensor, outputs: torch.Tensor) -> tuple[float, str] | None:
@@ -46,8 +42,8 @@ def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: st
     value, why = expected
     if math.isfinite(loss) and loss <= ratio * max(value, 1e-8):
         return []
-    evidence = {"initial_loss": _r(loss), "expected": _r(value), "expected_because": why, "ratio_bound": ratio,
-                "output_abs_mean": _r(outputs.float().abs().mean())}
+    evidence = {"initial_loss": rounded(loss), "expected": rounded(value), "expected_because": why, "ratio_bound": ratio,
+                "output_abs_mean": rounded(outputs.float().abs().mean())}
     return [Finding("init_loss_off", "warning",
                     f"the loss at initialisation is {loss:.4g}, more than {ratio:g}x the expected {value:.4g}",
                     evidence, "initialise the last layer smaller (outputs near 0; for classification, bias at "
@@ -62,7 +58,7 @@ def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *
     tried = []
     for lr in lrs:
         start, end, used = _overfit(copy.deepcopy(model), inputs, targets, loss_fn, lr, steps, ratio)
-        tried.append({"lr": lr, "start_loss": _r(start), "end_loss": _r(end), "steps": used})
+        tried.append({"lr": lr, "start_loss": rounded(start), "end_loss": rounded(end), "steps": used})
         if math.isfinite(end) and end <= ratio * start:
             return []
     return [Finding("cannot_overfit_batch", "error",
@@ -116,14 +112,14 @@ def gradient_flow(norms: list[tuple[str, float, float]], *, vanishing: float = T
     gradient norm is more than ``relative`` times its weights' norm (exploding everywhere at once)."""
     if len(norms) < 2:
         return []
-    evidence = {"layers": [{"name": n, "grad_norm": _r(g, 3), "weight_norm": _r(w, 3)} for n, g, w in norms]}
+    evidence = {"layers": [{"name": n, "grad_norm": rounded(g, 3), "weight_norm": rounded(w, 3)} for n, g, w in norms]}
     if not all(math.isfinite(g) for _, g, _ in norms):
         return [Finding("exploding_gradients", "error", "gradients at initialisation are NaN or infinite",
                         evidence, "lower the initial weight scale, normalize the inputs, add normalization layers")]
     first, last = norms[0][1], norms[-1][1]
     ratio = first / last if last > 0 else math.inf
     largest = max(g / w if w > 0 else 0.0 for _, g, w in norms)
-    evidence.update(first_over_last=_r(ratio, 3), max_grad_over_weight=_r(largest, 3),
+    evidence.update(first_over_last=rounded(ratio, 3), max_grad_over_weight=rounded(largest, 3),
                     bounds={"vanishing": vanishing, "exploding": exploding, "relative": relative})
     if ratio < vanishing:
         return [Finding("vanishing_gradients", "warning",
@@ -178,7 +174,7 @@ def dead_units(activity: dict[str, tuple[int, int]], *, warn_fraction: float = T
     dead = {name: counts for name, counts in activity.items() if counts[0]}
     if not dead:
         return []
-    layers = [{"layer": name, "dead": d, "units": u, "fraction": _r(d / u)} for name, (d, u) in dead.items()]
+    layers = [{"layer": name, "dead": d, "units": u, "fraction": rounded(d / u)} for name, (d, u) in dead.items()]
     worst = max(layers, key=lambda layer: layer["fraction"])
     severity = "warning" if worst["fraction"] >= warn_fraction else "info"
     total = sum(d for d, _ in dead.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from converge.doctor._findings import SEVERITIES, Finding, ranked
+from converge.decide.findings import SEVERITIES, Finding, ranked
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 

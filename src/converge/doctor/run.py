@@ -14,7 +14,7 @@ from converge.data import TensorSplit, is_classification
 from converge.doctor import data_checks as dc
 from converge.doctor import model_checks as mc
 from converge.doctor import thresholds as T
-from converge.doctor._findings import Finding, ranked
+from converge.decide.findings import Finding, ranked
 from converge.doctor._sample import Sample, sample_split
 from converge.doctor.label_noise import label_noise_finding, out_of_sample_probs
 from converge.engine import device as dev
@@ -137,7 +137,8 @@ def run_checks(model: nn.Module, samples: dict[str, Sample], *, loss: Callable |
         objective, splits, problems = resolve(model_copy, samples, loss, metrics, device_)
         findings += problems
         train = samples["train"]
-        classes = _classes(model_copy, splits, objective)
+        classes = class_count(model_copy, splits["train"].probe(2)[0]) \
+            if objective is not None and objective.kind == "classification" else None
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         findings += dc.too_few_samples(train.total or len(train), params, classes)
         if objective is not None:
@@ -154,12 +155,18 @@ def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
     return copy.deepcopy(model).to(device)
 
 
-def _classes(model, splits: dict, objective: Objective | None) -> int | None:
-    if objective is None or objective.kind != "classification":
-        return None
+def class_count(model: nn.Module, inputs, targets: torch.Tensor | None = None) -> int | None:
+    """How many classes a classifier tells apart: its output width on a probe (None when its outputs have
+    no class dimension), and at least one more than the largest label in ``targets``. The model is left
+    in the mode it was in."""
+    was_training = model.training
     with torch.no_grad():
-        outputs = model.eval()(splits["train"].probe(2)[0])
-    return int(outputs.shape[1]) if isinstance(outputs, torch.Tensor) and outputs.ndim >= 2 else None
+        outputs = model.eval()(inputs[:2])
+    model.train(was_training)
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim < 2:
+        return None
+    width = int(outputs.shape[1])
+    return max(width, int(targets.max()) + 1) if targets is not None and targets.numel() else width
 
 
 def samples_from_splits(splits: dict, *, seed: int = 0, max_rows: int = T.MAX_ROWS) -> dict[str, Sample]:

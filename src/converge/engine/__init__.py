@@ -1,5 +1,3 @@
-"""The training engine: the loop, device and precision, optimizers, the objective."""
-
-from converge.engine.loop import FitResult, Trainer
-
-__all__ = ["FitResult", "Trainer"]
+"""The training engine: the loop (`engine.loop`), the divergence guard (`engine.guard`), the run's record
+(`engine.recorder`), acting on a convergence verdict (`engine.verdict`), device and precision, optimizers,
+the objective and data parallelism. Import the modules themselves; this package imports nothing."""

@@ -35,7 +35,6 @@ def launched_by_torchrun() -> bool:
 class World:
     rank: int
     size: int
-    local_rank: int
 
     @property
     def is_main(self) -> bool:
@@ -84,7 +83,7 @@ def current_world(device: torch.device | None = None) -> World | None:
             cuda = device is not None and device.type == "cuda"
             dist.init_process_group(backend="nccl" if cuda else "gloo",
                                     device_id=device if cuda else None)
-        _WORLD = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        _WORLD = World(dist.get_rank(), dist.get_world_size())
     return _WORLD
 
 

@@ -1,9 +1,13 @@
-"""The divergence guard's device side: step losses collect in a small on-device window that the host
-reads every ``CHECK_EVERY`` batches (one sync per window, never one per step), and the last known-good
-training state is kept in memory so a blow-up can be undone.
+"""The divergence guard: it watches the training loss and undoes blow-ups.
 
-What counts as a blow-up and how hard to react is decided purely in `converge.decide.divergence`;
-the Trainer acts on it (restores the state, cuts the LR, skips the bad batches).
+* Watching: step losses collect in a small on-device window that the host reads every ``CHECK_EVERY``
+  batches (one sync per window, never one per step); `converge.decide.divergence` judges them.
+* Undoing: the last known-good training state (a checkpoint taken right after a clean check) is kept;
+  on an alarm :meth:`DivergenceGuard.roll_back` puts model, optimizer and scaler back to it, cuts the LR
+  (harder for each rollback in a row) and tightens gradient clipping, or gives up after too many.
+
+The Trainer skips past the offending batch, logs the rollback and, when the guard gives up, stops the
+run as diverged.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from converge.decide.divergence import Alarm, GuardPolicy, LossWatch
+from converge.decide.divergence import Alarm, GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict
+from converge.engine.optim import WARMUP_BASE, current_lr, scale_lr
+from converge.io import checkpoint as ckpt
 
 CHECK_EVERY = 32          # batches per window: one host sync each
 GRAD_NORM_EVERY = 16      # optimizer steps between gradient-norm samples when clipping does not give it free
@@ -26,9 +32,28 @@ class Incident:
     """An alarm located in the run: which batch of the epoch, which optimizer step, what evidence."""
 
     alarm: Alarm
-    batch: int
+    batch: int | None    # None: found on validation, after the epoch
     step: int
     grad_norm: float | None
+
+    def evidence(self, lr: float) -> dict:
+        """The numbers behind the alarm, for the run's log (non-finite values as text: valid JSON)."""
+        return dict(kind=self.alarm.kind, batch=self.batch, loss=_finite_or_text(self.alarm.loss),
+                    typical_loss=_finite_or_text(self.alarm.typical), grad_norm=_finite_or_text(self.grad_norm),
+                    lr=lr, at_step=self.step)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What :meth:`DivergenceGuard.roll_back` did about an incident."""
+
+    evidence: dict             # see Incident.evidence
+    progress: dict             # the restored state's counters (its checkpoint "progress" record)
+    gave_up: bool              # too many rollbacks in a row: the run must stop as diverged
+    reason: str = ""           # why it gave up
+    new_lr: float | None = None
+    clip_grad: float | None = None
+    previous_clip_grad: float | None = None
 
 
 class DivergenceGuard:
@@ -49,6 +74,10 @@ class DivergenceGuard:
         self.lr_scale = 1.0             # product of the guard's LR cuts (the LR floor moves with it)
         self.recent_grad_norms: list[float] = []
         self.good_state: bytes | None = None   # a serialized checkpoint taken right after a clean check
+
+    def remember(self, state: bytes) -> None:
+        """Keep ``state`` (a serialized checkpoint taken right after a clean check) to roll back to."""
+        self.good_state = state
 
     # --- per batch: device work only ------------------------------------------------------------
     @property
@@ -104,6 +133,39 @@ class DivergenceGuard:
     def typical_grad_norm(self) -> float | None:
         return statistics.median(self.recent_grad_norms) if self.recent_grad_norms else None
 
+    # --- acting on an incident ------------------------------------------------------------------
+    def roll_back(self, incident: Incident, *, model, optimizer, scaler, min_lr: float) -> Rollback:
+        """Back to the last known-good state, with a lower LR (its floor ``min_lr`` moves down with the
+        cut: a blow-up may need an LR below the plateau rule's floor) and tighter clipping. LR cuts made
+        since that state stay made. Gives up after ``policy.max_rollbacks`` rollbacks in a row."""
+        verdict = rollback_verdict(self.streak, self.policy)
+        evidence = incident.evidence(current_lr(optimizer))
+        kept = [(group["lr"], group.get(WARMUP_BASE)) for group in optimizer.param_groups]
+        state = ckpt.deserialize(self.good_state, self.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        optimizer.zero_grad(set_to_none=True)
+        for group, (lr, base) in zip(optimizer.param_groups, kept):
+            group["lr"] = lr
+            if base is not None:
+                group[WARMUP_BASE] = base
+        if verdict.give_up:
+            return Rollback(evidence, state["progress"], gave_up=True, reason=verdict.reason)
+        self.lr_scale *= verdict.lr_factor
+        new_lr = scale_lr(optimizer, verdict.lr_factor, min_lr * self.lr_scale)
+        previous_clip, self.clip_grad = self.clip_grad, clip_after_rollback(self.clip_grad, self.typical_grad_norm)
+        self.streak += 1
+        self.total += 1
+        return Rollback(evidence, state["progress"], gave_up=False, new_lr=new_lr, clip_grad=self.clip_grad,
+                        previous_clip_grad=previous_clip)
+
+    def new_best(self, clean: bool) -> None:
+        """A new best value: progress that needed no rescue (``clean``) ends a streak of rollbacks."""
+        if clean:
+            self.streak = 0
+
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"watch": self.watch.state_dict(), "clip_grad": self.clip_grad, "streak": self.streak,
@@ -117,3 +179,10 @@ class DivergenceGuard:
         self.lr_scale = float(state["lr_scale"])
         self.recent_grad_norms = [float(v) for v in state["recent_grad_norms"] if math.isfinite(v)]
         self.reset_window()
+
+
+def _finite_or_text(value: float | None) -> float | str | None:
+    """Evidence values for JSON: non-finite numbers as text ("nan", "inf"), so no log line is invalid JSON."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)

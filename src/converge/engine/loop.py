@@ -1,15 +1,21 @@
-"""The training loop. One explicit loop owns the counters; decisions come from the pure tracker in
-`converge.decide`, and this module acts on them (LR cuts, saving, stopping).
+"""The training loop: one Trainer owns the counters and runs epochs until a stop rule fires.
 
-Per step the loop does only device work: forward, backward, optimizer step and an on-device sum of the
-loss. The host reads values once per epoch (marked "sync point" below).
+Per epoch:
+1. seed the epoch (data order and dropout depend on the seed and the epoch number only);
+2. train: forward, backward, optimizer step and an on-device sum of the loss per batch; every
+   ``CHECK_EVERY`` batches the divergence guard reads its window of losses (a sync point) and, on a
+   blow-up, rolls back (`converge.engine.guard`);
+3. validate (a sync point), and act on the convergence tracker's verdict (`converge.engine.verdict`):
+   keep the best weights, cut the LR, or stop;
+4. tell the recorder (`converge.engine.recorder`) and checkpoint.
+
+The host reads values once per epoch and once per guard window; nothing per step. A stop is always
+`_stop(status, reason)`: the status type (`converge.status`) knows its exit code and wording.
 """
 
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,22 +25,23 @@ import torch
 from torch import nn
 
 from converge.config import TrainConfig
-from converge.console import Console
 from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
-from converge.decide.diagnosis import diagnose, live_findings
-from converge.decide.divergence import Alarm, GuardPolicy, clip_after_rollback, rollback_verdict
+from converge.decide.diagnosis import diagnose_run, live_findings
+from converge.decide.divergence import Alarm, GuardPolicy
 from converge.engine import device as dev
-from converge.engine.objective import resolve_objective
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
-from converge.engine.objective import constant_prediction_loss
-from converge.engine.optim import WARMUP_BASE, build_optimizer, current_lr, scale_lr, warm_up
-from converge.rng import capture_rng, restore_rng, seed_everything
+from converge.engine.objective import Objective, constant_prediction_loss, monitor_key
+from converge.engine.optim import build_optimizer, current_lr, warm_up
+from converge.engine.recorder import RunRecorder
+from converge.engine.signals import StopSignals
+from converge.engine.verdict import apply_verdict
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
-from converge.io.runfolder import BEST_WEIGHTS, SUMMARY, RunFolder
-from converge.io.weights import snapshot, weights_bytes
+from converge.io.weights import snapshot
+from converge.rng import capture_rng, restore_rng, seed_everything
+from converge.status import Status, is_final
 
 PROGRESS_UPDATES_PER_EPOCH = 25
 
@@ -54,46 +61,22 @@ class FitResult:
         return self.summary["status"]
 
 
-class _StopSignals:
-    """First Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop; a second one stops at once."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            # Under torchrun each process has a session of its own: a terminal's Ctrl-C reaches torchrun only,
-            # which passes the same signal on to every process, once.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class Trainer:
-    def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, *, loss: Callable | None = None,
-                 metrics: dict[str, Callable] | None = None, folder: RunFolder | None = None,
-                 console: Console | None = None, run_info: dict | None = None, restore_best: bool = True,
-                 tuning=None, epoch_judge: Callable[[dict], str | None] | None = None) -> None:
-        self.config = config
-        self.restore_best = restore_best
-        self.folder = folder
-        self.console = console or Console()
-        self.run_info = run_info or {}
-        # An outside judge (a hyperparameter search's pruner) sees every epoch's record after the run's own
-        # decisions; a reason string back stops the run with status "pruned".
-        self.epoch_judge = epoch_judge
+    """Trains ``model`` on ``splits`` with every knob of ``config`` set (choose "auto" ones first:
+    `converge.tune`). ``recorder`` receives everything that happened (default: memory only, silent);
+    ``epoch_judge`` (a search's pruner) sees every epoch's record after the run's own decisions and may
+    stop it with a reason; ``restore_best`` loads the best weights at the end."""
+
+    def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, objective: Objective, *,
+                 recorder: RunRecorder | None = None, epoch_judge: Callable[[dict], str | None] | None = None,
+                 restore_best: bool = True, tuning_epochs: float = 0.0) -> None:
         if config.auto_knobs:
             raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.tune)")
+        self.config, self.objective = config, objective
+        self.record = recorder or RunRecorder()
+        self.console = self.record.console
+        self.epoch_judge, self.restore_best = epoch_judge, restore_best
+        self.tuning_epochs = float(tuning_epochs)
         self.device = dev.pick_device(config.device)
         dev.check_amp(config.amp, self.device)
         self.model = model.to(self.device)
@@ -103,11 +86,7 @@ class Trainer:
         self.train_model = self.model if self.world is None else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.splits = {name: split.to(self.device) for name, split in splits.items()}
-        objective = resolve_objective(self.model, self.splits, loss, metrics or {}, amp=config.amp,
-                                      device=self.device, probe_size=config.batch_size)
-        self.loss_fn, self.kind, self.metric_fns = objective.loss_fn, objective.kind, objective.metric_fns
-        self.default_loss = loss is None   # then the constant-prediction baseline of the diagnosis applies
-        self.monitor_key = monitor_key(config.monitor, self.metric_fns)
+        self.monitor_key = monitor_key(config.monitor, objective.metric_fns)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay)
         self.scaler = dev.make_grad_scaler(config.amp, self.device)
         self.tracker = ConvergenceTracker(ConvergencePolicy(
@@ -115,48 +94,42 @@ class Trainer:
             cooldown=config.cooldown, unproductive_cuts=config.unproductive_cuts))
         self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks), self.device,
                                      config.clip_grad, world=self.world) if config.guard else None
-        self.tensorboard = None   # a converge.io.tensorboard.TensorBoardLog when asked for
-        # What best.safetensors holds, from the best state: e.g. `--fix` folds its input standardization into
-        # the first layer so the exported model takes raw inputs (converge.doctor.in_train).
-        self.export_state: Callable[[dict], dict] | None = None
-        # Counters and records the loop owns.
+        # The counters the loop owns.
         self.epoch = 0            # finished epochs
         self.step = 0             # optimizer steps
         self.batch = 0            # next batch inside an unfinished epoch (0 at an epoch boundary)
-        self.partial_loss: torch.Tensor | None = None
+        self.partial_loss: torch.Tensor | None = None   # the epoch's loss summed so far, on the device
         self.partial_seen = 0
         self.epoch_rollbacks = 0
-        self.history: list[dict] = []
-        # Tuning (converge.tune) happens before the loop; its choices are the run's first events.
-        self.tuning_epochs = float(tuning.epochs) if tuning is not None else 0.0
-        self.events: list[dict] = list(tuning.events) if tuning is not None else []
         self.best_state = snapshot(self.model.state_dict())
         self.best_record: dict = {}
-        self.status: str | None = None
+        self.status: Status | None = None
         self.stop_reason = ""
-        self.elapsed_before = 0.0
+        self.elapsed_before = 0.0  # wall time of the run before it was resumed
         self._last_checkpoint = time.monotonic()
+
+    @property
+    def history(self) -> list[dict]:
+        return self.record.history
+
+    @property
+    def events(self) -> list[dict]:
+        return self.record.events
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> FitResult:
         self._run_started = time.monotonic()
         self.console.start(self.config.max_epochs)
-        if self.folder is not None and not self.history and self.step == 0:
-            self.folder.events.rewrite(self.events)  # a fresh run: tuning's events come first
-        if self.config.tensorboard and self.folder is not None and self.tensorboard is None:
-            from converge.io.tensorboard import TENSORBOARD_DIR, TensorBoardLog
-
-            self.tensorboard = TensorBoardLog(self.folder.path / TENSORBOARD_DIR, first_epoch=self.epoch + 1)
+        self.record.start(first_epoch=self.epoch + 1, fresh=not self.history and self.step == 0)
         try:
-            with _StopSignals() as signals:
+            with StopSignals() as signals:
                 while self.status is None:
-                    if self._stop_agreed(signals):  # arrived between epochs; _finish writes the checkpoint
+                    if self._stop_requested(signals, index=None)[0]:  # between epochs
                         self._interrupted(signals)
                         break
                     if self.epoch >= self.config.max_epochs:
-                        self.status = "max_epochs"
-                        self.stop_reason = f"reached --max-epochs {self.config.max_epochs} before converging"
-                        self._event("max_epochs", reason=self.stop_reason)
+                        self._stop(Status.MAX_EPOCHS, f"reached --max-epochs {self.config.max_epochs} "
+                                                      f"before converging")
                         break
                     train_loss = self._train_epoch(signals)
                     if train_loss is None:  # interrupted inside the epoch, or the guard gave up
@@ -167,8 +140,7 @@ class Trainer:
             return self._finish()
         finally:
             self.console.close()
-            if self.folder is not None:
-                self.folder.close()
+            self.record.close()
 
     def extend(self, epochs: int) -> FitResult:
         """Train ``epochs`` more epochs from where the run stands (the tuning race continues its arms so)."""
@@ -176,12 +148,16 @@ class Trainer:
         self.status, self.stop_reason = None, ""
         return self.run()
 
-    def _interrupted(self, signals: _StopSignals) -> None:
-        self.status = "interrupted"
-        self.stop_reason = f"stopped by {signals.requested}; continue with `converge resume`"
-        self._event("interrupted", reason=self.stop_reason, batch=self.batch)
+    def _stop(self, status: Status, reason: str, **evidence) -> None:
+        """The one way a run stops: the status, a reason for a person, and an event with the evidence."""
+        self.status, self.stop_reason = status, reason
+        self._event(status.value, reason=reason, **evidence)
 
-    def _train_epoch(self, signals: _StopSignals) -> float | None:
+    def _interrupted(self, signals: StopSignals) -> None:
+        self._stop(Status.INTERRUPTED, f"stopped by {signals.requested}; continue with `converge resume`",
+                   batch=self.batch)
+
+    def _train_epoch(self, signals: StopSignals) -> float | None:
         """One pass over the training split. Returns the mean training loss, or None when the run must stop
         (a stop was requested: the state is checkpointed at an optimizer-step boundary first; or the
         divergence guard gave up)."""
@@ -191,11 +167,11 @@ class Trainer:
             seed_everything(epoch_seed(cfg.seed, epoch))
             self.partial_loss, self.partial_seen = None, 0
             self.epoch_rollbacks = 0
-        follow_schedule = getattr(self.loss_fn, "set_lr_cuts", None)
+        follow_schedule = getattr(self.objective.loss_fn, "set_lr_cuts", None)
         if follow_schedule is not None:  # a loss that changes with the schedule (deferred re-weighting)
             follow_schedule(self.tracker.total_cuts)
         if self.guard is not None and self.guard.good_state is None:
-            self.guard.good_state = self._serialized_state()  # the start (or resume point) is known-good
+            self.guard.remember(self._serialized_state())  # the start (or resume point) is known-good
         train = self.splits["train"]
         total = train.num_batches(cfg.batch_size, train=True)
         self.console.start_epoch(epoch, total, completed=self.batch)
@@ -211,14 +187,14 @@ class Trainer:
             raise ConvergeError("the train split produced no batches")
         return loss if loss is not None else math.nan
 
-    def _train_batches(self, signals: _StopSignals, total: int | None, epoch: int) -> str:
+    def _train_batches(self, signals: StopSignals, total: int | None, epoch: int) -> str:
         """Train from batch ``self.batch`` to the end of the epoch. Returns "done", "stop" or "rolled_back"."""
         cfg = self.config
         report_every = max(1, (total or 1000) // PROGRESS_UPDATES_PER_EPOCH)
         if self.partial_loss is None:
             self.partial_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_sum, seen = self.partial_loss, self.partial_seen
-        model, scaler, loss_fn, guard = self.train_model, self.scaler, self.loss_fn, self.guard
+        model, scaler, loss_fn, guard = self.train_model, self.scaler, self.objective.loss_fn, self.guard
         accumulate = cfg.accumulate
         model.train()
         pending_step = False
@@ -246,7 +222,7 @@ class Trainer:
             self.batch, self.partial_seen = index + 1, seen
             if guard is not None and guard.due and (outcome := self._guard_check()):
                 return outcome
-            stop, checkpoint_due = self._pause_wanted(signals, index)
+            stop, checkpoint_due = self._stop_requested(signals, index)
             if stop or checkpoint_due:
                 if guard is not None and (outcome := self._guard_check()):
                     return outcome
@@ -259,34 +235,6 @@ class Trainer:
         if guard is not None and (outcome := self._guard_check()):
             return outcome
         return "done"
-
-    def _epoch_sums(self) -> tuple[torch.Tensor, int]:
-        """The loss summed over the epoch so far and the samples it covers, over every rank's slices."""
-        if self.world is None:
-            return self.partial_loss, self.partial_seen
-        seen = torch.tensor(float(self.partial_seen), dtype=torch.float64, device=self.device)
-        summed = self.world.sum_(torch.stack([self.partial_loss, seen]))
-        return summed[0], int(summed[1])
-
-    def _stop_agreed(self, signals: _StopSignals) -> bool:
-        return self._agreed(signals, checkpoint_due=False)[0]
-
-    def _pause_wanted(self, signals: _StopSignals, index: int) -> tuple[bool, bool]:
-        """(stop requested, checkpoint due). Data-parallel ranks agree on both at window boundaries, so that
-        all of them stop, or checkpoint, after the same step."""
-        if self.world is not None and (index + 1) % CHECK_EVERY:
-            return False, False
-        return self._agreed(signals, time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds)
-
-    def _agreed(self, signals: _StopSignals, checkpoint_due: bool) -> tuple[bool, bool]:
-        """(stop, checkpoint) as this process sees them, or, data-parallel, as any rank does."""
-        stop = signals.requested is not None
-        if self.world is None:
-            return stop, checkpoint_due
-        stop, checkpoint_due = self.world.any_flags([stop, checkpoint_due], self.device)
-        if stop and signals.requested is None:
-            signals.requested = "a stop request to another process"
-        return stop, checkpoint_due
 
     def _optimizer_step(self) -> None:
         cfg, optimizer, scaler, guard = self.config, self.optimizer, self.scaler, self.guard
@@ -311,93 +259,85 @@ class Trainer:
         if guard is not None:
             guard.record_step(self.step, grad_norm)
 
-    # --- the divergence guard: decisions in converge.decide.divergence, actions here ---------------
+    # --- stop requests and data parallelism ---------------------------------------------------------
+    def _stop_requested(self, signals: StopSignals, index: int | None) -> tuple[bool, bool]:
+        """(stop requested, checkpoint due) after batch ``index`` (None: between epochs, where no checkpoint
+        is due: the epoch's end wrote one). Data-parallel ranks agree on both at window boundaries, so
+        that all of them stop, or checkpoint, after the same step."""
+        if self.world is not None and index is not None and (index + 1) % CHECK_EVERY:
+            return False, False
+        stop = signals.requested is not None
+        due = index is not None and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+        if self.world is None:
+            return stop, due
+        stop, due = self.world.any_flags([stop, due], self.device)
+        if stop and signals.requested is None:
+            signals.requested = "a stop request to another process"
+        return stop, due
+
+    def _epoch_sums(self) -> tuple[torch.Tensor, int]:
+        """The loss summed over the epoch so far and the samples it covers, over every rank's slices."""
+        if self.world is None:
+            return self.partial_loss, self.partial_seen
+        seen = torch.tensor(float(self.partial_seen), dtype=torch.float64, device=self.device)
+        summed = self.world.sum_(torch.stack([self.partial_loss, seen]))
+        return summed[0], int(summed[1])
+
+    def _keep_share(self) -> None:
+        """A checkpoint inside an epoch holds the loss summed over all ranks: rank 0 takes the whole sum
+        back, the others start from zero."""
+        if self.world is not None and not self.world.is_main and self.partial_loss is not None:
+            self.partial_loss, self.partial_seen = torch.zeros_like(self.partial_loss), 0
+
+    # --- the divergence guard -------------------------------------------------------------------------
     def _guard_check(self) -> str | None:
         """Judge the losses recorded since the last check (a sync point). None when all is well."""
         incident = self.guard.check()
-        return self._roll_back(incident) if incident is not None else None
+        if incident is None:
+            return None
+        return "rolled_back" if self._roll_back(incident) else "stop"
 
-    def _roll_back(self, incident) -> str:
-        """Undo a blow-up: back to the last known-good state, a lower LR (and tighter clipping), and on
-        past the offending batch. Gives up (status diverged) after too many rollbacks in a row."""
-        guard, alarm = self.guard, incident.alarm
-        verdict = rollback_verdict(guard.streak, guard.policy)
-        lr = current_lr(self.optimizer)
-        evidence = dict(kind=alarm.kind, batch=incident.batch, loss=_finite_or_text(alarm.loss),
-                        typical_loss=_finite_or_text(alarm.typical), grad_norm=_finite_or_text(incident.grad_norm),
-                        lr=lr, at_step=incident.step)
-        lrs = [(group["lr"], group.get(WARMUP_BASE)) for group in self.optimizer.param_groups]
-        to_step = self._restore_good_state()
-        for group, (group_lr, base) in zip(self.optimizer.param_groups, lrs):  # cuts made since stay made
-            group["lr"] = group_lr
-            if base is not None:
-                group[WARMUP_BASE] = base
-        if verdict.give_up:
-            self.status = "diverged"
-            self.stop_reason = (f"{alarm.reason} at step {incident.step} and the guard {verdict.reason}; "
-                                f"the best weights (epoch {self.tracker.best_epoch}) are kept")
-            self._event("diverged", reason=self.stop_reason, rollbacks=guard.total, **evidence)
-            return "stop"
-        # A blow-up may need an LR below the plateau rule's floor: the floor moves down with the cut.
-        guard.lr_scale *= verdict.lr_factor
-        new_lr = scale_lr(self.optimizer, verdict.lr_factor, self._min_lr())
-        old_clip, guard.clip_grad = guard.clip_grad, clip_after_rollback(guard.clip_grad, guard.typical_grad_norm)
-        guard.streak += 1
-        guard.total += 1
-        self.epoch_rollbacks += 1
-        self.batch = incident.batch + 1 if incident.batch is not None else 0
-        self._event("rollback", reason=alarm.reason, **evidence, to_step=to_step, new_lr=new_lr,
-                    clip_grad=guard.clip_grad, previous_clip_grad=old_clip, skipped_to_batch=self.batch,
-                    rollbacks_in_a_row=guard.streak)
-        where = f"batch {incident.batch}" if incident.batch is not None else "validation"
-        self.console.warning(f"{alarm.reason} (epoch {self.epoch + (incident.batch is not None)}, {where}); "
-                             f"rolled back to step {to_step}, LR {lr:.3g} -> {new_lr:.3g}")
-        return "rolled_back"
-
-    def _restore_good_state(self) -> int:
-        """Model, optimizer and scaler as they were at the last clean check; the epoch's loss sum with them.
-        Returns the step restored to."""
-        state = ckpt.deserialize(self.guard.good_state, self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler") is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        progress = state["progress"]
+    def _roll_back(self, incident: Incident) -> bool:
+        """Undo a blow-up and go on past the offending batch; False when the guard gives up (diverged)."""
+        done = self.guard.roll_back(incident, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
+                                    min_lr=self.config.min_lr)
+        progress = done.progress
         self.step = progress["step"]
         same_epoch = progress["epoch"] == self.epoch and progress["batch"] > 0
         partial = progress["partial_loss"] if same_epoch else None
         self.partial_loss = partial.to(self.device) if partial is not None else None
         self.partial_seen = progress["partial_seen"] if same_epoch else 0
         self._keep_share()
-        self.optimizer.zero_grad(set_to_none=True)
-        return self.step
+        alarm = incident.alarm
+        if done.gave_up:
+            self._stop(Status.DIVERGED, f"{alarm.reason} at step {incident.step} and the guard {done.reason}; "
+                                        f"the best weights (epoch {self.tracker.best_epoch}) are kept",
+                       rollbacks=self.guard.total, **done.evidence)
+            return False
+        self.epoch_rollbacks += 1
+        self.batch = incident.batch + 1 if incident.batch is not None else 0
+        self._event("rollback", reason=alarm.reason, **done.evidence, to_step=self.step, new_lr=done.new_lr,
+                    clip_grad=done.clip_grad, previous_clip_grad=done.previous_clip_grad,
+                    skipped_to_batch=self.batch, rollbacks_in_a_row=self.guard.streak)
+        where = f"batch {incident.batch}" if incident.batch is not None else "validation"
+        self.console.warning(f"{alarm.reason} (epoch {self.epoch + (incident.batch is not None)}, {where}); "
+                             f"rolled back to step {self.step}, LR {done.evidence['lr']:.3g} -> {done.new_lr:.3g}")
+        return True
 
-    def _serialized_state(self) -> bytes:
-        state = self.state_dict(self._wall_seconds())
-        if self.world is not None and self.partial_loss is not None:
-            # A checkpoint inside an epoch holds the loss summed so far over all ranks (rank 0 writes it);
-            # loading it, rank 0 takes the whole sum and the others start from zero (_keep_share).
-            state["progress"]["partial_loss"], state["progress"]["partial_seen"] = self._epoch_sums()
-        return ckpt.serialize(state)
-
-    def _keep_share(self) -> None:
-        if self.world is not None and not self.world.is_main and self.partial_loss is not None:
-            self.partial_loss, self.partial_seen = torch.zeros_like(self.partial_loss), 0
-
+    # --- the end of an epoch --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split_name: str, prefix: str = "") -> dict[str, float]:
         """Mean loss and metrics over a split (metrics are averaged per sample over batches)."""
-        split = self.splits[split_name]
-        model = self.model
+        split, model, objective = self.splits[split_name], self.model, self.objective
         was_training = model.training
         model.eval()
-        sums = torch.zeros(1 + len(self.metric_fns), dtype=torch.float64, device=self.device)
+        sums = torch.zeros(1 + len(objective.metric_fns), dtype=torch.float64, device=self.device)
         seen = 0
         for inputs, targets in split.batches(self.config.batch_size):
             with dev.autocast(self.config.amp, self.device):
                 outputs = model(inputs)
-                values = [self.loss_fn(outputs, targets)]
-                values += [fn(outputs, targets) for fn in self.metric_fns.values()]
+                values = [objective.loss_fn(outputs, targets)]
+                values += [fn(outputs, targets) for fn in objective.metric_fns.values()]
             n = targets.shape[0]
             sums += torch.stack([torch.as_tensor(v, device=self.device).double().reshape(()) for v in values]) * n
             seen += n
@@ -405,23 +345,22 @@ class Trainer:
         means = (sums / max(seen, 1)).tolist()  # sync point: once per evaluation
         if self.world is not None:  # decisions read these: every rank must read rank 0's numbers
             means = self.world.from_main(means, self.device)
-        names = ["loss", *self.metric_fns]
+        names = ["loss", *objective.metric_fns]
         return {f"{prefix}{name}": value for name, value in zip(names, means)}
 
     def _end_epoch(self, train_loss: float) -> None:
         self.epoch += 1
         lr = current_lr(self.optimizer)
-        val = self.evaluate("val", prefix="val_")
-        record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": train_loss, **val,
-                  "rollbacks": self.epoch_rollbacks, "seconds": round(time.monotonic() - self._epoch_started, 4)}
-        self.history.append(record)
+        record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": train_loss,
+                  **self.evaluate("val", prefix="val_"), "rollbacks": self.epoch_rollbacks,
+                  "seconds": round(time.monotonic() - self._epoch_started, 4)}
+        self.record.add_epoch(record)
         notes = []
         if self.guard is not None and not all(math.isfinite(record[k]) for k in ("val_loss", self.monitor_key)):
             # The weights went bad without a bad training loss (e.g. inf activations on validation inputs).
             alarm = Alarm("nonfinite", record["val_loss"], math.nan,
                           f"the validation {self.monitor_key[4:]} became {record[self.monitor_key]}")
-            notes.append("rolled back" if self._roll_back(Incident(alarm, None, self.step, None)) != "stop"
-                         else "diverged")
+            notes.append("rolled back" if self._roll_back(Incident(alarm, None, self.step, None)) else "diverged")
         if self.status is None:
             notes += self._decide(record, lr)
         if self.status is None:
@@ -429,61 +368,45 @@ class Trainer:
         if self.status is None and self.epoch_judge is not None:
             reason = self.epoch_judge(dict(record))
             if reason:
-                self.status, self.stop_reason = "pruned", str(reason)
-                self._event("pruned", reason=self.stop_reason)
+                self._stop(Status.PRUNED, str(reason))
                 notes.append("pruned")
-        self.console.end_epoch(record, notes)
-        if self.folder is not None:
-            self.folder.metrics.append(record)
-        if self.tensorboard is not None:
-            # The first epoch also carries what happened before training (tuning choices, doctor findings).
-            self.tensorboard.log_epoch(record, [e for e in self.events if e.get("epoch") == self.epoch
-                                                or (self.epoch == 1 and e.get("epoch") == 0)])
+        self.record.publish_epoch(record, notes)
         self._checkpoint()
 
     def _decide(self, record: dict, lr: float) -> list[str]:
-        """Turn the tracker's verdict into actions: keep best weights, cut the LR, stop."""
-        notes = []
-        value = record[self.monitor_key]
+        """The tracker's verdict on the monitored value, acted on: keep the best weights, cut the LR, stop."""
         if self.guard is None and not math.isfinite(record["train_loss"]):
-            self.status = "diverged"
-            self.stop_reason = (f"training loss became {record['train_loss']} in epoch {self.epoch}; "
-                                f"the best weights (epoch {self.tracker.best_epoch}) are kept")
-            self._event("diverged", reason=self.stop_reason, train_loss=record["train_loss"], lr=lr)
+            self._stop(Status.DIVERGED, f"training loss became {record['train_loss']} in epoch {self.epoch}; "
+                                        f"the best weights (epoch {self.tracker.best_epoch}) are kept",
+                       train_loss=record["train_loss"], lr=lr)
             return ["diverged"]
-        previous_best = self.tracker.best
-        verdict = self.tracker.update(value, lr_at_minimum=lr <= self._min_lr() * (1 + 1e-9))
+        value, previous_best, min_lr = record[self.monitor_key], self.tracker.best, self._min_lr()
+        verdict = self.tracker.update(value, lr_at_minimum=lr <= min_lr * (1 + 1e-9))
+        applied = apply_verdict(verdict, model=self.model, optimizer=self.optimizer,
+                                lr_factor=self.config.lr_factor, min_lr=min_lr)
+        notes = []
         if verdict.new_best:
-            if self.guard is not None and self.epoch_rollbacks == 0:  # progress that needed no rescue
-                self.guard.streak = 0
-            self.best_state = snapshot(self.model.state_dict())
+            if self.guard is not None:
+                self.guard.new_best(clean=self.epoch_rollbacks == 0)
+            self.best_state = applied.best_state
             self.best_record = {k: v for k, v in record.items() if k.startswith("val_")}
-            if self.folder is not None:
-                self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self._exported_best()))
+            self.record.save_best(self.best_state)
             self._event("new_best", monitor=self.monitor_key, value=value,
                         previous=previous_best if math.isfinite(previous_best) else None,
                         significant=verdict.significant)
             notes.append("new best")
         if verdict.reduce_lr:
-            new_lr = scale_lr(self.optimizer, self.config.lr_factor, self._min_lr())
-            self._event("lr_reduced", old_lr=lr, new_lr=new_lr, reason=verdict.reason,
+            self._event("lr_reduced", old_lr=lr, new_lr=applied.lr_after, reason=verdict.reason,
                         bad_epochs=verdict.bad_epochs, best=self.tracker.best, best_epoch=self.tracker.best_epoch)
-            notes.append(f"lr -> {new_lr:.3g}")
+            notes.append(f"lr -> {applied.lr_after:.3g}")
         if verdict.stop:
-            self.status, self.stop_reason = "converged", verdict.reason
-            self._event("converged", reason=verdict.reason, bad_epochs=verdict.bad_epochs, lr=lr,
-                        best=self.tracker.best, best_epoch=self.tracker.best_epoch)
+            self._stop(Status.CONVERGED, verdict.reason, bad_epochs=verdict.bad_epochs, lr=lr,
+                       best=self.tracker.best, best_epoch=self.tracker.best_epoch)
             notes.append("converged")
         return notes
 
-    def _exported_best(self) -> dict:
-        return self.export_state(self.best_state) if self.export_state is not None else self.best_state
-
-    def add_event(self, kind: str, /, **values) -> None:
-        """Record an event of the caller's own (e.g. a doctor finding) in the run's log."""
-        self._event(kind, **values)
-
     def _min_lr(self) -> float:
+        """The LR floor of plateau cuts; the guard's rollbacks move it down with their cuts."""
         return self.config.min_lr * (self.guard.lr_scale if self.guard is not None else 1.0)
 
     def _live_diagnosis(self) -> list[str]:
@@ -491,20 +414,21 @@ class Trainer:
         told = {e.get("code") for e in self.events if e.get("event") == "diagnosis"}
         notes = []
         for found in live_findings(self.history, self.events, weight_decay=self.config.weight_decay):
-            if found["code"] not in told:
-                self._event("diagnosis", code=found["code"], message=found["message"], fix=found["fix"])
-                notes.append(found["code"])
+            if found.code not in told:
+                self._event("diagnosis", code=found.code, message=found.message, fix=found.fix)
+                notes.append(found.code)
         return notes
 
+    def add_event(self, kind: str, /, **values) -> None:
+        """Record an event of the caller's own (e.g. that the run was resumed) in the run's log."""
+        self._event(kind, **values)
+
     def _event(self, kind: str, /, **values) -> None:
-        event = {"event": kind, "epoch": self.epoch, "step": self.step, **values}
-        self.events.append(event)
-        if self.folder is not None:
-            self.folder.events.append(event)
+        self.record.event(kind, epoch=self.epoch, step=self.step, **values)
 
     # --- the end ---------------------------------------------------------------------------------
     def _finish(self) -> FitResult:
-        finished = self.status != "interrupted"
+        finished = self.status is not Status.INTERRUPTED
         # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
         self._checkpoint()
         if finished and self.restore_best:
@@ -512,43 +436,26 @@ class Trainer:
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
                         value=self.tracker.best)
         test = self.evaluate("test") if "test" in self.splits and finished else None
-        summary = self._summary(test, self._wall_seconds())
-        summary["diagnosis"] = self._diagnosis() if finished else []
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.folder is not None:
-            if finished:
-                self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self._exported_best()))
-            _plot_curves(self.folder, self.history, self.events, self.monitor_key)
-            self.folder.flush()
-            self._write_report(summary)
-            self.folder.write_json(SUMMARY, summary)  # last: a final summary means every file is complete
-        return FitResult(self.model, summary, list(self.history), list(self.events),
-                         self.folder.path if self.folder else None)
+        summary = self._summary(test)
+        summary["diagnosis"] = [f.to_dict() for f in self._diagnosis()] if finished else []
+        summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)
+        return FitResult(self.model, summary, list(self.history), list(self.events), self.record.run_dir)
 
-    def _diagnosis(self) -> list[dict]:
+    def _diagnosis(self):
         cfg = self.config
-        baseline = constant_prediction_loss(self.splits["train"], self.kind) if self.default_loss else None
-        return diagnose(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
-                        patience=cfg.patience, max_epochs=cfg.max_epochs, weight_decay=cfg.weight_decay,
-                        baseline_loss=baseline)
-
-    def _write_report(self, summary: dict) -> None:
-        try:
-            from converge.report.html import write_report
-
-            write_report(self.folder.path, summary=summary)
-        except Exception as exc:  # the report is derived from files already safe; it must not cost the run
-            self.console.warning(f"could not write report.html ({type(exc).__name__}: {exc}); "
-                                 f"try `converge report {self.folder.path}`")
+        baseline = constant_prediction_loss(self.splits["train"], self.objective.kind) \
+            if self.objective.inferred else None
+        return diagnose_run(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
+                            patience=cfg.patience, max_epochs=cfg.max_epochs, weight_decay=cfg.weight_decay,
+                            baseline_loss=baseline)
 
     def _wall_seconds(self) -> float:
         return self.elapsed_before + time.monotonic() - self._run_started
 
-    def _summary(self, test: dict | None, wall: float) -> dict:
+    def _summary(self, test: dict | None) -> dict:
         cfg = self.config
         summary = {
-            "status": self.status,
+            "status": self.status.value,
             "stop_reason": self.stop_reason,
             "epochs": self.epoch,
             "steps": self.step,
@@ -562,17 +469,18 @@ class Trainer:
             "lr_reductions": self.tracker.total_cuts,
             "rollbacks": self.guard.total if self.guard is not None else 0,
             "tuning_epochs": round(self.tuning_epochs, 3),
-            "task_kind": self.kind,
+            "task_kind": self.objective.kind,
             "device": str(self.device),
-            "wall_seconds": round(wall, 3),
+            "wall_seconds": round(self._wall_seconds(), 3),
             "config": cfg.to_dict(),
         }
         if test is not None:
             summary["test"] = test
-        return {**summary, **{k: v for k, v in self.run_info.items() if k not in summary}}
+        return summary
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self, wall_seconds: float | None = None) -> dict:
+        """Everything needed to continue the run exactly: one checkpoint dict."""
         return {
             "format": ckpt.FORMAT_VERSION,
             "model": self.model.state_dict(),
@@ -585,8 +493,8 @@ class Trainer:
             "progress": {"epoch": self.epoch, "step": self.step, "batch": self.batch,
                          "partial_loss": self.partial_loss, "partial_seen": self.partial_seen,
                          "epoch_rollbacks": self.epoch_rollbacks,
-                         "status": self.status, "stop_reason": self.stop_reason,
-                         "tuning_epochs": self.tuning_epochs,
+                         "status": self.status.value if self.status is not None else None,
+                         "stop_reason": self.stop_reason, "tuning_epochs": self.tuning_epochs,
                          "wall_seconds": wall_seconds if wall_seconds is not None else self.elapsed_before},
             "rng": capture_rng(),
             "history": self.history,
@@ -595,6 +503,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint. A run that stopped for good keeps its status (its end is written
+        again); one that was interrupted, or stopped at a lower epoch cap, goes on."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler") is not None:
@@ -611,43 +521,29 @@ class Trainer:
         self.partial_seen = progress["partial_seen"]
         self._keep_share()
         self.epoch_rollbacks = int(progress.get("epoch_rollbacks", 0))
-        self.status, self.stop_reason = progress["status"], progress["stop_reason"]
+        final = is_final(progress["status"], self.epoch, self.config.max_epochs)
+        self.status = Status(progress["status"]) if final else None
+        self.stop_reason = progress["stop_reason"] if final else ""
         self.tuning_epochs = float(progress.get("tuning_epochs", 0.0))
         self.elapsed_before = float(progress["wall_seconds"] or 0.0)
-        self.history = [dict(r) for r in state["history"]]
-        self.events = [dict(e) for e in state["logs"]["events"]]
+        self.record.load(state["history"], state["logs"]["events"])
         restore_rng(state["rng"])
+
+    def _serialized_state(self) -> bytes:
+        state = self.state_dict(self._wall_seconds())
+        if self.world is not None and self.partial_loss is not None:
+            # A checkpoint inside an epoch holds the loss summed so far over all ranks (rank 0 writes it).
+            state["progress"]["partial_loss"], state["progress"]["partial_seen"] = self._epoch_sums()
+        return ckpt.serialize(state)
 
     def _checkpoint(self) -> None:
         """Write the state (with a run folder), and keep it as the guard's rollback target: every caller
-        checks the guard's window first, so a checkpointed state is a known-good one."""
-        if self.folder is None and self.guard is None and self.world is None:
+        checks the guard's window first, so a checkpointed state is a known-good one. Data-parallel ranks
+        without a folder take part too: the epoch's loss sum is a collective."""
+        if self.record.folder is None and self.guard is None and self.world is None:
             return
         data = self._serialized_state()
         if self.guard is not None:
-            self.guard.good_state = data
-        if self.folder is not None:
-            self.folder.write_checkpoint_later(data)
+            self.guard.remember(data)
+        self.record.save_checkpoint(data)
         self._last_checkpoint = time.monotonic()
-
-
-def _finite_or_text(value: float | None) -> float | str | None:
-    """Evidence values for JSON: non-finite numbers as text ("nan", "inf"), so no log line is invalid JSON."""
-    if value is None or math.isfinite(value):
-        return value
-    return str(value)
-
-
-def monitor_key(monitor: str, metric_fns: dict) -> str:
-    name = monitor[4:] if monitor.startswith("val_") else monitor
-    if name != "loss" and name not in metric_fns:
-        known = ", ".join(["val_loss", *(f"val_{m}" for m in metric_fns)])
-        raise ConvergeError(f"--monitor {monitor!r} is not a reported value; choose one of {known}")
-    return f"val_{name}"
-
-
-def _plot_curves(folder: RunFolder, history: list[dict], events: list[dict], monitor: str) -> None:
-    from converge.report.curves import plot_curves
-
-    if history:
-        plot_curves(folder.path / "curves.png", history, events, monitor)

@@ -19,6 +19,7 @@ class Objective:
     loss_fn: Callable
     kind: str                        # "classification" or "regression"
     metric_fns: dict[str, Callable]
+    inferred: bool = True            # the loss was inferred from the targets (not the task's own)
 
 
 def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, metrics: dict[str, Callable], *,
@@ -50,7 +51,17 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
     for name in metric_fns:
         if name == "loss" or not name.isidentifier():
             raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
-    return Objective(loss_fn, kind, metric_fns)
+    return Objective(loss_fn, kind, metric_fns, inferred=loss is None)
+
+
+def monitor_key(monitor: str, metric_fns: dict) -> str:
+    """The record key of the monitored value ("val_loss", "val_accuracy", ...); an error for a value that
+    is not reported."""
+    name = monitor[4:] if monitor.startswith("val_") else monitor
+    if name != "loss" and name not in metric_fns:
+        known = ", ".join(["val_loss", *(f"val_{m}" for m in metric_fns)])
+        raise ConvergeError(f"--monitor {monitor!r} is not a reported value; choose one of {known}")
+    return f"val_{name}"
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -17,23 +20,52 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [group for group in groups if group["params"]]
 
 
+def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    # The fused kernel is faster (about a fifth of a small MLP's step on CPU) and, on CUDA, lets a
+    # GradScaler skip inf/NaN steps on the device instead of syncing with the host every step.
+    # Older torch releases have no fused CPU kernel: fall back to the default implementation there.
+    if all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]):
+        try:
+            return torch.optim.AdamW(groups, lr=lr, fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _sgdw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    return SGDW(groups, lr=lr)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Everything converge knows about one optimizer. Adding an optimizer is one entry in OPTIMIZERS.
+
+    Cost: with ``--optimizer auto`` every entry is tried, so each one adds an LR range test (at most 100
+    steps) and two arms of the race (the suggested LR and a third of it, rungs of about 40 steps) to every
+    automatic choice (converge.tune.auto)."""
+
+    build: Callable[[list[dict], float], torch.optim.Optimizer]   # (parameter groups, lr) -> optimizer
+    default_lr: float            # when the range test gives no usable evidence
+    default_weight_decay: float  # "auto" weight decay (decoupled, on weights only)
+    search_lr: tuple[float, float]   # `converge tune`: the log-uniform LR range searched
+    description: str
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "adamw": OptimizerSpec(_adamw, default_lr=1e-3, default_weight_decay=1e-2, search_lr=(1e-5, 1e-1),
+                           description="AdamW (decoupled weight decay, fused kernel where available)"),
+    "sgd": OptimizerSpec(_sgdw, default_lr=1e-2, default_weight_decay=5e-4, search_lr=(1e-4, 1.0),
+                         description="SGD with Nesterov momentum 0.9 and decoupled weight decay"),
+}
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     groups = parameter_groups(model, weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    if name == "adamw":
-        # The fused kernel is faster (about a fifth of a small MLP's step on CPU) and, on CUDA, lets a
-        # GradScaler skip inf/NaN steps on the device instead of syncing with the host every step.
-        # Older torch releases have no fused CPU kernel: fall back to the default implementation there.
-        if all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]):
-            try:
-                return torch.optim.AdamW(groups, lr=lr, fused=True)
-            except (RuntimeError, ValueError):
-                pass
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "sgd":
-        return SGDW(groups, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}")
+    return OPTIMIZERS[name].build(groups, lr)
 
 
 class SGDW(torch.optim.SGD):

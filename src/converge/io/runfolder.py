@@ -16,6 +16,7 @@ from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
 from converge.io.atomic import atomic_write_bytes, atomic_write_text
 
+# Every file name converge writes, in one place (the README's "Files in a run folder" lists them).
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
@@ -24,10 +25,28 @@ CURVES = "curves.png"
 RUN_INFO = "run.json"
 TUNING_STAGES = "tuning.json"
 LR_FIND_PLOT = "lr_find.png"
+LR_FIND_DATA = "lr_find.json"
+DOCTOR_FINDINGS = "doctor.json"
+REMEDIES = "remedies.json"
+STANDARDIZE = "standardize.json"
+REPORT = "report.html"
+TENSORBOARD_DIR = "tensorboard"
 OWN_FILES = (SUMMARY, METRICS, EVENTS, BEST_WEIGHTS, CURVES, RUN_INFO, TUNING_STAGES, LR_FIND_PLOT,
-             ckpt.CHECKPOINT, ckpt.PREVIOUS, "doctor.json", "remedies.json", "standardize.json",
-             "report.html")
-OWN_DIRS = ("tensorboard",)
+             ckpt.CHECKPOINT, ckpt.PREVIOUS, DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, REPORT)
+OWN_DIRS = (TENSORBOARD_DIR,)
+
+# A `converge tune` folder: the study's summary and report, one run folder per trial, the journal storage
+# and the workers' lock files.
+TUNE_INFO = "tune.json"
+TUNE_REPORT = "tune_report.html"
+TRIALS = "trials"
+JOURNAL = "study.journal"
+WORKERS = "workers"
+
+
+def lr_find_plot(optimizer: str, first: bool) -> str:
+    """`converge lr-find`'s plot for one optimizer: the first one tested is lr_find.png."""
+    return LR_FIND_PLOT if first else f"lr_find_{optimizer}.png"
 
 
 def to_json(value: Any) -> Any:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from converge.errors import ConvergeError
 
-TENSORBOARD_DIR = "tensorboard"
-
 
 class TensorBoardLog:
     def __init__(self, path: Path, *, first_epoch: int = 1) -> None:

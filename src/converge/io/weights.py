@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as _save_bytes
+
+from converge.io.runfolder import STANDARDIZE
+from converge.standardize import add_standardize_hook
 
 
 def snapshot(state_dict: dict) -> dict[str, torch.Tensor]:
@@ -28,12 +32,8 @@ def load_weights(path: str | Path, model: torch.nn.Module | None = None) -> dict
     if model is not None:
         device = next(model.parameters(), torch.empty(0)).device
         model.load_state_dict({k: v.to(device) for k, v in state.items()})
-        stats = Path(path).with_name("standardize.json")
+        stats = Path(path).with_name(STANDARDIZE)
         if stats.exists():
-            import json
-
-            from converge.doctor.remedies import add_standardize_hook
-
             values = json.loads(stats.read_text(encoding="utf-8"))
             add_standardize_hook(model, torch.tensor(values["mean"]), torch.tensor(values["std"]))
     return state

@@ -6,10 +6,10 @@ pyplot: no global figure state, no GUI backend, safe in a background thread."""
 
 from __future__ import annotations
 
-import io
 import math
 
-STOP_EVENTS = ("converged", "max_epochs", "diverged", "pruned", "interrupted")
+from converge.report._page import png_bytes
+from converge.status import STOP_EVENTS
 
 # kind -> (label, colour, line style); the order is the legend's.
 MARKERS = {
@@ -84,9 +84,7 @@ def curves_png(history: list[dict], events: list[dict], *, best_epoch=None, moni
     axes[-1].set_xlabel("epoch")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole; rollbacks fall between
     _legend(axes[0], marks, monitor)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def _panels(history: list[dict]) -> list[tuple[str, dict[str, list[float]], bool]]:

@@ -8,8 +8,6 @@ running) gets a report too, saying so. Every key is optional: older run folders 
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from dataclasses import dataclass
@@ -18,20 +16,19 @@ from typing import Any
 
 from converge.errors import ConvergeError
 from converge.io.atomic import atomic_write_text
-from converge.io.runfolder import EVENTS, LR_FIND_PLOT, METRICS, RUN_INFO, SUMMARY
-from converge.report._figures import STOP_EVENTS, as_float, curves_png
+from converge.io.runfolder import DOCTOR_FINDINGS, EVENTS, LR_FIND_PLOT, METRICS, REMEDIES, REPORT, RUN_INFO, SUMMARY
+from converge.report._figures import as_float, curves_png
+from converge.report._page import escape, img, number, table
+from converge.status import STOP_EVENTS, Status
 
-REPORT = "report.html"
-DOCTOR = "doctor.json"
-REMEDIES = "remedies.json"
 UNFINISHED = "unfinished"
 
 # Hyperparameter -> the tuning event that explains its value.
 _CHOSEN_BY = {"optimizer": "chose_optimizer", "lr": "chose_lr", "weight_decay": "chose_weight_decay",
               "batch_size": "chose_batch_size", "warmup_steps": "warmup"}
 _GOOD, _WARN, _BAD = "good", "warn", "bad"
-_STATUS_TONE = {"converged": _GOOD, "max_epochs": _WARN, "pruned": "info", "interrupted": "info",
-                "diverged": _BAD, UNFINISHED: "muted"}
+_STATUS_TONE = {**{status.value: status.tone for status in Status}, UNFINISHED: "muted"}
+# A diagnosis card's colour: "converged" is good news; otherwise by the finding's severity.
 _DIAGNOSIS_TONE = {"converged": _GOOD, "still_improving": _WARN, "overfitting": _WARN, "underfitting": _WARN,
                    "lr_too_high": _BAD, "diverged": _BAD}
 _SEVERITY_TONE = {"info": "info", "warning": _WARN, "error": _BAD}
@@ -80,7 +77,7 @@ def read_run(run_dir: str | Path, *, summary: dict | None = None) -> RunFiles:
     return RunFiles(path=path, info=info if isinstance(info, dict) else {},
                     summary=summary if isinstance(summary, dict) else None,
                     history=_read_jsonl(path / METRICS), events=_read_jsonl(path / EVENTS),
-                    doctor=_as_list(_read_json(path / DOCTOR)), remedies=_as_list(_read_json(path / REMEDIES)),
+                    doctor=_as_list(_read_json(path / DOCTOR_FINDINGS)), remedies=_as_list(_read_json(path / REMEDIES)),
                     lr_find_png=png.read_bytes() if png.is_file() else None)
 
 
@@ -114,45 +111,12 @@ def _as_list(value: Any) -> list | None:
 
 
 # --- formatting ------------------------------------------------------------------------------------
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: Any) -> str:
-    """Plain text for a value: floats to 4 significant digits, NaN/inf by name, None as a dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, (list, tuple)):
-        shown = ", ".join(_num(v) for v in value[:12])
-        return f"[{shown}{f', … ({len(value)} in all)' if len(value) > 12 else ''}]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_num(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def _table(header: list[str] | None, rows: list[list[str]], cls: str = "") -> str:
-    """Cells are HTML already (callers escape); the header is plain text."""
-    head = "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table class='{cls}'>{head}<tbody>{body}</tbody></table>"
-
-
 def _kv_table(pairs: dict, cls: str = "kv") -> str:
-    return _table(None, [[_e(k), _e(_num(v))] for k, v in pairs.items()], cls)
-
-
-def _img(png: bytes | None, alt: str) -> str:
-    if not png:
-        return ""
-    return f"<img alt='{_e(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
+    return table(None, [[escape(k), escape(number(v))] for k, v in pairs.items()], cls)
 
 
 def _section(title: str, body: str, anchor: str) -> str:
-    return f"<section id='{anchor}'><h2>{_e(title)}</h2>{body}</section>" if body else ""
+    return f"<section id='{anchor}'><h2>{escape(title)}</h2>{body}</section>" if body else ""
 
 
 # --- what happened ---------------------------------------------------------------------------------
@@ -165,7 +129,7 @@ def run_status(run: RunFiles) -> tuple[str, str]:
     if last is not None and last["event"] != "resumed":
         return last["event"], f"{last.get('reason') or ''} (the run stopped before writing {SUMMARY})".strip()
     done = run.history[-1].get("epoch") if run.history else 0
-    return UNFINISHED, (f"no {SUMMARY}: the run is still training, or was killed, after {_num(done)} finished "
+    return UNFINISHED, (f"no {SUMMARY}: the run is still training, or was killed, after {number(done)} finished "
                         f"epoch(s); `converge resume {run.path}` continues it from its last checkpoint")
 
 
@@ -186,10 +150,10 @@ def _header(run: RunFiles) -> str:
     name = (run.summary or {}).get("name") or run.info.get("name") or run.path.name
     tone = _STATUS_TONE.get(status, "muted")
     task = (run.summary or {}).get("task") or run.info.get("task")
-    return (f"<header><div class='title'><h1>{_e(name)}</h1><span class='badge tone-{tone}'>{_e(status)}</span>"
-            f"</div><p class='reason'>{_e(reason)}</p>"
-            f"{f'<p class=sub>task <code>{_e(task)}</code></p>' if task else ''}"
-            f"<p class='sub'>run folder <code>{_e(run.path)}</code></p>{_facts(run)}</header>")
+    return (f"<header><div class='title'><h1>{escape(name)}</h1><span class='badge tone-{tone}'>{escape(status)}</span>"
+            f"</div><p class='reason'>{escape(reason)}</p>"
+            f"{f'<p class=sub>task <code>{escape(task)}</code></p>' if task else ''}"
+            f"<p class='sub'>run folder <code>{escape(run.path)}</code></p>{_facts(run)}</header>")
 
 
 def _facts(run: RunFiles) -> str:
@@ -197,16 +161,16 @@ def _facts(run: RunFiles) -> str:
     summary = run.summary or {}
     best_epoch, monitor, best = best_of(run)
     epochs = summary.get("epochs", run.history[-1].get("epoch") if run.history else 0)
-    tiles = [("epochs", _num(epochs)), (f"best {monitor}", _num(best)), ("best epoch", _num(best_epoch))]
-    tiles += [(f"test {k}", _num(v)) for k, v in (summary.get("test") or {}).items()]
+    tiles = [("epochs", number(epochs)), (f"best {monitor}", number(best)), ("best epoch", number(best_epoch))]
+    tiles += [(f"test {k}", number(v)) for k, v in (summary.get("test") or {}).items()]
     cuts = sum(1 for e in run.events if e.get("event") == "lr_reduced")
     rollbacks = sum(1 for e in run.events if e.get("event") == "rollback")
     tiles += [("LR cuts", str(cuts)), ("rollbacks", str(rollbacks))]
     if summary.get("final_lr") is not None:
-        tiles.append(("final LR", _num(summary["final_lr"])))
+        tiles.append(("final LR", number(summary["final_lr"])))
     if summary.get("wall_seconds") is not None:
-        tiles.append(("wall time", f"{_num(summary['wall_seconds'])} s"))
-    body = "".join(f"<div class='tile'><div class='label'>{_e(label)}</div><div class='value'>{_e(value)}</div>"
+        tiles.append(("wall time", f"{number(summary['wall_seconds'])} s"))
+    body = "".join(f"<div class='tile'><div class='label'>{escape(label)}</div><div class='value'>{escape(value)}</div>"
                    f"</div>" for label, value in tiles)
     return f"<div class='tiles'>{body}</div>"
 
@@ -221,7 +185,7 @@ def _curves(run: RunFiles) -> str:
               not math.isfinite(as_float(r[k])))
     note = (f"<p class='note tone-bad'>{bad} loss value(s) were not finite (NaN or inf): marked ✕ at the top of "
             f"the loss panel.</p>" if bad else "")
-    return (f"{note}<figure>{_img(png, 'loss, metric and learning-rate curves')}<figcaption>Vertical lines mark "
+    return (f"{note}<figure>{img(png, 'loss, metric and learning-rate curves')}<figcaption>Vertical lines mark "
             f"the decisions: the best epoch, every LR cut, every rollback and the stop. The loss is drawn on a log "
             f"scale when it spans more than two decades.</figcaption></figure>")
 
@@ -229,10 +193,10 @@ def _curves(run: RunFiles) -> str:
 # --- diagnosis and doctor --------------------------------------------------------------------------
 def _card(title: str, tone: str, message: Any, evidence: Any, fix: Any, aside: str = "") -> str:
     rows = _kv_table(evidence, "evidence") if isinstance(evidence, dict) and evidence else ""
-    fix_html = f"<p class='fix'><strong>Fix:</strong> {_e(fix)}</p>" if fix else ""
-    aside_html = f"<span class='aside'>{_e(aside)}</span>" if aside else ""
-    return (f"<div class='card tone-{tone}'><div class='card-head'><span class='code'>{_e(title)}</span>"
-            f"{aside_html}</div><p>{_e(message or '')}</p>{rows}{fix_html}</div>")
+    fix_html = f"<p class='fix'><strong>Fix:</strong> {escape(fix)}</p>" if fix else ""
+    aside_html = f"<span class='aside'>{escape(aside)}</span>" if aside else ""
+    return (f"<div class='card tone-{tone}'><div class='card-head'><span class='code'>{escape(title)}</span>"
+            f"{aside_html}</div><p>{escape(message or '')}</p>{rows}{fix_html}</div>")
 
 
 def _diagnosis(run: RunFiles) -> str:
@@ -249,11 +213,11 @@ def _diagnosis(run: RunFiles) -> str:
     live = [e for e in run.events if e.get("event") == "diagnosis"]
     if not live:
         return final
-    rows = [[_e(_num(e.get("epoch"))),
-             f"<span class='tag tone-{_DIAGNOSIS_TONE.get(e.get('code'), 'muted')}'>{_e(e.get('code', '?'))}</span>",
-             _e(e.get("message") or ""), _e(e.get("fix") or "")] for e in live]
+    rows = [[escape(number(e.get("epoch"))),
+             f"<span class='tag tone-{_DIAGNOSIS_TONE.get(e.get('code'), 'muted')}'>{escape(e.get('code', '?'))}</span>",
+             escape(e.get("message") or ""), escape(e.get("fix") or "")] for e in live]
     return (f"{final}<h3>Told during training</h3>"
-            f"{_table(['epoch', 'code', 'message', 'fix'], rows, 'live')}")
+            f"{table(['epoch', 'code', 'message', 'fix'], rows, 'live')}")
 
 
 def _doctor(run: RunFiles) -> str:
@@ -265,19 +229,19 @@ def _doctor(run: RunFiles) -> str:
         parts.append(f"<div class='cards'>{cards}</div>" if cards else
                      "<p class='muted'>The checks before training found nothing.</p>")
     if run.remedies:
-        rows = [[f"<code>{_e(r.get('remedy', '?'))}</code>", _detail(r.get("detail"))]
+        rows = [[f"<code>{escape(r.get('remedy', '?'))}</code>", _detail(r.get("detail"))]
                 for r in run.remedies]
-        parts.append(f"<h3>Remedies applied</h3>{_table(['remedy', 'detail'], rows)}")
+        parts.append(f"<h3>Remedies applied</h3>{table(['remedy', 'detail'], rows)}")
     return "".join(parts)
 
 
 def _detail(detail: Any) -> str:
-    return _kv_table(detail, "kv inner") if isinstance(detail, dict) else _e(_num(detail))
+    return _kv_table(detail, "kv inner") if isinstance(detail, dict) else escape(number(detail))
 
 
 # --- timeline --------------------------------------------------------------------------------------
 def _g(value: Any) -> str:
-    return _num(as_float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else _num(value)
+    return number(as_float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else number(value)
 
 
 def _then(reason: Any) -> str:
@@ -321,7 +285,7 @@ _DESCRIBE = {
     "rollback": _rollback,
     "diagnosis": lambda e: f"{e['code']}: {e.get('message')}" + (f"; fix: {e['fix']}" if e.get("fix") else ""),
     "doctor_finding": lambda e: f"{e.get('severity', '')} {e['code']}: {e.get('message')}".strip(),
-    "remedy": lambda e: f"{e['remedy']}: {_num(e.get('detail'))}",
+    "remedy": lambda e: f"{e['remedy']}: {number(e.get('detail'))}",
     **{kind: (lambda e: str(e["reason"])) for kind in STOP_EVENTS},
 }
 
@@ -332,7 +296,7 @@ def describe(event: dict) -> str:
         return _DESCRIBE[event.get("event")](event)
     except (KeyError, TypeError, ValueError, AttributeError):
         fields = {k: v for k, v in event.items() if k not in ("event", "epoch", "step")}
-        return "; ".join(f"{k} {_num(v)}" for k, v in fields.items())
+        return "; ".join(f"{k} {number(v)}" for k, v in fields.items())
 
 
 def _tag_tone(kind: str) -> str:
@@ -353,10 +317,10 @@ def _timeline(run: RunFiles) -> str:
         kind = str(e.get("event", "?"))
         text = describe(e)
         shown = text if len(text) <= 400 else text[:400] + " …"  # the fields stay whole in events.jsonl
-        rows.append([_e(_num(e.get("epoch"))), _e(_num(e.get("step"))),
-                     f"<span class='tag tone-{_tag_tone(kind)}'>{_e(kind)}</span>", _e(shown)])
+        rows.append([escape(number(e.get("epoch"))), escape(number(e.get("step"))),
+                     f"<span class='tag tone-{_tag_tone(kind)}'>{escape(kind)}</span>", escape(shown)])
     return ("<p class='muted'>Every event in events.jsonl, in order; epoch 0 is tuning, before training.</p>"
-            + _table(["epoch", "step", "event", "what happened"], rows, "timeline"))
+            + table(["epoch", "step", "event", "what happened"], rows, "timeline"))
 
 
 # --- hyperparameters -------------------------------------------------------------------------------
@@ -379,15 +343,15 @@ def _hyperparameters(run: RunFiles) -> str:
     rows = []
     for name, value in values.items():
         event = chosen.get(_CHOSEN_BY.get(name, ""))
-        why = (f"<span class='tag tone-info'>auto</span> {_e(event.get('reason') or '')}" if event is not None
+        why = (f"<span class='tag tone-info'>auto</span> {escape(event.get('reason') or '')}" if event is not None
                else "<span class='tag tone-muted'>set</span> by the run's options or their default (not tuned)")
-        rows.append([f"<code>{_e(name)}</code>", _e(_num(value)), why])
-    parts = [_table(["hyperparameter", "value", "why"], rows, "hp") if rows else
+        rows.append([f"<code>{escape(name)}</code>", escape(number(value)), why])
+    parts = [table(["hyperparameter", "value", "why"], rows, "hp") if rows else
              "<p class='muted'>No hyperparameters recorded.</p>"]
     tuning = (run.summary or {}).get("tuning_epochs")
     if tuning:
-        parts.append(f"<p class='muted'>Choosing them took {_e(_num(tuning))} epochs' worth of training.</p>")
-    parts += [_range_tests(run), _races(run), _img(run.lr_find_png, "LR range test")]
+        parts.append(f"<p class='muted'>Choosing them took {escape(number(tuning))} epochs' worth of training.</p>")
+    parts += [_range_tests(run), _races(run), img(run.lr_find_png, "LR range test")]
     if config:
         parts.append(f"<details><summary>Full configuration ({len(config)} options)</summary>"
                      f"{_kv_table(config)}</details>")
@@ -398,10 +362,10 @@ def _range_tests(run: RunFiles) -> str:
     tests = [e for e in run.events if e.get("event") == "lr_range_test"]
     if not tests:
         return ""
-    rows = [[_e(e.get("optimizer", "?")), _e(_num(e.get("steps"))), _e(_g(e.get("suggested_lr"))),
-             _e(_g(e.get("min_loss_lr"))), _e(_num(e.get("candidates"))), _e(e.get("reason") or "")] for e in tests]
+    rows = [[escape(e.get("optimizer", "?")), escape(number(e.get("steps"))), escape(_g(e.get("suggested_lr"))),
+             escape(_g(e.get("min_loss_lr"))), escape(number(e.get("candidates"))), escape(e.get("reason") or "")] for e in tests]
     return ("<h3>LR range tests</h3>"
-            + _table(["optimizer", "steps", "suggested LR", "loss minimum at", "rules", "reason"], rows))
+            + table(["optimizer", "steps", "suggested LR", "loss minimum at", "rules", "reason"], rows))
 
 
 def _races(run: RunFiles) -> str:
@@ -413,11 +377,11 @@ def _races(run: RunFiles) -> str:
         kept = {(a.get("optimizer"), a.get("lr")) for a in e.get("kept") or []}
         for arm in e.get("arms") or []:
             won = (arm.get("optimizer"), arm.get("lr")) in kept
-            rows.append([_e(_num(e.get("rung"))), _e(arm.get("optimizer", "?")), _e(_g(arm.get("lr"))),
-                         _e(_g(arm.get("best"))), "<span class='tag tone-good'>kept</span>" if won else "out"])
+            rows.append([escape(number(e.get("rung"))), escape(arm.get("optimizer", "?")), escape(_g(arm.get("lr"))),
+                         escape(_g(arm.get("best"))), "<span class='tag tone-good'>kept</span>" if won else "out"])
     monitor = rungs[0].get("monitor") or "monitored value"
     return ("<h3>Race on validation</h3><p class='muted'>Candidates trained side by side from the same weights; "
-            "the better half went on.</p>" + _table(["rung", "optimizer", "LR", f"best {monitor}", ""], rows))
+            "the better half went on.</p>" + table(["rung", "optimizer", "LR", f"best {monitor}", ""], rows))
 
 
 # --- the page --------------------------------------------------------------------------------------
@@ -440,10 +404,10 @@ def render(run: RunFiles) -> str:
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'\">"
-            f"<title>converge · {_e(title)}</title><style>{_STYLE}</style></head>\n<body><main>"
+            f"<title>converge · {escape(title)}</title><style>{_STYLE}</style></head>\n<body><main>"
             f"{_header(run)}\n" + "\n".join(s for s in sections if s) +
             "\n<footer>Written by converge from the run folder's files; rebuild it with "
-            f"<code>converge report {_e(run.path)}</code>.</footer></main></body></html>\n")
+            f"<code>converge report {escape(run.path)}</code>.</footer></main></body></html>\n")
 
 
 _STYLE = """

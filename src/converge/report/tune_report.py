@@ -4,13 +4,10 @@ the command that reproduces it, and every trial."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import math
 from pathlib import Path
 
 from converge.io.atomic import atomic_write_text
+from converge.report._page import escape, img, number, png_bytes, table
 
 _STATE_COLOURS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "fail": "#d62728"}
 
@@ -28,68 +25,54 @@ img { max-width: 100%; }
 
 def write_tune_report(path: Path, summary: dict, rows: list[dict], histories: dict[int, dict]) -> None:
     mode = summary["mode"]
-    parts = [f"<h1>converge tune: {_e(Path(summary['task']).name)}</h1>", _overview(summary),
-             _best(summary), "<h2>Optimization history</h2>", _img(_history_png(rows, mode, summary["monitor"])),
+    parts = [f"<h1>converge tune: {escape(Path(summary['task']).name)}</h1>", _overview(summary),
+             _best(summary), "<h2>Optimization history</h2>", img(_history_png(rows, mode, summary["monitor"]), "optimization history"),
              "<h2>Reported values per epoch</h2>",
              "<p>The best monitored value so far, as reported to the pruner after every epoch; pruned trials "
-             "stop where their line ends.</p>", _img(_curves_png(rows, histories, summary["monitor"])),
+             "stop where their line ends.</p>", img(_curves_png(rows, histories, summary["monitor"]), "reported values per epoch"),
              "<h2>Parameter importances</h2>", _importances(summary), "<h2>Trials</h2>", _trials_table(rows)]
     page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>converge tune report</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(p for p in parts if p) + "\n</body></html>\n")
     atomic_write_text(path, page)
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _num(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if not math.isfinite(value) else f"{value:.6g}"
-    return _e(value)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return escape(number(value, digits=6, missing=""))
 
 
 def _overview(summary: dict) -> str:
     t = summary["trials"]
-    rows = [["study", _e(summary["study"])], ["storage", _e(summary["storage"])],
-            ["objective", f"{'minimize' if summary['mode'] == 'min' else 'maximize'} {_e(summary['monitor'])}"],
-            ["status", _e(summary["status"])],
+    rows = [["study", escape(summary["study"])], ["storage", escape(summary["storage"])],
+            ["objective", f"{'minimize' if summary['mode'] == 'min' else 'maximize'} {escape(summary['monitor'])}"],
+            ["status", escape(summary["status"])],
             ["trials", f"{t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed, {t['running']} running "
                        f"({summary['trials_wanted']} finished wanted)"],
             ["epochs, all trials", _num(summary["epochs_total"])], ["seed", _num(summary["seed"])]]
-    return _table(["", ""], rows)
+    return table(["", ""], rows)
 
 
 def _best(summary: dict) -> str:
     if summary["best_trial"] is None:
         return "<h2>Best configuration</h2><p>No trial has completed yet.</p>"
     hp = summary["best_hyperparameters"]
-    rows = [["trial", _num(summary["best_trial"])], [_e(summary["monitor"]), _num(summary["best_value"])],
-            *[[_e(k), _num(v)] for k, v in hp.items()]]
+    rows = [["trial", _num(summary["best_trial"])], [escape(summary["monitor"]), _num(summary["best_value"])],
+            *[[escape(k), _num(v)] for k, v in hp.items()]]
     for part, kwargs in (summary.get("task_args") or {}).items():
-        rows += [[_e(f"{part}.{k}"), _num(v)] for k, v in kwargs.items()]
+        rows += [[escape(f"{part}.{k}"), _num(v)] for k, v in kwargs.items()]
     test = (summary.get("best_summary") or {}).get("test") or {}
-    rows += [[_e(f"test {k}"), _num(v)] for k, v in test.items()]
-    return ("<h2>Best configuration</h2>" + _table(["", ""], rows) +
+    rows += [[escape(f"test {k}"), _num(v)] for k, v in test.items()]
+    return ("<h2>Best configuration</h2>" + table(["", ""], rows) +
             "<p>Reproduce it (same seed: the same result on CPU):</p>"
-            f"<pre>{_e(summary['reproduce'])}</pre>")
+            f"<pre>{escape(summary['reproduce'])}</pre>")
 
 
 def _importances(summary: dict) -> str:
     found = summary.get("importances") or {}
-    note = f"<p>{_e(summary.get('importance_method', ''))}</p>"
+    note = f"<p>{escape(summary.get('importance_method', ''))}</p>"
     if not found:
         return note + "<p>Not enough trials to say.</p>"
-    return note + _img(_importance_png(found)) + _table(["parameter", "importance"],
-                                                         [[_e(k), f"{v:.3f}"] for k, v in found.items()])
+    return note + img(_importance_png(found), "parameter importances") + table(["parameter", "importance"],
+                                                         [[escape(k), f"{v:.3f}"] for k, v in found.items()])
 
 
 def _trials_table(rows: list[dict]) -> str:
@@ -99,23 +82,15 @@ def _trials_table(rows: list[dict]) -> str:
         extra = ", ".join(f"{part}.{k}={v}" for part, kw in (r.get("task_args") or {}).items() for k, v in kw.items())
         note = f"retry of {r['retry_of']}" if r.get("retry_of") is not None else ""
         state = r["state"]
-        body.append([_num(r["number"]), f"<span class='state-{_e(state.split()[0])}'>{_e(state)}</span>",
-                     _num(r["value"]), _num(r["epochs"]), _e(params + (", " + extra if extra else "")),
-                     _e(note), _num(None if r["seconds"] is None else round(r["seconds"], 1))])
-    return _table(["trial", "state", "value", "epochs", "parameters", "note", "seconds"], body)
+        body.append([_num(r["number"]), f"<span class='state-{escape(state.split()[0])}'>{escape(state)}</span>",
+                     _num(r["value"]), _num(r["epochs"]), escape(params + (", " + extra if extra else "")),
+                     escape(note), _num(None if r["seconds"] is None else round(r["seconds"], 1))])
+    return table(["trial", "state", "value", "epochs", "parameters", "note", "seconds"], body)
 
 
 # --- plots (matplotlib's object API: no global state, no GUI backend) -------------------------------
-def _img(png: bytes | None) -> str:
-    if not png:
-        return ""
-    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
-
-
 def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
+    return png_bytes(fig, dpi=90)
 
 
 def _history_png(rows: list[dict], mode: str, monitor: str) -> bytes | None:
@@ -132,10 +107,10 @@ def _history_png(rows: list[dict], mode: str, monitor: str) -> bytes | None:
             ax.scatter(*zip(*chosen), color=colour, s=18, label=f"{state} (pruned at last value)"
                        if state == "pruned" else state)
     best, line = None, []
-    for number, value, state in points:
+    for trial, value, state in points:
         if state == "complete" and (best is None or (value < best if mode == "min" else value > best)):
             best = value
-        line.append((number, best))
+        line.append((trial, best))
     drawn = [(n, b) for n, b in line if b is not None]
     if drawn:
         ax.plot(*zip(*drawn), color="#2ca02c", drawstyle="steps-post", label="best so far")
@@ -156,9 +131,9 @@ def _curves_png(rows: list[dict], histories: dict[int, dict], monitor: str) -> b
     fig = Figure(figsize=(8, 3.6))
     ax = fig.subplots()
     states = {r["number"]: r["state"] for r in rows}
-    for number, history in histories.items():
+    for trial, history in histories.items():
         if history:
-            colour = _STATE_COLOURS.get(states.get(number, ""), "#999999")
+            colour = _STATE_COLOURS.get(states.get(trial, ""), "#999999")
             ax.plot(list(history), list(history.values()), color=colour, alpha=0.6, linewidth=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"best {monitor} so far")

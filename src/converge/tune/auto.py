@@ -24,17 +24,19 @@ from the last finished stage.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from converge.config import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, TrainConfig
+from converge.config import TrainConfig
 from converge.console import Console
 from converge.decide.lr_suggest import LrSuggestion, suggest_lr
 from converge.engine import device as dev
 from converge.engine.objective import Objective
+from converge.engine.optim import OPTIMIZERS
 from converge.tune.lr_find import RangeTest, lr_range_test
 
 TARGET_STEPS_PER_EPOCH = 50
@@ -113,7 +115,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
         console.message(f"tuning: batch size {batch_size} ({reason})")
 
     optimizers = list(OPTIMIZERS) if config.optimizer == "auto" else [config.optimizer]
-    decay = {opt: DEFAULT_WEIGHT_DECAY[opt] if config.weight_decay == "auto" else config.weight_decay
+    decay = {opt: OPTIMIZERS[opt].default_weight_decay if config.weight_decay == "auto" else config.weight_decay
              for opt in optimizers}
     tests: dict[str, RangeTest] = {}
     arms: list[tuple[str, float]] = []
@@ -180,7 +182,8 @@ def _range_test(log, model, train, objective, opt, decay, batch_size, device, co
 def _lr_from(suggestion: LrSuggestion, opt: str) -> tuple[float, str]:
     if suggestion.ok:
         return suggestion.lr, suggestion.reason
-    return DEFAULT_LR[opt], f"no usable evidence ({suggestion.reason}); the standard {DEFAULT_LR[opt]:g} for {opt}"
+    default = OPTIMIZERS[opt].default_lr
+    return default, f"no usable evidence ({suggestion.reason}); the standard {default:g} for {opt}"
 
 
 def _lr_arms(lr: float, suggestion: LrSuggestion, fixed: bool) -> list[float]:
@@ -217,6 +220,8 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
         return (saved["winner"][0], saved["winner"][1]), saved["samples"], saved["events"]
     rung_epochs = max(1, math.ceil(RUNG_STEPS / steps_per_epoch))
     race_splits = {name: split for name, split in splits.items() if name != "test"}
+    # An arm's own end-of-run diagnosis is never read: no constant-prediction baseline for it.
+    arm_objective = dataclasses.replace(objective, inferred=False)
     trainers = {}
     for opt, lr in arms:
         warmup, _ = _warmup_steps(lr, tests.get(opt), steps_per_epoch)
@@ -224,8 +229,8 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
                                         warmup_steps=warmup, max_epochs=1, min_lr=None,
                                         patience=max(config.patience, 10**6), checkpoint_seconds=1e9,
                                         guard=False)  # a diverging arm must lose, not be rescued
-        trainers[(opt, lr)] = Trainer(copy.deepcopy(model), race_splits, arm_config, loss=objective.loss_fn,
-                                      metrics=objective.metric_fns, restore_best=False)
+        trainers[(opt, lr)] = Trainer(copy.deepcopy(model), race_splits, arm_config, arm_objective,
+                                      restore_best=False)
     alive, rung, events, samples = list(arms), 0, [], 0
     sign = 1 if config.mode == "min" else -1
     while len(alive) > 1:

@@ -9,9 +9,10 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from converge.engine.optim import OPTIMIZERS
 from converge.io.atomic import atomic_write_bytes
-from converge.io.runfolder import BEST_WEIGHTS, RunFolder
-from converge.tune.search import REPORT, SUMMARY, OPTIMIZER_LR, _counts, reproduce_command
+from converge.io.runfolder import BEST_WEIGHTS, SUMMARY, TUNE_REPORT, RunFolder
+from converge.tune.search import _counts, reproduce_command
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -70,7 +71,7 @@ def export_study(study, out: Path, *, task, base, wanted: int, status: str, stor
     folder = RunFolder(out)
     folder.write_json(SUMMARY, summary)
     histories = {t.number: dict(sorted(t.intermediate_values.items())) for t in trials}
-    write_tune_report(out / REPORT, summary, rows, histories)
+    write_tune_report(out / TUNE_REPORT, summary, rows, histories)
     _print_end(summary, out, print_fn)
     return summary
 
@@ -116,7 +117,7 @@ def _print_end(summary: dict, out: Path, print_fn) -> None:
         if summary["best_weights"] is None:
             print_fn(f"tune: the best trial ran on {summary.get('best_host')}; its weights are in "
                      f"{summary['best_run_dir']} there")
-    print_fn(f"tune folder: {out} (report: {out / REPORT})")
+    print_fn(f"tune folder: {out} (report: {out / TUNE_REPORT})")
 
 
 # --- parameter importances -------------------------------------------------------------------------
@@ -164,8 +165,8 @@ def _optuna_importances(complete, direction: str) -> dict:
         params = _unified(t.params)
         dists = {k: v for k, v in t.distributions.items() if not k.startswith("lr_")}
         if "lr" in params:
-            dists["lr"] = FloatDistribution(min(lo for lo, _ in OPTIMIZER_LR.values()),
-                                            max(hi for _, hi in OPTIMIZER_LR.values()), log=True)
+            dists["lr"] = FloatDistribution(min(spec.search_lr[0] for spec in OPTIMIZERS.values()),
+                                            max(spec.search_lr[1] for spec in OPTIMIZERS.values()), log=True)
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.value))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -29,19 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError
+from converge.io.runfolder import JOURNAL, TRIALS, TUNE_INFO, WORKERS
+from converge.status import Status
 from converge.tune import storage as st
 
-OPTIMIZER_LR = {"adamw": (1e-5, 1e-1), "sgd": (1e-4, 1.0)}   # log-uniform LR range per optimizer
 WEIGHT_DECAY = (1e-6, 1e-1)    # log-uniform; the 1e-6 floor stands for "no decay to speak of"
 BATCH_SIZES = (16, 32, 64, 128, 256, 512)
 PRUNERS = ("hyperband", "asha", "none")
 MIN_EPOCHS = 2                 # the pruner's first rung: a trial always trains this many epochs
-TUNE_INFO = "tune.json"
-SUMMARY = "summary.json"
-REPORT = "tune_report.html"
-TRIALS = "trials"
-FINISHED = ("COMPLETE", "PRUNED")
 
 
 @dataclass
@@ -82,9 +79,9 @@ def suggest(trial, batch_sizes: list[int], search_space: Callable | None) -> tup
     """The trial's four knobs and the task's own arguments ``{"model": {...}, "data": {...}}``."""
     from converge.task import check_task_args
 
-    optimizer = trial.suggest_categorical("optimizer", list(OPTIMIZER_LR))
+    optimizer = trial.suggest_categorical("optimizer", list(OPTIMIZERS))
     knobs = {"optimizer": optimizer,
-             "lr": trial.suggest_float(f"lr_{optimizer}", *OPTIMIZER_LR[optimizer], log=True),
+             "lr": trial.suggest_float(f"lr_{optimizer}", *OPTIMIZERS[optimizer].search_lr, log=True),
              "weight_decay": trial.suggest_float("weight_decay", *WEIGHT_DECAY, log=True),
              "batch_size": trial.suggest_categorical("batch_size", batch_sizes)}
     task_args = check_task_args(search_space(trial) if search_space else None, where="search_space(trial)")
@@ -100,7 +97,7 @@ def warm_start_params(chosen, batch_sizes: list[int]) -> dict:
     """The Optuna parameters of the automatic choice ``chosen`` (a TrainConfig with every knob set),
     clipped to the search space: LR and weight decay to their ranges, the batch size to the nearest
     choice on a log scale."""
-    low, high = OPTIMIZER_LR[chosen.optimizer]
+    low, high = OPTIMIZERS[chosen.optimizer].search_lr
     return {"optimizer": chosen.optimizer,
             f"lr_{chosen.optimizer}": min(max(float(chosen.lr), low), high),
             "weight_decay": min(max(float(chosen.weight_decay), WEIGHT_DECAY[0]), WEIGHT_DECAY[1]),
@@ -153,7 +150,7 @@ def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = No
     $CONVERGE_STORAGE, else a journal file in ``out``. ``warm_start``: a new study's trial 0 is converge's
     automatic choice (its tuning epochs count in the summary's ``epochs_total``)."""
     optuna = require_optuna()
-    from converge.api import default_out, make_config
+    from converge.assembly import default_out, make_config
     from converge.task import load_task
 
     _check_options(trials=trials, timeout=timeout, pruner=pruner, heartbeat=heartbeat)
@@ -272,7 +269,7 @@ class _Worker:
                     raise ConvergeError(f"{str(self.out)!r} holds the tune of {key} {old.get(key)!r}, not "
                                         f"{info[key]!r}; use another --out")
             return None
-        if self.out.is_dir() and any(p.name not in (st.JOURNAL, TRIALS, st.WORKERS) for p in self.out.iterdir()):
+        if self.out.is_dir() and any(p.name not in (JOURNAL, TRIALS, WORKERS) for p in self.out.iterdir()):
             raise ConvergeError(f"output folder {str(self.out)!r} already exists and is not a converge tune folder")
         return info
 
@@ -316,18 +313,11 @@ class _Worker:
         """A new study starts from converge's own automatic choice (batch-size rule, LR range test, short
         race: converge.tune.auto), queued as trial 0 with the epochs spent choosing it; the search then
         samples around a configuration that already trains. Measured in bench/tune.py."""
-        from converge.api import _checked_setup
-        from converge.data import make_splits
-        from converge.rng import seed_everything
-        from converge.tune.auto import choose_hyperparameters
+        from converge.assembly import automatic_choice
 
         if self.study.get_trials(deepcopy=False):
             return  # a study that has begun has had its start
-        seed_everything(self.base.seed)
-        model = self.task.build_model()
-        splits = make_splits(*self.task.build_data())
-        device, on_device, objective = _checked_setup(model, splits, self.base, self.task.loss, self.task.metrics)
-        tuning = choose_hyperparameters(model, on_device, self.base, objective, device=device)
+        tuning = automatic_choice(self.task, self.base)
         params = warm_start_params(tuning.config, self.batch_sizes)
         # skip_if_exists: two workers starting together choose the same values; one trial is queued.
         self.study.enqueue_trial(params, user_attrs={"warm_start": True, "tuning_epochs": tuning.epochs},
@@ -376,8 +366,7 @@ class _Worker:
     def _objective(self, trial, wanted: int) -> float:
         import optuna
 
-        from converge.api import _FolderOnce, _task_trainer
-        from converge.console import make_console
+        from converge.assembly import Output, assemble_task
 
         self.current = trial._trial_id
         self._check_surplus(trial, wanted)
@@ -389,16 +378,17 @@ class _Worker:
         trial.set_user_attr("task_args", task_args)
         config = self.base.with_values(**knobs)
         judge = EpochJudge(trial, f"val_{config.monitor.removeprefix('val_')}", config.mode)
-        trainer = _task_trainer(self.task, config, make_console(False), _FolderOnce(run_dir, force=True),
-                                task_args=task_args, epoch_judge=judge)
-        summary = trainer.run().summary
+        run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
+                            task_args=task_args, epoch_judge=judge)
+        summary = run.run().summary
         for key in ("status", "epochs", "best_epoch"):
             trial.set_user_attr(key, summary[key])
-        best = summary["best"].get(trainer.monitor_key)
-        self._say(trial, knobs, task_args, summary, best, trainer.monitor_key)
-        if summary["status"] == "interrupted":
+        best = summary["best"].get(run.trainer.monitor_key)
+        self._say(trial, knobs, task_args, summary, best, run.trainer.monitor_key)
+        status = Status(summary["status"])
+        if status is Status.INTERRUPTED:
             raise _Interrupted(summary["stop_reason"])
-        if summary["status"] in ("pruned", "diverged") or best is None or not math.isfinite(best):
+        if status in (Status.PRUNED, Status.DIVERGED) or best is None or not math.isfinite(best):
             raise optuna.TrialPruned(summary["stop_reason"])
         return float(best)
 

@@ -1,7 +1,12 @@
-"""A finding: what a check saw, how bad it is, the numbers behind it, and what to do about it."""
+"""A finding: what a check or a rule saw, how bad it is, the numbers behind it, and what to do about it.
+
+One type for everything converge tells a person about a task or a run: the doctor's data and model
+checks (`converge.doctor`) and the diagnosis of a finished run (`converge.decide.diagnosis`).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -11,7 +16,7 @@ _RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 
 @dataclass(frozen=True)
 class Finding:
-    code: str                 # one of CODES
+    code: str                 # a stable name ("class_imbalance", "overfitting", ...)
     severity: str             # "error" | "warning" | "info"
     message: str              # one sentence a person can read
     evidence: dict[str, Any] = field(default_factory=dict)   # the numbers behind it (JSON-ready)
@@ -24,6 +29,10 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "severity": self.severity, "message": self.message,
                 "evidence": dict(self.evidence), "fix": self.fix}
+
+    def with_evidence(self, **extra: Any) -> "Finding":
+        """The same finding with more evidence (sampling facts, say)."""
+        return Finding(self.code, self.severity, self.message, {**self.evidence, **extra}, self.fix)
 
 
 def severity_rank(severity: str) -> int:
@@ -39,3 +48,9 @@ def ranked(findings: Iterable[Finding]) -> list[Finding]:
 def at_least(findings: Iterable[Finding], severity: str) -> list[Finding]:
     """The findings at ``severity`` or worse."""
     return [f for f in findings if severity_rank(f.severity) <= severity_rank(severity)]
+
+
+def rounded(value: float, digits: int = 4) -> float | None:
+    """A number for evidence: ``digits`` significant digits, None when it is not finite."""
+    value = float(value)
+    return None if not math.isfinite(value) else float(f"{value:.{digits}g}")

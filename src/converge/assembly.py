@@ -1,0 +1,282 @@
+"""Assembling a run: from (a task file, or a model and data in memory, and the options) to a ready Trainer.
+
+`converge.api` (fit, train_task, resume_run, find_lr) and `converge.tune.search` (one trial) both go
+through here. The steps, in order; bad input fails at the first of them, before anything is written:
+
+1. set-up: the device, the splits on it, the objective (a probe forward; label and shape checks);
+2. the doctor's quick checks and the remedies asked for (task files), which may change the splits
+   and the loss;
+3. the run folder (created only now, so bad input leaves nothing behind) with run.json, doctor.json
+   and remedies.json;
+4. the automatic choice of every "auto" knob (`converge.tune.auto`; its finished stages are saved in
+   the folder, so a run killed while tuning does not tune twice);
+5. the recorder (what the run leaves behind) and the Trainer;
+6. resume: the checkpoint's state loaded, the logs put back in step with it.
+
+Under torchrun only rank 0 writes and prints; the other ranks take rank 0's tuning choices.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from converge import __version__
+from converge.config import TrainConfig
+from converge.console import Console, make_console
+from converge.data import make_splits
+from converge.engine import device as dev
+from converge.engine.distributed import World, current_world
+from converge.engine.loop import FitResult, Trainer
+from converge.engine.objective import Objective, monitor_key, resolve_objective
+from converge.engine.recorder import RunRecorder
+from converge.errors import ConvergeError
+from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
+from converge.io.runfolder import LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder
+from converge.rng import seed_everything
+from converge.status import is_final
+from converge.task import Task, check_task_args
+from converge.tune.auto import StageLog, Tuning, choose_hyperparameters
+from converge.tune.lr_find import plot_range_test
+
+DOCTOR_OPTIONS = ("check", "fix", "drop_label_issues")
+
+
+# --- options and places ------------------------------------------------------------------------------
+_CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def make_config(**options: Any) -> TrainConfig:
+    """A TrainConfig from keyword options; None means "the default"."""
+    unknown = sorted(set(options) - _CONFIG_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_CONFIG_FIELDS))}")
+    return TrainConfig(**{k: v for k, v in options.items() if v is not None})
+
+
+def default_out(task_name: str) -> Path:
+    """runs/<task>-<time>, numbered when two runs start in the same second."""
+    base = Path("runs") / f"{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, number = base, 1
+    while path.exists():
+        number += 1
+        path = base.with_name(f"{base.name}-{number}")
+    return path
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a run writes. ``path`` None: nowhere. ``force``: replace converge's files in an existing
+    folder. ``restart``: a resumed run that never reached its first checkpoint starts over in place,
+    keeping the tuning stages it had finished."""
+
+    path: Path | str | None
+    force: bool = False
+    restart: bool = False
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The newest usable checkpoint of a run folder, where it came from, and what was wrong on the way."""
+
+    state: dict
+    source: Path
+    problems: list[str]
+
+
+def read_checkpoint(folder: RunFolder) -> Checkpoint | None:
+    """None when the run never wrote a checkpoint; an error when every checkpoint is corrupt."""
+    if not any(folder.exists(name) for name in (CHECKPOINT, PREVIOUS)):
+        return None
+    try:
+        return Checkpoint(*load_checkpoint(folder.path))
+    except CheckpointError as exc:
+        raise ConvergeError(f"cannot resume {str(folder.path)!r}: {exc}") from None
+
+
+def check_not_finished(checkpoint: Checkpoint, max_epochs: int) -> None:
+    """Refuse to resume a run that is over. A run killed while writing its final files has a final
+    checkpoint but an older summary: resuming it writes the final files again."""
+    progress = checkpoint.state["progress"]
+    status = progress["status"]
+    summary = checkpoint.source.parent / SUMMARY
+    if is_final(status, progress["epoch"], max_epochs) and summary.exists() and \
+            json.loads(summary.read_text()).get("status") == status:
+        hint = "; pass a larger --max-epochs to continue it" if status == "max_epochs" else ""
+        raise ConvergeError(f"the run in {str(summary.parent)!r} already finished (status {status}){hint}")
+
+
+def run_info(**values: Any) -> dict:
+    """What summary.json and run.json say about the run besides its results."""
+    return {"converge_version": __version__, "torch_version": torch.__version__, **values}
+
+
+# --- the steps -------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    device: torch.device
+    splits: dict          # on the device
+    objective: Objective
+
+
+def checked_setup(model: nn.Module, splits: dict, config: TrainConfig, loss: Callable | None,
+                  metrics: dict | None) -> Setup:
+    """The device, the splits on it, and the objective (probe forward, label and shape checks). The model
+    moves to the device."""
+    device = dev.pick_device(config.device)
+    dev.check_amp(config.amp, device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConvergeError(f"the model ({type(model).__name__}) has no trainable parameters")
+    model.to(device)
+    on_device = {name: split.to(device) for name, split in splits.items()}
+    objective = resolve_objective(model, on_device, loss, metrics or {}, amp=config.amp, device=device,
+                                  probe_size=64)
+    monitor_key(config.monitor, objective.metric_fns)
+    return Setup(device, on_device, objective)
+
+
+@dataclass
+class Run:
+    """A Trainer ready to go, and what the doctor must do once it is done."""
+
+    trainer: Trainer
+    prepared: Any = None   # converge.doctor.in_train.Prepared, when the doctor ran
+
+    def run(self) -> FitResult:
+        result = self.trainer.run()
+        if self.prepared is None:
+            return result
+        from converge.doctor.in_train import after_training
+
+        return after_training(result, self.prepared)
+
+
+def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Callable | None = None,
+             metrics: dict | None = None, output: Output = Output(None), console: Console | None = None,
+             verbose: bool = True, info: dict | None = None, doctor: dict | None = None,
+             epoch_judge: Callable[[dict], str | None] | None = None,
+             checkpoint: Checkpoint | None = None) -> Run:
+    """Steps 1-6 above. ``doctor``: {"check", "fix", "drop_label_issues"} (None: no doctor).
+    ``checkpoint``: continue from it, in the existing folder ``output.path``."""
+    world = current_world(dev.pick_device(config.device))
+    main = world is None or world.is_main
+    console = (console or make_console(verbose)) if main else Console()
+    setup = checked_setup(model, splits, config, loss, metrics)
+    prepared = None
+    if doctor is not None and any(doctor.values()):
+        from converge.doctor.in_train import before_training
+
+        prepared = before_training(model, splits, loss=loss, metrics=metrics, seed=config.seed, console=console,
+                                   **doctor)
+        if prepared.splits is not splits or prepared.loss is not loss:
+            setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics)
+    folder = _open_folder(output, config, info or {}, checkpoint) if main else None
+    events = []
+    if config.auto_knobs:
+        tuning = _choose(model, setup, config, console, folder, world)
+        config, events = tuning.config, list(tuning.events)
+    else:
+        tuning = None
+    export = None
+    if prepared is not None:
+        from converge.doctor import in_train
+
+        events += in_train.events_of(prepared)
+        export = in_train.exporter(model, prepared)
+        if folder is not None:
+            in_train.save(folder, prepared)
+    recorder = RunRecorder(folder, console, run_info=info, events=events, export_state=export,
+                           tensorboard=config.tensorboard)
+    trainer = Trainer(model, setup.splits, config, setup.objective, recorder=recorder, epoch_judge=epoch_judge,
+                      tuning_epochs=tuning.epochs if tuning is not None else 0.0)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint.state)
+        for problem in checkpoint.problems:
+            console.warning(f"{problem}; using {checkpoint.source.name}")
+            trainer.add_event("checkpoint_fallback", problem=problem, used=checkpoint.source.name)
+        trainer.add_event("resumed", checkpoint=checkpoint.source.name, epoch_done=trainer.epoch,
+                          batch=trainer.batch)
+    return Run(trainer, prepared)
+
+
+def _open_folder(output: Output, config: TrainConfig, info: dict, checkpoint: Checkpoint | None) -> RunFolder | None:
+    if output.path is None:
+        return None
+    if checkpoint is not None:
+        return RunFolder.open_existing(output.path)
+    folder = RunFolder.create(output.path, force=output.force or output.restart,
+                              keep=(TUNING_STAGES,) if output.restart else ())
+    # At once, so that `converge resume` knows the task even if the run dies while tuning. It keeps the
+    # options as given ("auto" included): a run resumed before its first checkpoint redoes its tuning from
+    # the saved stages, exactly as the uninterrupted run did.
+    folder.write_json(RUN_INFO, {"config": config.to_dict(), **info})
+    return folder
+
+
+def _choose(model: nn.Module, setup: Setup, config: TrainConfig, console: Console, folder: RunFolder | None,
+            world: World | None) -> Tuning:
+    """Choose the "auto" knobs. Data-parallel: rank 0 chooses (on the whole data), the others take its
+    choices."""
+    if world is not None and not world.is_main:
+        chosen, events, epochs = world.object_from_main(None)
+        return Tuning(chosen, epochs, events)
+    tuning = choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device,
+                                    console=console, log=_stage_log(folder))
+    chosen_test = tuning.range_tests.get(tuning.config.optimizer)
+    if folder is not None and chosen_test is not None:
+        plot_range_test(folder.path / LR_FIND_PLOT, chosen_test, tuning.config.lr)
+    if world is not None:
+        world.object_from_main((tuning.config, tuning.events, tuning.epochs))
+    return tuning
+
+
+def _stage_log(folder: RunFolder | None) -> StageLog:
+    if folder is None:
+        return StageLog()
+    stages = folder.read_json(TUNING_STAGES) if folder.exists(TUNING_STAGES) else {}
+    return StageLog(stages, save=lambda values: folder.write_json(TUNING_STAGES, values))
+
+
+# --- task files ------------------------------------------------------------------------------------
+def build_task(task: Task, config: TrainConfig, task_args: dict | None = None) -> tuple[nn.Module, dict, dict]:
+    """The task's model and splits, built with the run's seed (model initialisation and any randomness in
+    data() follow it), and its checked arguments."""
+    task_args = check_task_args(task_args)
+    seed_everything(config.seed)
+    model = task.build_model(**task_args["model"])
+    splits = make_splits(*task.build_data(**task_args["data"]), num_workers=config.num_workers)
+    return model, splits, task_args
+
+
+def assemble_task(task: Task, config: TrainConfig, *, output: Output, console: Console | None = None,
+                  verbose: bool = True, task_args: dict | None = None, doctor: dict | None = None,
+                  epoch_judge: Callable[[dict], str | None] | None = None,
+                  checkpoint: Checkpoint | None = None, rerun_checks: bool = True) -> Run:
+    """A run of a task file. ``doctor`` as the run was started with (it is recorded in run.json, so a
+    resumed run applies the same remedies); ``rerun_checks`` False: a resumed run whose checkpoint already
+    holds the checks' findings does not run them again."""
+    model, splits, task_args = build_task(task, config, task_args)
+    extra: dict = {"task_args": task_args} if any(task_args.values()) else {}
+    world = current_world()
+    if world is not None:
+        extra["world_size"] = world.size  # `converge resume` starts as many processes again
+    if doctor is not None:
+        extra["doctor"] = {key: bool(doctor.get(key)) for key in DOCTOR_OPTIONS}
+        doctor = {**extra["doctor"], "check": extra["doctor"]["check"] and rerun_checks}
+    info = run_info(name=task.name, task=str(task.path), task_sha256=task.sha256, **extra)
+    return assemble(model, splits, config, loss=task.loss, metrics=task.metrics, output=output, console=console,
+                    verbose=verbose, info=info, doctor=doctor, epoch_judge=epoch_judge, checkpoint=checkpoint)
+
+
+def automatic_choice(task: Task, config: TrainConfig) -> Tuning:
+    """What `converge train TASK` would choose for the "auto" knobs of ``config``, with nothing written or
+    printed (the warm start of `converge tune`)."""
+    model, splits, _ = build_task(task, config)
+    setup = checked_setup(model, splits, config, task.loss, task.metrics)
+    return choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device)

@@ -1,0 +1,137 @@
+"""The run's record: what a person sees and what the run folder holds.
+
+The Trainer decides and trains; it tells its recorder what happened, and the recorder keeps the history
+and the event log (both part of the checkpoint), prints the epoch lines, appends to metrics.jsonl and
+events.jsonl, writes TensorBoard events, hands checkpoints and best weights to the folder's background
+writer, and at the end writes curves.png, report.html and, last, summary.json. Without a run folder
+(``folder=None``: `converge.fit(out=None)`, a data-parallel rank other than 0, a tuning race arm) it
+only keeps the record in memory and prints.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from converge.console import Console
+from converge.io.atomic import atomic_write_bytes
+from converge.io.runfolder import BEST_WEIGHTS, CURVES, SUMMARY, TENSORBOARD_DIR, RunFolder
+from converge.io.weights import weights_bytes
+
+
+class RunRecorder:
+    def __init__(self, folder: RunFolder | None = None, console: Console | None = None, *,
+                 run_info: dict | None = None, events: list[dict] | tuple = (),
+                 export_state: Callable[[dict], dict] | None = None, tensorboard: bool = False) -> None:
+        """``events``: what happened before training (tuning choices, doctor findings), logged first.
+        ``export_state``: what best.safetensors holds, from the best state (`--fix` folds its input
+        standardization into the first layer so the exported model takes raw inputs).
+        ``run_info``: facts about the run (task, versions) that end up in summary.json."""
+        self.folder = folder
+        self.console = console or Console()
+        self.run_info = dict(run_info or {})
+        self.export_state = export_state
+        self.history: list[dict] = []
+        self.events: list[dict] = list(events)
+        self._tensorboard_wanted = tensorboard
+        self._tensorboard = None
+
+    @property
+    def run_dir(self):
+        return self.folder.path if self.folder is not None else None
+
+    # --- during the run ------------------------------------------------------------------------------
+    def start(self, first_epoch: int, *, fresh: bool) -> None:
+        """Before the loop. A ``fresh`` run's log starts with the events that came before training."""
+        if self.folder is None:
+            return
+        if fresh:
+            self.folder.events.rewrite(self.events)
+        if self._tensorboard_wanted and self._tensorboard is None:
+            from converge.io.tensorboard import TensorBoardLog
+
+            self._tensorboard = TensorBoardLog(self.folder.path / TENSORBOARD_DIR, first_epoch=first_epoch)
+
+    def event(self, kind: str, /, *, epoch: int, step: int, **values) -> dict:
+        event = {"event": kind, "epoch": epoch, "step": step, **values}
+        self.events.append(event)
+        if self.folder is not None:
+            self.folder.events.append(event)
+        return event
+
+    def add_epoch(self, record: dict) -> None:
+        """An epoch's values, as soon as they are known (the decisions read the history)."""
+        self.history.append(record)
+
+    def publish_epoch(self, record: dict, notes: list[str]) -> None:
+        """The epoch's line on the console and in the logs, once its decisions are made."""
+        self.console.end_epoch(record, notes)
+        if self.folder is not None:
+            self.folder.metrics.append(record)
+        if self._tensorboard is not None:
+            # The first epoch also carries what happened before training (tuning choices, doctor findings).
+            epoch = record["epoch"]
+            self._tensorboard.log_epoch(record, [e for e in self.events if e.get("epoch") == epoch
+                                                 or (epoch == 1 and e.get("epoch") == 0)])
+
+    def save_best(self, best_state: dict[str, torch.Tensor]) -> None:
+        if self.folder is not None:
+            self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self._exported(best_state)))
+
+    def save_checkpoint(self, data: bytes) -> None:
+        if self.folder is not None:
+            self.folder.write_checkpoint_later(data)
+
+    def _exported(self, state: dict) -> dict:
+        return self.export_state(state) if self.export_state is not None else state
+
+    # --- resume --------------------------------------------------------------------------------------
+    def load(self, history: list[dict], events: list[dict]) -> None:
+        """The record as a checkpoint holds it. The folder's logs may hold lines written after that
+        checkpoint: they are rewritten from it, the truth."""
+        self.history = [dict(r) for r in history]
+        self.events = [dict(e) for e in events]
+        if self.folder is not None:
+            self.folder.metrics.rewrite(self.history)
+            self.folder.events.rewrite(self.events)
+
+    # --- the end -------------------------------------------------------------------------------------
+    def finish(self, summary: dict, best_state: dict | None, monitor: str) -> dict:
+        """Write the run's final files and return the summary with the run's facts added. ``best_state``
+        None (an interrupted run) leaves best.safetensors as the last new best wrote it."""
+        summary = {**summary, **{k: v for k, v in self.run_info.items() if k not in summary}}
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self.folder is None:
+            return summary
+        if best_state is not None:
+            self.save_best(best_state)
+        self._draw_curves(summary.get("best_epoch"), monitor)
+        self.folder.flush()
+        self._write_report(summary)
+        self.folder.write_json(SUMMARY, summary)  # last: a final summary means every file is complete
+        return summary
+
+    def _draw_curves(self, best_epoch: int | None, monitor: str) -> None:
+        """curves.png: the report's figure (loss, metrics and LR against epoch, every decision marked)."""
+        from converge.report._figures import curves_png
+
+        png = curves_png(self.history, self.events, best_epoch=best_epoch, monitor=monitor)
+        if png is not None:
+            atomic_write_bytes(self.folder.path / CURVES, png)
+
+    def _write_report(self, summary: dict) -> None:
+        try:
+            from converge.report.html import write_report
+
+            write_report(self.folder.path, summary=summary)
+        except Exception as exc:  # the report is derived from files already safe; it must not cost the run
+            self.console.warning(f"could not write report.html ({type(exc).__name__}: {exc}); "
+                                 f"try `converge report {self.folder.path}`")
+
+    def close(self) -> None:
+        """Wait for the background writes (their errors surface here)."""
+        if self.folder is not None:
+            self.folder.close()

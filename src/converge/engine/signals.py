@@ -1,0 +1,30 @@
+"""Stop requests from outside: the first Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop at the
+next optimizer step; a second one stops at once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class StopSignals:
+    def __init__(self) -> None:
+        self.requested: str | None = None   # the signal's name once one arrived
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            # Under torchrun each process has a session of its own: a terminal's Ctrl-C reaches torchrun only,
+            # which passes the same signal on to every process, once.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
