@@ -1,6 +1,7 @@
 """The Python API: converge.fit on tensors, Datasets and DataLoaders, and the engine's options."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +194,25 @@ def test_fit_writes_run_folder_and_resume_refuses_a_finished_run(tmp_path):
 def test_unknown_option_is_a_type_error():
     with pytest.raises(TypeError, match="learning_rate"):
         converge.fit(mlp(), *classification_data(), learning_rate=0.1)
+
+
+def test_fit_signature_is_explicit_and_matches_the_config():
+    """Every TrainConfig field is a keyword-only parameter of fit, with the same default, in the order of the
+    CLI's flags (README table), so help(converge.fit) is the documentation."""
+    import dataclasses
+    import inspect
+
+    from converge.cli import TRAIN_OPTIONS
+
+    params = inspect.signature(converge.fit).parameters
+    defaults = {f.name: f.default for f in dataclasses.fields(converge.TrainConfig)}
+    assert set(defaults) <= set(params)
+    for name, default in defaults.items():
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[name].default == default, name
+    order = [name for name in params if name in defaults]
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    flags = [f"`--{name.replace('_', '-')}`" for name in order if name != "guard"]
+    positions = [readme.index(flag) for flag in flags]
+    assert positions == sorted(positions), order
+    assert set(TRAIN_OPTIONS) == set(defaults)

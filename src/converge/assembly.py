@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from converge import __version__
+from converge._version import __version__
 from converge.config import TrainConfig
 from converge.console import Console, make_console
 from converge.data import make_splits
@@ -40,7 +40,7 @@ from converge.errors import ConvergeError
 from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
 from converge.io.runfolder import LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder
 from converge.rng import seed_everything
-from converge.status import is_final
+from converge.status import Status, is_final
 from converge.task import Task, check_task_args
 from converge.tune.auto import StageLog, Tuning, choose_hyperparameters
 from converge.tune.lr_find import plot_range_test
@@ -108,7 +108,7 @@ def check_not_finished(checkpoint: Checkpoint, max_epochs: int) -> None:
     summary = checkpoint.source.parent / SUMMARY
     if is_final(status, progress["epoch"], max_epochs) and summary.exists() and \
             json.loads(summary.read_text()).get("status") == status:
-        hint = "; pass a larger --max-epochs to continue it" if status == "max_epochs" else ""
+        hint = "; pass a larger --max-epochs to continue it" if status == Status.MAX_EPOCHS else ""
         raise ConvergeError(f"the run in {str(summary.parent)!r} already finished (status {status}){hint}")
 
 

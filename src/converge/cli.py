@@ -44,7 +44,7 @@ def _or_auto(parse):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from converge import __version__
+    from converge._version import __version__
     from converge.config import AMP_MODES
     from converge.engine.optim import OPTIMIZERS
 
@@ -335,7 +335,9 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"tune: {result.status}; best trial {result.summary['best_trial']}")
         if result.summary["reproduce"]:
             print(f"reproduce: {result.summary['reproduce']}")
-    return 130 if result.status == "interrupted" else 0
+    from converge.status import Status
+
+    return Status.INTERRUPTED.exit_code if result.status == "interrupted" else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 from converge.decide.findings import Finding
+from converge.status import Status
 
 ROLLBACKS_FOR_LR = 2
 RISE = 0.10
@@ -70,19 +71,19 @@ def _status_finding(history, events, status, monitor, mode, patience, max_epochs
     best_epoch, best = _best(history, monitor, mode)
     cuts = sum(1 for e in events if e.get("event") == "lr_reduced")
     base = {"epochs": len(history), "best_epoch": best_epoch, "best": best, "monitor": monitor, "lr_cuts": cuts}
-    if status == "converged":
+    if status == Status.CONVERGED:
         return finding("converged", f"converged: best {monitor} {_fmt(best)} at epoch {best_epoch}; no significant "
                        f"improvement after it despite {cuts} LR cut(s)", base,
                        "nothing to fix: the best weights are in best.safetensors")
-    if status == "max_epochs" and best_epoch is not None and len(history) - best_epoch < patience:
+    if status == Status.MAX_EPOCHS and best_epoch is not None and len(history) - best_epoch < patience:
         recent = _improvement(history, monitor, mode, window=min(5, len(history) - 1))
         evidence = {**base, "max_epochs": max_epochs, "improvement_last_epochs": recent}
         return finding("still_improving", f"reached --max-epochs {max_epochs} while {monitor} was still improving "
                        f"(best at epoch {best_epoch} of {len(history)})", evidence,
                        f"raise --max-epochs (e.g. to {2 * max(max_epochs, len(history))}), or continue this run "
                        f"with `converge resume DIR --max-epochs N`")
-    if status == "diverged":
-        stop = next((e for e in reversed(events) if e.get("event") == "diverged"), {})
+    if status == Status.DIVERGED:
+        stop = next((e for e in reversed(events) if e.get("event") == Status.DIVERGED), {})
         rollbacks = sum(1 for e in events if e.get("event") == "rollback")
         evidence = {**base, "rollbacks": rollbacks, "loss": stop.get("loss", stop.get("train_loss")),
                     "lr": stop.get("lr")}

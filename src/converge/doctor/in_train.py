@@ -18,6 +18,7 @@ from converge.decide.findings import Finding, at_least
 from converge.doctor.run import class_count, label_issues, run_checks, samples_from_splits
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
+from converge.status import Status
 
 TRAIN_MAX_ROWS = 5000   # rows per split the checks at the start of `converge train` read
 
@@ -147,7 +148,7 @@ def exporter(model: nn.Module, prepared: Prepared) -> Callable[[dict], dict] | N
 def after_training(result, prepared: Prepared | None):
     """Make the returned model take raw inputs as best.safetensors does (the Trainer wrote the folded file):
     fold the standardization into result.model, or save standardize.json and hook the model."""
-    if prepared is None or prepared.standardization is None or result.summary.get("status") == "interrupted":
+    if prepared is None or prepared.standardization is None or result.summary.get("status") == Status.INTERRUPTED:
         return result
     from converge.io.atomic import atomic_write_text
 

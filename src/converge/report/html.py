@@ -300,11 +300,13 @@ def describe(event: dict) -> str:
 
 
 def _tag_tone(kind: str) -> str:
-    if kind in ("rollback", "diverged", "checkpoint_fallback"):
+    if kind in STOP_EVENTS:
+        return Status(kind).tone
+    if kind in ("rollback", "checkpoint_fallback"):
         return _BAD
-    if kind in ("lr_reduced", "diagnosis", "doctor_finding", "interrupted", "max_epochs", "pruned"):
+    if kind in ("lr_reduced", "diagnosis", "doctor_finding"):
         return _WARN
-    if kind in ("new_best", "converged", "restored_best"):
+    if kind in ("new_best", "restored_best"):
         return _GOOD
     return "info" if kind.startswith(("chose_", "lr_range", "race", "warmup")) else "muted"
 

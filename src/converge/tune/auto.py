@@ -37,6 +37,7 @@ from converge.decide.lr_suggest import LrSuggestion, suggest_lr
 from converge.engine import device as dev
 from converge.engine.objective import Objective
 from converge.engine.optim import OPTIMIZERS
+from converge.status import Status
 from converge.tune.lr_find import RangeTest, lr_range_test
 
 TARGET_STEPS_PER_EPOCH = 50
@@ -238,13 +239,13 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
         scores = {}
         for arm in alive:
             trainer = trainers[arm]
-            if trainer.status != "diverged":
+            if trainer.status is not Status.DIVERGED:
                 trainer.extend(rung_epochs)
-                if trainer.status == "interrupted":  # Ctrl-C: stop tuning; finished stages are saved
+                if trainer.status is Status.INTERRUPTED:  # Ctrl-C: stop tuning; finished stages are saved
                     raise KeyboardInterrupt
                 samples += rung_epochs * len(trainer.splits["train"])
             # An arm whose training loss blew up is out, whatever it scored before.
-            finite = math.isfinite(trainer.tracker.best) and trainer.status != "diverged"
+            finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
             scores[arm] = sign * trainer.tracker.best if finite else math.inf
         ranked = sorted(alive, key=lambda arm: scores[arm])
         keep = ranked[: max(1, len(alive) // 2)]
