@@ -221,6 +221,10 @@ def test_groups_added_later_get_a_floor():
     optimizer.add_param_group({"params": [nn.Parameter(torch.zeros(2))], "lr": 0.5})
     feed(monitor, model, [1.0, 1.0])
     assert monitor.min_lrs == [1e-3, 1e-3] and monitor.get_last_lr() == pytest.approx([0.01, 0.05])
+    monitor.min_lr = 0.02   # the older Monitor's attribute: one floor for every group
+    assert monitor.min_lrs == [0.02, 0.02]
+    with pytest.raises(ValueError, match="min_lr"):
+        monitor.min_lr = -1.0
 
 
 def test_a_state_saved_by_the_old_monitor_loads():

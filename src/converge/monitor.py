@@ -86,8 +86,13 @@ class Monitor:
 
     @property
     def min_lr(self) -> float:
-        """The first parameter group's LR floor (``min_lrs`` holds one per group)."""
+        """The first parameter group's LR floor (``min_lrs`` holds one per group). Setting it sets one floor
+        for every group, as the older Monitor's single ``min_lr`` did."""
         return self.min_lrs[0]
+
+    @min_lr.setter
+    def min_lr(self, value: float) -> None:
+        self._floor_for_new_groups, self.min_lrs = _floors(value, self.optimizer)
 
     def step(self, value: float | torch.Tensor) -> bool:
         """Judge one epoch's value and act on it: keep the weights on a new best, cut the LR on a plateau.
