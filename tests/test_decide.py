@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from converge.decide import ConvergencePolicy, ConvergenceTracker, is_improvement
+from converge.decide import ConvergencePolicy, ConvergenceTracker, StopRule, is_improvement
 
 
 def run(values, *, at_minimum_after_cuts=None, **policy):
@@ -70,11 +70,12 @@ def test_smoothing_ignores_single_epoch_outliers(values, window, expected):
     assert letters == expected
 
 
-def test_smoothed_value_treats_nan_as_worst():
+def test_smoothed_value_leaves_non_finite_values_out():
     tracker = ConvergenceTracker(ConvergencePolicy(window=3))
     for value in (1.0, math.nan):
         tracker.update(value)
-    assert tracker.smoothed(0.5) == 1.0   # median of (1.0, inf, 0.5)
+    assert tracker.smoothed(0.5) == 0.75   # median of (1.0, 0.5): the NaN says nothing about the trend
+    assert math.isnan(tracker.smoothed(math.nan))
 
 
 def test_cooldown_epochs_after_a_cut_do_not_count():
@@ -150,7 +151,143 @@ def test_load_state_dict_rejects_missing_keys():
 
 
 @pytest.mark.parametrize("bad", [dict(mode="up"), dict(patience=0), dict(threshold=-1), dict(cooldown=-1),
-                                 dict(threshold_mode="pct"), dict(unproductive_cuts=-1)])
+                                 dict(threshold_mode="pct"), dict(unproductive_cuts=-1), dict(window=0),
+                                 dict(patience=True), dict(threshold=math.nan), dict(check_finite=1),
+                                 dict(stopping_threshold=math.inf), dict(divergence_threshold="1"),
+                                 dict(baseline=math.nan), dict(start_from_epoch=-1), dict(start_from_epoch=1.5),
+                                 dict(stopping_threshold=2.0, divergence_threshold=1.0),
+                                 dict(mode="max", stopping_threshold=1.0, divergence_threshold=2.0)])
 def test_policy_rejects_bad_values(bad):
-    with pytest.raises(ValueError):
+    name = next(iter(bad)) if len(bad) == 1 else "threshold"
+    with pytest.raises(ValueError, match=name):
         ConvergencePolicy(**bad)
+
+
+# --- issue 13: cooldown, non-finite values, and the options users bring from torch / Lightning / Keras ----
+
+def test_cooldown_runs_out_while_the_run_improves():
+    """Cooldown counts epochs after the cut, improving or not (it used to wait for epochs without progress).
+    torch's test_reduce_lr_on_plateau7 (test/optim/test_lrscheduler.py): values [1]*7 + [0.6] + [0.5]*12,
+    patience 5 (6 here), cooldown 5, threshold 0.1: cuts after the 7th and the 18th value."""
+    letters, _ = run([1] * 7 + [0.6] + [0.5] * 12, patience=6, cooldown=5, threshold=0.1, unproductive_cuts=9)
+    assert letters == "+.....R++........R.."
+
+
+def test_cooldown_is_over_after_improving_epochs():
+    letters, tracker = run([1.0] * 3 + [0.9 ** k for k in range(1, 30)], patience=2, cooldown=3)
+    assert letters.index("R") == 2 and "R" not in letters[3:]
+    assert tracker.cooldown_left == 0
+
+
+@pytest.mark.parametrize("values, window, expected", [
+    # a NaN first epoch: the first finite value is progress, not the second bad epoch of a plateau
+    # (before issue 13 the median of (inf, 1.0) was inf, and the second epoch was a cut)
+    ([math.nan, 1.0], 3, ".+"),
+    ([math.nan, 1.0, 1.0, 1.0], 3, ".+.R"),
+    ([math.inf, math.nan, 1.0, 0.9], 3, ".R++"),
+    # a NaN in the middle costs one bad epoch and is left out of the median
+    ([1.0, 0.9, math.nan, 0.8, 0.7], 3, "++.++"),
+])
+def test_non_finite_values_are_bad_epochs_left_out_of_the_median(values, window, expected):
+    letters, _ = run(values, patience=2, window=window)
+    assert letters == expected
+
+
+@pytest.mark.parametrize("values, expected, epoch", [
+    ([math.nan] * 5, "S", 1),
+    ([1.0, 0.9, math.nan, math.nan], "++S", 3),
+    ([4.0, 3.0, math.inf, 2.0], "++S", 3),
+    ([4.0, 3.0, -math.inf, 2.0], "++S", 3),
+])
+def test_check_finite_stops_at_the_first_non_finite_value(values, expected, epoch):
+    letters, tracker = run(values, patience=2, check_finite=True)
+    assert letters == expected
+    verdict = ConvergenceTracker(ConvergencePolicy(check_finite=True, window=1))
+    for value in values[:epoch]:
+        last = verdict.update(value)
+    assert last.stop and last.rule == StopRule.NON_FINITE and last.diverged
+    assert last.reason.startswith("diverged:") and "converged" not in last.reason
+
+
+def test_a_non_finite_plateau_without_check_finite_is_diverged_not_converged():
+    tracker = ConvergenceTracker(ConvergencePolicy(patience=2, window=3))
+    verdicts = [tracker.update(v) for v in [1.0, 0.9, math.nan, math.nan, math.nan, math.nan]]
+    assert [v.reduce_lr for v in verdicts] == [False, False, False, True, False, False]
+    last = verdicts[-1]
+    assert last.stop and last.rule == StopRule.NON_FINITE and last.diverged
+    assert last.reason.startswith("diverged:") and "best 0.9 at epoch 2" in last.reason
+    tracker = ConvergenceTracker(ConvergencePolicy(patience=1, window=3))
+    first = tracker.update(math.nan)
+    second = tracker.update(math.nan)
+    assert first.reduce_lr and second.stop and "no finite value yet" in second.reason
+    assert "epoch 0" not in second.reason
+
+
+def test_a_plateau_stop_is_converged():
+    tracker = ConvergenceTracker(ConvergencePolicy(patience=1, window=1))
+    verdicts = [tracker.update(v) for v in (1.0, 1.0, 1.0)]
+    assert verdicts[-1].rule == StopRule.PLATEAU and not verdicts[-1].diverged
+    assert verdicts[-1].reason.startswith("converged:")
+    assert all(v.rule is None for v in verdicts[:-1])
+
+
+@pytest.mark.parametrize("values, policy, expected, rule", [
+    # stopping_threshold: stop as soon as a value beats it, no patience, no cut needed
+    ([9, 8, 7, 6, 5, 6, 4, 3, 2, 1], dict(stopping_threshold=2.9), "+++++.++S", StopRule.STOPPING_THRESHOLD),
+    ([0.5, 0.8, 0.95], dict(mode="max", stopping_threshold=0.9), "++S", StopRule.STOPPING_THRESHOLD),
+    ([5, 3, 2.9], dict(stopping_threshold=2.9), "+++", None),   # strictly beyond the threshold
+    # divergence_threshold: stop as soon as a value is worse than it
+    ([9, 4, 2, 16, 32], dict(divergence_threshold=15.9), "+++S", StopRule.DIVERGENCE_THRESHOLD),
+    ([0.5, 0.6, 0.05], dict(mode="max", divergence_threshold=0.1), "++S", StopRule.DIVERGENCE_THRESHOLD),
+    ([9, 4, 2, math.inf], dict(divergence_threshold=15.9), "+++S", StopRule.DIVERGENCE_THRESHOLD),
+])
+def test_stopping_and_divergence_thresholds(values, policy, expected, rule):
+    letters, tracker = run(values, patience=3, **policy)
+    assert letters == expected
+    verdict = ConvergenceTracker(ConvergencePolicy(patience=3, window=1, **policy))
+    for value in values[:len(expected)]:
+        last = verdict.update(value)
+    assert last.rule == rule
+    assert last.diverged is (rule == StopRule.DIVERGENCE_THRESHOLD)
+
+
+@pytest.mark.parametrize("values, policy, expected", [
+    # nothing counts as progress until a value beats the baseline; new bests still follow the raw values
+    ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], dict(baseline=0.5, patience=5, unproductive_cuts=0), "bbb.S"),
+    ([0.9, 0.8, 0.4, 0.41, 0.42], dict(baseline=0.5, patience=3, unproductive_cuts=0), "bb+.."),
+    ([0.9, 0.9, 0.9, 0.9, 0.9], dict(baseline=0.5, patience=2), "bR.S"),
+    # unlike Keras, an epoch that is a new best but does not beat the baseline counts against patience
+    ([0.2, 0.4, 0.45], dict(mode="max", baseline=0.5, patience=3, unproductive_cuts=0), "bbS"),
+    # start_from_epoch: the first values are not judged at all
+    ([5.0, 1.0, 2.0, 2.0, 2.0, 2.0], dict(start_from_epoch=2, patience=3, unproductive_cuts=0), "..+..S"),
+    ([math.nan, 5.0, 1.0, 1.0], dict(start_from_epoch=1, patience=1), ".++R"),
+])
+def test_baseline_and_start_from_epoch(values, policy, expected):
+    letters, _ = run(values, **policy)
+    assert letters == expected
+
+
+def test_start_from_epoch_keeps_no_best_and_check_finite_still_applies():
+    tracker = ConvergenceTracker(ConvergencePolicy(start_from_epoch=2))
+    assert not tracker.update(0.1).new_best and tracker.best == math.inf
+    verdict = ConvergenceTracker(ConvergencePolicy(start_from_epoch=2, check_finite=True)).update(math.nan)
+    assert verdict.stop and verdict.rule == StopRule.NON_FINITE
+
+
+def test_baseline_never_beaten_says_so():
+    tracker = ConvergenceTracker(ConvergencePolicy(baseline=0.5, patience=2, unproductive_cuts=0, window=1))
+    verdicts = [tracker.update(0.9) for _ in range(2)]
+    assert verdicts[-1].stop and "baseline 0.5" in verdicts[-1].reason
+
+
+def test_old_state_without_the_new_options_loads_with_defaults():
+    """A tracker state saved before issue 13 (no new policy fields, NaN kept in the window) still loads."""
+    old = {"best": 0.9, "reference": 0.9, "best_epoch": 2, "epochs": 3, "bad_epochs": 1, "cooldown_left": 0,
+           "cuts_since_improvement": 0, "total_cuts": 0, "recent": [1.0, 0.9, math.nan],
+           "policy": {"mode": "min", "patience": 2, "threshold": 1e-3, "threshold_mode": "rel", "cooldown": 0,
+                      "unproductive_cuts": 1, "window": 3}}
+    tracker = ConvergenceTracker()
+    tracker.load_state_dict(old)
+    assert tracker.policy.check_finite is False and tracker.policy.baseline is None
+    assert tracker.recent == [1.0, 0.9]
+    assert tracker.update(0.95).reduce_lr   # median (1.0, 0.9, 0.95) = 0.95: the second bad epoch

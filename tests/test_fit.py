@@ -216,3 +216,41 @@ def test_fit_signature_is_explicit_and_matches_the_config():
     positions = [readme.index(flag) for flag in flags]
     assert positions == sorted(positions), order
     assert set(TRAIN_OPTIONS) == set(defaults)
+
+
+class NanOnFirstValidation(nn.Module):
+    """The test MLP, except that the first validation pass after training started outputs NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp()
+        self.trained, self.fired = False, False
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.training:
+            self.trained = True
+        elif self.trained and not self.fired:
+            self.fired = True
+            return out * math.nan
+        return out
+
+
+def test_plateau_rule_in_fit_with_two_parameter_groups_and_a_non_finite_validation_value(tmp_path):
+    """fit shares the plateau decisions with Monitor (issue 13): a NaN validation value (rolled back by the
+    guard) does not make the next good epoch a cut, and a cut lowers both parameter groups (weights, and
+    biases without weight decay) alike, never below --min-lr."""
+    train, val = classification_data()
+    result = converge.fit(NanOnFirstValidation(), train, val, out=tmp_path / "run",
+                          **quick(max_epochs=40, lr=1e-2, patience=2, min_lr=1e-3))
+    events = result.events
+    rollback = next(e for e in events if e["event"] == "rollback")
+    assert rollback["epoch"] == 1 and rollback["kind"] == "nonfinite" and rollback["batch"] is None
+    assert not any(e["event"] == "lr_reduced" and e["epoch"] == 2 for e in events)
+    assert next(e for e in events if e["event"] == "new_best")["epoch"] == 2
+    cuts = [e for e in events if e["event"] == "lr_reduced"]
+    assert cuts and all(e["new_lr"] < e["old_lr"] for e in cuts)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert len(groups) == 2 and {g["weight_decay"] for g in groups} == {1e-2, 0.0}
+    assert groups[0]["lr"] == groups[1]["lr"] == result.summary["final_lr"] >= 1e-3 * 0.5 ** result.summary["rollbacks"]

@@ -1,10 +1,14 @@
 """converge.Monitor: plateau LR cuts, best-weight keeping and stopping inside a user's own loop."""
 
+import inspect
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from converge import Monitor
+from converge.decide import StopRule
 
 
 def setup(lr=0.1, **options):
@@ -96,3 +100,166 @@ def test_the_classic_three_techniques_in_a_few_lines():
     with torch.no_grad():
         assert nn.functional.mse_loss(model(xv), yv).item() == pytest.approx(monitor.best)
     assert monitor.best < 1e-3
+
+
+# --- issue 13: the five defects and the new options, through Monitor's public API ------------------------------
+
+def two_groups(lrs=(0.1, 1e-5), **options):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD([{"params": [model.weight], "lr": lrs[0]}, {"params": [model.bias], "lr": lrs[1]}])
+    return model, optimizer, Monitor(model, optimizer, **options)
+
+
+def lrs(optimizer):
+    return [float(g["lr"]) for g in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("min_lr, expected", [
+    (None, [0.01, 1e-6]),        # default: 1e-3 x each group's own LR
+    (1e-4, [0.01, 1e-5]),        # one floor above group 1's LR: group 1 keeps its LR (it was raised to 1e-4)
+    ([1e-3, 1e-7], [0.01, 1e-6]),
+])
+def test_a_cut_never_raises_a_group(min_lr, expected):
+    model, optimizer, monitor = two_groups(min_lr=min_lr, patience=1, window=1, unproductive_cuts=5)
+    feed(monitor, model, [1.0, 1.0])
+    assert lrs(optimizer) == pytest.approx(expected, rel=1e-9)
+    assert monitor.last_applied_.cut and monitor.last_applied_.lrs_before == pytest.approx([0.1, 1e-5])
+
+
+def test_a_frozen_group_stays_frozen():
+    model, optimizer, monitor = two_groups(lrs=(0.1, 0.0), min_lr=1e-4, patience=1, window=1, unproductive_cuts=5)
+    feed(monitor, model, [1.0, 1.0, 1.0, 1.0])
+    assert lrs(optimizer) == pytest.approx([1e-4, 0.0])
+
+
+def test_a_tensor_lr_stays_the_same_tensor_when_the_cut_lands_on_min_lr():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    lr = torch.tensor(0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    held = optimizer.param_groups[0]["lr"]
+    monitor = Monitor(model, optimizer, patience=1, window=1, min_lr=0.05, unproductive_cuts=5)
+    feed(monitor, model, [1.0, 1.0])
+    assert optimizer.param_groups[0]["lr"] is held and float(held) == pytest.approx(0.05)
+
+
+def test_a_nan_first_epoch_does_not_make_the_first_good_epoch_a_cut():
+    model, optimizer, monitor = setup(patience=2, check_finite=False)
+    feed(monitor, model, [math.nan, 1.0])
+    assert optimizer.param_groups[0]["lr"] == 0.1 and monitor.last_verdict_.significant
+    assert monitor.best == 1.0 and monitor.best_epoch == 2
+
+
+@pytest.mark.parametrize("values, stop_at, best_text", [
+    ([math.nan] * 6, 1, "no finite value yet"),
+    ([1.0, 0.9, math.nan, math.nan, math.nan, math.nan], 3, "best 0.9 at epoch 2"),
+])
+def test_a_non_finite_value_stops_at_once_as_diverged(values, stop_at, best_text):
+    model, optimizer, monitor = setup(patience=2)
+    stops = feed(monitor, model, values)
+    assert stops.index(True) + 1 == stop_at
+    assert monitor.stop_reason_.startswith("diverged:") and best_text in monitor.stop_reason_
+    assert monitor.last_verdict_.rule == StopRule.NON_FINITE and monitor.last_verdict_.diverged
+    assert optimizer.param_groups[0]["lr"] == 0.1   # no LR cut on the way
+
+
+def test_without_check_finite_a_non_finite_plateau_is_still_not_converged():
+    model, _, monitor = setup(patience=2, check_finite=False)
+    stops = feed(monitor, model, [1.0, 0.9] + [math.nan] * 6)
+    assert True in stops and monitor.stop_reason_.startswith("diverged:")
+    assert monitor.last_verdict_.rule == StopRule.NON_FINITE
+
+
+def test_stopping_and_divergence_thresholds_stop_at_once_with_a_reason():
+    model, _, monitor = setup(stopping_threshold=0.6, patience=50)
+    assert feed(monitor, model, [5.0, 3.0, 1.0, 0.5]) == [False, False, False, True]
+    assert monitor.last_verdict_.rule == StopRule.STOPPING_THRESHOLD and "stopping threshold" in monitor.stop_reason_
+    assert monitor.best == 0.5 and monitor.best_state_ is not None   # the best weights include that epoch
+    model, _, monitor = setup(divergence_threshold=8.0, patience=50)
+    assert feed(monitor, model, [1.0, 2.0, 5.0, 10.0]) == [False, False, False, True]
+    assert monitor.last_verdict_.diverged and "divergence threshold 8" in monitor.stop_reason_
+
+
+def test_baseline_and_start_from_epoch():
+    model, optimizer, monitor = setup(baseline=0.5, patience=2, window=1)
+    assert feed(monitor, model, [0.9, 0.8, 0.7, 0.7]) == [False, False, False, True]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01) and "baseline 0.5" in monitor.stop_reason_
+    assert monitor.best == 0.7
+    model, _, monitor = setup(start_from_epoch=3, patience=1, window=1, unproductive_cuts=0)
+    assert feed(monitor, model, [0.1, 5.0, 5.0, 1.0, 1.0]) == [False, False, False, False, True]
+    assert monitor.best == 1.0 and monitor.best_epoch == 4
+
+
+def test_window_1_turns_the_median_off():
+    values = [1.0, 0.9, 0.8, 0.5, 0.78, 0.76, 0.74]
+    _, opt_median, median = setup(patience=3)
+    _, opt_raw, raw = setup(patience=3, window=1)
+    for value in values:
+        median.step(value)
+        raw.step(value)
+    assert opt_median.param_groups[0]["lr"] == 0.1 and opt_raw.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_eps_skips_tiny_cuts_and_then_the_plateau_stops():
+    model, optimizer, monitor = setup(lr=1e-6, min_lr=0.0, eps=1e-6, patience=1, window=1, unproductive_cuts=5)
+    assert feed(monitor, model, [1.0, 1.0]) == [False, True]
+    assert optimizer.param_groups[0]["lr"] == 1e-6 and "minimum" in monitor.stop_reason_
+
+
+def test_get_last_lr_reports_every_group():
+    model, optimizer, monitor = two_groups(lrs=(0.1, 0.01), patience=1, window=1, min_lr=0.0)
+    assert monitor.get_last_lr() == [0.1, 0.01]
+    feed(monitor, model, [1.0, 1.0])
+    assert monitor.get_last_lr() == pytest.approx([0.01, 0.001])
+    optimizer.param_groups[0]["lr"] = 0.5    # changed outside: get_last_lr is what the last step left
+    assert monitor.get_last_lr() == pytest.approx([0.01, 0.001])
+
+
+def test_groups_added_later_get_a_floor():
+    model, optimizer, monitor = setup(min_lr=1e-3, patience=1, window=1, unproductive_cuts=5)
+    optimizer.add_param_group({"params": [nn.Parameter(torch.zeros(2))], "lr": 0.5})
+    feed(monitor, model, [1.0, 1.0])
+    assert monitor.min_lrs == [1e-3, 1e-3] and monitor.get_last_lr() == pytest.approx([0.01, 0.05])
+    monitor.min_lr = 0.02   # the older Monitor's attribute: one floor for every group
+    assert monitor.min_lrs == [0.02, 0.02]
+    with pytest.raises(ValueError, match="min_lr"):
+        monitor.min_lr = -1.0
+
+
+def test_a_state_saved_by_the_old_monitor_loads():
+    """The state the Monitor wrote before issue 13: one min_lr, no eps, a policy without the new options."""
+    model, optimizer, monitor = two_groups(lrs=(0.1, 1e-5), patience=2)
+    feed(monitor, model, [1.0, 0.9])
+    state = monitor.state_dict()
+    old = {key: state[key] for key in ("tracker", "best_state", "min_lr", "factor", "stop_reason")}
+    old["min_lr"] = 1e-4
+    old["tracker"] = dict(old["tracker"], policy={k: v for k, v in state["tracker"]["policy"].items()
+                                                  if k in ("mode", "patience", "threshold", "threshold_mode",
+                                                           "cooldown", "unproductive_cuts", "window")})
+    _, _, fresh = two_groups(lrs=(0.1, 1e-5))
+    fresh.model, fresh.optimizer = model, optimizer
+    fresh.load_state_dict(old)
+    assert fresh.min_lrs == [1e-4, 1e-4] and fresh.tracker.policy.check_finite is False
+    feed(fresh, model, [0.9, 0.9, 0.9])    # the cut: group 1 (below the old single floor) is not raised
+    assert lrs(optimizer) == pytest.approx([0.01, 1e-5])
+
+
+@pytest.mark.parametrize("options, named", [
+    (dict(factor=1.5), "factor"), (dict(eps=-1.0), "eps"), (dict(min_lr=-1.0), "min_lr"),
+    (dict(min_lr=[1e-3, 1e-3]), "min_lr"), (dict(window=0), "window"), (dict(patience=0), "patience"),
+    (dict(check_finite="yes"), "check_finite"), (dict(stopping_threshold=math.nan), "stopping_threshold"),
+    (dict(baseline="0.5"), "baseline"), (dict(start_from_epoch=-2), "start_from_epoch"),
+    (dict(mode="auto"), "mode"),
+])
+def test_bad_options_are_named(options, named):
+    with pytest.raises(ValueError, match=named):
+        setup(**options)
+
+
+def test_options_are_keyword_only_and_every_public_method_has_a_docstring():
+    params = inspect.signature(Monitor).parameters
+    assert [p.name for p in params.values() if p.kind is not p.KEYWORD_ONLY] == ["model", "optimizer"]
+    for name, member in inspect.getmembers(Monitor):
+        if not name.startswith("_") and (inspect.isfunction(member) or isinstance(member, property)):
+            assert inspect.getdoc(member), name

@@ -1,37 +1,57 @@
-"""When to cut the learning rate and when a run has converged.
+"""When to cut the learning rate and when a run has converged (or must stop at once).
 
 One state machine decides both, so the two can never disagree:
 
 * A value is a *new best* when it beats the best so far at all; the best weights follow it.
-* Progress is judged on the *smoothed* value: the median of the last ``window`` values (3 by default).
-  One unusually good epoch therefore cannot set a bar that the still-improving trend fails to clear
-  for ``patience`` epochs -- the known failure of ReduceLROnPlateau, which compares every epoch with the
-  best value ever seen and so answers one lucky (or one bad) epoch with a train of LR cuts.
+* Progress is judged on the *smoothed* value: the median of the last ``window`` finite values (3 by
+  default; ``window=1`` turns smoothing off). One unusually good epoch therefore cannot set a bar that
+  the still-improving trend fails to clear for ``patience`` epochs -- the known failure of
+  ReduceLROnPlateau, which compares every epoch with the best value ever seen and so answers one lucky
+  (or one bad) epoch with a train of LR cuts.
 * The smoothed value is a *significant improvement* when it beats the *reference* -- the value of the last
-  significant improvement -- by more than ``threshold`` (relative to ``|reference|`` by default, or
-  absolute). Only significant improvements reset patience. Because the reference does not creep along
-  with tiny gains, slow but steady progress still counts once it adds up to the threshold.
-* After ``patience`` epochs without a significant improvement (epochs in cooldown after a cut
-  do not count) the learning rate is cut by ``factor``.
+  significant improvement, or ``baseline`` before there was one -- by more than ``threshold`` (relative to
+  ``|reference|`` by default, or absolute). Only significant improvements reset patience. Because the
+  reference does not creep along with tiny gains, slow but steady progress still counts once it adds up.
+* After ``patience`` epochs without a significant improvement the learning rate is cut by ``factor``.
+  The ``cooldown`` epochs right after a cut do not count against patience, whether they improve or not
+  (cooldown is counted in epochs after the cut, as ReduceLROnPlateau and Keras count it).
 * The run has *converged* when patience runs out again and the LR has already been cut
   ``unproductive_cuts`` times since the last significant improvement, or cannot be cut further
   (it is at its minimum). "Patience ran out once" is therefore never a stop on its own: a plateau
   is first answered with a smaller step, and only a plateau that survives it ends the run.
 
 "patience N" means: act at the N-th consecutive epoch without a significant improvement.
+
+Non-finite values (NaN, +-inf) are never an improvement, count as epochs without progress and are left
+out of the median (they say nothing about the trend of the finite values). With ``check_finite`` the
+first one stops the run at once; a stop whose last value is non-finite is never called "converged".
+
+Three rules stop the run whatever patience says: a value that beats ``stopping_threshold`` (the target is
+reached), a value worse than ``divergence_threshold`` (the run has diverged) and, with ``check_finite``,
+a non-finite value. The first ``start_from_epoch`` values are not judged at all (a warm-up), except that
+``check_finite`` still stops on a non-finite one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("rel", "abs")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class ConvergencePolicy:
+    """The options of the rule in the module docstring. ``check_finite`` is off by default here because
+    the training loop's divergence guard already answers a non-finite value with a rollback; the
+    ``Monitor`` turns it on by default."""
+
     mode: str = "min"
     patience: int = 5
     threshold: float = 1e-3
@@ -39,22 +59,41 @@ class ConvergencePolicy:
     cooldown: int = 0
     unproductive_cuts: int = 1
     window: int = 3
+    check_finite: bool = False
+    stopping_threshold: float | None = None
+    divergence_threshold: float | None = None
+    baseline: float | None = None
+    start_from_epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if self.threshold_mode not in _THRESHOLD_MODES:
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {self.threshold_mode!r}")
-        if not (isinstance(self.patience, int) and self.patience >= 1):
-            raise ValueError(f"patience must be an integer >= 1, got {self.patience!r}")
-        if not self.threshold >= 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold!r}")
-        if not (isinstance(self.cooldown, int) and self.cooldown >= 0):
-            raise ValueError(f"cooldown must be an integer >= 0, got {self.cooldown!r}")
-        if not (isinstance(self.window, int) and self.window >= 1):
-            raise ValueError(f"window must be an integer >= 1, got {self.window!r}")
-        if not (isinstance(self.unproductive_cuts, int) and self.unproductive_cuts >= 0):
-            raise ValueError(f"unproductive_cuts must be an integer >= 0, got {self.unproductive_cuts!r}")
+        for name in ("patience", "window"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("cooldown", "unproductive_cuts", "start_from_epoch"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not (_is_number(self.threshold) and self.threshold >= 0):
+            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold!r}")
+        if not isinstance(self.check_finite, bool):
+            raise ValueError(f"check_finite must be True or False, got {self.check_finite!r}")
+        for name in ("stopping_threshold", "divergence_threshold", "baseline"):
+            value = getattr(self, name)
+            if value is not None and not _is_number(value):
+                raise ValueError(f"{name} must be a finite number or None, got {value!r}")
+        stop, diverge = self.stopping_threshold, self.divergence_threshold
+        if stop is not None and diverge is not None and not _beats(stop, diverge, self.mode):
+            raise ValueError(f"stopping_threshold ({stop!r}) must be better than divergence_threshold "
+                             f"({diverge!r}) in mode {self.mode!r}")
+
+
+def _beats(value: float, other: float, mode: str) -> bool:
+    return value < other if mode == "min" else value > other
 
 
 def is_improvement(value: float, best: float, *, mode: str, threshold: float = 0.0,
@@ -68,9 +107,19 @@ def is_improvement(value: float, best: float, *, mode: str, threshold: float = 0
     return value < best - margin if mode == "min" else value > best + margin
 
 
+class StopRule(str, Enum):
+    """Which rule stopped the run (a ``str``, so it compares equal to its value and prints plainly)."""
+
+    PLATEAU = "plateau"                            # patience ran out after the allowed cuts, or at the minimum LR
+    NON_FINITE = "non_finite"                      # a NaN or infinite value (at once with check_finite)
+    STOPPING_THRESHOLD = "stopping_threshold"      # the value beat the target
+    DIVERGENCE_THRESHOLD = "divergence_threshold"  # the value was worse than the divergence threshold
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """What one epoch's monitored value means. ``reason`` is a sentence for a person."""
+    """What one epoch's monitored value means. ``reason`` is a sentence for a person; ``rule`` says which
+    rule stopped the run (None while it goes on)."""
 
     new_best: bool
     significant: bool
@@ -78,6 +127,12 @@ class Verdict:
     stop: bool
     bad_epochs: int
     reason: str = ""
+    rule: StopRule | None = None
+
+    @property
+    def diverged(self) -> bool:
+        """True when the stop is a failure (a non-finite value, or worse than the divergence threshold)."""
+        return self.rule in (StopRule.NON_FINITE, StopRule.DIVERGENCE_THRESHOLD)
 
 
 class ConvergenceTracker:
@@ -86,7 +141,7 @@ class ConvergenceTracker:
     def __init__(self, policy: ConvergencePolicy | None = None) -> None:
         self.policy = policy or ConvergencePolicy()
         self.best = math.inf if self.policy.mode == "min" else -math.inf
-        self.reference = self.best
+        self.reference = self.best if self.policy.baseline is None else float(self.policy.baseline)
         self.best_epoch = 0
         self.epochs = 0
         self.bad_epochs = 0
@@ -96,58 +151,120 @@ class ConvergenceTracker:
         self.recent: list[float] = []
 
     def smoothed(self, value: float) -> float:
-        """The median of the last ``window`` values including ``value``; non-finite values count as worst."""
-        worst = math.inf if self.policy.mode == "min" else -math.inf
-        values = sorted(v if math.isfinite(v) else worst for v in (*self.recent, value)[-self.policy.window:])
+        """The median of the last ``window`` finite values, ``value`` included. A non-finite ``value`` is
+        returned as it is (it is never progress)."""
+        if not math.isfinite(value):
+            return value
+        values = sorted([*self.recent, value][-self.policy.window:])
         middle = len(values) // 2
         return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
     def update(self, value: float, *, lr_at_minimum: bool = False) -> Verdict:
+        """Judge one epoch's value. ``lr_at_minimum``: no LR cut could lower the LR any more (then a plateau
+        stops the run instead of asking for a cut)."""
         p = self.policy
+        value = float(value)
         self.epochs += 1
+        if self.epochs <= p.start_from_epoch:
+            return self._warming_up(value)
         new_best = is_improvement(value, self.best, mode=p.mode)
-        smoothed = self.smoothed(value)
-        self.recent = [*self.recent, float(value)][-p.window:]
-        significant = is_improvement(smoothed, self.reference, mode=p.mode, threshold=p.threshold,
-                                     threshold_mode=p.threshold_mode)
         if new_best:
-            self.best, self.best_epoch = float(value), self.epochs
-        if significant:
-            self.reference = float(smoothed)
-            self.bad_epochs = 0
-            self.cuts_since_improvement = 0
-        elif self.cooldown_left > 0:
-            self.cooldown_left -= 1
-        else:
-            self.bad_epochs += 1
-
+            self.best, self.best_epoch = value, self.epochs
+        significant = self._count(value)
+        hard_stop = self._hard_stop(value)
+        if hard_stop is not None:
+            return Verdict(new_best, significant, False, True, self.bad_epochs, *hard_stop)
         if self.bad_epochs < p.patience:
             return Verdict(new_best, significant, False, False, self.bad_epochs)
         bad = self.bad_epochs
         if self.cuts_since_improvement >= p.unproductive_cuts or lr_at_minimum:
-            cuts = self.cuts_since_improvement
-            why = ("with the learning rate at its minimum" if lr_at_minimum and cuts < p.unproductive_cuts
-                   else f"even after {cuts} LR cut{'s' if cuts != 1 else ''}" if cuts else "(no LR cuts allowed)")
-            reason = (f"converged: no significant improvement in {bad} epochs {why}; "
-                      f"best {self.best:.6g} at epoch {self.best_epoch}")
-            return Verdict(new_best, significant, False, True, bad, reason)
+            return Verdict(new_best, significant, False, True, bad, *self._plateau_stop(value, lr_at_minimum))
         self.cuts_since_improvement += 1
         self.total_cuts += 1
         self.bad_epochs = 0
         self.cooldown_left = p.cooldown
-        reason = f"no significant improvement for {bad} epochs; best {self.best:.6g} at epoch {self.best_epoch}"
+        reason = f"no significant improvement for {bad} epochs; {self._best_text()}"
         return Verdict(new_best, significant, True, False, bad, reason)
 
+    # --- the steps of update ----------------------------------------------------------------------
+    def _warming_up(self, value: float) -> Verdict:
+        """The first ``start_from_epoch`` values are not judged; only ``check_finite`` still applies."""
+        if self.policy.check_finite and not math.isfinite(value):
+            return Verdict(False, False, False, True, 0, *self._non_finite_stop(value))
+        return Verdict(False, False, False, False, 0)
+
+    def _count(self, value: float) -> bool:
+        """Smooth, compare with the reference, count the epoch against patience (or the cooldown).
+        Returns whether the epoch was a significant improvement."""
+        p = self.policy
+        significant = False
+        if math.isfinite(value):
+            smoothed = self.smoothed(value)
+            self.recent = [*self.recent, value][-p.window:]
+            significant = is_improvement(smoothed, self.reference, mode=p.mode, threshold=p.threshold,
+                                         threshold_mode=p.threshold_mode)
+        if significant:
+            self.reference = float(smoothed)
+            self.bad_epochs = 0
+            self.cuts_since_improvement = 0
+        else:
+            self.bad_epochs += 1
+        if self.cooldown_left > 0:  # the epochs right after a cut never count, improving or not
+            self.cooldown_left -= 1
+            self.bad_epochs = 0
+        return significant
+
+    def _hard_stop(self, value: float) -> tuple[str, StopRule] | None:
+        """(reason, rule) when a value ends the run whatever patience says."""
+        p = self.policy
+        if p.check_finite and not math.isfinite(value):
+            return self._non_finite_stop(value)
+        sign = "<" if p.mode == "min" else ">"
+        if p.stopping_threshold is not None and math.isfinite(value) and _beats(value, p.stopping_threshold, p.mode):
+            return (f"stopping threshold reached: {value:.6g} {sign} {p.stopping_threshold:.6g} at epoch "
+                    f"{self.epochs}; {self._best_text()}", StopRule.STOPPING_THRESHOLD)
+        if p.divergence_threshold is not None and _beats(p.divergence_threshold, value, p.mode):
+            worse = ">" if p.mode == "min" else "<"
+            return (f"diverged: {value:.6g} {worse} the divergence threshold {p.divergence_threshold:.6g} at "
+                    f"epoch {self.epochs}; {self._best_text()}", StopRule.DIVERGENCE_THRESHOLD)
+        return None
+
+    def _non_finite_stop(self, value: float) -> tuple[str, StopRule]:
+        return (f"diverged: the monitored value is {value} at epoch {self.epochs} (check_finite); "
+                f"{self._best_text()}", StopRule.NON_FINITE)
+
+    def _plateau_stop(self, value: float, lr_at_minimum: bool) -> tuple[str, StopRule]:
+        p, bad, cuts = self.policy, self.bad_epochs, self.cuts_since_improvement
+        why = ("with the learning rate at its minimum" if lr_at_minimum and cuts < p.unproductive_cuts
+               else f"even after {cuts} LR cut{'s' if cuts != 1 else ''}" if cuts else "(no LR cuts allowed)")
+        if not math.isfinite(value):
+            return (f"diverged: the monitored value is {value} and there was no significant improvement in "
+                    f"{bad} epochs {why}; {self._best_text()}", StopRule.NON_FINITE)
+        if p.baseline is not None and self.reference == p.baseline:
+            return (f"converged: never beat the baseline {p.baseline:.6g}, {bad} epochs {why}; "
+                    f"{self._best_text()}", StopRule.PLATEAU)
+        return (f"converged: no significant improvement in {bad} epochs {why}; {self._best_text()}",
+                StopRule.PLATEAU)
+
+    def _best_text(self) -> str:
+        if not math.isfinite(self.best):
+            return "no finite value yet"
+        return f"best {self.best:.6g} at epoch {self.best_epoch}"
+
+    # --- state ---------------------------------------------------------------------------------------
     _STATE_KEYS = ("best", "reference", "best_epoch", "epochs", "bad_epochs", "cooldown_left",
                    "cuts_since_improvement", "total_cuts")
 
     def state_dict(self) -> dict:
+        """Everything needed to continue deciding exactly where this tracker stands, the policy included."""
         state = {key: getattr(self, key) for key in self._STATE_KEYS}
         state["policy"] = asdict(self.policy)
         state["recent"] = list(self.recent)
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a state from :meth:`state_dict`, also one saved before options were added (they take
+        their defaults). Raises KeyError naming any missing required key."""
         missing = [key for key in (*self._STATE_KEYS, "policy") if key not in state]
         if missing:
             raise KeyError(f"ConvergenceTracker state is missing {missing}")
@@ -155,4 +272,6 @@ class ConvergenceTracker:
         self.best, self.reference = float(state["best"]), float(state["reference"])
         for key in self._STATE_KEYS[2:]:
             setattr(self, key, int(state[key]))
-        self.recent = [float(v) for v in state.get("recent", [])][-self.policy.window:]
+        # Older trackers kept non-finite values in the window; they are left out now.
+        recent = [float(v) for v in state.get("recent", [])]
+        self.recent = [v for v in recent if math.isfinite(v)][-self.policy.window:]

@@ -36,7 +36,7 @@ from converge.engine.objective import Objective, constant_prediction_loss, monit
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
 from converge.engine.signals import StopSignals
-from converge.engine.verdict import apply_verdict
+from converge.engine.verdict import apply_verdict, lr_at_minimum
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
 from converge.io.weights import snapshot
@@ -91,7 +91,8 @@ class Trainer:
         self.scaler = dev.make_grad_scaler(config.amp, self.device)
         self.tracker = ConvergenceTracker(ConvergencePolicy(
             mode=config.mode, patience=config.patience, threshold=config.threshold,
-            cooldown=config.cooldown, unproductive_cuts=config.unproductive_cuts))
+            cooldown=config.cooldown, unproductive_cuts=config.unproductive_cuts,
+            check_finite=not config.guard))  # with the guard a non-finite value is rolled back instead
         self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks), self.device,
                                      config.clip_grad, world=self.world) if config.guard else None
         # The counters the loop owns.
@@ -381,9 +382,10 @@ class Trainer:
                        train_loss=record["train_loss"], lr=lr)
             return ["diverged"]
         value, previous_best, min_lr = record[self.monitor_key], self.tracker.best, self._min_lr()
-        verdict = self.tracker.update(value, lr_at_minimum=lr <= min_lr * (1 + 1e-9))
-        applied = apply_verdict(verdict, model=self.model, optimizer=self.optimizer,
-                                lr_factor=self.config.lr_factor, min_lr=min_lr)
+        at_minimum = lr_at_minimum(self.optimizer, factor=self.config.lr_factor, min_lrs=min_lr)
+        verdict = self.tracker.update(value, lr_at_minimum=at_minimum)
+        applied = apply_verdict(verdict, model=self.model, optimizer=self.optimizer, factor=self.config.lr_factor,
+                                min_lrs=min_lr)
         notes = []
         if verdict.new_best:
             if self.guard is not None:
@@ -396,13 +398,14 @@ class Trainer:
                         significant=verdict.significant)
             notes.append("new best")
         if verdict.reduce_lr:
-            self._event("lr_reduced", old_lr=lr, new_lr=applied.lr_after, reason=verdict.reason,
+            self._event("lr_reduced", old_lr=lr, new_lr=applied.lrs_after[0], reason=verdict.reason,
                         bad_epochs=verdict.bad_epochs, best=self.tracker.best, best_epoch=self.tracker.best_epoch)
-            notes.append(f"lr -> {applied.lr_after:.3g}")
+            notes.append(f"lr -> {applied.lrs_after[0]:.3g}")
         if verdict.stop:
-            self._stop(Status.CONVERGED, verdict.reason, bad_epochs=verdict.bad_epochs, lr=lr,
-                       best=self.tracker.best, best_epoch=self.tracker.best_epoch)
-            notes.append("converged")
+            status = Status.DIVERGED if verdict.diverged else Status.CONVERGED
+            self._stop(status, verdict.reason, bad_epochs=verdict.bad_epochs, lr=lr, best=self.tracker.best,
+                       best_epoch=self.tracker.best_epoch)
+            notes.append(status.value)
         return notes
 
     def _min_lr(self) -> float:

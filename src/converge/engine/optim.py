@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -90,16 +91,59 @@ class SGDW(torch.optim.SGD):
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first parameter group's LR, as a float (also when the group holds it as a tensor)."""
     return float(optimizer.param_groups[0]["lr"])
 
 
-def scale_lr(optimizer: torch.optim.Optimizer, factor: float, min_lr: float) -> float:
-    """Multiply every group's LR by ``factor``, never below ``min_lr``. Returns the first group's LR."""
-    for group in optimizer.param_groups:
-        group["lr"] = max(group["lr"] * factor, min_lr)
+def group_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Every parameter group's LR, as floats."""
+    return [float(group["lr"]) for group in optimizer.param_groups]
+
+
+def per_group(min_lr: float | Sequence[float], groups: int) -> list[float]:
+    """One floor per parameter group: a single number applies to every group; a sequence must have one
+    entry per group."""
+    if isinstance(min_lr, numbers.Real):
+        return [float(min_lr)] * groups
+    floors = [float(v) for v in min_lr]
+    if len(floors) != groups:
+        raise ValueError(f"min_lr has {len(floors)} entries {floors!r} for {groups} parameter groups")
+    return floors
+
+
+def cut_value(lr: float, factor: float, floor: float, eps: float = 0.0) -> float:
+    """The LR after one cut: ``lr * factor``, not below ``floor``. A cut never raises an LR (a group already
+    at or below its floor, a frozen group at 0, keeps its LR), and a cut of ``eps`` or less is skipped."""
+    new = max(lr * factor, floor)
+    return new if lr - new > eps else lr
+
+
+def planned_lrs(optimizer: torch.optim.Optimizer, factor: float, min_lr: float | Sequence[float],
+                eps: float = 0.0) -> list[float]:
+    """What :func:`scale_lr` would set each group's LR to, without changing anything."""
+    floors = per_group(min_lr, len(optimizer.param_groups))
+    return [cut_value(lr, factor, floor, eps) for lr, floor in zip(group_lrs(optimizer), floors)]
+
+
+def scale_lr(optimizer: torch.optim.Optimizer, factor: float, min_lr: float | Sequence[float], *,
+             eps: float = 0.0) -> float:
+    """Multiply every group's LR by ``factor``, never below its floor and never upwards (see
+    :func:`cut_value`). ``min_lr`` is one floor for every group or one per group. A tensor LR is updated
+    in place (so a compiled optimizer step sees the same tensor and is not recompiled). Returns the first
+    group's LR."""
+    floors = per_group(min_lr, len(optimizer.param_groups))
+    for group, floor in zip(optimizer.param_groups, floors):
+        _set(group, "lr", cut_value(float(group["lr"]), factor, floor, eps))
         if WARMUP_BASE in group:  # a cut during warmup lowers where the warmup is heading
-            group[WARMUP_BASE] = max(group[WARMUP_BASE] * factor, min_lr)
+            _set(group, WARMUP_BASE, cut_value(float(group[WARMUP_BASE]), factor, floor, eps))
     return current_lr(optimizer)
+
+
+def _set(group: dict, key: str, value: float) -> None:
+    if isinstance(group[key], torch.Tensor):
+        group[key].fill_(value)
+    elif group[key] != value:
+        group[key] = value
 
 
 WARMUP_BASE = "warmup_base_lr"

@@ -1,38 +1,45 @@
-"""Acting on a convergence verdict: the one place that keeps the best weights and cuts the learning rate
-when `converge.decide.plateau` says so. The Trainer and `converge.Monitor` both call it, so a fix here
-holds for `converge train`, `converge.fit` and a user's own loop alike. Stopping is the caller's: it
-owns the loop."""
+"""Acting on a plateau verdict: the one place where a decision from `converge.decide` touches the model and
+the optimizer. `converge.Monitor` uses it, and so does the training loop."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from converge.decide.plateau import Verdict
-from converge.engine.optim import current_lr, scale_lr
+from converge.decide import Verdict
+from converge.engine.optim import group_lrs, planned_lrs, scale_lr
 from converge.io.weights import snapshot
 
 
 @dataclass(frozen=True)
 class Applied:
-    """What acting on one verdict changed."""
+    """What acting on one verdict did. ``best_state`` is a snapshot of the weights when the verdict saw a new
+    best (else None); ``cut`` is True when at least one group's LR went down."""
 
-    best_state: dict[str, torch.Tensor] | None   # a copy of the weights when the value was a new best
-    lr_before: float
-    lr_after: float
-
-    @property
-    def cut(self) -> bool:
-        return self.lr_after != self.lr_before
+    best_state: dict[str, torch.Tensor] | None
+    lrs_before: list[float]
+    lrs_after: list[float]
+    cut: bool
 
 
-def apply_verdict(verdict: Verdict, *, model: nn.Module, optimizer: torch.optim.Optimizer, lr_factor: float,
-                  min_lr: float) -> Applied:
-    """Snapshot the weights on a new best; on ``reduce_lr`` multiply every group's LR by ``lr_factor``,
-    never below ``min_lr``."""
-    best = snapshot(model.state_dict()) if verdict.new_best else None
-    before = current_lr(optimizer)
-    after = scale_lr(optimizer, lr_factor, min_lr) if verdict.reduce_lr else before
-    return Applied(best, before, after)
+def apply_verdict(verdict: Verdict, *, model: nn.Module, optimizer: torch.optim.Optimizer, factor: float,
+                  min_lrs: float | Sequence[float], eps: float = 0.0) -> Applied:
+    """Keep the weights on a new best; cut every group's LR on ``reduce_lr``: by ``factor``, not below that
+    group's floor in ``min_lrs`` (one number for all groups, or one per group), never upwards, skipping a
+    group whose cut would be ``eps`` or less, and in place for a tensor LR. Stopping is the caller's job."""
+    before = group_lrs(optimizer)
+    best_state = snapshot(model.state_dict()) if verdict.new_best else None
+    if verdict.reduce_lr:
+        scale_lr(optimizer, factor, min_lrs, eps=eps)
+    after = group_lrs(optimizer)
+    return Applied(best_state, before, after, cut=any(new < old for new, old in zip(after, before)))
+
+
+def lr_at_minimum(optimizer: torch.optim.Optimizer, *, factor: float, min_lrs: float | Sequence[float],
+                  eps: float = 0.0) -> bool:
+    """True when a cut would change no group's LR (each is at its floor, or would move by ``eps`` or less):
+    a plateau then ends the run instead of asking for a cut that does nothing."""
+    return planned_lrs(optimizer, factor, min_lrs, eps) == group_lrs(optimizer)
