@@ -4,6 +4,7 @@ files, `find_lr` for the range test alone. Each one checks its arguments and han
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +57,7 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
     - ``out``: the run folder (None: nothing is written); ``force``: overwrite converge's files there;
       ``resume``: continue the run in ``out`` (same model, data and options); ``verbose``: print progress.
     """
+    started = time.monotonic()
     if not isinstance(model, nn.Module):
         raise ConvergeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     config = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
@@ -73,7 +75,7 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
         check_not_finished(checkpoint, config.max_epochs)
     run = assemble(model, splits, config, loss=loss, metrics=metrics, verbose=verbose,
                    output=Output(out, force=force, restart=resume), info=run_info(name=type(model).__name__),
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, started=started)
     return run.run()
 
 
@@ -86,13 +88,15 @@ def train_task(task_path: str | Path, *, out: str | Path | None = None, force: b
     ``doctor``: run the cheap checks of `converge doctor` first (warnings, doctor.json); ``fix``: standardize
     unscaled features and re-weight imbalanced classes; ``drop_label_issues``: leave out the training rows
     confident learning flags (see converge.doctor.remedies)."""
+    started = time.monotonic()
     task = load_task(task_path)
     options.setdefault("monitor", task.monitor)
     options.setdefault("mode", task.mode)
     config = make_config(**options)
     run = assemble_task(task, config, output=Output(out if out is not None else default_out(task.name), force=force),
                         console=console, verbose=verbose, task_args=task_args,
-                        doctor={"check": doctor, "fix": fix, "drop_label_issues": drop_label_issues})
+                        doctor={"check": doctor, "fix": fix, "drop_label_issues": drop_label_issues},
+                        started=started)
     return run.run()
 
 
@@ -100,6 +104,7 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
                console: Console | None = None) -> FitResult:
     """What `converge resume DIR` does: continue a run from its newest usable checkpoint (a run that never
     reached one starts over in place, keeping the tuning stages it had finished)."""
+    started = time.monotonic()
     folder = RunFolder.open_existing(run_dir)
     info = folder.read_json(RUN_INFO)
     if "task" not in info:
@@ -118,7 +123,7 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
     # `--fix` remedies are applied again in any case, as the run started with them.
     run = assemble_task(task, config, output=Output(folder.path, restart=checkpoint is None), console=console,
                         verbose=verbose, task_args=info.get("task_args"), doctor=info.get("doctor"),
-                        checkpoint=checkpoint, rerun_checks=checkpoint is None)
+                        checkpoint=checkpoint, rerun_checks=checkpoint is None, started=started)
     return run.run()
 
 
@@ -133,7 +138,7 @@ def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int |
     config = make_config(optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                          device=device, amp=amp, monitor=task.monitor, mode=task.mode)
     model, splits, _ = build_task(task, config)
-    setup = checked_setup(model, splits, config, task.loss, task.metrics)
+    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index)
     folder = RunFolder.create(out if out is not None else default_out(f"{task.name}-lr-find"), force=force)
     size = config.batch_size
     if size == "auto":

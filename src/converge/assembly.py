@@ -34,6 +34,7 @@ from converge.data import make_splits
 from converge.engine import device as dev
 from converge.engine.distributed import World, current_world
 from converge.engine.loop import FitResult, Trainer
+from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, monitor_key, resolve_objective
 from converge.engine.recorder import RunRecorder
 from converge.errors import ConvergeError
@@ -126,7 +127,7 @@ class Setup:
 
 
 def checked_setup(model: nn.Module, splits: dict, config: TrainConfig, loss: Callable | None,
-                  metrics: dict | None) -> Setup:
+                  metrics: dict | None, ignore_index: int = IGNORE_INDEX) -> Setup:
     """The device, the splits on it, and the objective (probe forward, label and shape checks). The model
     moves to the device."""
     device = dev.pick_device(config.device)
@@ -136,8 +137,8 @@ def checked_setup(model: nn.Module, splits: dict, config: TrainConfig, loss: Cal
     model.to(device)
     on_device = {name: split.to(device) for name, split in splits.items()}
     objective = resolve_objective(model, on_device, loss, metrics or {}, amp=config.amp, device=device,
-                                  probe_size=64)
-    monitor_key(config.monitor, objective.metric_fns)
+                                  probe_size=64, ignore_index=ignore_index)
+    monitor_key(config.monitor, objective)
     return Setup(device, on_device, objective)
 
 
@@ -161,21 +162,27 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
              metrics: dict | None = None, output: Output = Output(None), console: Console | None = None,
              verbose: bool = True, info: dict | None = None, doctor: dict | None = None,
              epoch_judge: Callable[[dict], str | None] | None = None,
-             checkpoint: Checkpoint | None = None) -> Run:
+             checkpoint: Checkpoint | None = None, ignore_index: int = IGNORE_INDEX,
+             started: float | None = None) -> Run:
     """Steps 1-6 above. ``doctor``: {"check", "fix", "drop_label_issues"} (None: no doctor).
-    ``checkpoint``: continue from it, in the existing folder ``output.path``."""
+    ``checkpoint``: continue from it, in the existing folder ``output.path``. ``ignore_index``: the
+    padding label of integer targets. ``started``: when the command started (``time.monotonic()``; default
+    now), for the run's wall time."""
+    started = time.monotonic() if started is None else started
     world = current_world(dev.pick_device(config.device))
     main = world is None or world.is_main
     console = (console or make_console(verbose)) if main else Console()
-    setup = checked_setup(model, splits, config, loss, metrics)
+    setup = checked_setup(model, splits, config, loss, metrics, ignore_index)
     prepared = None
     if doctor is not None and any(doctor.values()):
         from converge.doctor.in_train import before_training
 
         prepared = before_training(model, splits, loss=loss, metrics=metrics, seed=config.seed, console=console,
-                                   **doctor)
+                                   ignore_index=ignore_index, **doctor)
         if prepared.splits is not splits or prepared.loss is not loss:
-            setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics)
+            setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics, ignore_index)
+    override = "a `loss` (in the task file, or fit(loss=...)) overrides it" if loss is None else "as given"
+    console.message(f"task: {setup.objective.description}; {override}")
     folder = _open_folder(output, config, info or {}, checkpoint) if main else None
     events = []
     if config.auto_knobs:
@@ -194,7 +201,7 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
     recorder = RunRecorder(folder, console, run_info=info, events=events, export_state=export,
                            tensorboard=config.tensorboard)
     trainer = Trainer(model, setup.splits, config, setup.objective, recorder=recorder, epoch_judge=epoch_judge,
-                      tuning_epochs=tuning.epochs if tuning is not None else 0.0)
+                      tuning_epochs=tuning.epochs if tuning is not None else 0.0, started=started)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint.state)
         for problem in checkpoint.problems:
@@ -257,10 +264,12 @@ def build_task(task: Task, config: TrainConfig, task_args: dict | None = None) -
 def assemble_task(task: Task, config: TrainConfig, *, output: Output, console: Console | None = None,
                   verbose: bool = True, task_args: dict | None = None, doctor: dict | None = None,
                   epoch_judge: Callable[[dict], str | None] | None = None,
-                  checkpoint: Checkpoint | None = None, rerun_checks: bool = True) -> Run:
+                  checkpoint: Checkpoint | None = None, rerun_checks: bool = True,
+                  started: float | None = None) -> Run:
     """A run of a task file. ``doctor`` as the run was started with (it is recorded in run.json, so a
     resumed run applies the same remedies); ``rerun_checks`` False: a resumed run whose checkpoint already
     holds the checks' findings does not run them again."""
+    started = time.monotonic() if started is None else started
     model, splits, task_args = build_task(task, config, task_args)
     extra: dict = {"task_args": task_args} if any(task_args.values()) else {}
     world = current_world()
@@ -271,12 +280,13 @@ def assemble_task(task: Task, config: TrainConfig, *, output: Output, console: C
         doctor = {**extra["doctor"], "check": extra["doctor"]["check"] and rerun_checks}
     info = run_info(name=task.name, task=str(task.path), task_sha256=task.sha256, **extra)
     return assemble(model, splits, config, loss=task.loss, metrics=task.metrics, output=output, console=console,
-                    verbose=verbose, info=info, doctor=doctor, epoch_judge=epoch_judge, checkpoint=checkpoint)
+                    verbose=verbose, info=info, doctor=doctor, epoch_judge=epoch_judge, checkpoint=checkpoint,
+                    ignore_index=task.ignore_index, started=started)
 
 
 def automatic_choice(task: Task, config: TrainConfig) -> Tuning:
     """What `converge train TASK` would choose for the "auto" knobs of ``config``, with nothing written or
     printed (the warm start of `converge tune`)."""
     model, splits, _ = build_task(task, config)
-    setup = checked_setup(model, splits, config, task.loss, task.metrics)
+    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index)
     return choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device)

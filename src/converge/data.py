@@ -289,18 +289,3 @@ def make_splits(train: Any, val: Any, test: Any = None, num_workers: int = 0) ->
 
 def is_classification(targets: Any) -> bool:
     return isinstance(targets, torch.Tensor) and not targets.dtype.is_floating_point and targets.dtype != torch.bool
-
-
-def check_label_range(split: TensorSplit | LoaderSplit, num_classes: int) -> None:
-    """Class labels must index the model's outputs: 0 <= label < num_classes."""
-    if isinstance(split, TensorSplit):
-        targets = split.targets
-    else:  # a Dataset is checked completely when it is a TensorDataset, else on a first sample
-        whole = split.whole_tensors()
-        targets = whole[1] if whole else split.probe(256)[1]
-    if not isinstance(targets, torch.Tensor) or targets.numel() == 0:
-        return
-    low, high = int(targets.min()), int(targets.max())
-    if low < 0 or high >= num_classes:
-        raise ConvergeError(f"{split.name} labels range over [{low}, {high}] but the model has {num_classes} "
-                            f"outputs, so labels must lie in [0, {num_classes - 1}]")

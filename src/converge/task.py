@@ -1,6 +1,6 @@
 """Load a user's task file: a Python file with `model()` and `data()`, and optional `loss`, `metrics`,
-`monitor`, `mode` and `search_space(trial)` (the knobs `converge tune` may turn: keyword arguments for
-`model(**kw)` and `data(**kw)`)."""
+`monitor`, `mode`, `ignore_index` (the padding label, -100 by default) and `search_space(trial)` (the
+knobs `converge tune` may turn: keyword arguments for `model(**kw)` and `data(**kw)`)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class Task:
     monitor: str = "val_loss"
     mode: str | None = None
     search_space: Callable | None = None   # search_space(trial) -> {"model": {...}, "data": {...}}
+    ignore_index: int = -100               # integer targets with this value are padding
 
     @property
     def name(self) -> str:
@@ -103,9 +104,12 @@ def load_task(path: str | Path) -> Task:
     if search_space is not None and not callable(search_space):
         raise ConvergeError(f"search_space in {path.name} must be a function search_space(trial) -> "
                             "{'model': {...}, 'data': {...}}")
+    ignore_index = getattr(module, "ignore_index", -100)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise ConvergeError(f"ignore_index in {path.name} must be an integer (the padding label), got {ignore_index!r}")
     return Task(path=path.resolve(), module=module, loss=loss, metrics=dict(metrics),
                 monitor=getattr(module, "monitor", "val_loss"), mode=getattr(module, "mode", None),
-                search_space=search_space)
+                search_space=search_space, ignore_index=ignore_index)
 
 
 def _import(path: Path) -> ModuleType:

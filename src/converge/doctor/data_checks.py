@@ -30,11 +30,28 @@ def feature_matrix(inputs, *, max_features: int = T.MAX_FEATURES, seed: int = 0)
 
 
 def class_imbalance(targets: torch.Tensor, *, info_ratio: float = T.IMBALANCE_INFO,
-                    warn_ratio: float = T.IMBALANCE_WARN) -> list[Finding]:
-    """Largest over smallest class count among the classes present in the training labels."""
-    if not isinstance(targets, torch.Tensor) or targets.dtype.is_floating_point or targets.numel() == 0:
+                    warn_ratio: float = T.IMBALANCE_WARN, kind: str = "classification",
+                    ignore_index: int | None = None) -> list[Finding]:
+    """Largest over smallest class count among the classes present in the training labels (multi-class and
+    binary; padding labels left out). Multi-label targets are counted per label: each label's positives
+    against its negatives, reported as information (rare labels are the nature of such tasks, and
+    re-weighting them is not `--fix`'s to do). Token frequencies of sequence targets are skewed by nature:
+    not checked (said as information)."""
+    if not isinstance(targets, torch.Tensor) or targets.numel() == 0:
         return []
-    counts = torch.bincount(targets.reshape(-1).long().clamp(min=0))
+    if kind == "sequence":
+        return [skipped("class_imbalance", "token frequencies of sequence targets are skewed by nature; "
+                                           "class balance is not checked for them")]
+    if kind == "multilabel":
+        return _label_imbalance(targets, info_ratio)
+    if kind == "binary":
+        labels = (targets.reshape(-1) > 0.5).long()
+    elif targets.dtype.is_floating_point:
+        return []
+    else:
+        labels = targets.reshape(-1).long()
+        labels = labels[labels != ignore_index] if ignore_index is not None else labels
+    counts = torch.bincount(labels.clamp(min=0))
     present = counts[counts > 0]
     if present.numel() < 2:
         return []
@@ -45,12 +62,35 @@ def class_imbalance(targets: torch.Tensor, *, info_ratio: float = T.IMBALANCE_IN
     smallest = int(torch.where(counts == present.min())[0][0])
     largest = int(torch.where(counts == present.max())[0][0])
     severity = "warning" if ratio >= warn_ratio else "info"
+    fix = ("use class-balanced loss weights (converge train --fix: a pos_weight for the positive class)"
+           if kind == "binary" else "use class-balanced loss weights or sampling (converge train --fix)")
     return [Finding("class_imbalance", severity,
                     f"classes are imbalanced: class {largest} has {ratio:.1f}x the samples of class {smallest}",
                     {"class_counts": frequencies, "ratio": rounded(ratio), "largest_class": largest,
                      "smallest_class": smallest},
-                    "use class-balanced loss weights or sampling (converge train --fix), and watch a balanced "
-                    "metric rather than accuracy")]
+                    f"{fix}, and watch a balanced metric rather than accuracy")]
+
+
+def _label_imbalance(targets: torch.Tensor, info_ratio: float) -> list[Finding]:
+    y = targets.reshape(targets.shape[0], -1) > 0.5
+    positives = y.sum(dim=0).double()
+    negatives = y.shape[0] - positives
+    ratios = torch.maximum(positives, negatives) / torch.minimum(positives, negatives).clamp(min=1)
+    worst = int(ratios.argmax())
+    if float(ratios[worst]) < info_ratio:
+        return []
+    return [Finding("class_imbalance", "info",
+                    f"label {worst} is positive in {100 * float(positives[worst]) / y.shape[0]:.3g}% of the samples "
+                    f"(labels are counted one by one)",
+                    {"positives_per_label": [int(p) for p in positives.tolist()], "samples": int(y.shape[0]),
+                     "worst_label": worst, "worst_ratio": rounded(ratios[worst])},
+                    "nothing to do unless a rare label matters most: then weight it in your own loss "
+                    "(BCEWithLogitsLoss(pos_weight=...)) and watch per-label recall")]
+
+
+def skipped(code: str, reason: str) -> Finding:
+    """A check that does not apply to this task, said so (information, never a warning)."""
+    return Finding(code, "info", f"not checked: {reason}", {"skipped": True}, "")
 
 
 def unscaled_features(x: torch.Tensor, *, std_high: float = T.SCALE_STD_HIGH, mean_high: float = T.SCALE_MEAN_HIGH,
@@ -187,21 +227,25 @@ def train_val_overlap(train_inputs: torch.Tensor, others: dict) -> list[Finding]
 
 
 def too_few_samples(n_train: int, n_params: int, num_classes: int | None, *, min_per_class: int = T.MIN_PER_CLASS,
-                    min_samples: int = T.MIN_SAMPLES, max_params_per_sample: float = T.MAX_PARAMS_PER_SAMPLE
-                    ) -> list[Finding]:
-    """Too little training data for the task (per class) or for the model's size."""
+                    min_samples: int = T.MIN_SAMPLES, max_params_per_sample: float = T.MAX_PARAMS_PER_SAMPLE,
+                    unit: str = "samples") -> list[Finding]:
+    """Too little training data for the task (per class) or for the model's size. ``n_train`` counts what
+    the loss sees: samples, or labelled positions (``unit="labelled positions"``) for sequences, where
+    ``num_classes`` is None (a vocabulary is not a set of classes that each need examples)."""
     problems = []
     per_class = n_train / num_classes if num_classes else None
     if num_classes and per_class < min_per_class:
-        problems.append(f"{per_class:.3g} samples per class (fewer than {min_per_class})")
+        problems.append(f"{per_class:.3g} {unit} per class (fewer than {min_per_class})")
     elif not num_classes and n_train < min_samples:
-        problems.append(f"{n_train} samples (fewer than {min_samples})")
+        problems.append(f"{n_train} {unit} (fewer than {min_samples})")
     ratio = n_params / max(n_train, 1)
     if ratio > max_params_per_sample:
-        problems.append(f"{ratio:.3g} trainable parameters per sample (more than {max_params_per_sample:g})")
+        problems.append(f"{ratio:.3g} trainable parameters per {unit.split()[-1][:-1]} "
+                        f"(more than {max_params_per_sample:g})")
     if not problems:
         return []
-    evidence = {"train_samples": n_train, "trainable_parameters": n_params, "params_per_sample": rounded(ratio)}
+    evidence = {"train_samples": n_train, "counted": unit, "trainable_parameters": n_params,
+                "params_per_sample": rounded(ratio)}
     if num_classes:
         evidence.update(classes=num_classes, samples_per_class=rounded(per_class))
     return [Finding("too_few_samples", "warning", "too little training data: " + "; ".join(problems), evidence,

@@ -12,10 +12,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from converge.data import TensorSplit, is_classification
+from converge.data import TensorSplit
 from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least
-from converge.doctor.run import class_count, label_issues, run_checks, samples_from_splits
+from converge.decide.task_kind import IGNORE_INDEX
+from converge.doctor.run import check_all, class_labels, label_issues, samples_from_splits
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -34,7 +35,8 @@ class Prepared:
 
 
 def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, metrics: dict | None, check: bool,
-                    fix: bool, drop_label_issues: bool, seed: int, console) -> Prepared:
+                    fix: bool, drop_label_issues: bool, seed: int, console, ignore_index: int = IGNORE_INDEX
+                    ) -> Prepared:
     """Run the cheap checks (``check``) and apply the remedies asked for; returns the splits and loss to
     train with. Neither the model nor the global RNG state is changed."""
     prepared = Prepared(dict(splits), loss)
@@ -43,9 +45,10 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
     saved = capture_rng()
     try:
         samples = samples_from_splits(splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
-        prepared.findings = run_checks(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed)
+        prepared.findings, objective = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
+                                                 ignore_index=ignore_index)
         for name in rx.plan(prepared.findings, fix=fix, drop_label_issues=drop_label_issues):
-            remedy = _APPLY[name](prepared, model, seed)
+            remedy = _APPLY[name](prepared, model, seed, objective)
             prepared.remedies.append(remedy)
     finally:
         restore_rng(saved)
@@ -57,7 +60,7 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
     return prepared
 
 
-def _standardize(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
+def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
     train = prepared.splits["train"]
     if not isinstance(train, TensorSplit) or not train.inputs.dtype.is_floating_point:
         return rx.Remedy("standardize_features", {"applied": False,
@@ -74,29 +77,40 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
         "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())]})
 
 
-def _balance(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
+def _balance(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
+    """Class-balanced weights, deferred to the first LR cut: per class for multi-class cross-entropy, a
+    pos_weight for binary BCE; never for multi-label or sequence targets (token frequencies are the task)."""
     train = prepared.splits["train"]
+    kind = objective.kind if objective is not None else None
     if prepared.loss is not None:
         return rx.Remedy("class_balanced_loss", {"applied": False, "reason": "the task defines its own loss"})
-    if not isinstance(train, TensorSplit) or not is_classification(train.targets):
+    if kind not in ("classification", "binary"):
+        return rx.Remedy("class_balanced_loss", {"applied": False, "reason": f"not for {kind} targets: only "
+                                                 f"multi-class and binary labels are re-weighted"})
+    if not isinstance(train, TensorSplit):
         return rx.Remedy("class_balanced_loss", {"applied": False,
                                                  "reason": "only in-memory class labels are re-weighted"})
-    classes = class_count(model, train.inputs, train.targets)
-    weights = rx.balanced_class_weights(train.targets, classes)
-    prepared.loss = rx.WeightedCrossEntropy(weights, deferred=True)
+    common = {"training_from": "the first LR cut (deferred re-weighting)",
+              "note": "the validation loss is weighted from the start"}
+    if kind == "binary":
+        positive = float((train.targets > 0.5).float().mean())
+        pos_weight = (1 - positive) / max(positive, 1e-12)
+        prepared.loss = rx.WeightedBinaryCrossEntropy(pos_weight, deferred=True)
+        return rx.Remedy("class_balanced_loss", {"applied": True, "pos_weight": round(pos_weight, 4), **common})
+    weights = rx.balanced_class_weights(train.targets, objective.classes, ignore_index=objective.ignore_index)
+    prepared.loss = rx.WeightedCrossEntropy(weights, deferred=True, ignore_index=objective.ignore_index)
     return rx.Remedy("class_balanced_loss", {"applied": True, "weights": [round(float(w), 4) for w in weights],
-                                             "training_from": "the first LR cut (deferred re-weighting)",
-                                             "note": "the validation loss is weighted from the start"})
+                                             **common})
 
 
-def _drop(prepared: Prepared, model: nn.Module, seed: int) -> rx.Remedy:
+def _drop(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
     train = prepared.splits["train"]
-    if not isinstance(train, TensorSplit) or not is_classification(train.targets):
+    kind = objective.kind if objective is not None else None
+    if not isinstance(train, TensorSplit) or kind not in ("classification", "binary"):
         return rx.Remedy("drop_label_issues", {"applied": False,
-                                               "reason": "only in-memory classification splits"})
-    sample = samples_from_splits({"train": train}, seed=seed)["train"]
-    _, flagged = label_issues(sample, class_count(model, train.inputs, train.targets), seed=seed,
-                              progress=lambda text: None)
+                                               "reason": "only in-memory multi-class or binary splits"})
+    sample = class_labels(samples_from_splits({"train": train}, seed=seed)["train"], kind)
+    _, flagged = label_issues(sample, objective.classes, seed=seed, progress=lambda text: None)
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[flagged] = False
     kept = keep.to(train.inputs.device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Callable
 
 import torch
@@ -13,30 +14,39 @@ from torch import nn
 
 from converge.doctor import thresholds as T
 from converge.decide.findings import Finding, rounded
-from converge.engine.objective import cross_entropy, mean_squared_error
+from converge.engine.objective import call_model, scores_of
 
 
+def forward(model: nn.Module, inputs):
+    """The model's scores on a batch, however it takes its inputs and returns its outputs."""
+    return scores_of(call_model(model, inputs))
 
-def expected_init_loss(kind: str, targets: torch.Tensor, outputs: torch.Tensor) -> tuple[float, str] | None:
+
+def expected_init_loss(kind: str, targets: torch.Tensor, outputs: torch.Tensor,
+                       classes: int | None = None) -> tuple[float, str] | None:
     """The loss a freshly initialised model should start near, and why: ln C for C classes (uniform
-    predictions), mean(y^2) for MSE (predictions near 0)."""
-    if kind == "classification" and outputs.ndim >= 2:
-        return math.log(outputs.shape[1]), f"ln {outputs.shape[1]} (uniform predictions over the classes)"
+    predictions; per position for sequences), ln 2 for each binary output (logits near 0), mean(y^2) for
+    MSE (predictions near 0)."""
+    if kind in ("classification", "sequence") and (classes or outputs.ndim >= 2):
+        classes = classes or outputs.shape[1]
+        where = " at every position" if kind == "sequence" else ""
+        return math.log(classes), f"ln {classes} (uniform predictions over the classes{where})"
+    if kind in ("binary", "multilabel"):
+        return math.log(2), "ln 2 (logits near 0: probability 1/2 for every output)"
     if kind == "regression":
         return float(targets.float().pow(2).mean()), "mean of the squared targets (predictions near 0)"
     return None
 
 
-def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: str, *,
+def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: str, *, classes: int | None = None,
                   ratio: float = T.INIT_LOSS_RATIO) -> list[Finding]:
-    """The loss at initialisation, against its expected value; only for converge's own losses."""
-    if loss_fn not in (cross_entropy, mean_squared_error):
-        return []
+    """The loss at initialisation, against its expected value (for a loss whose expected value is known:
+    converge's own, or a standard one the task names)."""
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
-        outputs = model(inputs)
+        outputs = forward(model, inputs)
         loss = float(loss_fn(outputs, targets))
-    expected = expected_init_loss(kind, targets, outputs)
+    expected = expected_init_loss(kind, targets, outputs, classes)
     if expected is None:
         return []
     value, why = expected
@@ -51,29 +61,36 @@ def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: st
 
 
 def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *, steps: int = T.OVERFIT_STEPS,
-                         lrs: tuple = T.OVERFIT_LRS, ratio: float = T.OVERFIT_RATIO) -> list[Finding]:
+                         lrs: tuple = T.OVERFIT_LRS, ratio: float = T.OVERFIT_RATIO,
+                         seconds: float = T.OVERFIT_SECONDS) -> list[Finding]:
     """Train copies of the model on this one batch with Adam (one LR after another); the loss (in eval
     mode) must fall below ``ratio`` times its start. A model that cannot memorise one small batch has a
-    bug (inputs ignored, gradients cut) or too little capacity."""
+    bug (inputs ignored, gradients cut) or too little capacity. Each LR gets at most ``seconds``: a slow
+    model that has not got there by then is not judged (said as information), never failed."""
     tried = []
     for lr in lrs:
-        start, end, used = _overfit(copy.deepcopy(model), inputs, targets, loss_fn, lr, steps, ratio)
+        start, end, used = _overfit(copy.deepcopy(model), inputs, targets, loss_fn, lr, steps, ratio, seconds)
         tried.append({"lr": lr, "start_loss": rounded(start), "end_loss": rounded(end), "steps": used})
         if math.isfinite(end) and end <= ratio * start:
             return []
+    evidence = {"batch_size": len(targets), "ratio_bound": ratio, "tries": tried, "seconds_per_lr": seconds}
+    if any(t["steps"] < steps for t in tried if t["end_loss"] is not None):
+        return [Finding("cannot_overfit_batch", "info",
+                        f"not judged: fitting one batch of {len(targets)} samples took longer than {seconds:g} s per "
+                        f"LR before the loss fell to {ratio:g}x its start", evidence, "")]
     return [Finding("cannot_overfit_batch", "error",
                     f"the model cannot fit a single batch of {len(targets)} samples: the loss stays above "
-                    f"{ratio:g}x its start after {steps} Adam steps",
-                    {"batch_size": len(targets), "ratio_bound": ratio, "tries": tried},
+                    f"{ratio:g}x its start after {steps} Adam steps", evidence,
                     "look for a bug (inputs detached or ignored, a wrong loss, frozen layers) or add capacity")]
 
 
-def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio) -> tuple[float, float, int]:
+def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf) -> tuple[float, float, int]:
     def eval_loss() -> float:
         model.eval()
         with torch.no_grad():
-            return float(loss_fn(model(inputs), targets))
+            return float(loss_fn(forward(model, inputs), targets))
 
+    deadline = time.monotonic() + seconds
     start = eval_loss()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -83,14 +100,15 @@ def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio) -> tuple[float, 
     for step in range(1, steps + 1):
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), targets)
+        loss = loss_fn(forward(model, inputs), targets)
         if not loss.requires_grad or not torch.isfinite(loss):
             return start, float(loss), step
         loss.backward()
         optimizer.step()
-        if step % 25 == 0 or step == steps:  # an eval-mode loss (no dropout) every 25 steps
+        out_of_time = time.monotonic() > deadline
+        if step % 25 == 0 or step == steps or out_of_time:  # an eval-mode loss (no dropout) every 25 steps
             end = eval_loss()
-            if end <= ratio * start:
+            if end <= ratio * start or out_of_time:
                 return start, end, step
     return start, end, steps
 
@@ -100,7 +118,7 @@ def layer_gradient_norms(model: nn.Module, inputs, targets, loss_fn: Callable) -
     output for a Sequential), after one backward pass at initialisation."""
     model = copy.deepcopy(model).train()
     model.zero_grad(set_to_none=True)
-    loss_fn(model(inputs), targets).backward()
+    loss_fn(forward(model, inputs), targets).backward()
     return [(name, float(p.grad.norm()), float(p.detach().norm())) for name, p in model.named_parameters()
             if p.ndim >= 2 and p.grad is not None]
 
@@ -160,7 +178,7 @@ def relu_activity(model: nn.Module, inputs) -> dict[str, tuple[int, int]]:
                if isinstance(m, RELU_TYPES)]
     try:
         with torch.no_grad():
-            model(inputs)
+            forward(model, inputs)
     finally:
         for handle in handles:
             handle.remove()

@@ -45,9 +45,12 @@ def plan(findings: list[Finding], *, fix: bool, drop_label_issues: bool) -> list
     return chosen
 
 
-def balanced_class_weights(targets: torch.Tensor, classes: int) -> torch.Tensor:
-    """n / (C n_c) per class, C the classes present (absent ones get 1): every class weighs n / C in total."""
-    counts = torch.bincount(targets.reshape(-1).long().cpu(), minlength=classes).double()
+def balanced_class_weights(targets: torch.Tensor, classes: int, ignore_index: int | None = None) -> torch.Tensor:
+    """n / (C n_c) per class, C the classes present (absent ones get 1): every class weighs n / C in total.
+    Padding labels (``ignore_index``) are left out."""
+    labels = targets.reshape(-1).long().cpu()
+    labels = labels[labels != ignore_index] if ignore_index is not None else labels
+    counts = torch.bincount(labels, minlength=classes).double()
     present = int((counts > 0).sum())
     weights = torch.where(counts > 0, counts.sum() / (present * counts.clamp(min=1)), torch.ones_like(counts))
     return weights.float()
@@ -61,8 +64,9 @@ class WeightedCrossEntropy:
     Margin Loss"): features are learnt from the data as it is, then the decision boundary is re-balanced.
     Evaluation (no gradient) always uses the weights, so the monitored value keeps one meaning."""
 
-    def __init__(self, weights: torch.Tensor, *, deferred: bool = False) -> None:
+    def __init__(self, weights: torch.Tensor, *, deferred: bool = False, ignore_index: int | None = -100) -> None:
         self.weights, self.deferred = weights, deferred
+        self.ignore_index = -100 if ignore_index is None else ignore_index
         self.active = not deferred
 
     def set_lr_cuts(self, cuts: int) -> None:
@@ -73,4 +77,27 @@ class WeightedCrossEntropy:
         if self.weights.device != outputs.device:
             self.weights = self.weights.to(outputs.device)
         weighted = self.active or not outputs.requires_grad
-        return F.cross_entropy(outputs.float(), targets, weight=self.weights if weighted else None)
+        if targets.ndim == 2 and targets.shape[1] == 1:
+            targets = targets.reshape(-1)
+        return F.cross_entropy(outputs.float(), targets, weight=self.weights if weighted else None,
+                               ignore_index=self.ignore_index)
+
+
+class WeightedBinaryCrossEntropy:
+    """BCE-with-logits with the positive class weighted by ``pos_weight`` (negatives / positives), so each
+    class weighs the same; deferred to the first LR cut and always on in evaluation, as
+    :class:`WeightedCrossEntropy`. (N,) and (N, 1) are matched either way."""
+
+    def __init__(self, pos_weight: float, *, deferred: bool = False) -> None:
+        self.pos_weight, self.deferred = torch.tensor(float(pos_weight)), deferred
+        self.active = not deferred
+
+    def set_lr_cuts(self, cuts: int) -> None:
+        self.active = not self.deferred or cuts >= 1
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.pos_weight.device != outputs.device:
+            self.pos_weight = self.pos_weight.to(outputs.device)
+        weighted = self.active or not outputs.requires_grad
+        scores, labels = outputs.reshape(outputs.shape[0], -1).float(), targets.reshape(targets.shape[0], -1).float()
+        return F.binary_cross_entropy_with_logits(scores, labels, pos_weight=self.pos_weight if weighted else None)

@@ -32,6 +32,7 @@ def print_findings(findings: Iterable[Finding], *, title: str = "converge doctor
     table.add_column("code")
     table.add_column("finding")
     for finding in findings:
-        text = f"{finding.message}\nfix: {finding.fix}\nevidence: {evidence_line(finding.evidence)}"
+        fix = f"\nfix: {finding.fix}" if finding.fix else ""
+        text = f"{finding.message}{fix}\nevidence: {evidence_line(finding.evidence)}"
         table.add_row(finding.severity, finding.code, text, style=_STYLE[finding.severity])
     console.print(table)

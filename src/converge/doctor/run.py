@@ -18,6 +18,7 @@ from converge.decide.findings import Finding, ranked
 from converge.doctor._sample import Sample, sample_split
 from converge.doctor.label_noise import label_noise_finding, out_of_sample_probs
 from converge.engine import device as dev
+from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, resolve_objective
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
@@ -40,11 +41,15 @@ def finite_rows(inputs: Any, targets: Any) -> torch.Tensor | None:
     return mask
 
 
-def data_findings(samples: dict[str, Sample]) -> list[Finding]:
-    """Every data check but label_noise and too_few_samples (which need the model)."""
+def data_findings(samples: dict[str, Sample], kind: str | None = None, ignore_index: int | None = None
+                  ) -> list[Finding]:
+    """Every data check but label_noise and too_few_samples (which need the model). ``kind``: the task
+    kind (`converge.decide.task_kind`), guessed from the targets' type when the objective is unknown."""
     train = samples["train"]
+    kind = kind or ("classification" if is_classification(train.targets) else "regression")
     findings = dc.nonfinite_values({name: (s.inputs, s.targets) for name, s in samples.items()})
-    findings += dc.class_imbalance(train.targets) if is_classification(train.targets) else []
+    if kind in ("classification", "binary", "multilabel", "sequence"):
+        findings += dc.class_imbalance(train.targets, kind=kind, ignore_index=ignore_index)
     x, kept = dc.feature_matrix(train.inputs)
     sampled = {**train.evidence(), **({"features_sampled": len(kept)} if kept is not None else {})}
     for check in (dc.unscaled_features, dc.constant_features, dc.outliers):
@@ -61,7 +66,8 @@ def _with(finding: Finding, evidence: dict) -> Finding:
     return Finding(finding.code, finding.severity, finding.message, {**finding.evidence, **evidence}, finding.fix)
 
 
-def resolve(model: nn.Module, samples: dict[str, Sample], loss, metrics, device) -> tuple[Objective | None, dict, list]:
+def resolve(model: nn.Module, samples: dict[str, Sample], loss, metrics, device, ignore_index: int = IGNORE_INDEX
+            ) -> tuple[Objective | None, dict, list]:
     """The objective `converge train` would use, on the finite rows; an output/label mismatch becomes an
     `output_mismatch` finding instead of an error. Returns (objective or None, finite splits, findings)."""
     splits = {}
@@ -73,7 +79,9 @@ def resolve(model: nn.Module, samples: dict[str, Sample], loss, metrics, device)
             return None, {}, []
         splits[name] = TensorSplit(sample.inputs[mask], sample.targets[mask], name).to(device)
     try:
-        return resolve_objective(model, splits, loss, metrics or {}, amp="off", device=device, probe_size=64), splits, []
+        objective = resolve_objective(model, splits, loss, metrics or {}, amp="off", device=device, probe_size=64,
+                                      ignore_index=ignore_index)
+        return objective, splits, []
     except ConvergeError as exc:
         if str(exc).startswith("the model fails on a batch") or "metric name" in str(exc):
             raise
@@ -87,7 +95,10 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
     """The model checks on one batch; with ``cheap=False`` also the overfit-one-batch check."""
     inputs, targets = splits["train"].probe(T.MODEL_BATCH)
     loss_fn, findings = objective.loss_fn, []
-    findings += mc.init_loss_off(model, inputs, targets, loss_fn, objective.kind)
+    if objective.known_loss:
+        findings += mc.init_loss_off(model, inputs, targets, loss_fn, objective.kind, classes=objective.classes)
+    else:
+        findings.append(dc.skipped("init_loss_off", "the task's own loss has no known value at initialisation"))
     findings += mc.gradient_flow(mc.layer_gradient_norms(model, inputs, targets, loss_fn))
     findings += mc.dead_units(mc.relu_activity(model, inputs))
     if not cheap:
@@ -125,48 +136,65 @@ def label_issues(sample: Sample, classes: int, *, seed: int, progress: Callable[
 
 def run_checks(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | None = None,
                metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
-               progress: Callable[[str], None] | None = None) -> list[Finding]:
+               progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX) -> list[Finding]:
     """All checks on sampled splits; ``cheap=True`` leaves out label_noise and cannot_overfit_batch.
     The model is not changed and the global RNG state is put back afterwards."""
+    return check_all(model, samples, loss=loss, metrics=metrics, cheap=cheap, seed=seed, device=device,
+                     progress=progress, ignore_index=ignore_index)[0]
+
+
+def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | None = None,
+              metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
+              progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX
+              ) -> tuple[list[Finding], Objective | None]:
+    """:func:`run_checks`, and the objective the checks resolved (None when it could not be)."""
     progress = progress or (lambda text: None)
     saved = capture_rng()
     try:
-        findings = data_findings(samples)
         device_ = dev.pick_device(device)
         model_copy = _copy_to(model, device_)
-        objective, splits, problems = resolve(model_copy, samples, loss, metrics, device_)
+        objective, splits, problems = resolve(model_copy, samples, loss, metrics, device_, ignore_index)
+        kind = objective.kind if objective is not None else None
+        findings = data_findings(samples, kind, objective.ignore_index if objective is not None else ignore_index)
         findings += problems
         train = samples["train"]
-        classes = class_count(model_copy, splits["train"].probe(2)[0]) \
-            if objective is not None and objective.kind == "classification" else None
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        findings += dc.too_few_samples(train.total or len(train), params, classes)
+        counted, unit = _counted(train, objective)
+        classes = objective.classes if kind in ("classification", "binary") else None
+        findings += dc.too_few_samples(counted, params, classes, unit=unit)
         if objective is not None:
             findings += model_findings(model_copy, splits, objective, cheap=cheap, seed=seed, progress=progress)
-            if not cheap and objective.kind == "classification" and classes:
-                findings += noise_findings(train, classes, seed=seed, progress=progress)
+            if not cheap and kind in ("classification", "binary"):
+                findings += noise_findings(class_labels(train, kind), objective.classes, seed=seed, progress=progress)
+            elif not cheap:
+                findings.append(dc.skipped("label_noise", f"confident learning needs one class label per sample; "
+                                                          f"not for {kind} targets"))
     finally:
         restore_rng(saved)
-    return ranked(findings)
+    return ranked(findings), objective
+
+
+def _counted(train: Sample, objective: Objective | None) -> tuple[int, str]:
+    """How much training data the loss sees: samples, or labelled positions for sequences (estimated from
+    the sample when the split was sampled)."""
+    total = train.total or len(train)
+    if objective is None or objective.kind != "sequence" or not isinstance(train.targets, torch.Tensor):
+        return total, "samples"
+    labelled = int((train.targets != objective.ignore_index).sum())
+    return round(labelled * total / max(len(train), 1)), "labelled positions"
+
+
+def class_labels(sample: Sample, kind: str) -> Sample:
+    """The sample with one integer class label per row (binary 0/1 floats become 0/1 integers)."""
+    if kind != "binary":
+        return sample
+    labels = (sample.targets.reshape(sample.targets.shape[0], -1)[:, 0] > 0.5).long()
+    return Sample(sample.name, sample.inputs, labels, sample.total, sample.indices)
 
 
 def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
     import copy
     return copy.deepcopy(model).to(device)
-
-
-def class_count(model: nn.Module, inputs, targets: torch.Tensor | None = None) -> int | None:
-    """How many classes a classifier tells apart: its output width on a probe (None when its outputs have
-    no class dimension), and at least one more than the largest label in ``targets``. The model is left
-    in the mode it was in."""
-    was_training = model.training
-    with torch.no_grad():
-        outputs = model.eval()(inputs[:2])
-    model.train(was_training)
-    if not isinstance(outputs, torch.Tensor) or outputs.ndim < 2:
-        return None
-    width = int(outputs.shape[1])
-    return max(width, int(targets.max()) + 1) if targets is not None and targets.numel() else width
 
 
 def samples_from_splits(splits: dict, *, seed: int = 0, max_rows: int = T.MAX_ROWS) -> dict[str, Sample]:
@@ -190,12 +218,12 @@ def sample_splits(train: Any, val: Any, test: Any = None, *, seed: int = 0, max_
 
 def diagnose(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Callable | None = None,
              metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
-             progress: Callable[[str], None] | None = None) -> list[Finding]:
+             progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX) -> list[Finding]:
     """The doctor on objects in memory (the splits as `converge.fit` takes them)."""
     if not isinstance(model, nn.Module):
         raise ConvergeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return run_checks(model, sample_splits(train, val, test, seed=seed), loss=loss, metrics=metrics, cheap=cheap,
-                      seed=seed, device=device, progress=progress)
+                      seed=seed, device=device, progress=progress, ignore_index=ignore_index)
 
 
 def diagnose_task(task, *, task_args: dict | None = None, cheap: bool = False, seed: int = 0,
@@ -208,7 +236,7 @@ def diagnose_task(task, *, task_args: dict | None = None, cheap: bool = False, s
     model = task.build_model(**task_args["model"])
     splits = task.build_data(**task_args["data"])
     return diagnose(model, *splits, loss=task.loss, metrics=task.metrics, cheap=cheap, seed=seed, device=device,
-                    progress=progress)
+                    progress=progress, ignore_index=task.ignore_index)
 
 
 def run_doctor(task_path: str | Path, *, cheap: bool = False, seed: int = 0, device: str | None = None,

@@ -21,6 +21,7 @@ these defaults; tests/test_doctor.py pins them with tables.
 | INIT_LOSS_RATIO | 2.0 | initial loss above this multiple of its expected value |
 | OVERFIT_BATCH / OVERFIT_STEPS | 32 / 200 | one batch this big, Adam for at most this many steps (per LR) |
 | OVERFIT_LRS | (1e-3, 1e-2) | the learning rates tried in turn |
+| OVERFIT_SECONDS | 15 | at most this long per LR; a model slower than that is not judged (info) |
 | OVERFIT_RATIO | 0.1 | the loss must fall below this fraction of its start |
 | VANISHING_RATIO / EXPLODING_RATIO | 1e-3 / 1e3 | first layer's gradient norm / last layer's, below / above |
 | EXPLODING_RELATIVE | 100.0 | a layer's gradient norm above this multiple of its weights' norm |
@@ -55,3 +56,4 @@ EXPLODING_RATIO = 1e3
 EXPLODING_RELATIVE = 100.0
 DEAD_WARN_FRACTION = 0.5
 MODEL_BATCH = 256
+OVERFIT_SECONDS = 15.0

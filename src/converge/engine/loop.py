@@ -32,7 +32,8 @@ from converge.decide.divergence import Alarm, GuardPolicy
 from converge.engine import device as dev
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
-from converge.engine.objective import Objective, constant_prediction_loss, monitor_key
+from converge.engine.objective import (Objective, call_model, constant_prediction_loss, gather_targets, monitor_key,
+                                       scores_of)
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
 from converge.engine.signals import StopSignals
@@ -65,11 +66,12 @@ class Trainer:
     """Trains ``model`` on ``splits`` with every knob of ``config`` set (choose "auto" ones first:
     `converge.tune`). ``recorder`` receives everything that happened (default: memory only, silent);
     ``epoch_judge`` (a search's pruner) sees every epoch's record after the run's own decisions and may
-    stop it with a reason; ``restore_best`` loads the best weights at the end."""
+    stop it with a reason; ``restore_best`` loads the best weights at the end; ``started``: when the command
+    that runs it started (``time.monotonic()``), so the run's wall time includes its set-up."""
 
     def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, objective: Objective, *,
                  recorder: RunRecorder | None = None, epoch_judge: Callable[[dict], str | None] | None = None,
-                 restore_best: bool = True, tuning_epochs: float = 0.0) -> None:
+                 restore_best: bool = True, tuning_epochs: float = 0.0, started: float | None = None) -> None:
         if config.auto_knobs:
             raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.tune)")
         self.config, self.objective = config, objective
@@ -86,7 +88,7 @@ class Trainer:
         self.train_model = self.model if self.world is None else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.splits = {name: split.to(self.device) for name, split in splits.items()}
-        self.monitor_key = monitor_key(config.monitor, objective.metric_fns)
+        self.monitor_key = monitor_key(config.monitor, objective)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay)
         self.scaler = dev.make_grad_scaler(config.amp, self.device)
         self.tracker = ConvergenceTracker(ConvergencePolicy(
@@ -106,7 +108,9 @@ class Trainer:
         self.best_record: dict = {}
         self.status: Status | None = None
         self.stop_reason = ""
-        self.elapsed_before = 0.0  # wall time of the run before it was resumed
+        self.started = time.monotonic() if started is None else started
+        self.elapsed_before = 0.0  # wall time of the commands that ran this run before it was resumed
+        self.trained_before = 0.0  # of which in the training loop
         self._last_checkpoint = time.monotonic()
 
     @property
@@ -140,6 +144,7 @@ class Trainer:
                     self._end_epoch(train_loss)
             return self._finish()
         finally:
+            self.trained_before = self._train_seconds()  # a later run() (the race's extend) adds to it
             self.console.close()
             self.record.close()
 
@@ -203,7 +208,7 @@ class Trainer:
                                                world=self.world)
         for index, (inputs, targets) in enumerate(batches, start=self.batch):
             with dev.autocast(cfg.amp, self.device):
-                loss = loss_fn(model(inputs), targets)
+                loss = loss_fn(scores_of(call_model(model, inputs)), targets)
             if scaler is not None:
                 scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
             else:
@@ -328,7 +333,8 @@ class Trainer:
     # --- the end of an epoch --------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split_name: str, prefix: str = "") -> dict[str, float]:
-        """Mean loss and metrics over a split (metrics are averaged per sample over batches)."""
+        """Mean loss and metrics over a split: each batch's values weighted by what counts in it (its samples,
+        or its tokens that are not padding); then the values derived from the means (perplexity)."""
         split, model, objective = self.splits[split_name], self.model, self.objective
         was_training = model.training
         model.eval()
@@ -336,18 +342,20 @@ class Trainer:
         seen = 0
         for inputs, targets in split.batches(self.config.batch_size):
             with dev.autocast(self.config.amp, self.device):
-                outputs = model(inputs)
+                outputs = scores_of(call_model(model, inputs))
                 values = [objective.loss_fn(outputs, targets)]
                 values += [fn(outputs, targets) for fn in objective.metric_fns.values()]
-            n = targets.shape[0]
-            sums += torch.stack([torch.as_tensor(v, device=self.device).double().reshape(()) for v in values]) * n
-            seen += n
+            weight = objective.weight(targets)
+            sums += torch.stack([torch.as_tensor(v, device=self.device).double().reshape(()) for v in values]) * weight
+            seen = seen + weight
         model.train(was_training)
-        means = (sums / max(seen, 1)).tolist()  # sync point: once per evaluation
+        total = seen.clamp(min=1) if isinstance(seen, torch.Tensor) else max(seen, 1)
+        means = (sums / total).tolist()  # sync point: once per evaluation
         if self.world is not None:  # decisions read these: every rank must read rank 0's numbers
             means = self.world.from_main(means, self.device)
-        names = ["loss", *objective.metric_fns]
-        return {f"{prefix}{name}": value for name, value in zip(names, means)}
+        values = dict(zip(["loss", *objective.metric_fns], means))
+        values.update({name: fn(values) for name, fn in objective.derived.items()})
+        return {f"{prefix}{name}": value for name, value in values.items()}
 
     def _end_epoch(self, train_loss: float) -> None:
         self.epoch += 1
@@ -446,14 +454,20 @@ class Trainer:
 
     def _diagnosis(self):
         cfg = self.config
-        baseline = constant_prediction_loss(self.splits["train"], self.objective.kind) \
-            if self.objective.inferred else None
+        baseline = constant_prediction_loss(gather_targets(self.splits["train"]), self.objective) \
+            if self.objective.known_loss else None
         return diagnose_run(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
                             patience=cfg.patience, max_epochs=cfg.max_epochs, weight_decay=cfg.weight_decay,
                             baseline_loss=baseline)
 
     def _wall_seconds(self) -> float:
-        return self.elapsed_before + time.monotonic() - self._run_started
+        """The run's wall time so far: this command's since it started (set-up, tuning, doctor, training)
+        and the earlier commands' when it was resumed."""
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def _train_seconds(self) -> float:
+        """Of the wall time, the part spent in the training loop."""
+        return self.trained_before + time.monotonic() - self._run_started
 
     def _summary(self, test: dict | None) -> dict:
         cfg = self.config
@@ -473,8 +487,10 @@ class Trainer:
             "rollbacks": self.guard.total if self.guard is not None else 0,
             "tuning_epochs": round(self.tuning_epochs, 3),
             "task_kind": self.objective.kind,
+            "task_description": self.objective.description,
             "device": str(self.device),
             "wall_seconds": round(self._wall_seconds(), 3),
+            "train_seconds": round(self._train_seconds(), 3),
             "config": cfg.to_dict(),
         }
         if test is not None:
@@ -482,7 +498,7 @@ class Trainer:
         return summary
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self, wall_seconds: float | None = None) -> dict:
+    def state_dict(self, wall_seconds: float | None = None, train_seconds: float | None = None) -> dict:
         """Everything needed to continue the run exactly: one checkpoint dict."""
         return {
             "format": ckpt.FORMAT_VERSION,
@@ -498,7 +514,8 @@ class Trainer:
                          "epoch_rollbacks": self.epoch_rollbacks,
                          "status": self.status.value if self.status is not None else None,
                          "stop_reason": self.stop_reason, "tuning_epochs": self.tuning_epochs,
-                         "wall_seconds": wall_seconds if wall_seconds is not None else self.elapsed_before},
+                         "wall_seconds": wall_seconds if wall_seconds is not None else self.elapsed_before,
+                         "train_seconds": train_seconds if train_seconds is not None else self.trained_before},
             "rng": capture_rng(),
             "history": self.history,
             "logs": {"events": self.events},
@@ -529,11 +546,12 @@ class Trainer:
         self.stop_reason = progress["stop_reason"] if final else ""
         self.tuning_epochs = float(progress.get("tuning_epochs", 0.0))
         self.elapsed_before = float(progress["wall_seconds"] or 0.0)
+        self.trained_before = float(progress.get("train_seconds") or 0.0)
         self.record.load(state["history"], state["logs"]["events"])
         restore_rng(state["rng"])
 
     def _serialized_state(self) -> bytes:
-        state = self.state_dict(self._wall_seconds())
+        state = self.state_dict(self._wall_seconds(), self._train_seconds())
         if self.world is not None and self.partial_loss is not None:
             # A checkpoint inside an epoch holds the loss summed so far over all ranks (rank 0 writes it).
             state["progress"]["partial_loss"], state["progress"]["partial_seen"] = self._epoch_sums()

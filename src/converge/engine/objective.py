@@ -1,71 +1,90 @@
-"""The loss and the metrics: inferred when the task leaves them out."""
+"""The objective: how the model is called, what its outputs are scored by (the loss) and what is reported
+(the metrics). Decided once per run from the targets and a probe of the outputs (`converge.decide.task_kind`
+states the rule); a task's own ``loss`` and ``metrics`` are trusted.
+
+* A batch's inputs are a tensor (``model(x)``), a tuple or list of tensors (``model(*x)``) or a dict
+  (``model(**x)``). The model may return a tensor, or an object with ``.logits`` / a dict with
+  ``"logits"`` (Hugging Face models), or a tuple whose first element is the scores.
+* Inferred losses and built-in metrics leave out padding (targets equal to ``ignore_index``), and values
+  are averaged over batches weighted by the samples (tokens, for sequences) that count.
+* A task's own loss that converge recognizes (``nn.CrossEntropyLoss``, ``nn.NLLLoss``,
+  ``nn.BCEWithLogitsLoss``, ``nn.BCELoss``, ``nn.MSELoss`` with mean reduction, or the matching
+  ``torch.nn.functional`` functions) keeps the kind's metrics, the underfitting baseline and the doctor's
+  initial-loss check; any other loss keeps only what does not depend on its meaning.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converge.data import check_label_range, is_classification
+from converge.data import LoaderSplit, TensorSplit
+from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind
 from converge.engine import device as dev
 from converge.errors import ConvergeError
 
 
 @dataclass
 class Objective:
-    loss_fn: Callable
-    kind: str                        # "classification" or "regression"
-    metric_fns: dict[str, Callable]
-    inferred: bool = True            # the loss was inferred from the targets (not the task's own)
+    loss_fn: Callable                       # loss(scores, targets) -> scalar tensor
+    kind: str                               # see converge.decide.task_kind.KINDS, or "custom"
+    metric_fns: dict[str, Callable]         # name -> fn(scores, targets), a mean over what counts in the batch
+    inferred: bool = True                   # the loss is converge's own (not the task's)
+    known_loss: bool = True                 # a loss whose constant-prediction value is known (baseline, init check)
+    classes: int | None = None              # C, 2 (binary), L labels, V (sequence)
+    class_dim: int | None = None            # where the class scores are: 1 or -1
+    ignore_index: int | None = None         # integer targets with this value are padding
+    description: str = ""                   # "multi-class classification, 10 classes (integer labels); ..."
+    derived: dict[str, Callable] = field(default_factory=dict)   # name -> fn({"loss": ..., ...}) after a pass
+
+    def weight(self, targets: torch.Tensor):
+        """How much a batch counts in an average: its samples, or the targets that are not padding."""
+        if self.ignore_index is None or not isinstance(targets, torch.Tensor):
+            return targets.shape[0] if isinstance(targets, torch.Tensor) else 1
+        return (targets != self.ignore_index).sum()
+
+    def reported(self) -> list[str]:
+        """The names of the values an evaluation reports besides the loss."""
+        return [*self.metric_fns, *self.derived]
 
 
-def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, metrics: dict[str, Callable], *,
-                      amp: str, device: torch.device, probe_size: int | str) -> Objective:
-    """Run the model once on a probe batch (eval mode, no gradient: no side effects) to infer the loss,
-    check the labels against the outputs and catch shape mismatches before any training."""
-    size = probe_size if isinstance(probe_size, int) else 64
-    inputs, targets = splits["train"].probe(min(size, 256))
-    inputs, targets = inputs.to(device), targets.to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), dev.autocast(amp, device):
-            outputs = model(inputs)
-    except Exception as exc:
-        raise ConvergeError(f"the model fails on a batch of inputs {_shape(inputs)}: "
-                            f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        model.train(was_training)
-    inferred, kind = infer_loss(targets)
-    if not is_classification(targets):
-        kind = "regression"
-    if kind == "classification" and isinstance(outputs, torch.Tensor) and outputs.ndim >= 2:
-        for split in splits.values():
-            check_label_range(split, outputs.shape[1])
-    loss_fn = loss if loss is not None else inferred
-    check_outputs_fit(loss_fn, outputs, targets)
-    metric_fns = {**default_metrics(kind, outputs), **metrics}
-    for name in metric_fns:
-        if name == "loss" or not name.isidentifier():
-            raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
-    return Objective(loss_fn, kind, metric_fns, inferred=loss is None)
+# --- calling the model ---------------------------------------------------------------------------------
+def call_model(model: nn.Module, inputs: Any):
+    """``model(x)``, ``model(*x)`` for a tuple or list of inputs, ``model(**x)`` for a dict."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
 
 
-def monitor_key(monitor: str, metric_fns: dict) -> str:
-    """The record key of the monitored value ("val_loss", "val_accuracy", ...); an error for a value that
-    is not reported."""
-    name = monitor[4:] if monitor.startswith("val_") else monitor
-    if name != "loss" and name not in metric_fns:
-        known = ", ".join(["val_loss", *(f"val_{m}" for m in metric_fns)])
-        raise ConvergeError(f"--monitor {monitor!r} is not a reported value; choose one of {known}")
-    return f"val_{name}"
+def scores_of(outputs: Any) -> Any:
+    """The score tensor in what a model returned: itself, ``.logits`` / ``["logits"]``, or a tuple's first item."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    return outputs
 
 
-def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return (outputs.argmax(dim=1) == targets).float().mean()
+# --- losses and metrics per kind -----------------------------------------------------------------------
+def _rows(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-class cross-entropy; targets of shape (N, 1) are read as (N,); -100 is padding."""
+    if targets.ndim == 2 and targets.shape[1] == 1:
+        targets = targets.reshape(-1)
+    return F.cross_entropy(outputs.float(), targets, ignore_index=IGNORE_INDEX)
 
 
 def mean_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -78,69 +97,329 @@ def mean_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.mse_loss(outputs.float(), targets.float())
 
 
-def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(outputs.float(), targets)
+def binary_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits on one output or one per label; (N,) and (N, 1) are matched either way."""
+    return F.binary_cross_entropy_with_logits(_rows(outputs).float(), _rows(targets).float())
 
 
-def infer_loss(targets: torch.Tensor) -> tuple[Callable, str]:
-    """Integer class targets mean cross-entropy, float targets mean MSE."""
+@dataclass(frozen=True)
+class SequenceCrossEntropy:
+    """Cross-entropy at every position over the class dimension (1 or last); ``ignore_index`` is padding."""
+
+    class_dim: int
+    ignore_index: int = IGNORE_INDEX
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        scores = outputs.movedim(-1, 1) if self.class_dim == -1 else outputs
+        return F.cross_entropy(scores.float(), targets, ignore_index=self.ignore_index)
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if targets.ndim == 2 and targets.shape[1] == 1:
+        targets = targets.reshape(-1)
+    return _masked_mean(outputs.argmax(dim=1) == targets, targets != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class TokenAccuracy:
+    class_dim: int
+    ignore_index: int = IGNORE_INDEX
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return _masked_mean(outputs.argmax(dim=self.class_dim) == targets, targets != self.ignore_index)
+
+
+@dataclass(frozen=True)
+class ThresholdAccuracy:
+    """Binary (one output) accuracy: a score above ``threshold`` predicts 1."""
+
+    threshold: float = 0.0
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return ((_rows(outputs) > self.threshold) == (_rows(targets) > 0.5)).float().mean()
+
+
+@dataclass(frozen=True)
+class ExactMatch:
+    """Multi-label: the share of samples whose every label is right."""
+
+    threshold: float = 0.0
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return ((_rows(outputs) > self.threshold) == (_rows(targets) > 0.5)).all(dim=1).float().mean()
+
+
+def _masked_mean(hits: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    return (hits & counted).sum() / counted.sum().clamp(min=1)
+
+
+def perplexity(values: dict) -> float:
+    loss = values["loss"]
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+# --- recognizing a task's own loss -------------------------------------------------------------------
+# name -> (the kind family it scores, decision threshold of binary scores)
+_RECOGNIZED = {"cross_entropy": "classes", "nll": "classes", "bce_logits": "binary", "bce": "binary", "mse": "regression"}
+
+
+def recognize_loss(loss: Callable) -> tuple[str | None, int]:
+    """(which standard loss ``loss`` is, its ignore_index), or (None, -100) for anything else. Only the mean
+    reduction counts: the baseline and the initial-loss check compare means."""
+    modules = {nn.CrossEntropyLoss: "cross_entropy", nn.NLLLoss: "nll", nn.BCEWithLogitsLoss: "bce_logits",
+               nn.BCELoss: "bce", nn.MSELoss: "mse"}
+    for cls, name in modules.items():
+        if type(loss) is cls:
+            plain = getattr(loss, "reduction", "mean") == "mean" and getattr(loss, "weight", None) is None
+            return (name if plain else None), getattr(loss, "ignore_index", IGNORE_INDEX)
+    functions = {F.cross_entropy: "cross_entropy", F.nll_loss: "nll", F.binary_cross_entropy_with_logits: "bce_logits",
+                 F.binary_cross_entropy: "bce", F.mse_loss: "mse"}
+    return functions.get(loss), IGNORE_INDEX
+
+
+# --- deciding the objective ---------------------------------------------------------------------------
+def target_facts(split: TensorSplit | LoaderSplit, probe_targets: torch.Tensor,
+                 ignore_index: int = IGNORE_INDEX) -> TargetFacts:
+    """The facts the kind rule needs, from the whole split when it is in memory (else from the probe)."""
+    targets = probe_targets
+    if isinstance(split, TensorSplit):
+        targets = split.targets
+    elif isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
+        targets = split.whole_tensors()[1]
+    integer = not targets.dtype.is_floating_point
+    counted = targets[targets != ignore_index] if integer else targets
+    if counted.numel() == 0:
+        return TargetFacts(tuple(probe_targets.shape), integer, False)
+    zero_one = bool(((counted == 0) | (counted == 1)).all())
+    return TargetFacts(tuple(probe_targets.shape), integer, zero_one, float(counted.min()), float(counted.max()))
+
+
+def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, metrics: dict[str, Callable], *,
+                      amp: str, device: torch.device, probe_size: int | str,
+                      ignore_index: int = IGNORE_INDEX) -> Objective:
+    """Run the model once on a probe batch (eval mode, no gradient: no side effects), decide the kind, build
+    the loss and metrics, and check labels and shapes against the outputs before any training."""
+    size = probe_size if isinstance(probe_size, int) else 64
+    inputs, targets = splits["train"].probe(min(size, 256))
+    inputs, targets = _to(inputs, device), _to(targets, device)
+    outputs = _probe(model, inputs, amp, device)
+    scores = scores_of(outputs)
     if not isinstance(targets, torch.Tensor):
-        raise ConvergeError(f"cannot infer a loss for targets of type {type(targets).__name__}; "
-                            "define `loss` in the task")
-    if targets.dtype.is_floating_point:
-        return mean_squared_error, "regression"
-    return cross_entropy, "classification"
+        if loss is None:
+            raise ConvergeError(f"cannot infer a loss for targets of type {type(targets).__name__}; "
+                                "define `loss` in the task")
+        objective = Objective(loss, "custom", {}, inferred=False, known_loss=False, description="custom targets")
+    else:
+        objective = _decide(loss, scores, targets, splits, ignore_index)
+    check_outputs_fit(objective, scores, targets)
+    metric_fns = {**objective.metric_fns, **metrics}
+    for name in [*metric_fns, *objective.derived]:
+        if name == "loss" or not name.isidentifier():
+            raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
+    return replace(objective, metric_fns=metric_fns)
 
 
-def check_outputs_fit(loss_fn: Callable, outputs, targets) -> None:
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device) -> Any:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), dev.autocast(amp, device):
+            return call_model(model, inputs)
+    except Exception as exc:
+        raise ConvergeError(f"the model fails on a batch of inputs {describe(inputs)}: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+
+
+def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: dict, ignore_index: int) -> Objective:
+    recognized, loss_ignore = recognize_loss(loss) if loss is not None else (None, ignore_index)
+    ignore = loss_ignore if loss is not None else ignore_index
+    facts = target_facts(splits["train"], targets, ignore)
+    if not isinstance(scores, torch.Tensor):
+        if loss is None:
+            raise ConvergeError(f"cannot infer a loss for model outputs {describe(scores)}; return a tensor (or "
+                                f"an object with .logits) from the model, or define `loss` in the task")
+        return Objective(loss, "custom", {}, inferred=False, known_loss=False, description="custom outputs")
+    try:
+        kind = decide_kind(facts, tuple(scores.shape))
+    except ConvergeError:
+        if loss is None:
+            raise
+        # The task's own loss is trusted with shapes converge has no rule for: no metrics of its own.
+        return Objective(loss, "custom", {}, inferred=False, known_loss=False,
+                         description=f"targets {tuple(targets.shape)}, outputs {tuple(scores.shape)}")
+    for split in splits.values():
+        if split is not splits["train"] and kind.kind in ("classification", "sequence"):
+            _check_other_split(split, kind, ignore)
+    if loss is None:
+        return _inferred(kind, ignore)
+    return _own(loss, recognized, kind, ignore)
+
+
+def _check_other_split(split, kind: Kind, ignore: int) -> None:
+    """Validation and test labels must index the same classes as the training labels."""
+    probe = split.targets if isinstance(split, TensorSplit) else None
+    if probe is None and isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
+        probe = split.whole_tensors()[1]
+    if probe is None or probe.dtype.is_floating_point:
+        return
+    counted = probe[probe != ignore]
+    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= kind.classes):
+        raise ConvergeError(f"{split.name} labels range over [{int(counted.min())}, {int(counted.max())}] but the "
+                            f"model scores {kind.classes} classes, so labels must lie in [0, {kind.classes - 1}]")
+
+
+def _inferred(kind: Kind, ignore: int) -> Objective:
+    base = dict(classes=kind.classes, class_dim=kind.class_dim)
+    if kind.kind == "classification":
+        return Objective(cross_entropy, kind.kind, {"accuracy": accuracy}, ignore_index=ignore,
+                         description=f"{kind.description}; loss cross-entropy", **base)
+    if kind.kind == "binary":
+        return Objective(binary_cross_entropy, kind.kind, {"accuracy": ThresholdAccuracy(0.0)},
+                         description=f"{kind.description}; loss BCE-with-logits (accuracy at logit 0)", **base)
+    if kind.kind == "multilabel":
+        return Objective(binary_cross_entropy, kind.kind, {"label_accuracy": ThresholdAccuracy(0.0),
+                                                           "exact_match": ExactMatch(0.0)},
+                         description=f"{kind.description}; loss BCE-with-logits per label", **base)
+    if kind.kind == "sequence":
+        return Objective(SequenceCrossEntropy(kind.class_dim, ignore), kind.kind,
+                         {"token_accuracy": TokenAccuracy(kind.class_dim, ignore)}, ignore_index=ignore,
+                         derived={"perplexity": perplexity},
+                         description=f"{kind.description}; loss cross-entropy per position "
+                                     f"(targets {ignore} are padding)", **base)
+    return Objective(mean_squared_error, kind.kind, {}, description=f"{kind.description}; loss MSE")
+
+
+def _own(loss: Callable, recognized: str | None, kind: Kind, ignore: int) -> Objective:
+    """The task's loss with the kind's metrics where their meaning does not depend on it (argmax over class
+    scores) or the loss tells it (logits or probabilities)."""
+    name = getattr(loss, "__name__", type(loss).__name__)
+    base = dict(inferred=False, known_loss=recognized is not None and _fits(recognized, kind.kind),
+                classes=kind.classes, class_dim=kind.class_dim, description=f"{kind.description}; loss: the task's "
+                f"own ({name})")
+    metrics: dict[str, Callable] = {}
+    derived: dict[str, Callable] = {}
+    if kind.kind == "classification":
+        metrics = {"accuracy": accuracy}
+    elif kind.kind == "sequence":
+        metrics = {"token_accuracy": TokenAccuracy(kind.class_dim, ignore)}
+        if recognized == "cross_entropy":
+            derived = {"perplexity": perplexity}
+    elif kind.kind in ("binary", "multilabel") and recognized in ("bce_logits", "bce"):
+        threshold = 0.0 if recognized == "bce_logits" else 0.5
+        metrics = {"accuracy": ThresholdAccuracy(threshold)} if kind.kind == "binary" else \
+            {"label_accuracy": ThresholdAccuracy(threshold), "exact_match": ExactMatch(threshold)}
+    ignore_index = ignore if kind.kind in ("classification", "sequence") else None
+    return Objective(loss, kind.kind, metrics, ignore_index=ignore_index, derived=derived, **base)
+
+
+def _fits(recognized: str, kind: str) -> bool:
+    family = _RECOGNIZED[recognized]
+    return {"classes": kind in ("classification", "sequence"), "binary": kind in ("binary", "multilabel"),
+            "regression": kind == "regression"}[family]
+
+
+def check_outputs_fit(objective: Objective, outputs, targets) -> None:
     """Run the loss once on a probe batch, so a shape mismatch is reported before training starts."""
     try:
-        value = loss_fn(outputs, targets)
+        value = objective.loss_fn(outputs, targets)
     except Exception as exc:
-        raise ConvergeError(f"the loss cannot compare the model's outputs {_shape(outputs)} with targets "
-                            f"{_shape(targets)}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                            ) from exc
+        hint = ""
+        if objective.kind == "sequence" and objective.class_dim == -1 and not objective.inferred:
+            hint = (" (torch's cross-entropy wants the class dimension second, (N, V, T); leave `loss` out and "
+                    "converge takes (N, T, V) as it is)")
+        raise ConvergeError(f"the loss cannot compare the model's outputs {describe(outputs)} with targets "
+                            f"{describe(targets)}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            f"{hint}") from exc
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        raise ConvergeError(f"the loss must return a scalar tensor, got {_shape(value)}")
+        raise ConvergeError(f"the loss must return a scalar tensor, got {describe(value)}")
     if isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor) and \
             outputs.shape[0] != targets.shape[0]:
         raise ConvergeError(f"the model returns {outputs.shape[0]} outputs for a batch of {targets.shape[0]}")
 
 
-def _shape(value) -> str:
+def describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return f"({', '.join(describe(v) for v in value)})"
     return f"of type {type(value).__name__}"
 
 
-def default_metrics(kind: str, outputs) -> dict[str, Callable]:
-    if kind == "classification" and isinstance(outputs, torch.Tensor) and outputs.ndim >= 2:
-        return {"accuracy": accuracy}
-    return {}
+def monitor_key(monitor: str, objective_or_metrics) -> str:
+    """The record key of the monitored value ("val_loss", "val_accuracy", ...); an error for a value that
+    is not reported."""
+    names = objective_or_metrics.reported() if isinstance(objective_or_metrics, Objective) \
+        else list(objective_or_metrics)
+    name = monitor[4:] if monitor.startswith("val_") else monitor
+    if name != "loss" and name not in names:
+        known = ", ".join(["val_loss", *(f"val_{m}" for m in names)])
+        raise ConvergeError(f"--monitor {monitor!r} is not a reported value; choose one of {known}")
+    return f"val_{name}"
 
 
+# --- the constant-prediction baseline --------------------------------------------------------------------
 BASELINE_SAMPLES = 100_000
 
 
+def _entropy(p: torch.Tensor) -> float:
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-12, 1 - 1e-12)
+    return -(p * p.log() + (1 - p) * (1 - p).log())
+
+
 @torch.no_grad()
-def constant_prediction_loss(split, kind: str) -> float | None:
-    """The default loss of the best constant prediction on (up to BASELINE_SAMPLES of) a split's targets:
-    the label entropy for cross-entropy, the mean target variance for MSE. The yardstick for "the model
-    learned nothing"; None when the targets do not suit it."""
-    targets, seen = [], 0
-    for _, batch_targets in split.batches(4096):
-        targets.append(batch_targets.detach().reshape(batch_targets.shape[0], -1).cpu())
-        seen += batch_targets.shape[0]
-        if seen >= BASELINE_SAMPLES:
-            break
-    if not targets:
+def constant_prediction_loss(targets: torch.Tensor, objective: Objective) -> float | None:
+    """The loss of the best constant prediction on these targets: the label entropy for cross-entropy
+    (over the labels that count), the mean per-label binary entropy for BCE, the mean target variance for
+    MSE. The yardstick for "the model learned nothing"; None when it does not apply."""
+    if not objective.known_loss or not isinstance(targets, torch.Tensor) or targets.numel() == 0:
         return None
-    y = torch.cat(targets)
-    if kind == "classification":
-        if y.shape[1] != 1 or y.dtype.is_floating_point:
+    y = targets.detach().cpu()
+    if objective.kind in ("classification", "sequence"):
+        counted = y[y != objective.ignore_index] if objective.ignore_index is not None else y.reshape(-1)
+        if counted.numel() == 0 or counted.dtype.is_floating_point:
             return None
-        counts = torch.bincount(y.reshape(-1).long()).double()
-        p = counts[counts > 0] / counts.sum()
-        return float(-(p * p.log()).sum())
-    y = y.double()
-    return float(y.var(dim=0, unbiased=False).mean()) if y.shape[0] > 1 else None
+        counts = torch.bincount(counted.reshape(-1).long()).double()
+        return _entropy(counts / counts.sum())
+    if objective.kind in ("binary", "multilabel"):
+        return float(_binary_entropy(_rows(y).double().mean(dim=0)).mean())
+    if objective.kind == "regression":
+        y = _rows(y).double()
+        return float(y.var(dim=0, unbiased=False).mean()) if y.shape[0] > 1 else None
+    return None
+
+
+def gather_targets(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:
+    """Up to ``limit`` targets of a split (for the baseline), without reading inputs when in memory."""
+    if isinstance(split, TensorSplit):
+        return split.targets[:limit]
+    if isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
+        return split.whole_tensors()[1][:limit]
+    parts, seen = [], 0
+    for _, batch_targets in split.batches(4096):
+        if not isinstance(batch_targets, torch.Tensor):
+            return None
+        parts.append(batch_targets.detach().cpu())
+        seen += batch_targets.shape[0]
+        if seen >= limit:
+            break
+    return torch.cat(parts)[:limit] if parts else None

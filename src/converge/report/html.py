@@ -153,7 +153,16 @@ def _header(run: RunFiles) -> str:
     return (f"<header><div class='title'><h1>{escape(name)}</h1><span class='badge tone-{tone}'>{escape(status)}</span>"
             f"</div><p class='reason'>{escape(reason)}</p>"
             f"{f'<p class=sub>task <code>{escape(task)}</code></p>' if task else ''}"
+            f"{_kind(run.summary or {})}"
             f"<p class='sub'>run folder <code>{escape(run.path)}</code></p>{_facts(run)}</header>")
+
+
+def _kind(summary: dict) -> str:
+    """What kind of task converge took it for (decided once from the targets and outputs), and its loss."""
+    kind, description = summary.get("task_kind"), summary.get("task_description")
+    if not kind:
+        return ""
+    return f"<p class='sub'>kind <code>{escape(kind)}</code>{': ' + escape(description) if description else ''}</p>"
 
 
 def _facts(run: RunFiles) -> str:

@@ -222,7 +222,7 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
     rung_epochs = max(1, math.ceil(RUNG_STEPS / steps_per_epoch))
     race_splits = {name: split for name, split in splits.items() if name != "test"}
     # An arm's own end-of-run diagnosis is never read: no constant-prediction baseline for it.
-    arm_objective = dataclasses.replace(objective, inferred=False)
+    arm_objective = dataclasses.replace(objective, known_loss=False)
     trainers = {}
     for opt, lr in arms:
         warmup, _ = _warmup_steps(lr, tests.get(opt), steps_per_epoch)

@@ -1,0 +1,29 @@
+"""The shipped examples train as the README says: every kind's task file runs through `converge train`'s
+code path for a couple of epochs and reports its kind's metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import converge
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("name, kind, metrics", [
+    ("digits", "classification", {"val_accuracy"}),
+    ("diabetes", "regression", set()),
+    ("binary", "binary", {"val_accuracy"}),
+    ("multilabel", "multilabel", {"val_label_accuracy", "val_exact_match"}),
+    ("sequence", "sequence", {"val_token_accuracy", "val_perplexity"}),
+])
+def test_example_trains(name, kind, metrics, tmp_path):
+    result = converge.train_task(EXAMPLES / f"{name}.py", out=tmp_path / name, verbose=False, max_epochs=2,
+                                 optimizer="adamw", lr=3e-3, batch_size=64)
+    summary = result.summary
+    assert summary["task_kind"] == kind and summary["epochs"] == 2
+    assert set(summary["best"]) == {"val_loss", *metrics}
+    assert not [f for f in summary["diagnosis"] if f["severity"] == "error"]
+    assert (tmp_path / name / "report.html").exists()

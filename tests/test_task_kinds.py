@@ -1,0 +1,250 @@
+"""Every common task shape trains first time: the kind rule as a table, then each kind through `fit` (its loss,
+metrics and padding), a task's own loss, the doctor per kind, and bad combinations as one error line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import converge
+from converge.decide.task_kind import TargetFacts, decide_kind
+from converge.engine.objective import constant_prediction_loss, resolve_objective
+from converge.data import make_splits
+from converge.errors import ConvergeError
+
+QUICK = dict(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, verbose=False)
+
+
+# --- the rule ------------------------------------------------------------------------------------------
+def facts(shape, integer, zero_one=False, low=0, high=1):
+    return TargetFacts(tuple(shape), integer, zero_one, low, high)
+
+
+@pytest.mark.parametrize("targets, outputs, kind, classes", [
+    (facts([8], True, False, 0, 9), [8, 10], "classification", 10),
+    (facts([8, 1], True, False, 0, 2), [8, 3], "classification", 3),
+    (facts([8], True, True), [8, 2], "classification", 2),            # two outputs: two classes
+    (facts([8], False, True), [8, 1], "binary", 2),                   # float 0/1, one output
+    (facts([8], False, True), [8], "binary", 2),
+    (facts([8, 1], False, True), [8], "binary", 2),                   # (N, 1) and (N,) either way
+    (facts([8], True, True), [8, 1], "binary", 2),                    # integer 0/1, one output
+    (facts([8, 5], False, True), [8, 5], "multilabel", 5),
+    (facts([8, 5], True, True), [8, 5], "multilabel", 5),             # integer multi-hot
+    (facts([8, 16], True, False, 0, 30), [8, 16, 40], "sequence", 40),   # (N, T, V)
+    (facts([8, 16], True, False, 0, 30), [8, 40, 16], "sequence", 40),   # (N, V, T)
+    (facts([8, 4, 4], True, False, 0, 2), [8, 4, 4, 3], "sequence", 3),  # (N, H, W) labels per pixel
+    (facts([8], False, False, -3, 5), [8, 1], "regression", None),
+    (facts([8, 3], False, False, -3, 5), [8, 3], "regression", None),
+])
+def test_the_kind_rule(targets, outputs, kind, classes):
+    decided = decide_kind(targets, tuple(outputs))
+    assert (decided.kind, decided.classes) == (kind, classes)
+    assert decided.description
+
+
+@pytest.mark.parametrize("targets, outputs, needles", [
+    (facts([8], True, False, 0, 157), [8, 64], ["[0, 157]", "64 outputs"]),
+    (facts([8, 64], True, False, 0, 157), [8, 64, 100], ["[0, 157]", "100 classes per position"]),
+    (facts([8, 16], True, False, 0, 3), [8, 5, 7], ["(8, 16, V)", "(8, V, 16)", "(8, 5, 7)"]),
+    (facts([8], False, True), [8, 2], ["integer labels", "one output"]),
+    (facts([8], True, False, 0, 4), [8, 1], ["one output per class"]),
+    (facts([8, 3], False, False, -1, 1), [8, 2], ["(8, 3)", "(8, 2)"]),
+    (facts([8], True, False, 0, 1), [4, 2], ["batch of 8"]),
+])
+def test_bad_combinations_name_the_shapes(targets, outputs, needles):
+    with pytest.raises(ConvergeError) as error:
+        decide_kind(targets, tuple(outputs))
+    for needle in needles:
+        assert needle in str(error.value)
+
+
+def test_padding_is_left_out_of_the_label_range():
+    assert decide_kind(facts([8, 4], True, False, 0, 9), (8, 4, 10)).kind == "sequence"
+
+
+# --- each kind through fit -------------------------------------------------------------------------------
+def blobs(n=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return x, g
+
+
+def test_binary_with_one_output_trains_and_reports_accuracy():
+    x, _ = blobs()
+    y = (x[:, 0] + x[:, 1] > 0).float()                        # float 0/1 targets of shape (N,)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    result = converge.fit(model, (x[:300], y[:300]), (x[300:], y[300:]), max_epochs=15, **QUICK)
+    assert result.summary["task_kind"] == "binary"
+    assert result.summary["best"]["val_accuracy"] > 0.9
+    logits = result.model(x[300:]).reshape(-1)
+    expected = F.binary_cross_entropy_with_logits(logits, y[300:]).item()
+    assert result.summary["best"]["val_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_multilabel_reports_label_accuracy_and_exact_match():
+    x, g = blobs()
+    y = torch.stack([x[:, 0] > 0, x[:, 1] > 0, x[:, 0] + x[:, 2] > 0], dim=1).float()
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    result = converge.fit(model, (x[:300], y[:300]), (x[300:], y[300:]), max_epochs=15, **QUICK)
+    best = result.summary["best"]
+    assert result.summary["task_kind"] == "multilabel"
+    assert best["val_label_accuracy"] > 0.85 and 0 < best["val_exact_match"] <= best["val_label_accuracy"]
+    with torch.no_grad():
+        hits = (result.model(x[300:]) > 0) == (y[300:] > 0.5)
+    assert best["val_exact_match"] == pytest.approx(hits.all(dim=1).float().mean().item(), abs=1e-6)
+
+
+class Tagger(nn.Module):
+    """Tags each token; ``layout`` "ntv" returns (N, T, V) logits, "nvt" returns (N, V, T)."""
+
+    def __init__(self, vocab=12, tags=4, layout="ntv"):
+        super().__init__()
+        self.embed, self.head, self.layout = nn.Embedding(vocab, 16), nn.Linear(16, tags), layout
+
+    def forward(self, tokens):
+        logits = self.head(torch.relu(self.embed(tokens)))
+        return logits if self.layout == "ntv" else logits.transpose(1, 2)
+
+
+def tagging(n=300, length=10, seed=0, pad=True):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 12, (n, length), generator=g)
+    tags = tokens % 4
+    if pad:  # the last positions of some sequences are padding
+        lengths = torch.randint(4, length + 1, (n,), generator=g)
+        tags[torch.arange(length)[None, :] >= lengths[:, None]] = -100
+    return tokens, tags
+
+
+@pytest.mark.parametrize("layout", ["ntv", "nvt"])
+def test_sequences_in_either_layout_leave_padding_out(layout):
+    tokens, tags = tagging()
+    result = converge.fit(Tagger(layout=layout), (tokens[:200], tags[:200]), (tokens[200:], tags[200:]),
+                          max_epochs=12, **QUICK)
+    best = result.summary["best"]
+    assert result.summary["task_kind"] == "sequence"
+    assert best["val_token_accuracy"] > 0.95
+    assert best["val_perplexity"] == pytest.approx(math.exp(best["val_loss"]), rel=1e-6)
+    with torch.no_grad():
+        logits = result.model(tokens[200:])
+    scores = logits.movedim(-1, 1) if layout == "ntv" else logits
+    expected = F.cross_entropy(scores, tags[200:], ignore_index=-100).item()   # one mean over counted tokens
+    assert best["val_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_tasks_own_loss_is_trusted_and_keeps_what_does_not_depend_on_it():
+    tokens, tags = tagging(pad=False)
+
+    def flat_cross_entropy(outputs, targets):   # the user's own: flattens (N, T, V)
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+    result = converge.fit(Tagger(), (tokens[:200], tags[:200]), (tokens[200:], tags[200:]),
+                          loss=flat_cross_entropy, max_epochs=5, **QUICK)
+    assert result.summary["task_kind"] == "sequence" and "val_token_accuracy" in result.summary["best"]
+    assert "val_perplexity" not in result.summary["best"]     # its meaning depends on the loss
+
+
+def test_torch_cross_entropy_on_ntv_logits_says_how_to_fix_it():
+    tokens, tags = tagging(pad=False)
+    with pytest.raises(ConvergeError, match="class dimension second"):
+        converge.fit(Tagger(), (tokens, tags), (tokens, tags), loss=nn.CrossEntropyLoss(), **QUICK)
+
+
+def test_a_recognized_loss_keeps_the_baseline_and_the_kind():
+    x, _ = blobs()
+    y = (x[:, 0] > 0).long()
+    splits = make_splits((x, y), (x, y))
+    model = nn.Sequential(nn.Linear(6, 2))
+    objective = resolve_objective(model, splits, nn.CrossEntropyLoss(), {}, amp="off", device=torch.device("cpu"),
+                                  probe_size=64)
+    assert objective.kind == "classification" and objective.known_loss and not objective.inferred
+    assert constant_prediction_loss(y, objective) == pytest.approx(math.log(2), abs=0.01)
+    summed = resolve_objective(model, splits, nn.CrossEntropyLoss(reduction="sum"), {}, amp="off",
+                               device=torch.device("cpu"), probe_size=64)
+    assert not summed.known_loss   # a summed loss has no comparable constant-prediction value
+
+
+def test_regression_matches_n_and_n1_both_ways():
+    x, _ = blobs()
+    y = x[:, :1] * 2                                       # targets (N, 1), one output per sample
+    flat = nn.Sequential(nn.Linear(6, 1), nn.Flatten(0))     # outputs (N,)
+    result = converge.fit(flat, (x[:300], y[:300]), (x[300:], y[300:]), max_epochs=30, **{**QUICK, "lr": 0.1})
+    assert result.summary["task_kind"] == "regression" and result.summary["best"]["val_loss"] < 0.05
+
+
+# --- the doctor per kind -------------------------------------------------------------------------------
+def test_doctor_on_a_language_model_gives_no_class_advice():
+    tokens = torch.randint(0, 30, (400, 16), generator=torch.Generator().manual_seed(0))
+    tokens[:, ::2] = 0                                     # token 0 far more frequent: skewed, as text is
+    targets = tokens.roll(1, dims=1)                       # the previous token: learnable
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.rnn, self.head = nn.Embedding(30, 16), nn.GRU(16, 32, batch_first=True), nn.Linear(32, 30)
+
+        def forward(self, x):
+            return self.head(self.rnn(self.embed(x))[0])
+
+    findings = converge.diagnose(LM(), (tokens[:300], targets[:300]), (tokens[300:], targets[300:]))
+    by_code = {f.code: f for f in findings}
+    assert by_code["class_imbalance"].severity == "info" and by_code["class_imbalance"].evidence["skipped"]
+    assert by_code["label_noise"].severity == "info"
+    assert "too_few_samples" not in by_code   # 300 x 16 labelled positions, not 300 samples
+    assert not [f for f in findings if f.severity != "info"]
+
+
+def test_doctor_init_loss_check_applies_to_a_named_standard_loss():
+    x, _ = blobs()
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[2].weight.mul_(60)                           # a last layer initialised 60x too large
+    findings = converge.diagnose(model, (x, y), (x, y), loss=nn.CrossEntropyLoss(), cheap=True)
+    assert "init_loss_off" in {f.code for f in findings if f.severity == "warning"}
+
+
+def test_fix_weights_the_positive_class_of_a_binary_task(tmp_path, make_task):
+    task = make_task('''
+def model():
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def data():
+    x, _ = _xy(600)
+    y = (x[:, 0] > 1.2).float()        # about 12 % positives
+    return (x[:400], y[:400]), (x[400:500], y[400:500]), (x[500:], y[500:])
+''')
+    result = converge.train_task(task, out=tmp_path / "run", fix=True, verbose=False, max_epochs=3,
+                                 optimizer="adamw", lr=1e-2, batch_size=32)
+    remedy = next(e for e in result.events if e["event"] == "remedy" and e["remedy"] == "class_balanced_loss")
+    assert remedy["detail"]["applied"] and remedy["detail"]["pos_weight"] > 4
+
+
+# --- the command line ----------------------------------------------------------------------------------
+def test_a_targets_outputs_mismatch_is_one_error_line(cli, make_task, tmp_path):
+    task = make_task('''
+def model():
+    return nn.Sequential(nn.Embedding(200, 8), nn.Linear(8, 64))     # (N, T, 64): 64 classes
+
+
+def data():
+    x = torch.randint(0, 200, (100, 12))
+    return (x, x), (x, x)                                            # labels up to 199
+''')
+    line = cli("train", task, "--out", tmp_path / "run").single_error("[0, 199]", "64 classes per position")
+    assert not (tmp_path / "run").exists(), line
+
+
+def test_summary_records_the_kind_and_the_commands_wall_time(tmp_path):
+    x, _ = blobs()
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    result = converge.fit(model, (x[:300], y[:300]), (x[300:], y[300:]), max_epochs=3, verbose=False)
+    summary = result.summary
+    assert summary["task_kind"] == "classification" and "2 classes" in summary["task_description"]
+    assert summary["tuning_epochs"] > 0 and summary["wall_seconds"] > summary["train_seconds"] > 0
