@@ -146,9 +146,11 @@ DATA_CASES = [
     # data that does not fit the model
     ("too-few-features", "x, y = _xy(); return (x[:, :5], y), (x[:, :5], y)",
      ["the model fails on a batch of inputs of shape", "5)"]),
-    ("targets-wrong-shape", "x, y = _xy(); return (x, y[:, None]), (x, y[:, None])", ["the loss cannot compare"]),
+    # (N, 1) labels are read as (N,) (issue 11); two label columns fit no kind
+    ("targets-wrong-shape", "x, y = _xy(); y = torch.stack([y, y], 1); return (x, y), (x, y)",
+     ["integer targets of shape (64, 2)", "(64, 3)", "labels (N,)"]),
     ("regression-targets-wrong-width", "x, _ = _xy(); t = x[:, :2].contiguous(); return (x, t), (x, t)",
-     ["the loss cannot compare", "3) with targets of shape", "MSE needs outputs and targets of one shape"]),
+     ["float targets of shape (64, 2)", "need as many outputs per sample", "(64, 3)"]),
 ]
 
 DATA_HELPERS = '''

@@ -37,7 +37,7 @@ SPLITS = "tensors"
 # One thread: tiny models run faster and the timing of a kill does not depend on other load.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TIMING_KEYS = {"seconds"}
-SUMMARY_TIMING_KEYS = {"wall_seconds"}
+SUMMARY_TIMING_KEYS = {"wall_seconds", "train_seconds"}
 
 
 def write_task(folder: Path, splits: str = "tensors") -> Path:

@@ -181,9 +181,9 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
                                    ignore_index=ignore_index, **doctor)
         if prepared.splits is not splits or prepared.loss is not loss:
             setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics, ignore_index)
+    folder = _open_folder(output, config, info or {}, checkpoint) if main else None
     override = "a `loss` (in the task file, or fit(loss=...)) overrides it" if loss is None else "as given"
     console.message(f"task: {setup.objective.description}; {override}")
-    folder = _open_folder(output, config, info or {}, checkpoint) if main else None
     events = []
     if config.auto_knobs:
         tuning = _choose(model, setup, config, console, folder, world)

@@ -36,6 +36,7 @@ class TargetFacts:
     zero_one: bool                  # every counted value is 0 or 1
     low: float | None = None        # smallest counted value (None: none counted)
     high: float | None = None       # largest counted value
+    split: str = "train"            # where they come from (for messages)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def _check_range(targets: TargetFacts, classes: int, verb: str, what: str) -> No
     if targets.low is None:
         return
     if targets.low < 0 or targets.high >= classes:
-        raise ConvergeError(f"labels range over [{_num(targets.low)}, {_num(targets.high)}] but {verb} {what}, so "
+        raise ConvergeError(f"{targets.split} labels range over [{_num(targets.low)}, {_num(targets.high)}] but "
+                            f"{verb} {what}, so "
                             f"labels must lie in [0, {classes - 1}] (or be {IGNORE_INDEX}, the padding label)")
 
 
