@@ -27,7 +27,9 @@ kind            targets / outputs                              loss
 
 Test metric by kind: accuracy (multiclass), accuracy at logit 0 (binary), exact match and per-label
 accuracy (multilabel), per-token accuracy ignoring -100 (sequence), MSE (regression); plus the test
-loss and the epochs. Batches may be (inputs, targets) pairs, tuples whose last item is the target
+loss and the epochs. Binary and multilabel also report the accuracy / exact match thresholded at 0.5
+(``*_at_half``), which is what fits a model trained with MSE on 0/1 targets (outputs near 0 and 1, not
+logits); it is informative only. Batches may be (inputs, targets) pairs, tuples whose last item is the target
 (``model(*inputs)``), or dicts with the target under ``labels`` (``model(**inputs)``); outputs may be
 tensors, objects with ``.logits``, dicts with ``"logits"`` or tuples (first item).
 
@@ -210,23 +212,30 @@ def batch_counts(kind: str, out: torch.Tensor, y: torch.Tensor) -> dict[str, flo
         keep = y != -100
         return {"correct": float((out.argmax(dim=-1)[keep] == y[keep]).sum()), "n": float(keep.sum())}
     if kind == "binary":
-        pred = out.reshape(-1) > 0
-        return {"correct": float((pred == (y.reshape(-1) > 0.5)).sum()), "n": y.shape[0]}
+        truth = y.reshape(-1) > 0.5
+        return {"correct": float(((out.reshape(-1) > 0) == truth).sum()), "n": y.shape[0],
+                "correct_half": float(((out.reshape(-1) > 0.5) == truth).sum())}
     if kind == "multilabel":
         right = (out.reshape(y.shape) > 0) == (y > 0.5)
+        right_half = (out.reshape(y.shape) > 0.5) == (y > 0.5)
         return {"exact": float(right.all(dim=1).sum()), "labels_right": float(right.sum()), "n": y.shape[0],
-                "labels": float(y.numel())}
+                "labels": float(y.numel()), "exact_half": float(right_half.all(dim=1).sum())}
     diff = out.reshape(y.shape).float() - y.float() if out.numel() == y.numel() else out.float() - y.float()
     return {"sq": float((diff ** 2).sum()), "n": float(diff.numel())}
 
 
 def finish(kind: str, sums: dict[str, float]) -> dict[str, float]:
-    if kind in ("multiclass", "binary"):
+    # *_at_half: thresholded at 0.5 instead of 0, for outputs trained as 0/1 regression values (MSE), not
+    # logits; informative only, the primary metric stays the one for logits.
+    if kind == "multiclass":
         return {"accuracy": sums["correct"] / sums["n"]}
+    if kind == "binary":
+        return {"accuracy": sums["correct"] / sums["n"], "accuracy_at_half": sums["correct_half"] / sums["n"]}
     if kind == "sequence":
         return {"token_accuracy": sums["correct"] / sums["n"]}
     if kind == "multilabel":
-        return {"exact_match": sums["exact"] / sums["n"], "label_accuracy": sums["labels_right"] / sums["labels"]}
+        return {"exact_match": sums["exact"] / sums["n"], "label_accuracy": sums["labels_right"] / sums["labels"],
+                "exact_match_at_half": sums["exact_half"] / sums["n"]}
     return {"mse": sums["sq"] / sums["n"]}
 
 

@@ -5,6 +5,7 @@
     python bench/newuser.py --extra-args='--max-epochs 60'    # bound every converge run
     python bench/newuser.py --classic-from bench/results/newuser.json   # reuse the classic runs
     python bench/newuser.py --report bench/results/newuser.json         # print a saved run's table again
+    python bench/newuser.py --rescore bench/results/newuser.json        # re-score its converge runs' weights
 
 Each case is a task file in ``bench/newuser/`` (see the docstring at the top of each), plus one case
 that forces a far too high LR on a clean task (``clean_digits_lr8``: ``--optimizer sgd --lr 8``). For
@@ -176,13 +177,19 @@ def run_converge(case: Case, seed: int, extra: list[str], timeout: float) -> dic
         record["stderr_tail"] = proc["stderr_tail"][-1500:]
     weights = out / "best.safetensors"
     if weights.exists():
-        scored = run_classic(case.task, seed, timeout, evaluate=str(weights))
-        record["rescored"] = scored.get("test")
-        record["test_metric"] = scored.get("test_metric")
-        record["primary"] = scored.get("primary")
-        if "error" in scored:
-            record["rescore_error"] = scored["error"]
+        rescore(case, record, timeout)
     return record
+
+
+def rescore(case: Case, record: dict, timeout: float) -> None:
+    """Score a converge run's best weights on the test split with bench/classic.py's metric."""
+    scored = run_classic(case.task, record["seed"], timeout, evaluate=str(Path(record["run_dir"]) / "best.safetensors"))
+    record["rescored"] = scored.get("test")
+    record["test_metric"] = scored.get("test_metric")
+    record["primary"] = scored.get("primary")
+    record.pop("rescore_error", None)
+    if "error" in scored:
+        record["rescore_error"] = scored["error"]
 
 
 def run_classic(task: str, seed: int, timeout: float, evaluate: str | None = None) -> dict:
@@ -249,7 +256,7 @@ def _metric(value: float, primary: str | None) -> str:
 def print_table(report: dict) -> None:
     print("\n== converge vs classic (test metric: accuracy % / exact match % / token accuracy % / MSE; "
           "means over seeds)")
-    header = (f"{'case':<21} {'converge status':<22} {'diagnosis codes':<30} {'metric':<15} {'converge':>9} "
+    header = (f"{'case':<21} {'converge status':<22} {'diagnosis codes':<36} {'metric':<15} {'converge':>9} "
               f"{'classic':>9} {'>=cl':>5}  {'expected':<32} {'verdict'}")
     print(header)
     print("-" * len(header))
@@ -266,12 +273,19 @@ def print_table(report: dict) -> None:
         ge = {True: "yes", False: "NO", None: "-"}[j["converge_ge_classic"]]
         verdict = "OK" if j["ok"] else f"MISS ({j['codes_ok_seeds']}/{j['seeds']} diag ok" + \
             (f", reach {'yes' if j['reaches_classic'] else 'no'})" if EXPECTED[name].reach else ")")
-        print(f"{name:<21} {statuses:<22} {codes:<30} {str(j['primary']):<15} "
+        print(f"{name:<21} {statuses:<22} {codes:<36} {str(j['primary']):<15} "
               f"{_metric(j['converge_metric'], j['primary']):>9} {_metric(j['classic_metric'], j['primary']):>9} "
               f"{ge:>5}  {EXPECTED[name].describe():<32} {verdict}")
         for r in runs:
             if r.get("error"):
                 refusals.append(f"{name} seed {r['seed']}: exit {r['rc']} ({r['status']}): {r['error']}")
+    halves = {name: _mean([(_at_half(r.get("rescored")) or (None, None))[1] for r in entry.get("converge", [])])
+              for name, entry in report["cases"].items()
+              if not any(r.get("own_loss") for r in entry.get("classic", []))}  # the user's loss: logits
+    halves = {name: value for name, value in halves.items() if not math.isnan(value)}
+    if halves:
+        print("\nconverge thresholded at 0.5 instead of 0 (right for outputs trained by MSE on 0/1 targets, "
+              "not for logits): " + ", ".join(f"{name} {100 * value:.2f}" for name, value in halves.items()))
     if refusals:
         print("\nrefusals and failures (converge):")
         for line in refusals:
@@ -283,10 +297,11 @@ def print_table(report: dict) -> None:
             hp_s = f"{hp.get('optimizer')} lr {hp.get('lr', float('nan')):.3g} bs {hp.get('batch_size')}" if hp else ""
             test = r.get("test") or {}
             own = " ".join(f"{k} {v:.4g}" for k, v in test.items() if isinstance(v, (int, float)))
+            half = _at_half(r.get("rescored"))
             print(f"  {name:<21} s{r['seed']} converge {r.get('status')!s:<10} kind {r.get('task_kind')!s:<14} "
                   f"epochs {r.get('epochs')!s:>4} (+{r.get('tuning_epochs') or 0:.1f} tuning) {hp_s:<28} "
-                  f"summary test [{own}] rescored {_metric(r.get('test_metric'), r.get('primary'))}  "
-                  f"{r['seconds']:.0f}s")
+                  f"summary test [{own}] rescored {_metric(r.get('test_metric'), r.get('primary'))}"
+                  f"{f' ({half[0]} {100 * half[1]:.2f})' if half else ''}  {r['seconds']:.0f}s")
         for r in entry.get("classic", []):
             if "error" in r:
                 print(f"  {name:<21} s{r['seed']} classic   error: {r['error']}")
@@ -296,6 +311,13 @@ def print_table(report: dict) -> None:
                       f"loss {r['test']['loss']:.4g}  {r['wall_seconds']:.0f}s")
     oks = [e["judged"]["ok"] for e in report["cases"].values() if "judged" in e]
     print(f"\n{sum(oks)}/{len(oks)} cases as expected")
+
+
+def _at_half(scores: dict | None) -> tuple[str, float] | None:
+    for key in ("accuracy_at_half", "exact_match_at_half"):
+        if scores and key in scores:
+            return key, scores[key]
+    return None
 
 
 def provenance() -> dict:
@@ -319,7 +341,21 @@ def main(argv=None) -> int:
     parser.add_argument("--classic-from", metavar="JSON", help="reuse the classic runs of a saved result file")
     parser.add_argument("--json", default=str(RESULTS / "newuser.json"))
     parser.add_argument("--report", metavar="JSON", help="print the table of a saved result file")
+    parser.add_argument("--rescore", metavar="JSON", help="score the converge runs of a saved result file again "
+                        "(after a change to bench/classic.py's metrics), rewrite it and print its table")
     args = parser.parse_args(argv)
+    if args.rescore:
+        report = json.loads(Path(args.rescore).read_text())
+        for name, entry in report["cases"].items():
+            for record in entry.get("converge", []):
+                if (Path(record["run_dir"]) / "best.safetensors").exists():
+                    rescore(CASE_BY_NAME[name], record, args.timeout)
+            if "converge" in entry:
+                entry["judged"] = judge(CASE_BY_NAME[name], entry)
+        report["info"]["rescored"] = provenance()
+        _save(args.rescore, report)
+        print_table(report)
+        return 0
     if args.report:
         report = json.loads(Path(args.report).read_text())
         for name, entry in report["cases"].items():
