@@ -158,7 +158,8 @@ def test_every_train_flag_reaches_the_config(cli, task_file, tmp_path):
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-2, "batch_size": 64, "max_epochs": 2, "patience": 7,
         "seed": 3, "device": "cpu", "amp": "off", "clip_grad": 1.5, "accumulate": 2, "lr_factor": 0.5,
         "threshold": 0.01, "cooldown": 1, "min_lr": 1e-5, "unproductive_cuts": 2, "monitor": "accuracy",
-        "mode": "max", "checkpoint_seconds": 60.0, "num_workers": 0, "warmup_steps": 3, "guard": False,
+        "mode": "max", "checkpoint_seconds": 60.0, "num_workers": 0, "steps_per_epoch": None, "warmup_steps": 3,
+        "guard": False,
         "max_rollbacks": 2, "tensorboard": True}
     assert summary["monitor"] == "val_accuracy" and summary["mode"] == "max"
 

@@ -23,13 +23,14 @@ from converge.task import load_task
 
 
 def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
-        loss: Callable | None = None, metrics: dict[str, Callable] | None = None,
+        loss: Callable | None = None, metrics: dict[str, Callable] | None = None, target_key: str = "labels",
         optimizer: str = "auto", lr: float | str = "auto", weight_decay: float | str = "auto",
         batch_size: int | str = "auto", warmup_steps: int = 0, max_epochs: int = 1000, patience: int = 5,
         lr_factor: float = 0.1, min_lr: float | None = None, cooldown: int = 0, threshold: float = 1e-3,
         unproductive_cuts: int = 1, monitor: str = "val_loss", mode: str | None = None, seed: int = 0,
         device: str | None = None, amp: str = "off", clip_grad: float | None = None, accumulate: int = 1,
-        checkpoint_seconds: float = 300.0, num_workers: int = 0, guard: bool = True, max_rollbacks: int = 5,
+        checkpoint_seconds: float = 300.0, num_workers: int = 0, steps_per_epoch: int | None = None,
+        guard: bool = True, max_rollbacks: int = 5,
         tensorboard: bool = False, out: str | Path | None = None, force: bool = False, resume: bool = False,
         verbose: bool = True) -> FitResult:
     """Train ``model`` to convergence on ``train``, validating on ``val`` after every epoch; ``test`` (optional)
@@ -37,7 +38,8 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
     arrays, a Dataset or a DataLoader. Returns a `FitResult` whose model holds the best weights.
 
     The objective: ``loss(outputs, targets)`` and ``metrics`` ({name: fn(outputs, targets)}); left out, the
-    loss is inferred from the targets (integer classes: cross-entropy with accuracy; floats: MSE).
+    loss is inferred from the shapes of the targets and the outputs (see the README's "Task files").
+    ``target_key``: the entry of dict batches (or of a dict split) that holds the targets.
 
     The options, in the order of `converge train`'s flags (see the README's table):
 
@@ -51,7 +53,8 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
     - ``seed``: model order, data order and dropout; ``device``: "cpu", "cuda", "cuda:N" (None: CUDA when
       present); ``amp``: "off", "bf16" or "fp16"; ``clip_grad``: max gradient norm; ``accumulate``:
       micro-batches per step; ``checkpoint_seconds``: checkpoint inside long epochs this often;
-      ``num_workers``: DataLoader workers for Dataset splits.
+      ``num_workers``: DataLoader workers for Dataset splits; ``steps_per_epoch``: batches per epoch of a
+      streamed training split (an IterableDataset; default 200).
     - ``guard``: roll back NaN and loss spikes (and cut the LR), at most ``max_rollbacks`` in a row;
       ``tensorboard``: also write TensorBoard event files into the run folder.
     - ``out``: the run folder (None: nothing is written); ``force``: overwrite converge's files there;
@@ -65,15 +68,17 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
                          min_lr=min_lr, cooldown=cooldown, threshold=threshold, unproductive_cuts=unproductive_cuts,
                          monitor=monitor, mode=mode, seed=seed, device=device, amp=amp, clip_grad=clip_grad,
                          accumulate=accumulate, checkpoint_seconds=checkpoint_seconds, num_workers=num_workers,
-                         guard=guard, max_rollbacks=max_rollbacks, tensorboard=tensorboard)
-    splits = make_splits(train, val, test, config.num_workers)
+                         steps_per_epoch=steps_per_epoch, guard=guard, max_rollbacks=max_rollbacks,
+                         tensorboard=tensorboard)
+    splits = make_splits(train, val, test, config.num_workers, target_key=target_key,
+                         steps_per_epoch=config.steps_per_epoch)
     if resume and out is None:
         raise ConvergeError("resume=True needs the run folder: pass out=...")
     checkpoint = read_checkpoint(RunFolder(out)) if resume and Path(out, RUN_INFO).exists() else None
     if checkpoint is not None:
         config = TrainConfig.from_dict(checkpoint.state["config"]).with_values(max_epochs=config.max_epochs)
         check_not_finished(checkpoint, config.max_epochs)
-    run = assemble(model, splits, config, loss=loss, metrics=metrics, verbose=verbose,
+    run = assemble(model, splits, config, loss=loss, metrics=metrics, verbose=verbose, target_key=target_key,
                    output=Output(out, force=force, restart=resume), info=run_info(name=type(model).__name__),
                    checkpoint=checkpoint, started=started)
     return run.run()
@@ -138,7 +143,7 @@ def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int |
     config = make_config(optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                          device=device, amp=amp, monitor=task.monitor, mode=task.mode)
     model, splits, _ = build_task(task, config)
-    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index)
+    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
     folder = RunFolder.create(out if out is not None else default_out(f"{task.name}-lr-find"), force=force)
     size = config.batch_size
     if size == "auto":
@@ -147,7 +152,7 @@ def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int |
     results = {}
     for name in (OPTIMIZERS if config.optimizer == "auto" else (config.optimizer,)):
         decay = OPTIMIZERS[name].default_weight_decay if config.weight_decay == "auto" else config.weight_decay
-        test = lr_range_test(model, setup.splits["train"], setup.objective.loss_fn, optimizer=name,
+        test = lr_range_test(model, setup.splits["train"], setup.objective, optimizer=name,
                              weight_decay=decay, batch_size=size, device=setup.device, amp=config.amp,
                              seed=config.seed)
         plot_range_test(folder.path / lr_find_plot(name, first=not results), test, test.suggestion.lr)

@@ -30,7 +30,7 @@ from torch import nn
 from converge._version import __version__
 from converge.config import TrainConfig
 from converge.console import Console, make_console
-from converge.data import make_splits
+from converge.data import TARGET_KEY, make_splits
 from converge.engine import device as dev
 from converge.engine.distributed import World, current_world
 from converge.engine.loop import FitResult, Trainer
@@ -127,7 +127,7 @@ class Setup:
 
 
 def checked_setup(model: nn.Module, splits: dict, config: TrainConfig, loss: Callable | None,
-                  metrics: dict | None, ignore_index: int = IGNORE_INDEX) -> Setup:
+                  metrics: dict | None, ignore_index: int = IGNORE_INDEX, target_key: str = TARGET_KEY) -> Setup:
     """The device, the splits on it, and the objective (probe forward, label and shape checks). The model
     moves to the device."""
     device = dev.pick_device(config.device)
@@ -137,7 +137,7 @@ def checked_setup(model: nn.Module, splits: dict, config: TrainConfig, loss: Cal
     model.to(device)
     on_device = {name: split.to(device) for name, split in splits.items()}
     objective = resolve_objective(model, on_device, loss, metrics or {}, amp=config.amp, device=device,
-                                  probe_size=64, ignore_index=ignore_index)
+                                  probe_size=64, ignore_index=ignore_index, target_key=target_key)
     monitor_key(config.monitor, objective)
     return Setup(device, on_device, objective)
 
@@ -163,7 +163,7 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
              verbose: bool = True, info: dict | None = None, doctor: dict | None = None,
              epoch_judge: Callable[[dict], str | None] | None = None,
              checkpoint: Checkpoint | None = None, ignore_index: int = IGNORE_INDEX,
-             started: float | None = None) -> Run:
+             target_key: str = TARGET_KEY, started: float | None = None) -> Run:
     """Steps 1-6 above. ``doctor``: {"check", "fix", "drop_label_issues"} (None: no doctor).
     ``checkpoint``: continue from it, in the existing folder ``output.path``. ``ignore_index``: the
     padding label of integer targets. ``started``: when the command started (``time.monotonic()``; default
@@ -172,15 +172,18 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
     world = current_world(dev.pick_device(config.device))
     main = world is None or world.is_main
     console = (console or make_console(verbose)) if main else Console()
-    setup = checked_setup(model, splits, config, loss, metrics, ignore_index)
+    if world is not None and getattr(splits["train"], "stream", False):
+        raise ConvergeError("data-parallel training cannot cut a stream (an IterableDataset) into one part per "
+                            "process; give a map-style Dataset or tensors, or train in one process")
+    setup = checked_setup(model, splits, config, loss, metrics, ignore_index, target_key)
     prepared = None
     if doctor is not None and any(doctor.values()):
         from converge.doctor.in_train import before_training
 
         prepared = before_training(model, splits, loss=loss, metrics=metrics, seed=config.seed, console=console,
-                                   ignore_index=ignore_index, **doctor)
+                                   ignore_index=ignore_index, target_key=target_key, **doctor)
         if prepared.splits is not splits or prepared.loss is not loss:
-            setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics, ignore_index)
+            setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics, ignore_index, target_key)
     folder = _open_folder(output, config, info or {}, checkpoint) if main else None
     override = "a `loss` (in the task file, or fit(loss=...)) overrides it" if loss is None else "as given"
     console.message(f"task: {setup.objective.description}; {override}")
@@ -257,7 +260,8 @@ def build_task(task: Task, config: TrainConfig, task_args: dict | None = None) -
     task_args = check_task_args(task_args)
     seed_everything(config.seed)
     model = task.build_model(**task_args["model"])
-    splits = make_splits(*task.build_data(**task_args["data"]), num_workers=config.num_workers)
+    splits = make_splits(*task.build_data(**task_args["data"]), num_workers=config.num_workers,
+                         target_key=task.target_key, steps_per_epoch=config.steps_per_epoch)
     return model, splits, task_args
 
 
@@ -281,12 +285,12 @@ def assemble_task(task: Task, config: TrainConfig, *, output: Output, console: C
     info = run_info(name=task.name, task=str(task.path), task_sha256=task.sha256, **extra)
     return assemble(model, splits, config, loss=task.loss, metrics=task.metrics, output=output, console=console,
                     verbose=verbose, info=info, doctor=doctor, epoch_judge=epoch_judge, checkpoint=checkpoint,
-                    ignore_index=task.ignore_index, started=started)
+                    ignore_index=task.ignore_index, target_key=task.target_key, started=started)
 
 
 def automatic_choice(task: Task, config: TrainConfig) -> Tuning:
     """What `converge train TASK` would choose for the "auto" knobs of ``config``, with nothing written or
     printed (the warm start of `converge tune`)."""
     model, splits, _ = build_task(task, config)
-    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index)
+    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
     return choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device)

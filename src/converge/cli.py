@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--checkpoint-seconds", type=_float,
                         help="also checkpoint inside an epoch this often (default 300)")
     engine.add_argument("--num-workers", type=int, help="DataLoader workers for Dataset splits (default 0)")
+    engine.add_argument("--steps-per-epoch", type=_positive_int,
+                        help="a streamed training split (IterableDataset): batches per epoch (default 200)")
     engine.add_argument("--no-guard", dest="guard", action="store_false", default=None,
                         help="do not roll back on a NaN or a loss spike (the run then stops as diverged)")
     engine.add_argument("--max-rollbacks", type=int,
@@ -190,7 +192,8 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
 
 TRAIN_OPTIONS = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs", "patience", "lr_factor",
                  "min_lr", "cooldown", "threshold", "unproductive_cuts", "monitor", "mode", "seed", "device",
-                 "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers", "warmup_steps",
+                 "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers", "steps_per_epoch",
+                 "warmup_steps",
                  "guard", "max_rollbacks", "tensorboard")
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
     mode: str | None = None              # "min" or "max"; required for a metric other than val_loss
     checkpoint_seconds: float = 300.0    # also checkpoint inside an epoch this often
     num_workers: int = 0                 # DataLoader workers for Dataset splits
+    steps_per_epoch: int | None = None   # a streamed training split: batches per epoch (None: 200)
     guard: bool = True                   # roll back and cut the LR on a NaN or a loss spike
     max_rollbacks: int = 5               # rollbacks in a row (no new best between) before giving up
     tensorboard: bool = False            # also write TensorBoard event files into the run folder
@@ -61,6 +62,8 @@ class TrainConfig:
         for name in ("seed", "cooldown", "unproductive_cuts", "num_workers", "warmup_steps", "max_rollbacks"):
             value = getattr(self, name)
             _check(_int(value) and value >= 0, name.replace("_", "-"), value, "an integer >= 0")
+        _check(self.steps_per_epoch is None or (_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
+               "steps-per-epoch", self.steps_per_epoch, "an integer >= 1")
         _check(self.clip_grad is None or _positive(self.clip_grad), "clip-grad", self.clip_grad,
                "a positive number")
         _check(_finite(self.lr_factor) and 0 < self.lr_factor < 1, "lr-factor", self.lr_factor,

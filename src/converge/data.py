@@ -1,16 +1,33 @@
 """Turn what a user hands us into batches: in-memory tensors are sliced on the device, datasets go
-through a DataLoader. Shapes, emptiness and non-finite values are checked where the data enters."""
+through a DataLoader, streams are read a fixed number of batches per epoch. Shapes, emptiness and
+non-finite values are checked where the data enters.
+
+A batch is ``(inputs, targets)``. The inputs are a tensor, a tuple of tensors (a model with several
+inputs: ``model(*inputs)``) or a dict of tensors (``model(**inputs)``, the Hugging Face convention, whose
+targets are the ``target_key`` entry, "labels" by default). A split may be given as
+
+* an ``(inputs, targets)`` pair of tensors or arrays (the inputs may be a tuple of them);
+* a dict of tensors or arrays (the targets are its ``target_key`` entry);
+* a map-style Dataset or a DataLoader yielding ``(inputs, targets)``, ``(input, ..., targets)`` or dicts;
+* an IterableDataset, or a DataLoader over one: a stream, read ``steps_per_epoch`` batches per epoch and
+  continued across epochs (validation and test streams must end).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset
 
-from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.errors import ConvergeError
+from converge.rng import capture_rng, restore_rng, seed_everything
+
+TARGET_KEY = "labels"
+STREAM_STEPS = 200        # batches per epoch of a stream, unless --steps-per-epoch says otherwise
+STREAM_BATCH = 64         # a stream's batch size when "auto" (its size is unknown)
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A seed for one epoch that depends only on the run's seed and the epoch number, so an epoch can be
@@ -23,12 +40,42 @@ def _shuffle_seed(seed: int) -> int:
     return seed ^ 0x5DEECE66D
 
 
+# --- structures of tensors -------------------------------------------------------------------------------
+def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
+    """``fn`` applied to every tensor of a tensor, tuple/list or dict of them (other values kept)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(fn, v) for v in value)
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    return value
+
+
+def tensors_of(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a structure, in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in tensors_of(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in tensors_of(v)]
+    return []
+
+
+def move_to(value: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), value)
+
+
 def _as_tensor(array: Any, name: str, role: str) -> torch.Tensor:
     if isinstance(array, torch.Tensor):
         tensor = array
     elif isinstance(array, np.ndarray):
         if array.dtype == object:
             raise ConvergeError(f"{name} {role} is a NumPy array of Python objects; convert it to numbers")
+        if array.dtype.kind in "USV":
+            raise ConvergeError(f"{name} {role} hold text ({array.dtype}); encode them as numbers first "
+                                f"(class labels as integers 0..C-1)")
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     else:
         try:
@@ -49,38 +96,47 @@ def _prepare_targets(targets: torch.Tensor) -> torch.Tensor:
 
 
 def check_finite(tensor: Any, what: str) -> None:
-    if isinstance(tensor, torch.Tensor) and tensor.dtype.is_floating_point and tensor.numel():
-        if not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
+    for part in tensors_of(tensor):
+        if part.dtype.is_floating_point and part.numel() and not bool(torch.isfinite(part).all()):
+            bad = int((~torch.isfinite(part)).sum())
             raise ConvergeError(f"{what} contain {bad} NaN or Inf value(s); clean or impute them first")
 
 
-class TensorSplit:
-    """An (inputs, targets) pair kept whole on the device; batches are slices of it, shuffled once per epoch."""
+def _several_inputs(value: Any, n: int) -> bool:
+    """Whether ``value`` is a tuple/list of separate inputs (each with one row per sample), rather than
+    one input given as a list of rows."""
+    return isinstance(value, (tuple, list)) and 1 < len(value) < n and all(
+        isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim >= 1 and v.shape[0] == n for v in value)
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, name: str) -> None:
+
+# --- in memory -------------------------------------------------------------------------------------------
+class TensorSplit:
+    """(inputs, targets) kept whole on the device; batches are slices of them, shuffled once per epoch.
+    The inputs may be a tensor, a tuple of tensors or a dict of tensors, all with one row per sample."""
+
+    def __init__(self, inputs: Any, targets: Any, name: str) -> None:
         self.inputs, self.targets, self.name = inputs, targets, name
 
     def __len__(self) -> int:
-        return self.inputs.shape[0]
+        return int(tensors_of(self.targets)[0].shape[0])
 
     def to(self, device: torch.device) -> "TensorSplit":
-        return TensorSplit(self.inputs.to(device), self.targets.to(device), self.name)
+        return TensorSplit(move_to(self.inputs, device), move_to(self.targets, device), self.name)
 
     def num_batches(self, batch_size: int, train: bool) -> int:
         n = len(self)
         return n // batch_size + (_keep_remainder(n % batch_size, train))
 
     def batches(self, batch_size: int, *, seed: int | None = None, start: int = 0, world=None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                ) -> Iterator[tuple[Any, Any]]:
         """Batches from ``start`` on; with an epoch ``seed`` they are shuffled (training), else in order.
         With a ``world`` (data-parallel training) each batch is this rank's slice of the global batch."""
         inputs, targets = self.inputs, self.targets
         train = seed is not None
         if train:
             generator = torch.Generator().manual_seed(_shuffle_seed(seed))
-            order = torch.randperm(len(self), generator=generator).to(inputs.device)
-            inputs, targets = inputs.index_select(0, order), targets.index_select(0, order)
+            order = torch.randperm(len(self), generator=generator).to(tensors_of(targets)[0].device)
+            inputs, targets = (map_tensors(lambda t: t.index_select(0, order), part) for part in (inputs, targets))
         total = self.num_batches(batch_size, train)
         for index in range(start, total):
             lo = index * batch_size
@@ -90,10 +146,10 @@ class TensorSplit:
                     continue  # too small to give every rank a sample: skipped on every rank alike
                 part = world.slice_of(hi - lo)
                 lo, hi = lo + part.start, lo + part.stop
-            yield inputs[lo:hi], targets[lo:hi]
+            yield map_tensors(lambda t: t[lo:hi], inputs), map_tensors(lambda t: t[lo:hi], targets)
 
-    def probe(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inputs[:size], self.targets[:size]
+    def probe(self, size: int) -> tuple[Any, Any]:
+        return map_tensors(lambda t: t[:size], self.inputs), map_tensors(lambda t: t[:size], self.targets)
 
 
 def _keep_remainder(remainder: int, train: bool) -> int:
@@ -102,6 +158,7 @@ def _keep_remainder(remainder: int, train: bool) -> int:
     return int(remainder > 1 or (remainder == 1 and not train))
 
 
+# --- Datasets and DataLoaders ----------------------------------------------------------------------------
 class _EpochSampler(Sampler):
     """Indices of one epoch's permutation, from a position onwards (to resume inside an epoch)."""
 
@@ -142,23 +199,35 @@ class _RankSlices(Sampler):
 
 
 class LoaderSplit:
-    """A Dataset (batched by our own DataLoader) or a user's DataLoader (used as it is)."""
+    """A Dataset (batched by our own DataLoader), a user's DataLoader (used as it is), or a stream."""
 
-    def __init__(self, source: Dataset | DataLoader, name: str, num_workers: int = 0) -> None:
+    def __init__(self, source: Dataset | DataLoader, name: str, num_workers: int = 0, *,
+                 target_key: str = TARGET_KEY, steps_per_epoch: int | None = None) -> None:
         self.source, self.name, self.num_workers = source, name, num_workers
+        self.target_key = target_key
         self.user_loader = isinstance(source, DataLoader)
+        dataset = source.dataset if self.user_loader else source
+        self.stream = isinstance(dataset, IterableDataset)
+        self.steps_per_epoch = (steps_per_epoch or STREAM_STEPS) if self.stream else None
         self.device = torch.device("cpu")
+        self.position = 0          # a training stream: batches drawn from it so far (resume replays them)
+        self._iterator = None
 
     def __len__(self) -> int:
+        if self.stream:
+            raise TypeError(f"the {self.name} split is a stream: it has no length")
         dataset = self.source.dataset if self.user_loader else self.source
         return len(dataset)
 
     def to(self, device: torch.device) -> "LoaderSplit":
-        moved = LoaderSplit(self.source, self.name, self.num_workers)
+        moved = LoaderSplit(self.source, self.name, self.num_workers, target_key=self.target_key,
+                            steps_per_epoch=self.steps_per_epoch)
         moved.device = device
         return moved
 
     def num_batches(self, batch_size: int, train: bool) -> int | None:
+        if self.stream:
+            return self.steps_per_epoch if train else None
         if self.user_loader:
             try:
                 return len(self.source)
@@ -169,7 +238,13 @@ class LoaderSplit:
 
     def batches(self, batch_size: int, *, seed: int | None = None, start: int = 0, world=None):
         train = seed is not None
-        if self.user_loader:
+        if self.stream:
+            if world is not None:
+                raise ConvergeError(f"data-parallel training cannot cut the {self.name} stream into one part per "
+                                    f"process; give a map-style Dataset or tensors, or train in one process")
+            iterator = self._stream_batches(batch_size, self.steps_per_epoch - start) if train else \
+                iter(self._loader(batch_size))
+        elif self.user_loader:
             if world is not None:
                 raise ConvergeError(f"data-parallel training needs the {self.name} data as tensors or a Dataset "
                                     f"(converge cuts every global batch into one slice per process); a "
@@ -187,8 +262,51 @@ class LoaderSplit:
                                        pin_memory=self.device.type == "cuda"))
         non_blocking = self.device.type == "cuda"
         for batch in iterator:
-            inputs, targets = _split_batch(batch, self.name)
+            inputs, targets = split_batch(batch, self.name, self.target_key)
             yield move_to(inputs, self.device, non_blocking), move_to(targets, self.device, non_blocking)
+
+    def _loader(self, batch_size: int) -> DataLoader:
+        if self.user_loader:
+            return self.source
+        return DataLoader(self.source, batch_size=batch_size, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    # --- streams: one iterator continued across epochs, isolated from the run's random numbers ---------
+    def stream_seed(self, seed: int) -> None:
+        """The seed a training stream's iterator is created under (set by the Trainer from the run's seed)."""
+        self._seed = _shuffle_seed(seed) ^ 0x57EA
+
+    def _stream_batches(self, batch_size: int, count: int):
+        """The next ``count`` batches of the training stream. A new process (a resumed run) creates the
+        iterator again and skips the ``position`` batches already drawn. The stream draws from random
+        numbers of its own, so what it yields depends only on the seed and the position."""
+        if self._iterator is None:
+            saved = capture_rng()
+            seed_everything(getattr(self, "_seed", 0))
+            self._iterator = iter(self._loader(batch_size))
+            self._stream_rng = capture_rng()
+            restore_rng(saved)
+            skipped, self.position = self.position, 0
+            for _ in range(skipped):
+                self._next()
+        for _ in range(count):
+            batch = self._next()
+            if batch is None:
+                raise ConvergeError(f"the {self.name} stream ended after {self.position} batches; a training "
+                                    f"stream must not end (or give a map-style Dataset)")
+            yield batch
+
+    def _next(self):
+        saved = capture_rng()
+        restore_rng(self._stream_rng)
+        try:
+            batch = next(self._iterator, None)
+        finally:
+            self._stream_rng = capture_rng()
+            restore_rng(saved)
+        if batch is not None:
+            self.position += 1
+        return batch
 
     def _replay_user_loader(self, seed: int | None, start: int):
         """A user's DataLoader draws its order from the global RNG, which at an epoch's start is seeded
@@ -207,7 +325,7 @@ class LoaderSplit:
         return iterator
 
     def whole_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The (inputs, targets) tensors behind a TensorDataset, else None."""
+        """The (inputs, targets) tensors behind a TensorDataset of two tensors, else None."""
         dataset = self.source.dataset if self.user_loader else self.source
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
             return dataset.tensors[0], dataset.tensors[1]
@@ -215,76 +333,117 @@ class LoaderSplit:
 
     def probe(self, size: int):
         loader = self.source if self.user_loader else DataLoader(self.source, batch_size=size)
-        inputs, targets = _split_batch(next(iter(loader)), self.name)
-        return inputs, targets
+        batch = next(iter(loader))
+        return split_batch(batch, self.name, self.target_key)
 
 
-def _split_batch(batch: Any, name: str):
+def split_batch(batch: Any, name: str, target_key: str = TARGET_KEY):
+    """(inputs, targets) of one batch: a pair; several inputs then the targets; or a dict whose
+    ``target_key`` entry is the targets (the rest are the inputs, passed by name)."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    if isinstance(batch, dict) and {"inputs", "targets"} <= batch.keys():
-        return batch["inputs"], batch["targets"]
-    raise ConvergeError(f"{name} data must yield (inputs, targets) pairs, got {type(batch).__name__}")
+    if isinstance(batch, (tuple, list)) and len(batch) > 2:
+        return tuple(batch[:-1]), batch[-1]
+    if isinstance(batch, dict):
+        if {"inputs", "targets"} <= batch.keys() and target_key not in batch:
+            return batch["inputs"], batch["targets"]
+        if target_key in batch:
+            return {k: v for k, v in batch.items() if k != target_key}, batch[target_key]
+        raise ConvergeError(f"{name} data yields dicts without a {target_key!r} entry (keys: "
+                            f"{', '.join(map(str, batch))}); set `target_key` in the task to the entry that "
+                            f"holds the targets")
+    raise ConvergeError(f"{name} data must yield (inputs, targets) pairs or dicts with a {target_key!r} entry, "
+                        f"got {type(batch).__name__}")
 
 
-def move_to(value: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=non_blocking)
-    if isinstance(value, (tuple, list)):
-        return type(value)(move_to(v, device, non_blocking) for v in value)
-    if isinstance(value, dict):
-        return {k: move_to(v, device, non_blocking) for k, v in value.items()}
-    return value
-
-
-def make_split(data: Any, name: str, num_workers: int = 0) -> TensorSplit | LoaderSplit:
-    """Check one split as handed over and wrap it."""
+# --- checking what was handed over ----------------------------------------------------------------------
+def make_split(data: Any, name: str, num_workers: int = 0, *, target_key: str = TARGET_KEY,
+               steps_per_epoch: int | None = None, check_values: bool = True) -> TensorSplit | LoaderSplit:
+    """Check one split as handed over and wrap it. ``check_values`` False lets NaN and Inf through (the
+    doctor reports them instead)."""
     if data is None:
         raise ConvergeError(f"the {name} split is missing (got None)")
     if isinstance(data, (DataLoader, Dataset)):
-        split = LoaderSplit(data, name, num_workers)
-        dataset = data.dataset if isinstance(data, DataLoader) else data
-        if not isinstance(dataset, IterableDataset):
-            try:
-                length = len(dataset)
-            except TypeError:
-                raise ConvergeError(f"the {name} dataset has no len(); give a map-style Dataset") from None
-            if length == 0:
-                raise ConvergeError(f"the {name} split is empty")
-        try:
-            inputs, targets = split.probe(8)
-        except ConvergeError:
-            raise
-        except StopIteration:  # an IterableDataset (or a DataLoader over one) that yields nothing
-            raise ConvergeError(f"the {name} split is empty") from None
-        except Exception as exc:
-            raise ConvergeError(f"the {name} split cannot be read: {type(exc).__name__}: {exc}") from exc
-        whole = split.whole_tensors()  # a TensorDataset can be checked completely, not just sampled
-        check_finite(whole[0] if whole else inputs, f"{name} inputs")
-        return split
+        return _loader_split(data, name, num_workers, target_key, steps_per_epoch, check_values)
+    if isinstance(data, dict):
+        if target_key not in data:
+            raise ConvergeError(f"the {name} split is a dict without a {target_key!r} entry (keys: "
+                                f"{', '.join(map(str, data))}); set `target_key` in the task")
+        inputs = {k: v for k, v in data.items() if k != target_key}
+        return _tensor_split(inputs, data[target_key], name, check_values)
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        inputs = _as_tensor(data[0], name, "inputs")
-        targets = _prepare_targets(_as_tensor(data[1], name, "targets"))
-        if inputs.ndim == 0 or targets.ndim == 0:
-            raise ConvergeError(f"{name} inputs and targets must have a sample dimension, "
-                                f"got shapes {tuple(inputs.shape)} and {tuple(targets.shape)}")
-        if inputs.shape[0] != targets.shape[0]:
+        return _tensor_split(data[0], data[1], name, check_values)
+    raise ConvergeError(f"the {name} split must be an (inputs, targets) pair, a dict of tensors, a Dataset or a "
+                        f"DataLoader, got {type(data).__name__}")
+
+
+def _tensor_split(inputs: Any, targets: Any, name: str, check_values: bool = True) -> TensorSplit:
+    targets = _prepare_targets(_as_tensor(targets, name, "targets"))
+    if targets.ndim == 0 or (isinstance(inputs, (torch.Tensor, np.ndarray)) and inputs.ndim == 0):
+        raise ConvergeError(f"{name} inputs and targets must have a sample dimension, got shapes "
+                            f"{tuple(np.shape(inputs))} and {tuple(targets.shape)}")
+    n = targets.shape[0]
+    if isinstance(inputs, dict):
+        inputs = {key: _as_tensor(value, name, f"input {key!r}") for key, value in inputs.items()}
+    elif _several_inputs(inputs, n):
+        inputs = tuple(_as_tensor(value, name, f"input {i}") for i, value in enumerate(inputs))
+    else:
+        inputs = _as_tensor(inputs, name, "inputs")
+    for part in tensors_of(inputs) or [None]:
+        if part is None or part.ndim == 0:
+            raise ConvergeError(f"{name} inputs must have a sample dimension")
+        if part.shape[0] != n:
             raise ConvergeError(f"{name} inputs and targets disagree in length: "
-                                f"{inputs.shape[0]} inputs, {targets.shape[0]} targets")
-        if inputs.shape[0] == 0:
-            raise ConvergeError(f"the {name} split is empty")
+                                f"{part.shape[0]} inputs, {n} targets")
+    if n == 0:
+        raise ConvergeError(f"the {name} split is empty")
+    if check_values:
         check_finite(inputs, f"{name} inputs")
         check_finite(targets, f"{name} targets")
-        return TensorSplit(inputs, targets, name)
-    raise ConvergeError(f"the {name} split must be an (inputs, targets) pair, a Dataset or a DataLoader, "
-                        f"got {type(data).__name__}")
+    return TensorSplit(inputs, targets, name)
 
 
-def make_splits(train: Any, val: Any, test: Any = None, num_workers: int = 0) -> dict:
-    splits = {"train": make_split(train, "train", num_workers), "val": make_split(val, "val", num_workers)}
+def _loader_split(data, name: str, num_workers: int, target_key: str, steps_per_epoch: int | None,
+                  check_values: bool = True) -> LoaderSplit:
+    split = LoaderSplit(data, name, num_workers, target_key=target_key, steps_per_epoch=steps_per_epoch)
+    if not split.stream:
+        try:
+            length = len(split)
+        except TypeError:
+            raise ConvergeError(f"the {name} dataset has no len(); give a map-style Dataset, or an "
+                                f"IterableDataset for a stream") from None
+        if length == 0:
+            raise ConvergeError(f"the {name} split is empty")
+    try:
+        inputs, targets = split.probe(8)
+    except ConvergeError:
+        raise
+    except StopIteration:  # an IterableDataset (or a DataLoader over one) that yields nothing
+        raise ConvergeError(f"the {name} split is empty") from None
+    except Exception as exc:
+        raise ConvergeError(f"the {name} split cannot be read: {type(exc).__name__}: {exc}") from exc
+    whole = split.whole_tensors()  # a TensorDataset can be checked completely, not just sampled
+    if check_values:
+        check_finite(whole[0] if whole else inputs, f"{name} inputs")
+    return split
+
+
+def make_splits(train: Any, val: Any, test: Any = None, num_workers: int = 0, *, target_key: str = TARGET_KEY,
+                steps_per_epoch: int | None = None) -> dict:
+    options = dict(target_key=target_key)
+    splits = {"train": make_split(train, "train", num_workers, steps_per_epoch=steps_per_epoch, **options),
+              "val": make_split(val, "val", num_workers, **options)}
     if test is not None:
-        splits["test"] = make_split(test, "test", num_workers)
+        splits["test"] = make_split(test, "test", num_workers, **options)
+    if steps_per_epoch is not None and not getattr(splits["train"], "stream", False):
+        raise ConvergeError("--steps-per-epoch applies to a streamed training split (an IterableDataset); "
+                            "an epoch of this training data is one pass over it")
     return splits
+
+
+def epoch_samples(split: TensorSplit | LoaderSplit, batch_size: int) -> int:
+    """Samples in one epoch: the split's size, or what a stream's epoch reads."""
+    return split.steps_per_epoch * batch_size if getattr(split, "stream", False) else len(split)
 
 
 def is_classification(targets: Any) -> bool:

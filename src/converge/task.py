@@ -27,6 +27,7 @@ class Task:
     mode: str | None = None
     search_space: Callable | None = None   # search_space(trial) -> {"model": {...}, "data": {...}}
     ignore_index: int = -100               # integer targets with this value are padding
+    target_key: str = "labels"             # the entry of dict batches that holds the targets
 
     @property
     def name(self) -> str:
@@ -107,9 +108,13 @@ def load_task(path: str | Path) -> Task:
     ignore_index = getattr(module, "ignore_index", -100)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise ConvergeError(f"ignore_index in {path.name} must be an integer (the padding label), got {ignore_index!r}")
+    target_key = getattr(module, "target_key", "labels")
+    if not isinstance(target_key, str) or not target_key:
+        raise ConvergeError(f"target_key in {path.name} must be the name of the dict entry holding the targets, "
+                            f"got {target_key!r}")
     return Task(path=path.resolve(), module=module, loss=loss, metrics=dict(metrics),
                 monitor=getattr(module, "monitor", "val_loss"), mode=getattr(module, "mode", None),
-                search_space=search_space, ignore_index=ignore_index)
+                search_space=search_space, ignore_index=ignore_index, target_key=target_key)
 
 
 def _import(path: Path) -> ModuleType:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset, default_collate
+from torch.utils.data import Subset
 
-from converge.data import _prepare_targets, _split_batch
+from converge.data import TARGET_KEY, LoaderSplit, TensorSplit, _prepare_targets, make_split, map_tensors, tensors_of
 from converge.errors import ConvergeError
 from converge.doctor.thresholds import MAX_ROWS
 
@@ -36,19 +35,6 @@ class Sample:
         return {"rows_checked": len(self), "rows_total": self.total, "sampled": self.sampled}
 
 
-def _tensor(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        tensor = value
-    elif isinstance(value, np.ndarray) and value.dtype != object:
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
-    else:
-        try:
-            tensor = torch.as_tensor(np.asarray(value))
-        except Exception:
-            return value
-    return tensor.to(torch.get_default_dtype()) if tensor.dtype == torch.float64 else tensor
-
-
 def _rows(total: int, max_rows: int, seed: int) -> torch.Tensor:
     if total <= max_rows:
         return torch.arange(total)
@@ -56,57 +42,62 @@ def _rows(total: int, max_rows: int, seed: int) -> torch.Tensor:
     return picked.sort().values
 
 
-def sample_split(data: Any, name: str, *, max_rows: int = MAX_ROWS, seed: int = 0) -> Sample:
-    """At most ``max_rows`` rows of a split given as (inputs, targets), a Dataset or a DataLoader."""
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        inputs, targets = _tensor(data[0]), _tensor(data[1])
-        if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-            raise ConvergeError(f"{name} inputs and targets must be arrays or tensors")
-        if inputs.ndim == 0 or targets.ndim == 0 or inputs.shape[0] != targets.shape[0]:
-            raise ConvergeError(f"{name} inputs and targets disagree: shapes {tuple(inputs.shape)} and "
-                                f"{tuple(targets.shape)}")
-        rows = _rows(inputs.shape[0], max_rows, seed)
-        return Sample(name, inputs[rows], _prepare_targets(targets[rows]), inputs.shape[0], rows)
-    if isinstance(data, DataLoader):
-        return _from_loader(data, name, max_rows)
-    if isinstance(data, Dataset):
-        if isinstance(data, IterableDataset):
-            return _from_loader(DataLoader(data, batch_size=256), name, max_rows)
-        if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-            return sample_split(data.tensors, name, max_rows=max_rows, seed=seed)
-        rows = _rows(len(data), max_rows, seed)
-        loader = DataLoader(Subset(data, rows.tolist()), batch_size=256)
-        sample = _from_loader(loader, name, max_rows)
-        return Sample(name, sample.inputs, sample.targets, len(data), rows)
-    raise ConvergeError(f"the {name} split must be an (inputs, targets) pair, a Dataset or a DataLoader, "
-                        f"got {type(data).__name__}")
+def sample_split(data: Any, name: str, *, max_rows: int = MAX_ROWS, seed: int = 0,
+                 target_key: str = TARGET_KEY) -> Sample:
+    """At most ``max_rows`` rows of a split in any form `converge train` takes (inputs may be a tensor, a
+    tuple or a dict of tensors); NaN and Inf are kept, for the checks to report."""
+    return sample_of(make_split(data, name, target_key=target_key, check_values=False), max_rows=max_rows,
+                     seed=seed)
 
 
-def _from_loader(loader: DataLoader, name: str, max_rows: int) -> Sample:
+def sample_of(split: TensorSplit | LoaderSplit, *, max_rows: int = MAX_ROWS, seed: int = 0) -> Sample:
+    """At most ``max_rows`` rows of a split already made (`converge.data.make_split`)."""
+    if isinstance(split, TensorSplit):
+        rows = _rows(len(split), max_rows, seed)
+        pick = (lambda t: t[rows.to(t.device)]) if len(rows) < len(split) else (lambda t: t)
+        return Sample(split.name, map_tensors(pick, split.inputs), map_tensors(pick, split.targets), len(split),
+                      rows)
+    dataset = split.source.dataset if split.user_loader else split.source
+    if not split.user_loader and not split.stream and len(dataset) > max_rows:
+        rows = _rows(len(dataset), max_rows, seed)
+        subset = LoaderSplit(Subset(dataset, rows.tolist()), split.name, target_key=split.target_key)
+        sample = _read(subset, max_rows)
+        return Sample(split.name, sample.inputs, sample.targets, len(dataset), rows)
+    sample = _read(split, max_rows)
+    total = None if split.stream or split.user_loader else len(dataset)
+    if split.user_loader and not split.stream:
+        total = len(dataset)
+    indices = torch.arange(len(sample)) if total is not None and not split.user_loader else None
+    return Sample(split.name, sample.inputs, sample.targets, total, indices)
+
+
+def _read(split: LoaderSplit, max_rows: int) -> Sample:
+    """The first ``max_rows`` rows a split yields, in its evaluation order."""
     inputs, targets, seen = [], [], 0
-    for batch in loader:
-        x, y = _split_batch(batch, name)
+    for x, y in split.batches(256):
         inputs.append(x)
         targets.append(y)
-        seen += len(y)
+        seen += int(tensors_of(y)[0].shape[0]) if tensors_of(y) else 1
         if seen >= max_rows:
             break
     if not targets:
-        raise ConvergeError(f"the {name} split is empty")
+        raise ConvergeError(f"the {split.name} split is empty")
     try:
-        total = len(loader.dataset)
-    except TypeError:
-        total = None
-    x, y = _concat(inputs), _tensor(_concat(targets))
-    x = x[:max_rows] if isinstance(x, torch.Tensor) else x
-    y = _prepare_targets(y[:max_rows]) if isinstance(y, torch.Tensor) else y
-    return Sample(name, _tensor(x) if isinstance(x, torch.Tensor) else x, y, total, None)
+        x, y = _concat(inputs), _concat(targets)
+    except (RuntimeError, TypeError):   # batches of different widths (padded per batch): keep the first
+        x, y = inputs[0], targets[0]
+    cut = (lambda t: t[:max_rows])
+    y = map_tensors(cut, y)
+    return Sample(split.name, map_tensors(cut, x), _prepare_targets(y) if isinstance(y, torch.Tensor) else y,
+                  None, None)
 
 
 def _concat(parts: list) -> Any:
-    if all(isinstance(p, torch.Tensor) for p in parts):
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
         return torch.cat(parts)
-    try:
-        return default_collate([row for part in parts for row in part])
-    except Exception:
-        return parts[0]
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {key: _concat([p[key] for p in parts]) for key in first}
+    raise TypeError(f"cannot join batches of {type(first).__name__}")

@@ -180,11 +180,22 @@ def outliers(x: torch.Tensor, *, z: float = T.OUTLIER_Z, warn_fraction: float = 
                     "loss (Huber) for regression targets")]
 
 
+def input_parts(inputs) -> list[tuple[str, torch.Tensor]]:
+    """Each input tensor with a name for messages: the inputs, or each of several inputs."""
+    if isinstance(inputs, torch.Tensor):
+        return [("inputs", inputs)]
+    if isinstance(inputs, dict):
+        return [(f"input {key!r}", value) for key, value in inputs.items() if isinstance(value, torch.Tensor)]
+    if isinstance(inputs, (tuple, list)):
+        return [(f"input {i}", value) for i, value in enumerate(inputs) if isinstance(value, torch.Tensor)]
+    return []
+
+
 def nonfinite_values(splits: dict) -> list[Finding]:
     """NaN/Inf counts in the inputs and targets of each split: ``{name: (inputs, targets)}``."""
     counts = {}
-    for name, pair in splits.items():
-        for role, tensor in zip(("inputs", "targets"), pair):
+    for name, (inputs, targets) in splits.items():
+        for role, tensor in [*input_parts(inputs), ("targets", targets)]:
             if isinstance(tensor, torch.Tensor) and tensor.dtype.is_floating_point:
                 nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
                 if nan or inf:

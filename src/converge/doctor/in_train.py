@@ -35,8 +35,8 @@ class Prepared:
 
 
 def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, metrics: dict | None, check: bool,
-                    fix: bool, drop_label_issues: bool, seed: int, console, ignore_index: int = IGNORE_INDEX
-                    ) -> Prepared:
+                    fix: bool, drop_label_issues: bool, seed: int, console, ignore_index: int = IGNORE_INDEX,
+                    target_key: str = "labels") -> Prepared:
     """Run the cheap checks (``check``) and apply the remedies asked for; returns the splits and loss to
     train with. Neither the model nor the global RNG state is changed."""
     prepared = Prepared(dict(splits), loss)
@@ -46,7 +46,7 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
     try:
         samples = samples_from_splits(splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
         prepared.findings, objective = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
-                                                 ignore_index=ignore_index)
+                                                 ignore_index=ignore_index, target_key=target_key)
         for name in rx.plan(prepared.findings, fix=fix, drop_label_issues=drop_label_issues):
             remedy = _APPLY[name](prepared, model, seed, objective)
             prepared.remedies.append(remedy)
@@ -62,9 +62,10 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
 
 def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
     train = prepared.splits["train"]
-    if not isinstance(train, TensorSplit) or not train.inputs.dtype.is_floating_point:
-        return rx.Remedy("standardize_features", {"applied": False,
-                                                  "reason": "only in-memory floating-point inputs are standardized"})
+    if not isinstance(train, TensorSplit) or not isinstance(train.inputs, torch.Tensor) or \
+            not train.inputs.dtype.is_floating_point:
+        return rx.Remedy("standardize_features", {"applied": False, "reason": "only one in-memory floating-point "
+                                                  "input tensor is standardized"})
     mean, std = rx.standardization(train.inputs)
     prepared.splits = {name: TensorSplit(rx.standardize(split.inputs, mean, std), split.targets, name)
                        if isinstance(split, TensorSplit) else split for name, split in prepared.splits.items()}

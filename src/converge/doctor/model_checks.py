@@ -14,12 +14,20 @@ from torch import nn
 
 from converge.doctor import thresholds as T
 from converge.decide.findings import Finding, rounded
-from converge.engine.objective import call_model, scores_of
+from converge.engine.objective import Objective, call_model, scores_of
 
 
 def forward(model: nn.Module, inputs):
     """The model's scores on a batch, however it takes its inputs and returns its outputs."""
     return scores_of(call_model(model, inputs))
+
+
+def batch_loss(model: nn.Module, inputs, targets, loss_fn) -> torch.Tensor:
+    """The loss on a batch: ``loss_fn(scores, targets)``, or, given the run's Objective, its own way (a model
+    that computes its loss from the targets gets them)."""
+    if isinstance(loss_fn, Objective):
+        return loss_fn.forward(model, inputs, targets)[1]
+    return loss_fn(forward(model, inputs), targets)
 
 
 def expected_init_loss(kind: str, targets: torch.Tensor, outputs: torch.Tensor,
@@ -45,7 +53,7 @@ def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: st
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
         outputs = forward(model, inputs)
-        loss = float(loss_fn(outputs, targets))
+        loss = float(batch_loss(model, inputs, targets, loss_fn))
     expected = expected_init_loss(kind, targets, outputs, classes)
     if expected is None:
         return []
@@ -88,7 +96,7 @@ def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf
     def eval_loss() -> float:
         model.eval()
         with torch.no_grad():
-            return float(loss_fn(forward(model, inputs), targets))
+            return float(batch_loss(model, inputs, targets, loss_fn))
 
     deadline = time.monotonic() + seconds
     start = eval_loss()
@@ -100,7 +108,7 @@ def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf
     for step in range(1, steps + 1):
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(forward(model, inputs), targets)
+        loss = batch_loss(model, inputs, targets, loss_fn)
         if not loss.requires_grad or not torch.isfinite(loss):
             return start, float(loss), step
         loss.backward()
@@ -118,7 +126,7 @@ def layer_gradient_norms(model: nn.Module, inputs, targets, loss_fn: Callable) -
     output for a Sequential), after one backward pass at initialisation."""
     model = copy.deepcopy(model).train()
     model.zero_grad(set_to_none=True)
-    loss_fn(forward(model, inputs), targets).backward()
+    batch_loss(model, inputs, targets, loss_fn).backward()
     return [(name, float(p.grad.norm()), float(p.detach().norm())) for name, p in model.named_parameters()
             if p.ndim >= 2 and p.grad is not None]
 

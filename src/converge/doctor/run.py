@@ -5,17 +5,18 @@ printing and writing them is the caller's business."""
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from converge.data import TensorSplit, is_classification
+from converge.data import TARGET_KEY, TensorSplit, is_classification, map_tensors, tensors_of
 from converge.doctor import data_checks as dc
 from converge.doctor import model_checks as mc
 from converge.doctor import thresholds as T
 from converge.decide.findings import Finding, ranked
-from converge.doctor._sample import Sample, sample_split
+from converge.doctor._sample import Sample, sample_of, sample_split
 from converge.doctor.label_noise import label_noise_finding, out_of_sample_probs
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
@@ -31,11 +32,13 @@ CODES = CHEAP_CODES + EXPENSIVE_CODES
 
 
 def finite_rows(inputs: Any, targets: Any) -> torch.Tensor | None:
-    """A mask of the rows whose inputs and targets are all finite (None when they are not tensors)."""
-    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+    """A mask of the rows whose inputs and targets (tensors, or tuples/dicts of them) are all finite; None
+    when there are no tensors to check."""
+    parts = tensors_of(inputs) + tensors_of(targets)
+    if not tensors_of(inputs) or not tensors_of(targets):
         return None
-    mask = torch.ones(targets.shape[0], dtype=torch.bool)
-    for tensor in (inputs, targets):
+    mask = torch.ones(parts[0].shape[0], dtype=torch.bool)
+    for tensor in parts:
         if tensor.dtype.is_floating_point:
             mask &= torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1).cpu()
     return mask
@@ -50,13 +53,25 @@ def data_findings(samples: dict[str, Sample], kind: str | None = None, ignore_in
     findings = dc.nonfinite_values({name: (s.inputs, s.targets) for name, s in samples.items()})
     if kind in ("classification", "binary", "multilabel", "sequence"):
         findings += dc.class_imbalance(train.targets, kind=kind, ignore_index=ignore_index)
-    x, kept = dc.feature_matrix(train.inputs)
-    sampled = {**train.evidence(), **({"features_sampled": len(kept)} if kept is not None else {})}
-    for check in (dc.unscaled_features, dc.constant_features, dc.outliers):
-        findings += [_with(f, sampled) for f in check(x)]
-    others = {name: s.inputs for name, s in samples.items() if name != "train"}
-    findings += [_with(f, sampled) for f in dc.train_val_overlap(train.inputs, others)]
+    parts = dc.input_parts(train.inputs)
+    for role, tensor in parts:
+        x, kept = dc.feature_matrix(tensor)
+        sampled = {**train.evidence(), **({"features_sampled": len(kept)} if kept is not None else {})}
+        for check in (dc.unscaled_features, dc.constant_features, dc.outliers):
+            found = [_with(f, sampled) for f in check(x)]
+            if len(parts) > 1:   # several inputs: say which one
+                found = [replace(f, message=f"{role}: {f.message}", evidence={**f.evidence, "input": role})
+                         for f in found]
+            findings += found
+    others = {name: _joined(s.inputs) for name, s in samples.items() if name != "train"}
+    findings += [_with(f, train.evidence()) for f in dc.train_val_overlap(_joined(train.inputs), others)]
     return findings
+
+
+def _joined(inputs: Any) -> torch.Tensor | None:
+    """Several inputs as one row per sample (for comparing rows across splits); None when not tensors."""
+    parts = [t.detach().cpu().reshape(t.shape[0], -1).double() for _, t in dc.input_parts(inputs)]
+    return torch.cat(parts, dim=1) if parts and len({p.shape[0] for p in parts}) == 1 else None
 
 
 def _with(finding: Finding, evidence: dict) -> Finding:
@@ -66,8 +81,8 @@ def _with(finding: Finding, evidence: dict) -> Finding:
     return Finding(finding.code, finding.severity, finding.message, {**finding.evidence, **evidence}, finding.fix)
 
 
-def resolve(model: nn.Module, samples: dict[str, Sample], loss, metrics, device, ignore_index: int = IGNORE_INDEX
-            ) -> tuple[Objective | None, dict, list]:
+def resolve(model: nn.Module, samples: dict[str, Sample], loss, metrics, device, ignore_index: int = IGNORE_INDEX,
+            target_key: str = TARGET_KEY) -> tuple[Objective | None, dict, list]:
     """The objective `converge train` would use, on the finite rows; an output/label mismatch becomes an
     `output_mismatch` finding instead of an error. Returns (objective or None, finite splits, findings)."""
     splits = {}
@@ -77,24 +92,26 @@ def resolve(model: nn.Module, samples: dict[str, Sample], loss, metrics, device,
             raise ConvergeError(f"converge doctor needs {name} inputs and targets that are tensors or arrays")
         if not bool(mask.any()):
             return None, {}, []
-        splits[name] = TensorSplit(sample.inputs[mask], sample.targets[mask], name).to(device)
+        keep = (lambda t: t[mask.to(t.device)]) if not bool(mask.all()) else (lambda t: t)
+        splits[name] = TensorSplit(map_tensors(keep, sample.inputs), map_tensors(keep, sample.targets), name).to(device)
     try:
         objective = resolve_objective(model, splits, loss, metrics or {}, amp="off", device=device, probe_size=64,
-                                      ignore_index=ignore_index)
+                                      ignore_index=ignore_index, target_key=target_key)
         return objective, splits, []
     except ConvergeError as exc:
         if str(exc).startswith("the model fails on a batch") or "metric name" in str(exc):
             raise
         targets = splits["train"].targets
-        return None, splits, mc.output_mismatch(str(exc), {"target_shape": list(targets.shape[1:]),
-                                                           "target_dtype": str(targets.dtype).replace("torch.", "")})
+        evidence = {"target_shape": list(targets.shape[1:]), "target_dtype": str(targets.dtype).replace("torch.", "")} \
+            if isinstance(targets, torch.Tensor) else {}
+        return None, splits, mc.output_mismatch(str(exc), evidence)
 
 
 def model_findings(model: nn.Module, splits: dict, objective: Objective, *, cheap: bool, seed: int,
                    progress: Callable[[str], None]) -> list[Finding]:
     """The model checks on one batch; with ``cheap=False`` also the overfit-one-batch check."""
     inputs, targets = splits["train"].probe(T.MODEL_BATCH)
-    loss_fn, findings = objective.loss_fn, []
+    loss_fn, findings = objective, []   # the objective computes a batch's loss the way training will
     if objective.known_loss:
         findings += mc.init_loss_off(model, inputs, targets, loss_fn, objective.kind, classes=objective.classes)
     else:
@@ -104,7 +121,8 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
     if not cheap:
         progress(f"doctor: fitting one batch of {min(T.OVERFIT_BATCH, len(targets))} samples")
         seed_everything(seed)
-        findings += mc.cannot_overfit_batch(model, inputs[:T.OVERFIT_BATCH], targets[:T.OVERFIT_BATCH], loss_fn)
+        first = (lambda t: t[:T.OVERFIT_BATCH])
+        findings += mc.cannot_overfit_batch(model, map_tensors(first, inputs), map_tensors(first, targets), loss_fn)
     return findings
 
 
@@ -118,6 +136,8 @@ def label_issues(sample: Sample, classes: int, *, seed: int, progress: Callable[
     """(the label_noise findings, the positions in the whole split of every flagged row)."""
     none = torch.zeros(0, dtype=torch.long)
     mask = finite_rows(sample.inputs, sample.targets)
+    if not isinstance(sample.inputs, torch.Tensor):
+        return [dc.skipped("label_noise", "the proxy model reads one feature tensor; these inputs are several")], none
     x, _ = dc.feature_matrix(sample.inputs[mask])
     labels = sample.targets[mask].cpu()
     if x is None or len(labels) < 10 * T.NOISE_FOLDS or int(labels.max()) >= classes:
@@ -136,24 +156,25 @@ def label_issues(sample: Sample, classes: int, *, seed: int, progress: Callable[
 
 def run_checks(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | None = None,
                metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
-               progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX) -> list[Finding]:
+               progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX,
+               target_key: str = TARGET_KEY) -> list[Finding]:
     """All checks on sampled splits; ``cheap=True`` leaves out label_noise and cannot_overfit_batch.
     The model is not changed and the global RNG state is put back afterwards."""
     return check_all(model, samples, loss=loss, metrics=metrics, cheap=cheap, seed=seed, device=device,
-                     progress=progress, ignore_index=ignore_index)[0]
+                     progress=progress, ignore_index=ignore_index, target_key=target_key)[0]
 
 
 def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | None = None,
               metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
-              progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX
-              ) -> tuple[list[Finding], Objective | None]:
+              progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX,
+              target_key: str = TARGET_KEY) -> tuple[list[Finding], Objective | None]:
     """:func:`run_checks`, and the objective the checks resolved (None when it could not be)."""
     progress = progress or (lambda text: None)
     saved = capture_rng()
     try:
         device_ = dev.pick_device(device)
         model_copy = _copy_to(model, device_)
-        objective, splits, problems = resolve(model_copy, samples, loss, metrics, device_, ignore_index)
+        objective, splits, problems = resolve(model_copy, samples, loss, metrics, device_, ignore_index, target_key)
         kind = objective.kind if objective is not None else None
         findings = data_findings(samples, kind, objective.ignore_index if objective is not None else ignore_index)
         findings += problems
@@ -199,31 +220,26 @@ def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
 
 def samples_from_splits(splits: dict, *, seed: int = 0, max_rows: int = T.MAX_ROWS) -> dict[str, Sample]:
     """Samples of splits already made by `converge.data.make_splits` (in-memory ones are used whole)."""
-    samples = {}
-    for name, split in splits.items():
-        if isinstance(split, TensorSplit) and len(split) <= max_rows:
-            samples[name] = Sample(name, split.inputs, split.targets, len(split), torch.arange(len(split)))
-        else:
-            source = (split.inputs, split.targets) if isinstance(split, TensorSplit) else split.source
-            samples[name] = sample_split(source, name, max_rows=max_rows, seed=seed)
-    return samples
+    return {name: sample_of(split, max_rows=max_rows, seed=seed) for name, split in splits.items()}
 
 
-def sample_splits(train: Any, val: Any, test: Any = None, *, seed: int = 0, max_rows: int = T.MAX_ROWS
-                  ) -> dict[str, Sample]:
+def sample_splits(train: Any, val: Any, test: Any = None, *, seed: int = 0, max_rows: int = T.MAX_ROWS,
+                  target_key: str = TARGET_KEY) -> dict[str, Sample]:
     given = {"train": train, "val": val, "test": test}
-    return {name: sample_split(data, name, max_rows=max_rows, seed=seed)
+    return {name: sample_split(data, name, max_rows=max_rows, seed=seed, target_key=target_key)
             for name, data in given.items() if data is not None}
 
 
 def diagnose(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Callable | None = None,
              metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
-             progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX) -> list[Finding]:
+             progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX,
+             target_key: str = TARGET_KEY) -> list[Finding]:
     """The doctor on objects in memory (the splits as `converge.fit` takes them)."""
     if not isinstance(model, nn.Module):
         raise ConvergeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return run_checks(model, sample_splits(train, val, test, seed=seed), loss=loss, metrics=metrics, cheap=cheap,
-                      seed=seed, device=device, progress=progress, ignore_index=ignore_index)
+    return run_checks(model, sample_splits(train, val, test, seed=seed, target_key=target_key), loss=loss,
+                      metrics=metrics, cheap=cheap, seed=seed, device=device, progress=progress,
+                      ignore_index=ignore_index, target_key=target_key)
 
 
 def diagnose_task(task, *, task_args: dict | None = None, cheap: bool = False, seed: int = 0,
@@ -236,7 +252,7 @@ def diagnose_task(task, *, task_args: dict | None = None, cheap: bool = False, s
     model = task.build_model(**task_args["model"])
     splits = task.build_data(**task_args["data"])
     return diagnose(model, *splits, loss=task.loss, metrics=task.metrics, cheap=cheap, seed=seed, device=device,
-                    progress=progress, ignore_index=task.ignore_index)
+                    progress=progress, ignore_index=task.ignore_index, target_key=task.target_key)
 
 
 def run_doctor(task_path: str | Path, *, cheap: bool = False, seed: int = 0, device: str | None = None,

@@ -32,8 +32,7 @@ from converge.decide.divergence import Alarm, GuardPolicy
 from converge.engine import device as dev
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
-from converge.engine.objective import (Objective, call_model, constant_prediction_loss, gather_targets, monitor_key,
-                                       scores_of)
+from converge.engine.objective import Objective, constant_prediction_loss, gather_targets, monitor_key
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
 from converge.engine.signals import StopSignals
@@ -88,6 +87,8 @@ class Trainer:
         self.train_model = self.model if self.world is None else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.splits = {name: split.to(self.device) for name, split in splits.items()}
+        if getattr(self.splits["train"], "stream", False):
+            self.splits["train"].stream_seed(config.seed)  # a stream's data depends on the seed, not on the run
         self.monitor_key = monitor_key(config.monitor, objective)
         self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay)
         self.scaler = dev.make_grad_scaler(config.amp, self.device)
@@ -200,7 +201,7 @@ class Trainer:
         if self.partial_loss is None:
             self.partial_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_sum, seen = self.partial_loss, self.partial_seen
-        model, scaler, loss_fn, guard = self.train_model, self.scaler, self.objective.loss_fn, self.guard
+        model, scaler, objective, guard = self.train_model, self.scaler, self.objective, self.guard
         accumulate = cfg.accumulate
         model.train()
         pending_step = False
@@ -208,12 +209,12 @@ class Trainer:
                                                world=self.world)
         for index, (inputs, targets) in enumerate(batches, start=self.batch):
             with dev.autocast(cfg.amp, self.device):
-                loss = loss_fn(scores_of(call_model(model, inputs)), targets)
+                loss = objective.forward(model, inputs, targets)[1]
             if scaler is not None:
                 scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
             else:
                 (loss / accumulate if accumulate > 1 else loss).backward()
-            n = targets.shape[0]
+            n = _rows(targets)
             loss_sum.add_(loss.detach(), alpha=n)
             seen += n
             if guard is not None:
@@ -342,8 +343,8 @@ class Trainer:
         seen = 0
         for inputs, targets in split.batches(self.config.batch_size):
             with dev.autocast(self.config.amp, self.device):
-                outputs = scores_of(call_model(model, inputs))
-                values = [objective.loss_fn(outputs, targets)]
+                outputs, loss = objective.forward(model, inputs, targets)
+                values = [loss]
                 values += [fn(outputs, targets) for fn in objective.metric_fns.values()]
             weight = objective.weight(targets)
             sums += torch.stack([torch.as_tensor(v, device=self.device).double().reshape(()) for v in values]) * weight
@@ -512,6 +513,7 @@ class Trainer:
             "progress": {"epoch": self.epoch, "step": self.step, "batch": self.batch,
                          "partial_loss": self.partial_loss, "partial_seen": self.partial_seen,
                          "epoch_rollbacks": self.epoch_rollbacks,
+                         "stream_position": getattr(self.splits["train"], "position", 0),
                          "status": self.status.value if self.status is not None else None,
                          "stop_reason": self.stop_reason, "tuning_epochs": self.tuning_epochs,
                          "wall_seconds": wall_seconds if wall_seconds is not None else self.elapsed_before,
@@ -541,6 +543,8 @@ class Trainer:
         self.partial_seen = progress["partial_seen"]
         self._keep_share()
         self.epoch_rollbacks = int(progress.get("epoch_rollbacks", 0))
+        if getattr(self.splits["train"], "stream", False):
+            self.splits["train"].position = int(progress.get("stream_position", 0))
         final = is_final(progress["status"], self.epoch, self.config.max_epochs)
         self.status = Status(progress["status"]) if final else None
         self.stop_reason = progress["stop_reason"] if final else ""
@@ -568,3 +572,8 @@ class Trainer:
             self.guard.remember(data)
         self.record.save_checkpoint(data)
         self._last_checkpoint = time.monotonic()
+
+
+def _rows(targets) -> int:
+    """Samples in a batch (the first dimension of its targets)."""
+    return targets.shape[0] if isinstance(targets, torch.Tensor) else len(targets)

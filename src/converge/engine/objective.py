@@ -5,6 +5,10 @@ states the rule); a task's own ``loss`` and ``metrics`` are trusted.
 * A batch's inputs are a tensor (``model(x)``), a tuple or list of tensors (``model(*x)``) or a dict
   (``model(**x)``). The model may return a tensor, or an object with ``.logits`` / a dict with
   ``"logits"`` (Hugging Face models), or a tuple whose first element is the scores.
+* A model fed dicts that takes the targets as a keyword (``labels=``, as Hugging Face models do) gets
+  them; when it then returns its own ``.loss``, that is the loss trained on, as Hugging Face's Trainer
+  does, and the metrics still come from its scores. It counts as a known loss (baseline, initial-loss
+  check) when it equals converge's own loss for the kind on a probe batch.
 * Inferred losses and built-in metrics leave out padding (targets equal to ``ignore_index``), and values
   are averaged over batches weighted by the samples (tokens, for sequences) that count.
 * A task's own loss that converge recognizes (``nn.CrossEntropyLoss``, ``nn.NLLLoss``,
@@ -15,6 +19,7 @@ states the rule); a task's own ``loss`` and ``metrics`` are trusted.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -41,6 +46,14 @@ class Objective:
     ignore_index: int | None = None         # integer targets with this value are padding
     description: str = ""                   # "multi-class classification, 10 classes (integer labels); ..."
     derived: dict[str, Callable] = field(default_factory=dict)   # name -> fn({"loss": ..., ...}) after a pass
+    target_key: str | None = None           # pass the targets to the model as this keyword (dict inputs)
+    model_loss: bool = False                # the loss is the model's own output ``.loss``
+
+    def forward(self, model: nn.Module, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
+        """(the model's scores, the batch's loss)."""
+        outputs = call_model(model, inputs, {self.target_key: targets} if self.target_key else None)
+        scores = scores_of(outputs)
+        return scores, own_loss(outputs) if self.model_loss else self.loss_fn(scores, targets)
 
     def weight(self, targets: torch.Tensor):
         """How much a batch counts in an average: its samples, or the targets that are not padding."""
@@ -54,13 +67,29 @@ class Objective:
 
 
 # --- calling the model ---------------------------------------------------------------------------------
-def call_model(model: nn.Module, inputs: Any):
-    """``model(x)``, ``model(*x)`` for a tuple or list of inputs, ``model(**x)`` for a dict."""
+def call_model(model: nn.Module, inputs: Any, extra: dict | None = None):
+    """``model(x)``, ``model(*x)`` for a tuple or list of inputs, ``model(**x)`` for a dict (with the
+    ``extra`` keywords: the targets, for a model that computes its own loss)."""
     if isinstance(inputs, dict):
-        return model(**inputs)
+        return model(**inputs, **(extra or {}))
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def own_loss(outputs: Any) -> torch.Tensor | None:
+    """The loss a model returned itself (``.loss`` or ``["loss"]``), or None."""
+    loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
+def takes_keyword(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` accepts ``name`` as a keyword."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def scores_of(outputs: Any) -> Any:
@@ -196,14 +225,17 @@ def target_facts(split: TensorSplit | LoaderSplit, probe_targets: torch.Tensor,
 
 def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, metrics: dict[str, Callable], *,
                       amp: str, device: torch.device, probe_size: int | str,
-                      ignore_index: int = IGNORE_INDEX) -> Objective:
+                      ignore_index: int = IGNORE_INDEX, target_key: str = "labels") -> Objective:
     """Run the model once on a probe batch (eval mode, no gradient: no side effects), decide the kind, build
     the loss and metrics, and check labels and shapes against the outputs before any training."""
     size = probe_size if isinstance(probe_size, int) else 64
     inputs, targets = splits["train"].probe(min(size, 256))
     inputs, targets = _to(inputs, device), _to(targets, device)
-    outputs = _probe(model, inputs, amp, device)
+    passes = loss is None and isinstance(inputs, dict) and takes_keyword(model, target_key)
+    outputs = _probe(model, inputs, amp, device, {target_key: targets} if passes else None)
     scores = scores_of(outputs)
+    if passes and own_loss(outputs) is not None:
+        return _model_loss(outputs, scores, targets, splits, metrics, ignore_index, target_key)
     if not isinstance(targets, torch.Tensor):
         if loss is None:
             raise ConvergeError(f"cannot infer a loss for targets of type {type(targets).__name__}; "
@@ -229,12 +261,30 @@ def _to(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device) -> Any:
+def _model_loss(outputs, scores, targets, splits: dict, metrics: dict, ignore_index: int,
+                target_key: str) -> Objective:
+    """A model that computes its own loss from the targets it is given: that loss is trained on; the kind's
+    metrics come from its scores when the kind is clear."""
+    loss = own_loss(outputs)
+    try:
+        ours = _decide(None, scores, targets, splits, ignore_index)
+        same = math.isclose(float(ours.loss_fn(scores, targets)), float(loss), rel_tol=1e-4, abs_tol=1e-6)
+    except (ConvergeError, RuntimeError, ValueError):
+        ours, same = Objective(loss_fn=lambda *args: loss, kind="custom", metric_fns={}), False
+    equal = f"equal to {ours.description.split('; loss ')[-1]}" if same else "its own"
+    objective = replace(ours, inferred=False, known_loss=same, target_key=target_key, model_loss=True,
+                        description=f"{ours.description.split('; loss')[0]}; loss: the model's own .loss ({equal})")
+    if not same:
+        objective = replace(objective, derived={})   # perplexity means exp(cross-entropy) only
+    return replace(objective, metric_fns={**objective.metric_fns, **metrics})
+
+
+def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra: dict | None = None) -> Any:
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), dev.autocast(amp, device):
-            return call_model(model, inputs)
+            return call_model(model, inputs, extra)
     except Exception as exc:
         raise ConvergeError(f"the model fails on a batch of inputs {describe(inputs)}: "
                             f"{type(exc).__name__}: {exc}") from exc
@@ -332,6 +382,8 @@ def _fits(recognized: str, kind: str) -> bool:
 
 def check_outputs_fit(objective: Objective, outputs, targets) -> None:
     """Run the loss once on a probe batch, so a shape mismatch is reported before training starts."""
+    if objective.model_loss:
+        return
     try:
         value = objective.loss_fn(outputs, targets)
     except Exception as exc:

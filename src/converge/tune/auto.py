@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from converge.config import TrainConfig
+from converge.data import STREAM_BATCH, epoch_samples
 from converge.console import Console
 from converge.decide.lr_suggest import LrSuggestion, suggest_lr
 from converge.engine import device as dev
@@ -88,7 +89,7 @@ def _fits_in_memory(model, split, objective, size, device, amp) -> bool:
     try:
         inputs, targets = next(iter(split.batches(size)))
         with dev.autocast(amp, device):
-            objective.loss_fn(probe(inputs), targets).backward()
+            objective.forward(probe, inputs, targets)[1].backward()
         return True
     except torch.cuda.OutOfMemoryError:
         return False
@@ -103,17 +104,23 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
     console = console or Console()
     log = log or StageLog()
     train = splits["train"].to(device)
-    n_train = len(train)
+    stream = getattr(train, "stream", False)
     events: list[dict] = []
     samples = 0
 
     batch_size = config.batch_size
     if batch_size == "auto":
-        batch_size, reason = log.get("batch_size") or choose_batch_size(n_train, model, train, objective, device,
-                                                                          config.amp)
+        if stream:
+            chosen = [STREAM_BATCH, f"a stream has no size to divide into steps: {STREAM_BATCH}, the usual default"]
+        else:
+            chosen = log.get("batch_size") or choose_batch_size(len(train), model, train, objective, device,
+                                                                config.amp)
+        batch_size, reason = chosen
         log.put("batch_size", [batch_size, reason])
-        events.append(_event("chose_batch_size", value=batch_size, reason=reason, train_samples=n_train))
+        events.append(_event("chose_batch_size", value=batch_size, reason=reason,
+                             train_samples=None if stream else len(train)))
         console.message(f"tuning: batch size {batch_size} ({reason})")
+    n_train = epoch_samples(train, batch_size)
 
     optimizers = list(OPTIMIZERS) if config.optimizer == "auto" else [config.optimizer]
     decay = {opt: OPTIMIZERS[opt].default_weight_decay if config.weight_decay == "auto" else config.weight_decay
@@ -174,7 +181,7 @@ def _range_test(log, model, train, objective, opt, decay, batch_size, device, co
         test = RangeTest(opt, batch_size, list(saved["lrs"]), losses, int(saved["samples"]))
         test.suggestion = suggest_lr(test.lrs, test.losses)
         return test
-    test = lr_range_test(model, train, objective.loss_fn, optimizer=opt, weight_decay=decay, batch_size=batch_size,
+    test = lr_range_test(model, train, objective, optimizer=opt, weight_decay=decay, batch_size=batch_size,
                          device=device, amp=config.amp, seed=config.seed)
     log.put(f"range_test_{opt}", test.to_dict())
     return test
@@ -243,7 +250,7 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
                 trainer.extend(rung_epochs)
                 if trainer.status is Status.INTERRUPTED:  # Ctrl-C: stop tuning; finished stages are saved
                     raise KeyboardInterrupt
-                samples += rung_epochs * len(trainer.splits["train"])
+                samples += rung_epochs * epoch_samples(trainer.splits["train"], batch_size)
             # An arm whose training loss blew up is out, whatever it scored before.
             finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
             scores[arm] = sign * trainer.tracker.best if finite else math.inf

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from converge.data import epoch_seed
+from converge.data import epoch_seed, tensors_of
 from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr, usable_prefix
 from converge.engine import device as dev
 from converge.engine.optim import build_optimizer
@@ -39,11 +39,12 @@ class RangeTest:
                 "candidates": dict(s.candidates) if s else {}}
 
 
-def lr_range_test(model: nn.Module, train_split, loss_fn, *, optimizer: str, weight_decay: float, batch_size: int,
+def lr_range_test(model: nn.Module, train_split, objective, *, optimizer: str, weight_decay: float, batch_size: int,
                   device: torch.device, amp: str = "off", seed: int = 0, start_lr: float = 1e-7,
                   end_lr: float = 10.0, steps: int = 100, diverge_factor: float = 4.0) -> RangeTest:
     """Sweep the LR from ``start_lr`` to ``end_lr`` over at most ``steps`` optimizer steps; stop early once
-    the smoothed loss passes ``diverge_factor`` x its best or stops being finite."""
+    the smoothed loss passes ``diverge_factor`` x its best or stops being finite. ``objective``: the run's
+    `converge.engine.objective.Objective` (it computes a batch's loss as training will)."""
     probe = copy.deepcopy(model).to(device)
     probe.train()
     opt = build_optimizer(probe, optimizer, start_lr, weight_decay)
@@ -55,14 +56,14 @@ def lr_range_test(model: nn.Module, train_split, loss_fn, *, optimizer: str, wei
         for group in opt.param_groups:
             group["lr"] = lr
         with dev.autocast(amp, device):
-            loss = loss_fn(probe(inputs), targets)
+            loss = objective.forward(probe, inputs, targets)[1]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         value = float(loss.detach())  # the sweep needs every loss to stop at divergence: a sync per step
         result.lrs.append(lr)
         result.losses.append(value)
-        result.samples += int(targets.shape[0])
+        result.samples += int(tensors_of(targets)[0].shape[0])
         # Stop once the rest of the sweep would tell nothing, or at the step budget.
         if usable_prefix(result.lrs, result.losses, diverge_factor) < len(result.lrs) or len(result.lrs) >= steps:
             break

@@ -221,8 +221,10 @@ class _Worker:
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # converge prints one line per trial itself
         seed_everything(self.base.seed)
-        train = make_splits(*self.task.build_data()).get("train")
-        self.batch_sizes = batch_choices(len(train))
+        train = make_splits(*self.task.build_data(), target_key=self.task.target_key,
+                            steps_per_epoch=self.base.steps_per_epoch).get("train")
+        # A stream has no size to cap the batch by: every size is a choice.
+        self.batch_sizes = list(BATCH_SIZES) if getattr(train, "stream", False) else batch_choices(len(train))
         info = self._check_folder()
         if self.spec.url is None:  # the journal lives in the folder
             self._make_folder()

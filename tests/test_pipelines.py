@@ -1,0 +1,295 @@
+"""The pipelines people already have: dict batches (with padding and a model that computes its own loss),
+models returning dicts, tuples or objects with ``.logits``, several inputs, and streams; each trains, and a
+killed run resumes bit for bit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+import converge
+from converge.errors import ConvergeError
+from test_resume import assert_same_run, run_ok, start_and_stop
+
+QUICK = dict(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, verbose=False)
+
+
+def sentences(n=400, seed=0, length=12):
+    """Token ids with a class: 1 when ids 1..5 outnumber ids 6..10. Padded to ``length`` with 0."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 30, (n, length), generator=g)
+    lengths = torch.randint(4, length + 1, (n,), generator=g)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    ids = ids * mask
+    labels = (((ids >= 1) & (ids <= 5)).sum(1) > ((ids >= 6) & (ids <= 10)).sum(1)).long()
+    return ids, mask, labels
+
+
+class Bag(nn.Module):
+    """A bag-of-words classifier called as model(input_ids=..., attention_mask=...)."""
+
+    def __init__(self, outputs: str = "tensor"):
+        super().__init__()
+        self.embed, self.head, self.outputs = nn.Embedding(30, 16), nn.Linear(16, 2), outputs
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        logits = self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+        if self.outputs == "dict":
+            return {"logits": logits, "hidden": mask}
+        if self.outputs == "tuple":
+            return logits, mask
+        if self.outputs == "object":
+            return SimpleNamespace(logits=logits)
+        return logits
+
+
+class OwnLoss(Bag):
+    """Computes its own loss when given labels, as Hugging Face models do (here with label smoothing, so it
+    differs from plain cross-entropy)."""
+
+    def __init__(self, smoothing: float = 0.1):
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        logits = super().forward(input_ids, attention_mask)
+        loss = None if labels is None else F.cross_entropy(logits, labels, label_smoothing=self.smoothing)
+        return SimpleNamespace(loss=loss, logits=logits)
+
+
+class DictItems(Dataset):
+    def __init__(self, ids, mask, labels):
+        self.ids, self.mask, self.labels = ids, mask, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+@pytest.mark.parametrize("outputs", ["tensor", "dict", "tuple", "object"])
+def test_dict_batches_and_any_output_container(outputs):
+    ids, mask, labels = sentences()
+    train, val = DictItems(ids[:300], mask[:300], labels[:300]), DictItems(ids[300:], mask[300:], labels[300:])
+    result = converge.fit(Bag(outputs), train, val, max_epochs=12, **QUICK)
+    assert result.summary["task_kind"] == "classification" and result.summary["best"]["val_accuracy"] > 0.8
+
+
+def test_a_dict_of_tensors_is_a_split_and_target_key_names_the_targets():
+    ids, mask, labels = sentences()
+    train = {"input_ids": ids[:300], "attention_mask": mask[:300], "y": labels[:300]}
+    val = {"input_ids": ids[300:], "attention_mask": mask[300:], "y": labels[300:]}
+    result = converge.fit(Bag(), train, val, target_key="y", max_epochs=12, **QUICK)
+    assert result.summary["best"]["val_accuracy"] > 0.8
+    with pytest.raises(ConvergeError, match="without a 'labels' entry"):
+        converge.fit(Bag(), train, val, **QUICK)
+
+
+@pytest.mark.parametrize("smoothing, known", [(0.0, True), (0.1, False)])
+def test_a_model_that_computes_its_own_loss_trains_on_it(smoothing, known):
+    ids, mask, labels = sentences()
+    train, val = DictItems(ids[:300], mask[:300], labels[:300]), DictItems(ids[300:], mask[300:], labels[300:])
+    model = OwnLoss(smoothing)
+    result = converge.fit(model, train, val, max_epochs=8, **QUICK)
+    summary = result.summary
+    assert "model's own .loss" in summary["task_description"] and summary["best"]["val_accuracy"] > 0.8
+    with torch.no_grad():
+        own = model(ids[300:], mask[300:], labels[300:]).loss.item()
+    assert summary["best"]["val_loss"] == pytest.approx(own, rel=1e-4)   # the model's loss is the one reported
+    # Equal to cross-entropy on a probe batch: a known loss (baseline, init check); label smoothing: its own.
+    assert ("equal to cross-entropy" in summary["task_description"]) == known
+
+
+def test_padded_token_labels_count_in_neither_loss_nor_metrics():
+    """Dict batches for tagging: labels -100 at the padding do not count."""
+    ids, mask, _ = sentences()
+    tags = torch.where(mask.bool(), ids % 3, torch.full_like(ids, -100))
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = nn.Embedding(30, 16), nn.Linear(16, 3)
+
+        def forward(self, input_ids, attention_mask):
+            return self.head(torch.relu(self.embed(input_ids)))
+
+    train = {"input_ids": ids[:300], "attention_mask": mask[:300], "labels": tags[:300]}
+    val = {"input_ids": ids[300:], "attention_mask": mask[300:], "labels": tags[300:]}
+    result = converge.fit(Tagger(), train, val, max_epochs=10, **QUICK)
+    assert result.summary["task_kind"] == "sequence" and result.summary["best"]["val_token_accuracy"] > 0.95
+
+
+class ImageAndMeta(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image, self.meta, self.head = nn.Linear(16, 16), nn.Linear(3, 8), nn.Linear(24, 3)
+
+    def forward(self, image, metadata):
+        return self.head(torch.cat([torch.relu(self.image(image.flatten(1))), torch.relu(self.meta(metadata))], 1))
+
+
+def two_inputs(n=400):
+    g = torch.Generator().manual_seed(0)
+    image, meta = torch.randn(n, 1, 4, 4, generator=g), torch.randn(n, 3, generator=g)
+    return image, meta, (image.flatten(1)[:, 0] > 0).long() + (meta[:, 0] > 0).long()
+
+
+def test_several_inputs_in_memory_and_from_a_dataset():
+    image, meta, y = two_inputs()
+    torch.manual_seed(0)
+    in_memory = converge.fit(ImageAndMeta(), ((image[:300], meta[:300]), y[:300]), ((image[300:], meta[300:]), y[300:]),
+                             max_epochs=30, **QUICK)
+    torch.manual_seed(0)
+    dataset = converge.fit(ImageAndMeta(), TensorDataset(image[:300], meta[:300], y[:300]),
+                           TensorDataset(image[300:], meta[300:], y[300:]), max_epochs=30, **QUICK)
+    assert in_memory.summary["best"]["val_accuracy"] > 0.7   # the majority class is 50 %
+    # the same samples in the same order either way: the same run
+    assert [r["val_loss"] for r in dataset.history] == pytest.approx([r["val_loss"] for r in in_memory.history])
+    findings = converge.diagnose(ImageAndMeta(), ((image * 1000, meta), y), ((image, meta), y), cheap=True)
+    scaled = next(f for f in findings if f.code == "unscaled_features")
+    assert scaled.evidence["input"] == "input 0"   # the doctor checks each input on its own
+
+
+class Stream(IterableDataset):
+    """An endless stream drawing from the global RNG (the hardest case for exact resume)."""
+
+    def __iter__(self):
+        while True:
+            x = torch.randn(6)
+            yield x, int(x[0] + x[1] > 0)
+
+
+def test_a_stream_trains_in_fixed_epochs_and_must_keep_flowing():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 6, generator=g)
+    val = (x, (x[:, 0] + x[:, 1] > 0).long())
+    result = converge.fit(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2)), Stream(), val,
+                          steps_per_epoch=30, max_epochs=5, **QUICK)
+    assert result.summary["steps"] == 150 and result.summary["best"]["val_accuracy"] > 0.9
+    with pytest.raises(ConvergeError, match="applies to a streamed training split"):
+        converge.fit(nn.Linear(6, 2), val, val, steps_per_epoch=30, **QUICK)
+    ended = DataLoader(TensorDataset(*val), batch_size=None)   # noqa: F841 - a finite loader is not a stream
+
+    class Short(IterableDataset):
+        def __iter__(self):
+            yield from zip(val[0][:50], val[1][:50])
+
+    with pytest.raises(ConvergeError, match="stream ended"):
+        converge.fit(nn.Linear(6, 2), Short(), val, steps_per_epoch=30, **QUICK)
+
+
+# --- killed and resumed -------------------------------------------------------------------------------
+TASKS = {
+    "stream": '''
+import torch
+from torch import nn
+from torch.utils.data import IterableDataset
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        while True:
+            x = torch.randn(8)
+            yield x, int(x[0] + x[1] > 0)
+
+
+def model():
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 2))
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 8, generator=g)
+    return Stream(), (x, (x[:, 0] + x[:, 1] > 0).long())
+''',
+    "dicts": '''
+import torch
+from types import SimpleNamespace
+from torch import nn
+from torch.utils.data import Dataset
+import torch.nn.functional as F
+
+
+class Items(Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 30, (n, 10), generator=g)
+        self.labels = ((self.ids <= 5).sum(1) > (self.ids > 25).sum(1)).long()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(10, dtype=torch.long), "labels": self.labels[i]}
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.drop, self.head = nn.Embedding(30, 16), nn.Dropout(0.2), nn.Linear(16, 2)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        logits = self.head(self.drop(self.embed(input_ids).mean(1)))
+        return SimpleNamespace(logits=logits, loss=None if labels is None else F.cross_entropy(logits, labels))
+
+
+def model():
+    return Model()
+
+
+def data():
+    return Items(2000, 0), Items(300, 1)
+''',
+    "two_inputs": '''
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(6, 16), nn.Linear(3, 8), nn.Linear(24, 3)
+
+    def forward(self, a, b):
+        return self.head(torch.cat([torch.relu(self.a(a)), torch.relu(self.b(b))], 1))
+
+
+def model():
+    return Model()
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2400, 6, generator=g), torch.randn(2400, 3, generator=g)
+    y = (a[:, 0] > 0).long() + (b[:, 0] > 0).long()
+    return ((a[:2000], b[:2000]), y[:2000]), ((a[2000:], b[2000:]), y[2000:])
+''',
+}
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_sigkill_then_resume_is_bit_exact(name, tmp_path):
+    task = tmp_path / f"{name}.py"
+    task.write_text(TASKS[name])
+    args = lambda out: [sys.executable, "-m", "converge", "train", str(task), "--out", str(out),  # noqa: E731
+                        "--max-epochs", "6", "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3",
+                        "--weight-decay", "1e-2", "--seed", "3", "--checkpoint-seconds", "0.05", "--quiet",
+                        *(["--steps-per-epoch", "40"] if name == "stream" else [])]
+    run_ok(args(tmp_path / "reference"))
+    out = tmp_path / "run"
+    code = start_and_stop(args(out), out, 2, 0.02, signal.SIGKILL)
+    if code != 0:
+        run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"])
+    assert_same_run(tmp_path / "reference", out)
+    events = [json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()]
+    assert "resumed" in events or code == 0
