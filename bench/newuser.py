@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -262,7 +262,6 @@ def print_table(report: dict) -> None:
     print("-" * len(header))
     refusals = []
     for name, entry in report["cases"].items():
-        case = CASE_BY_NAME[name]
         if entry.get("skipped"):
             print(f"{name:<21} skipped: {entry['skipped']}")
             continue

@@ -120,9 +120,9 @@ def cli_subprocess():
     """Call `python -m converge` (or another command line) in a fresh interpreter: proves the real exit
     status and exactly what reaches stderr."""
 
-    def run(*args, cwd=None, command=None, timeout=120) -> CliResult:
+    def run(*args, cwd=None, command=None, timeout=120, env=None) -> CliResult:
         command = command or [sys.executable, "-m", "converge"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.run([*command, *(str(arg) for arg in args)], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=timeout)
         return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -160,7 +160,7 @@ def test_every_train_flag_reaches_the_config(cli, task_file, tmp_path):
         "threshold": 0.01, "cooldown": 1, "min_lr": 1e-5, "unproductive_cuts": 2, "monitor": "accuracy",
         "mode": "max", "checkpoint_seconds": 60.0, "num_workers": 0, "steps_per_epoch": None, "warmup_steps": 3,
         "guard": False,
-        "max_rollbacks": 2, "tensorboard": True}
+        "max_rollbacks": 2, "tensorboard": True, "mlflow": False}
     assert summary["monitor"] == "val_accuracy" and summary["mode"] == "max"
 
 

@@ -18,8 +18,12 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ("binary", "binary", {"val_accuracy"}),
     ("multilabel", "multilabel", {"val_label_accuracy", "val_exact_match"}),
     ("sequence", "sequence", {"val_token_accuracy", "val_perplexity"}),
+    ("two_inputs", "classification", {"val_accuracy"}),
+    ("hf_text", "classification", {"val_accuracy"}),
 ])
 def test_example_trains(name, kind, metrics, tmp_path):
+    if name == "hf_text":
+        pytest.importorskip("transformers", reason="the hf extra (pip install 'torch-converge[hf]') is not installed")
     result = converge.train_task(EXAMPLES / f"{name}.py", out=tmp_path / name, verbose=False, max_epochs=2,
                                  optimizer="adamw", lr=3e-3, batch_size=64)
     summary = result.summary

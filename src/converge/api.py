@@ -31,7 +31,8 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
         device: str | None = None, amp: str = "off", clip_grad: float | None = None, accumulate: int = 1,
         checkpoint_seconds: float = 300.0, num_workers: int = 0, steps_per_epoch: int | None = None,
         guard: bool = True, max_rollbacks: int = 5,
-        tensorboard: bool = False, out: str | Path | None = None, force: bool = False, resume: bool = False,
+        tensorboard: bool = False, mlflow: bool = False, out: str | Path | None = None, force: bool = False,
+        resume: bool = False,
         verbose: bool = True) -> FitResult:
     """Train ``model`` to convergence on ``train``, validating on ``val`` after every epoch; ``test`` (optional)
     is evaluated once, with the best weights. Each split is an ``(inputs, targets)`` pair of tensors or
@@ -56,7 +57,8 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
       ``num_workers``: DataLoader workers for Dataset splits; ``steps_per_epoch``: batches per epoch of a
       streamed training split (an IterableDataset; default 200).
     - ``guard``: roll back NaN and loss spikes (and cut the LR), at most ``max_rollbacks`` in a row;
-      ``tensorboard``: also write TensorBoard event files into the run folder.
+      ``tensorboard``: also write TensorBoard event files into the run folder; ``mlflow``: also log to MLflow
+      (``MLFLOW_TRACKING_URI``, else a local store in ./mlruns).
     - ``out``: the run folder (None: nothing is written); ``force``: overwrite converge's files there;
       ``resume``: continue the run in ``out`` (same model, data and options); ``verbose``: print progress.
     """
@@ -69,7 +71,7 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
                          monitor=monitor, mode=mode, seed=seed, device=device, amp=amp, clip_grad=clip_grad,
                          accumulate=accumulate, checkpoint_seconds=checkpoint_seconds, num_workers=num_workers,
                          steps_per_epoch=steps_per_epoch, guard=guard, max_rollbacks=max_rollbacks,
-                         tensorboard=tensorboard)
+                         tensorboard=tensorboard, mlflow=mlflow)
     splits = make_splits(train, val, test, config.num_workers, target_key=target_key,
                          steps_per_epoch=config.steps_per_epoch)
     if resume and out is None:

@@ -202,7 +202,7 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
         if folder is not None:
             in_train.save(folder, prepared)
     recorder = RunRecorder(folder, console, run_info=info, events=events, export_state=export,
-                           tensorboard=config.tensorboard)
+                           tensorboard=config.tensorboard, mlflow=config.mlflow and main)
     trainer = Trainer(model, setup.splits, config, setup.objective, recorder=recorder, epoch_judge=epoch_judge,
                       tuning_epochs=tuning.epochs if tuning is not None else 0.0, started=started)
     if checkpoint is not None:

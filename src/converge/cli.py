@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rollbacks in a row without a new best before the run stops as diverged (default 5)")
     engine.add_argument("--tensorboard", action="store_true", default=None,
                         help="also write TensorBoard event files to RUN_DIR/tensorboard")
+    engine.add_argument("--mlflow", action="store_true", default=None,
+                        help="also log to MLflow: $MLFLOW_TRACKING_URI, else a local store in ./mlruns")
     _add_output_flags(train)
     train.add_argument("--out", help="run folder (default runs/<task>-<time>)")
     train.add_argument("--force", action="store_true", help="overwrite the run folder's files if it exists")
@@ -194,7 +196,7 @@ TRAIN_OPTIONS = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs", 
                  "min_lr", "cooldown", "threshold", "unproductive_cuts", "monitor", "mode", "seed", "device",
                  "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers", "steps_per_epoch",
                  "warmup_steps",
-                 "guard", "max_rollbacks", "tensorboard")
+                 "guard", "max_rollbacks", "tensorboard", "mlflow")
 
 
 def main(argv: list[str] | None = None) -> int:

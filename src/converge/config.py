@@ -43,6 +43,7 @@ class TrainConfig:
     guard: bool = True                   # roll back and cut the LR on a NaN or a loss spike
     max_rollbacks: int = 5               # rollbacks in a row (no new best between) before giving up
     tensorboard: bool = False            # also write TensorBoard event files into the run folder
+    mlflow: bool = False                 # also log to MLflow (MLFLOW_TRACKING_URI, else ./mlruns)
 
     def __post_init__(self) -> None:
         self.optimizer = str(self.optimizer).lower()
@@ -59,6 +60,7 @@ class TrainConfig:
             _check(_int(value) and value >= 1, name.replace("_", "-"), value, "an integer >= 1")
         _check(isinstance(self.guard, bool), "guard", self.guard, "true or false")
         _check(isinstance(self.tensorboard, bool), "tensorboard", self.tensorboard, "true or false")
+        _check(isinstance(self.mlflow, bool), "mlflow", self.mlflow, "true or false")
         for name in ("seed", "cooldown", "unproductive_cuts", "num_workers", "warmup_steps", "max_rollbacks"):
             value = getattr(self, name)
             _check(_int(value) and value >= 0, name.replace("_", "-"), value, "an integer >= 0")

@@ -126,7 +126,8 @@ class Trainer:
     def run(self) -> FitResult:
         self._run_started = time.monotonic()
         self.console.start(self.config.max_epochs)
-        self.record.start(first_epoch=self.epoch + 1, fresh=not self.history and self.step == 0)
+        self.record.start(first_epoch=self.epoch + 1, fresh=not self.history and self.step == 0, step=self.step,
+                          params=self.config.to_dict())
         try:
             with StopSignals() as signals:
                 while self.status is None:

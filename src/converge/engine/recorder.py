@@ -16,14 +16,15 @@ import torch
 
 from converge.console import Console
 from converge.io.atomic import atomic_write_bytes
-from converge.io.runfolder import BEST_WEIGHTS, CURVES, SUMMARY, TENSORBOARD_DIR, RunFolder
+from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY, TENSORBOARD_DIR, RunFolder
 from converge.io.weights import weights_bytes
 
 
 class RunRecorder:
     def __init__(self, folder: RunFolder | None = None, console: Console | None = None, *,
                  run_info: dict | None = None, events: list[dict] | tuple = (),
-                 export_state: Callable[[dict], dict] | None = None, tensorboard: bool = False) -> None:
+                 export_state: Callable[[dict], dict] | None = None, tensorboard: bool = False,
+                 mlflow: bool = False) -> None:
         """``events``: what happened before training (tuning choices, doctor findings), logged first.
         ``export_state``: what best.safetensors holds, from the best state (`--fix` folds its input
         standardization into the first layer so the exported model takes raw inputs).
@@ -36,14 +37,19 @@ class RunRecorder:
         self.events: list[dict] = list(events)
         self._tensorboard_wanted = tensorboard
         self._tensorboard = None
+        self._mlflow_wanted = mlflow
+        self._mlflow = None
 
     @property
     def run_dir(self):
         return self.folder.path if self.folder is not None else None
 
     # --- during the run ------------------------------------------------------------------------------
-    def start(self, first_epoch: int, *, fresh: bool) -> None:
-        """Before the loop. A ``fresh`` run's log starts with the events that came before training."""
+    def start(self, first_epoch: int, *, fresh: bool, step: int = 0, params: dict | None = None) -> None:
+        """Before the loop. A ``fresh`` run's log starts with the events that came before training.
+        ``params``: the options, for MLflow."""
+        if self._mlflow_wanted and self._mlflow is None:
+            self._start_mlflow(first_epoch - 1, step, params or {})
         if self.folder is None:
             return
         if fresh:
@@ -52,6 +58,19 @@ class RunRecorder:
             from converge.io.tensorboard import TensorBoardLog
 
             self._tensorboard = TensorBoardLog(self.folder.path / TENSORBOARD_DIR, first_epoch=first_epoch)
+
+    def _start_mlflow(self, epoch: int, step: int, params: dict) -> None:
+        from converge.io.mlflow_log import MlflowLog
+
+        earlier = next((e for e in reversed(self.events) if e.get("event") == "mlflow_run"), None)
+        name = self.run_info.get("name") or "converge"
+        self._mlflow = MlflowLog(experiment=f"converge-{name}", run_name=str(self.run_dir or name),
+                                 params={**params, **{k: v for k, v in self.run_info.items() if k != "config"}},
+                                 run_id=earlier["run_id"] if earlier else None)
+        if earlier is None:
+            self.event("mlflow_run", epoch=epoch, step=step, run_id=self._mlflow.run_id,
+                       tracking=self._mlflow.shown_uri)
+        self.console.message(f"mlflow: run {self._mlflow.run_id} at {self._mlflow.shown_uri}")
 
     def event(self, kind: str, /, *, epoch: int, step: int, **values) -> dict:
         event = {"event": kind, "epoch": epoch, "step": step, **values}
@@ -74,6 +93,8 @@ class RunRecorder:
             epoch = record["epoch"]
             self._tensorboard.log_epoch(record, [e for e in self.events if e.get("epoch") == epoch
                                                  or (epoch == 1 and e.get("epoch") == 0)])
+        if self._mlflow is not None:
+            self._mlflow.log_epoch(record)
 
     def save_best(self, best_state: dict[str, torch.Tensor]) -> None:
         if self.folder is not None:
@@ -105,6 +126,7 @@ class RunRecorder:
             self._tensorboard.close()
             self._tensorboard = None
         if self.folder is None:
+            self._finish_mlflow(summary)
             return summary
         if best_state is not None:
             self.save_best(best_state)
@@ -112,7 +134,14 @@ class RunRecorder:
         self.folder.flush()
         self._write_report(summary)
         self.folder.write_json(SUMMARY, summary)  # last: a final summary means every file is complete
+        self._finish_mlflow(summary)
         return summary
+
+    def _finish_mlflow(self, summary: dict) -> None:
+        if self._mlflow is not None:
+            self._mlflow.finish(summary, self.folder.path if self.folder is not None else None,
+                                [SUMMARY, EVENTS, REPORT, CURVES, BEST_WEIGHTS])
+            self._mlflow = None
 
     def _draw_curves(self, best_epoch: int | None, monitor: str) -> None:
         """curves.png: the report's figure (loss, metrics and LR against epoch, every decision marked)."""
