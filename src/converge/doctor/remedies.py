@@ -56,48 +56,48 @@ def balanced_class_weights(targets: torch.Tensor, classes: int, ignore_index: in
     return weights.float()
 
 
-class WeightedCrossEntropy:
-    """Cross-entropy with per-class weights: the class-balanced loss.
-
-    ``deferred``: training uses the plain loss until the first LR cut and the weighted one after it
-    (deferred re-weighting, Cao et al. 2019, "Learning Imbalanced Datasets with Label-Distribution-Aware
-    Margin Loss"): features are learnt from the data as it is, then the decision boundary is re-balanced.
+class _DeferredWeights:
+    """A class-balanced loss whose weights apply, in training, from the first LR cut on (``deferred``;
+    deferred re-weighting, Cao et al. 2019, "Learning Imbalanced Datasets with Label-Distribution-Aware
+    Margin Loss": features are learnt from the data as it is, then the decision boundary is re-balanced).
     Evaluation (no gradient) always uses the weights, so the monitored value keeps one meaning."""
 
-    def __init__(self, weights: torch.Tensor, *, deferred: bool = False, ignore_index: int | None = -100) -> None:
+    def __init__(self, weights: torch.Tensor, deferred: bool) -> None:
         self.weights, self.deferred = weights, deferred
-        self.ignore_index = -100 if ignore_index is None else ignore_index
         self.active = not deferred
 
     def set_lr_cuts(self, cuts: int) -> None:
         """Told by the Trainer at every epoch's start: how many LR cuts the run has made."""
         self.active = not self.deferred or cuts >= 1
 
-    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def weights_for(self, outputs: torch.Tensor) -> torch.Tensor | None:
+        """The weights on the outputs' device, or None while training before the first cut."""
         if self.weights.device != outputs.device:
             self.weights = self.weights.to(outputs.device)
-        weighted = self.active or not outputs.requires_grad
+        return self.weights if self.active or not outputs.requires_grad else None
+
+
+class WeightedCrossEntropy(_DeferredWeights):
+    """Cross-entropy with per-class weights: the class-balanced loss (see :class:`_DeferredWeights`)."""
+
+    def __init__(self, weights: torch.Tensor, *, deferred: bool = False, ignore_index: int | None = -100) -> None:
+        super().__init__(weights, deferred)
+        self.ignore_index = -100 if ignore_index is None else ignore_index
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.ndim == 2 and targets.shape[1] == 1:
             targets = targets.reshape(-1)
-        return F.cross_entropy(outputs.float(), targets, weight=self.weights if weighted else None,
+        return F.cross_entropy(outputs.float(), targets, weight=self.weights_for(outputs),
                                ignore_index=self.ignore_index)
 
 
-class WeightedBinaryCrossEntropy:
+class WeightedBinaryCrossEntropy(_DeferredWeights):
     """BCE-with-logits with the positive class weighted by ``pos_weight`` (negatives / positives), so each
-    class weighs the same; deferred to the first LR cut and always on in evaluation, as
-    :class:`WeightedCrossEntropy`. (N,) and (N, 1) are matched either way."""
+    class weighs the same (see :class:`_DeferredWeights`). (N,) and (N, 1) are matched either way."""
 
     def __init__(self, pos_weight: float, *, deferred: bool = False) -> None:
-        self.pos_weight, self.deferred = torch.tensor(float(pos_weight)), deferred
-        self.active = not deferred
-
-    def set_lr_cuts(self, cuts: int) -> None:
-        self.active = not self.deferred or cuts >= 1
+        super().__init__(torch.tensor(float(pos_weight)), deferred)
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.pos_weight.device != outputs.device:
-            self.pos_weight = self.pos_weight.to(outputs.device)
-        weighted = self.active or not outputs.requires_grad
         scores, labels = outputs.reshape(outputs.shape[0], -1).float(), targets.reshape(targets.shape[0], -1).float()
-        return F.binary_cross_entropy_with_logits(scores, labels, pos_weight=self.pos_weight if weighted else None)
+        return F.binary_cross_entropy_with_logits(scores, labels, pos_weight=self.weights_for(outputs))
