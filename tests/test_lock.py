@@ -80,12 +80,52 @@ def test_a_second_process_is_refused_with_one_line_naming_the_holder(tmp_path, h
     assert f"on {socket.gethostname()} since " in message
 
 
-def test_two_locks_in_one_process_also_exclude_each_other(tmp_path):
+def test_a_process_may_take_its_own_folder_again_and_gives_it_back_with_the_last_release(tmp_path, held):
     first = lock_folder(tmp_path)
-    with pytest.raises(ConvergeError, match=f"in use by process {os.getpid()}"):
-        FolderLock(tmp_path).acquire()
+    again = FolderLock(tmp_path).acquire()  # resume opens the folder, a run that starts over creates it again
+    assert again._fd == first._fd
     first.release()
-    FolderLock(tmp_path).acquire().release()
+    assert holder(tmp_path) is not None and holder(tmp_path).is_self  # still held: one taker left
+    again.release()
+    assert holder(tmp_path) is None
+    other = held()
+    with pytest.raises(ConvergeError, match=f"in use by process {other.pid}"):
+        lock_folder(tmp_path)
+
+
+def test_a_shared_hold_in_this_process_is_not_turned_into_an_exclusive_one(tmp_path):
+    shared = lock_folder(tmp_path, shared=True)
+    with pytest.raises(ConvergeError, match="in use by this process"):
+        lock_folder(tmp_path)
+    lock_folder(tmp_path, shared=True).release()
+    shared.release()
+    lock_folder(tmp_path).release()
+
+
+def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path):
+    """A DataLoader worker forked while the lock is held: the lock still ends with the parent."""
+    ready, done = _FORK.Event(), _FORK.Event()
+
+    def parent_with_child():
+        lock_folder(tmp_path)
+        child = _FORK.Process(target=done.wait, args=(60,))  # forked while holding
+        child.start()
+        ready.set()
+        child.join(60)
+
+    parent = _FORK.Process(target=parent_with_child)
+    parent.start()
+    assert ready.wait(30)
+    assert holder(tmp_path) is not None
+    os.kill(parent.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while parent.exitcode is None and time.monotonic() < deadline:  # not join(): the grandchild keeps its pipe
+        time.sleep(0.01)
+    try:
+        assert holder(tmp_path) is None  # the grandchild still runs, yet holds nothing
+        lock_folder(tmp_path).release()
+    finally:
+        done.set()
 
 
 def test_sigkill_releases_the_lock_at_once(tmp_path, held):
@@ -159,14 +199,32 @@ def test_a_probe_by_holder_does_not_make_an_acquirer_fail(tmp_path):
 def test_shared_holders_coexist_and_exclude_an_exclusive_one(tmp_path, held):
     first = held(shared=True, command="converge tune a.py --out t")
     second = lock_folder(tmp_path, shared=True, command="converge tune a.py --out t")
-    with pytest.raises(ConvergeError, match="in use by process"):
-        lock_folder(tmp_path)
     second.release()
+    with pytest.raises(ConvergeError, match="in use by process .*converge tune a.py --out t"):
+        lock_folder(tmp_path)
     first.stop()
     exclusive = lock_folder(tmp_path)
-    with pytest.raises(ConvergeError):
-        lock_folder(tmp_path, shared=True)
+    assert _try_elsewhere(tmp_path, shared=True) == "refused"
     exclusive.release()
+    assert _try_elsewhere(tmp_path, shared=True) == "locked"
+
+
+def _try_elsewhere(folder, shared=False) -> str:
+    """Try the lock in another process: 'locked' or 'refused'."""
+    answer = _FORK.Queue()
+
+    def attempt():
+        try:
+            lock_folder(folder, shared=shared)
+            answer.put("locked")
+        except ConvergeError:
+            answer.put("refused")
+
+    process = _FORK.Process(target=attempt)
+    process.start()
+    result = answer.get(timeout=30)
+    process.join(30)
+    return result
 
 
 def test_racing_processes_get_exactly_one_lock(tmp_path):

@@ -14,6 +14,11 @@ command, start time -- is information for people and for `converge report`, neve
 ``holder(folder)`` says who holds a folder without taking it (`converge report` reads a live run and says
 so). Linux and macOS (``fcntl``); on a network file system ``flock`` is only as good as the server's
 locking.
+
+Within one process the lock is counted, not exclusive: a process that holds a folder may take it again
+(`resume` opens the folder, and a run that starts over creates it once more), and it is given back when
+the last taker releases it. A forked child (a DataLoader worker) closes its copy of the descriptor at once,
+so the lock still ends with the process that took it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import re
 import shlex
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +45,33 @@ INHERIT_ENV = "CONVERGE_FOLDER_LOCK"
 _RETRY_SECONDS = 0.2   # holder() takes the lock for a moment to test it: ride over such a probe
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^\s@]+@")
 _QUERY_SECRET = re.compile(r"(?i)((?:password|passwd|pwd|sslpassword)=)[^&;#\s]*")
+
+
+@dataclass
+class _Taken:
+    """A folder this process holds: the descriptor, its mode, how many takers share it."""
+
+    fd: int
+    shared: bool
+    count: int = 1
+
+
+_TAKEN: dict[str, _Taken] = {}   # realpath of the folder -> what this process holds
+_TAKEN_LOCK = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """After fork: the child closes its copies (closing a copy never releases the parent's lock)."""
+    for taken in _TAKEN.values():
+        try:
+            os.close(taken.fd)
+        except OSError:
+            pass
+    _TAKEN.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @dataclass(frozen=True)
@@ -89,7 +122,7 @@ class FolderLock:
 
         if self.held:
             return self
-        if self._inherit():
+        if self._take_again() or self._inherit():
             return self
         for _ in range(3):  # again when the file was replaced while we waited for it (see _same_file)
             fd = self._open()
@@ -107,12 +140,21 @@ class FolderLock:
                                 f"replaced")
         self._fd = fd
         self._write_details()  # shared holders too: the last one to arrive is named
+        with _TAKEN_LOCK:
+            _TAKEN[self._key] = _Taken(fd, self.shared)
         return self
 
     def release(self) -> None:
-        """Give the lock back (closing the descriptor releases it). A process that dies releases it too."""
+        """Give the lock back (closing the descriptor releases it; a process that dies releases it too).
+        Taken more than once in this process, it is given back with the last release."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            with _TAKEN_LOCK:
+                taken = _TAKEN.get(self._key)
+                if taken is not None and taken.fd == fd and taken.count > 1:
+                    taken.count -= 1
+                    return
+                _TAKEN.pop(self._key, None)
             try:
                 if not self.shared:
                     os.ftruncate(fd, 0)  # nobody holds it now: leave no details that could mislead
@@ -135,6 +177,23 @@ class FolderLock:
         self.release()
 
     # --- the pieces ----------------------------------------------------------------------------------
+    @property
+    def _key(self) -> str:
+        return os.path.realpath(self.folder)
+
+    def _take_again(self) -> bool:
+        """This process holds the folder already: count one more taker."""
+        with _TAKEN_LOCK:
+            taken = _TAKEN.get(self._key)
+            if taken is None:
+                return False
+            if taken.shared and not self.shared:
+                raise ConvergeError(f"run folder {str(self.folder)!r} is in use by this process (shared, as a "
+                                    f"converge tune worker); it cannot also be written as a run folder")
+            taken.count += 1
+            self._fd = taken.fd
+            return True
+
     def _open(self) -> int:
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
