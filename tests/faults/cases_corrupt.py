@@ -44,8 +44,6 @@ def _resume_ok(c, out: Path, note: str) -> str:
 CHECKPOINT_DAMAGE = {
     "truncated": lambda data: data[:1000],
     "garbage": lambda data: GARBAGE,
-    "empty": lambda data: b"",
-    "zeros": lambda data: bytes(len(data)),
     "bit-flips": lambda data: bytes(b ^ 0xFF if i % 97 == 0 else b for i, b in enumerate(data)),
 }
 
@@ -114,6 +112,9 @@ for _name, _make in (("torch-zip", _malicious_torch_file), ("bare-pickle", _mali
         same_run(Path(c.ref("fixed")["run"]), out, "malicious checkpoint.pt refused, previous used")
         return "not run; checkpoint.prev.pt used"
 
+    if _name != "torch-zip":
+        continue  # both refused alike: one case for the pair is enough
+
     @case(f"malicious-{_name}-both", "corrupt", needs=("interrupted",), cost=6)
     def _malicious_both(c, _make=_make):
         out = c.copy(c.ref("interrupted")["run"], "run")
@@ -131,7 +132,6 @@ for _name, _make in (("torch-zip", _malicious_torch_file), ("bare-pickle", _mali
 LOG_DAMAGE = {
     "metrics-garbage-appended": ("metrics.jsonl", lambda data: data + b"\x00\xffnot json at all\n{\"epoch\":"),
     "metrics-truncated-mid-line": ("metrics.jsonl", lambda data: data[: len(data) - 17]),
-    "metrics-deleted": ("metrics.jsonl", None),
     "events-garbage": ("events.jsonl", lambda data: GARBAGE),
     "events-truncated-mid-line": ("events.jsonl", lambda data: data[: len(data) // 2 + 3]),
 }
@@ -228,8 +228,7 @@ for _name, _damage in BEST_DAMAGE.items():
 
 
 # --- tuning.json of a run killed while tuning -----------------------------------------------------------
-TUNING_DAMAGE = {"garbage": lambda data: GARBAGE, "truncated": lambda data: data[: len(data) // 2],
-                 "empty": lambda data: b""}
+TUNING_DAMAGE = {"garbage": lambda data: GARBAGE, "truncated": lambda data: data[: len(data) // 2]}
 
 for _name, _damage in TUNING_DAMAGE.items():
     @case(f"tuning-json-{_name}", "corrupt", needs=("auto_interrupted", "auto"), cost=14)

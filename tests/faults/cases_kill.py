@@ -36,7 +36,7 @@ def _resume_and_compare(c, reference: Path, out: Path, note: str) -> str:
 
 
 # --- kills at a random forward call of a fixed run --------------------------------------------------
-for _i in range(3):
+for _i in range(2):
     @case(f"train-random-forward-{_i + 1}", "kill", needs=("fixed",), cost=12)
     def _train_random_forward(c):
         fixed = c.ref("fixed")

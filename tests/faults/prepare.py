@@ -3,7 +3,8 @@
 * ``fixed``: a 10-epoch run with fixed hyperparameters (and how many forward calls it makes after its
   run.json exists: the range that kills are drawn from);
 * ``auto``: a run with every knob auto (tuning, then 3 epochs), with where tuning ends;
-* ``tune``: a 3-trial `converge tune` study (journal storage), with the forward calls of trial 1;
+* ``tune``: a 3-trial `converge tune` study (journal storage), with the forward calls of trial 1 (those
+  before its summary.json exists);
 * ``interrupted``: the fixed run SIGKILLed at a fixed point in its 4th epoch, for the corruption and
   concurrency cases to copy;
 * ``auto_interrupted``: the auto run SIGKILLed while tuning, after tuning.json was first written;
@@ -121,7 +122,7 @@ def _start_tune(refs, root):
     out = root / "tune"
     return _converge(h.tune_args(refs["tune_task"], out), {
         "FAULT_ARM": out / "trials" / "0001" / "run.json", "FAULT_COUNT": root / "tune.count.json",
-        "FAULT_MILESTONES": out / "trials" / "0002" / "run.json", "FAULT_SLEEP": "0.004"}, root / "tune.log")
+        "FAULT_MILESTONES": out / "trials" / "0001" / "summary.json", "FAULT_SLEEP": "0.004"}, root / "tune.log")
 
 
 def _finish_tune(refs, root, code, proc):
@@ -129,8 +130,8 @@ def _finish_tune(refs, root, code, proc):
     counted = _counted(refs, root, "tune")
     out = root / "tune"
     refs["tune"] = {"out": str(out), "study": "tune_task", "calls": counted["calls"],
-                    "trial1_calls": counted["milestones"].get(str(out / "trials" / "0002" / "run.json"),
-                                                              counted["calls"])}
+                    "trial1_calls": counted["milestones"].get(str(out / "trials" / "0001" / "summary.json"),
+                                                              counted["calls"] + 1) - 1}
 
 
 # interrupted ---------------------------------------------------------------------------------------
