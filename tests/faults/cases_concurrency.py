@@ -3,8 +3,10 @@
 never with repeated epochs, never a mix of two runs. `converge report` reads a live run without
 disturbing it and says that it is live.
 
-The runs sleep 4 ms per forward call here (FAULT_SLEEP), so a command lasts long enough for the other
-to start (a process starts in about 5 s on this machine); their results do not depend on the sleep."""
+The runs sleep 4 to 12 ms per forward call here (FAULT_SLEEP), so a command lasts long enough for the other
+to start; their results do not depend on the sleep. Where one command must meet the other in mid-run, it
+is started first and held, fully loaded, until the battery lets it go (tests/faults/inject.py wait): a
+process takes 3 to 10 s to start on this machine, too long and too uneven to aim with a start time."""
 
 from __future__ import annotations
 
@@ -23,6 +25,17 @@ from _harness import (
 )
 
 SLOW = {"FAULT_SLEEP": "0.004"}
+LONG = {"FAULT_SLEEP": "0.012"}   # the run the other command must find still running: ~10 s of training
+
+
+def _started_and_waiting(c, *args, name: str, env: dict | None = None):
+    """Start ``converge *args`` so that it stops, fully loaded, before doing anything (inject.py wait); the
+    returned function lets it go."""
+    sync = c.path(f"sync-{name}")
+    sync.mkdir()
+    proc = c.start(*args, env={**(env or {}), "FAULT_SYNC": sync}, inject=["wait:run:1"])
+    wait_for(lambda: (sync / "held").exists(), f"{name} to start", proc=proc)
+    return proc, lambda: (sync / "go").touch()
 
 
 def _one_wins(results: list, what: str) -> str:
@@ -70,16 +83,20 @@ for _gap in (0.0, 1.0):
 @case("resume-while-train-runs", "concurrency", needs=("fixed",), cost=22)
 def _resume_during_train(c):
     out = c.path("run")
-    train = c.start(*train_args(c.ref("train_task"), out), env=SLOW)
+    resume, go = _started_and_waiting(c, "resume", out, "--quiet", name="resume")
+    train = c.start(*train_args(c.ref("train_task"), out), env=LONG)
     wait_for(lambda: lines_in(out / "metrics.jsonl") >= 2 and (out / "checkpoint.pt").exists(),
              "2 epochs and a checkpoint", proc=train)
-    resume = c.converge("resume", out, "--quiet", env=SLOW)
+    go()
+    resumed = resume.wait()
+    still_running = train.poll() is None
     trained = train.wait()
     problems = []
-    if resume.code == 0:
-        problems.append("resume exit 0 while train was running")
+    if resumed.code == 0:
+        problems.append("resume exit 0 while train was running" + ("" if still_running else
+                                                                   " (train had ended before resume did)"))
     else:
-        problem = one_line_error(resume, "in use")
+        problem = one_line_error(resumed, "in use")
         if problem:
             problems.append(f"resume: {problem}")
     if trained.code != 0:
@@ -90,22 +107,25 @@ def _resume_during_train(c):
         problems.append(str(exc))
     if problems:
         raise Failed("; ".join(problems))
-    return "resume refused: " + resume.err.strip()[:120]
+    return "resume refused: " + resumed.err.strip()[:120]
 
 
 @case("train-force-into-live-folder", "concurrency", needs=("fixed",), cost=22)
 def _force_into_live(c):
+    """`train --force` (of another, 6-epoch run) into the folder a train is writing."""
     out = c.path("run")
-    args = train_args(c.ref("train_task"), out)
-    first = c.start(*args, env=SLOW)
+    forced, go = _started_and_waiting(c, *train_args(c.ref("train_task"), out, epochs=6), "--force",
+                                      name="force")
+    first = c.start(*train_args(c.ref("train_task"), out), env=LONG)
     wait_for(lambda: lines_in(out / "metrics.jsonl") >= 2, "2 epochs", proc=first)
-    forced = c.converge(*train_args(c.ref("train_task"), out, epochs=6), "--force", env=SLOW)  # another run
+    go()
+    overwrote = forced.wait()
     trained = first.wait()
     problems = []
-    if forced.code == 0:
+    if overwrote.code == 0:
         problems.append("train --force exit 0 into a folder another train was writing")
     else:
-        problem = one_line_error(forced, "in use")
+        problem = one_line_error(overwrote, "in use")
         if problem:
             problems.append(f"train --force: {problem}")
     if trained.code != 0:
@@ -113,10 +133,10 @@ def _force_into_live(c):
     try:
         same_run(Path(c.ref("fixed")["run"]), out)
     except Failed as exc:
-        problems.append(f"the folder is neither run: {exc}" if forced.code == 0 else str(exc))
+        problems.append(f"the folder is neither run: {exc}" if overwrote.code == 0 else str(exc))
     if problems:
         raise Failed("; ".join(problems))
-    return "train --force refused: " + forced.err.strip()[:120]
+    return "train --force refused: " + overwrote.err.strip()[:120]
 
 
 for _gap in (0.0,):
@@ -151,9 +171,11 @@ def _race_window(c):
 @case("report-during-train", "concurrency", needs=("fixed",), cost=20)
 def _report_live(c):
     out = c.path("run")
-    train = c.start(*train_args(c.ref("train_task"), out), env=SLOW)
+    report_proc, go = _started_and_waiting(c, "report", out, name="report")
+    train = c.start(*train_args(c.ref("train_task"), out), env=LONG)
     wait_for(lambda: lines_in(out / "metrics.jsonl") >= 2, "2 epochs", proc=train)
-    report = c.converge("report", out)
+    go()
+    report = report_proc.wait()
     trained = train.wait()
     problems = []
     if report.code != 0:

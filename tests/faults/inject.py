@@ -14,10 +14,15 @@ A SPEC is ``OP:NAME:N[:after]``: at the N-th call of OP on a file named NAME, th
 * ``append`` -- a JSON-lines append to NAME (``metrics.jsonl``, ``events.jsonl``): half the line is
   written, without its newline, and the process dies -- a torn last line.
 
-Two more OPs widen a race instead of killing: ``hold:create:N`` makes the N-th ``RunFolder.create`` (the
-"is the folder empty?" check and the mkdir of `converge train`), once it returns, touch
-``$FAULT_SYNC/held`` and wait until ``$FAULT_SYNC/go`` exists; ``release:create:N`` makes it touch
-``$FAULT_SYNC/go``. Two trains, one holding and one releasing, both pass the check before either writes.
+Three more OPs time a race instead of killing (``$FAULT_SYNC`` is a folder the battery watches):
+
+* ``hold:create:N`` -- the N-th ``RunFolder.create`` (the "is the folder empty?" check and the mkdir of
+  `converge train`), once it returns, touches ``held`` and waits until ``go`` exists;
+* ``release:create:N`` -- it touches ``go`` once it returns. Two trains, one holding and one releasing,
+  both pass the check before either writes;
+* ``wait:run:1`` -- the command, fully started (imports done, arguments parsed) but before it does
+  anything, touches ``held`` and waits for ``go``: the battery lets it go at the moment it chooses, not
+  whenever a loaded machine finishes starting a process.
 
 The kill is a real SIGKILL of the whole process (the checkpoint writer thread included), from whichever
 thread makes the call. Nothing else changes, so an uninterrupted run under this wrapper is the plain run.
@@ -33,7 +38,8 @@ import sys
 class _Spec:
     def __init__(self, text: str) -> None:
         parts = text.split(":")
-        if len(parts) not in (3, 4) or parts[0] not in ("replace", "link", "fsync", "append", "hold", "release"):
+        if len(parts) not in (3, 4) or parts[0] not in ("replace", "link", "fsync", "append", "hold", "release",
+                                                         "wait"):
             raise SystemExit(f"inject: bad spec {text!r} (OP:NAME:N[:after])")
         self.op, self.name, self.n = parts[0], parts[1], int(parts[2])
         self.after = len(parts) == 4 and parts[3] == "after"
@@ -112,13 +118,31 @@ def install(specs: list[_Spec]) -> None:
         runfolder.JsonlLog.append = planted_append
 
 
-def _install_sync(specs: list[_Spec]) -> None:
+def _wait_for_go(sync) -> None:
     import time
+
+    (sync / "held").touch()
+    deadline = time.monotonic() + 120
+    while not (sync / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _install_sync(specs: list[_Spec]) -> None:
     from pathlib import Path
 
+    from converge import cli
     from converge.io import runfolder
 
     sync = Path(os.environ["FAULT_SYNC"])
+    if any(spec.op == "wait" for spec in specs):
+        real_run = cli._run
+
+        def planted_run(args):
+            _wait_for_go(sync)
+            return real_run(args)
+
+        cli._run = planted_run
+        specs = [spec for spec in specs if spec.op != "wait"]
     real_create = runfolder.RunFolder.create.__func__
 
     def planted_create(cls, path, *args, **kwargs):
@@ -130,10 +154,7 @@ def _install_sync(specs: list[_Spec]) -> None:
             if spec.op == "release":
                 (sync / "go").touch()
             else:
-                (sync / "held").touch()
-                deadline = time.monotonic() + 120
-                while not (sync / "go").exists() and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                _wait_for_go(sync)
         return folder
 
     runfolder.RunFolder.create = classmethod(planted_create)
@@ -144,9 +165,10 @@ def main(argv: list[str]) -> int:
         raise SystemExit("usage: inject.py SPEC [SPEC ...] -- converge arguments")
     cut = argv.index("--")
     specs = [_Spec(text) for text in argv[:cut]]
-    install([s for s in specs if s.op not in ("hold", "release")])
-    if any(s.op in ("hold", "release") for s in specs):
-        _install_sync([s for s in specs if s.op in ("hold", "release")])
+    timing = ("hold", "release", "wait")
+    install([s for s in specs if s.op not in timing])
+    if any(s.op in timing for s in specs):
+        _install_sync([s for s in specs if s.op in timing])
     from converge.cli import main as converge_main
 
     return converge_main(argv[cut + 1:])
