@@ -162,6 +162,20 @@ def test_release_and_context_manager(tmp_path):
     again.release()  # twice is harmless
 
 
+def test_a_refused_command_can_leave_the_folder_as_it_found_it(tmp_path):
+    """release(remove=lock.created): a user's folder gets no lock file from a command that did nothing."""
+    (tmp_path / "notes.txt").write_text("mine\n")
+    lock = lock_folder(tmp_path)
+    assert lock.created
+    lock.release(remove=lock.created)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    lock_folder(tmp_path).release()  # made again when needed
+    again = lock_folder(tmp_path)
+    assert not again.created  # the file was there already: not this acquire's to remove
+    again.release(remove=again.created)
+    assert (tmp_path / LOCK_FILE).exists()
+
+
 def test_holder_reads_without_taking_the_lock(tmp_path, held):
     assert holder(tmp_path / "nowhere") is None
     assert holder(tmp_path) is None  # no lock file yet

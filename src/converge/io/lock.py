@@ -112,6 +112,7 @@ class FolderLock:
         self.command = scrub_command(command if command is not None else current_command())
         self._fd: int | None = None
         self._inherited = False
+        self.created = False   # this acquire made the lock file (release(remove=True) takes it away again)
 
     @property
     def held(self) -> bool:
@@ -144,9 +145,12 @@ class FolderLock:
             _TAKEN[self._key] = _Taken(fd, self.shared)
         return self
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = False) -> None:
         """Give the lock back (closing the descriptor releases it; a process that dies releases it too).
-        Taken more than once in this process, it is given back with the last release."""
+        Taken more than once in this process, it is given back with the last release. ``remove``: delete
+        the lock file too (a command refused before it wrote anything leaves a user's folder as it found
+        it: pass ``remove=lock.created``); safe, since an acquirer checks that the file it locked is still
+        the one at the path."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with _TAKEN_LOCK:
@@ -156,7 +160,9 @@ class FolderLock:
                     return
                 _TAKEN.pop(self._key, None)
             try:
-                if not self.shared:
+                if remove:
+                    self.path.unlink(missing_ok=True)  # while still holding it
+                elif not self.shared:
                     os.ftruncate(fd, 0)  # nobody holds it now: leave no details that could mislead
             except OSError:
                 pass
@@ -195,8 +201,14 @@ class FolderLock:
             return True
 
     def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fd = os.open(self.path, flags | os.O_EXCL, 0o644)
+                self.created = True
+                return fd
+            except FileExistsError:
+                return os.open(self.path, flags, 0o644)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 raise ConvergeError(f"run folder {str(self.folder)!r} does not exist") from None
