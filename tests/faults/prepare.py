@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def teardown(refs: dict, workdir: Path) -> None:
     if isinstance(pg, dict) and not pg.get("skip"):
         subprocess.run(["bash", str(h.REPO / "scripts" / "setup-postgres.sh"), "stop"], env=_pg_env(pg),
                        capture_output=True, timeout=120)
+        shutil.rmtree(Path(pg["root"]) / "data", ignore_errors=True)  # its server.log stays
 
 
 def _write(path: Path, text: str) -> Path:
