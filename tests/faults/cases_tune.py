@@ -160,7 +160,7 @@ def _torn_every_offset(c):
     bad = report["failed"]
     if bad:
         first = bad[0]
-        kinds = sorted({b["problem"].split(":")[0] for b in bad})
+        kinds = sorted({part.split(":")[0] for b in bad for part in b["problem"].split("; ")})
         raise Failed(f"{len(bad)} of {report['cuts']} cuts fail ({', '.join(kinds)}); first, cut at byte "
                      f"{first['cut']}: {first['problem']}")
     return f"all {report['cuts']} cuts of the {report['record_bytes']}-byte last record"

@@ -55,24 +55,25 @@ def _check_cut(st, optuna, path: Path, study_name: str, torn_bytes: bytes, expec
         return f"open: {type(exc).__name__}: {str(exc)[:160]}"
     if got != expected:
         return f"trials: {got} instead of {expected}"
+    problems = []
     lines = [line for line in said.getvalue().splitlines() if line.strip()]
     if torn:
         kept = [p for p in path.parent.iterdir() if p.is_file() and p != path and p.read_bytes() == torn_bytes]
         if not kept:
-            return f"kept: the {len(torn_bytes)} torn bytes are in no file beside the journal"
+            problems.append(f"kept: the {len(torn_bytes)} torn bytes are in no file beside the journal")
         if len(lines) > 1:
-            return f"said: {len(lines)} lines about it"
+            problems.append(f"said: {len(lines)} lines about it")
     elif lines:
-        return f"said: {lines[0][:120]!r} about a whole journal"
+        problems.append(f"said: {lines[0][:120]!r} about a whole journal")
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             optuna.load_study(study_name=study_name, storage=storage).set_user_attr("after", 1)
         reread = optuna.load_study(study_name=study_name, storage=_plain(path))
         if reread.user_attrs.get("after") != 1:
-            return "append: the next record was lost"
+            problems.append("append: the next record was lost")
     except Exception as exc:  # noqa: BLE001
-        return f"append: then Optuna's reader fails: {type(exc).__name__}: {str(exc)[:120]}"
-    return None
+        problems.append(f"append: then Optuna's reader fails: {type(exc).__name__}: {str(exc)[:100]}")
+    return "; ".join(problems) or None
 
 
 def _write(folder: Path, data: bytes) -> Path:
