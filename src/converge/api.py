@@ -76,14 +76,19 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
                          steps_per_epoch=config.steps_per_epoch)
     if resume and out is None:
         raise ConvergeError("resume=True needs the run folder: pass out=...")
-    checkpoint = read_checkpoint(RunFolder(out)) if resume and Path(out, RUN_INFO).exists() else None
-    if checkpoint is not None:
-        config = TrainConfig.from_dict(checkpoint.state["config"]).with_values(max_epochs=config.max_epochs)
-        check_not_finished(checkpoint, config.max_epochs)
-    run = assemble(model, splits, config, loss=loss, metrics=metrics, verbose=verbose, target_key=target_key,
-                   output=Output(out, force=force, restart=resume), info=run_info(name=type(model).__name__),
-                   checkpoint=checkpoint, started=started)
-    return run.run()
+    held = RunFolder.open_existing(out) if resume and Path(out, RUN_INFO).exists() else None  # the lock first
+    try:
+        checkpoint = read_checkpoint(held) if held is not None else None
+        if checkpoint is not None:
+            config = TrainConfig.from_dict(checkpoint.state["config"]).with_values(max_epochs=config.max_epochs)
+            check_not_finished(checkpoint, config.max_epochs)
+        run = assemble(model, splits, config, loss=loss, metrics=metrics, verbose=verbose, target_key=target_key,
+                       output=Output(out, force=force, restart=resume), info=run_info(name=type(model).__name__),
+                       checkpoint=checkpoint, started=started)
+        return run.run()
+    finally:
+        if held is not None:
+            held.close()
 
 
 def train_task(task_path: str | Path, *, out: str | Path | None = None, force: bool = False,
@@ -112,7 +117,15 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
     """What `converge resume DIR` does: continue a run from its newest usable checkpoint (a run that never
     reached one starts over in place, keeping the tuning stages it had finished)."""
     started = time.monotonic()
-    folder = RunFolder.open_existing(run_dir)
+    folder = RunFolder.open_existing(run_dir)   # holds the folder's lock from here on
+    try:
+        return _resume(folder, run_dir, started, max_epochs=max_epochs, verbose=verbose, console=console)
+    finally:
+        folder.close()
+
+
+def _resume(folder: RunFolder, run_dir, started: float, *, max_epochs: int | None, verbose: bool,
+            console: Console | None) -> FitResult:
     info = folder.read_json(RUN_INFO)
     if "task" not in info:
         raise ConvergeError(f"{str(run_dir)!r} was written by converge.fit(); resume it from Python with "

@@ -18,7 +18,6 @@ Under torchrun only rank 0 writes and prints; the other ranks take rank 0's tuni
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -39,7 +38,9 @@ from converge.engine.objective import Objective, monitor_key, resolve_objective
 from converge.engine.recorder import RunRecorder
 from converge.errors import ConvergeError
 from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
-from converge.io.runfolder import LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder
+from converge.io.runfolder import (BEST_WEIGHTS, LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder,
+                                   read_json_object)
+from converge.io.weights import weights_readable
 from converge.rng import seed_everything
 from converge.status import Status, is_final
 from converge.task import Task, check_task_args
@@ -103,14 +104,16 @@ def read_checkpoint(folder: RunFolder) -> Checkpoint | None:
 
 def check_not_finished(checkpoint: Checkpoint, max_epochs: int) -> None:
     """Refuse to resume a run that is over. A run killed while writing its final files has a final
-    checkpoint but an older summary: resuming it writes the final files again."""
+    checkpoint but an older summary; one whose summary.json or best.safetensors was damaged afterwards is
+    in the same case: resuming it writes the final files again, from the checkpoint."""
     progress = checkpoint.state["progress"]
     status = progress["status"]
-    summary = checkpoint.source.parent / SUMMARY
-    if is_final(status, progress["epoch"], max_epochs) and summary.exists() and \
-            json.loads(summary.read_text()).get("status") == status:
+    folder = checkpoint.source.parent
+    summary = read_json_object(folder / SUMMARY) or {}
+    if is_final(status, progress["epoch"], max_epochs) and summary.get("status") == status and \
+            weights_readable(folder / BEST_WEIGHTS):
         hint = "; pass a larger --max-epochs to continue it" if status == Status.MAX_EPOCHS else ""
-        raise ConvergeError(f"the run in {str(summary.parent)!r} already finished (status {status}){hint}")
+        raise ConvergeError(f"the run in {str(folder)!r} already finished (status {status}){hint}")
 
 
 def run_info(**values: Any) -> dict:
@@ -237,7 +240,7 @@ def _choose(model: nn.Module, setup: Setup, config: TrainConfig, console: Consol
         chosen, events, epochs = world.object_from_main(None)
         return Tuning(chosen, epochs, events)
     tuning = choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device,
-                                    console=console, log=_stage_log(folder))
+                                    console=console, log=_stage_log(folder, console))
     chosen_test = tuning.range_tests.get(tuning.config.optimizer)
     if folder is not None and chosen_test is not None:
         plot_range_test(folder.path / LR_FIND_PLOT, chosen_test, tuning.config.lr)
@@ -246,10 +249,20 @@ def _choose(model: nn.Module, setup: Setup, config: TrainConfig, console: Consol
     return tuning
 
 
-def _stage_log(folder: RunFolder | None) -> StageLog:
+def _stage_log(folder: RunFolder | None, console: Console) -> StageLog:
+    """The finished tuning stages of a run killed while tuning. Damaged ones are set aside (renamed, never
+    deleted) and tuning starts again: it is deterministic, so the run still ends as it would have."""
     if folder is None:
         return StageLog()
-    stages = folder.read_json(TUNING_STAGES) if folder.exists(TUNING_STAGES) else {}
+    stages = {}
+    if folder.exists(TUNING_STAGES):
+        stages = read_json_object(folder.path / TUNING_STAGES)
+        if stages is None:
+            aside = folder.path / f"{TUNING_STAGES}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            (folder.path / TUNING_STAGES).replace(aside)
+            console.warning(f"{folder.path / TUNING_STAGES} cannot be read; set aside as {aside.name}, "
+                            f"choosing the hyperparameters again")
+            stages = {}
     return StageLog(stages, save=lambda values: folder.write_json(TUNING_STAGES, values))
 
 

@@ -7,6 +7,7 @@ Exit status: a finished run's comes from its status (`converge.status`: 0 conver
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
 from pathlib import Path
@@ -27,6 +28,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer between 0 and 2**63 - 1, got {text!r}")
     return value
 
 
@@ -75,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--monitor", help="val_loss (default) or a metric name, with --mode")
     stop.add_argument("--mode", choices=("min", "max"), help="direction of --monitor")
     engine = train.add_argument_group("engine")
-    engine.add_argument("--seed", type=int, help="random seed (default 0)")
+    engine.add_argument("--seed", type=_seed, help="random seed (default 0)")
     engine.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     engine.add_argument("--amp", choices=AMP_MODES, help="mixed precision: off (default), bf16, fp16 (CUDA)")
     engine.add_argument("--clip-grad", type=_float, help="clip the gradient norm to this value")
@@ -121,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="adamw, sgd, or auto (default: both)")
     finder.add_argument("--batch-size", type=_or_auto(_positive_int), default="auto")
     finder.add_argument("--weight-decay", type=_or_auto(_float), default="auto")
-    finder.add_argument("--seed", type=int, default=0)
+    finder.add_argument("--seed", type=_seed, default=0)
     finder.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     finder.add_argument("--amp", choices=AMP_MODES, default="off")
     finder.add_argument("--out", help="folder for lr_find.png and lr_find.json (default runs/<task>-lr-find-<time>)")
@@ -161,7 +172,7 @@ def _add_tune_parser(commands) -> None:
     tune.add_argument("--storage-file", metavar="PATH", help="a file holding the storage URL")
     tune.add_argument("--study", help="study name (default: the task file's name)")
     tune.add_argument("--timeout", type=_float, metavar="S", help="start no new trial after S seconds")
-    tune.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial (default 0)")
+    tune.add_argument("--seed", type=_seed, default=0, help="seeds the sampler and every trial (default 0)")
     tune.add_argument("--max-epochs", type=_positive_int, help="epoch cap of each trial (default 1000)")
     tune.add_argument("--patience", type=_positive_int, help="patience of each trial (default 5)")
     tune.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -180,7 +191,7 @@ def _add_doctor_parser(commands) -> None:
     doctor.add_argument("--json", action="store_true",
                         help="print only a JSON list of {code, severity, message, evidence, fix} on stdout")
     doctor.add_argument("--cheap", action="store_true", help="skip the slower checks (label_noise, cannot_overfit_batch)")
-    doctor.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    doctor.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     doctor.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     doctor.add_argument("--task-args", type=_json_object, metavar="JSON",
                         help='keyword arguments for the task\'s model() and data(): {"model": {...}, "data": {...}}')
@@ -212,9 +223,10 @@ def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        if args.command is None:
+        if args.command is None:  # the commands on stdout, the one error line on stderr
             build_parser().print_help()
-            return 2
+            return _fail("no command given; choose one of train, resume, lr-find, tune, doctor, report "
+                         "(converge --help lists them)", debug)
         if args.command in ("train", "resume"):
             launched = _launch_data_parallel(args, argv)
             if launched is not None:
@@ -260,12 +272,37 @@ def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int | No
             return None  # not a readable run folder: resuming in this process says so properly
     if not nproc or nproc < 2:
         return None
-    if args.command == "train" and args.out is None:
+    out = Path(args.run_dir) if args.command == "resume" else args.out
+    if args.command == "train" and out is None:
         from converge.assembly import default_out
         from converge.task import load_task
 
-        rest += ["--out", str(default_out(load_task(args.task).name))]  # every process must use the same
-    return run_torchrun(["-m", "converge", *rest], nproc, debug=args.debug)
+        out = default_out(load_task(args.task).name)
+        rest += ["--out", str(out)]  # every process must use the same
+    with _folder_held(Path(out)) as env:  # the processes work under the launcher's lock
+        return run_torchrun(["-m", "converge", *rest], nproc, debug=args.debug, env=env)
+
+
+@contextlib.contextmanager
+def _folder_held(folder: Path):
+    """Lock the run folder for the processes about to start (they inherit the lock); a folder made only for
+    the lock is removed again when nothing was written into it."""
+    from converge.io.lock import LOCK_FILE, FolderLock
+
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        yield {}  # the processes report why the folder cannot be written
+        return
+    lock = FolderLock(folder).acquire()
+    try:
+        yield lock.child_env()
+    finally:
+        alone = [p.name for p in folder.iterdir()] == [LOCK_FILE]
+        lock.release(remove=lock.created and alone)
+        if made and alone:
+            folder.rmdir()
 
 
 def _without_flag(argv: list[str], flag: str) -> list[str]:
@@ -306,9 +343,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "doctor":
         return _doctor(args)
     if args.command == "report":
-        from converge.report.html import write_report
+        from converge.report.html import read_run, write_report
 
-        print(write_report(args.run_dir))
+        run = read_run(args.run_dir)
+        for problem in run.problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        path = write_report(args.run_dir)
+        print(path if run.live is None else f"{path} (the run is live: {run.live})")
         return 0
     if args.command == "train":
         # Flags left out are not passed, so the task file's own `monitor` and `mode` still apply.

@@ -61,7 +61,8 @@ class TrainConfig:
         _check(isinstance(self.guard, bool), "guard", self.guard, "true or false")
         _check(isinstance(self.tensorboard, bool), "tensorboard", self.tensorboard, "true or false")
         _check(isinstance(self.mlflow, bool), "mlflow", self.mlflow, "true or false")
-        for name in ("seed", "cooldown", "unproductive_cuts", "num_workers", "warmup_steps", "max_rollbacks"):
+        _check(_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an integer between 0 and 2**63 - 1")
+        for name in ("cooldown", "unproductive_cuts", "num_workers", "warmup_steps", "max_rollbacks"):
             value = getattr(self, name)
             _check(_int(value) and value >= 0, name.replace("_", "-"), value, "an integer >= 0")
         _check(self.steps_per_epoch is None or (_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),

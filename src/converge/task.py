@@ -56,6 +56,8 @@ class Task:
             return getattr(self.module, name)(**(kwargs or {}))
         except ConvergeError:
             raise
+        except SystemExit as exc:
+            raise ConvergeError(f"{name}() in {self.path.name} called sys.exit({exc.code!r})") from None
         except Exception as exc:
             raise ConvergeError(f"{name}() in {self.path.name} raised {type(exc).__name__}: {exc}") from exc
 
@@ -82,6 +84,8 @@ def load_task(path: str | Path) -> Task:
         source = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConvergeError(f"task file {str(path)!r} is not Python source (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConvergeError(f"task file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
     try:
         compile(source, str(path), "exec")
     except SyntaxError as exc:
@@ -127,6 +131,10 @@ def _import(path: Path) -> ModuleType:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # a script-style task file: sys.exit() at import is an error here, not an exit
+        sys.modules.pop(module_name, None)
+        raise ConvergeError(f"task file {path.name} called sys.exit({exc.code!r}) while loading; a task file "
+                            f"defines model() and data(), it does not run") from None
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise ConvergeError(f"task file {path.name} raised {type(exc).__name__} while loading: {exc}") from exc

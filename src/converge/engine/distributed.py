@@ -99,10 +99,10 @@ _EXIT_FILE = "CONVERGE_EXIT_FILE"
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d")   # torchrun's own log lines (glog style)
 
 
-def run_torchrun(arguments: list[str], nproc: int, *, debug: bool = False) -> int:
+def run_torchrun(arguments: list[str], nproc: int, *, debug: bool = False, env: dict | None = None) -> int:
     """Run ``python -m torch.distributed.run --standalone --nproc_per_node N ARGUMENTS`` and return the first
     process's exit status (torchrun itself answers 1 for any failure). Its own log lines and tracebacks are
-    left out of stderr unless ``debug``."""
+    left out of stderr unless ``debug``. ``env``: more environment for the processes."""
     with tempfile.TemporaryDirectory() as scratch:
         exit_file = Path(scratch, "exit")
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -110,7 +110,7 @@ def run_torchrun(arguments: list[str], nproc: int, *, debug: bool = False) -> in
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # torchrun handles Ctrl-C for its processes
         try:
             # OMP_NUM_THREADS: torchrun sets 1 when unset, with a warning; say it ourselves, quietly.
-            env = {"OMP_NUM_THREADS": "1", **os.environ, _EXIT_FILE: str(exit_file)}
+            env = {"OMP_NUM_THREADS": "1", **os.environ, **(env or {}), _EXIT_FILE: str(exit_file)}
             process = subprocess.Popen(command, env=env, stderr=None if debug else subprocess.PIPE, text=True)
             if process.stderr is not None:
                 _pass_on_own_lines(process.stderr)

@@ -248,7 +248,19 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
     for name in [*metric_fns, *objective.derived]:
         if name == "loss" or not name.isidentifier():
             raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
+    check_metrics(metrics, scores, targets)
     return replace(objective, metric_fns=metric_fns)
+
+
+def check_metrics(metrics: dict[str, Callable], scores, targets) -> None:
+    """Run the task's own metrics once on the probe batch: one that fails, or returns no single number,
+    is reported before training starts."""
+    for name, fn in metrics.items():
+        try:
+            float(torch.as_tensor(fn(scores, targets)).reshape(()))
+        except Exception as exc:
+            raise ConvergeError(f"metric {name!r} fails on a batch of outputs {describe(scores)} and targets "
+                                f"{describe(targets)}: {type(exc).__name__}: {exc}") from exc
 
 
 def _to(value: Any, device: torch.device) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
 from converge.io.atomic import atomic_write_bytes, atomic_write_text
+from converge.io.lock import LOCK_FILE, FolderLock
 
 # Every file name converge writes, in one place (the README's "Files in a run folder" lists them).
 SUMMARY = "summary.json"
@@ -60,6 +61,25 @@ def to_json(value: Any) -> Any:
     return value
 
 
+def read_json_file(path: str | Path, *, strict: bool = True) -> Any:
+    """The one reader of converge's JSON files. ``strict``: a missing, unreadable or corrupt file is a
+    ConvergeError naming it; otherwise it reads as None (the caller falls back)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if not strict:
+            return None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConvergeError(f"{str(path)!r} cannot be read: {reason}") from None
+
+
+def read_json_object(path: str | Path) -> dict | None:
+    """A JSON file that should hold an object, or None when it is missing, unreadable, corrupt or not one."""
+    value = read_json_file(path, strict=False)
+    return value if isinstance(value, dict) else None
+
+
 class JsonlLog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -83,47 +103,56 @@ class RunFolder:
         self.events = JsonlLog(self.path / EVENTS)
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self.lock: FolderLock | None = None   # held while this process writes the folder (io/lock.py)
 
     @classmethod
     def create(cls, path: str | Path, *, force: bool = False, keep: tuple[str, ...] = ()) -> "RunFolder":
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ConvergeError(f"output folder {str(path)!r} is a file")
-        if path.is_dir() and any(path.iterdir()):
-            if not force:
-                raise ConvergeError(f"output folder {str(path)!r} already exists and is not empty; "
-                                    f"pass --force to overwrite it or use `converge resume {path}`")
-            for name in OWN_FILES:  # only our own files: --force must never wipe a user's folder
-                if name not in keep:
-                    (path / name).unlink(missing_ok=True)
-            for name in OWN_DIRS:
-                if name not in keep:
-                    shutil.rmtree(path / name, ignore_errors=True)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):  # unnamed where the OS allows: nothing left behind
-                pass
         except OSError as exc:
             raise ConvergeError(f"output folder {str(path)!r} cannot be written: {exc.strerror or exc}") from None
-        return cls(path)
+        lock = FolderLock(path).acquire()  # before the check: two trains cannot both find it empty
+        try:
+            if any(p.name != LOCK_FILE for p in path.iterdir()):
+                if not force:
+                    raise ConvergeError(f"output folder {str(path)!r} already exists and is not empty; "
+                                        f"pass --force to overwrite it or use `converge resume {path}`")
+                for name in OWN_FILES:  # only our own files: --force must never wipe a user's folder
+                    if name not in keep:
+                        (path / name).unlink(missing_ok=True)
+                for name in OWN_DIRS:
+                    if name not in keep:
+                        shutil.rmtree(path / name, ignore_errors=True)
+            try:
+                with tempfile.TemporaryFile(dir=path):  # unnamed where the OS allows: nothing left behind
+                    pass
+            except OSError as exc:
+                raise ConvergeError(f"output folder {str(path)!r} cannot be written: {exc.strerror or exc}") from None
+        except BaseException:
+            lock.release(remove=lock.created)
+            raise
+        folder = cls(path)
+        folder.lock = lock
+        return folder
 
     @classmethod
     def open_existing(cls, path: str | Path) -> "RunFolder":
         path = Path(path)
         if not (path / RUN_INFO).exists():
             raise ConvergeError(f"{str(path)!r} is not a converge run folder (no {RUN_INFO})")
-        return cls(path)
+        folder = cls(path)
+        folder.lock = FolderLock(path).acquire()  # before anything is read: the checkpoint may be moving
+        return folder
 
     # --- small files, written in the loop -------------------------------------------------------
     def write_json(self, name: str, value: Any) -> None:
         atomic_write_text(self.path / name, json.dumps(to_json(value), indent=2, allow_nan=False) + "\n")
 
     def read_json(self, name: str) -> Any:
-        try:
-            with open(self.path / name, encoding="utf-8") as handle:
-                return json.load(handle)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConvergeError(f"{str(self.path / name)!r} cannot be read: {exc}") from None
+        return read_json_file(self.path / name)
 
     # --- large files, written in the background ------------------------------------------------
     def write_bytes_later(self, name: str, data: bytes) -> None:
@@ -156,6 +185,9 @@ class RunFolder:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self.path / name)

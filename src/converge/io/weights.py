@@ -24,6 +24,15 @@ def weights_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | Non
     return _save_bytes({name: tensor.cpu() for name, tensor in state.items()}, metadata=metadata)
 
 
+def weights_readable(path: str | Path) -> bool:
+    """Whether a safetensors file loads whole (a truncated or garbled one does not)."""
+    try:
+        load_file(str(path))
+    except Exception:  # safetensors raises its own error types for every kind of damage
+        return False
+    return True
+
+
 def load_weights(path: str | Path, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Read a ``best.safetensors``; with ``model``, also load the weights into it (strictly). When a
     ``standardize.json`` lies beside the weights (`converge train --fix` on a model whose first layer could

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from converge.errors import ConvergeError
 from converge.io.atomic import atomic_write_text
-from converge.io.runfolder import DOCTOR_FINDINGS, EVENTS, LR_FIND_PLOT, METRICS, REMEDIES, REPORT, RUN_INFO, SUMMARY
+from converge.io.lock import holder
+from converge.io.runfolder import (BEST_WEIGHTS, DOCTOR_FINDINGS, EVENTS, LR_FIND_PLOT, METRICS, REMEDIES, REPORT,
+                                   RUN_INFO, SUMMARY, read_json_file)
+from converge.io.weights import weights_readable
 from converge.report._figures import as_float, curves_png
 from converge.report._page import escape, img, number, table
 from converge.status import STOP_EVENTS, Status
 
 UNFINISHED = "unfinished"
+LIVE = "training"
 
 # Hyperparameter -> the tuning event that explains its value.
 _CHOSEN_BY = {"optimizer": "chose_optimizer", "lr": "chose_lr", "weight_decay": "chose_weight_decay",
               "batch_size": "chose_batch_size", "warmup_steps": "warmup"}
 _GOOD, _WARN, _BAD = "good", "warn", "bad"
-_STATUS_TONE = {**{status.value: status.tone for status in Status}, UNFINISHED: "muted"}
+_STATUS_TONE = {**{status.value: status.tone for status in Status}, UNFINISHED: "muted", LIVE: "info"}
 # A diagnosis card's colour: "converged" is good news; otherwise by the finding's severity.
 _DIAGNOSIS_TONE = {"converged": _GOOD, "still_improving": _WARN, "overfitting": _WARN, "underfitting": _WARN,
                    "lr_too_high": _BAD, "diverged": _BAD}
@@ -45,6 +49,8 @@ class RunFiles:
     doctor: list | None
     remedies: list | None
     lr_find_png: bytes | None
+    problems: list[str] = field(default_factory=list)   # files that are there but cannot be read
+    live: str | None = None     # who is writing the run now (its folder lock's holder), when someone is
 
 
 def write_report(run_dir: str | Path, *, summary: dict | None = None) -> Path:
@@ -73,20 +79,24 @@ def read_run(run_dir: str | Path, *, summary: dict | None = None) -> RunFiles:
         raise ConvergeError(f"{str(path)!r} is not a converge run folder (no readable {RUN_INFO})")
     if summary is None:
         summary = _read_json(path / SUMMARY)
+    problems = [f"{name} cannot be read" for name, value in ((RUN_INFO, info), (SUMMARY, summary))
+                if (path / name).exists() and not isinstance(value, dict)]
+    if isinstance(summary, dict) and (path / BEST_WEIGHTS).exists() and not weights_readable(path / BEST_WEIGHTS):
+        problems.append(f"{BEST_WEIGHTS} cannot be read (`converge resume {path}` writes it again from the "
+                        f"final checkpoint)")
+    found = holder(path)
     png = path / LR_FIND_PLOT
     return RunFiles(path=path, info=info if isinstance(info, dict) else {},
                     summary=summary if isinstance(summary, dict) else None,
                     history=_read_jsonl(path / METRICS), events=_read_jsonl(path / EVENTS),
                     doctor=_as_list(_read_json(path / DOCTOR_FINDINGS)), remedies=_as_list(_read_json(path / REMEDIES)),
-                    lr_find_png=png.read_bytes() if png.is_file() else None)
+                    lr_find_png=png.read_bytes() if png.is_file() else None, problems=problems,
+                    live=found.describe() if found is not None and not found.is_self else None)
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None  # missing or unreadable: the report says what it lacks instead of failing
+    """Missing or unreadable reads as None: the report says what it lacks instead of failing."""
+    return read_json_file(path, strict=False)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -125,6 +135,8 @@ def run_status(run: RunFiles) -> tuple[str, str]:
     it; otherwise the run is unfinished (killed, or still running)."""
     if run.summary is not None:
         return str(run.summary.get("status") or UNFINISHED), str(run.summary.get("stop_reason") or "")
+    if run.live:
+        return LIVE, f"the run is live: {run.live}; this page shows it as of now"
     last = next((e for e in reversed(run.events) if e.get("event") in (*STOP_EVENTS, "resumed")), None)
     if last is not None and last["event"] != "resumed":
         return last["event"], f"{last.get('reason') or ''} (the run stopped before writing {SUMMARY})".strip()
@@ -403,6 +415,13 @@ def _about(run: RunFiles) -> str:
     return _kv_table(shown) if shown else ""
 
 
+def _problems(run: RunFiles) -> str:
+    if not run.problems:
+        return ""
+    items = "".join(f"<li>{escape(problem)}</li>" for problem in run.problems)
+    return f"<div class='note tone-bad'><strong>Damaged files:</strong><ul>{items}</ul></div>"
+
+
 def render(run: RunFiles) -> str:
     status, _ = run_status(run)
     sections = [_section("Diagnosis", _diagnosis(run), "diagnosis"), _section("Curves", _curves(run), "curves"),
@@ -416,7 +435,7 @@ def render(run: RunFiles) -> str:
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'\">"
             f"<title>converge · {escape(title)}</title><style>{_STYLE}</style></head>\n<body><main>"
-            f"{_header(run)}\n" + "\n".join(s for s in sections if s) +
+            f"{_header(run)}\n{_problems(run)}" + "\n".join(s for s in sections if s) +
             "\n<footer>Written by converge from the run folder's files; rebuild it with "
             f"<code>converge report {escape(run.path)}</code>.</footer></main></body></html>\n")
 

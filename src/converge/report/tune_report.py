@@ -45,7 +45,8 @@ def _overview(summary: dict) -> str:
     rows = [["study", escape(summary["study"])], ["storage", escape(summary["storage"])],
             ["objective", f"{'minimize' if summary['mode'] == 'min' else 'maximize'} {escape(summary['monitor'])}"],
             ["status", escape(summary["status"])],
-            ["trials", f"{t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed, {t['running']} running "
+            ["trials", f"{t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed, "
+                       f"{t.get('requeued', 0)} queued again, {t['running']} running "
                        f"({summary['trials_wanted']} finished wanted)"],
             ["epochs, all trials", _num(summary["epochs_total"])], ["seed", _num(summary["seed"])]]
     return table(["", ""], rows)

@@ -50,6 +50,10 @@ def export_study(study, out: Path, *, task, base, wanted: int, status: str, stor
     trials = study.get_trials(deepcopy=False)
     counts = _counts(trials)
     done = counts["COMPLETE"] + counts["PRUNED"]
+    # A failed trial that was queued again (its worker died, or Ctrl-C stopped it) is retried, not lost.
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    counts["REQUEUED"] = sum(1 for t in trials if t.state.name == "FAIL" and t.number in retried)
+    counts["FAIL"] -= counts["REQUEUED"]
     rows = trial_rows(trials)
     # The warm start's epochs spent choosing trial 0, once (a retried trial copies its user attributes).
     tuning = sum(t.user_attrs.get("tuning_epochs", 0.0) for t in trials if "failed_trial" not in t.system_attrs)
@@ -107,8 +111,9 @@ def _best_fields(best, out: Path, *, task, base, options: dict) -> dict:
 
 def _print_end(summary: dict, out: Path, print_fn) -> None:
     t = summary["trials"]
-    print_fn(f"tune: {summary['status']}: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed "
-             f"of {summary['trials_wanted']} wanted; {summary['epochs_total']} epochs in all")
+    requeued = f", {t['requeued']} queued again" if t.get("requeued") else ""
+    print_fn(f"tune: {summary['status']}: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed"
+             f"{requeued} of {summary['trials_wanted']} wanted; {summary['epochs_total']} epochs in all")
     if summary["best_trial"] is None:
         print_fn("tune: no trial completed yet")
     else:

@@ -19,6 +19,7 @@ At the end the worker exports the best trial: ``best.safetensors``, ``summary.js
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -31,6 +32,7 @@ from typing import Callable
 
 from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError
+from converge.io.lock import lock_folder
 from converge.io.runfolder import JOURNAL, TRIALS, TUNE_INFO, WORKERS
 from converge.status import Status
 from converge.tune import storage as st
@@ -162,19 +164,41 @@ def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = No
     study_name = study or task.name
     worker = _Worker(task, base, out, spec, study_name, options=options, pruner=pruner, heartbeat=heartbeat,
                      warm_start=warm_start, print_fn=print_fn if verbose else (lambda text: None))
+    with _storage_errors_reported(spec, optuna):
+        try:
+            worker.start()
+            status = worker.run(trials, timeout)
+        finally:
+            worker.stop()
+        summary = worker.export(trials, status)
+    return TuneResult(summary, out)
+
+
+@contextlib.contextmanager
+def _storage_errors_reported(spec: st.StorageSpec, optuna):
+    """A database dropping out at any moment of a study is the documented one-line error, credentials
+    removed (the worker's trial is left running: its heartbeat stops, and a later worker retries it)."""
     try:
-        worker.start()
-        status = worker.run(trials, timeout)
+        yield
     except ConvergeError:
         raise
-    except Exception as exc:  # a database dropping out mid-search: say so without the credentials
-        if spec.url is None or not isinstance(exc, _storage_errors(optuna)):
+    except Exception as exc:
+        cause = _storage_cause(exc, _storage_errors(optuna)) if spec.url is not None else None
+        if cause is None:
             raise
-        raise st.storage_error(exc, spec) from None
-    finally:
-        worker.stop()
-    summary = worker.export(trials, status)
-    return TuneResult(summary, out)
+        raise st.storage_error(cause, spec) from None
+
+
+def _storage_cause(exc: BaseException, kinds: tuple) -> BaseException | None:
+    """The storage error behind ``exc``: itself, or one in its chain of causes and contexts (Optuna can
+    hide a lost database behind an error of its own, raised while it handled the first)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kinds):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _storage_errors(optuna) -> tuple:
@@ -208,6 +232,7 @@ class _Worker:
         self.study_name, self.options, self.pruner_name, self.heartbeat = study_name, options, pruner, heartbeat
         self.warm_start, self.print = warm_start, print_fn
         self.locks: st.WorkerLock | None = None
+        self.folder_lock = None
         self.study = None
         self.current: int | None = None   # the storage id of the trial this worker runs
         self.started = time.monotonic()
@@ -239,6 +264,8 @@ class _Worker:
             raise ConvergeError(f"study {self.study_name!r} in {self.spec.shown} is {self.study.direction.name.lower()}"
                                 f"d, but {self.task.name} monitors {self.base.monitor} with mode {self.base.mode}")
         self._make_folder(info)
+        # Workers of one study share the folder (a shared lock); `converge train`/`resume` into it are refused.
+        self.folder_lock = lock_folder(self.out, shared=True)
         self.locks = st.WorkerLock(self.out).acquire()
         self.print(f"tune: study {self.study_name!r} in {self.spec.shown}, {direction} {self.base.monitor}; "
                    f"worker {self.locks.id}")
@@ -413,6 +440,8 @@ class _Worker:
     def stop(self) -> None:
         if self.locks is not None:
             self.locks.release()
+        if self.folder_lock is not None:
+            self.folder_lock.release()
 
     # 3. export the best trial
     def export(self, wanted: int, status: str) -> dict:

@@ -10,23 +10,33 @@
 
 The URL is only ever shown redacted (``postgresql://user:***@host/db``); storage errors become a
 ConvergeError whose message has the password scrubbed out.
+
+A journal whose last record was cut short (a full disk, a power cut, a writer killed in mid-write) would
+otherwise break the study for good: Optuna appends the next record onto the unterminated line, and every
+later read fails on it. So the torn end is set aside in a side file (``study.journal.torn-<time>``) with
+one line on stderr, under the journal's own write lock: when the study is opened, and again before every
+append (another worker may have died in mid-write since). A failed append of our own is cut back off.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import sys
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from converge.errors import ConvergeError
 
 ENV_VAR = "CONVERGE_STORAGE"
 JOURNAL = "study.journal"
+TORN = ".torn-"                # study.journal.torn-<time>: bytes set aside from the journal, kept for a person
 WORKERS = "workers"
 MAX_RETRY = 3                  # a trial whose worker died is queued again at most this often
 _QUERY_SECRET = re.compile(r"(?i)((?:password|passwd|pwd|sslpassword)=)[^&;#\s]*")
@@ -122,12 +132,13 @@ def _checked_url(url: str, where: str) -> str:
     return url
 
 
-def open_storage(spec: StorageSpec, *, heartbeat: int = 20) -> Any:
-    """The Optuna storage object. Database errors come back as a ConvergeError with the URL redacted."""
+def open_storage(spec: StorageSpec, *, heartbeat: int = 20, say: Callable[[str], None] | None = None) -> Any:
+    """The Optuna storage object. Database errors come back as a ConvergeError with the URL redacted.
+    ``say`` tells of a torn journal record set aside (default: a ``warning:`` line on stderr)."""
     import optuna
 
     if spec.url is None:
-        return _journal_storage(spec.journal)
+        return _journal_storage(spec.journal, say=say)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the heartbeat API is marked experimental
         retry = _retry_callback()
@@ -149,14 +160,213 @@ def storage_error(exc: BaseException, spec: StorageSpec) -> ConvergeError:
     return ConvergeError(f"cannot use storage {spec.shown}: {detail}")
 
 
-def _journal_storage(path: Path):
+def _journal_storage(path: Path, *, say: Callable[[str], None] | None = None):
     from optuna.storages import JournalStorage
 
+    backend, lock = _journal_classes()
+    say = say or _warn
+    repair_journal(path, say=say)
+    return JournalStorage(_torn_safe(backend)(str(path), lock_obj=lock(str(path)), say=say))
+
+
+def _journal_classes() -> tuple[type, type]:
     try:  # optuna >= 4.0
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
     except ImportError:  # optuna 3.x
         from optuna.storages import JournalFileOpenLock, JournalFileStorage as JournalFileBackend
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    return JournalFileBackend, JournalFileOpenLock
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+# --- the journal's torn end -----------------------------------------------------------------------
+_RECORD_START = b'{"op_code":'   # how Optuna's journal writes every record
+
+
+@dataclass(frozen=True)
+class JournalRepair:
+    """What repair_journal did: ``set_aside`` bytes moved to ``side_file``, ``kept`` bytes left."""
+
+    kept: int
+    set_aside: int
+    side_file: Path
+    message: str
+
+
+def repair_journal(path: str | Path, *, say: Callable[[str], None] | None = None) -> JournalRepair | None:
+    """Set aside whatever in the journal at ``path`` no reader can use -- an unterminated last record, or
+    undecodable lines at its end -- in a side file next to it, and say so in one line. A line that holds
+    the start of a torn record with a whole record appended after it (what an earlier converge did after
+    a torn write) is split: the torn start is set aside and the record kept. Any other undecodable line
+    with good records after it is refused (ConvergeError): converge will not guess what it held.
+    Returns None when the journal is whole (or missing). Runs under the journal's write lock."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    lock = _journal_classes()[1](str(path))
+    try:
+        lock.acquire()
+    except (OSError, RuntimeError):  # optuna's lock hides an OSError (a read-only folder) behind a RuntimeError
+        reason = "its folder is not writable" if not os.access(path.parent, os.W_OK) else "its lock file cannot be made"
+        raise ConvergeError(f"cannot use storage journal:{path}: {reason}") from None
+    try:
+        return _repair_locked(path, say or _warn)
+    finally:
+        lock.release()
+
+
+def _repair_locked(path: Path, say: Callable[[str], None]) -> JournalRepair | None:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConvergeError(f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    good, aside, what = split_journal(data, path)
+    if not aside:
+        return None
+    side = _set_aside(path, aside)
+    try:
+        if data.startswith(good):
+            with open(path, "r+b") as handle:
+                handle.truncate(len(good))
+                handle.flush()
+                os.fsync(handle.fileno())
+        else:  # a record was split out of a line: the file is written again, atomically
+            from converge.io.atomic import atomic_write_bytes
+
+            atomic_write_bytes(path, good)
+    except OSError as exc:
+        raise ConvergeError(f"cannot repair {str(path)!r} (its torn end is saved in {side.name}): "
+                            f"{exc.strerror or exc}") from None
+    message = f"{path.name} {what}; {len(aside)} byte(s) set aside in {side.name}, continuing"
+    say(message)
+    return JournalRepair(kept=len(good), set_aside=len(aside), side_file=side, message=message)
+
+
+def split_journal(data: bytes, path: Path | str = JOURNAL) -> tuple[bytes, bytes, str]:
+    """(the bytes to keep, the bytes to set aside, what was wrong in words). A pure function of the
+    journal's bytes; ``path`` only names the file in an error."""
+    lines = data.split(b"\n")
+    unterminated = lines.pop()  # b"" when the journal ends with a newline
+    kept: list[bytes] = []
+    aside: list[bytes] = []
+    problems: list[str] = []
+    bad_at: int | None = None   # the first undecodable line that could not be mended
+    for number, line in enumerate(lines, 1):
+        if _is_record(line):
+            if bad_at is not None:
+                raise ConvergeError(
+                    f"{str(path)!r} is corrupt at line {bad_at} (not a journal record, with good records after "
+                    f"it); converge will not guess what it held: move the file aside to start the study again")
+            kept.append(line)
+            continue
+        start = _appended_record(line)
+        if start is not None and bad_at is None:
+            aside.append(line[:start])
+            kept.append(line[start:])
+            problems.append(f"line {number} held a torn record with the next one appended to it")
+        elif bad_at is None:
+            bad_at = number
+            aside.append(line + b"\n")
+        else:
+            aside.append(line + b"\n")
+    if bad_at is not None:
+        problems.append(f"ended in {len(lines) - bad_at + 1} line(s) that are not journal records")
+    if unterminated:
+        aside.append(unterminated)
+        problems.append("ended in a torn record (its writer stopped in mid-write)")
+    good = b"".join(line + b"\n" for line in kept)
+    return good, b"".join(aside), " and ".join(problems)
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return False
+
+
+def _appended_record(line: bytes) -> int | None:
+    """Where a whole record starts inside ``line`` after a torn start, or None."""
+    at = line.find(_RECORD_START, 1)
+    while at != -1:
+        if _is_record(line[at:]):
+            return at
+        at = line.find(_RECORD_START, at + 1)
+    return None
+
+
+def _set_aside(path: Path, data: bytes) -> Path:
+    """``data`` in a new side file ``<journal>.torn-<time>``, on disk before the journal is touched."""
+    from converge.io.atomic import atomic_write_bytes
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    side, number = path.with_name(f"{path.name}{TORN}{stamp}"), 1
+    while side.exists():
+        number += 1
+        side = path.with_name(f"{path.name}{TORN}{stamp}-{number}")
+    try:
+        atomic_write_bytes(side, data)
+    except OSError as exc:
+        raise ConvergeError(f"{str(path)!r} ends in a torn record that cannot be set aside in {side.name}: "
+                            f"{exc.strerror or exc}") from None
+    return side
+
+
+def _unterminated_tail(path: Path) -> int:
+    """Bytes after the journal's last newline (0 for a whole journal): the torn end of a dead writer."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        position, block = end, 4096
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            chunk = handle.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline != -1:
+                return end - (position + newline + 1)
+        return end
+
+
+def _torn_safe(base: type) -> type:
+    """Optuna's journal file backend, made to set a torn end aside before it appends, and to cut its own
+    failed append (a full disk) back off instead of leaving half a record."""
+
+    class TornSafeJournalBackend(base):
+        def __init__(self, file_path: str, lock_obj, say: Callable[[str], None]) -> None:
+            super().__init__(file_path, lock_obj=lock_obj)
+            self._converge_path, self._converge_lock, self._converge_say = Path(file_path), lock_obj, say
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+            self._converge_lock.acquire()
+            try:
+                if _unterminated_tail(self._converge_path):
+                    _repair_locked(self._converge_path, self._converge_say)
+                _append(self._converge_path, data)
+            finally:
+                self._converge_lock.release()
+
+    return TornSafeJournalBackend
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab", buffering=0) as handle:  # unbuffered: nothing left to flush after a failure
+        size = handle.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[handle.write(view):]
+            os.fsync(handle.fileno())
+        except OSError:
+            try:  # never leave half a record behind: the next writer would append onto it
+                handle.truncate(size)
+            except OSError:
+                pass
+            raise
 
 
 def _retry_callback():
@@ -191,8 +401,15 @@ class WorkerLock:
         import fcntl
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.folder / f"{self.id}.lock", "w")
-        fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Held open for the worker's whole life (it is the lock), so no `with`: closed on failure here and
+        # by release() or the process's death otherwise.
+        handle = open(self.folder / f"{self.id}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            handle.close()
+            raise
+        self._handle = handle
         return self
 
     def release(self) -> None:
