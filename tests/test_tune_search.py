@@ -346,3 +346,31 @@ def test_timeout_starts_no_new_trial_and_still_exports(cli, task_file, tmp_path)
     assert summary["status"] == "timeout" and summary["best_trial"] is None and summary["reproduce"] is None
     assert "No trial has completed yet" in (out / "tune_report.html").read_text()
     assert "no trial completed yet" in result.out
+
+
+def test_workers_racing_to_create_the_tables_both_open_the_storage(monkeypatch):
+    """Two workers on a new database: the one that loses the CREATE TABLE race tries again (and finds the
+    tables); any other database error is the one-line storage error at once."""
+    import optuna
+
+    calls = []
+
+    class Racing:
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            if len(calls) == 1:
+                raise type("IntegrityError", (Exception,), {})(
+                    'duplicate key value violates unique constraint "pg_type_typname_nsp_index"')
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    monkeypatch.setattr(st.time, "sleep", lambda seconds: None)
+    spec = st.StorageSpec("postgresql://u:secret@127.0.0.1/db", journal=None)
+    assert isinstance(st.open_storage(spec), Racing) and len(calls) == 2
+
+    def refused(url, **kwargs):
+        raise type("OperationalError", (Exception,), {})("password authentication failed for user u")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", refused)
+    with pytest.raises(ConvergeError, match="cannot use storage") as error:
+        st.open_storage(spec)
+    assert "secret" not in str(error.value)

@@ -142,12 +142,28 @@ def open_storage(spec: StorageSpec, *, heartbeat: int = 20, say: Callable[[str],
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the heartbeat API is marked experimental
         retry = _retry_callback()
-        try:
-            return optuna.storages.RDBStorage(
-                spec.url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
-                grace_period=3 * heartbeat, **{_callback_keyword(): retry})
-        except Exception as exc:  # noqa: BLE001 - any driver error: report it redacted, without a chain
-            raise storage_error(exc, spec) from None
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return optuna.storages.RDBStorage(
+                    spec.url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
+                    grace_period=3 * heartbeat, **{_callback_keyword(): retry})
+            except Exception as exc:  # noqa: BLE001 - any driver error: report it redacted, without a chain
+                # Workers starting together on a new database race to create Optuna's tables; the loser
+                # sees a duplicate-key error and finds the tables there on the next try.
+                if attempt + 1 < CREATE_ATTEMPTS and _creation_race(exc):
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise storage_error(exc, spec) from None
+
+
+CREATE_ATTEMPTS = 5
+
+
+def _creation_race(exc: BaseException) -> bool:
+    """A concurrent CREATE TABLE lost to another worker (PostgreSQL: a unique violation on the catalog)."""
+    text = str(exc)
+    return type(exc).__name__ in ("IntegrityError", "ProgrammingError", "OperationalError") and (
+        "already exists" in text or "duplicate key" in text)
 
 
 def storage_error(exc: BaseException, spec: StorageSpec) -> ConvergeError:
