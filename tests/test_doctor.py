@@ -465,7 +465,7 @@ def test_cli_clean_json_is_empty_list(tmp_path, cli):
 
 @pytest.mark.parametrize("args, needle", [
     (("missing.py",), "does not exist"),
-    (("--seed", "x"), "invalid int"),
+    (("--seed", "x"), "--seed: must be an integer"),
 ])
 def test_cli_bad_input_exits_2(tmp_path, cli, args, needle):
     if args[0] == "missing.py":
