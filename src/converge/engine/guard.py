@@ -2,9 +2,13 @@
 
 * Watching: step losses collect in a small on-device window that the host reads every ``CHECK_EVERY``
   batches (one sync per window, never one per step); `converge.decide.divergence` judges them.
-* Undoing: the last known-good training state (a checkpoint taken right after a clean check) is kept;
-  on an alarm :meth:`DivergenceGuard.roll_back` puts model, optimizer and scaler back to it, cuts the LR
-  (harder for each rollback in a row) and tightens gradient clipping, or gives up after too many.
+* Undoing: the last known-good training state (a checkpoint taken right after a clean check) is the
+  rollback target; on an alarm :meth:`DivergenceGuard.roll_back` puts model, optimizer and scaler back to
+  it, cuts the LR (harder for each rollback in a row) and tightens gradient clipping, or gives up after
+  too many. The target costs no second copy of the state where it can be helped: with a run folder it is
+  the newest checkpoint on disk (read back only on a rollback, which is rare); without one it is a copy of
+  the tensors (model, optimizer, scaler) on the CPU, never two at once. Data-parallel ranks all take
+  rank 0's target when rank 0 writes the folder.
 
 The Trainer skips past the offending batch, logs the rollback and, when the guard gives up, stops the
 run as diverged.
@@ -20,7 +24,6 @@ import torch
 
 from converge.decide.divergence import Alarm, GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict
 from converge.engine.optim import WARMUP_BASE, current_lr, scale_lr
-from converge.io import checkpoint as ckpt
 
 CHECK_EVERY = 32          # batches per window: one host sync each
 GRAD_NORM_EVERY = 16      # optimizer steps between gradient-norm samples when clipping does not give it free
@@ -73,11 +76,46 @@ class DivergenceGuard:
         self.total = 0
         self.lr_scale = 1.0             # product of the guard's LR cuts (the LR floor moves with it)
         self.recent_grad_norms: list[float] = []
-        self.good_state: bytes | None = None   # a serialized checkpoint taken right after a clean check
+        # The rollback target (a state taken right after a clean check): tensors in memory, or the newest
+        # checkpoint of a run folder; from_main: rank 0 holds it and sends it to every rank.
+        self.good_state: dict | None = None
+        self.good_folder = None
+        self.from_main = False
 
-    def remember(self, state: bytes) -> None:
-        """Keep ``state`` (a serialized checkpoint taken right after a clean check) to roll back to."""
+    @property
+    def has_target(self) -> bool:
+        return self.good_state is not None or self.good_folder is not None or self.from_main
+
+    def remember(self, state: dict) -> None:
+        """Roll back to ``state`` (its "model", "optimizer", "scaler" and "progress"; tensors the loop will
+        not change: a copy). The previous target is let go first."""
+        self.good_state, self.good_folder = None, None
         self.good_state = state
+
+    def remember_on_disk(self, folder) -> None:
+        """Roll back to ``folder``'s newest checkpoint (a `RunFolder`; every checkpoint is a known-good state)."""
+        self.good_state, self.good_folder = None, folder
+
+    def share_from_main(self) -> None:
+        """Data-parallel with rank 0 writing the run folder: every rank rolls back to rank 0's target."""
+        self.from_main = self.world is not None
+
+    def _target(self) -> dict:
+        if self.from_main:
+            local = self._local_target() if self.world.is_main else None
+            return self.world.object_from_main(local)
+        return self._local_target()
+
+    def _local_target(self) -> dict:
+        if self.good_folder is not None:
+            state = self.good_folder.read_checkpoint()
+        elif self.good_state is not None:
+            state = self.good_state
+        else:
+            raise RuntimeError("the divergence guard has no state to roll back to")
+        # The model copies what it loads; the optimizer and the loop would use these tensors as they are
+        # (and change them in place): they get their own copies, so the target stays intact.
+        return {"model": state["model"], **{key: copied(state.get(key)) for key in ("optimizer", "scaler", "progress")}}
 
     # --- per batch: device work only ------------------------------------------------------------
     @property
@@ -141,7 +179,7 @@ class DivergenceGuard:
         verdict = rollback_verdict(self.streak, self.policy)
         evidence = incident.evidence(current_lr(optimizer))
         kept = [(group["lr"], group.get(WARMUP_BASE)) for group in optimizer.param_groups]
-        state = ckpt.deserialize(self.good_state, self.device)
+        state = self._target()
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler") is not None:
@@ -179,6 +217,17 @@ class DivergenceGuard:
         self.lr_scale = float(state["lr_scale"])
         self.recent_grad_norms = [float(v) for v in state["recent_grad_norms"] if math.isfinite(v)]
         self.reset_window()
+
+
+def copied(value, device: torch.device | str | None = None):
+    """``value`` (a state: nested dicts, lists and tuples) with every tensor copied (onto ``device``)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device if device is not None else value.device, copy=True)
+    if isinstance(value, dict):
+        return {key: copied(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(copied(item, device) for item in value)
+    return value
 
 
 def _finite_or_text(value: float | None) -> float | str | None:

@@ -27,11 +27,12 @@ from torch import nn
 from converge.config import TrainConfig
 from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
+from converge.decide.cadence import checkpoint_due
 from converge.decide.diagnosis import diagnose_run, live_findings
 from converge.decide.divergence import Alarm, GuardPolicy
 from converge.engine import device as dev
 from converge.engine.distributed import current_world
-from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
+from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident, copied
 from converge.engine.objective import Objective, constant_prediction_loss, gather_targets, monitor_key
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
@@ -113,6 +114,9 @@ class Trainer:
         self.elapsed_before = 0.0  # wall time of the commands that ran this run before it was resumed
         self.trained_before = 0.0  # of which in the training loop
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_cost: float | None = None   # seconds the last checkpoint cost the loop
+        self._resumed = False     # the state came from the run folder's checkpoint (load_state_dict)
+        self._main_writes = False  # this process, or rank 0, writes a run folder (set by run())
 
     @property
     def history(self) -> list[dict]:
@@ -125,6 +129,11 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> FitResult:
         self._run_started = time.monotonic()
+        self._main_writes = self.record.folder is not None
+        if self.world is not None:  # rank 0 writes the folder; the others learn whether there is one
+            self._main_writes = bool(self.world.object_from_main(self._main_writes))
+            if self.guard is not None and self._main_writes:
+                self.guard.share_from_main()
         self.console.start(self.config.max_epochs)
         self.record.start(first_epoch=self.epoch + 1, fresh=not self.history and self.step == 0, step=self.step,
                           params=self.config.to_dict())
@@ -178,8 +187,8 @@ class Trainer:
         follow_schedule = getattr(self.objective.loss_fn, "set_lr_cuts", None)
         if follow_schedule is not None:  # a loss that changes with the schedule (deferred re-weighting)
             follow_schedule(self.tracker.total_cuts)
-        if self.guard is not None and self.guard.good_state is None:
-            self.guard.remember(self._serialized_state())  # the start (or resume point) is known-good
+        if self.guard is not None and not self.guard.has_target:
+            self._remember_start()  # the start (or resume point) is known-good
         train = self.splits["train"]
         total = train.num_batches(cfg.batch_size, train=True)
         self.console.start_epoch(epoch, total, completed=self.batch)
@@ -275,7 +284,8 @@ class Trainer:
         if self.world is not None and index is not None and (index + 1) % CHECK_EVERY:
             return False, False
         stop = signals.requested is not None
-        due = index is not None and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+        due = index is not None and checkpoint_due(time.monotonic() - self._last_checkpoint, self._checkpoint_cost,
+                                                   floor=self.config.checkpoint_seconds)
         if self.world is None:
             return stop, due
         stop, due = self.world.any_flags([stop, due], self.device)
@@ -443,7 +453,7 @@ class Trainer:
     def _finish(self) -> FitResult:
         finished = self.status is not Status.INTERRUPTED
         # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
-        self._checkpoint()
+        self._checkpoint(final=True)
         if finished and self.restore_best:
             self.model.load_state_dict(self.best_state)
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
@@ -554,25 +564,56 @@ class Trainer:
         self.trained_before = float(progress.get("train_seconds") or 0.0)
         self.record.load(state["history"], state["logs"]["events"])
         restore_rng(state["rng"])
+        self._resumed = True
 
-    def _serialized_state(self) -> bytes:
+    def _checkpoint_state(self) -> dict:
         state = self.state_dict(self._wall_seconds(), self._train_seconds())
         if self.world is not None and self.partial_loss is not None:
             # A checkpoint inside an epoch holds the loss summed so far over all ranks (rank 0 writes it).
             state["progress"]["partial_loss"], state["progress"]["partial_seen"] = self._epoch_sums()
-        return ckpt.serialize(state)
+        return state
 
-    def _checkpoint(self) -> None:
-        """Write the state (with a run folder), and keep it as the guard's rollback target: every caller
-        checks the guard's window first, so a checkpointed state is a known-good one. Data-parallel ranks
-        without a folder take part too: the epoch's loss sum is a collective."""
-        if self.record.folder is None and self.guard is None and self.world is None:
+    def _checkpoint(self, *, final: bool = False) -> None:
+        """Write the state (with a run folder), and make it the guard's rollback target: every caller
+        checks the guard's window first, so a checkpointed state is a known-good one. A checkpoint costs
+        at most a small share of the training time (`converge.decide.cadence`): one that comes too soon
+        after the last, or while the last is still being written, is skipped; a ``final`` one (the end of
+        the run, a stop) never is. Data-parallel ranks without a folder take part too: the epoch's loss
+        sum is a collective."""
+        folder, guard = self.record.folder, self.guard
+        if folder is None:
+            if guard is not None and not self._main_writes:
+                guard.remember(self._rollback_copy())
+            elif self._main_writes and self.world is not None and self.partial_loss is not None:
+                self._epoch_sums()  # rank 0's checkpoint sums the epoch's loss over all ranks
             return
-        data = self._serialized_state()
-        if self.guard is not None:
-            self.guard.remember(data)
-        self.record.save_checkpoint(data)
-        self._last_checkpoint = time.monotonic()
+        state = self._checkpoint_state()
+        if final or checkpoint_due(time.monotonic() - self._last_checkpoint, self._checkpoint_cost):
+            started = time.monotonic()
+            if self.record.save_checkpoint(state, wait=final):
+                self._last_checkpoint = time.monotonic()
+                self._checkpoint_cost = self._last_checkpoint - started
+                if guard is not None:
+                    guard.remember_on_disk(folder)
+
+    def _remember_start(self) -> None:
+        """The guard's first target: the checkpoint resumed from, or (before the first checkpoint) a copy
+        of the state, cheap at the start of a run (the optimizer holds no state yet)."""
+        if self._resumed and self.record.folder is not None:
+            self.guard.remember_on_disk(self.record.folder)
+        elif not (self.guard.from_main and not self.world.is_main):
+            self.guard.remember(self._rollback_copy())
+
+    def _rollback_copy(self) -> dict:
+        """What the guard needs to roll back, copied to the CPU (the loop goes on changing the originals)."""
+        self.guard.remember({})  # the old copy goes first: never two at once
+        progress = {"epoch": self.epoch, "step": self.step, "batch": self.batch,
+                    "partial_loss": self.partial_loss, "partial_seen": self.partial_seen}
+        if self.world is not None and self.partial_loss is not None:
+            progress["partial_loss"], progress["partial_seen"] = self._epoch_sums()
+        return copied({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                       "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                       "progress": progress}, "cpu")
 
 
 def _rows(targets) -> int:

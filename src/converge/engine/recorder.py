@@ -97,12 +97,19 @@ class RunRecorder:
             self._mlflow.log_epoch(record)
 
     def save_best(self, best_state: dict[str, torch.Tensor]) -> None:
+        """best.safetensors, made and written in the background (``best_state`` is a snapshot: never changed
+        in place, so the writer may read it later)."""
         if self.folder is not None:
-            self.folder.write_bytes_later(BEST_WEIGHTS, weights_bytes(self._exported(best_state)))
+            export = self.export_state
+            self.folder.write_bytes_later(BEST_WEIGHTS, lambda: weights_bytes(
+                export(best_state) if export is not None else best_state))
 
-    def save_checkpoint(self, data: bytes) -> None:
-        if self.folder is not None:
-            self.folder.write_checkpoint_later(data)
+    def save_checkpoint(self, state: dict, *, wait: bool = False) -> bool:
+        """Hand ``state`` to the folder's writer (see `RunFolder.write_checkpoint_later`); False when it was
+        skipped because the previous checkpoint is still being written."""
+        if self.folder is None:
+            return False
+        return self.folder.write_checkpoint_later(state, wait=wait)
 
     def _exported(self, state: dict) -> dict:
         return self.export_state(state) if self.export_state is not None else state

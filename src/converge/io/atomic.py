@@ -27,13 +27,39 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, keep_previous: str | Pa
     """Write ``data`` to ``path`` atomically. With ``keep_previous``, the old file is kept there too;
     ``path`` itself never goes missing (the old one is hard-linked aside, where the file system allows)."""
     path = Path(path)
+    tmp = temporary_beside(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    commit(tmp, path, keep_previous=keep_previous)
+
+
+def temporary_beside(path: str | Path) -> Path:
+    """A new empty file in ``path``'s folder (hidden, with the usual permissions), to be written and then
+    made ``path`` by :func:`commit`."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        os.fchmod(fd, _FILE_MODE)
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def commit(tmp: str | Path, path: str | Path, *, keep_previous: str | Path | None = None) -> None:
+    """Make the written file ``tmp`` (in ``path``'s folder) become ``path`` atomically: flushed to the disk,
+    renamed over ``path`` (whose old file goes to ``keep_previous`` when given), the folder synced. On any
+    failure ``tmp`` is removed and ``path`` is left as it was."""
+    path = Path(path)
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if keep_previous is not None and path.exists():
             _keep_copy(path, Path(keep_previous))
         os.replace(tmp, path)

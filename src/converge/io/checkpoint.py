@@ -1,5 +1,9 @@
 """Full-state checkpoints: written atomically with the previous one kept, loaded only with
-``torch.load(weights_only=True)``, so a checkpoint can never run code."""
+``torch.load(weights_only=True)``, so a checkpoint can never run code.
+
+A checkpoint is serialized straight into a temporary file beside the checkpoint (:func:`write_temporary`:
+no serialized copy in memory), then made the checkpoint by :func:`commit_checkpoint` (fsync, the old one
+kept as the previous, rename), which the run folder does in its background writer."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from converge.io.atomic import atomic_write_bytes
+from converge.io.atomic import atomic_write_bytes, commit, temporary_beside
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -26,20 +30,39 @@ def serialize(state: dict) -> bytes:
     return buffer.getvalue()
 
 
-def deserialize(data: bytes, device: torch.device | str = "cpu") -> dict:
-    """The inverse of :func:`serialize`, for a state held in memory (the divergence guard's good state)."""
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+def save_checkpoint(folder: Path, state: dict | bytes) -> None:
+    """Write a checkpoint now: ``state`` as a dict, or already serialized."""
+    if isinstance(state, bytes):
+        atomic_write_bytes(folder / CHECKPOINT, state, keep_previous=folder / PREVIOUS)
+    else:
+        commit_checkpoint(folder, write_temporary(folder, state))
 
 
-def save_checkpoint(folder: Path, data: bytes) -> None:
-    atomic_write_bytes(folder / CHECKPOINT, data, keep_previous=folder / PREVIOUS)
+def write_temporary(folder: Path, state: dict) -> Path:
+    """``state`` serialized into a new temporary file in ``folder`` (tensor by tensor, from their memory to
+    the file: no copy of the whole state is built). The file is not yet synced nor a checkpoint."""
+    tmp = temporary_beside(folder / CHECKPOINT)
+    try:
+        torch.save(state, str(tmp))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
-def read_checkpoint(path: Path) -> dict:
+def commit_checkpoint(folder: Path, tmp: Path) -> None:
+    """Make the temporary file ``tmp`` (from :func:`write_temporary`) the checkpoint, the old one kept as
+    the previous."""
+    commit(tmp, folder / CHECKPOINT, keep_previous=folder / PREVIOUS)
+
+
+def read_checkpoint(path: Path, *, mmap: bool = False) -> dict:
+    """``mmap``: tensors are mapped from the file rather than read into memory (for a state that is only
+    copied into a live model and optimizer: the divergence guard's rollback)."""
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict):
@@ -52,13 +75,13 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
-def load_checkpoint(folder: Path) -> tuple[dict, Path, list[str]]:
+def load_checkpoint(folder: Path, *, mmap: bool = False) -> tuple[dict, Path, list[str]]:
     """The newest usable checkpoint in ``folder``, the file it came from, and the problems met on the way
     (a corrupt newest file falls back to the previous one)."""
     problems: list[str] = []
     for name in (CHECKPOINT, PREVIOUS):
         try:
-            return read_checkpoint(folder / name), folder / name, problems
+            return read_checkpoint(folder / name, mmap=mmap), folder / name, problems
         except CheckpointError as exc:
             problems.append(str(exc))
     raise CheckpointError("no usable checkpoint: " + "; ".join(problems))

@@ -1,5 +1,8 @@
 """The run folder's files. Small text files are written in the loop (once per epoch); large binary
-writes (weights, checkpoints) go to one background thread so the loop never waits on a disk."""
+writes (weights, checkpoints) go to one background thread so the loop never waits on a disk: a
+checkpoint is serialized into its temporary file in the loop (no copy in memory) and synced and renamed
+in the background; a checkpoint due while the previous one is still being written is skipped, and a
+weights file waiting to be written is replaced by a newer one, so the loop never waits for the writer."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
@@ -43,6 +46,10 @@ TUNE_REPORT = "tune_report.html"
 TRIALS = "trials"
 JOURNAL = "study.journal"
 WORKERS = "workers"
+
+
+def _write_bytes(path: Path, data: bytes | Callable[[], bytes]) -> None:
+    atomic_write_bytes(path, data() if callable(data) else data)
 
 
 def lr_find_plot(optimizer: str, first: bool) -> str:
@@ -103,6 +110,8 @@ class RunFolder:
         self.events = JsonlLog(self.path / EVENTS)
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self._waiting: dict[str, Future] = {}     # the newest job per file, while it may not have started
+        self._checkpoint_job: Future | None = None
         self.lock: FolderLock | None = None   # held while this process writes the folder (io/lock.py)
 
     @classmethod
@@ -155,28 +164,56 @@ class RunFolder:
         return read_json_file(self.path / name)
 
     # --- large files, written in the background ------------------------------------------------
-    def write_bytes_later(self, name: str, data: bytes) -> None:
-        self._submit(atomic_write_bytes, self.path / name, data)
+    def write_bytes_later(self, name: str, data: bytes | Callable[[], bytes]) -> None:
+        """Write ``name`` in the background; ``data`` may be a function that makes the bytes there. A write
+        of the same file that has not started yet is dropped: the newer one replaces it."""
+        waiting = self._waiting.pop(name, None)
+        if waiting is not None and waiting.cancel() and waiting in self._pending:
+            self._pending.remove(waiting)
+        self._waiting[name] = self._submit(_write_bytes, self.path / name, data)
 
-    def write_checkpoint_later(self, data: bytes) -> None:
-        self._submit(ckpt.save_checkpoint, self.path, data)
+    def write_checkpoint_later(self, state: dict, *, wait: bool = False) -> bool:
+        """Serialize ``state`` into a temporary file now (its tensors may change as soon as this returns)
+        and make it the checkpoint in the background. While the previous checkpoint is still being written
+        this one is skipped (returns False), unless ``wait``: then it waits for it."""
+        job = self._checkpoint_job
+        if job is not None and not job.done() and not wait:
+            return False
+        if job is not None:
+            self._checkpoint_job = None
+            if job in self._pending:
+                self._pending.remove(job)
+            job.result()  # surfaces a failed write
+        tmp = ckpt.write_temporary(self.path, state)
+        self._checkpoint_job = self._submit(ckpt.commit_checkpoint, self.path, tmp)
+        return True
 
-    def _submit(self, fn, *args) -> None:
+    @property
+    def writing_checkpoint(self) -> bool:
+        return self._checkpoint_job is not None and not self._checkpoint_job.done()
+
+    def read_checkpoint(self) -> dict:
+        """The newest checkpoint, once the background writes are done, its tensors mapped from the file
+        (the divergence guard rolls back to it)."""
+        self.flush()
+        return ckpt.load_checkpoint(self.path, mmap=True)[0]
+
+    def _submit(self, fn, *args) -> Future:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="converge-writer")
-        # Back-pressure: never more than one write waiting behind the one in progress.
-        while len(self._pending) >= 2:
-            self._pending.pop(0).result()
         for future in [f for f in self._pending if f.done()]:
-            future.result()  # surfaces a failed write now rather than at the end of the run
             self._pending.remove(future)
-        self._pending.append(self._writer.submit(fn, *args))
+            future.result()  # surfaces a failed write now rather than at the end of the run
+        future = self._writer.submit(fn, *args)
+        self._pending.append(future)
+        return future
 
     def flush(self) -> None:
         """Wait for background writes; re-raise the first failure."""
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._waiting, self._checkpoint_job = self._pending, [], {}, None
         for future in pending:
-            future.result()
+            if not future.cancelled():
+                future.result()
 
     def close(self) -> None:
         try:
