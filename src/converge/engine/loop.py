@@ -611,9 +611,20 @@ class Trainer:
                     "partial_loss": self.partial_loss, "partial_seen": self.partial_seen}
         if self.world is not None and self.partial_loss is not None:
             progress["partial_loss"], progress["partial_seen"] = self._epoch_sums()
-        return copied({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                       "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                       "progress": progress}, "cpu")
+        target = copied({"optimizer": self.optimizer.state_dict(),
+                         "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                         "progress": progress}, "cpu")
+        weights = self.model.state_dict()
+        if self.step == 0 and _same_tensors(weights, self.best_state):
+            target["model"] = self.best_state  # the start: the best weights are these (never changed in place)
+        else:
+            target["model"] = copied(weights, "cpu")
+        return target
+
+
+def _same_tensors(state: dict, other: dict) -> bool:
+    return state.keys() == other.keys() and all(
+        isinstance(v, torch.Tensor) and v.shape == other[k].shape and torch.equal(v, other[k]) for k, v in state.items())
 
 
 def _rows(targets) -> int:

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from converge.lazy import preload
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices and kernels (ndim >= 2); leave biases and normalization scales/shifts (ndim < 2)
@@ -66,6 +68,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
         raise ValueError("the model has no trainable parameters")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}")
+    preload("torch._dynamo")  # the first optimizer imports it; see converge.lazy
     return OPTIMIZERS[name].build(groups, lr)
 
 

@@ -15,9 +15,10 @@ from typing import Callable
 import torch
 
 from converge.console import Console
+from converge.lazy import preload
 from converge.io.atomic import atomic_write_bytes
 from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY, TENSORBOARD_DIR, RunFolder
-from converge.io.weights import weights_bytes
+from converge.io.weights import write_weights
 
 
 class RunRecorder:
@@ -101,8 +102,8 @@ class RunRecorder:
         in place, so the writer may read it later)."""
         if self.folder is not None:
             export = self.export_state
-            self.folder.write_bytes_later(BEST_WEIGHTS, lambda: weights_bytes(
-                export(best_state) if export is not None else best_state))
+            self.folder.write_later(BEST_WEIGHTS, lambda path: write_weights(
+                path, export(best_state) if export is not None else best_state))
 
     def save_checkpoint(self, state: dict, *, wait: bool = False) -> bool:
         """Hand ``state`` to the folder's writer (see `RunFolder.write_checkpoint_later`); False when it was
@@ -110,9 +111,6 @@ class RunRecorder:
         if self.folder is None:
             return False
         return self.folder.write_checkpoint_later(state, wait=wait)
-
-    def _exported(self, state: dict) -> dict:
-        return self.export_state(state) if self.export_state is not None else state
 
     # --- resume --------------------------------------------------------------------------------------
     def load(self, history: list[dict], events: list[dict]) -> None:
@@ -154,6 +152,8 @@ class RunRecorder:
         """curves.png: the report's figure (loss, metrics and LR against epoch, every decision marked)."""
         from converge.report._figures import curves_png
 
+        preload("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker", "matplotlib.legend",
+                "matplotlib.transforms")
         png = curves_png(self.history, self.events, best_epoch=best_epoch, monitor=monitor)
         if png is not None:
             atomic_write_bytes(self.folder.path / CURVES, png)

@@ -48,10 +48,6 @@ JOURNAL = "study.journal"
 WORKERS = "workers"
 
 
-def _write_bytes(path: Path, data: bytes | Callable[[], bytes]) -> None:
-    atomic_write_bytes(path, data() if callable(data) else data)
-
-
 def lr_find_plot(optimizer: str, first: bool) -> str:
     """`converge lr-find`'s plot for one optimizer: the first one tested is lr_find.png."""
     return LR_FIND_PLOT if first else f"lr_find_{optimizer}.png"
@@ -164,13 +160,16 @@ class RunFolder:
         return read_json_file(self.path / name)
 
     # --- large files, written in the background ------------------------------------------------
-    def write_bytes_later(self, name: str, data: bytes | Callable[[], bytes]) -> None:
-        """Write ``name`` in the background; ``data`` may be a function that makes the bytes there. A write
-        of the same file that has not started yet is dropped: the newer one replaces it."""
+    def write_bytes_later(self, name: str, data: bytes) -> None:
+        self.write_later(name, lambda path: atomic_write_bytes(path, data))
+
+    def write_later(self, name: str, write: Callable[[Path], None]) -> None:
+        """``write(path)`` (an atomic write of the file ``name``) in the background. A write of the same file
+        that has not started yet is dropped: the newer one replaces it."""
         waiting = self._waiting.pop(name, None)
         if waiting is not None and waiting.cancel() and waiting in self._pending:
             self._pending.remove(waiting)
-        self._waiting[name] = self._submit(_write_bytes, self.path / name, data)
+        self._waiting[name] = self._submit(write, self.path / name)
 
     def write_checkpoint_later(self, state: dict, *, wait: bool = False) -> bool:
         """Serialize ``state`` into a temporary file now (its tensors may change as soon as this returns)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as _save_bytes
 
+from converge.io.atomic import atomic_write_bytes, commit, temporary_beside
 from converge.io.runfolder import STANDARDIZE
 from converge.standardize import add_standardize_hook
 
@@ -18,6 +19,39 @@ def snapshot(state_dict: dict) -> dict[str, torch.Tensor]:
     safetensors needs) and not affected by later training steps."""
     return {name: tensor.detach().clone().contiguous() for name, tensor in state_dict.items()
             if isinstance(tensor, torch.Tensor)}
+
+
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+def write_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """``state`` as a safetensors file, written atomically tensor by tensor from the tensors' own memory (no
+    serialized copy of the whole state is built, as :func:`weights_bytes` does)."""
+    if any(tensor.dtype not in _DTYPES for tensor in state.values()):
+        atomic_write_bytes(path, weights_bytes(state, metadata))
+        return
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, tensor in state.items():
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    tmp = temporary_beside(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(len(text).to_bytes(8, "little") + text)
+            for tensor in state.values():
+                flat = tensor.detach().cpu().contiguous().reshape(-1)
+                if flat.numel():
+                    handle.write(memoryview(flat.view(torch.uint8).numpy()))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    commit(tmp, path)
 
 
 def weights_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
