@@ -33,7 +33,8 @@ from converge.decide.divergence import Alarm, GuardPolicy
 from converge.engine import device as dev
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident, copied
-from converge.engine.objective import Objective, constant_prediction_loss, gather_targets, monitor_key
+from converge.engine.objective import (Objective, TargetStats, constant_prediction_loss, monitor_key, scores_of,
+                                       targets_in_memory)
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
 from converge.engine.signals import StopSignals
@@ -71,13 +72,15 @@ class Trainer:
 
     def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, objective: Objective, *,
                  recorder: RunRecorder | None = None, epoch_judge: Callable[[dict], str | None] | None = None,
-                 restore_best: bool = True, tuning_epochs: float = 0.0, started: float | None = None) -> None:
+                 restore_best: bool = True, tuning_epochs: float = 0.0, started: float | None = None,
+                 max_steps: int | None = None) -> None:
         if config.auto_knobs:
             raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.tune)")
         self.config, self.objective = config, objective
         self.record = recorder or RunRecorder()
         self.console = self.record.console
         self.epoch_judge, self.restore_best = epoch_judge, restore_best
+        self.max_steps = max_steps  # a budget of optimizer steps (the tuning race): its last epoch may be partial
         self.tuning_epochs = float(tuning_epochs)
         self.device = dev.pick_device(config.device)
         dev.check_amp(config.amp, self.device)
@@ -117,6 +120,11 @@ class Trainer:
         self._checkpoint_cost: float | None = None   # seconds the last checkpoint cost the loop
         self._resumed = False     # the state came from the run folder's checkpoint (load_state_dict)
         self._main_writes = False  # this process, or rank 0, writes a run folder (set by run())
+        # The constant-prediction baseline ("the model learned nothing"): from the targets of the first
+        # training epoch, summed in the loop (or read directly from targets held in memory).
+        self.baseline_loss: float | None = None
+        in_memory = targets_in_memory(self.splits["train"])
+        self.target_stats = TargetStats(objective) if in_memory is None and objective.known_loss else None
 
     @property
     def history(self) -> list[dict]:
@@ -142,6 +150,9 @@ class Trainer:
                 while self.status is None:
                     if self._stop_requested(signals, index=None)[0]:  # between epochs
                         self._interrupted(signals)
+                        break
+                    if self.max_steps is not None and self.step >= self.max_steps:
+                        self._stop(Status.MAX_EPOCHS, f"reached its budget of {self.max_steps} steps")
                         break
                     if self.epoch >= self.config.max_epochs:
                         self._stop(Status.MAX_EPOCHS, f"reached --max-epochs {self.config.max_epochs} "
@@ -213,13 +224,16 @@ class Trainer:
         loss_sum, seen = self.partial_loss, self.partial_seen
         model, scaler, objective, guard = self.train_model, self.scaler, self.objective, self.guard
         accumulate = cfg.accumulate
+        stats = self.target_stats if self.epoch == 0 else None  # the first epoch's targets make the baseline
         model.train()
         pending_step = False
         batches = self.splits["train"].batches(cfg.batch_size, seed=epoch_seed(cfg.seed, epoch), start=self.batch,
                                                world=self.world)
         for index, (inputs, targets) in enumerate(batches, start=self.batch):
             with dev.autocast(cfg.amp, self.device):
-                loss = objective.forward(model, inputs, targets)[1]
+                outputs, loss = objective.forward(model, inputs, targets)
+            if stats is not None:
+                stats.update(targets, scores_of(outputs))
             if scaler is not None:
                 scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
             else:
@@ -237,6 +251,8 @@ class Trainer:
             self._optimizer_step()
             pending_step = False
             self.batch, self.partial_seen = index + 1, seen
+            if self.max_steps is not None and self.step >= self.max_steps:
+                break  # the budget ends the epoch here (it is then validated as usual)
             if guard is not None and guard.due and (outcome := self._guard_check()):
                 return outcome
             stop, checkpoint_due = self._stop_requested(signals, index)
@@ -371,6 +387,8 @@ class Trainer:
 
     def _end_epoch(self, train_loss: float) -> None:
         self.epoch += 1
+        if self.epoch == 1:
+            self._learn_baseline()
         lr = current_lr(self.optimizer)
         record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": train_loss,
                   **self.evaluate("val", prefix="val_"), "rollbacks": self.epoch_rollbacks,
@@ -464,10 +482,21 @@ class Trainer:
         summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)
         return FitResult(self.model, summary, list(self.history), list(self.events), self.record.run_dir)
 
+    def _learn_baseline(self) -> None:
+        """After the first epoch (every rank): the constant-prediction loss of the training targets."""
+        if not self.objective.known_loss:
+            return
+        if self.target_stats is None:
+            self.baseline_loss = constant_prediction_loss(targets_in_memory(self.splits["train"]), self.objective)
+        else:
+            self.baseline_loss = self.target_stats.loss(self.world)
+            self.target_stats = None  # its job is done; the value is kept (and checkpointed)
+
     def _diagnosis(self):
         cfg = self.config
-        baseline = constant_prediction_loss(gather_targets(self.splits["train"]), self.objective) \
-            if self.objective.known_loss else None
+        if self.baseline_loss is None and self.target_stats is None and self.epoch >= 1:
+            self._learn_baseline()  # targets in memory, a checkpoint from before the baseline was kept
+        baseline = self.baseline_loss
         return diagnose_run(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
                             patience=cfg.patience, max_epochs=cfg.max_epochs, weight_decay=cfg.weight_decay,
                             baseline_loss=baseline)
@@ -520,6 +549,8 @@ class Trainer:
             "tracker": self.tracker.state_dict(),
             "guard": self.guard.state_dict() if self.guard is not None else None,
             "best_model": self.best_state,
+            "baseline": {"loss": self.baseline_loss,
+                         "targets": self.target_stats.state_dict() if self.target_stats is not None else None},
             "best_record": self.best_record,
             "progress": {"epoch": self.epoch, "step": self.step, "batch": self.batch,
                          "partial_loss": self.partial_loss, "partial_seen": self.partial_seen,
@@ -547,6 +578,14 @@ class Trainer:
             self.guard.load_state_dict(state["guard"])
         self.best_state = {k: v.to(self.device) for k, v in state["best_model"].items()}
         self.best_record = dict(state["best_record"])
+        baseline = state.get("baseline") or {}  # older checkpoints: learned again in the next first epoch
+        self.baseline_loss = baseline.get("loss")
+        if self.target_stats is not None and baseline.get("targets") is not None:
+            self.target_stats.load_state_dict(baseline["targets"])
+            sums = self.target_stats.sums
+            self.target_stats.sums = sums.to(self.device) if sums is not None else None
+        elif self.target_stats is not None and self.baseline_loss is not None:
+            self.target_stats = None
         progress = state["progress"]
         self.epoch, self.step, self.batch = progress["epoch"], progress["step"], progress["batch"]
         partial = progress["partial_loss"]

@@ -472,6 +472,89 @@ def constant_prediction_loss(targets: torch.Tensor, objective: Objective) -> flo
     return None
 
 
+class TargetStats:
+    """The sufficient statistics of the targets for :func:`constant_prediction_loss`, summed batch by batch
+    on the device (no sync: the training loop feeds it the first epoch's batches): the count of each class
+    (ignored labels in an extra bin), or the per-column sums (and sums of squares) and the row count."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+        self.sums: torch.Tensor | None = None   # one row of statistics per kind; see update()
+        self.usable = objective.known_loss and objective.kind in (
+            "classification", "sequence", "binary", "multilabel", "regression")
+
+    def update(self, targets, outputs=None) -> None:
+        """Add a batch. ``outputs`` gives the number of classes (their last dimension) for classification."""
+        if not self.usable:
+            return
+        if not isinstance(targets, torch.Tensor) or targets.dtype.is_complex:
+            self.usable = False  # the baseline only knows tensors of targets
+            return
+        y = targets.detach()
+        kind = self.objective.kind
+        if kind in ("classification", "sequence"):
+            if y.dtype.is_floating_point:
+                self.usable = False
+                return
+            classes = outputs.shape[-1] if isinstance(outputs, torch.Tensor) else int(y.max()) + 1
+            labels = y.reshape(-1).long()
+            if self.objective.ignore_index is not None:
+                labels = torch.where(labels == self.objective.ignore_index, classes, labels)
+            add = torch.zeros(classes + 1, dtype=torch.float64, device=y.device)
+            add.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        else:
+            rows = _rows(y).double()
+            add = torch.stack([rows.sum(0), (rows * rows).sum(0),
+                               torch.full_like(rows[0], rows.shape[0])]) if rows.shape[0] else None
+            if add is None:
+                return
+        if self.sums is None:
+            self.sums = add
+        elif self.sums.shape != add.shape:
+            self.usable = False  # targets whose shape changes between batches: no constant prediction
+        else:
+            self.sums.add_(add)
+
+    def loss(self, world=None) -> float | None:
+        """The constant-prediction loss from the statistics so far (a sync point); ``world``: summed over the
+        data-parallel ranks first (a collective: every rank calls it)."""
+        sums = self.sums
+        if world is not None:
+            present = world.any_flags([sums is not None and self.usable], sums.device if sums is not None else "cpu")
+            if not present[0]:
+                return None
+            sums = world.sum_(sums.clone())
+        if sums is None or not self.usable:
+            return None
+        sums = sums.cpu()
+        kind = self.objective.kind
+        if kind in ("classification", "sequence"):
+            counts = sums[:-1]
+            return _entropy(counts / counts.sum()) if counts.sum() > 0 else None
+        total, squares, n = sums[0], sums[1], sums[2]
+        if kind in ("binary", "multilabel"):
+            return float(_binary_entropy(total / n).mean())
+        if n[0] <= 1:
+            return None
+        mean = total / n
+        return float((squares / n - mean * mean).clamp(min=0).mean())
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "usable": self.usable}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.usable = state["sums"], bool(state["usable"])
+
+
+def targets_in_memory(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:
+    """Up to ``limit`` targets of a split held in memory as tensors, None for others (nothing is loaded)."""
+    if isinstance(split, TensorSplit):
+        return split.targets[:limit]
+    if isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
+        return split.whole_tensors()[1][:limit]
+    return None
+
+
 def gather_targets(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:
     """Up to ``limit`` targets of a split (for the baseline), without reading inputs when in memory."""
     if isinstance(split, TensorSplit):

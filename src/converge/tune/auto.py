@@ -7,9 +7,10 @@ The steps, each recorded as an event with its evidence:
 2. **Learning rate**: a range test per candidate optimizer, read by `converge.decide.suggest_lr`.
    A curve with no evidence falls back to the optimizer's standard LR, and says so.
 3. **Optimizer and LR, checked on validation**: every (optimizer, LR) arm -- the suggestion and a
-   third of it, or three LRs around it when the optimizer is fixed -- trains a rung of about 40 steps
-   (at least an epoch) with the real engine; successive halving keeps the better half on the
-   monitored value until one is left.
+   third of it, or three LRs around it when the optimizer is fixed -- trains 40 optimizer steps (a
+   partial epoch when epochs are longer) with the real engine; successive halving keeps the better half
+   on the monitored value and trains it again from the start with twice the steps, until one is left.
+   The race costs the same number of steps whatever the size of the data, one arm at a time.
 4. **Weight decay**: the budget of a short race cannot tell weight decays apart (their effect shows
    over a whole run), so an explicit value is kept and "auto" takes the standard decoupled value
    for the optimizer (AdamW 1e-2, SGD 5e-4), recorded as such.
@@ -43,7 +44,7 @@ from converge.tune.lr_find import RangeTest, lr_range_test
 
 TARGET_STEPS_PER_EPOCH = 50
 BATCH_RANGE = (16, 256)
-RUNG_STEPS = 40            # optimizer steps per arm and rung (at least one epoch)
+RUNG_STEPS = 40            # optimizer steps per arm in the race's first rung (doubled each rung)
 WARMUP_MARGIN = 5.0        # warm up when the LR is within this factor of the range test's loss minimum
 
 
@@ -219,50 +220,60 @@ def _warmup_steps(lr: float, test: RangeTest | None, steps_per_epoch: int) -> tu
 
 
 def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_per_epoch, tests, console):
-    """Successive halving: every arm trains a rung; the better half (by best monitored value) trains
-    another; until one is left. Arms train with the real engine from the same initial weights."""
-    from converge.engine.loop import Trainer
-
+    """Successive halving in optimizer steps: every arm trains ``RUNG_STEPS`` steps (a partial epoch when
+    epochs are longer) and is scored on validation; the better half trains again from the start with twice
+    the budget (the same trajectory as going on: the data order and the seeds depend on the step only), and
+    so on until one is left. Arms train one after another from the same initial weights and only their
+    scores are kept, so at most one arm's model and optimizer are alive at a time, and the race costs a
+    number of steps that does not depend on the size of the data."""
     saved = log.get("race")
     if saved is not None:
         return (saved["winner"][0], saved["winner"][1]), saved["samples"], saved["events"]
-    rung_epochs = max(1, math.ceil(RUNG_STEPS / steps_per_epoch))
-    race_splits = {name: split for name, split in splits.items() if name != "test"}
-    # An arm's own end-of-run diagnosis is never read: no constant-prediction baseline for it.
-    arm_objective = dataclasses.replace(objective, known_loss=False)
-    trainers = {}
-    for opt, lr in arms:
-        warmup, _ = _warmup_steps(lr, tests.get(opt), steps_per_epoch)
-        arm_config = config.with_values(optimizer=opt, lr=lr, weight_decay=decay[opt], batch_size=batch_size,
-                                        warmup_steps=warmup, max_epochs=1, min_lr=None,
-                                        patience=max(config.patience, 10**6), checkpoint_seconds=1e9,
-                                        guard=False)  # a diverging arm must lose, not be rescued
-        trainers[(opt, lr)] = Trainer(copy.deepcopy(model), race_splits, arm_config, arm_objective,
-                                      restore_best=False)
     alive, rung, events, samples = list(arms), 0, [], 0
     sign = 1 if config.mode == "min" else -1
+    monitor = None
     while len(alive) > 1:
         rung += 1
+        budget = RUNG_STEPS * 2 ** (rung - 1)
         scores = {}
         for arm in alive:
-            trainer = trainers[arm]
-            if trainer.status is not Status.DIVERGED:
-                trainer.extend(rung_epochs)
-                if trainer.status is Status.INTERRUPTED:  # Ctrl-C: stop tuning; finished stages are saved
-                    raise KeyboardInterrupt
-                samples += rung_epochs * epoch_samples(trainer.splits["train"], batch_size)
-            # An arm whose training loss blew up is out, whatever it scored before.
-            finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
-            scores[arm] = sign * trainer.tracker.best if finite else math.inf
+            score, steps, monitor = _race_arm(model, splits, config, objective, arm, decay, batch_size,
+                                              steps_per_epoch, tests, budget)
+            samples += steps * batch_size
+            scores[arm] = sign * score if math.isfinite(score) else math.inf
         ranked = sorted(alive, key=lambda arm: scores[arm])
         keep = ranked[: max(1, len(alive) // 2)]
-        events.append(_event("race_rung", rung=rung, epochs=rung_epochs, monitor=trainers[alive[0]].monitor_key,
+        events.append(_event("race_rung", rung=rung, steps=budget, epochs=round(budget / steps_per_epoch, 3),
+                             monitor=monitor,
                              arms=[{"optimizer": o, "lr": lr, "best": sign * scores[(o, lr)]
                                     if math.isfinite(scores[(o, lr)]) else None} for o, lr in ranked],
                              kept=[{"optimizer": o, "lr": lr} for o, lr in keep]))
-        console.message("tuning: race rung {} ({} epoch(s) each): ".format(rung, rung_epochs) + ", ".join(
+        console.message("tuning: race rung {} ({} steps each): ".format(rung, budget) + ", ".join(
             f"{o} {lr:.3g} -> {sign * scores[(o, lr)]:.4g}" for o, lr in ranked))
         alive = keep
     winner = alive[0]
     log.put("race", {"winner": list(winner), "samples": samples, "events": events})
     return winner, samples, events
+
+
+def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_per_epoch, tests, budget):
+    """One arm trained ``budget`` steps from ``model``'s weights: (its best monitored value, or inf when its
+    training loss blew up; the steps it trained; the monitored key). Nothing of it is kept."""
+    from converge.engine.loop import Trainer
+
+    opt, lr = arm
+    warmup, _ = _warmup_steps(lr, tests.get(opt), steps_per_epoch)
+    arm_config = config.with_values(optimizer=opt, lr=lr, weight_decay=decay[opt], batch_size=batch_size,
+                                    warmup_steps=warmup, max_epochs=math.ceil(budget / steps_per_epoch) + 1,
+                                    min_lr=None, patience=max(config.patience, 10**6), checkpoint_seconds=1e9,
+                                    guard=False)  # a diverging arm must lose, not be rescued
+    race_splits = {name: split for name, split in splits.items() if name != "test"}
+    # An arm's own end-of-run diagnosis is never read: no constant-prediction baseline for it.
+    arm_objective = dataclasses.replace(objective, known_loss=False)
+    trainer = Trainer(copy.deepcopy(model), race_splits, arm_config, arm_objective, restore_best=False,
+                      max_steps=budget)
+    trainer.run()
+    if trainer.status is Status.INTERRUPTED:  # Ctrl-C: stop tuning; finished stages are saved
+        raise KeyboardInterrupt
+    finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
+    return (trainer.tracker.best if finite else math.inf), trainer.step, trainer.monitor_key
