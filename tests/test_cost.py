@@ -1,0 +1,240 @@
+"""Cost of a run: the guard's rollback target holds no serialized copy, checkpoints never make the loop
+wait, nothing keeps a finished run alive, the tuning race is bounded in steps, and the constant-prediction
+baseline comes from the targets of the first epoch."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import converge
+from converge.assembly import Output, assemble, make_config
+from converge.data import make_splits
+from converge.decide.cadence import MAX_SHARE, NEGLIGIBLE_SECONDS, checkpoint_due
+from converge.decide.divergence import Alarm
+from converge.engine.guard import Incident
+from converge.engine.objective import constant_prediction_loss
+from converge.io import checkpoint as ckpt
+from converge.io.runfolder import RunFolder
+
+
+class Rows(Dataset):
+    """A map-style Dataset (not tensors in memory): the baseline must come from the loop's statistics."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def _data(kind: str, n: int = 240, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    if kind == "classification":
+        y = (x[:, 0] > 0.3).long() + (x[:, 1] > 1.0).long()
+    elif kind == "binary":
+        y = (x[:, :2] > 0.2).float()
+    else:
+        y = x[:, :2] * 3.0 + 1.0
+    return x, y
+
+
+def _model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3 if kind == "classification" else 2))
+
+
+def _run(kind="regression", out=None, dataset=False, **options):
+    x, y = _data(kind)
+    train, val = (x[:180], y[:180]), (x[180:], y[180:])
+    if dataset:
+        train, val = Rows(*train), Rows(*val)
+    config = make_config(**{"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0, "batch_size": 32,
+                            "max_epochs": 3, "device": "cpu", "seed": 0, **options})
+    run = assemble(_model(kind), make_splits(train, val), config, output=Output(out), verbose=False)
+    return run.trainer, run.run()
+
+
+# --- the guard's rollback target -----------------------------------------------------------------------
+def _no_bytes(obj) -> bool:
+    return not any(isinstance(v, (bytes, bytearray)) for v in vars(obj).values())
+
+
+def test_guard_rolls_back_from_the_folder_and_holds_no_copy(tmp_path):
+    trainer, _ = _run(out=tmp_path / "run")
+    guard = trainer.guard
+    assert guard.good_state is None and guard.good_folder is trainer.record.folder
+    assert _no_bytes(guard) and _no_bytes(trainer)
+
+
+def test_guard_without_folder_keeps_tensors_not_bytes():
+    trainer, _ = _run(out=None)
+    guard = trainer.guard
+    assert guard.good_folder is None and isinstance(guard.good_state, dict)
+    assert all(isinstance(t, torch.Tensor) for t in guard.good_state["model"].values())
+    assert _no_bytes(guard)
+    # A copy: the loop's tensors are not the target's.
+    live = dict(trainer.model.named_parameters())
+    assert all(t.data_ptr() != live[k].data_ptr() for k, t in guard.good_state["model"].items() if k in live)
+
+
+def test_rollback_from_disk_restores_the_checkpoint_exactly(tmp_path):
+    trainer, _ = _run(out=tmp_path / "run")
+    saved = ckpt.load_checkpoint(tmp_path / "run")[0]
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(torch.randn_like(p))
+    for state in trainer.optimizer.state.values():
+        state["exp_avg"].add_(1.0)
+    incident = Incident(Alarm("nonfinite", math.nan, math.nan, "test"), batch=0, step=trainer.step, grad_norm=None)
+    done = trainer.guard.roll_back(incident, model=trainer.model, optimizer=trainer.optimizer, scaler=None,
+                                   min_lr=1e-6)
+    assert done.progress["step"] == saved["progress"]["step"]
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, saved["model"][name]), name
+    restored = trainer.optimizer.state_dict()["state"]
+    for key, state in saved["optimizer"]["state"].items():
+        assert torch.equal(restored[key]["exp_avg"], state["exp_avg"])
+        assert torch.equal(restored[key]["exp_avg_sq"], state["exp_avg_sq"])
+    # The target is intact after the loop changes the restored tensors in place.
+    for state in trainer.optimizer.state.values():
+        state["exp_avg"].add_(1.0)
+    again = ckpt.load_checkpoint(tmp_path / "run")[0]
+    assert all(torch.equal(again["optimizer"]["state"][k]["exp_avg"], s["exp_avg"])
+               for k, s in saved["optimizer"]["state"].items())
+
+
+def test_rollback_in_memory_leaves_the_target_intact():
+    trainer, _ = _run(out=None)
+    target = {k: v.clone() for k, v in trainer.guard.good_state["model"].items()}
+    incident = Incident(Alarm("nonfinite", math.nan, math.nan, "test"), batch=0, step=trainer.step, grad_norm=None)
+    for _ in range(2):
+        trainer.guard.roll_back(incident, model=trainer.model, optimizer=trainer.optimizer, scaler=None, min_lr=1e-6)
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.add_(1.0)
+        for state in trainer.optimizer.state.values():
+            state["exp_avg"].add_(1.0)
+    assert all(torch.equal(trainer.guard.good_state["model"][k], v) for k, v in target.items())
+
+
+# --- nothing keeps a finished run alive ------------------------------------------------------------------
+def test_finished_run_is_freed_without_the_garbage_collector(tmp_path):
+    script = textwrap.dedent(f"""
+        import gc, weakref
+        import torch
+        from torch import nn
+        import converge
+        gc.disable()
+        x = torch.randn(200, 6); y = x[:, :1] * 2
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+        alive = weakref.ref(model)
+        result = converge.fit(model, (x[:160], y[:160]), (x[160:], y[160:]), out={str(tmp_path / 'run')!r},
+                              verbose=False, max_epochs=2, optimizer="adamw", lr=1e-2, weight_decay=0.0,
+                              batch_size=32, device="cpu")
+        del model, result
+        print("ALIVE" if alive() is not None else "FREED")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "FREED"
+
+
+# --- checkpoints never make the loop wait -----------------------------------------------------------------
+def test_checkpoint_is_skipped_not_waited_for_while_the_writer_is_busy(tmp_path, monkeypatch):
+    release = threading.Event()
+    real_commit = ckpt.commit_checkpoint
+
+    def slow_commit(folder, tmp):
+        release.wait(30)
+        real_commit(folder, tmp)
+
+    monkeypatch.setattr(ckpt, "commit_checkpoint", slow_commit)
+    folder = RunFolder(tmp_path)
+    state = {"w": torch.arange(4.0)}
+    assert folder.write_checkpoint_later(state)
+    started = time.monotonic()
+    assert not folder.write_checkpoint_later({"w": torch.zeros(4)})  # busy: skipped at once
+    assert time.monotonic() - started < 5
+    assert folder.writing_checkpoint
+    releaser = threading.Timer(0.2, release.set)
+    releaser.start()
+    assert folder.write_checkpoint_later({"w": torch.ones(4)}, wait=True)  # a final one waits its turn
+    folder.close()
+    assert torch.equal(torch.load(tmp_path / ckpt.CHECKPOINT)["w"], torch.ones(4))
+    assert torch.equal(torch.load(tmp_path / ckpt.PREVIOUS)["w"], torch.arange(4.0))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("since, cost, floor, due", [
+    (0.0, None, 0.0, True),                              # nothing written yet
+    (0.1, NEGLIGIBLE_SECONDS, 0.0, True),                # negligible: every time
+    (1.0, 0.3, 0.0, False),                              # 0.3 s every second is 30 %
+    (0.3 / MAX_SHARE, 0.3, 0.0, True),                   # exactly the allowed share
+    (0.3 / MAX_SHARE - 0.5, 0.3, 0.0, False),
+    (5.0, 0.01, 10.0, False),                            # inside an epoch: --checkpoint-seconds first
+    (11.0, 0.01, 10.0, True),
+])
+def test_checkpoint_cadence(since, cost, floor, due):
+    assert checkpoint_due(since, cost, floor=floor) is due
+
+
+# --- the race is bounded in steps ---------------------------------------------------------------------------
+def _race_steps(n: int) -> tuple[list[int], float]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 6, generator=g)
+    y = x[:, :1] * 2
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    result = converge.fit(model, (x, y), (x[:64], y[:64]), optimizer="auto", lr=1e-2, weight_decay=0.0,
+                          batch_size=16, max_epochs=1, verbose=False, device="cpu")
+    rungs = [e for e in result.events if e["event"] == "race_rung"]
+    return [r["steps"] for r in rungs], result.summary["tuning_epochs"] * n
+
+
+def test_race_budget_is_in_steps_whatever_the_data_size():
+    small_steps, small_samples = _race_steps(320)      # 20 steps an epoch: the race spans epochs
+    large_steps, large_samples = _race_steps(3200)     # 200 steps an epoch: a partial one
+    assert small_steps == large_steps and small_steps
+    assert small_samples == pytest.approx(large_samples, rel=0.02)
+
+
+# --- the baseline from the targets ------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["classification", "binary", "regression"])
+def test_baseline_from_the_first_epoch_equals_the_direct_computation(kind):
+    trainer, _ = _run(kind, dataset=True, max_epochs=2)
+    x, y = _data(kind)
+    expected = constant_prediction_loss(y[:180], trainer.objective)
+    assert expected is not None
+    assert trainer.baseline_loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    in_memory, _ = _run(kind, dataset=False, max_epochs=1)
+    assert in_memory.baseline_loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_resume_keeps_the_baseline(tmp_path):
+    out = tmp_path / "run"
+    trainer, _ = _run("classification", out=out, dataset=True, max_epochs=2)
+    state = ckpt.load_checkpoint(out)[0]
+    assert state["baseline"]["loss"] == trainer.baseline_loss is not None
+    x, y = _data("classification")
+    config = make_config(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, max_epochs=3, device="cpu")
+    fresh = assemble(_model("classification"), make_splits(Rows(x[:180], y[:180]), Rows(x[180:], y[180:])),
+                     config, verbose=False).trainer
+    fresh.load_state_dict(state)
+    assert fresh.baseline_loss == trainer.baseline_loss
+    # A checkpoint inside the first epoch keeps the statistics gathered so far.
+    partial = fresh.target_stats
+    assert partial is None  # the first epoch is over: only the value is kept
