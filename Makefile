@@ -45,6 +45,7 @@ test-browser: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
+	$(PY) bench/memory.py
 
 # The bench extra (optuna) goes in its own stamp, so `make test` never installs or needs it.
 $(BENCH_STAMP): $(STAMP)

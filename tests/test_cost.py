@@ -4,6 +4,7 @@ baseline comes from the targets of the first epoch."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -238,3 +239,50 @@ def test_resume_keeps_the_baseline(tmp_path):
     # A checkpoint inside the first epoch keeps the statistics gathered so far.
     partial = fresh.target_stats
     assert partial is None  # the first epoch is over: only the value is kept
+
+
+# --- data-parallel: every rank rolls back to rank 0's checkpoint ----------------------------------------
+DDP_TASK = '''
+import json
+import math
+import torch
+from torch import nn
+
+def model():
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1300, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] * x[:, 2] > 0).long()
+    return (x[:800], y[:800]), (x[800:1000], y[800:1000])
+
+calls = [0]
+
+def loss(outputs, targets):
+    value = nn.functional.cross_entropy(outputs, targets)
+    if outputs.requires_grad:
+        calls[0] += 1
+        if calls[0] == 33:  # epoch 3 (13 batches an epoch): the guard rolls back to epoch 2's checkpoint
+            return value * math.nan
+    return value
+'''
+
+
+def test_data_parallel_rollback_restores_rank_zeros_checkpoint_on_every_rank(tmp_path):
+    from test_distributed import TOLERANCE, logged, run_ok, train_command
+
+    task = tmp_path / "task.py"
+    task.write_text(DDP_TASK)
+    run_ok(train_command(task, tmp_path / "one", epochs=5))
+    run_ok(train_command(task, tmp_path / "two", "--nproc", "2", epochs=5))
+    for name in ("one", "two"):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["rollbacks"] == 1, name
+    one, two = logged(tmp_path / "one"), logged(tmp_path / "two")
+    assert len(one) == len(two) == 5
+    for a, b in zip(one, two):
+        assert a["step"] == b["step"] and a["rollbacks"] == b["rollbacks"]
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert b[key] == pytest.approx(a[key], rel=TOLERANCE, abs=1e-7), (a["epoch"], key)
+    assert any(r["rollbacks"] for r in one)
