@@ -286,3 +286,16 @@ def test_data_parallel_rollback_restores_rank_zeros_checkpoint_on_every_rank(tmp
         for key in ("train_loss", "val_loss", "val_accuracy"):
             assert b[key] == pytest.approx(a[key], rel=TOLERANCE, abs=1e-7), (a["epoch"], key)
     assert any(r["rollbacks"] for r in one)
+
+
+def test_best_weights_written_tensor_by_tensor_read_back_the_same(tmp_path):
+    from safetensors.torch import load_file
+
+    from converge.io.weights import write_weights
+
+    state = {"w": torch.randn(3, 4), "half": torch.randn(5).to(torch.bfloat16), "step": torch.tensor(7),
+             "empty": torch.zeros(0, 2), "mask": torch.tensor([True, False]), "t": torch.randn(4, 3).t()}
+    write_weights(tmp_path / "best.safetensors", state, metadata={"k": "v"})
+    back = load_file(str(tmp_path / "best.safetensors"))
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
