@@ -35,6 +35,7 @@ from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
 from converge.engine.objective import Objective, constant_prediction_loss, gather_targets, monitor_key
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
+from converge.engine.reference import reference_loss
 from converge.engine.signals import StopSignals
 from converge.engine.verdict import apply_verdict, lr_at_minimum
 from converge.errors import ConvergeError
@@ -449,18 +450,33 @@ class Trainer:
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
                         value=self.tracker.best)
         test = self.evaluate("test") if "test" in self.splits and finished else None
+        fit = self._fit_values() if finished else None
         summary = self._summary(test)
-        summary["diagnosis"] = [f.to_dict() for f in self._diagnosis()] if finished else []
+        if fit is not None:
+            summary["train"] = {k[len("train_"):]: v for k, v in fit.items() if k.startswith("train_")}
+        summary["diagnosis"] = [f.to_dict() for f in self._diagnosis(fit, summary)] if finished else []
         summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)
         return FitResult(self.model, summary, list(self.history), list(self.events), self.record.run_dir)
 
-    def _diagnosis(self):
+    def _fit_values(self) -> dict | None:
+        """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
+        the diagnosis's generalization gap. One pass over the training split at the end; not for a stream,
+        nor for a loss without a known meaning (a race's arms)."""
+        if not self.objective.known_loss or getattr(self.splits["train"], "stream", False):
+            return None
+        return {**self.evaluate("train", prefix="train_"), **self.best_record}
+
+    def _diagnosis(self, fit: dict | None = None, summary: dict | None = None):
+        """The findings; ``summary`` (when given) receives the yardsticks they were judged against."""
         cfg = self.config
         baseline = constant_prediction_loss(gather_targets(self.splits["train"]), self.objective) \
             if self.objective.known_loss else None
+        reference = reference_loss(self.splits, self.objective, seed=cfg.seed) if baseline is not None else None
+        if summary is not None and baseline is not None:
+            summary["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
         return diagnose_run(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
                             patience=cfg.patience, max_epochs=cfg.max_epochs, weight_decay=cfg.weight_decay,
-                            baseline_loss=baseline)
+                            baseline_loss=baseline, fit=fit, reference_loss=reference)
 
     def _wall_seconds(self) -> float:
         """The run's wall time so far: this command's since it started (set-up, tuning, doctor, training)
