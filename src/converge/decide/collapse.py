@@ -18,8 +18,9 @@ better than a constant -- whatever its outputs look like. The rule:
 The likely cause, from the run's own history:
 
 * ``lr_too_high``: a rollback of the divergence guard, a training loss of an epoch above ``SPIKE_SHARE`` times
-  the constant loss (a blow-up: the model is far worse than a constant), or a run that had learned and lost
-  it; these are what a too-high learning rate leaves behind;
+  the constant loss (a blow-up: the model is far worse than a constant), an LR that rose during the run (a
+  warmup or a jump: more than ``LR_JUMP`` times the epoch before's), or a run that had learned and lost it;
+  these are what a too-high learning rate leaves behind;
 * ``unscaled_inputs``: the doctor found unscaled features (a ``doctor_finding`` event) and no standardization
   was applied (no applied ``standardize_features`` remedy);
 * otherwise unknown: the fix lists what to try.
@@ -35,7 +36,8 @@ from dataclasses import dataclass, field
 COLLAPSE_SHARE = 0.95   # a loss at or above this share of the constant-prediction loss is "at the constant level"
 LASTING_EPOCHS = 2      # epochs at the level, at the end, for a run that had learned to count as collapsed late
 FIT_SHARE = 0.5         # a training loss below this share of the constant's: the model fits its training data
-SPIKE_SHARE = 3.0       # an epoch's training loss above this many times the constant loss is a blow-up
+LR_JUMP = 1.5           # an epoch's LR above this many times the epoch before's is a jump
+SPIKE_SHARE = 1.5       # an epoch's training loss above this many times the constant loss is a blow-up
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,13 @@ def _causes(history: list[dict], events: list[dict], baseline: float, late: bool
     evidence = {"rollbacks": len(rollbacks), "worst_epoch_train_loss": worst}
     if rollbacks:
         evidence["lr_before_rollback"] = rollbacks[0].get("lr")
+    lrs = [r.get("lr") for r in history]
+    jumps = [(r["epoch"], b) for r, a, b in zip(history[1:], lrs, lrs[1:]) if _finite(a) and _finite(b) and a > 0
+             and b > LR_JUMP * a]
+    if jumps:
+        evidence["lr_rose_to"], evidence["lr_rose_at_epoch"] = jumps[-1][1], jumps[-1][0]
     causes = []
-    if rollbacks or late or (worst is not None and worst > SPIKE_SHARE * baseline):
+    if rollbacks or late or jumps or (worst is not None and worst > SPIKE_SHARE * baseline):
         causes.append("lr_too_high")
     if unscaled_inputs(events):
         causes.append("unscaled_inputs")

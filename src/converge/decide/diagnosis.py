@@ -299,6 +299,9 @@ def _collapse_lr(history: list[dict], found: Collapse) -> Finding | None:
     if _finite(worst) and worst > found.baseline:
         why.append(f"a training loss of {worst:.4g} in an epoch ({worst / found.baseline:.3g}x a constant "
                    f"prediction's)")
+    if found.cause_evidence.get("lr_rose_to"):
+        why.append(f"the LR rose to {found.cause_evidence['lr_rose_to']:.3g} by epoch "
+                   f"{found.cause_evidence['lr_rose_at_epoch']} (warmup or a jump)")
     if found.late:
         why.append(f"the run had learned, then fell back to the constant level at epoch {found.since_epoch}")
     evidence = {"rollbacks": rollbacks, "worst_epoch_train_loss": worst,
@@ -310,7 +313,8 @@ def _collapse_lr(history: list[dict], found: Collapse) -> Finding | None:
 
 
 def _lower_lr(history: list[dict], found: Collapse) -> str:
-    lr = found.cause_evidence.get("lr_before_rollback") or (history[0].get("lr") if history else None)
+    lr = found.cause_evidence.get("lr_before_rollback") or found.cause_evidence.get("lr_rose_to") or \
+        max((r["lr"] for r in history if _finite(r.get("lr"))), default=None)
     return f"--lr {lr / 10:.3g}" if _finite(lr) and lr > 0 else "a 10x lower --lr"
 
 

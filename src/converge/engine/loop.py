@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from converge.config import TrainConfig
-from converge.data import epoch_seed
+from converge.data import TensorSplit, epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.diagnosis import diagnose_run, live_findings
 from converge.decide.divergence import Alarm, GuardPolicy
@@ -97,8 +97,8 @@ class Trainer:
             mode=config.mode, patience=config.patience, threshold=config.threshold,
             cooldown=config.cooldown, unproductive_cuts=config.unproductive_cuts,
             check_finite=not config.guard))  # with the guard a non-finite value is rolled back instead
-        self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks), self.device,
-                                     config.clip_grad, world=self.world) if config.guard else None
+        self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks, baseline=self._baseline_now()),
+                                     self.device, config.clip_grad, world=self.world) if config.guard else None
         # The counters the loop owns.
         self.epoch = 0            # finished epochs
         self.step = 0             # optimizer steps
@@ -114,6 +114,17 @@ class Trainer:
         self.elapsed_before = 0.0  # wall time of the commands that ran this run before it was resumed
         self.trained_before = 0.0  # of which in the training loop
         self._last_checkpoint = time.monotonic()
+
+    def _baseline_now(self) -> float | None:
+        """The constant prediction's loss for the guard's collapse test, when the training targets are in
+        memory (reading a loader's targets here would cost a pass over the data: then the test is off)."""
+        train = self.splits["train"]
+        in_memory = isinstance(train, TensorSplit) or (not getattr(train, "stream", False) and
+                                                       getattr(train, "whole_tensors", lambda: None)() is not None)
+        if not self.objective.known_loss or not in_memory:
+            return None
+        baseline = constant_prediction_loss(gather_targets(train), self.objective)
+        return baseline if baseline is not None and math.isfinite(baseline) and baseline > 0 else None
 
     @property
     def history(self) -> list[dict]:
