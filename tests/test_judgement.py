@@ -45,7 +45,10 @@ ROLLBACK = {"event": "rollback", "epoch": 1, "lr": 8.0, "new_lr": 4.0}
     # the dead network: a rollback, then the losses sit at ln 10
     ([LN10] * 8, [LN10 + 0.001] * 8, [ROLLBACK], 4.0, ("error", ("lr_too_high",))),
     # the breast-cancer run: an epoch at 47 (a blow-up), then one class for every row
-    ([47.0, 0.67, 0.66, 0.66], [0.8, 0.68, 0.661, 0.661], [], 0.0138, ("error", ("lr_too_high",))),
+    ([47.0, 0.67, 0.66, 0.66, 0.66, 0.66], [0.8, 0.68, 0.661, 0.661, 0.661, 0.661], [], 0.0138,
+     ("error", ("lr_too_high",))),
+    # still coming down from the level (an LR too low): not collapsed, still improving
+    ([1.1, 1.09, 1.08, 1.07, 1.06], [1.1, 1.09, 1.08, 1.07, 1.06], [], 1e-4, None),
     # at the level from the start, nothing in the history says why
     ([2.31, 2.30, 2.30, 2.30], [2.31, 2.30, 2.30, 2.30], [], 1e-6, ("error", ())),
     # just below the level (5 %): learned a little, not collapsed
@@ -60,12 +63,19 @@ ROLLBACK = {"event": "rollback", "epoch": 1, "lr": 8.0, "new_lr": 4.0}
     ([2.3] * 4, [2.3] * 4, [], [0.1, 1.0, 3.0, 3.0], ("error", ("lr_too_high",))),
 ])
 def test_collapse_rule(train, val, events, lr, expected):
-    baseline = 0.6609 if val[-1] < 1 else LN10   # the breast-cancer label entropy, else ten classes
+    # the breast-cancer label entropy, three classes, else ten classes
+    baseline = 0.6609 if val[-1] < 1 else math.log(3) if val[0] < 1.2 else LN10
     found = C.collapse(rows(train, val, lr=lr), events, baseline)
     if expected is None:
         assert found is None
     else:
         assert found is not None and ("warning" if found.late else "error", found.causes) == expected
+
+
+def test_an_lr_too_low_is_still_improving_not_collapsed():
+    history = rows([1.1, 1.09, 1.08, 1.07], [1.1, 1.09, 1.08, 1.07], lr=1e-4)
+    got = codes(history, status="max_epochs", baseline=math.log(3))
+    assert got[0] == "still_improving" and "collapsed" not in got
 
 
 def test_collapse_needs_a_baseline():
@@ -94,7 +104,7 @@ def test_dead_network_is_collapsed_and_lr_too_high_not_still_improving():
 
 
 def test_collapsed_run_that_converged_keeps_the_status_but_never_alone():
-    got = codes(rows([47.0, 0.67, 0.66, 0.66], [0.8, 0.68, 0.661, 0.661], lr=0.0138), baseline=0.6609)
+    got = codes(rows([47.0, 0.67] + [0.66] * 4, [0.8, 0.68] + [0.661] * 4, lr=0.0138), baseline=0.6609)
     assert got == ["converged", "collapsed", "lr_too_high"]
     found = D.diagnose_run(rows([0.66] * 4, [0.661] * 4), [{"event": "doctor_finding", "code": "unscaled_features",
                                                            "severity": "warning"}], status="converged",

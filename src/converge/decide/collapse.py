@@ -11,7 +11,9 @@ better than a constant -- whatever its outputs look like. The rule:
 * the run has *collapsed* when its best validation loss is at the constant level (the weights it keeps
   learned nothing) and its last training loss is not below ``FIT_SHARE`` of the constant loss (a model
   that fits its training data far better than a constant learned something, if not something that
-  generalizes: the overfitting rules judge it), or when, after the validation loss had been below the level, the validation and training
+  generalizes: the overfitting rules judge it) and it is no longer moving: over its last ``FLAT_EPOCHS``
+  epochs the validation loss improved by less than ``FLAT_SHARE`` of the constant loss (a run still coming
+  down from the level, an LR too low, is still improving: the status rules judge it); or when, after the validation loss had been below the level, the validation and training
   losses of its last ``LASTING_EPOCHS`` epochs are back at it (training lost what it had learned; the kept
   weights are from before).
 
@@ -25,6 +27,14 @@ The likely cause, from the run's own history:
   was applied (no applied ``standardize_features`` remedy);
 * otherwise unknown: the fix lists what to try.
 
+The automatic choice (`converge.tune.auto`) asks two smaller questions with the same level:
+
+* :func:`sits_at_level`: a race arm whose validation loss is within ``COLLAPSE_SHARE`` of the level on
+  either side predicts what a constant would (one class for every row, the mean target): it is out of the
+  race unless every arm is;
+* :func:`never_learned`: an LR range test whose smoothed loss never fell below the level gives no evidence
+  of where the model learns: its suggestion is not used.
+
 No tensors, no I/O: the engine hands the numbers in.
 """
 
@@ -37,6 +47,8 @@ COLLAPSE_SHARE = 0.95   # a loss at or above this share of the constant-predicti
 LASTING_EPOCHS = 2      # epochs at the level, at the end, for a run that had learned to count as collapsed late
 FIT_SHARE = 0.5         # a training loss below this share of the constant's: the model fits its training data
 LR_JUMP = 1.5           # an epoch's LR above this many times the epoch before's is a jump
+FLAT_EPOCHS = 3         # the epochs over which a collapsed run's validation loss no longer moves...
+FLAT_SHARE = 0.01       # ... by this share of the constant loss
 SPIKE_SHARE = 1.5       # an epoch's training loss above this many times the constant loss is a blow-up
 
 
@@ -58,6 +70,21 @@ def at_constant_level(loss: float | None, baseline: float) -> bool:
     return _finite(loss) and loss >= COLLAPSE_SHARE * baseline
 
 
+def sits_at_level(loss: float | None, baseline: float | None) -> bool:
+    """A loss within ``COLLAPSE_SHARE`` of the constant prediction's, on either side (False when unknown)."""
+    if not (_finite(loss) and _finite(baseline) and baseline > 0):
+        return False
+    return COLLAPSE_SHARE * baseline <= loss <= baseline / COLLAPSE_SHARE
+
+
+def never_learned(smoothed_losses: list[float], baseline: float | None) -> bool:
+    """Whether a loss curve (smoothed) never fell below the constant level (False when unknown)."""
+    finite = [loss for loss in smoothed_losses if _finite(loss)]
+    if not finite or not (_finite(baseline) and baseline > 0):
+        return False
+    return min(finite) >= COLLAPSE_SHARE * baseline
+
+
 def collapse(history: list[dict], events: list[dict], baseline: float | None) -> Collapse | None:
     """The run's collapse, or None (also when the constant-prediction loss is unknown)."""
     if not _finite(baseline) or baseline <= 0:
@@ -72,7 +99,7 @@ def collapse(history: list[dict], events: list[dict], baseline: float | None) ->
             and all(at_constant_level(r["val_loss"], baseline) and at_constant_level(r.get("train_loss"), baseline)
                     for r in tail))
     fits_train = _finite(last_train) and last_train < FIT_SHARE * baseline
-    if not late and (not at_constant_level(best_val, baseline) or fits_train):
+    if not late and (not at_constant_level(best_val, baseline) or fits_train or _moving(rows, baseline)):
         return None
     since = rows[-1]["epoch"]
     for row in reversed(rows):
@@ -81,6 +108,15 @@ def collapse(history: list[dict], events: list[dict], baseline: float | None) ->
         since = row["epoch"]
     causes, evidence = _causes(history, events, baseline, late)
     return Collapse(best_val, last_train, baseline, late, since, causes, evidence)
+
+
+def _moving(rows: list[dict], baseline: float) -> bool:
+    """The validation loss still improved by FLAT_SHARE of the baseline over the last FLAT_EPOCHS epochs."""
+    window = min(FLAT_EPOCHS, len(rows) - 1)
+    if window < 1:
+        return False
+    before = rows[-1 - window]["val_loss"]
+    return before - min(r["val_loss"] for r in rows[-window:]) >= FLAT_SHARE * baseline
 
 
 def _causes(history: list[dict], events: list[dict], baseline: float, late: bool) -> tuple[tuple[str, ...], dict]:

@@ -16,7 +16,8 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
   `converge.decide.collapse`. An error when the kept weights learned nothing, a warning when training lost
   what it had learned later (the kept weights are older). The likely cause comes with it: an LR too high
   (then ``lr_too_high`` is named too) or unscaled inputs. A collapsed run is not also called
-  ``still_improving`` (tiny moves at the constant level are noise) nor ``underfitting``.
+  ``still_improving`` (tiny moves at the constant level are noise), nor ``underfitting`` unless the collapse
+  has no such cause and the reference model does much better (the model cannot represent the task).
 * ``lr_too_high``     -- at least ``ROLLBACKS_FOR_LR`` rollbacks, or the training loss oscillated: it rose
   by more than ``RISE`` from one epoch to the next in at least ``OSCILLATION_SHARE`` of the epochs before
   the first LR cut (and at least twice); or a collapse whose history shows a blow-up (see above).
@@ -90,8 +91,8 @@ def diagnose_run(history: list[dict], events: list[dict], *, status: str | None,
     lr_high = _lr_too_high(history, events) or (_collapse_lr(history, collapsed) if collapsed else None)
     for rule in (_collapsed(collapsed, history) if collapsed else None, lr_high,
                  _overfitting(history, events, weight_decay, fit, baseline_loss),
-                 _underfitting(history, baseline_loss, fit, reference_loss)
-                 if status is not None and collapsed is None else None):
+                 _underfitting(history, baseline_loss, fit, reference_loss, reference_only=collapsed is not None)
+                 if status is not None and (collapsed is None or not collapsed.causes) else None):
         if rule is not None:
             findings.append(rule)
     if len(findings) > 1 and findings[0].code == "converged":
@@ -229,7 +230,8 @@ def _overfitting_gap(history: list[dict], fit: dict | None, baseline_loss: float
 
 
 def _underfitting(history: list[dict], baseline_loss: float | None, fit: dict | None = None,
-                  reference_loss: float | None = None) -> Finding | None:
+                  reference_loss: float | None = None, reference_only: bool = False) -> Finding | None:
+    """``reference_only``: beside a collapse, only the reference says more than the collapse does."""
     if not history:
         return None
     fit = fit or {}
@@ -251,8 +253,9 @@ def _underfitting(history: list[dict], baseline_loss: float | None, fit: dict | 
                        f"{val / reference_loss if reference_loss > 0 else math.inf:.3g}x what a small reference "
                        f"model reaches on the same data ({reference_loss:.4g}), and training is no better",
                        evidence, "the model is too small or too constrained for this task: use a larger or "
-                       "nonlinear model (more units or layers), lower --weight-decay, train longer")
-    if not known:
+                       "nonlinear model (more units or layers), lower --weight-decay, train longer; the reference "
+                       "sees standardized inputs, so scale yours too if they are not (`converge doctor TASK`)")
+    if not known or reference_only:
         return None
     share = train / baseline_loss
     if share <= UNDERFIT_SHARE:
@@ -263,6 +266,17 @@ def _underfitting(history: list[dict], baseline_loss: float | None, fit: dict | 
                    f"constant gives ({train:.4g} vs {baseline_loss:.4g})", evidence,
                    "use a larger model (more units or layers), lower --weight-decay, and check the inputs "
                    "with `converge doctor TASK` (features that carry no signal, unscaled features)")
+
+
+def needs_reference(history: list[dict], fit: dict | None = None) -> bool:
+    """Whether the underfitting rule would read a reference loss: not when validation is clearly worse than
+    training (a gap) -- the caller may then skip building one."""
+    rows = [r for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
+    if not rows:
+        return False
+    fitted = (fit or {}).get("train_loss")
+    train = fitted if _finite(fitted) else rows[-1]["train_loss"]
+    return min(r["val_loss"] for r in rows) <= UNDERFIT_GAP * train
 
 
 def _collapsed(found: Collapse, history: list[dict]) -> Finding:
@@ -285,7 +299,8 @@ def _collapsed(found: Collapse, history: list[dict]) -> Finding:
                      "--no-standardize, or use --fix")
     if not fixes:
         fixes.append("try --lr auto, check the inputs with `converge doctor TASK` (unscaled features, labels that "
-                     "do not depend on the inputs) and the model's output layer")
+                     "do not depend on the inputs), the model's output layer, and whether the model can represent "
+                     "the task at all (then `underfitting` is named too, when a reference model does better)")
     return finding("collapsed", what, evidence, "; ".join(fixes),
                    severity="warning" if found.late else "error")
 

@@ -27,7 +27,7 @@ from torch import nn
 from converge.config import TrainConfig
 from converge.data import TensorSplit, epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
-from converge.decide.diagnosis import diagnose_run, live_findings
+from converge.decide.diagnosis import diagnose_run, live_findings, needs_reference
 from converge.decide.divergence import Alarm, GuardPolicy
 from converge.engine import device as dev
 from converge.engine.distributed import current_world
@@ -482,7 +482,8 @@ class Trainer:
         cfg = self.config
         baseline = constant_prediction_loss(gather_targets(self.splits["train"]), self.objective) \
             if self.objective.known_loss else None
-        reference = reference_loss(self.splits, self.objective, seed=cfg.seed) if baseline is not None else None
+        wanted = baseline is not None and needs_reference(self.history, fit)
+        reference = reference_loss(self.splits, self.objective, seed=cfg.seed) if wanted else None
         if summary is not None and baseline is not None:
             summary["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
         return diagnose_run(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,

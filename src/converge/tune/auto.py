@@ -6,10 +6,14 @@ The steps, each recorded as an event with its evidence:
    set; on CUDA a forward/backward at that size is tried first and halved on out-of-memory.
 2. **Learning rate**: a range test per candidate optimizer, read by `converge.decide.suggest_lr`.
    A curve with no evidence falls back to the optimizer's standard LR, and says so.
+   A curve whose loss never fell below a constant prediction's (`converge.decide.collapse`) is no
+   evidence either: the standard LR is used.
 3. **Optimizer and LR, checked on validation**: every (optimizer, LR) arm -- the suggestion and a
    third of it, or three LRs around it when the optimizer is fixed -- trains a rung of about 40 steps
    (at least an epoch) with the real engine; successive halving keeps the better half on the
-   monitored value until one is left.
+   monitored value until one is left. An arm whose validation loss sits at a constant prediction's
+   (it collapsed: one class for every row) ranks after every arm that did not; when all did, the race
+   says so (a ``race_all_collapsed`` event and a console warning).
 4. **Weight decay**: the budget of a short race cannot tell weight decays apart (their effect shows
    over a whole run), so an explicit value is kept and "auto" takes the standard decoupled value
    for the optimizer (AdamW 1e-2, SGD 5e-4), recorded as such.
@@ -34,9 +38,10 @@ from torch import nn
 from converge.config import TrainConfig
 from converge.data import STREAM_BATCH, epoch_samples
 from converge.console import Console
-from converge.decide.lr_suggest import LrSuggestion, suggest_lr
+from converge.decide.collapse import never_learned, sits_at_level
+from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
 from converge.engine import device as dev
-from converge.engine.objective import Objective
+from converge.engine.objective import Objective, constant_prediction_loss, gather_targets
 from converge.engine.optim import OPTIMIZERS
 from converge.status import Status
 from converge.tune.lr_find import RangeTest, lr_range_test
@@ -127,6 +132,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
              for opt in optimizers}
     tests: dict[str, RangeTest] = {}
     arms: list[tuple[str, float]] = []
+    baseline = _baseline(train, objective)
     for opt in optimizers:
         if config.lr != "auto":
             arms.append((opt, float(config.lr)))
@@ -134,6 +140,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
         test = _range_test(log, model, train, objective, opt, decay[opt], batch_size, device, config)
         tests[opt] = test
         samples += test.samples
+        test.suggestion = _no_evidence_at_level(test, baseline)
         lr, note = _lr_from(test.suggestion, opt)
         events.append(_event("lr_range_test", optimizer=opt, batch_size=batch_size, steps=len(test.lrs),
                              suggested_lr=lr, min_loss_lr=test.suggestion.min_loss_lr, ok=test.suggestion.ok,
@@ -144,7 +151,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     if len(arms) > 1:
         (opt, lr), race_samples, race_events = _race(log, model, splits, config, objective, arms, decay,
-                                                     batch_size, steps_per_epoch, tests, console)
+                                                     batch_size, steps_per_epoch, tests, console, baseline)
         samples += race_samples
         events += race_events
     else:
@@ -187,6 +194,21 @@ def _range_test(log, model, train, objective, opt, decay, batch_size, device, co
     return test
 
 
+def _baseline(train, objective: Objective) -> float | None:
+    """The constant prediction's loss on the training targets (None: unknown, or a stream)."""
+    if not objective.known_loss or getattr(train, "stream", False):
+        return None
+    return constant_prediction_loss(gather_targets(train), objective)
+
+
+def _no_evidence_at_level(test: RangeTest, baseline: float | None) -> LrSuggestion:
+    """The range test's suggestion, unless its loss never fell below a constant prediction's."""
+    if not test.suggestion.ok or not never_learned(smooth(test.losses), baseline):
+        return test.suggestion
+    return dataclasses.replace(test.suggestion, ok=False, reason=(
+        f"the loss never fell below a constant prediction's ({baseline:.4g}) over the sweep"))
+
+
 def _lr_from(suggestion: LrSuggestion, opt: str) -> tuple[float, str]:
     if suggestion.ok:
         return suggestion.lr, suggestion.reason
@@ -218,9 +240,11 @@ def _warmup_steps(lr: float, test: RangeTest | None, steps_per_epoch: int) -> tu
                    f"updates stable")
 
 
-def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_per_epoch, tests, console):
+def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_per_epoch, tests, console,
+          baseline=None):
     """Successive halving: every arm trains a rung; the better half (by best monitored value) trains
-    another; until one is left. Arms train with the real engine from the same initial weights."""
+    another; until one is left. Arms train with the real engine from the same initial weights. An arm whose
+    last validation loss sits at the constant prediction's (``baseline``) ranks after those that learned."""
     from converge.engine.loop import Trainer
 
     saved = log.get("race")
@@ -254,15 +278,30 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
             # An arm whose training loss blew up is out, whatever it scored before.
             finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
             scores[arm] = sign * trainer.tracker.best if finite else math.inf
-        ranked = sorted(alive, key=lambda arm: scores[arm])
+        collapsed = {arm for arm in alive if _arm_collapsed(trainers[arm], baseline)}
+        ranked = sorted(alive, key=lambda arm: (arm in collapsed, scores[arm]))
+        if collapsed and len(collapsed) == len(alive):
+            events.append(_event("race_all_collapsed", rung=rung, constant_prediction_loss=baseline, reason=(
+                "every arm's validation loss sits at a constant prediction's: none learned; the best score goes "
+                "on (check the inputs' scale with `converge doctor TASK`, or set --lr)")))
+            console.warning(f"tuning: every arm of race rung {rung} predicts no better than a constant "
+                            f"(loss {baseline:.4g}); check the inputs (converge doctor) or set --lr")
         keep = ranked[: max(1, len(alive) // 2)]
         events.append(_event("race_rung", rung=rung, epochs=rung_epochs, monitor=trainers[alive[0]].monitor_key,
                              arms=[{"optimizer": o, "lr": lr, "best": sign * scores[(o, lr)]
-                                    if math.isfinite(scores[(o, lr)]) else None} for o, lr in ranked],
+                                    if math.isfinite(scores[(o, lr)]) else None, "collapsed": (o, lr) in collapsed}
+                                   for o, lr in ranked],
                              kept=[{"optimizer": o, "lr": lr} for o, lr in keep]))
         console.message("tuning: race rung {} ({} epoch(s) each): ".format(rung, rung_epochs) + ", ".join(
-            f"{o} {lr:.3g} -> {sign * scores[(o, lr)]:.4g}" for o, lr in ranked))
+            f"{o} {lr:.3g} -> {sign * scores[(o, lr)]:.4g}{' (collapsed)' if (o, lr) in collapsed else ''}"
+            for o, lr in ranked))
         alive = keep
     winner = alive[0]
     log.put("race", {"winner": list(winner), "samples": samples, "events": events})
     return winner, samples, events
+
+
+def _arm_collapsed(trainer, baseline: float | None) -> bool:
+    """Whether an arm's last validation loss sits at the constant prediction's (it learned nothing)."""
+    last = trainer.history[-1].get("val_loss") if trainer.history else None
+    return trainer.status is not Status.DIVERGED and sits_at_level(last, baseline)
