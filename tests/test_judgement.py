@@ -283,3 +283,40 @@ def test_planted_linear_on_nonlinear():
 def test_planted_clean_run_says_only_converged():
     _, got = _fit(_mlp(64, 128, 10), _digits(), optimizer="adamw", lr=1e-3, max_epochs=60)
     assert got == ["converged"]
+
+
+@pytest.mark.parametrize("train, val, baseline, expected", [
+    ([6.8, 6.7], [6.9, 6.7], 24.0, True),      # train close to validation, far from zero: ask
+    ([0.5, 0.01], [0.6, 0.3], LN10, False),    # a gap: the rule cannot fire
+    ([0.1, 0.05], [0.1, 0.05], LN10, False),   # already within UNDERFIT_REFERENCE_GAP of zero
+    ([6.8, 6.7], [6.9, 6.7], None, False),     # no constant-prediction loss: no rule
+])
+def test_the_reference_is_built_only_when_the_rule_could_use_it(train, val, baseline, expected):
+    assert D.needs_reference(rows(train, val), None, baseline) is expected
+
+
+# --- the automatic choice ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("loss, baseline, expected", [
+    (0.661, 0.6609, True), (0.64, 0.6609, True), (0.69, 0.6609, True),   # one class for every row
+    (0.60, 0.6609, False), (2.0, 0.6609, False),                        # learned a little / blew up
+    (0.661, None, False), (math.nan, 0.6609, False),
+])
+def test_a_race_arm_at_the_constant_level(loss, baseline, expected):
+    assert C.sits_at_level(loss, baseline) is expected
+
+
+def test_a_range_test_that_never_left_the_constant_level_is_no_evidence():
+    from converge.decide.lr_suggest import suggest_lr
+    from converge.tune.auto import _no_evidence_at_level
+    from converge.tune.lr_find import RangeTest
+
+    lrs = [1e-7 * 1.2 ** i for i in range(80)]
+    falling = [2.3 * (0.2 + 0.8 / (1 + math.exp(i - 40))) for i in range(80)]   # 2.3 -> 0.46
+    flat = [47.0 / (1 + i) + 0.661 for i in range(80)]                            # comes down to the entropy only
+    for losses, baseline, kept in [(falling, LN10, True), (flat, 0.6609, False), (flat, None, True)]:
+        test = RangeTest("sgd", 32, lrs, losses, 0)
+        test.suggestion = suggest_lr(lrs, losses)
+        assert test.suggestion.ok
+        judged = _no_evidence_at_level(test, baseline)
+        assert judged.ok is kept and (kept or "constant prediction" in judged.reason)
+    assert C.never_learned([2.3, 2.29, math.nan], LN10) and not C.never_learned([2.3, 1.0], LN10)

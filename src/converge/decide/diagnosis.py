@@ -268,15 +268,17 @@ def _underfitting(history: list[dict], baseline_loss: float | None, fit: dict | 
                    "with `converge doctor TASK` (features that carry no signal, unscaled features)")
 
 
-def needs_reference(history: list[dict], fit: dict | None = None) -> bool:
-    """Whether the underfitting rule would read a reference loss: not when validation is clearly worse than
-    training (a gap) -- the caller may then skip building one."""
+def needs_reference(history: list[dict], fit: dict | None = None, baseline_loss: float | None = None) -> bool:
+    """Whether the underfitting rule could fire with a reference loss: not when validation is clearly worse
+    than training (a gap), nor when the best validation loss is already below ``UNDERFIT_REFERENCE_GAP`` of the
+    constant's (no reference can be that far below it) -- the caller may then skip building one."""
     rows = [r for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
-    if not rows:
+    if not rows or not (_finite(baseline_loss) and baseline_loss > 0):
         return False
     fitted = (fit or {}).get("train_loss")
     train = fitted if _finite(fitted) else rows[-1]["train_loss"]
-    return min(r["val_loss"] for r in rows) <= UNDERFIT_GAP * train
+    best = min(r["val_loss"] for r in rows)
+    return best <= UNDERFIT_GAP * train and best >= UNDERFIT_REFERENCE_GAP * baseline_loss
 
 
 def _collapsed(found: Collapse, history: list[dict]) -> Finding:

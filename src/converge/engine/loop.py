@@ -482,7 +482,7 @@ class Trainer:
         cfg = self.config
         baseline = constant_prediction_loss(gather_targets(self.splits["train"]), self.objective) \
             if self.objective.known_loss else None
-        wanted = baseline is not None and needs_reference(self.history, fit)
+        wanted = needs_reference(self.history, fit, baseline)
         reference = reference_loss(self.splits, self.objective, seed=cfg.seed) if wanted else None
         if summary is not None and baseline is not None:
             summary["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
