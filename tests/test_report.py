@@ -171,6 +171,16 @@ def test_diagnosis_cards_and_live_events(tmp_path):
     assert "Told during training" in page and "lr_too_high" in page and "lower --lr" in page
 
 
+def test_a_collapsed_finding_renders_by_its_severity(tmp_path):
+    collapsed = {"code": "collapsed", "severity": "error", "message": "collapsed: the model learned nothing",
+                 "evidence": {"constant_prediction_loss": 0.6609}, "fix": "lower the learning rate (--lr 0.00138)"}
+    converged = {"code": "converged", "severity": "info", "message": "stopped", "evidence": {}, "fix": ""}
+    page = page_of(make_run(tmp_path / "run", metrics=epochs(3),
+                            summary={"status": "converged", "diagnosis": [converged, collapsed]}))
+    assert "card tone-bad" in page and ">collapsed</span>" in page and "--lr 0.00138" in page
+    assert "card tone-good" in page  # the status stays what stopped the run
+
+
 def test_hyperparameters_with_reasons_escaped(tmp_path):
     events = [{"event": "chose_batch_size", "epoch": 0, "step": 0, "value": 32, "reason": "about 50 steps an epoch"},
               {"event": "lr_range_test", "epoch": 0, "step": 0, "optimizer": "adamw", "steps": 77,

@@ -11,20 +11,40 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
 * ``lr_too_high``     -- at least ``ROLLBACKS_FOR_LR`` rollbacks, or the training loss oscillated: it rose
   by more than ``RISE`` from one epoch to the next in at least ``OSCILLATION_SHARE`` of the epochs before
   the first LR cut (and at least twice).
-* ``overfitting``     -- (not judged while the training loss oscillates) after its minimum the validation loss rose by more than ``OVERFIT_RISE`` while the
-  training loss fell by more than ``TRAIN_FALL``, over at least ``MIN_EPOCHS_AFTER_BEST`` epochs, and the
-  rise is more than ``RISE_OF_START`` of the first epoch's loss (a loss near zero wobbles by 10 % as noise).
-* ``underfitting``    -- the training loss at the end is still above ``UNDERFIT_SHARE`` of the loss of the
-  best constant prediction (the label entropy, or the target variance) and validation is no worse than
-  ``UNDERFIT_GAP`` times training: the model does not fit even the data it sees.
+* ``collapsed``       -- the model learned nothing: its best validation loss sits at the loss of the best
+  constant prediction (or training fell back there for good); the rule and its thresholds are in
+  `converge.decide.collapse`. An error when the kept weights learned nothing, a warning when training lost
+  what it had learned later (the kept weights are older). The likely cause comes with it: an LR too high
+  (then ``lr_too_high`` is named too) or unscaled inputs. A collapsed run is not also called
+  ``still_improving`` (tiny moves at the constant level are noise), nor ``underfitting`` unless the collapse
+  has no such cause and the reference model does much better (the model cannot represent the task).
+* ``lr_too_high``     -- at least ``ROLLBACKS_FOR_LR`` rollbacks, or the training loss oscillated: it rose
+  by more than ``RISE`` from one epoch to the next in at least ``OSCILLATION_SHARE`` of the epochs before
+  the first LR cut (and at least twice); or a collapse whose history shows a blow-up (see above).
+* ``overfitting``     -- (not judged while the training loss oscillates) either of:
+  a *rise*: after its minimum the validation loss rose by more than ``OVERFIT_RISE`` while the training
+  loss fell by more than ``TRAIN_FALL``, over at least ``MIN_EPOCHS_AFTER_BEST`` epochs, and the rise is
+  more than ``RISE_OF_START`` of the first epoch's loss (a loss near zero wobbles by 10 % as noise);
+  a *gap* at the best epoch: the validation loss is at least ``GAP_RATIO`` times the training loss and
+  above it by at least ``GAP_OF_SCALE`` of the constant-prediction loss (the first epoch's loss when that
+  is unknown), and, when an accuracy is measured on both splits, the training accuracy is above the
+  validation accuracy by at least ``GAP_METRIC``. The training values are those of the kept weights
+  evaluated on the training split at the end (``fit``) when given, else the epoch's running training loss.
+* ``underfitting``    -- the model fits even the data it sees poorly (validation no worse than
+  ``UNDERFIT_GAP`` times training), judged against what the data allows: with a reference (the validation
+  loss a small proxy model reaches on the same splits, ``reference_loss``), the best validation loss is at
+  least ``UNDERFIT_REFERENCE`` times it and above it by at least ``UNDERFIT_REFERENCE_GAP`` of the
+  constant-prediction loss; without one, the training loss at the end is still above ``UNDERFIT_SHARE`` of
+  the constant-prediction loss (the label entropy, or the target variance).
 
-Status codes come first, then problems.
+Status codes come first, then problems; every problem that applies is named, each with its evidence and fix.
 """
 
 from __future__ import annotations
 
 import math
 
+from converge.decide.collapse import Collapse, collapse
 from converge.decide.findings import Finding
 from converge.status import Status
 
@@ -37,27 +57,48 @@ MIN_EPOCHS_AFTER_BEST = 3
 RISE_OF_START = 0.01
 UNDERFIT_SHARE = 0.5
 UNDERFIT_GAP = 1.3
+GAP_RATIO = 3.0               # overfitting by gap: validation loss at least this many times the training loss
+GAP_OF_SCALE = 0.1            # ... and above it by this share of the constant-prediction loss
+GAP_METRIC = 0.05             # ... and training accuracy above validation accuracy by this much (when measured)
+GAP_METRICS = ("accuracy",)   # metrics whose direction (higher is better) and range (0..1) are known
+UNDERFIT_REFERENCE = 2.0      # underfitting: best validation loss at least this many times the reference's
+UNDERFIT_REFERENCE_GAP = 0.05  # ... and above it by this share of the constant-prediction loss
 
 
 # How serious each code is: a status that needs no action is information; a problem is a warning;
 # a run that blew up is an error.
 SEVERITY = {"converged": "info", "still_improving": "warning", "diverged": "error", "lr_too_high": "warning",
-            "overfitting": "warning", "underfitting": "warning"}
+            "overfitting": "warning", "underfitting": "warning", "collapsed": "error"}
 
 
-def finding(code: str, message: str, evidence: dict, fix: str) -> Finding:
-    return Finding(code, SEVERITY[code], message, evidence, fix)
+def finding(code: str, message: str, evidence: dict, fix: str, severity: str | None = None) -> Finding:
+    return Finding(code, severity or SEVERITY[code], message, evidence, fix)
 
 
 def diagnose_run(history: list[dict], events: list[dict], *, status: str | None, monitor: str, mode: str,
              patience: int, max_epochs: int, weight_decay: float | None = None,
-             baseline_loss: float | None = None) -> list[Finding]:
-    """All findings for a run. ``status`` None means the run is still going (only problem codes apply)."""
-    findings = [f for f in (_status_finding(history, events, status, monitor, mode, patience, max_epochs),) if f]
-    for rule in (_lr_too_high(history, events), _overfitting(history, events, weight_decay),
-                 _underfitting(history, baseline_loss) if status is not None else None):
+             baseline_loss: float | None = None, fit: dict | None = None,
+             reference_loss: float | None = None) -> list[Finding]:
+    """All findings for a run. ``status`` None means the run is still going (only problem codes apply).
+    ``baseline_loss``: the loss of the best constant prediction on the training targets; ``fit``: the kept
+    weights' values on the training split (``train_loss``, ``train_accuracy``, ...) and on validation
+    (``val_...``); ``reference_loss``: the validation loss a small proxy model reaches on the same data."""
+    collapsed = collapse(history, events, baseline_loss) if status is not None else None
+    status_finding = _status_finding(history, events, status, monitor, mode, patience, max_epochs)
+    if collapsed is not None and status_finding is not None and status_finding.code == "still_improving":
+        status_finding = None  # improving at the constant level is noise
+    findings = [status_finding] if status_finding is not None else []
+    lr_high = _lr_too_high(history, events) or (_collapse_lr(history, collapsed) if collapsed else None)
+    for rule in (_collapsed(collapsed, history) if collapsed else None, lr_high,
+                 _overfitting(history, events, weight_decay, fit, baseline_loss),
+                 _underfitting(history, baseline_loss, fit, reference_loss, reference_only=collapsed is not None)
+                 if status is not None and (collapsed is None or not collapsed.causes) else None):
         if rule is not None:
             findings.append(rule)
+    if len(findings) > 1 and findings[0].code == "converged":
+        first = findings[0]
+        findings[0] = Finding(first.code, first.severity, first.message, first.evidence,
+                              "the best weights are in best.safetensors; see the problems below")
     return findings
 
 
@@ -122,9 +163,15 @@ def _oscillation(history: list[dict], events: list[dict]) -> tuple[int, list, bo
     return rises, pairs, bool(rises >= 2 and pairs and rises / len(pairs) >= OSCILLATION_SHARE)
 
 
-def _overfitting(history: list[dict], events: list[dict], weight_decay: float | None) -> Finding | None:
+def _overfitting(history: list[dict], events: list[dict], weight_decay: float | None, fit: dict | None = None,
+                 baseline_loss: float | None = None) -> Finding | None:
     if _oscillation(history, events)[2]:
         return None  # a training loss that jumps about says nothing about generalization
+    decay = f"raise --weight-decay (e.g. to {max(weight_decay or 0, 1e-3) * 10:.3g})"
+    return _overfitting_rise(history, decay) or _overfitting_gap(history, fit, baseline_loss, decay)
+
+
+def _overfitting_rise(history: list[dict], decay: str) -> Finding | None:
     val = [(r["epoch"], r.get("val_loss"), r.get("train_loss")) for r in history]
     finite = [(e, v, t) for e, v, t in val if _finite(v) and _finite(t)]
     if len(finite) < MIN_EPOCHS_AFTER_BEST + 1:
@@ -142,22 +189,76 @@ def _overfitting(history: list[dict], events: list[dict], weight_decay: float | 
                 "train_loss_at_best": train_at_best, "train_loss_last": last_train,
                 "val_rise": round(val_rise, 4), "train_fall": round(train_fall, 4),
                 "gap_last": last_val / last_train if last_train > 0 else None}
-    decay = f"raise --weight-decay (e.g. to {max(weight_decay or 0, 1e-3) * 10:.3g})"
     return finding("overfitting", f"overfitting: validation loss rose {val_rise:.0%} after epoch {best_epoch} "
                    f"while training loss fell {train_fall:.0%}", evidence,
                    f"{decay}, get more data or augment it, or use a smaller model; the best weights "
                    f"(epoch {best_epoch}) are kept")
 
 
-def _underfitting(history: list[dict], baseline_loss: float | None) -> Finding | None:
-    if not history or baseline_loss is None or not _finite(baseline_loss) or baseline_loss <= 0:
+def _overfitting_gap(history: list[dict], fit: dict | None, baseline_loss: float | None,
+                     decay: str) -> Finding | None:
+    """The generalization gap of the kept weights: training far better than validation."""
+    rows = [r for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
+    if not rows:
         return None
+    best = min(rows, key=lambda r: r["val_loss"])
+    fit = fit or {}
+    train = fit.get("train_loss") if _finite(fit.get("train_loss")) else best["train_loss"]
+    val = fit.get("val_loss") if _finite(fit.get("val_loss")) else best["val_loss"]
+    scale = baseline_loss if _finite(baseline_loss) and baseline_loss > 0 else \
+        max(rows[0]["val_loss"], rows[0]["train_loss"])
+    if not (train >= 0 and val >= GAP_RATIO * train and val - train >= GAP_OF_SCALE * scale):
+        return None
+    evidence = {"best_val_epoch": best["epoch"], "train_loss": train, "val_loss": val,
+                "gap_ratio": round(val / train, 4) if train > 0 else None, "scale": scale,
+                "train_measured_on": "the kept weights, evaluated" if _finite(fit.get("train_loss"))
+                else "the epoch's running training loss"}
+    gaps = []
+    for name in GAP_METRICS:
+        t, v = fit.get(f"train_{name}"), fit.get(f"val_{name}", best.get(f"val_{name}"))
+        if _finite(t) and _finite(v):
+            evidence.update({f"train_{name}": t, f"val_{name}": v})
+            gaps.append((name, t - v))
+    if gaps and not all(gap >= GAP_METRIC for _, gap in gaps):
+        return None
+    said = "; ".join(f"training {name} {fit[f'train_{name}']:.1%} vs validation {fit[f'train_{name}'] - gap:.1%}"
+                     for name, gap in gaps)
+    return finding("overfitting", f"overfitting: at the best epoch ({best['epoch']}) the training loss is "
+                   f"{train:.4g} against {val:.4g} on validation" + (f"; {said}" if said else ""), evidence,
+                   f"the model memorizes its training data: get more data or augment it, {decay}, add "
+                   f"dropout, or use a smaller model")
+
+
+def _underfitting(history: list[dict], baseline_loss: float | None, fit: dict | None = None,
+                  reference_loss: float | None = None, reference_only: bool = False) -> Finding | None:
+    """``reference_only``: beside a collapse, only the reference says more than the collapse does."""
+    if not history:
+        return None
+    fit = fit or {}
     train = next((r.get("train_loss") for r in reversed(history) if _finite(r.get("train_loss"))), None)
     val = min((r["val_loss"] for r in history if _finite(r.get("val_loss"))), default=None)
     if train is None or val is None:
         return None
+    fitted = fit.get("train_loss") if _finite(fit.get("train_loss")) else train
+    if val > UNDERFIT_GAP * fitted:
+        return None  # a gap: the model fits its training data better than it generalizes
+    known = _finite(baseline_loss) and baseline_loss > 0
+    if _finite(reference_loss) and reference_loss >= 0 and known:
+        if val < UNDERFIT_REFERENCE * reference_loss or val - reference_loss < UNDERFIT_REFERENCE_GAP * baseline_loss:
+            return None
+        evidence = {"train_loss": fitted, "best_val_loss": val, "reference_val_loss": reference_loss,
+                    "constant_prediction_loss": baseline_loss, "times_reference": round(val / reference_loss, 4)
+                    if reference_loss > 0 else None}
+        return finding("underfitting", f"underfitting: the best validation loss {val:.4g} is "
+                       f"{val / reference_loss if reference_loss > 0 else math.inf:.3g}x what a small reference "
+                       f"model reaches on the same data ({reference_loss:.4g}), and training is no better",
+                       evidence, "the model is too small or too constrained for this task: use a larger or "
+                       "nonlinear model (more units or layers), lower --weight-decay, train longer; the reference "
+                       "sees standardized inputs, so scale yours too if they are not (`converge doctor TASK`)")
+    if not known or reference_only:
+        return None
     share = train / baseline_loss
-    if share <= UNDERFIT_SHARE or val > UNDERFIT_GAP * train:
+    if share <= UNDERFIT_SHARE:
         return None
     evidence = {"train_loss_last": train, "best_val_loss": val, "constant_prediction_loss": baseline_loss,
                 "share_of_constant_loss": round(share, 4)}
@@ -165,6 +266,73 @@ def _underfitting(history: list[dict], baseline_loss: float | None) -> Finding |
                    f"constant gives ({train:.4g} vs {baseline_loss:.4g})", evidence,
                    "use a larger model (more units or layers), lower --weight-decay, and check the inputs "
                    "with `converge doctor TASK` (features that carry no signal, unscaled features)")
+
+
+def needs_reference(history: list[dict], fit: dict | None = None, baseline_loss: float | None = None) -> bool:
+    """Whether the underfitting rule could fire with a reference loss: not when validation is clearly worse
+    than training (a gap), nor when the best validation loss is already below ``UNDERFIT_REFERENCE_GAP`` of the
+    constant's (no reference can be that far below it) -- the caller may then skip building one."""
+    rows = [r for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
+    if not rows or not (_finite(baseline_loss) and baseline_loss > 0):
+        return False
+    fitted = (fit or {}).get("train_loss")
+    train = fitted if _finite(fitted) else rows[-1]["train_loss"]
+    best = min(r["val_loss"] for r in rows)
+    return best <= UNDERFIT_GAP * train and best >= UNDERFIT_REFERENCE_GAP * baseline_loss
+
+
+def _collapsed(found: Collapse, history: list[dict]) -> Finding:
+    evidence = {"best_val_loss": found.best_val_loss, "train_loss_last": found.last_train_loss,
+                "constant_prediction_loss": found.baseline, "at_constant_level_since_epoch": found.since_epoch,
+                "likely_causes": list(found.causes), **found.cause_evidence}
+    if found.late:
+        what = (f"training collapsed: from epoch {found.since_epoch} the losses sit at the level of a constant "
+                f"prediction ({found.baseline:.4g}); the kept weights (best validation loss "
+                f"{found.best_val_loss:.4g}) are from before")
+    else:
+        what = (f"collapsed: the model learned nothing -- its best validation loss {found.best_val_loss:.4g} is "
+                f"no better than predicting a constant ({found.baseline:.4g}: the label entropy or target "
+                f"variance)")
+    fixes = []
+    if "lr_too_high" in found.causes:
+        fixes.append(f"lower the learning rate ({_lower_lr(history, found)}; or --lr auto)")
+    if "unscaled_inputs" in found.causes:
+        fixes.append("scale the inputs: converge standardizes unscaled features by default unless "
+                     "--no-standardize, or use --fix")
+    if not fixes:
+        fixes.append("try --lr auto, check the inputs with `converge doctor TASK` (unscaled features, labels that "
+                     "do not depend on the inputs), the model's output layer, and whether the model can represent "
+                     "the task at all (then `underfitting` is named too, when a reference model does better)")
+    return finding("collapsed", what, evidence, "; ".join(fixes),
+                   severity="warning" if found.late else "error")
+
+
+def _collapse_lr(history: list[dict], found: Collapse) -> Finding | None:
+    """lr_too_high when a collapse comes after a blow-up, a rollback, or a loss of what was learned."""
+    if "lr_too_high" not in found.causes:
+        return None
+    worst, rollbacks = found.cause_evidence.get("worst_epoch_train_loss"), found.cause_evidence.get("rollbacks", 0)
+    why = [f"{rollbacks} rollback(s) after a loss blow-up"] if rollbacks else []
+    if _finite(worst) and worst > found.baseline:
+        why.append(f"a training loss of {worst:.4g} in an epoch ({worst / found.baseline:.3g}x a constant "
+                   f"prediction's)")
+    if found.cause_evidence.get("lr_rose_to"):
+        why.append(f"the LR rose to {found.cause_evidence['lr_rose_to']:.3g} by epoch "
+                   f"{found.cause_evidence['lr_rose_at_epoch']} (warmup or a jump)")
+    if found.late:
+        why.append(f"the run had learned, then fell back to the constant level at epoch {found.since_epoch}")
+    evidence = {"rollbacks": rollbacks, "worst_epoch_train_loss": worst,
+                "starting_lr": history[0].get("lr") if history else None, "collapsed": True}
+    return finding("lr_too_high", "the learning rate was too high: " + ", ".join(why or ["the model collapsed"]) +
+                   ", and the model ended at the constant prediction", evidence,
+                   f"start from {_lower_lr(history, found)} (or let converge choose it: --lr auto), and consider "
+                   f"--clip-grad 1.0")
+
+
+def _lower_lr(history: list[dict], found: Collapse) -> str:
+    lr = found.cause_evidence.get("lr_before_rollback") or found.cause_evidence.get("lr_rose_to") or \
+        max((r["lr"] for r in history if _finite(r.get("lr"))), default=None)
+    return f"--lr {lr / 10:.3g}" if _finite(lr) and lr > 0 else "a 10x lower --lr"
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -25,8 +25,15 @@ cannot see it when the run climbs there within its first steps).
 
 A *non-finite* loss or gradient norm (NaN, +-Inf) is always an alarm. Alarmed values never enter the statistics.
 
-How many rollbacks to allow before giving up is a separate, equally pure question answered by
-:func:`rollback_verdict`.
+A *collapse* (needs ``baseline``: the loss of the best constant prediction on the training targets, known
+when the data is in memory; without it the test is off): the run had learned -- its running (geometric)
+mean loss is below ``learned_share`` of the baseline -- and then a stretch of ``collapse_steps`` losses
+starts at the constant level (at least `converge.decide.collapse.COLLAPSE_SHARE` of the baseline), stays
+near it (every loss at least ``near_share`` of the baseline: batch noise may dip below the level) and
+averages at it. A sudden, lasting jump back to what a constant prediction scores means the model lost what
+it had learned (dead units, a step too large): roll back and cut the LR, not a plateau to wait out. The
+losses of a stretch are held back from the statistics until it ends without an alarm (then they enter, in
+order).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import asdict, dataclass
+
+from converge.decide.collapse import COLLAPSE_SHARE
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,10 @@ class GuardPolicy:
     peak_window: int = 100
     max_rollbacks: int = 5            # consecutive rollbacks without a new best before "diverged"
     lr_factor: float = 0.5            # the first rollback halves the LR; each further one in a row cuts harder
+    baseline: float | None = None     # the constant prediction's loss (None: no collapse test)
+    learned_share: float = 0.5        # the run has learned once its running mean is below this share of it
+    collapse_steps: int = 16          # losses in a row near the constant level that make a collapse
+    near_share: float = 0.6           # "near the level": at least this share of the baseline
 
     def __post_init__(self) -> None:
         if not self.spike_factor > 1:
@@ -60,13 +73,20 @@ class GuardPolicy:
             raise ValueError(f"lr_factor must be between 0 and 1, got {self.lr_factor!r}")
         if not (isinstance(self.max_rollbacks, int) and self.max_rollbacks >= 0):
             raise ValueError(f"max_rollbacks must be an integer >= 0, got {self.max_rollbacks!r}")
+        if self.baseline is not None and not (math.isfinite(self.baseline) and self.baseline > 0):
+            raise ValueError(f"baseline must be a positive finite loss or None, got {self.baseline!r}")
+        if not 0 < self.learned_share <= self.near_share <= COLLAPSE_SHARE:
+            raise ValueError(f"need 0 < learned_share <= near_share <= {COLLAPSE_SHARE}, got "
+                             f"{self.learned_share!r} and {self.near_share!r}")
+        if not (isinstance(self.collapse_steps, int) and self.collapse_steps >= 1):
+            raise ValueError(f"collapse_steps must be an integer >= 1, got {self.collapse_steps!r}")
 
 
 @dataclass(frozen=True)
 class Alarm:
     """A step the run must not keep. ``reason`` is a sentence for a person."""
 
-    kind: str            # "nonfinite" or "spike"
+    kind: str            # "nonfinite", "spike" or "collapse"
     loss: float
     typical: float       # the running geometric mean of recent losses (nan before any)
     reason: str
@@ -83,6 +103,7 @@ class LossWatch:
         self.first_sum = 0.0      # sum of the first `warmup` losses, for the near-zero floor
         self.first_loss = math.nan
         self.recent: deque[float] = deque(maxlen=self.policy.peak_window)   # the last accepted losses
+        self.held: list[float] = []   # losses at the constant level, in a row, held back from the statistics
 
     @property
     def typical(self) -> float:
@@ -111,8 +132,33 @@ class LossWatch:
             if loss > p.peak_factor * peak:
                 return Alarm("spike", loss, self.typical, f"loss spike: {loss:.4g} is {loss / peak:.3g}x the "
                              f"largest of the last {len(self.recent)} losses ({peak:.4g})")
+        if self._collapsing(loss):
+            self.held.append(loss)
+            if len(self.held) < p.collapse_steps:
+                return None
+            mean = sum(self.held) / len(self.held)
+            if mean >= COLLAPSE_SHARE * p.baseline:
+                typical, self.held = self.typical, []
+                return Alarm("collapse", loss, typical, f"collapse: {p.collapse_steps} losses in a row near the "
+                             f"level of a constant prediction ({p.baseline:.4g}; their mean {mean:.4g}) after the "
+                             f"run had learned (running mean {typical:.4g})")
+            return self._release()
+        self._release()
         self._accept(log_loss, loss)
         return None
+
+    def _collapsing(self, loss: float) -> bool:
+        """A stretch at the constant level after having learned starts or goes on (off without a baseline)."""
+        p = self.policy
+        if p.baseline is None or self.seen < p.warmup or self.typical >= p.learned_share * p.baseline:
+            return False
+        return loss >= (p.near_share if self.held else COLLAPSE_SHARE) * p.baseline
+
+    def _release(self) -> None:
+        """The stretch ended without an alarm: its losses were noise and enter the statistics, in order."""
+        for held in self.held:
+            self._accept(math.log(max(held, 1e-30)), held)
+        self.held = []
 
     def _accept(self, log_loss: float, loss: float) -> None:
         if self.seen == 0:
@@ -136,7 +182,7 @@ class LossWatch:
 
     def state_dict(self) -> dict:
         state = {key: getattr(self, key) for key in self._STATE_KEYS}
-        return {**state, "recent": list(self.recent), "policy": asdict(self.policy)}
+        return {**state, "recent": list(self.recent), "held": list(self.held), "policy": asdict(self.policy)}
 
     def load_state_dict(self, state: dict) -> None:
         missing = [key for key in (*self._STATE_KEYS, "policy") if key not in state]
@@ -147,6 +193,7 @@ class LossWatch:
         self.mean, self.var = float(state["mean"]), float(state["var"])
         self.first_sum, self.first_loss = float(state["first_sum"]), float(state["first_loss"])
         self.recent = deque((float(v) for v in state["recent"]), maxlen=self.policy.peak_window)
+        self.held = [float(v) for v in state.get("held", [])]   # absent in checkpoints from before the test
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from converge.config import TrainConfig
 from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.cadence import checkpoint_due
-from converge.decide.diagnosis import diagnose_run, live_findings
+from converge.decide.diagnosis import diagnose_run, live_findings, needs_reference
 from converge.decide.divergence import Alarm, GuardPolicy
 from converge.engine import device as dev
 from converge.engine.distributed import current_world
@@ -37,6 +37,7 @@ from converge.engine.objective import (Objective, TargetStats, constant_predicti
                                        targets_in_memory)
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
+from converge.engine.reference import reference_loss
 from converge.engine.signals import StopSignals
 from converge.engine.verdict import apply_verdict, lr_at_minimum
 from converge.errors import ConvergeError
@@ -100,8 +101,8 @@ class Trainer:
             mode=config.mode, patience=config.patience, threshold=config.threshold,
             cooldown=config.cooldown, unproductive_cuts=config.unproductive_cuts,
             check_finite=not config.guard))  # with the guard a non-finite value is rolled back instead
-        self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks), self.device,
-                                     config.clip_grad, world=self.world) if config.guard else None
+        self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks, baseline=self._baseline_now()),
+                                     self.device, config.clip_grad, world=self.world) if config.guard else None
         # The counters the loop owns.
         self.epoch = 0            # finished epochs
         self.step = 0             # optimizer steps
@@ -125,6 +126,13 @@ class Trainer:
         self.baseline_loss: float | None = None
         in_memory = targets_in_memory(self.splits["train"])
         self.target_stats = TargetStats(objective) if in_memory is None and objective.known_loss else None
+
+    def _baseline_now(self) -> float | None:
+        """The constant prediction's loss for the guard's collapse test, when the training targets are in
+        memory (reading a loader's targets here would cost a pass over the data: then the test is off)."""
+        targets = targets_in_memory(self.splits["train"]) if self.objective.known_loss else None
+        baseline = None if targets is None else constant_prediction_loss(targets, self.objective)
+        return baseline if baseline is not None and math.isfinite(baseline) and baseline > 0 else None
 
     @property
     def history(self) -> list[dict]:
@@ -477,8 +485,11 @@ class Trainer:
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
                         value=self.tracker.best)
         test = self.evaluate("test") if "test" in self.splits and finished else None
+        fit = self._fit_values() if finished else None
         summary = self._summary(test)
-        summary["diagnosis"] = [f.to_dict() for f in self._diagnosis()] if finished else []
+        if fit is not None:
+            summary["train"] = {k[len("train_"):]: v for k, v in fit.items() if k.startswith("train_")}
+        summary["diagnosis"] = [f.to_dict() for f in self._diagnosis(fit, summary)] if finished else []
         summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)
         return FitResult(self.model, summary, list(self.history), list(self.events), self.record.run_dir)
 
@@ -492,14 +503,27 @@ class Trainer:
             self.baseline_loss = self.target_stats.loss(self.world)
             self.target_stats = None  # its job is done; the value is kept (and checkpointed)
 
-    def _diagnosis(self):
+    def _fit_values(self) -> dict | None:
+        """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
+        the diagnosis's generalization gap. One pass over the training split at the end; not for a stream,
+        nor for a loss without a known meaning (a race's arms)."""
+        if not self.objective.known_loss or getattr(self.splits["train"], "stream", False):
+            return None
+        return {**self.evaluate("train", prefix="train_"), **self.best_record}
+
+    def _diagnosis(self, fit: dict | None = None, summary: dict | None = None):
+        """The findings; ``summary`` (when given) receives the yardsticks they were judged against."""
         cfg = self.config
         if self.baseline_loss is None and self.target_stats is None and self.epoch >= 1:
             self._learn_baseline()  # targets in memory, a checkpoint from before the baseline was kept
         baseline = self.baseline_loss
+        wanted = needs_reference(self.history, fit, baseline)
+        reference = reference_loss(self.splits, self.objective, seed=cfg.seed) if wanted else None
+        if summary is not None and baseline is not None:
+            summary["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
         return diagnose_run(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
                             patience=cfg.patience, max_epochs=cfg.max_epochs, weight_decay=cfg.weight_decay,
-                            baseline_loss=baseline)
+                            baseline_loss=baseline, fit=fit, reference_loss=reference)
 
     def _wall_seconds(self) -> float:
         """The run's wall time so far: this command's since it started (set-up, tuning, doctor, training)

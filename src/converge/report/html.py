@@ -38,6 +38,11 @@ _DIAGNOSIS_TONE = {"converged": _GOOD, "still_improving": _WARN, "overfitting": 
 _SEVERITY_TONE = {"info": "info", "warning": _WARN, "error": _BAD}
 
 
+def _diagnosis_tone(code, severity) -> str:
+    """A code's own tone, else its severity's (a code the table does not know, e.g. ``collapsed``)."""
+    return _DIAGNOSIS_TONE.get(code) or _SEVERITY_TONE.get(severity, "muted")
+
+
 @dataclass
 class RunFiles:
     """What the report is built from: each file as read, None (or empty) when it is missing."""
@@ -223,7 +228,7 @@ def _card(title: str, tone: str, message: Any, evidence: Any, fix: Any, aside: s
 def _diagnosis(run: RunFiles) -> str:
     findings = (run.summary or {}).get("diagnosis")
     if isinstance(findings, list) and findings:
-        cards = "".join(_card(str(f.get("code", "?")), _DIAGNOSIS_TONE.get(f.get("code"), "muted"),
+        cards = "".join(_card(str(f.get("code", "?")), _diagnosis_tone(f.get("code"), f.get("severity")),
                               f.get("message"), f.get("evidence"), f.get("fix"))
                         for f in findings if isinstance(f, dict))
         final = f"<div class='cards'>{cards}</div>"
@@ -235,7 +240,7 @@ def _diagnosis(run: RunFiles) -> str:
     if not live:
         return final
     rows = [[escape(number(e.get("epoch"))),
-             f"<span class='tag tone-{_DIAGNOSIS_TONE.get(e.get('code'), 'muted')}'>{escape(e.get('code', '?'))}</span>",
+             f"<span class='tag tone-{_diagnosis_tone(e.get('code'), e.get('severity'))}'>{escape(e.get('code', '?'))}</span>",
              escape(e.get("message") or ""), escape(e.get("fix") or "")] for e in live]
     return (f"{final}<h3>Told during training</h3>"
             f"{table(['epoch', 'code', 'message', 'fix'], rows, 'live')}")

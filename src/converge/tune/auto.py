@@ -6,11 +6,16 @@ The steps, each recorded as an event with its evidence:
    set; on CUDA a forward/backward at that size is tried first and halved on out-of-memory.
 2. **Learning rate**: a range test per candidate optimizer, read by `converge.decide.suggest_lr`.
    A curve with no evidence falls back to the optimizer's standard LR, and says so.
+   A curve whose loss never fell below a constant prediction's (`converge.decide.collapse`) is no
+   evidence either: the standard LR is used.
 3. **Optimizer and LR, checked on validation**: every (optimizer, LR) arm -- the suggestion and a
    third of it, or three LRs around it when the optimizer is fixed -- trains 40 optimizer steps (a
    partial epoch when epochs are longer) with the real engine; successive halving keeps the better half
    on the monitored value and trains it again from the start with twice the steps, until one is left.
-   The race costs the same number of steps whatever the size of the data, one arm at a time.
+   The race costs the same number of steps whatever the size of the data, one arm at a time. An arm
+   whose validation loss sits at a constant prediction's (it collapsed: one class for every row) ranks
+   after every arm that did not; when all did, the race says so (a ``race_all_collapsed`` event and a
+   console warning).
 4. **Weight decay**: the budget of a short race cannot tell weight decays apart (their effect shows
    over a whole run), so an explicit value is kept and "auto" takes the standard decoupled value
    for the optimizer (AdamW 1e-2, SGD 5e-4), recorded as such.
@@ -35,9 +40,10 @@ from torch import nn
 from converge.config import TrainConfig
 from converge.data import STREAM_BATCH, epoch_samples
 from converge.console import Console
-from converge.decide.lr_suggest import LrSuggestion, suggest_lr
+from converge.decide.collapse import never_learned, sits_at_level
+from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
 from converge.engine import device as dev
-from converge.engine.objective import Objective
+from converge.engine.objective import Objective, constant_prediction_loss, targets_in_memory
 from converge.engine.optim import OPTIMIZERS
 from converge.status import Status
 from converge.tune.lr_find import RangeTest, lr_range_test
@@ -128,6 +134,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
              for opt in optimizers}
     tests: dict[str, RangeTest] = {}
     arms: list[tuple[str, float]] = []
+    baseline = _baseline(train, objective)
     for opt in optimizers:
         if config.lr != "auto":
             arms.append((opt, float(config.lr)))
@@ -135,6 +142,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
         test = _range_test(log, model, train, objective, opt, decay[opt], batch_size, device, config)
         tests[opt] = test
         samples += test.samples
+        test.suggestion = _no_evidence_at_level(test, baseline)
         lr, note = _lr_from(test.suggestion, opt)
         events.append(_event("lr_range_test", optimizer=opt, batch_size=batch_size, steps=len(test.lrs),
                              suggested_lr=lr, min_loss_lr=test.suggestion.min_loss_lr, ok=test.suggestion.ok,
@@ -145,7 +153,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     if len(arms) > 1:
         (opt, lr), race_samples, race_events = _race(log, model, splits, config, objective, arms, decay,
-                                                     batch_size, steps_per_epoch, tests, console)
+                                                     batch_size, steps_per_epoch, tests, console, baseline)
         samples += race_samples
         events += race_events
     else:
@@ -188,6 +196,21 @@ def _range_test(log, model, train, objective, opt, decay, batch_size, device, co
     return test
 
 
+def _baseline(train, objective: Objective) -> float | None:
+    """The constant prediction's loss on the training targets when they are in memory (None: unknown, or
+    targets that only a pass over a Dataset would give: tuning does not pay for one)."""
+    targets = targets_in_memory(train) if objective.known_loss else None
+    return None if targets is None else constant_prediction_loss(targets, objective)
+
+
+def _no_evidence_at_level(test: RangeTest, baseline: float | None) -> LrSuggestion:
+    """The range test's suggestion, unless its loss never fell below a constant prediction's."""
+    if not test.suggestion.ok or not never_learned(smooth(test.losses), baseline):
+        return test.suggestion
+    return dataclasses.replace(test.suggestion, ok=False, reason=(
+        f"the loss never fell below a constant prediction's ({baseline:.4g}) over the sweep"))
+
+
 def _lr_from(suggestion: LrSuggestion, opt: str) -> tuple[float, str]:
     if suggestion.ok:
         return suggestion.lr, suggestion.reason
@@ -219,13 +242,15 @@ def _warmup_steps(lr: float, test: RangeTest | None, steps_per_epoch: int) -> tu
                    f"updates stable")
 
 
-def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_per_epoch, tests, console):
+def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_per_epoch, tests, console,
+          baseline=None):
     """Successive halving in optimizer steps: every arm trains ``RUNG_STEPS`` steps (a partial epoch when
     epochs are longer) and is scored on validation; the better half trains again from the start with twice
     the budget (the same trajectory as going on: the data order and the seeds depend on the step only), and
     so on until one is left. Arms train one after another from the same initial weights and only their
     scores are kept, so at most one arm's model and optimizer are alive at a time, and the race costs a
-    number of steps that does not depend on the size of the data."""
+    number of steps that does not depend on the size of the data. An arm whose last validation loss sits at
+    the constant prediction's (``baseline``) ranks after those that learned."""
     saved = log.get("race")
     if saved is not None:
         return (saved["winner"][0], saved["winner"][1]), saved["samples"], saved["events"]
@@ -235,30 +260,42 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
     while len(alive) > 1:
         rung += 1
         budget = RUNG_STEPS * 2 ** (rung - 1)
-        scores = {}
+        scores, collapsed = {}, set()
         for arm in alive:
-            score, steps, monitor = _race_arm(model, splits, config, objective, arm, decay, batch_size,
-                                              steps_per_epoch, tests, budget)
+            score, steps, monitor, arm_collapsed = _race_arm(model, splits, config, objective, arm, decay,
+                                                             batch_size, steps_per_epoch, tests, budget, baseline)
             samples += steps * batch_size
             scores[arm] = sign * score if math.isfinite(score) else math.inf
-        ranked = sorted(alive, key=lambda arm: scores[arm])
+            if arm_collapsed:
+                collapsed.add(arm)
+        ranked = sorted(alive, key=lambda arm: (arm in collapsed, scores[arm]))
+        if collapsed and len(collapsed) == len(alive):
+            events.append(_event("race_all_collapsed", rung=rung, constant_prediction_loss=baseline, reason=(
+                "every arm's validation loss sits at a constant prediction's: none learned; the best score goes "
+                "on (check the inputs' scale with `converge doctor TASK`, or set --lr)")))
+            console.warning(f"tuning: every arm of race rung {rung} predicts no better than a constant "
+                            f"(loss {baseline:.4g}); check the inputs (converge doctor) or set --lr")
         keep = ranked[: max(1, len(alive) // 2)]
         events.append(_event("race_rung", rung=rung, steps=budget, epochs=round(budget / steps_per_epoch, 3),
                              monitor=monitor,
                              arms=[{"optimizer": o, "lr": lr, "best": sign * scores[(o, lr)]
-                                    if math.isfinite(scores[(o, lr)]) else None} for o, lr in ranked],
+                                    if math.isfinite(scores[(o, lr)]) else None, "collapsed": (o, lr) in collapsed}
+                                   for o, lr in ranked],
                              kept=[{"optimizer": o, "lr": lr} for o, lr in keep]))
         console.message("tuning: race rung {} ({} steps each): ".format(rung, budget) + ", ".join(
-            f"{o} {lr:.3g} -> {sign * scores[(o, lr)]:.4g}" for o, lr in ranked))
+            f"{o} {lr:.3g} -> {sign * scores[(o, lr)]:.4g}{' (collapsed)' if (o, lr) in collapsed else ''}"
+            for o, lr in ranked))
         alive = keep
     winner = alive[0]
     log.put("race", {"winner": list(winner), "samples": samples, "events": events})
     return winner, samples, events
 
 
-def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_per_epoch, tests, budget):
+def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_per_epoch, tests, budget,
+              baseline=None):
     """One arm trained ``budget`` steps from ``model``'s weights: (its best monitored value, or inf when its
-    training loss blew up; the steps it trained; the monitored key). Nothing of it is kept."""
+    training loss blew up; the steps it trained; the monitored key; whether its last validation loss sits at
+    the constant prediction's ``baseline``). Nothing of it is kept."""
     from converge.engine.loop import Trainer
 
     opt, lr = arm
@@ -276,4 +313,6 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
     if trainer.status is Status.INTERRUPTED:  # Ctrl-C: stop tuning; finished stages are saved
         raise KeyboardInterrupt
     finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
-    return (trainer.tracker.best if finite else math.inf), trainer.step, trainer.monitor_key
+    last = trainer.history[-1].get("val_loss") if trainer.history else None
+    collapsed = trainer.status is not Status.DIVERGED and sits_at_level(last, baseline)
+    return (trainer.tracker.best if finite else math.inf), trainer.step, trainer.monitor_key, collapsed

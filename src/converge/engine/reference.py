@@ -1,0 +1,114 @@
+"""What the data allows: the validation loss of a small reference model, the yardstick of "underfitting".
+
+The constant prediction says whether a model learned anything; it cannot say whether a model learned what
+the data allows (a linear model on a nonlinear target beats a constant easily). The reference here is a
+cheap proxy of known capacity: a one-hidden-layer MLP (``HIDDEN`` ReLU units) on standardized, flattened
+inputs, trained with AdamW for a fixed budget (about a second on a CPU) on (at most ``MAX_ROWS`` of) the training split; its best
+validation loss, scored by the task's own loss, is the reference. It is built only when both splits are
+tensors in memory with one floating-point input tensor of at most ``MAX_FEATURES`` features, and for the
+inferred objectives (classification, binary, multilabel, regression); otherwise there is none (None).
+
+It is trained in a forked RNG state, so the run's random streams are untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from converge.data import TensorSplit
+from converge.engine.objective import Objective
+
+MAX_ROWS = 4000          # training rows the reference sees (a random subset beyond)
+MAX_FEATURES = 4096      # flattened input features, at most
+HIDDEN = 64
+EPOCHS = 40
+MAX_STEPS = 1000         # optimizer steps in all (fewer epochs on more rows)
+LR = 1e-2
+WEIGHT_DECAY = 1e-2
+BATCH_DIV = 10          # batches per epoch, about (batches of 32 to 256 rows)
+EVAL_EVERY = 5           # epochs between validation checks
+CLIP = 10.0             # standardized inputs are clipped to +-CLIP (a feature constant on the rows seen)
+KINDS = ("classification", "binary", "multilabel", "regression")
+
+
+def _tensors(split) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if isinstance(split, TensorSplit):
+        pair = split.inputs, split.targets
+    else:
+        whole = getattr(split, "whole_tensors", None)
+        pair = whole() if whole is not None else None
+    if pair is None or not all(isinstance(t, torch.Tensor) for t in pair):
+        return None
+    x, y = pair
+    if not x.dtype.is_floating_point or x.ndim < 2 or len(x) != len(y) or len(x) < 2:
+        return None
+    return x, y
+
+
+@torch.no_grad()
+def _val_loss(model, x, y, objective, shift, scale) -> float:
+    model.eval()
+    losses = [objective.loss_fn(_predict(model, xb, shift, scale, y), yb).double() * len(yb)
+              for xb, yb in zip(x.split(1024), y.split(1024))]
+    model.train()
+    return float(torch.stack(losses).sum() / len(y))
+
+
+def _predict(model, x, shift, scale, y_like):
+    out = model(x) * scale + shift
+    return out if y_like.ndim > 1 or out.shape[1] != 1 else out.squeeze(1)
+
+
+def reference_loss(splits: dict, objective: Objective, *, seed: int = 0) -> float | None:
+    """The reference model's best validation loss, or None when it does not apply (see the module text)."""
+    if not objective.known_loss or objective.kind not in KINDS or "val" not in splits:
+        return None
+    train, val = _tensors(splits["train"]), _tensors(splits["val"])
+    if train is None or val is None:
+        return None
+    (x, y), (vx, vy) = train, val
+    x, vx = x.reshape(len(x), -1).float(), vx.reshape(len(vx), -1).float()
+    if x.shape[1] > MAX_FEATURES or x.shape[1] != vx.shape[1]:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    if len(x) > MAX_ROWS:
+        keep = torch.randperm(len(x), generator=generator)[:MAX_ROWS].to(x.device)
+        x, y = x[keep], y[keep]
+    mean, std = x.mean(0), x.std(0)
+    std = torch.where(std > 1e-6 * mean.abs().clamp(min=1.0), std, torch.ones_like(std))  # constant: left as is
+    x, vx = ((x - mean) / std).clamp(-CLIP, CLIP), ((vx - mean) / std).clamp(-CLIP, CLIP)
+    if objective.kind == "classification":
+        if y.dtype.is_floating_point or y.ndim != 1:
+            return None
+        outputs = int(max(int(y.max()), int(vy.max()))) + 1
+        shift, scale = 0.0, 1.0
+    else:
+        flat = y.reshape(len(y), -1).float()
+        outputs = flat.shape[1]
+        if objective.kind == "regression":   # the proxy predicts standardized targets
+            shift, scale = flat.mean(0), flat.std(0).clamp(min=1e-8)
+        else:
+            shift, scale = 0.0, 1.0
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        return _train(x, y, vx, vy, outputs, objective, shift, scale)
+
+
+def _train(x, y, vx, vy, outputs, objective, shift, scale) -> float | None:
+    model = nn.Sequential(nn.Linear(x.shape[1], HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, outputs)).to(x.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    batch = max(32, min(256, len(y) // BATCH_DIV))
+    steps_per_epoch = math.ceil(len(y) / batch)
+    epochs = max(EVAL_EVERY, min(EPOCHS, MAX_STEPS // steps_per_epoch))
+    best = math.inf
+    for epoch in range(1, epochs + 1):
+        for rows in torch.randperm(len(y)).to(x.device).split(batch):
+            optimizer.zero_grad(set_to_none=True)
+            objective.loss_fn(_predict(model, x[rows], shift, scale, y), y[rows]).backward()
+            optimizer.step()
+        if epoch % EVAL_EVERY == 0 or epoch == epochs:
+            best = min(best, _val_loss(model, vx, vy, objective, shift, scale))
+    return best if math.isfinite(best) else None

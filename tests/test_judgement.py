@@ -1,0 +1,322 @@
+"""Issue 12: a run is never misjudged. The collapse rule, the guard's collapse test and the gap-based and
+reference-based diagnosis on scripted histories; then planted cases trained for real (seconds each)."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import converge
+from converge.decide import collapse as C
+from converge.decide import diagnosis as D
+from converge.decide.divergence import GuardPolicy, LossWatch
+from converge.engine.objective import Objective, constant_prediction_loss
+from converge.engine.reference import reference_loss
+from converge.data import TensorSplit
+
+LN10 = math.log(10)
+
+
+def rows(train, val, lr=0.1, **extra):
+    return [{"epoch": i + 1, "lr": lr if not isinstance(lr, list) else lr[i], "train_loss": t, "val_loss": v,
+             **{k: vs[i] for k, vs in extra.items()}} for i, (t, v) in enumerate(zip(train, val))]
+
+
+def codes(history, events=(), status="converged", baseline=LN10, fit=None, reference=None, patience=3):
+    found = D.diagnose_run(history, list(events), status=status, monitor="val_loss", mode="min", patience=patience,
+                           max_epochs=100, weight_decay=0.01, baseline_loss=baseline, fit=fit,
+                           reference_loss=reference)
+    for f in found:
+        assert f.message and f.fix and f.severity in ("error", "warning", "info")
+    return [f.code for f in found]
+
+
+DECLINE = [2.2, 1.2, 0.6, 0.35, 0.25, 0.2, 0.18, 0.17, 0.17]
+ROLLBACK = {"event": "rollback", "epoch": 1, "lr": 8.0, "new_lr": 4.0}
+
+
+# --- the collapse rule ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("train, val, events, lr, expected", [
+    # healthy: no collapse
+    (DECLINE, DECLINE, [], 0.1, None),
+    # the dead network: a rollback, then the losses sit at ln 10
+    ([LN10] * 8, [LN10 + 0.001] * 8, [ROLLBACK], 4.0, ("error", ("lr_too_high",))),
+    # the breast-cancer run: an epoch at 47 (a blow-up), then one class for every row
+    ([47.0, 0.67, 0.66, 0.66, 0.66, 0.66], [0.8, 0.68, 0.661, 0.661, 0.661, 0.661], [], 0.0138,
+     ("error", ("lr_too_high",))),
+    # still coming down from the level (an LR too low): not collapsed, still improving
+    ([1.1, 1.09, 1.08, 1.07, 1.06], [1.1, 1.09, 1.08, 1.07, 1.06], [], 1e-4, None),
+    # at the level from the start, nothing in the history says why
+    ([2.31, 2.30, 2.30, 2.30], [2.31, 2.30, 2.30, 2.30], [], 1e-6, ("error", ())),
+    # just below the level (5 %): learned a little, not collapsed
+    ([2.2, 2.1, 2.1, 2.1], [2.2, 2.15, 2.17, 2.18], [], 0.1, None),
+    # validation above the constant's but training far below: overfitting, not "learned nothing"
+    ([1.0, 0.3, 0.1, 0.05], [2.3, 2.4, 2.5, 2.6], [], 0.1, None),
+    # learned, then fell back to the level for good: a late collapse (the kept weights are older)
+    (DECLINE[:5] + [2.3, 2.3, 2.3], DECLINE[:5] + [2.3, 2.3, 2.31], [], 0.1, ("warning", ("lr_too_high",))),
+    # one bad epoch back at the level is not lasting
+    (DECLINE[:5] + [2.3, 0.3], DECLINE[:5] + [2.3, 0.3], [], 0.1, None),
+    # a warmup that raised the LR before the collapse names the LR
+    ([2.3] * 4, [2.3] * 4, [], [0.1, 1.0, 3.0, 3.0], ("error", ("lr_too_high",))),
+])
+def test_collapse_rule(train, val, events, lr, expected):
+    # the breast-cancer label entropy, three classes, else ten classes
+    baseline = 0.6609 if val[-1] < 1 else math.log(3) if val[0] < 1.2 else LN10
+    found = C.collapse(rows(train, val, lr=lr), events, baseline)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None and ("warning" if found.late else "error", found.causes) == expected
+
+
+def test_an_lr_too_low_is_still_improving_not_collapsed():
+    history = rows([1.1, 1.09, 1.08, 1.07], [1.1, 1.09, 1.08, 1.07], lr=1e-4)
+    got = codes(history, status="max_epochs", baseline=math.log(3))
+    assert got[0] == "still_improving" and "collapsed" not in got
+
+
+def test_collapse_needs_a_baseline():
+    assert C.collapse(rows([2.3] * 3, [2.3] * 3), [], None) is None
+    assert C.collapse(rows([2.3] * 3, [2.3] * 3), [], math.nan) is None
+    assert C.collapse([], [], LN10) is None
+
+
+def test_unscaled_inputs_are_a_cause_unless_standardized():
+    found = {"event": "doctor_finding", "code": "unscaled_features", "severity": "warning"}
+    applied = {"event": "remedy", "remedy": "standardize_features", "detail": {"applied": True}}
+    history = rows([2.3] * 3, [2.3] * 3, lr=1e-3)
+    assert C.collapse(history, [found], LN10).causes == ("unscaled_inputs",)
+    assert C.collapse(history, [found, applied], LN10).causes == ()
+
+
+# --- the diagnosis -------------------------------------------------------------------------------------
+def test_dead_network_is_collapsed_and_lr_too_high_not_still_improving():
+    history = rows([LN10 + 0.01 - i * 1e-4 for i in range(39)], [LN10 + 0.01 - i * 1e-4 for i in range(39)], lr=4.0)
+    got = codes(history, [ROLLBACK], status="max_epochs", patience=5)
+    assert got == ["collapsed", "lr_too_high"]
+    found = D.diagnose_run(history, [ROLLBACK], status="max_epochs", monitor="val_loss", mode="min", patience=5,
+                           max_epochs=39, baseline_loss=LN10)
+    assert "--lr 0.8" in found[0].fix and found[0].severity == "error"
+    assert found[0].evidence["constant_prediction_loss"] == LN10
+
+
+def test_collapsed_run_that_converged_keeps_the_status_but_never_alone():
+    got = codes(rows([47.0, 0.67] + [0.66] * 4, [0.8, 0.68] + [0.661] * 4, lr=0.0138), baseline=0.6609)
+    assert got == ["converged", "collapsed", "lr_too_high"]
+    found = D.diagnose_run(rows([0.66] * 4, [0.661] * 4), [{"event": "doctor_finding", "code": "unscaled_features",
+                                                           "severity": "warning"}], status="converged",
+                           monitor="val_loss", mode="min", patience=3, max_epochs=9, baseline_loss=0.6609)
+    assert "--no-standardize" in found[1].fix and "nothing to fix" not in found[0].fix
+
+
+@pytest.mark.parametrize("train, val, fit, reference, expected", [
+    # memorization (issue 12): 0.005 vs 0.33, accuracy 100 % vs 92 %
+    ([1.5, 0.5, 0.1, 0.02, 0.005], [1.5, 0.6, 0.4, 0.34, 0.33], {"train_loss": 0.005, "train_accuracy": 1.0,
+                                                                  "val_loss": 0.33, "val_accuracy": 0.92},
+     None, ["converged", "overfitting"]),
+    # the same without a fit evaluation: the running training loss of the best epoch is used
+    ([1.5, 0.5, 0.1, 0.02, 0.005], [1.5, 0.6, 0.4, 0.34, 0.33], None, None, ["converged", "overfitting"]),
+    # a clean digits MLP: 0.02 vs 0.14, 99.9 % vs 96.9 %: only converged
+    ([1.0, 0.3, 0.1, 0.04, 0.02], [1.0, 0.35, 0.2, 0.15, 0.14], {"train_loss": 0.02, "train_accuracy": 0.999,
+                                                                  "val_loss": 0.14, "val_accuracy": 0.969},
+     0.13, ["converged"]),
+    # a large loss gap but accuracies within GAP_METRIC: not overfitting
+    ([1.5, 0.5, 0.1, 0.02, 0.005], [1.5, 0.6, 0.4, 0.34, 0.33], {"train_loss": 0.005, "train_accuracy": 1.0,
+                                                                  "val_loss": 0.33, "val_accuracy": 0.97},
+     None, ["converged"]),
+    # linear on Friedman #1 (baseline 24): 6.7 on both, a reference MLP reaches 1.5: underfitting
+    ([20.0, 9.0, 7.0, 6.8, 6.7], [20.0, 9.0, 7.0, 6.9, 6.7], {"train_loss": 6.6, "val_loss": 6.7}, 1.5,
+     ["converged", "underfitting"]),
+    # the same numbers without a reference: 28 % of the constant's loss is not underfitting by the old rule
+    ([20.0, 9.0, 7.0, 6.8, 6.7], [20.0, 9.0, 7.0, 6.9, 6.7], {"train_loss": 6.6, "val_loss": 6.7}, None,
+     ["converged"]),
+    # as good as the reference: nothing to say
+    ([20.0, 9.0, 3.0, 1.6, 1.5], [20.0, 9.0, 3.0, 1.7, 1.6], {"train_loss": 1.3, "val_loss": 1.6}, 1.5,
+     ["converged"]),
+    # twice the reference but a tiny absolute difference (below UNDERFIT_REFERENCE_GAP of the constant's)
+    ([20.0, 9.0, 3.0, 0.5, 0.4], [20.0, 9.0, 3.0, 0.5, 0.4], {"train_loss": 0.4, "val_loss": 0.4}, 0.15,
+     ["converged"]),
+    # worse than the reference but with a gap: overfitting's business, not underfitting
+    ([20.0, 9.0, 2.0, 1.0, 0.5], [20.0, 9.0, 6.0, 6.0, 6.0], {"train_loss": 0.5, "val_loss": 6.0}, 1.5,
+     ["converged", "overfitting"]),
+])
+def test_gap_and_reference_rules(train, val, fit, reference, expected):
+    baseline = 24.0 if train[0] == 20.0 else LN10
+    assert codes(rows(train, val), fit=fit, reference=reference, baseline=baseline) == expected
+
+
+def test_every_finding_that_applies_is_named():
+    # collapsed late, after rollbacks: collapsed (warning) and lr_too_high, beside converged
+    history = rows(DECLINE[:5] + [2.3, 2.3, 2.3], DECLINE[:5] + [2.3, 2.3, 2.31])
+    got = codes(history, [ROLLBACK, ROLLBACK])
+    assert got == ["converged", "collapsed", "lr_too_high"]
+
+
+def test_thresholds_are_consistent():
+    assert 0 < C.FIT_SHARE < C.COLLAPSE_SHARE < 1 and D.GAP_RATIO > D.UNDERFIT_GAP
+    assert D.SEVERITY["collapsed"] == "error"
+
+
+# --- the guard's collapse test ---------------------------------------------------------------------------
+def decline(n, start=2.3, end=0.3, noise=0.2, seed=0):
+    rng = random.Random(seed)
+    return [start * (end / start) ** (i / n) * math.exp(rng.gauss(0, noise)) for i in range(n)]
+
+
+def first_alarm(values, baseline=LN10, **policy):
+    watch = LossWatch(GuardPolicy(baseline=baseline, **policy))
+    for index, value in enumerate(values):
+        alarm = watch.update(value)
+        if alarm is not None:
+            return index, alarm.kind
+    return None
+
+
+def at_level(n, seed=1, low=0.8):
+    """A stretch at the constant level: the first loss at it, then noise between ``low`` and 1.3 times it."""
+    rng = random.Random(seed)
+    return [LN10 * 1.1] + [LN10 * rng.uniform(low, 1.3) for _ in range(n - 1)]
+
+
+@pytest.mark.parametrize("values, baseline, expected", [
+    # learned, then a sudden lasting jump to ln 10: a collapse after collapse_steps losses
+    (decline(100) + at_level(40), LN10, (115, "collapse")),
+    # the same without a baseline: the test is off (and nothing else fires: no spike that large)
+    (decline(100) + at_level(40), None, None),
+    # never learned (a run that starts and stays at the level): not the guard's business
+    (at_level(120), LN10, None),
+    # a short excursion to the level and back: noise
+    (decline(100) + at_level(8) + decline(40, start=0.3, end=0.25), LN10, None),
+    # a healthy run never raises it
+    (decline(300, end=0.05, noise=0.5), LN10, None),
+])
+def test_guard_collapse(values, baseline, expected):
+    assert first_alarm(values, baseline=baseline) == expected
+
+
+def test_guard_collapse_state_round_trip():
+    values = decline(100) + at_level(40)
+    first = LossWatch(GuardPolicy(baseline=LN10))
+    assert all(first.update(v) is None for v in values[:108])
+    assert first.held  # in the middle of a stretch
+    second = LossWatch()
+    second.load_state_dict(first.state_dict())
+    alarms = [second.update(v) for v in values[108:]]
+    assert next(i for i, a in enumerate(alarms) if a is not None) + 108 == 115 and alarms[7].kind == "collapse"
+
+
+@pytest.mark.parametrize("bad", [dict(baseline=0.0), dict(baseline=math.nan), dict(learned_share=0.99),
+                                 dict(collapse_steps=0), dict(near_share=0.3)])
+def test_guard_policy_rejects_bad_collapse_settings(bad):
+    with pytest.raises(ValueError):
+        GuardPolicy(**bad)
+
+
+# --- the reference model -------------------------------------------------------------------------------------
+def test_reference_tells_what_the_data_allows():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(600, 5, generator=g)
+    y = (torch.sin(6 * x[:, 0]) * 3 + 2 * x[:, 1] ** 2)[:, None]
+    objective = Objective(lambda s, t: nn.functional.mse_loss(s, t), "regression", {})
+    splits = {"train": TensorSplit(x[:400], y[:400], "train"), "val": TensorSplit(x[400:], y[400:], "val")}
+    ref = reference_loss(splits, objective, seed=0)
+    constant = constant_prediction_loss(y[:400], objective)
+    assert ref is not None and ref < 0.5 * constant
+    assert reference_loss(splits, objective, seed=0) == ref           # deterministic
+    state = torch.random.get_rng_state()
+    reference_loss(splits, objective, seed=1)
+    assert torch.equal(state, torch.random.get_rng_state())           # the run's RNG is untouched
+    custom = Objective(lambda s, t: (s - t).abs().mean(), "custom", {}, known_loss=False)
+    assert reference_loss(splits, custom) is None
+
+
+# --- planted cases, trained for real ------------------------------------------------------------------------
+def _digits(train_rows=None, seed=0):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target
+    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
+    if train_rows:
+        x_tr, y_tr = x_tr[:train_rows], y_tr[:train_rows]
+    return (x_tr, y_tr), (x_va, y_va)
+
+
+def _mlp(inputs, width, outputs):
+    return nn.Sequential(nn.Linear(inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, outputs))
+
+
+def _fit(model, splits, **options):
+    torch.manual_seed(0)
+    result = converge.fit(model, *splits, seed=0, batch_size=32, verbose=False, **options)
+    return result, [f["code"] for f in result.summary["diagnosis"]]
+
+
+def test_planted_dead_network():
+    result, got = _fit(_mlp(64, 128, 10), _digits(), optimizer="sgd", lr=8.0, max_epochs=15)
+    assert "collapsed" in got and "lr_too_high" in got and "still_improving" not in got
+    assert result.summary["yardsticks"]["constant_prediction_loss"] == pytest.approx(LN10, abs=0.01)
+
+
+def test_planted_memorization():
+    result, got = _fit(_mlp(64, 1024, 10), _digits(train_rows=120), optimizer="adamw", lr=1e-3, max_epochs=60)
+    assert "overfitting" in got and "collapsed" not in got
+    assert result.summary["train"]["accuracy"] > result.summary["best"]["val_accuracy"] + 0.05
+
+
+def test_planted_linear_on_nonlinear():
+    from sklearn.datasets import make_friedman1
+    x, y = make_friedman1(n_samples=1200, noise=1.0, random_state=0)
+    x, y = x.astype(np.float32), y.astype(np.float32)[:, None]
+    result, got = _fit(nn.Linear(10, 1), ((x[:900], y[:900]), (x[900:], y[900:])), optimizer="adamw", lr=3e-2,
+                       max_epochs=60)
+    assert "underfitting" in got, result.summary["diagnosis"]
+    yard = result.summary["yardsticks"]
+    assert yard["reference_val_loss"] * 2 < result.summary["best"]["val_loss"] < yard["constant_prediction_loss"]
+
+
+@pytest.mark.slow
+def test_planted_clean_run_says_only_converged():
+    _, got = _fit(_mlp(64, 128, 10), _digits(), optimizer="adamw", lr=1e-3, max_epochs=60)
+    assert got == ["converged"]
+
+
+@pytest.mark.parametrize("train, val, baseline, expected", [
+    ([6.8, 6.7], [6.9, 6.7], 24.0, True),      # train close to validation, far from zero: ask
+    ([0.5, 0.01], [0.6, 0.3], LN10, False),    # a gap: the rule cannot fire
+    ([0.1, 0.05], [0.1, 0.05], LN10, False),   # already within UNDERFIT_REFERENCE_GAP of zero
+    ([6.8, 6.7], [6.9, 6.7], None, False),     # no constant-prediction loss: no rule
+])
+def test_the_reference_is_built_only_when_the_rule_could_use_it(train, val, baseline, expected):
+    assert D.needs_reference(rows(train, val), None, baseline) is expected
+
+
+# --- the automatic choice ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("loss, baseline, expected", [
+    (0.661, 0.6609, True), (0.64, 0.6609, True), (0.69, 0.6609, True),   # one class for every row
+    (0.60, 0.6609, False), (2.0, 0.6609, False),                        # learned a little / blew up
+    (0.661, None, False), (math.nan, 0.6609, False),
+])
+def test_a_race_arm_at_the_constant_level(loss, baseline, expected):
+    assert C.sits_at_level(loss, baseline) is expected
+
+
+def test_a_range_test_that_never_left_the_constant_level_is_no_evidence():
+    from converge.decide.lr_suggest import suggest_lr
+    from converge.tune.auto import _no_evidence_at_level
+    from converge.tune.lr_find import RangeTest
+
+    lrs = [1e-7 * 1.2 ** i for i in range(80)]
+    falling = [2.3 * (0.2 + 0.8 / (1 + math.exp(i - 40))) for i in range(80)]   # 2.3 -> 0.46
+    flat = [47.0 / (1 + i) + 0.661 for i in range(80)]                            # comes down to the entropy only
+    for losses, baseline, kept in [(falling, LN10, True), (flat, 0.6609, False), (flat, None, True)]:
+        test = RangeTest("sgd", 32, lrs, losses, 0)
+        test.suggestion = suggest_lr(lrs, losses)
+        assert test.suggestion.ok
+        judged = _no_evidence_at_level(test, baseline)
+        assert judged.ok is kept and (kept or "constant prediction" in judged.reason)
+    assert C.never_learned([2.3, 2.29, math.nan], LN10) and not C.never_learned([2.3, 1.0], LN10)
