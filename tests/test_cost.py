@@ -225,6 +225,16 @@ def test_baseline_from_the_first_epoch_equals_the_direct_computation(kind):
     assert in_memory.baseline_loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
+def test_the_guard_learns_the_baseline_with_the_diagnosis():
+    # Targets in memory: the collapse test is on from the start; a Dataset's: from the end of the first epoch.
+    in_memory, _ = _run("classification", dataset=False, max_epochs=1)
+    assert in_memory.guard.policy.baseline == pytest.approx(in_memory.baseline_loss)
+    from_dataset, _ = _run("classification", dataset=True, max_epochs=2)
+    assert from_dataset.baseline_loss is not None
+    assert from_dataset.guard.policy.baseline == from_dataset.baseline_loss
+    assert from_dataset.guard.watch.state_dict()["policy"]["baseline"] == from_dataset.baseline_loss
+
+
 def test_resume_keeps_the_baseline(tmp_path):
     out = tmp_path / "run"
     trainer, _ = _run("classification", out=out, dataset=True, max_epochs=2)

@@ -16,6 +16,7 @@ run as diverged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -116,6 +117,12 @@ class DivergenceGuard:
         # The model copies what it loads; the optimizer and the loop would use these tensors as they are
         # (and change them in place): they get their own copies, so the target stays intact.
         return {"model": state["model"], **{key: copied(state.get(key)) for key in ("optimizer", "scaler", "progress")}}
+
+    def know_baseline(self, baseline: float | None) -> None:
+        """Turn on the collapse test once the constant prediction's loss is known (after the first epoch of a
+        Dataset's targets); a baseline already given is kept. The policy is checkpointed with the watch."""
+        if self.policy.baseline is None and baseline is not None and math.isfinite(baseline) and baseline > 0:
+            self.policy = self.watch.policy = dataclasses.replace(self.policy, baseline=baseline)
 
     # --- per batch: device work only ------------------------------------------------------------
     @property

@@ -502,6 +502,8 @@ class Trainer:
         else:
             self.baseline_loss = self.target_stats.loss(self.world)
             self.target_stats = None  # its job is done; the value is kept (and checkpointed)
+        if self.guard is not None:
+            self.guard.know_baseline(self.baseline_loss)
 
     def _fit_values(self) -> dict | None:
         """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
