@@ -17,6 +17,7 @@ these defaults; tests/test_doctor.py pins them with tables.
 | MIN_SAMPLES | 50 | fewer training samples (regression) is too few |
 | MAX_PARAMS_PER_SAMPLE | 1000 | more trainable parameters per training sample is too few samples |
 | NOISE_WARN | 0.05 | estimated label-noise rate (confident learning) at or above this is a `warning` |
+| NOISE_MIN_PER_CLASS | 50 | fewer labelled rows per class (on average) and the noise estimate is only `info`: the proxy's own out-of-fold errors are as large as the noise it would find (clean digits with 12 rows per class: 11-15 % "noise") |
 | NOISE_FOLDS / NOISE_MAX_ROWS | 4 / 5000 | k-fold trainings of the proxy and the rows they use |
 | INIT_LOSS_RATIO | 2.0 | initial loss above this multiple of its expected value |
 | OVERFIT_BATCH / OVERFIT_STEPS | 32 / 200 | one batch this big, Adam for at most this many steps (per LR) |
@@ -44,6 +45,7 @@ MIN_PER_CLASS = 20
 MIN_SAMPLES = 50
 MAX_PARAMS_PER_SAMPLE = 1000
 NOISE_WARN = 0.05
+NOISE_MIN_PER_CLASS = 50
 NOISE_FOLDS = 4
 NOISE_MAX_ROWS = 5000
 INIT_LOSS_RATIO = 2.0
