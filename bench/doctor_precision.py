@@ -59,9 +59,12 @@ def splits(name: str, seed: int) -> tuple[list, bool]:
     regression = name == "diabetes"
     order = np.random.RandomState(seed).permutation(len(y))
     cut1, cut2 = int(0.6 * len(y)), int(0.8 * len(y))
-    if name == "digits_tiny":
-        cut1 = TINY_TRAIN
     parts = [order[:cut1], order[cut1:cut2], order[cut2:]]
+    if name == "digits_tiny":   # stratified, as tiny_wide.py: the same number of images of every digit
+        per_class = TINY_TRAIN // 10
+        train = np.concatenate([order[y[order] == c][:per_class] for c in range(10)])
+        rest = order[~np.isin(order, train)]
+        parts = [train, rest[:len(rest) // 2], rest[len(rest) // 2:]]
     if scale:
         mean, std = x[parts[0]].mean(0), x[parts[0]].std(0)
         x = (x - mean) / np.where(std > 0, std, 1.0)

@@ -298,7 +298,9 @@ def test_constant_features_thresholds(constant, severity):
     (None, 0, None),
     (10.0, 5, None),           # about 10 robust sds: under the bound of 20
     (30.0, 1, "info"),         # 1 row of 2000 < 0.1%
-    (30.0, 2, "warning"),      # 2 of 2000 = 0.1%
+    (30.0, 2, "info"),         # 2 of 2000 = 0.1%, but within a heavy tail's reach (< OUTLIER_WARN_Z = 50)
+    (100.0, 1, "info"),        # gross, but 1 row of 2000 < 0.1%
+    (100.0, 2, "warning"),     # 2 of 2000 = 0.1%, about 100 robust sds out
     (1e6, 50, "warning"),
 ])
 def test_outlier_thresholds(value, rows, severity):
@@ -337,6 +339,14 @@ def test_train_val_overlap_hashes_rows():
     finding = dc.train_val_overlap(train, {"val": val, "test": _standard(10, 4, seed=2)})[0]
     assert finding.evidence == {"val": {"rows": 2, "fraction": pytest.approx(2 / 30, rel=1e-3), "examples": [3, 7]}}
     assert dc.train_val_overlap(train, {"val": val + 1e-3}) == []
+
+
+@pytest.mark.parametrize("copied, severity", [(1, "info"), (2, "info"), (3, "warning"), (10, "warning")])
+def test_train_val_overlap_severity(copied, severity):
+    train, val = _standard(100, 4), _standard(30, 4, seed=1)
+    val[:copied] = train[:copied]
+    (finding,) = dc.train_val_overlap(train, {"val": val})
+    assert finding.severity == severity and finding.evidence["val"]["rows"] == copied
 
 
 @pytest.mark.parametrize("n, params, classes, flagged", [
