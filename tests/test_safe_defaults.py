@@ -245,3 +245,23 @@ def test_resume_reapplies_the_standardization_exactly(tmp_path):
     assert (tmp_path / "run" / "best.safetensors").read_bytes() == \
         (tmp_path / "reference" / "best.safetensors").read_bytes()
     assert any(e["event"] == "remedy" and e["detail"]["applied"] for e in resumed.events)
+
+
+def test_lr_find_and_the_tune_warm_start_see_the_standardized_inputs(tmp_path):
+    """The automatic choice runs after the inputs are fixed, wherever it runs (`converge tune`'s warm
+    start and `converge lr-find` build their set-up with `standardized_setup`)."""
+    from converge.assembly import build_task, make_config, standardized_setup
+    from converge.task import load_task
+
+    path = tmp_path / "raw.py"
+    path.write_text(RAW_TASK)
+    task = load_task(path)
+    for standardize in (True, False):
+        config = make_config(standardize=standardize)
+        model, splits, _ = build_task(task, config)
+        x = standardized_setup(task, model, splits, config).splits["train"].inputs
+        raw = splits["train"].inputs
+        if standardize:
+            assert torch.allclose(x.mean(0), torch.zeros(8), atol=1e-4) and float(x.std(0).max()) < 1.01
+        else:
+            assert torch.equal(x, raw)

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from converge.assembly import (Output, assemble, assemble_task, build_task, check_not_finished, checked_setup,
-                               default_out, make_config, read_checkpoint, run_info)
+from converge.assembly import (Output, assemble, assemble_task, build_task, check_not_finished, default_out,
+                               make_config, read_checkpoint, run_info, standardized_setup)
 from converge.config import TrainConfig
 from converge.console import Console
 from converge.data import make_splits
@@ -154,16 +154,17 @@ def _resume(folder: RunFolder, run_dir, started: float, *, max_epochs: int | Non
 
 def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int | str = "auto",
             weight_decay: float | str = "auto", seed: int = 0, device: str | None = None, amp: str = "off",
-            out: str | Path | None = None, force: bool = False) -> dict:
-    """What `converge lr-find TASK` does: a range test per optimizer, its suggestion, and lr_find.png."""
+            out: str | Path | None = None, force: bool = False, standardize: bool = True) -> dict:
+    """What `converge lr-find TASK` does: a range test per optimizer, its suggestion, and lr_find.png. The
+    inputs are standardized as `converge train` would (``standardize``), so the suggestion is for them."""
     from converge.tune.auto import choose_batch_size
     from converge.tune.lr_find import lr_range_test, plot_range_test
 
     task = load_task(task_path)
     config = make_config(optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
-                         device=device, amp=amp, monitor=task.monitor, mode=task.mode)
+                         device=device, amp=amp, monitor=task.monitor, mode=task.mode, standardize=standardize)
     model, splits, _ = build_task(task, config)
-    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
+    setup = standardized_setup(task, model, splits, config)
     folder = RunFolder.create(out if out is not None else default_out(f"{task.name}-lr-find"), force=force)
     size = config.batch_size
     if size == "auto":

@@ -5,7 +5,8 @@ through here. The steps, in order; bad input fails at the first of them, before 
 
 1. set-up: the device, the splits on it, the objective (a probe forward; label and shape checks);
 2. the doctor's quick checks and the remedies asked for (task files), which may change the splits
-   and the loss;
+   and the loss, and the default standardization of unscaled feature matrices (``config.standardize``;
+   a resumed run standardizes exactly when its checkpoint says it did);
 3. the run folder (created only now, so bad input leaves nothing behind) with run.json, doctor.json
    and remedies.json;
 4. the automatic choice of every "auto" knob (`converge.tune.auto`; its finished stages are saved in
@@ -318,14 +319,20 @@ def assemble_task(task: Task, config: TrainConfig, *, output: Output, console: C
                     ignore_index=task.ignore_index, target_key=task.target_key, started=started)
 
 
+def standardized_setup(task: Task, model: nn.Module, splits: dict, config: TrainConfig) -> Setup:
+    """The checked set-up of a task on the inputs `converge train` trains on: with the default
+    standardization of unscaled feature matrices (``config.standardize``), nothing printed or written."""
+    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
+    prepared = _prepare(model, splits, config, None, None, loss=task.loss, metrics=task.metrics, console=Console(),
+                        ignore_index=task.ignore_index, target_key=task.target_key)
+    if prepared is None or prepared.splits is splits:
+        return setup
+    return checked_setup(model, prepared.splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
+
+
 def automatic_choice(task: Task, config: TrainConfig) -> Tuning:
     """What `converge train TASK` would choose for the "auto" knobs of ``config``, with nothing written or
     printed (the warm start of `converge tune`)."""
     model, splits, _ = build_task(task, config)
-    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
-    prepared = _prepare(model, splits, config, None, None, loss=task.loss, metrics=task.metrics, console=Console(),
-                        ignore_index=task.ignore_index, target_key=task.target_key)
-    if prepared is not None and prepared.splits is not splits:   # chosen on the inputs training will see
-        setup = checked_setup(model, prepared.splits, config, task.loss, task.metrics, task.ignore_index,
-                              task.target_key)
+    setup = standardized_setup(task, model, splits, config)
     return choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device)

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     finder.add_argument("--amp", choices=AMP_MODES, default="off")
     finder.add_argument("--out", help="folder for lr_find.png and lr_find.json (default runs/<task>-lr-find-<time>)")
     finder.add_argument("--force", action="store_true", help="overwrite converge's files in --out")
+    finder.add_argument("--no-standardize", dest="standardize", action="store_false",
+                        help="test on unscaled feature matrices as they are (by default standardized, as "
+                             "converge train does)")
     finder.add_argument("--debug", action="store_true", help="show tracebacks")
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its checkpoint")
@@ -415,7 +418,8 @@ def _lr_find(args: argparse.Namespace) -> int:
     from converge.api import find_lr
 
     found = find_lr(args.task, optimizer=args.optimizer, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                    seed=args.seed, device=args.device, amp=args.amp, out=args.out, force=args.force)
+                    seed=args.seed, device=args.device, amp=args.amp, out=args.out, force=args.force,
+                    standardize=args.standardize)
     for opt, result in found["results"].items():
         lr = result["suggested_lr"]
         shown = f"{lr:.3g}" if lr else "none"
