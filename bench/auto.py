@@ -1,7 +1,8 @@
 """Automatic hyperparameters: converge's full auto mode against the classic recipe and a tuned ceiling.
 
-Four small tasks of different kinds, nothing downloaded (scikit-learn's bundled digits and generated
-data, fixed train/val/test splits):
+Small tasks of different kinds, nothing downloaded (scikit-learn's bundled digits and breast cancer and
+generated data). The train/val/test split (60/20/20) follows the seed (``--fixed-split``: seed 0's split
+for every seed), so that no choice is tuned to one split; the test metric is reported per seed:
 
 * ``digits_mlp``: digits (8x8 pixels / 16), a 64-128-128-10 MLP, classification.
 * ``digits_cnn``: the same digits as 1x8x8 images, conv 16 -> conv 32 -> max-pool -> linear.
@@ -10,6 +11,8 @@ data, fixed train/val/test splits):
   training statistics, so the MSE reads as a fraction of the target variance. A 10-64-64-1 MLP.
 * ``tabular_cls``: make_classification (3,000 samples, 20 standardized features, 4 classes, 3% flipped
   labels), a 20-128-128-4 MLP.
+* ``breast_cancer_raw`` (not in the default set; ``--tasks breast_cancer_raw``): load_breast_cancer with
+  its raw features (569 samples, 30 features from ~1e-3 to ~4e3), a 30-32-2 MLP: the new user's task.
 
 Contenders, run side by side for every seed (the model is initialised from the seed in the same way
 for all of them):
@@ -106,20 +109,20 @@ def _mlp(*sizes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def task_digits_mlp() -> Task:
+def task_digits_mlp(split_seed: int = 0) -> Task:
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    splits = _tensors(x / 16.0, y, _split(len(y)), regression=False)
+    splits = _tensors(x / 16.0, y, _split(len(y), split_seed), regression=False)
     return Task("digits_mlp", "classification", "digits /16, 64-128-128-10 MLP", splits,
                 lambda: _mlp(64, 128, 128, 10))
 
 
-def task_digits_cnn() -> Task:
+def task_digits_cnn(split_seed: int = 0) -> Task:
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    splits = _tensors((x / 16.0).reshape(-1, 1, 8, 8), y, _split(len(y)), regression=False)
+    splits = _tensors((x / 16.0).reshape(-1, 1, 8, 8), y, _split(len(y), split_seed), regression=False)
 
     def model() -> nn.Module:
         return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
@@ -131,12 +134,12 @@ def task_digits_cnn() -> Task:
 FRIEDMAN_SCALES = np.array([1e-3, 1e4, 1e-1, 1e3, 1.0, 1e2, 1e-2, 1e1, 1e4, 1e-3])
 
 
-def task_friedman_scaled() -> Task:
+def task_friedman_scaled(split_seed: int = 0) -> Task:
     from sklearn.datasets import make_friedman1
 
     x, y = make_friedman1(n_samples=2000, n_features=10, noise=1.0, random_state=0)
     x = x * FRIEDMAN_SCALES
-    parts = _split(len(y))
+    parts = _split(len(y), split_seed)
     mean, std = y[parts[0]].mean(), y[parts[0]].std()
     splits = _tensors(x, (y - mean) / std, parts, regression=True)
     return Task("friedman_scaled", "regression",
@@ -144,20 +147,30 @@ def task_friedman_scaled() -> Task:
                 lambda: _mlp(10, 64, 64, 1))
 
 
-def task_tabular_cls() -> Task:
+def task_tabular_cls(split_seed: int = 0) -> Task:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(n_samples=3000, n_features=20, n_informative=8, n_redundant=4, n_classes=4,
                                n_clusters_per_class=2, class_sep=1.0, flip_y=0.03, random_state=0)
-    parts = _split(len(y))
+    parts = _split(len(y), split_seed)
     mean, std = x[parts[0]].mean(axis=0), x[parts[0]].std(axis=0)
     splits = _tensors((x - mean) / std, y, parts, regression=False)
     return Task("tabular_cls", "classification", "make_classification n=3000, 20 std. features, 4 classes, "
                 "20-128-128-4 MLP", splits, lambda: _mlp(20, 128, 128, 4))
 
 
+def task_breast_cancer_raw(split_seed: int = 0) -> Task:
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    splits = _tensors(x, y, _split(len(y), split_seed), regression=False)
+    return Task("breast_cancer_raw", "classification", "load_breast_cancer raw features (area ~1e3, "
+                "smoothness ~1e-1), 30-32-2 MLP", splits, lambda: _mlp(30, 32, 2))
+
+
 TASKS = {"digits_mlp": task_digits_mlp, "digits_cnn": task_digits_cnn, "friedman_scaled": task_friedman_scaled,
-         "tabular_cls": task_tabular_cls}
+         "tabular_cls": task_tabular_cls, "breast_cancer_raw": task_breast_cancer_raw}
+DEFAULT_TASKS = ("digits_mlp", "digits_cnn", "friedman_scaled", "tabular_cls")
 
 
 def fresh_model(task: Task, seed: int) -> nn.Module:
@@ -448,7 +461,10 @@ def report_from(path: str) -> int:
 # --- main ----------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(DEFAULT_TASKS))
+    parser.add_argument("--fixed-split", action="store_true",
+                        help="one train/val/test split (seed 0) for every seed, as before; by default the split "
+                             "follows the seed, so that no choice is tuned to one split")
     parser.add_argument("--seeds", type=int, default=10, help="seeds for classic and converge (default 10)")
     parser.add_argument("--tpe-seeds", type=int, default=3,
                         help="seeds for the TPE ceiling, the first of --seeds (default 3)")
@@ -499,6 +515,7 @@ def main(argv=None) -> int:
         task = TASKS[name]()
         results: dict = {"classic": [], "converge": [], "classic_seeds": [], "converge_seeds": []}
         for seed in range(args.seeds):
+            task = TASKS[name](0 if args.fixed_split else seed)   # the split follows the seed
             results["classic"].append(run_classic(task, seed))
             results["classic_seeds"].append(seed)
             results["converge"].append(run_converge(task, seed))
@@ -511,6 +528,7 @@ def main(argv=None) -> int:
         if not args.no_tpe:
             results["tpe"], results["tpe_seeds"] = [], []
             for seed in range(args.tpe_seeds):
+                task = TASKS[name](0 if args.fixed_split else seed)
                 if reused:
                     results["tpe"].append(_reused_tpe(reused, name, seed, args.trials))
                     results["tpe_seeds"].append(seed)

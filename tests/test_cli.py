@@ -160,7 +160,7 @@ def test_every_train_flag_reaches_the_config(cli, task_file, tmp_path):
         "threshold": 0.01, "cooldown": 1, "min_lr": 1e-5, "unproductive_cuts": 2, "monitor": "accuracy",
         "mode": "max", "checkpoint_seconds": 60.0, "num_workers": 0, "steps_per_epoch": None, "warmup_steps": 3,
         "guard": False,
-        "max_rollbacks": 2, "tensorboard": True, "mlflow": False}
+        "max_rollbacks": 2, "tensorboard": True, "mlflow": False, "standardize": True}
     assert summary["monitor"] == "val_accuracy" and summary["mode"] == "max"
 
 
@@ -360,7 +360,7 @@ def test_diverged_run_exits_3_and_keeps_finite_best_weights(cli, make_task, tmp_
         return nn.Linear(8, 1)
     ''')
     result = cli("train", task, "--out", tmp_path / "run", "--optimizer", "sgd", "--lr", "10", "--quiet",
-                 "--no-guard")
+                 "--no-guard", "--no-standardize")   # the raw x100 inputs are what makes LR 10 blow up
     assert result.code == 3, result.err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "diverged" and "training loss became" in summary["stop_reason"]

@@ -213,7 +213,8 @@ def test_fit_signature_is_explicit_and_matches_the_config():
     order = [name for name in params if name in defaults]
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     readme = readme[readme.index("`converge train` options"):]   # the flags' table
-    flags = [f"`--{name.replace('_', '-')}`" for name in order if name != "guard"]
+    switched_off = {"guard": "no-guard", "standardize": "no-standardize"}   # on by default: a --no- flag
+    flags = [f"`--{switched_off.get(name, name.replace('_', '-'))}`" for name in order]
     positions = [readme.index(flag) for flag in flags]
     assert positions == sorted(positions), order
     assert set(TRAIN_OPTIONS) == set(defaults)

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from converge.assembly import (Output, assemble, assemble_task, build_task, check_not_finished, checked_setup,
-                               default_out, make_config, read_checkpoint, run_info)
+from converge.assembly import (Output, assemble, assemble_task, build_task, check_not_finished, default_out,
+                               make_config, read_checkpoint, run_info, standardized_setup)
 from converge.config import TrainConfig
 from converge.console import Console
 from converge.data import make_splits
@@ -31,7 +31,8 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
         device: str | None = None, amp: str = "off", clip_grad: float | None = None, accumulate: int = 1,
         checkpoint_seconds: float = 300.0, num_workers: int = 0, steps_per_epoch: int | None = None,
         guard: bool = True, max_rollbacks: int = 5,
-        tensorboard: bool = False, mlflow: bool = False, out: str | Path | None = None, force: bool = False,
+        tensorboard: bool = False, mlflow: bool = False, standardize: bool = True,
+        out: str | Path | None = None, force: bool = False,
         resume: bool = False,
         verbose: bool = True) -> FitResult:
     """Train ``model`` to convergence on ``train``, validating on ``val`` after every epoch; ``test`` (optional)
@@ -59,6 +60,10 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
     - ``guard``: roll back NaN and loss spikes (and cut the LR), at most ``max_rollbacks`` in a row;
       ``tensorboard``: also write TensorBoard event files into the run folder; ``mlflow``: also log to MLflow
       (``MLFLOW_TRACKING_URI``, else a local store in ./mlruns).
+    - ``standardize``: when the training inputs are one float feature matrix [N, F] far from standardized
+      (the doctor's scale check), train on z = (x - mean) / std with training-split statistics, folded into
+      the model's first nn.Linear so the returned model and best.safetensors take raw inputs (said in one
+      console line and in remedies.json); False leaves the inputs as they are.
     - ``out``: the run folder (None: nothing is written); ``force``: overwrite converge's files there;
       ``resume``: continue the run in ``out`` (same model, data and options); ``verbose``: print progress.
     """
@@ -71,7 +76,7 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
                          monitor=monitor, mode=mode, seed=seed, device=device, amp=amp, clip_grad=clip_grad,
                          accumulate=accumulate, checkpoint_seconds=checkpoint_seconds, num_workers=num_workers,
                          steps_per_epoch=steps_per_epoch, guard=guard, max_rollbacks=max_rollbacks,
-                         tensorboard=tensorboard, mlflow=mlflow)
+                         tensorboard=tensorboard, mlflow=mlflow, standardize=standardize)
     splits = make_splits(train, val, test, config.num_workers, target_key=target_key,
                          steps_per_epoch=config.steps_per_epoch)
     if resume and out is None:
@@ -149,16 +154,17 @@ def _resume(folder: RunFolder, run_dir, started: float, *, max_epochs: int | Non
 
 def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int | str = "auto",
             weight_decay: float | str = "auto", seed: int = 0, device: str | None = None, amp: str = "off",
-            out: str | Path | None = None, force: bool = False) -> dict:
-    """What `converge lr-find TASK` does: a range test per optimizer, its suggestion, and lr_find.png."""
+            out: str | Path | None = None, force: bool = False, standardize: bool = True) -> dict:
+    """What `converge lr-find TASK` does: a range test per optimizer, its suggestion, and lr_find.png. The
+    inputs are standardized as `converge train` would (``standardize``), so the suggestion is for them."""
     from converge.tune.auto import choose_batch_size
     from converge.tune.lr_find import lr_range_test, plot_range_test
 
     task = load_task(task_path)
     config = make_config(optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
-                         device=device, amp=amp, monitor=task.monitor, mode=task.mode)
+                         device=device, amp=amp, monitor=task.monitor, mode=task.mode, standardize=standardize)
     model, splits, _ = build_task(task, config)
-    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
+    setup = standardized_setup(task, model, splits, config)
     folder = RunFolder.create(out if out is not None else default_out(f"{task.name}-lr-find"), force=force)
     size = config.batch_size
     if size == "auto":

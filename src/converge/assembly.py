@@ -5,7 +5,8 @@ through here. The steps, in order; bad input fails at the first of them, before 
 
 1. set-up: the device, the splits on it, the objective (a probe forward; label and shape checks);
 2. the doctor's quick checks and the remedies asked for (task files), which may change the splits
-   and the loss;
+   and the loss, and the default standardization of unscaled feature matrices (``config.standardize``;
+   a resumed run standardizes exactly when its checkpoint says it did);
 3. the run folder (created only now, so bad input leaves nothing behind) with run.json, doctor.json
    and remedies.json;
 4. the automatic choice of every "auto" knob (`converge.tune.auto`; its finished stages are saved in
@@ -179,14 +180,10 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
         raise ConvergeError("data-parallel training cannot cut a stream (an IterableDataset) into one part per "
                             "process; give a map-style Dataset or tensors, or train in one process")
     setup = checked_setup(model, splits, config, loss, metrics, ignore_index, target_key)
-    prepared = None
-    if doctor is not None and any(doctor.values()):
-        from converge.doctor.in_train import before_training
-
-        prepared = before_training(model, splits, loss=loss, metrics=metrics, seed=config.seed, console=console,
-                                   ignore_index=ignore_index, target_key=target_key, **doctor)
-        if prepared.splits is not splits or prepared.loss is not loss:
-            setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics, ignore_index, target_key)
+    prepared = _prepare(model, splits, config, doctor, checkpoint, loss=loss, metrics=metrics, console=console,
+                        ignore_index=ignore_index, target_key=target_key)
+    if prepared is not None and (prepared.splits is not splits or prepared.loss is not loss):
+        setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics, ignore_index, target_key)
     folder = _open_folder(output, config, info or {}, checkpoint) if main else None
     override = "a `loss` (in the task file, or fit(loss=...)) overrides it" if loss is None else "as given"
     console.message(f"task: {setup.objective.description}; {override}")
@@ -216,6 +213,27 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
         trainer.add_event("resumed", checkpoint=checkpoint.source.name, epoch_done=trainer.epoch,
                           batch=trainer.batch)
     return Run(trainer, prepared)
+
+
+def _prepare(model: nn.Module, splits: dict, config: TrainConfig, doctor: dict | None, checkpoint: Checkpoint | None,
+             **options: Any):
+    """The doctor's checks and remedies before training (`converge.doctor.in_train`), and the default
+    standardization of unscaled feature matrices (``config.standardize``). A resumed run standardizes
+    exactly when it did at its start (the decision is a `remedy` event in the checkpoint). None when
+    there is nothing to do."""
+    doctor = dict(doctor or {})
+    recorded = None
+    if checkpoint is not None:
+        from converge.doctor.in_train import recorded_standardization
+
+        recorded = recorded_standardization(checkpoint.state.get("logs", {}).get("events", []))
+    if not (any(doctor.values()) or config.standardize or recorded):
+        return None
+    from converge.doctor.in_train import before_training
+
+    return before_training(model, splits, seed=config.seed, standardize=config.standardize, recorded=recorded,
+                           check=bool(doctor.get("check")), fix=bool(doctor.get("fix")),
+                           drop_label_issues=bool(doctor.get("drop_label_issues")), **options)
 
 
 def _open_folder(output: Output, config: TrainConfig, info: dict, checkpoint: Checkpoint | None) -> RunFolder | None:
@@ -301,9 +319,20 @@ def assemble_task(task: Task, config: TrainConfig, *, output: Output, console: C
                     ignore_index=task.ignore_index, target_key=task.target_key, started=started)
 
 
+def standardized_setup(task: Task, model: nn.Module, splits: dict, config: TrainConfig) -> Setup:
+    """The checked set-up of a task on the inputs `converge train` trains on: with the default
+    standardization of unscaled feature matrices (``config.standardize``), nothing printed or written."""
+    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
+    prepared = _prepare(model, splits, config, None, None, loss=task.loss, metrics=task.metrics, console=Console(),
+                        ignore_index=task.ignore_index, target_key=task.target_key)
+    if prepared is None or prepared.splits is splits:
+        return setup
+    return checked_setup(model, prepared.splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
+
+
 def automatic_choice(task: Task, config: TrainConfig) -> Tuning:
     """What `converge train TASK` would choose for the "auto" knobs of ``config``, with nothing written or
     printed (the warm start of `converge tune`)."""
     model, splits, _ = build_task(task, config)
-    setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
+    setup = standardized_setup(task, model, splits, config)
     return choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device)

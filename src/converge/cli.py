@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write TensorBoard event files to RUN_DIR/tensorboard")
     engine.add_argument("--mlflow", action="store_true", default=None,
                         help="also log to MLflow: $MLFLOW_TRACKING_URI, else a local store in ./mlruns")
+    engine.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
+                        help="leave unscaled feature matrices as they are (by default they are standardized with "
+                             "training statistics, folded into the exported model)")
     _add_output_flags(train)
     train.add_argument("--out", help="run folder (default runs/<task>-<time>)")
     train.add_argument("--force", action="store_true", help="overwrite the run folder's files if it exists")
@@ -137,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     finder.add_argument("--amp", choices=AMP_MODES, default="off")
     finder.add_argument("--out", help="folder for lr_find.png and lr_find.json (default runs/<task>-lr-find-<time>)")
     finder.add_argument("--force", action="store_true", help="overwrite converge's files in --out")
+    finder.add_argument("--no-standardize", dest="standardize", action="store_false",
+                        help="test on unscaled feature matrices as they are (by default standardized, as "
+                             "converge train does)")
     finder.add_argument("--debug", action="store_true", help="show tracebacks")
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its checkpoint")
@@ -180,6 +186,8 @@ def _add_tune_parser(commands) -> None:
                       help="hyperband (default), asha (successive halving alone), or none")
     tune.add_argument("--heartbeat", type=_positive_int, default=20, metavar="S",
                       help="database storages: heartbeat interval; a trial silent for 3x this is failed and retried")
+    tune.add_argument("--no-standardize", dest="standardize", action="store_false",
+                      help="leave unscaled feature matrices as they are in every trial (see converge train)")
     tune.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                       help="do not start a new study from converge's automatic choice (trial 0)")
     _add_output_flags(tune)
@@ -207,7 +215,7 @@ TRAIN_OPTIONS = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs", 
                  "min_lr", "cooldown", "threshold", "unproductive_cuts", "monitor", "mode", "seed", "device",
                  "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers", "steps_per_epoch",
                  "warmup_steps",
-                 "guard", "max_rollbacks", "tensorboard", "mlflow")
+                 "guard", "max_rollbacks", "tensorboard", "mlflow", "standardize")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,7 +384,8 @@ def _tune(args: argparse.Namespace) -> int:
     result = tune_task(args.task, trials=args.trials, out=args.out, storage=args.storage,
                        storage_file=args.storage_file, study=args.study, timeout=args.timeout, seed=args.seed,
                        max_epochs=args.max_epochs, patience=args.patience, device=args.device, pruner=args.pruner,
-                       heartbeat=args.heartbeat, warm_start=args.warm_start, verbose=not args.quiet)
+                       heartbeat=args.heartbeat, warm_start=args.warm_start, standardize=args.standardize,
+                       verbose=not args.quiet)
     if args.quiet:
         print(f"tune: {result.status}; best trial {result.summary['best_trial']}")
         if result.summary["reproduce"]:
@@ -409,7 +418,8 @@ def _lr_find(args: argparse.Namespace) -> int:
     from converge.api import find_lr
 
     found = find_lr(args.task, optimizer=args.optimizer, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                    seed=args.seed, device=args.device, amp=args.amp, out=args.out, force=args.force)
+                    seed=args.seed, device=args.device, amp=args.amp, out=args.out, force=args.force,
+                    standardize=args.standardize)
     for opt, result in found["results"].items():
         lr = result["suggested_lr"]
         shown = f"{lr:.3g}" if lr else "none"

@@ -44,6 +44,7 @@ class TrainConfig:
     max_rollbacks: int = 5               # rollbacks in a row (no new best between) before giving up
     tensorboard: bool = False            # also write TensorBoard event files into the run folder
     mlflow: bool = False                 # also log to MLflow (MLFLOW_TRACKING_URI, else ./mlruns)
+    standardize: bool = True             # standardize unscaled feature matrices (folded into the exported model)
 
     def __post_init__(self) -> None:
         self.optimizer = str(self.optimizer).lower()
@@ -61,6 +62,7 @@ class TrainConfig:
         _check(isinstance(self.guard, bool), "guard", self.guard, "true or false")
         _check(isinstance(self.tensorboard, bool), "tensorboard", self.tensorboard, "true or false")
         _check(isinstance(self.mlflow, bool), "mlflow", self.mlflow, "true or false")
+        _check(isinstance(self.standardize, bool), "standardize", self.standardize, "true or false")
         _check(_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an integer between 0 and 2**63 - 1")
         for name in ("cooldown", "unproductive_cuts", "num_workers", "warmup_steps", "max_rollbacks"):
             value = getattr(self, name)

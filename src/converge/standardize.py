@@ -41,11 +41,91 @@ def first_linear(model: nn.Module, features: int) -> tuple[str, nn.Linear] | Non
     return None
 
 
+def _folded(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W / std, b - (W / std) mean): the layer's parameters that take raw inputs."""
+    scale = (1.0 / std).to(layer.weight.device, layer.weight.dtype)
+    weight = layer.weight * scale
+    bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features, device=layer.weight.device,
+                                                                 dtype=layer.weight.dtype)
+    return weight, bias - weight @ mean.to(layer.weight.device, layer.weight.dtype)
+
+
 @torch.no_grad()
-def fold_standardization(model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> str | None:
-    """Fold z = (x - mean) / std into the first nn.Linear, in place; the layer's name, or None when the
-    model has no such layer (then nothing changes)."""
+def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   tolerance: float = 1e-3) -> str | None:
+    """The name of the nn.Linear into which z = (x - mean) / std can be folded, for any model (not only
+    nn.Sequential): the first nn.Linear called on the raw input itself, on a forward of ``probe`` (a few
+    raw rows), and only when the folded model on raw rows gives what the model gives on standardized rows
+    (largest difference at most ``tolerance`` x (largest output + 1); this rules out inputs that also
+    reach the model another way). None when there is no such layer. Neither the model nor its train/eval
+    modes change."""
+    device = next((p.device for p in model.parameters()), probe.device)
+    probe = probe.to(device)
     found = first_linear(model, mean.numel())
+    name = found[0] if found is not None else _first_linear_called(model, probe)
+    if name is None:
+        return None
+    layer = model if name == "(model)" else model.get_submodule(name)
+    if not isinstance(layer, nn.Linear) or layer.in_features != mean.numel():
+        return None
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        expected = model(standardize(probe, mean.to(probe.dtype), std.to(probe.dtype)))
+        weight, bias = _folded(layer, mean, std)
+        handle = layer.register_forward_hook(lambda module, args, out: nn.functional.linear(args[0], weight, bias))
+        try:
+            folded = model(probe)
+        finally:
+            handle.remove()
+    except Exception:   # a model whose output is not one tensor: not judged, not folded  # noqa: BLE001
+        return None
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if not isinstance(expected, torch.Tensor) or not isinstance(folded, torch.Tensor) or \
+            expected.shape != folded.shape or not bool(torch.isfinite(expected).all()):
+        return None
+    gap = float((folded.float() - expected.float()).abs().max()) if expected.numel() else 0.0
+    return name if gap <= tolerance * (float(expected.float().abs().max()) + 1.0) else None
+
+
+def _first_linear_called(model: nn.Module, probe: torch.Tensor) -> str | None:
+    """The first nn.Linear a forward of ``probe`` calls with the probe itself (same shape and values)."""
+    names = {module: name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    calls: list[str] = []
+
+    def record(module, args):
+        if not calls and args and isinstance(args[0], torch.Tensor) and args[0].shape == probe.shape \
+                and torch.equal(args[0], probe):
+            calls.append(names[module])
+
+    handles = [module.register_forward_pre_hook(record) for module in names]
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(probe)
+    except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return calls[0] if calls else None
+
+
+@torch.no_grad()
+def fold_standardization(model: nn.Module, mean: torch.Tensor, std: torch.Tensor,
+                         layer_name: str | None = None) -> str | None:
+    """Fold z = (x - mean) / std into an nn.Linear, in place: ``layer_name`` (from `foldable_layer`), else
+    the first layer of an nn.Sequential; the layer's name, or None when there is no such layer (then
+    nothing changes)."""
+    if layer_name is not None:
+        found = (layer_name, model if layer_name == "(model)" else model.get_submodule(layer_name))
+    else:
+        found = first_linear(model, mean.numel())
     if found is None:
         return None
     name, layer = found

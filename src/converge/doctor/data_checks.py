@@ -152,9 +152,10 @@ def constant_features(x: torch.Tensor, *, warn_fraction: float = T.CONSTANT_WARN
 
 
 def outliers(x: torch.Tensor, *, z: float = T.OUTLIER_Z, warn_fraction: float = T.OUTLIER_WARN_FRACTION,
-             worst: int = 10) -> list[Finding]:
+             warn_z: float = T.OUTLIER_WARN_Z, worst: int = 10) -> list[Finding]:
     """Rows holding a value whose robust z-score abs(x - median) / (1.4826 MAD) exceeds ``z``. Features
-    whose MAD is 0 (mostly one value, e.g. sparse pixels) are skipped."""
+    whose MAD is 0 (mostly one value, e.g. sparse pixels) are skipped. A `warning` needs ``warn_fraction``
+    of the rows and a value beyond ``warn_z`` (a gross error, not a heavy tail); else `info`."""
     if x is None or x.shape[0] < 10:
         return []
     median = x.median(dim=0).values
@@ -170,7 +171,7 @@ def outliers(x: torch.Tensor, *, z: float = T.OUTLIER_Z, warn_fraction: float = 
         return []
     fraction = count / x.shape[0]
     order = row_score.argsort(descending=True)[:min(worst, count)]
-    severity = "warning" if fraction >= warn_fraction else "info"
+    severity = "warning" if fraction >= warn_fraction and float(row_score.max()) >= warn_z else "info"
     return [Finding("outliers", severity,
                     f"{count} row(s) ({100 * fraction:.2g}%) hold values more than {z:g} robust standard "
                     "deviations from the median",
@@ -217,8 +218,11 @@ def row_hashes(inputs: torch.Tensor) -> list[str]:
     return [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in data]
 
 
-def train_val_overlap(train_inputs: torch.Tensor, others: dict) -> list[Finding]:
-    """Rows of the validation/test inputs that also appear, byte for byte, in the training inputs."""
+def train_val_overlap(train_inputs: torch.Tensor, others: dict, *, warn_rows: int = T.OVERLAP_WARN_ROWS
+                      ) -> list[Finding]:
+    """Rows of the validation/test inputs that also appear, byte for byte, in the training inputs: a
+    `warning` from ``warn_rows`` rows in one split, else `info` (a row or two can repeat by chance in
+    low-resolution data)."""
     if not isinstance(train_inputs, torch.Tensor):
         return []
     seen = set(row_hashes(train_inputs))
@@ -233,7 +237,8 @@ def train_val_overlap(train_inputs: torch.Tensor, others: dict) -> list[Finding]
     if not evidence:
         return []
     where = ", ".join(f"{v['rows']} {name} row(s) ({100 * v['fraction']:.2g}%)" for name, v in evidence.items())
-    return [Finding("train_val_overlap", "warning", f"{where} also appear in the training data (leakage)",
+    severity = "warning" if max(v["rows"] for v in evidence.values()) >= warn_rows else "info"
+    return [Finding("train_val_overlap", severity, f"{where} also appear in the training data (leakage)",
                     evidence, "deduplicate before splitting, so validation and test measure generalization")]
 
 

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from converge.data import TensorSplit
+from converge.doctor import data_checks as dc
 from converge.doctor import remedies as rx
-from converge.decide.findings import Finding, at_least
+from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.doctor.run import check_all, class_labels, label_issues, samples_from_splits
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
@@ -32,50 +33,134 @@ class Prepared:
     findings: list[Finding] = field(default_factory=list)
     remedies: list[rx.Remedy] = field(default_factory=list)
     standardization: tuple[torch.Tensor, torch.Tensor] | None = None
+    layer: str | None = None        # the nn.Linear the standardization is folded into (None: a hook)
+    checked: bool = False           # the quick checks ran: doctor.json is written
+    explicit: bool = False          # --fix asked for the remedies (else the standardization is the default)
+    unscaled: Finding | None = None  # what the standardization answers
 
 
 def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, metrics: dict | None, check: bool,
                     fix: bool, drop_label_issues: bool, seed: int, console, ignore_index: int = IGNORE_INDEX,
-                    target_key: str = "labels") -> Prepared:
+                    target_key: str = "labels", standardize: bool = False, recorded: bool | None = None
+                    ) -> Prepared:
     """Run the cheap checks (``check``) and apply the remedies asked for; returns the splits and loss to
-    train with. Neither the model nor the global RNG state is changed."""
-    prepared = Prepared(dict(splits), loss)
-    if not (check or fix or drop_label_issues):
+    train with. ``standardize``: standardize unscaled plain feature matrices by default (without the
+    other checks, only the cheap scale check runs). ``recorded``: a resumed run's decision, from its
+    checkpoint: the standardization is applied (True) or not (False) as it was when the run started,
+    whatever the checks would say now. Neither the model nor the global RNG state is changed."""
+    prepared = Prepared(dict(splits), loss, checked=check or fix or drop_label_issues, explicit=fix)
+    if not (prepared.checked or standardize or recorded):
         return prepared
     saved = capture_rng()
     try:
-        samples = samples_from_splits(splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
-        prepared.findings, objective = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
-                                                 ignore_index=ignore_index, target_key=target_key)
-        for name in rx.plan(prepared.findings, fix=fix, drop_label_issues=drop_label_issues):
+        objective = None
+        if prepared.checked:
+            samples = samples_from_splits(splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
+            prepared.findings, objective = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
+                                                     ignore_index=ignore_index, target_key=target_key)
+            scale = [f for f in prepared.findings if f.code == "unscaled_features"]
+        else:
+            scale = scale_findings(splits["train"], seed) if recorded is None else []
+        prepared.unscaled = next(iter(scale), None)
+        for name in _remedies(scale + prepared.findings, fix, drop_label_issues, standardize, recorded):
             remedy = _APPLY[name](prepared, model, seed, objective)
             prepared.remedies.append(remedy)
+        if prepared.checked and prepared.standardization is not None:
+            # the model checks (initial loss, gradients, dead units) again, on the inputs training will see
+            samples = samples_from_splits(prepared.splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
+            again, _ = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
+                                 ignore_index=ignore_index, target_key=target_key)
+            prepared.findings = ranked([f for f in prepared.findings if f.code == "unscaled_features"] +
+                                       [f for f in again if f.code != "unscaled_features"])
     finally:
         restore_rng(saved)
+    standardized = prepared.standardization is not None
     if check:
         for finding in at_least(prepared.findings, "warning"):
-            console.warning(f"doctor: {finding.code}: {finding.message} (fix: {finding.fix})")
+            if not (standardized and finding.code == "unscaled_features"):   # said once, by the remedy's line
+                console.warning(f"doctor: {finding.code}: {finding.message} (fix: {finding.fix})")
     for remedy in prepared.remedies:
-        console.message(f"doctor: {remedy.remedy}: {json.dumps(remedy.detail)[:200]}")
+        console.message(_line(remedy))
     return prepared
 
 
+def _remedies(findings: list[Finding], fix: bool, drop: bool, standardize: bool, recorded: bool | None) -> list[str]:
+    """The remedies' plan, with a resumed run's recorded standardization decision in place of a new one."""
+    names = rx.plan(findings, fix=fix, drop_label_issues=drop, standardize=standardize)
+    if recorded is None:
+        return names
+    names = [name for name in names if name != "standardize_features"]
+    if recorded:
+        names.insert(1 if "drop_label_issues" in names else 0, "standardize_features")
+    return names
+
+
+def plain_features(split) -> bool:
+    """A split whose inputs are one in-memory float feature matrix [N, F]: what is standardized by default
+    (token ids, images, sequences, several inputs, dicts, Datasets and streams are left alone)."""
+    return isinstance(split, TensorSplit) and isinstance(split.inputs, torch.Tensor) and \
+        split.inputs.dtype.is_floating_point and split.inputs.ndim == 2 and split.inputs.shape[1] > 0
+
+
+def scale_findings(train, seed: int) -> list[Finding]:
+    """The unscaled_features check alone, on at most TRAIN_MAX_ROWS rows (a seeded sample) of a plain feature
+    matrix: the cheap decision behind the default standardization (one pass over a bounded sample)."""
+    if not plain_features(train):
+        return []
+    x = train.inputs
+    if x.shape[0] > TRAIN_MAX_ROWS:
+        rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:TRAIN_MAX_ROWS]
+        x = x[rows.sort().values.to(x.device)]
+    matrix, _ = dc.feature_matrix(x)
+    return dc.unscaled_features(matrix)
+
+
+def _line(remedy: rx.Remedy) -> str:
+    """The one console line that says what a remedy did."""
+    detail = remedy.detail
+    if remedy.remedy != "standardize_features":
+        return f"doctor: {remedy.remedy}: {json.dumps(detail)[:200]}"
+    if not detail.get("applied"):
+        return f"standardize: inputs left as they are: {detail.get('reason', '')}"
+    low, high = detail["std_range"]
+    tail = "; --no-standardize turns this off" if detail.get("by") == "default" else ""
+    return (f"standardize: {detail['features']} input features standardized with training-split statistics "
+            f"(feature std {low:.3g} to {high:.3g}), {detail['export']}{tail}")
+
+
+def _not_standardized(reason: str, prepared: Prepared) -> rx.Remedy:
+    return rx.Remedy("standardize_features", {"applied": False, "by": "--fix" if prepared.explicit else "default",
+                                              "reason": reason})
+
+
 def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
-    train = prepared.splits["train"]
-    if not isinstance(train, TensorSplit) or not isinstance(train.inputs, torch.Tensor) or \
-            not train.inputs.dtype.is_floating_point:
-        return rx.Remedy("standardize_features", {"applied": False, "reason": "only one in-memory floating-point "
-                                                  "input tensor is standardized"})
+    splits = prepared.splits
+    train = splits["train"]
+    in_memory = all(isinstance(s, TensorSplit) and isinstance(s.inputs, torch.Tensor) for s in splits.values())
+    if not in_memory or not train.inputs.dtype.is_floating_point:
+        return _not_standardized("only one in-memory floating-point input tensor (in every split) is "
+                                 "standardized", prepared)
+    if not prepared.explicit and not plain_features(train):
+        return _not_standardized("by default only plain feature matrices [N, F] are standardized (not images or "
+                                 "sequences); converge train --fix standardizes these too", prepared)
     mean, std = rx.standardization(train.inputs)
+    layer = rx.foldable_layer(model, train.inputs[:16], mean, std)
+    if layer is None and not prepared.explicit:
+        return _not_standardized("the model's first layer cannot absorb the standardization, so the exported "
+                                 "weights would not take raw inputs; standardize the inputs in data(), or pass "
+                                 f"--fix (the statistics then go to {STANDARDIZE})", prepared)
     prepared.splits = {name: TensorSplit(rx.standardize(split.inputs, mean, std), split.targets, name)
-                       if isinstance(split, TensorSplit) else split for name, split in prepared.splits.items()}
-    prepared.standardization = (mean, std)
-    layer = rx.first_linear(model, mean.numel())
-    export = (f"folded into layer {layer[0]!r} of best.safetensors" if layer else
+                       for name, split in splits.items()}
+    prepared.standardization, prepared.layer = (mean, std), layer
+    export = (f"folded into layer {layer!r} of best.safetensors, which takes raw inputs" if layer else
               f"kept in {STANDARDIZE}, applied by converge.load_weights")
+    found = prepared.unscaled
     return rx.Remedy("standardize_features", {
-        "applied": True, "statistics": "training split", "features": mean.numel(), "export": export,
-        "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())]})
+        "applied": True, "by": "--fix" if prepared.explicit else "default", "statistics": "training split",
+        "features": mean.numel(), "export": export, "layer": layer,
+        "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())],
+        **({"finding": found.message} if found is not None else {}),
+        **({} if prepared.explicit else {"turn_off": "converge train --no-standardize, fit(standardize=False)"})})
 
 
 def _balance(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
@@ -124,6 +209,14 @@ def _drop(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Reme
 _APPLY = {"standardize_features": _standardize, "class_balanced_loss": _balance, "drop_label_issues": _drop}
 
 
+def recorded_standardization(events: list[dict]) -> bool:
+    """Whether a run standardized its inputs, from its events (a checkpoint's): resume applies the same."""
+    for event in events:
+        if event.get("event") == "remedy" and event.get("remedy") == "standardize_features":
+            return bool(event.get("detail", {}).get("applied"))
+    return False
+
+
 def events_of(prepared: Prepared) -> list[dict]:
     """The findings and remedies as the run's events (before training: epoch 0, step 0)."""
     start = {"epoch": 0, "step": 0}
@@ -133,8 +226,10 @@ def events_of(prepared: Prepared) -> list[dict]:
 
 
 def save(folder: RunFolder, prepared: Prepared) -> None:
-    """doctor.json (every finding) and remedies.json (what was changed) in the run folder."""
-    folder.write_json(DOCTOR_FINDINGS, [f.to_dict() for f in prepared.findings])
+    """doctor.json (every finding, when the checks ran) and remedies.json (what was changed) in the run
+    folder."""
+    if prepared.checked:
+        folder.write_json(DOCTOR_FINDINGS, [f.to_dict() for f in prepared.findings])
     if prepared.remedies:
         folder.write_json(REMEDIES, [r.to_dict() for r in prepared.remedies])
 
@@ -142,7 +237,7 @@ def save(folder: RunFolder, prepared: Prepared) -> None:
 def exporter(model: nn.Module, prepared: Prepared) -> Callable[[dict], dict] | None:
     """The Trainer's export_state: the best state with the standardization folded into the first linear
     layer, so best.safetensors takes raw inputs from its first write on. None when there is nothing to fold."""
-    if prepared is None or prepared.standardization is None or rx.first_linear(model, prepared.standardization[0].numel()) is None:
+    if prepared is None or prepared.standardization is None or prepared.layer is None:
         return None
     import copy
 
@@ -154,7 +249,7 @@ def exporter(model: nn.Module, prepared: Prepared) -> Callable[[dict], dict] | N
     def export(state: dict) -> dict:
         with torch.no_grad():
             shadow.load_state_dict(state)
-            rx.fold_standardization(shadow, mean, std)
+            rx.fold_standardization(shadow, mean, std, prepared.layer)
         return snapshot(shadow.state_dict())
 
     return export
@@ -169,7 +264,7 @@ def after_training(result, prepared: Prepared | None):
 
     mean, std = prepared.standardization
     with torch.no_grad():
-        folded = rx.fold_standardization(result.model, mean, std)
+        folded = rx.fold_standardization(result.model, mean, std, prepared.layer) if prepared.layer else None
     if folded is None:
         rx.add_standardize_hook(result.model, mean, std)
         if result.run_dir is not None:

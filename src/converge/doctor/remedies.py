@@ -4,7 +4,10 @@ Decisions are pure (`plan`); the helpers below compute statistics, transform ten
 standardization into a model. Every remedy applied is recorded as ``{"remedy", "detail"}``.
 
 - ``standardize_features``: z = (x - mean) / std per flattened input feature, statistics from the
-  training split only, folded into the exported model (`converge.standardize`).
+  training split only, folded into the exported model (`converge.standardize`). Applied by default
+  (without ``--fix``) to plain feature matrices (one float tensor of shape [N, F] in memory) when it
+  folds into the model's first nn.Linear; ``--no-standardize`` / ``fit(standardize=False)`` turns the
+  default off.
 - ``class_balanced_loss``: cross-entropy weighted by n / (C n_c) (each class weighs the same in total),
   from the first epoch on (deferring it needs a hook in the loop; see the README).
 - ``drop_label_issues``: the training rows confident learning flags are left out (opt-in only).
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 
 from converge.decide.findings import Finding, severity_rank
 from converge.standardize import (add_standardize_hook, first_linear, fold_standardization,  # noqa: F401
-                                  standardization, standardize)
+                                  foldable_layer, standardization, standardize)
 
 
 
@@ -33,12 +36,14 @@ class Remedy:
         return {"remedy": self.remedy, "detail": dict(self.detail)}
 
 
-def plan(findings: list[Finding], *, fix: bool, drop_label_issues: bool) -> list[str]:
+def plan(findings: list[Finding], *, fix: bool, drop_label_issues: bool, standardize: bool = False) -> list[str]:
     """Which remedies to apply: with ``fix``, those for warning-level (or worse) findings of unscaled
-    features and class imbalance; label issues only when asked for."""
+    features and class imbalance; with ``standardize`` (the default of `converge train` and `fit`), the
+    standardization alone; label issues only when asked for. Class weights and dropping rows change the
+    objective, so they are never applied by default."""
     serious = {f.code for f in findings if severity_rank(f.severity) <= severity_rank("warning")}
     chosen = ["drop_label_issues"] if drop_label_issues else []   # first: the statistics see the kept rows
-    if fix and "unscaled_features" in serious:
+    if (fix or standardize) and "unscaled_features" in serious:
         chosen.append("standardize_features")
     if fix and "class_imbalance" in serious:
         chosen.append("class_balanced_loss")

@@ -12,11 +12,14 @@ these defaults; tests/test_doctor.py pins them with tables.
 | SCALE_SPREAD | 100.0 | largest / median feature std above this: one feature dominates |
 | CONSTANT_WARN_FRACTION | 0.5 | constant features are `info`; at least this fraction of them is a `warning` |
 | OUTLIER_Z | 20.0 | robust z-score abs(x - median) / (1.4826 MAD) above this is an outlier value |
-| OUTLIER_WARN_FRACTION | 0.001 | rows holding an outlier value: `warning` at or above this fraction, else `info` |
+| OUTLIER_WARN_FRACTION | 0.001 | rows holding an outlier value: `warning` at or above this fraction (and OUTLIER_WARN_Z), else `info` |
+| OUTLIER_WARN_Z | 50.0 | a `warning` also needs a value this many robust sds out: entry and unit errors are gross, while natural heavy tails reach 20-40 (clean breast cancer: 35) |
+| OVERLAP_WARN_ROWS | 3 | validation/test rows identical to training rows: `warning` from this many in one split; fewer is `info` (low-resolution data repeats rows by chance: iris, 1 row) |
 | MIN_PER_CLASS | 20 | fewer training samples per class is too few |
 | MIN_SAMPLES | 50 | fewer training samples (regression) is too few |
 | MAX_PARAMS_PER_SAMPLE | 1000 | more trainable parameters per training sample is too few samples |
 | NOISE_WARN | 0.05 | estimated label-noise rate (confident learning) at or above this is a `warning` |
+| NOISE_MIN_PER_CLASS | 50 | fewer labelled rows per class (on average) and the noise estimate is only `info`: the proxy's own out-of-fold errors are as large as the noise it would find (clean digits with 12 rows per class: 11-15 % "noise") |
 | NOISE_FOLDS / NOISE_MAX_ROWS | 4 / 5000 | k-fold trainings of the proxy and the rows they use |
 | INIT_LOSS_RATIO | 2.0 | initial loss above this multiple of its expected value |
 | OVERFIT_BATCH / OVERFIT_STEPS | 32 / 200 | one batch this big, Adam for at most this many steps (per LR) |
@@ -40,10 +43,13 @@ SCALE_SPREAD = 100.0
 CONSTANT_WARN_FRACTION = 0.5
 OUTLIER_Z = 20.0
 OUTLIER_WARN_FRACTION = 0.001
+OUTLIER_WARN_Z = 50.0
+OVERLAP_WARN_ROWS = 3
 MIN_PER_CLASS = 20
 MIN_SAMPLES = 50
 MAX_PARAMS_PER_SAMPLE = 1000
 NOISE_WARN = 0.05
+NOISE_MIN_PER_CLASS = 50
 NOISE_FOLDS = 4
 NOISE_MAX_ROWS = 5000
 INIT_LOSS_RATIO = 2.0

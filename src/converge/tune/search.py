@@ -133,7 +133,9 @@ def reproduce_command(task: Path, knobs: dict, *, seed: int, task_args: dict, op
              "--weight-decay", repr(float(knobs["weight_decay"])), "--batch-size", str(int(knobs["batch_size"])),
              "--seed", str(seed)]
     for name, value in options.items():
-        if value is not None:
+        if value is False:                 # an on-by-default switch turned off: --no-standardize
+            words.append(f"--no-{name.replace('_', '-')}")
+        elif value is not None and value is not True:
             words += [f"--{name.replace('_', '-')}", str(value)]
     if any(task_args.values()):
         words += ["--task-args", json.dumps({k: v for k, v in task_args.items() if v}, sort_keys=True)]
@@ -145,19 +147,21 @@ def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = No
               storage_file: str | Path | None = None, study: str | None = None, timeout: float | None = None,
               seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
               device: str | None = None, pruner: str = "hyperband", heartbeat: int = 20, warm_start: bool = True,
-              verbose: bool = True, print_fn: Callable[[str], None] = print) -> TuneResult:
+              standardize: bool = True, verbose: bool = True, print_fn: Callable[[str], None] = print) -> TuneResult:
     """What `converge tune TASK --trials N` does. ``trials`` is the number of finished (complete or
     pruned) trials the study should hold: a second run with the same folder and study runs only the
     missing ones. Storage: ``storage`` (an SQLAlchemy URL), ``storage_file`` (a file holding one),
     $CONVERGE_STORAGE, else a journal file in ``out``. ``warm_start``: a new study's trial 0 is converge's
-    automatic choice (its tuning epochs count in the summary's ``epochs_total``)."""
+    automatic choice (its tuning epochs count in the summary's ``epochs_total``). ``standardize``: as
+    `converge train`'s (False: --no-standardize in every trial)."""
     optuna = require_optuna()
     from converge.assembly import default_out, make_config
     from converge.task import load_task
 
     _check_options(trials=trials, timeout=timeout, pruner=pruner, heartbeat=heartbeat)
     task = load_task(task_path)
-    options = {"max_epochs": max_epochs, "patience": patience, "device": device}
+    options = {"max_epochs": max_epochs, "patience": patience, "device": device,
+               "standardize": None if standardize else False}
     base = make_config(seed=seed, monitor=task.monitor, mode=task.mode, **options)
     out = Path(out) if out is not None else default_out(f"{task.name}-tune")
     spec = st.resolve_storage(out, storage=storage, storage_file=storage_file)

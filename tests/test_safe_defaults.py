@@ -1,0 +1,267 @@
+"""Safe defaults on raw data: unscaled feature matrices are standardized by default (folded into the exported
+model), said in one console line and in remedies.json, turned off by --no-standardize / fit(standardize=False),
+reapplied on resume; inputs that are not a plain float feature matrix are left alone."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import converge
+from converge.decide.findings import Finding
+from converge.doctor.in_train import _remedies, plain_features, recorded_standardization, scale_findings
+from converge.data import TensorSplit
+from converge.standardize import foldable_layer, fold_standardization, standardization, standardize
+
+SCALES = torch.tensor([1e-3, 1e4, 0.1, 100.0, 1.0, 1e3, 0.01, 10.0])
+SHIFT = torch.tensor([0.0, 5e4, 1.0, -300.0, 0.0, 2e3, 0.0, 40.0])
+
+
+def raw_blobs(n=300, seed=0):
+    """Three Gaussian blobs, 8 features in wildly different units (x1e-3 ... x1e4, shifted)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 8, generator=g) + 2.5 * F.one_hot(y, 8).float()
+    x = x * SCALES + SHIFT
+    return (x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:])
+
+
+class Net(nn.Module):
+    """Not an nn.Sequential: the first layer is found by a probe, as for a new user's own class."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class Halved(Net):
+    """The input is changed before the first layer: folding into it would be wrong."""
+
+    def forward(self, x):
+        return self.layers(x * 0.5 + 1.0)
+
+
+FIXED = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0, "batch_size": 32, "seed": 0, "verbose": False}
+
+
+def _fit(model_class, splits, **options):
+    torch.manual_seed(0)
+    return converge.fit(model_class(), *splits, **{**FIXED, "max_epochs": 4, **options})
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+# --- the pieces ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_class, expected", [(Net, "layers.0"), (Halved, None)])
+def test_foldable_layer_is_found_by_probe_and_checked_numerically(model_class, expected):
+    torch.manual_seed(0)
+    model = model_class()
+    (x, _), _, _ = raw_blobs()
+    mean, std = standardization(x)
+    assert foldable_layer(model, x[:16], mean, std) == expected
+    if expected:
+        want = model(standardize(x, mean, std))
+        fold_standardization(model, mean, std, expected)
+        assert torch.allclose(model(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_only_plain_float_feature_matrices_count():
+    x = torch.randn(20, 8) * 1e3
+    assert plain_features(TensorSplit(x, torch.zeros(20), "train"))
+    assert scale_findings(TensorSplit(x, torch.zeros(20), "train"), 0)[0].code == "unscaled_features"
+    for inputs in (x.reshape(20, 2, 4), x.long(), (x, x), {"x": x}):   # images/sequences, ids, several, dict
+        split = TensorSplit(inputs, torch.zeros(20), "train")
+        assert not plain_features(split) and scale_findings(split, 0) == []
+    assert scale_findings(TensorSplit(torch.randn(20, 8), torch.zeros(20), "train"), 0) == []   # already scaled
+
+
+UNSCALED = [Finding("unscaled_features", "warning", "m")]
+
+
+@pytest.mark.parametrize("findings, fix, drop, standardize, recorded, expected", [
+    (UNSCALED, False, False, True, None, ["standardize_features"]),        # the default
+    (UNSCALED, False, False, False, None, []),                              # --no-standardize
+    ([], False, False, True, None, []),                                     # nothing to fix
+    (UNSCALED, True, False, False, None, ["standardize_features"]),         # --fix asks for it anyway
+    ([], False, False, True, True, ["standardize_features"]),               # resumed: as it started
+    (UNSCALED, False, False, True, False, []),                              # resumed: as it started
+    ([], False, True, True, True, ["drop_label_issues", "standardize_features"]),
+    (UNSCALED + [Finding("class_imbalance", "warning", "m")], False, False, True, None,
+     ["standardize_features"]),                                             # class weights stay opt-in
+])
+def test_remedy_plan_with_default_standardization(findings, fix, drop, standardize, recorded, expected):
+    assert _remedies(findings, fix, drop, standardize, recorded) == expected
+
+
+def test_recorded_decision_is_read_from_events():
+    remedy = {"event": "remedy", "remedy": "standardize_features", "detail": {"applied": True}}
+    assert recorded_standardization([{"event": "new_best"}, remedy])
+    assert not recorded_standardization([{**remedy, "detail": {"applied": False}}])
+    assert not recorded_standardization([{"event": "new_best"}])   # a run from before the default
+
+
+# --- fit ---------------------------------------------------------------------------------------------
+def test_fit_standardizes_raw_features_by_default_and_the_model_takes_raw_inputs(tmp_path, capsys):
+    splits = raw_blobs()
+    result = _fit(Net, splits, out=tmp_path / "run", verbose=True)
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines() if "standardiz" in line]
+    assert len(lines) == 1 and lines[0].startswith("standardize: 8 input features standardized"), lines
+    assert "--no-standardize" in lines[0]
+    (remedy,) = json.loads((tmp_path / "run" / "remedies.json").read_text())
+    assert remedy["remedy"] == "standardize_features"
+    assert remedy["detail"]["applied"] and remedy["detail"]["by"] == "default"
+    assert remedy["detail"]["layer"] == "layers.0" and "far from standardized" in remedy["detail"]["finding"]
+    assert not (tmp_path / "run" / "doctor.json").exists()      # fit runs the scale check only
+    assert not (tmp_path / "run" / "standardize.json").exists()
+    assert [e["remedy"] for e in result.events if e["event"] == "remedy"] == ["standardize_features"]
+    # the returned model and best.safetensors take raw inputs and give the run's test loss
+    (_, _), _, (x_test, y_test) = splits
+    with torch.no_grad():
+        assert float(F.cross_entropy(result.model.eval()(x_test), y_test)) == \
+            pytest.approx(result.summary["test"]["loss"], rel=1e-4)
+        exported = Net()
+        converge.load_weights(tmp_path / "run" / "best.safetensors", exported)
+        assert float(F.cross_entropy(exported.eval()(x_test), y_test)) == \
+            pytest.approx(result.summary["test"]["loss"], rel=1e-4)
+
+
+def test_standardization_helps_and_can_be_turned_off():
+    splits = raw_blobs()
+    default = _fit(Net, splits, max_epochs=8)
+    off = _fit(Net, splits, max_epochs=8, standardize=False)
+    assert not [e for e in off.events if e["event"] == "remedy"]
+    assert off.summary["config"]["standardize"] is False
+    assert default.summary["test"]["accuracy"] > off.summary["test"]["accuracy"]
+
+
+@pytest.mark.parametrize("model_class, make_inputs", [
+    (Halved, lambda x: x),                                        # not foldable: left alone by default
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(8, 3)), lambda x: x.reshape(-1, 1, 2, 4)),   # images
+])
+def test_inputs_that_are_not_plain_foldable_features_are_left_alone(model_class, make_inputs):
+    splits = tuple((make_inputs(x), y) for x, y in raw_blobs())
+    default = _fit(model_class, splits)
+    off = _fit(model_class, splits, standardize=False)
+    assert _strip(default.history) == _strip(off.history)
+    assert not [e for e in default.events if e["event"] == "remedy" and e["detail"].get("applied")]
+
+
+def test_token_ids_are_left_alone():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 5000, (200, 6), generator=g)
+    y = ids[:, 0] % 2
+    splits = ((ids[:150], y[:150]), (ids[150:], y[150:]))
+
+    def model():
+        return nn.Sequential(nn.Embedding(5000, 4), nn.Flatten(), nn.Linear(24, 2))
+
+    default, off = _fit(model, splits, max_epochs=2), _fit(model, splits, max_epochs=2, standardize=False)
+    assert _strip(default.history) == _strip(off.history)
+    assert not [e for e in default.events if e["event"] == "remedy"]
+
+
+# --- converge train and resume -----------------------------------------------------------------------
+RAW_TASK = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    x = torch.randn(300, 8, generator=g) + 2.5 * F.one_hot(y, 8).float()
+    x = x * torch.tensor({scales}) + torch.tensor({shift})
+    return (x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:])
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    def forward(self, x):
+        return self.layers(x)
+
+def model():
+    return Net()
+'''.format(scales=SCALES.tolist(), shift=SHIFT.tolist())
+
+CLI_FLAGS = ("--max-epochs", "3", "--optimizer", "adamw", "--lr", "1e-2", "--weight-decay", "0", "--batch-size", "32")
+
+
+def test_train_says_it_once_records_it_and_no_standardize_turns_it_off(tmp_path, cli):
+    task = tmp_path / "raw.py"
+    task.write_text(RAW_TASK)
+    result = cli("train", task, "--out", tmp_path / "on", *CLI_FLAGS)
+    assert result.code == 0, result.err
+    said = [line for line in (result.out + result.err).splitlines() if "standardiz" in line]
+    assert len(said) == 1 and said[0].startswith("standardize: "), said   # the doctor's warning is not repeated
+    remedies = json.loads((tmp_path / "on" / "remedies.json").read_text())
+    assert [(r["remedy"], r["detail"]["applied"], r["detail"]["by"]) for r in remedies] == \
+        [("standardize_features", True, "default")]
+    doctor = {f["code"] for f in json.loads((tmp_path / "on" / "doctor.json").read_text())}
+    assert "unscaled_features" in doctor                     # the finding stays on record
+    assert not {"init_loss_off", "exploding_gradients"} & doctor   # model checks judged standardized inputs
+    off = cli("train", task, "--out", tmp_path / "off", "--no-standardize", *CLI_FLAGS)
+    assert off.code == 0 and "doctor: unscaled_features" in off.err and "standardize:" not in off.out + off.err
+    assert not (tmp_path / "off" / "remedies.json").exists()
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["config"]["standardize"] is False
+
+
+class _InterruptAt:
+    """Cross-entropy that sends this process SIGINT at its ``at``-th training call, as Ctrl-C would."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, outputs, targets):
+        if outputs.requires_grad:
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+        return F.cross_entropy(outputs, targets)
+
+
+def test_resume_reapplies_the_standardization_exactly(tmp_path):
+    splits = raw_blobs()
+
+    def run(out, loss, resume=False):
+        return _fit(Net, splits, out=out, loss=loss, resume=resume, device="cpu")
+
+    reference = run(tmp_path / "reference", F.cross_entropy)
+    stopped = run(tmp_path / "run", _InterruptAt(6 + 3))     # 6 steps per epoch: step 3 of epoch 2
+    assert stopped.status == "interrupted"
+    resumed = run(tmp_path / "run", F.cross_entropy, resume=True)
+    assert resumed.status == reference.status
+    assert _strip(resumed.history) == _strip(reference.history)
+    assert (tmp_path / "run" / "best.safetensors").read_bytes() == \
+        (tmp_path / "reference" / "best.safetensors").read_bytes()
+    assert any(e["event"] == "remedy" and e["detail"]["applied"] for e in resumed.events)
+
+
+def test_lr_find_and_the_tune_warm_start_see_the_standardized_inputs(tmp_path):
+    """The automatic choice runs after the inputs are fixed, wherever it runs (`converge tune`'s warm
+    start and `converge lr-find` build their set-up with `standardized_setup`)."""
+    from converge.assembly import build_task, make_config, standardized_setup
+    from converge.task import load_task
+
+    path = tmp_path / "raw.py"
+    path.write_text(RAW_TASK)
+    task = load_task(path)
+    for standardize in (True, False):
+        config = make_config(standardize=standardize)
+        model, splits, _ = build_task(task, config)
+        x = standardized_setup(task, model, splits, config).splits["train"].inputs
+        raw = splits["train"].inputs
+        if standardize:
+            assert torch.allclose(x.mean(0), torch.zeros(8), atol=1e-4) and float(x.std(0).max()) < 1.01
+        else:
+            assert torch.equal(x, raw)
