@@ -3,8 +3,8 @@
 
 Checked: the two-node run is the same run as `converge train --nproc 2` (bit for bit: same global batch,
 same ranks); only rank 0 writes and prints; a node killed mid-run (its launcher and its process, as a power
-loss would) makes the other one exit within seconds with one clear line, not hang; `converge resume` on two
-nodes again continues from the last checkpoint to exactly the uninterrupted run.
+loss would) makes the other one exit within seconds with one clear line, not hang; `converge resume`, on two
+nodes again or alone on one machine, continues from the last checkpoint to exactly the uninterrupted run.
 """
 
 import json
@@ -126,8 +126,9 @@ def test_two_nodes_train_the_same_run_as_two_processes_and_rank_0_alone_writes(r
     assert not any(line.startswith("error") for n in range(2) for line in text(tmp_path, f"train-node{n}.err").splitlines())
 
 
-@pytest.mark.parametrize("lost", [1, 0], ids=["worker-node-lost", "rendezvous-host-lost"])
-def test_a_lost_node_stops_the_other_with_one_line_and_two_nodes_resume_exactly(reference, tmp_path, lost):
+@pytest.mark.parametrize("lost, resume_on", [(1, "two nodes"), (0, "one machine")],
+                         ids=["worker-node-lost", "rendezvous-host-lost"])
+def test_a_lost_node_stops_the_other_with_one_line_and_resume_is_exact(reference, tmp_path, lost, resume_on):
     task, ref = reference
     out = tmp_path / "run"
     nodes = start_nodes(node_args(task, out), tmp_path, "killed")
@@ -146,7 +147,9 @@ def test_a_lost_node_stops_the_other_with_one_line_and_two_nodes_resume_exactly(
     assert f"converge resume {out}" in errors[0], errors[0]
     assert "Traceback" not in errors[0] and waited < TIMEOUT
     assert not (out / "summary.json").exists()  # the run is not over: nothing claims it is
-    # Both machines back: the same command on each, `converge resume` instead of `converge train`.
-    assert wait_all(start_nodes(["resume", str(out), "--quiet"], tmp_path, "resumed")) == [0, 0]
+    if resume_on == "two nodes":  # both machines back: the same command on each, `resume` for `train`
+        assert wait_all(start_nodes(["resume", str(out), "--quiet"], tmp_path, "resumed")) == [0, 0]
+    else:  # `converge resume DIR` alone starts as many processes again, here
+        run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"])
     assert_same_run(ref, out)
     assert "resumed" in [e["event"] for e in logged(out, "events.jsonl")]
