@@ -110,6 +110,13 @@ def run_tpe(task_name: str, seed: int, trials: int, split_seed: int = 0) -> dict
     return {k: result[k] for k in ("val_loss", "epochs", "seconds", "trials", "test_metric", "hyperparameters")}
 
 
+def reused_tpe(saved: dict, task_name: str, seed: int, split: int, trials: int) -> dict:
+    for row in saved["tasks"].get(task_name, {}).get("rows", []):
+        if row["seed"] == seed and row.get("split", 0) == split and row["tpe"]["trials"] == trials:
+            return {**row["tpe"], "reused": True}
+    raise SystemExit(f"the saved run has no {trials}-trial TPE search for {task_name} seed {seed} split {split}")
+
+
 def _fmt_metric(kind: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "nan"
@@ -167,6 +174,9 @@ def main(argv=None) -> int:
                         help="converge tune without its warm start (trial 0 from TPE like the others)")
     parser.add_argument("--quick", action="store_true", help="smoke run: first task, 1 seed, 4 + 4 trials")
     parser.add_argument("--json", metavar="PATH", help="save every number here")
+    parser.add_argument("--reuse-tpe", metavar="PATH",
+                        help="take the TPE searches from a saved --json run (same task, seed, split and trials) "
+                             "instead of running them again: they do not depend on converge")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.trials, args.tpe_trials = args.tasks[:1], 1, 4, 4
@@ -175,6 +185,7 @@ def main(argv=None) -> int:
     print(f"bench/tune.py: commit {info['commit']}{' (+ uncommitted src changes)' if info['src_uncommitted_changes'] else ''}, "
           f"{info['date']}, {info['cpus']} CPUs, torch {info['torch']} ({info['torch_threads']} thread), "
           f"optuna {info['optuna']}, load {info['load_avg_start']}")
+    reused = json.loads(Path(args.reuse_tpe).read_text()) if args.reuse_tpe else None
     started = time.perf_counter()
     saved = {"info": info, "args": vars(args), "tasks": {}}
     verdicts = {}
@@ -185,7 +196,8 @@ def main(argv=None) -> int:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 split = seed if args.split == "seed" else 0
                 tune = run_tune(name, seed, args.trials, args.pruner, Path(tmp), args.warm_start, split)
-                tpe = run_tpe(name, seed, args.tpe_trials, split)
+                tpe = reused_tpe(reused, name, seed, split, args.tpe_trials) if reused else \
+                    run_tpe(name, seed, args.tpe_trials, split)
                 rows.append({"seed": seed, "split": split, "tune": tune, "tpe": tpe})
                 print(f"  {name} seed {seed} split {split}: tune {tune['val_loss']:.5f} in {tune['epochs']:.0f} "
                       f"epochs, test {_fmt_metric(kind, tune['test_metric'])} ({tune['seconds']:.0f} s); TPE "
