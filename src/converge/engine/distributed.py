@@ -95,7 +95,7 @@ def current_world(device: torch.device | None = None) -> World | None:
 
 # What a collective raises when a peer is gone: gloo's RuntimeError names its transport ("Connection reset by
 # peer", "Connection closed by peer", "Timed out waiting ... for recv"); NCCL and the store raise DistError.
-_GLOO_TRANSPORT = re.compile(r"gloo/transport|Connection (reset|closed) by peer|Broken pipe")
+_GLOO_TRANSPORT = re.compile(r"gloo/transport|Connection (reset|closed) by peer")
 _SOURCE_PREFIX = re.compile(r"^\[[^\]]*\]\s*")   # gloo's "[/path/pair.cc:537] "
 
 
