@@ -402,7 +402,8 @@ FIELD = [Finished(0.10, 20), Finished(0.20, 30), Finished(0.50, 40)]   # median:
     (0.30, 59, FIELD, "min", False),           # one epoch short of 2x: a slow starter gets its time
     (0.20, 200, FIELD, "min", False),          # as good as the middle of the field: never stopped
     (0.15, 60, FIELD, "min", False),
-    (0.30, 500, FIELD[:2], "min", False),      # two finished trials are not yet a field
+    (0.30, 40, FIELD[:1], "min", True),        # one finished trial is enough: behind it after 2x its epochs
+    (0.30, 500, [], "min", False),             # nothing finished yet: no reference
     (0.70, 60, [Finished(0.9, 20), Finished(0.8, 30), Finished(0.5, 40)], "max", True),   # accuracy
     (0.85, 60, [Finished(0.9, 20), Finished(0.8, 30), Finished(0.5, 40)], "max", False),
 ])
@@ -412,7 +413,7 @@ def test_a_trial_is_stopped_only_when_it_lags_the_finished_ones_for_twice_their_
 
 
 def test_the_laggard_rule_constants_are_the_documented_ones():
-    assert (laggard.LAG_FACTOR, laggard.MIN_FINISHED) == (2.0, 3)
+    assert (laggard.LAG_FACTOR, laggard.MIN_FINISHED) == (2.0, 1)
     with pytest.raises(ValueError, match="mode"):
         laggard.lags_behind(0.1, 1, FIELD, "minimize")
 
