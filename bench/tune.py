@@ -24,6 +24,7 @@ loss at least as good as the TPE search's, with at most 30 % of its epochs.
     .venv/bin/python bench/tune.py --tasks digits_mlp --seeds 1 --trials 20 --json tune.json
     .venv/bin/python bench/tune.py --quick          # smoke run: 1 task, 1 seed, 4 + 4 trials
     .venv/bin/python bench/tune.py --first-seed 1 --seeds 2   # seeds 1 and 2: two splits the defaults never saw
+    .venv/bin/python bench/tune.py --reuse-tpe before.json     # converge tune again, the TPE ceiling from a saved run
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def print_table(name: str, kind: str, rows: list[dict]) -> dict:
     print("-" * (len(header) + 30))
     for row in rows:
         for key, label_ in (("tune", f"converge tune ({row['tune']['trials']}, pruned)"),
-                            ("tpe", f"TPE {row['tpe']['trials']} (no pruning)")):
+                            ("tpe", f"TPE {row['tpe']['trials']} (no pruning)" + ("*" if row["tpe"].get("reused") else ""))):
             r = row[key]
             print(f"{row['seed']:>4} {row['split']:>5} {label_:<22} {r['val_loss']:>13.5f} {r['epochs']:>7.0f} "
                   f"{_fmt_metric(kind, r['test_metric']):>9} {r['seconds']:>8.1f}  {auto._hp(r['hyperparameters'])}")
@@ -146,6 +147,8 @@ def print_table(name: str, kind: str, rows: list[dict]) -> dict:
         print(f"{'':>10} -> tune/TPE epochs {100 * share:.1f} %, best val loss "
               f"{'as good or better' if better else 'worse'} ({row['tune']['val_loss'] / row['tpe']['val_loss']:.3f}x); "
               f"tune trials: {row['tune']['complete']} complete, {row['tune']['pruned']} pruned")
+    if any(row["tpe"].get("reused") for row in rows):
+        print("* taken from the --reuse-tpe file (TPE does not depend on converge; its seconds are as measured then)")
     shares = [row["tune"]["epochs"] / row["tpe"]["epochs"] for row in rows]
     met = [r["tune"]["val_loss"] <= r["tpe"]["val_loss"] * (1 + 1e-9) and s <= EPOCH_SHARE for r, s in zip(rows, shares)]
     mean = {k: statistics.fmean(r[k]["val_loss"] for r in rows) for k in ("tune", "tpe")}
