@@ -146,3 +146,20 @@ def test_ctrl_c_stops_every_process_at_the_same_step_and_resumes_exactly(dropout
     assert summary["status"] == "interrupted"
     run_ok([sys.executable, "-m", "converge", "resume", str(out), "--quiet"])
     assert_same_run(reference, out)
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.0.0.2]:40312: "
+                  "Connection reset by peer. This is typically caused by a remote worker hanging"),
+     "Read error [10.0.0.2]:40312: Connection reset by peer"),
+    (RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms for "
+                  "recv operation to complete"), "Timed out waiting 1800000ms for recv operation to complete"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x3)"), None),
+    (ValueError("Connection reset by peer"), None),
+])
+def test_a_collective_failing_for_a_lost_peer_is_told_apart(monkeypatch, exc, expected):
+    from converge.engine import distributed
+
+    assert distributed.lost_peer(exc) is None  # no process group: never a lost peer
+    monkeypatch.setattr(distributed, "_WORLD", distributed.World(rank=0, size=2))
+    assert distributed.lost_peer(exc) == expected

@@ -20,6 +20,8 @@ pytest.importorskip("optuna")
 
 from converge.errors import ConvergeError  # noqa: E402
 from converge.tune import storage as st  # noqa: E402
+from converge.decide import laggard  # noqa: E402
+from converge.decide.laggard import Finished  # noqa: E402
 from converge.tune.search import EpochJudge, batch_choices, reproduce_command, warm_start_params  # noqa: E402
 
 # Tiny tasks: the conftest header's 200 x 8 three-class data. SEARCHED adds a model knob and a data knob
@@ -118,11 +120,26 @@ def test_batch_sizes_are_powers_of_two_within_the_training_set(n_train, expected
     assert batch_choices(n_train) == expected
 
 
-class _ScriptedTrial:
-    """Stands in for an Optuna trial: records reports, prunes from a scripted epoch on."""
+class _FinishedTrial:
+    def __init__(self, value: float, epochs: int) -> None:
+        self.value, self.user_attrs = value, {"epochs": epochs}
 
-    def __init__(self, prune_from: int) -> None:
+
+class _Study:
+    def __init__(self, finished: list) -> None:
+        self.finished = finished
+
+    def get_trials(self, deepcopy, states):
+        return [_FinishedTrial(*f) for f in self.finished]
+
+
+class _ScriptedTrial:
+    """Stands in for an Optuna trial: records reports, prunes from a scripted epoch on; its study holds
+    the scripted finished trials (value, epochs)."""
+
+    def __init__(self, prune_from: int, finished: list | None = None) -> None:
         self.reports, self.prune_from = [], prune_from
+        self.study = _Study(finished or [])
 
     def report(self, value, step):
         self.reports.append((step, value))
@@ -374,3 +391,40 @@ def test_workers_racing_to_create_the_tables_both_open_the_storage(monkeypatch):
     with pytest.raises(ConvergeError, match="cannot use storage") as error:
         st.open_storage(spec)
     assert "secret" not in str(error.value)
+
+
+# --- the laggard rule (converge.decide.laggard) ------------------------------------------------------
+FIELD = [Finished(0.10, 20), Finished(0.20, 30), Finished(0.50, 40)]   # median: value 0.20 after 30 epochs
+
+
+@pytest.mark.parametrize("best, epoch, finished, mode, stops", [
+    (0.30, 60, FIELD, "min", True),            # 2x the median epochs, still worse than the median value
+    (0.30, 59, FIELD, "min", False),           # one epoch short of 2x: a slow starter gets its time
+    (0.20, 200, FIELD, "min", False),          # as good as the middle of the field: never stopped
+    (0.15, 60, FIELD, "min", False),
+    (0.30, 40, FIELD[:1], "min", True),        # one finished trial is enough: behind it after 2x its epochs
+    (0.30, 500, [], "min", False),             # nothing finished yet: no reference
+    (0.70, 60, [Finished(0.9, 20), Finished(0.8, 30), Finished(0.5, 40)], "max", True),   # accuracy
+    (0.85, 60, [Finished(0.9, 20), Finished(0.8, 30), Finished(0.5, 40)], "max", False),
+])
+def test_a_trial_is_stopped_only_when_it_lags_the_finished_ones_for_twice_their_epochs(best, epoch, finished,
+                                                                                       mode, stops):
+    assert (laggard.lags_behind(best, epoch, finished, mode) is not None) == stops
+
+
+def test_the_laggard_rule_constants_are_the_documented_ones():
+    assert (laggard.LAG_FACTOR, laggard.MIN_FINISHED) == (2.0, 1)
+    with pytest.raises(ValueError, match="mode"):
+        laggard.lags_behind(0.1, 1, FIELD, "minimize")
+
+
+def test_epoch_judge_stops_a_trial_that_crawls_behind_the_finished_ones():
+    finished = [(f.value, f.epochs) for f in FIELD]
+    judge = EpochJudge(_ScriptedTrial(prune_from=999, finished=finished), "val_loss", "min")
+    for epoch in range(1, 60):
+        assert judge({"epoch": epoch, "val_loss": 1.0 - epoch / 100}) is None  # improving, slowly
+    reason = judge({"epoch": 60, "val_loss": 0.39})
+    assert reason.startswith("pruned by the search at epoch 60: best val_loss 0.39 is still behind the median")
+    # Without pruning (--pruner none) the rule does not apply either.
+    plain = EpochJudge(_ScriptedTrial(prune_from=999, finished=finished), "val_loss", "min", laggards=False)
+    assert plain({"epoch": 60, "val_loss": 0.39}) is None

@@ -15,6 +15,7 @@ from converge.assembly import (Output, assemble, assemble_task, build_task, chec
 from converge.config import TrainConfig
 from converge.console import Console
 from converge.data import make_splits
+from converge.engine.distributed import writes_run_folder
 from converge.engine.loop import FitResult
 from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError
@@ -81,7 +82,8 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
                          steps_per_epoch=config.steps_per_epoch)
     if resume and out is None:
         raise ConvergeError("resume=True needs the run folder: pass out=...")
-    held = RunFolder.open_existing(out) if resume and Path(out, RUN_INFO).exists() else None  # the lock first
+    held = RunFolder.open_existing(out, lock=writes_run_folder()) \
+        if resume and Path(out, RUN_INFO).exists() else None  # the lock first
     try:
         checkpoint = read_checkpoint(held) if held is not None else None
         if checkpoint is not None:
@@ -122,7 +124,8 @@ def resume_run(run_dir: str | Path, *, max_epochs: int | None = None, verbose: b
     """What `converge resume DIR` does: continue a run from its newest usable checkpoint (a run that never
     reached one starts over in place, keeping the tuning stages it had finished)."""
     started = time.monotonic()
-    folder = RunFolder.open_existing(run_dir)   # holds the folder's lock from here on
+    # Holds the folder's lock from here on; under torchrun rank 0 holds it for every rank (on every node).
+    folder = RunFolder.open_existing(run_dir, lock=writes_run_folder())
     try:
         return _resume(folder, run_dir, started, max_epochs=max_epochs, verbose=verbose, console=console)
     finally:

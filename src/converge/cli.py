@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
+    args = None
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:  # the commands on stdout, the one error line on stderr
@@ -252,13 +253,29 @@ def _main(argv: list[str]) -> int:
             return _fail(str(exc), debug)
         if debug:
             raise
-        from converge.engine.distributed import launched_rank
+        from converge.engine.distributed import launched_rank, lost_peer
 
+        lost = lost_peer(exc)
+        if lost is not None:
+            return _peer_lost(lost, args)
         rank = launched_rank()
         where = f"process {rank}: " if rank is not None else ""
         print(f"error: {where}{type(exc).__name__}: {_one_line(str(exc))} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _peer_lost(reason: str, args: argparse.Namespace) -> int:
+    """A data-parallel run lost one of its processes (a node down, a process killed): this one cannot go on
+    alone. One line; the run folder keeps its last checkpoint, from which `converge resume` continues."""
+    from converge.engine.distributed import current_world
+
+    world = current_world()
+    folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
+    print(f"error: process {world.rank} of {world.size} lost contact with the other processes of the run "
+          f"({reason}): a node or a process was lost. The last checkpoint stands: continue with "
+          f"`converge resume {folder or 'RUN_DIR'}`", file=sys.stderr)
+    return 1
 
 
 def _launch_data_parallel(args: argparse.Namespace, argv: list[str]) -> int | None:

@@ -31,6 +31,12 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def writes_run_folder() -> bool:
+    """Whether this process is the one that writes the run folder: a single process, or rank 0 under
+    torchrun. Read from the environment, before the process group is joined."""
+    return not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class World:
     rank: int
@@ -85,6 +91,24 @@ def current_world(device: torch.device | None = None) -> World | None:
                                     device_id=device if cuda else None)
         _WORLD = World(dist.get_rank(), dist.get_world_size())
     return _WORLD
+
+
+# What a collective raises when a peer is gone: gloo's RuntimeError names its transport ("Connection reset by
+# peer", "Connection closed by peer", "Timed out waiting ... for recv"); NCCL and the store raise DistError.
+_GLOO_TRANSPORT = re.compile(r"gloo/transport|Connection (reset|closed) by peer")
+_SOURCE_PREFIX = re.compile(r"^\[[^\]]*\]\s*")   # gloo's "[/path/pair.cc:537] "
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """When ``exc`` is a collective failing because another process of the run is gone (its node lost,
+    killed, or hung past the process group's timeout): what the transport said, in short. Else None."""
+    if _WORLD is None:
+        return None
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and _GLOO_TRANSPORT.search(text))):
+        return None
+    text = _SOURCE_PREFIX.sub("", text)
+    return text.split(". ")[0].rstrip(".")
 
 
 def shutdown() -> None:

@@ -144,12 +144,16 @@ class RunFolder:
         return folder
 
     @classmethod
-    def open_existing(cls, path: str | Path) -> "RunFolder":
+    def open_existing(cls, path: str | Path, *, lock: bool = True) -> "RunFolder":
+        """An existing run folder, locked for writing. ``lock`` False: to read only, without the lock (the
+        ranks other than 0 of a data-parallel run: rank 0 holds the lock for all of them, and on several
+        machines they could not share it)."""
         path = Path(path)
         if not (path / RUN_INFO).exists():
             raise ConvergeError(f"{str(path)!r} is not a converge run folder (no {RUN_INFO})")
         folder = cls(path)
-        folder.lock = FolderLock(path).acquire()  # before anything is read: the checkpoint may be moving
+        if lock:
+            folder.lock = FolderLock(path).acquire()  # before anything is read: the checkpoint may be moving
         return folder
 
     # --- small files, written in the loop -------------------------------------------------------

@@ -11,7 +11,10 @@ trial 0 is converge's own automatic choice (warm start, see `_Worker._warm_start
 3. reports the best monitored value so far after every epoch; the pruner (Hyperband by default:
    several successive-halving brackets, rungs from 2 epochs, reduction factor 3) may stop it there
    (status "pruned" in its run folder). Measured in bench/tune.py: successive halving alone (asha)
-   prunes too eagerly on these tasks, stopping slow starters that end up best.
+   prunes too eagerly on these tasks, stopping slow starters that end up best. A second rule
+   (`converge.decide.laggard`, with every pruner but "none") stops a trial that, after twice the epochs
+   the median finished trial needed, is still behind it: Hyperband never compares the first trial of a
+   bracket with anyone, and such a trial could crawl on for hundreds of epochs.
 
 At the end the worker exports the best trial: ``best.safetensors``, ``summary.json`` with the
 `converge train` command that reproduces it, and ``tune_report.html``.
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from converge.decide.laggard import Finished, lags_behind
 from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError
 from converge.io.lock import lock_folder
@@ -108,10 +112,11 @@ def warm_start_params(chosen, batch_sizes: list[int]) -> dict:
 
 class EpochJudge:
     """The Trainer's epoch_judge for one trial: reports the best monitored value so far (the trial's
-    objective if it stopped now) and asks the pruner whether the trial should stop."""
+    objective if it stopped now) and asks the pruner whether the trial should stop, then (``laggards``)
+    whether it lags the finished trials for good (`converge.decide.laggard`)."""
 
-    def __init__(self, trial, key: str, mode: str) -> None:
-        self.trial, self.key, self.mode = trial, key, mode
+    def __init__(self, trial, key: str, mode: str, *, laggards: bool = True) -> None:
+        self.trial, self.key, self.mode, self.laggards = trial, key, mode, laggards
         self.best: float | None = None
 
     def __call__(self, record: dict) -> str | None:
@@ -124,7 +129,18 @@ class EpochJudge:
         if self.trial.should_prune():
             return (f"pruned by the search at epoch {record['epoch']}: best {self.key} {self.best:.6g} is "
                     f"behind the trials that reached this epoch")
+        lagging = lags_behind(self.best, record["epoch"], self._finished(), self.mode) if self.laggards else None
+        if lagging is not None:
+            return f"pruned by the search at epoch {record['epoch']}: best {self.key} {self.best:.6g} is {lagging}"
         return None
+
+    def _finished(self) -> list[Finished]:
+        """The study's complete trials (read once per epoch: every worker's, on a shared storage)."""
+        from optuna.trial import TrialState
+
+        trials = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return [Finished(t.value, int(t.user_attrs["epochs"])) for t in trials
+                if t.value is not None and math.isfinite(t.value) and "epochs" in t.user_attrs]
 
 
 def reproduce_command(task: Path, knobs: dict, *, seed: int, task_args: dict, options: dict) -> str:
@@ -410,7 +426,8 @@ class _Worker:
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("task_args", task_args)
         config = self.base.with_values(**knobs)
-        judge = EpochJudge(trial, f"val_{config.monitor.removeprefix('val_')}", config.mode)
+        judge = EpochJudge(trial, f"val_{config.monitor.removeprefix('val_')}", config.mode,
+                           laggards=self.pruner_name != "none")
         run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
                             task_args=task_args, epoch_judge=judge)
         summary = run.run().summary
