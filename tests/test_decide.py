@@ -48,6 +48,12 @@ def run(values, *, at_minimum_after_cuts=None, **policy):
     # NaN is never an improvement and counts as a bad epoch
     ([1.0, math.nan, math.nan, 0.5], dict(patience=3), "+..+"),
     ([math.nan, math.nan], dict(patience=2), ".R"),
+    # a loss decaying towards zero: 10 % better each epoch, but all of it less than min_delta: a plateau
+    ([1e-4, 9e-5, 8.1e-5, 7.3e-5, 6.6e-5, 5.9e-5], dict(patience=2, min_delta=2e-4), "+bRbS"),
+    # small gains that add up past min_delta count (the reference does not creep)
+    ([1e-3, 9e-4, 8.1e-4, 7.3e-4], dict(patience=3, min_delta=2e-4), "+bb+"),
+    # ... while gains above the floor still count
+    ([1.0, 0.9, 0.81, 0.73], dict(patience=2, min_delta=2e-4), "++++"),
 ])
 def test_scripted_sequences(values, policy, expected):
     letters, _ = run(values, **policy)
@@ -150,7 +156,14 @@ def test_load_state_dict_rejects_missing_keys():
         ConvergenceTracker().load_state_dict(state)
 
 
-@pytest.mark.parametrize("bad", [dict(mode="up"), dict(patience=0), dict(threshold=-1), dict(cooldown=-1),
+def test_negligible_gain_is_a_share_of_the_constant_prediction_loss():
+    from converge.decide.plateau import NEGLIGIBLE_SHARE, negligible_gain
+    assert negligible_gain(2.0) == pytest.approx(2.0 * NEGLIGIBLE_SHARE)
+    assert negligible_gain(None) == 0.0 and negligible_gain(0.0) == 0.0 and negligible_gain(math.nan) == 0.0
+
+
+@pytest.mark.parametrize("bad", [dict(mode="up"), dict(patience=0), dict(threshold=-1), dict(min_delta=-1e-3),
+                                 dict(cooldown=-1),
                                  dict(threshold_mode="pct"), dict(unproductive_cuts=-1), dict(window=0),
                                  dict(patience=True), dict(threshold=math.nan), dict(check_finite=1),
                                  dict(stopping_threshold=math.inf), dict(divergence_threshold="1"),

@@ -10,7 +10,8 @@ One state machine decides both, so the two can never disagree:
   (or one bad) epoch with a train of LR cuts.
 * The smoothed value is a *significant improvement* when it beats the *reference* -- the value of the last
   significant improvement, or ``baseline`` before there was one -- by more than ``threshold`` (relative to
-  ``|reference|`` by default, or absolute). Only significant improvements reset patience. Because the
+  ``|reference|`` by default, or absolute) and by more than ``min_delta`` (an absolute floor, 0 by
+  default). Only significant improvements reset patience. Because the
   reference does not creep along with tiny gains, slow but steady progress still counts once it adds up.
 * After ``patience`` epochs without a significant improvement the learning rate is cut by ``factor``.
   The ``cooldown`` epochs right after a cut do not count against patience, whether they improve or not
@@ -64,6 +65,7 @@ class ConvergencePolicy:
     divergence_threshold: float | None = None
     baseline: float | None = None
     start_from_epoch: int = 0
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -78,8 +80,10 @@ class ConvergencePolicy:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if not (_is_number(self.threshold) and self.threshold >= 0):
-            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold!r}")
+        for name in ("threshold", "min_delta"):
+            value = getattr(self, name)
+            if not (_is_number(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not isinstance(self.check_finite, bool):
             raise ValueError(f"check_finite must be True or False, got {self.check_finite!r}")
         for name in ("stopping_threshold", "divergence_threshold", "baseline"):
@@ -92,18 +96,32 @@ class ConvergencePolicy:
                              f"({diverge!r}) in mode {self.mode!r}")
 
 
+# A loss that approaches zero keeps improving *relatively* for ever (1e-6, 1e-7, ...: each 10 % better
+# than the last) while nothing that matters changes any more. Measured against what the task allows to
+# gain, the loss of the best constant prediction, gains below this share of it are negligible.
+NEGLIGIBLE_SHARE = 1e-4
+
+
+def negligible_gain(constant_loss: float | None) -> float:
+    """The ``min_delta`` for a loss whose constant prediction scores ``constant_loss`` (0: unknown)."""
+    if constant_loss is None or not _is_number(constant_loss) or constant_loss <= 0:
+        return 0.0
+    return NEGLIGIBLE_SHARE * constant_loss
+
+
 def _beats(value: float, other: float, mode: str) -> bool:
     return value < other if mode == "min" else value > other
 
 
 def is_improvement(value: float, best: float, *, mode: str, threshold: float = 0.0,
-                   threshold_mode: str = "rel") -> bool:
-    """Whether ``value`` beats ``best`` by more than the threshold. Non-finite values never do."""
+                   threshold_mode: str = "rel", min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` by more than the threshold and by more than ``min_delta``.
+    Non-finite values never do."""
     if not math.isfinite(value):
         return False
     if not math.isfinite(best):
         return True
-    margin = threshold * abs(best) if threshold_mode == "rel" else threshold
+    margin = max(threshold * abs(best) if threshold_mode == "rel" else threshold, min_delta)
     return value < best - margin if mode == "min" else value > best + margin
 
 
@@ -202,7 +220,7 @@ class ConvergenceTracker:
             smoothed = self.smoothed(value)
             self.recent = [*self.recent, value][-p.window:]
             significant = is_improvement(smoothed, self.reference, mode=p.mode, threshold=p.threshold,
-                                         threshold_mode=p.threshold_mode)
+                                         threshold_mode=p.threshold_mode, min_delta=p.min_delta)
         if significant:
             self.reference = float(smoothed)
             self.bad_epochs = 0

@@ -15,6 +15,7 @@ The host reads values once per epoch and once per guard window; nothing per step
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,11 +31,18 @@ from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.cadence import checkpoint_due
 from converge.decide.diagnosis import diagnose_run, live_findings, needs_reference
 from converge.decide.divergence import Alarm, GuardPolicy
+from converge.decide.plateau import negligible_gain
 from converge.engine import device as dev
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident, copied
-from converge.engine.objective import (Objective, TargetStats, constant_prediction_loss, monitor_key, scores_of,
-                                       targets_in_memory)
+from converge.engine.objective import (
+    Objective,
+    TargetStats,
+    constant_prediction_loss,
+    monitor_key,
+    scores_of,
+    targets_in_memory,
+)
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
 from converge.engine.reference import reference_loss
@@ -504,6 +512,9 @@ class Trainer:
             self.target_stats = None  # its job is done; the value is kept (and checkpointed)
         if self.guard is not None:
             self.guard.know_baseline(self.baseline_loss)
+        floor = negligible_gain(self.baseline_loss) if self.monitor_key == "val_loss" else 0.0
+        if floor > self.tracker.policy.min_delta:  # the policy is checkpointed with the tracker
+            self.tracker.policy = dataclasses.replace(self.tracker.policy, min_delta=floor)
 
     def _fit_values(self) -> dict | None:
         """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
