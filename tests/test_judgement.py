@@ -279,7 +279,6 @@ def test_planted_linear_on_nonlinear():
     assert yard["reference_val_loss"] * 2 < result.summary["best"]["val_loss"] < yard["constant_prediction_loss"]
 
 
-@pytest.mark.slow
 def test_planted_clean_run_says_only_converged():
     _, got = _fit(_mlp(64, 128, 10), _digits(), optimizer="adamw", lr=1e-3, max_epochs=60)
     assert got == ["converged"]
