@@ -256,12 +256,12 @@ def test_lr_find_and_the_tune_warm_start_see_the_standardized_inputs(tmp_path):
     path = tmp_path / "raw.py"
     path.write_text(RAW_TASK)
     task = load_task(path)
-    for standardize in (True, False):
-        config = make_config(standardize=standardize)
+    for wanted in (True, False):
+        config = make_config(standardize=wanted)
         model, splits, _ = build_task(task, config)
         x = standardized_setup(task, model, splits, config).splits["train"].inputs
         raw = splits["train"].inputs
-        if standardize:
+        if wanted:
             assert torch.allclose(x.mean(0), torch.zeros(8), atol=1e-4) and float(x.std(0).max()) < 1.01
         else:
             assert torch.equal(x, raw)

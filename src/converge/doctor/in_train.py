@@ -86,7 +86,7 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
 
 def _remedies(findings: list[Finding], fix: bool, drop: bool, standardize: bool, recorded: bool | None) -> list[str]:
     """The remedies' plan, with a resumed run's recorded standardization decision in place of a new one."""
-    names = rx.plan(findings, fix=fix, drop_label_issues=drop, standardize=standardize)
+    names = rx.plan(findings, fix=fix, drop_label_issues=drop, by_default=standardize)
     if recorded is None:
         return names
     names = [name for name in names if name != "standardize_features"]

@@ -36,14 +36,14 @@ class Remedy:
         return {"remedy": self.remedy, "detail": dict(self.detail)}
 
 
-def plan(findings: list[Finding], *, fix: bool, drop_label_issues: bool, standardize: bool = False) -> list[str]:
+def plan(findings: list[Finding], *, fix: bool, drop_label_issues: bool, by_default: bool = False) -> list[str]:
     """Which remedies to apply: with ``fix``, those for warning-level (or worse) findings of unscaled
-    features and class imbalance; with ``standardize`` (the default of `converge train` and `fit`), the
+    features and class imbalance; with ``by_default`` (standardizing is the default of `converge train` and `fit`), the
     standardization alone; label issues only when asked for. Class weights and dropping rows change the
     objective, so they are never applied by default."""
     serious = {f.code for f in findings if severity_rank(f.severity) <= severity_rank("warning")}
     chosen = ["drop_label_issues"] if drop_label_issues else []   # first: the statistics see the kept rows
-    if (fix or standardize) and "unscaled_features" in serious:
+    if (fix or by_default) and "unscaled_features" in serious:
         chosen.append("standardize_features")
     if fix and "class_imbalance" in serious:
         chosen.append("class_balanced_loss")
