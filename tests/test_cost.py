@@ -246,9 +246,7 @@ def test_resume_keeps_the_baseline(tmp_path):
                      config, verbose=False).trainer
     fresh.load_state_dict(state)
     assert fresh.baseline_loss == trainer.baseline_loss
-    # A checkpoint inside the first epoch keeps the statistics gathered so far.
-    partial = fresh.target_stats
-    assert partial is None  # the first epoch is over: only the value is kept
+    assert fresh.target_stats is None  # the first epoch is over: only the value is kept, not the statistics
 
 
 # --- data-parallel: every rank rolls back to rank 0's checkpoint ----------------------------------------
