@@ -22,7 +22,8 @@ from test_resume import ENV, assert_same_run, metrics_lines, write_task
 pytestmark = pytest.mark.slow
 
 EPOCHS = 20
-TIMEOUT = 60            # seconds a launcher may take; a lost peer must be noticed well within it
+TIMEOUT = 180           # seconds a launcher may take (a loaded CI machine; about 15 s on a quiet one)
+NOTICED_WITHIN = 30     # seconds from a node's death to the survivor's exit (about 4 s measured)
 
 
 def free_port() -> int:
@@ -139,13 +140,18 @@ def test_a_lost_node_stops_the_other_with_one_line_and_resume_is_exact(reference
     killed_at = time.monotonic()
     kill_node(nodes[lost])
     survivor = nodes[1 - lost]
-    assert wait_all([survivor]) != [0]
+    try:
+        code = survivor.wait(timeout=NOTICED_WITHIN)
+    except subprocess.TimeoutExpired:
+        kill_node(survivor)
+        pytest.fail(f"the surviving node still ran {NOTICED_WITHIN} s after the other was killed")
+    assert code != 0
     waited = time.monotonic() - killed_at
     errors = [line for line in text(tmp_path, f"killed-node{1 - lost}.err").splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, errors
     assert "lost contact with the other processes of the run" in errors[0], errors[0]
     assert f"converge resume {out}" in errors[0], errors[0]
-    assert "Traceback" not in errors[0] and waited < TIMEOUT
+    assert "Traceback" not in errors[0] and waited < NOTICED_WITHIN
     assert not (out / "summary.json").exists()  # the run is not over: nothing claims it is
     if resume_on == "two nodes":  # both machines back: the same command on each, `resume` for `train`
         assert wait_all(start_nodes(["resume", str(out), "--quiet"], tmp_path, "resumed")) == [0, 0]
