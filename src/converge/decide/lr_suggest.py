@@ -145,8 +145,12 @@ def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.8, dive
         return LrSuggestion(None, False, f"only {n} usable point(s) before the loss diverged or became NaN",
                             used_points=n)
     lrs, smoothed = list(lrs[:n]), smooth_zero_phase(list(losses[:n]), beta)
-    low = min(range(n), key=smoothed.__getitem__)
-    start_loss = smoothed[0]
+    # The fall is measured from the start *level*, the median of the first losses -- one smoothed value
+    # at the very start is as noisy as any, and a lucky low one read a real fall as none -- and the
+    # minimum is sought past the middle of that window, so that it cannot be such a lucky start either.
+    head = min(START_POINTS // 2, n - 1)
+    low = min(range(head, n), key=smoothed.__getitem__)
+    start_loss = _median(list(losses[:min(n, START_POINTS)]))
     drop = (start_loss - smoothed[low]) / abs(start_loss) if start_loss else 0.0
     if drop < min_drop:
         return LrSuggestion(None, False, f"the loss never fell by {min_drop:.0%} (best drop {drop:.1%})",
