@@ -87,12 +87,16 @@ def usable_prefix(lrs: list[float], losses: list[float], diverge_factor: float =
 
     The rebound is judged on a wider trailing median (``LEVEL_WINDOW`` points) than the divergence: a
     rise counts only when most of the recent batches sit above the start, not one or two noisy ones.
-    And a fall is "clear" only when it is ``rebound_drop`` of the start level *and* ``REBOUND_NOISE_SDS``
-    standard deviations of that median below it, the batch noise measured on the first ``START_POINTS``
-    losses (where the LR is too small to move the model): the lowest of a few dozen noisy medians sits
-    well below the true level, so a small margin reads batch noise as "fell, then climbed back" (a
-    regression sweep at batch 32 stopped at LR 1e-5, two decades into its flat start, and the run
-    trained at 1.1e-6). Causal: the answer for a prefix is the answer for the whole sweep, cut there."""
+    And a fall is "clear" only when it is ``rebound_drop`` of the start level (the median of the first
+    ``START_POINTS`` losses) *and* ``REBOUND_NOISE_SDS`` standard deviations of such medians below it,
+    the batch noise measured on the first ``NOISE_POINTS`` losses (where the LR is too small to move the
+    model): the lowest of a few dozen noisy medians sits well below the true level, so a small margin
+    reads batch noise as "fell, then climbed back" (a regression sweep at batch 32 stopped at LR 1e-5,
+    two decades into its flat start, and the run trained at 1.1e-6). A divergence must likewise rise
+    ``DIVERGE_NOISE_SDS`` standard deviations above the best (skewed batch losses -- an MSE of few
+    samples -- put 4x between two medians of five by chance); a real one grows by orders of magnitude.
+    Causal: the answer for a prefix is the answer for the whole sweep, cut there (the range test stops
+    at the first cut prefix, and `suggest_lr` reads the recorded sweep again)."""
     finite = next((i for i, (lr, loss) in enumerate(zip(lrs, losses))
                    if not (math.isfinite(loss) and math.isfinite(lr) and lr > 0)), len(losses))
     if finite == 0:
