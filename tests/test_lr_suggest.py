@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from converge.decide.lr_suggest import smooth, suggest_lr
+from converge.decide.lr_suggest import smooth, suggest_lr, usable_prefix
 
 CURVES = Path(__file__).parent / "data" / "lr_curves"
 N = 100
@@ -335,3 +335,112 @@ def test_smooth_keeps_non_finite_values_non_finite():
     out = smooth([1.0, 2.0, NAN, 1.0], 0.9)
     assert all(math.isfinite(v) for v in out[:2])
     assert not math.isfinite(out[2])
+
+
+# ---------------------------------------------------------------- batch noise at the sweep's start (issue 12)
+
+NOISY = json.loads((Path(__file__).parent / "data" / "lr_noise" / "friedman_scaled_adamw_seeds_7_8.json").read_text())
+
+
+def noise(kind: str, sd: float, rng: random.Random) -> float:
+    """One batch's multiplicative noise: normal, log-normal, or the right-skewed MSE of 8 samples."""
+    if kind == "normal":
+        return 1 + sd * rng.gauss(0, 1)
+    if kind == "lognormal":
+        return math.exp(sd * rng.gauss(0, 1))
+    return sum(rng.gauss(0, 1) ** 2 for _ in range(8)) / 8          # "chi2": sd 0.5, skewed
+
+
+def noisy_u(kind: str, sd: float, seed: int, *, fall_lr: float = 1e-3, min_lr: float = 3e-2, floor: float = 0.35,
+            rebound: float = 1.4) -> list[float]:
+    """A regression sweep at a small batch: flat at 1.0 (the constant prediction) up to `fall_lr`, a fall to
+    `floor` at `min_lr`, then a chaotic climb to `rebound` x the start -- never 4x its best -- all under
+    multiplicative batch noise."""
+    rng = random.Random(seed)
+    a, b = math.log10(fall_lr), math.log10(min_lr)
+    out = []
+    for lr in LRS:
+        x = math.log10(lr)
+        if x <= a:
+            level = 1.0
+        elif x <= b:
+            level = 1 - (1 - floor) * (x - a) / (b - a)
+        else:
+            level = min(rebound, floor + (rebound - floor) * (x - b) / 0.7)
+        out.append(level * noise(kind, sd, rng))
+    return out
+
+
+@pytest.mark.parametrize("seed", ["seed7", "seed8"])
+def test_recorded_noisy_flat_start_is_not_cut(seed):
+    """The failure: two real sweeps were stopped in their flat start (batch noise read as a fall and a
+    rebound) and suggested 3.9e-5 and 1.1e-6. Their prefixes up to the old stop are not cut now, and the
+    whole sweep is read where the loss really fell (the other 8 seeds: 2.3e-3..6.6e-3)."""
+    data = NOISY[seed]
+    old_cut = NOISY["old_cut"][seed]
+    assert usable_prefix(data["lrs"][:old_cut], data["losses"][:old_cut]) == old_cut
+    n = usable_prefix(data["lrs"], data["losses"])
+    assert data["lrs"][n - 1] > 1e-1, n                              # past the real fall, not in the flat start
+    s = suggest_lr(data["lrs"], data["losses"])
+    check_clamp(s)
+    assert 1e-3 <= s.min_loss_lr <= 1e-1 and s.lr >= 1e-3, s
+
+
+@pytest.mark.parametrize("kind, sd", [("normal", 0.15), ("normal", 0.3), ("lognormal", 0.3), ("chi2", 0.5)])
+def test_flat_batch_noise_alone_never_cuts_the_sweep(kind, sd):
+    """Pure batch noise around a constant loss, 20 seeds each: no fall, so no rebound and no divergence.
+    (The cut-off before this fix stopped 14-24% of such sweeps, on average after ~40 steps.)"""
+    for seed in range(20):
+        rng = random.Random(seed)
+        losses = [noise(kind, sd, rng) for _ in range(N)]
+        assert usable_prefix(LRS, losses) == N, (kind, sd, seed)
+
+
+REBOUND_AT = next(i for i, lr in enumerate(LRS) if lr > 3e-2 * 10 ** (0.7 * 0.65 / 1.05))  # noisy_u back at 1.0
+
+
+@pytest.mark.parametrize("kind, sd, seed", [
+    pytest.param(kind, sd, seed, marks=pytest.mark.xfail(strict=True, reason="50% noise: see the docstring"))
+    if (kind, seed) == ("chi2", 4) else (kind, sd, seed)
+    for kind, sd in [("normal", 0.1), ("normal", 0.25), ("lognormal", 0.25), ("chi2", 0.5)] for seed in range(10)])
+def test_noisy_fall_and_rebound_is_read_at_the_fall(kind, sd, seed):
+    """A real fall (to 0.35 at 3e-2) and a chaotic rebound under batch noise: never cut before the loss is
+    back above its start, and the suggestion comes from the fall, even when lucky low batches sit at
+    the very start (chi2 seed 1: the smoothed start was the curve's lowest point: "never fell").
+    Known limit: at 50% noise the start level itself (a median of 10) is uncertain by ~20%; chi2 seed 4's
+    first ten losses have a median of 0.64 where the noise's is 0.92, and its fall is not seen."""
+    losses = noisy_u(kind, sd, seed)
+    assert usable_prefix(LRS, losses) >= REBOUND_AT
+    s = suggest_lr(LRS, losses)
+    check_clamp(s)
+    assert 1e-3 <= s.lr <= 1e-2 and 5e-3 <= s.min_loss_lr <= 5e-2, (s.lr, s.reason)
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("kind, sd", [("normal", 0.05), ("normal", 0.1), ("lognormal", 0.1)])
+def test_rebound_clear_of_the_noise_ends_the_sweep(kind, sd, seed):
+    """With a fall many times the batch noise, the rebound ends the sweep within ~1.2 decades of the loss
+    climbing back above its start. (Under heavier noise -- 25% -- a fall of 65% may not count as clear:
+    the sweep then runs on to divergence or its end, a few more steps at most.)"""
+    n = usable_prefix(LRS, noisy_u(kind, sd, seed))
+    assert REBOUND_AT <= n <= REBOUND_AT + 15, (n, REBOUND_AT)
+
+
+@pytest.mark.parametrize("kind, sd", [("normal", 0.25), ("chi2", 0.5)])
+def test_noisy_sweep_that_blows_up_is_cut_within_a_few_steps(kind, sd):
+    """Noise does not slow the divergence stop: losses growing 10x per step end the sweep within 3 steps."""
+    for seed in range(10):
+        rng = random.Random(seed)
+        losses = [noise(kind, sd, rng) * (1.0 if i < 70 else 10.0 ** (i - 69)) for i in range(N)]
+        assert 70 <= usable_prefix(LRS, losses) <= 73, seed
+
+
+@pytest.mark.parametrize("kind, sd", [("normal", 0.25), ("chi2", 0.5)])
+def test_cut_off_is_causal(kind, sd):
+    """The range test stops at the first prefix that usable_prefix cuts, and suggest_lr then reads the
+    recorded sweep again: both must agree, i.e. the cut of a prefix is the cut of the whole sweep."""
+    for seed in range(5):
+        losses = noisy_u(kind, sd, seed)
+        whole = usable_prefix(LRS, losses)
+        for m in range(1, N + 1):
+            assert usable_prefix(LRS[:m], losses[:m]) == min(m, whole), (seed, m, whole)

@@ -6,8 +6,9 @@ when the minimum sits right at the divergence cliff, and fastai's valley rule is
 flat stretch. So the suggestion combines evidence:
 
 1. The sweep is cut where the loss stops being finite, where its trailing median passes
-   ``diverge_factor`` x its best, or where, after a clear fall, it climbs back above where it started.
-   The rules then read a *zero-phase* smoothing of what is left (a centred median against spikes, then
+   ``diverge_factor`` x its best, or where, after a clear fall, it climbs back above where it started --
+   both judged against the batch noise measured at the sweep's start, so that a noisy flat start (a
+   regression at batch 32 swings by +-50% from batch to batch) is not read as a fall and a rebound. The rules then read a *zero-phase* smoothing of what is left (a centred median against spikes, then
    an EMA forwards and backwards): a causal EMA lags the sweep by about beta / (1 - beta) steps --
    nearly a decade of LR in a short sweep -- and would place the minimum several times too high.
 2. A curve whose smoothed loss never falls by ``min_drop`` of its starting value gives no suggestion
@@ -26,6 +27,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+# The range test's cut-off (usable_prefix): where the rest of a sweep would tell nothing.
+DIVERGE_WINDOW = 5          # trailing median for divergence (x diverge_factor its best): one spike cannot stop it
+LEVEL_WINDOW = 10           # wider trailing median for the rebound: a sustained rise above the start, not a batch
+START_POINTS = 10           # the start level: the median of the sweep's first losses
+NOISE_POINTS = 20           # the batch noise: from the first losses too; no rebound is judged before
+REBOUND_DROP = 0.2          # a clear fall is at least this fraction of the start level...
+REBOUND_NOISE_SDS = 4.0     # ...and this many standard deviations (of a difference of two LEVEL_WINDOW medians)
+DIVERGE_NOISE_SDS = 6.0     # a divergence must also rise this many sds of a DIVERGE_WINDOW median (skewed losses)
 
 
 @dataclass(frozen=True)
@@ -69,34 +79,65 @@ def smooth_zero_phase(losses: list[float], beta: float = 0.8) -> list[float]:
 
 
 def usable_prefix(lrs: list[float], losses: list[float], diverge_factor: float = 4.0,
-                  rebound_drop: float = 0.2) -> int:
+                  rebound_drop: float = REBOUND_DROP) -> int:
     """How many leading points to trust: up to the first one that is non-finite, or where the trailing
-    median of the loss passes ``diverge_factor`` x its best, or -- once it has clearly fallen (by
-    ``rebound_drop``) -- climbs back above where the sweep started: a chaotic stretch that never
-    "diverges" numerically still tells nothing."""
+    median of the loss passes ``diverge_factor`` x its best, or -- once it has clearly fallen -- climbs
+    back above where the sweep started: a chaotic stretch that never "diverges" numerically still tells
+    nothing.
+
+    The rebound is judged on a wider trailing median (``LEVEL_WINDOW`` points) than the divergence: a
+    rise counts only when most of the recent batches sit above the start, not one or two noisy ones.
+    And a fall is "clear" only when it is ``rebound_drop`` of the start level (the median of the first
+    ``START_POINTS`` losses) *and* ``REBOUND_NOISE_SDS`` standard deviations of such medians below it,
+    the batch noise measured on the first ``NOISE_POINTS`` losses (where the LR is too small to move the
+    model): the lowest of a few dozen noisy medians sits well below the true level, so a small margin
+    reads batch noise as "fell, then climbed back" (a regression sweep at batch 32 stopped at LR 1e-5,
+    two decades into its flat start, and the run trained at 1.1e-6). A divergence must likewise rise
+    ``DIVERGE_NOISE_SDS`` standard deviations above the best (skewed batch losses -- an MSE of few
+    samples -- put 4x between two medians of five by chance); a real one grows by orders of magnitude.
+    Causal: the answer for a prefix is the answer for the whole sweep, cut there (the range test stops
+    at the first cut prefix, and `suggest_lr` reads the recorded sweep again)."""
     finite = next((i for i, (lr, loss) in enumerate(zip(lrs, losses))
                    if not (math.isfinite(loss) and math.isfinite(lr) and lr > 0)), len(losses))
     if finite == 0:
         return 0
     # Spikes before a final NaN or inf are judged by the checks below like any other point.
     losses = list(losses[:finite])
-    medians = rolling_median(losses, centered=False)
-    start = medians[min(9, len(medians) - 1)]
-    # A fall counts only when it is clear of batch-to-batch noise: three standard deviations of a median
-    # of five, estimated from the first ten losses (median absolute deviation).
-    first = sorted(losses[:10])
-    mad = sorted(abs(v - first[len(first) // 2]) for v in first)[len(first) // 2] if first else 0.0
-    noise = 3 * 1.4826 * mad * 1.25 / math.sqrt(5)
-    best = math.inf
-    for i, value in enumerate(medians):
-        if i > 0 and value > diverge_factor * best:
+    medians = rolling_median(losses, DIVERGE_WINDOW, centered=False)
+    levels = rolling_median(losses, LEVEL_WINDOW, centered=False)
+    start = _median(losses[:START_POINTS])
+    # A median of w normal values has a standard deviation of ~1.25 sigma / sqrt(w), and the difference
+    # of two such medians is sqrt(2) times as noisy: the noise margins of the two rules.
+    diverge_sd = math.sqrt(2) * 1.25 / math.sqrt(DIVERGE_WINDOW)
+    rebound_sd = math.sqrt(2) * 1.25 / math.sqrt(LEVEL_WINDOW)
+    best = best_level = math.inf
+    for i, (value, level) in enumerate(zip(medians, levels)):
+        sigma = _batch_noise(losses[:min(i + 1, NOISE_POINTS)])
+        if i > 0 and value > diverge_factor * best and value - best > DIVERGE_NOISE_SDS * diverge_sd * sigma:
             return i
-        fell = best < start * (1 - rebound_drop) and start - best > noise
-        if i > 9 and fell and value > start:
+        if (i >= NOISE_POINTS and level > start and start - best_level > rebound_drop * abs(start)
+                and start - best_level > REBOUND_NOISE_SDS * rebound_sd * sigma):
             return i
-        if i >= 9:
+        if i >= START_POINTS - 1:
             best = min(best, value)
+            best_level = min(best_level, level)
     return finite
+
+
+def _batch_noise(losses: list[float]) -> float:
+    """The standard deviation of batch-to-batch noise, from the differences of neighbouring losses (a slow
+    trend hardly moves them, and they are symmetric even when the losses are skewed): 1.4826 MAD / sqrt(2)."""
+    diffs = [b - a for a, b in zip(losses, losses[1:])]
+    centre = _median(diffs)
+    return 1.4826 * _median([abs(d - centre) for d in diffs]) / math.sqrt(2)
+
+
+def _median(values: list[float]) -> float:
+    """The middle value (the mean of the middle two for an even count); 0 for none."""
+    if not values:
+        return 0.0
+    part, half = sorted(values), len(values) // 2
+    return part[half] if len(part) % 2 else (part[half - 1] + part[half]) / 2
 
 
 def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.8, diverge_factor: float = 4.0,
@@ -108,8 +149,12 @@ def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.8, dive
         return LrSuggestion(None, False, f"only {n} usable point(s) before the loss diverged or became NaN",
                             used_points=n)
     lrs, smoothed = list(lrs[:n]), smooth_zero_phase(list(losses[:n]), beta)
-    low = min(range(n), key=smoothed.__getitem__)
-    start_loss = smoothed[0]
+    # The fall is measured from the start *level*, the median of the first losses -- one smoothed value
+    # at the very start is as noisy as any, and a lucky low one read a real fall as none -- and the
+    # minimum is sought past the middle of that window, so that it cannot be such a lucky start either.
+    head = min(START_POINTS // 2, n - 1)
+    low = min(range(head, n), key=smoothed.__getitem__)
+    start_loss = _median(list(losses[:min(n, START_POINTS)]))
     drop = (start_loss - smoothed[low]) / abs(start_loss) if start_loss else 0.0
     if drop < min_drop:
         return LrSuggestion(None, False, f"the loss never fell by {min_drop:.0%} (best drop {drop:.1%})",

@@ -43,7 +43,9 @@ def lr_range_test(model: nn.Module, train_split, objective, *, optimizer: str, w
                   device: torch.device, amp: str = "off", seed: int = 0, start_lr: float = 1e-7,
                   end_lr: float = 10.0, steps: int = 100, diverge_factor: float = 4.0) -> RangeTest:
     """Sweep the LR from ``start_lr`` to ``end_lr`` over at most ``steps`` optimizer steps; stop early once
-    the smoothed loss passes ``diverge_factor`` x its best or stops being finite. ``objective``: the run's
+    the loss stops being finite, or its trailing median passes ``diverge_factor`` x its best or climbs back
+    above the start after a clear fall (`converge.decide.lr_suggest.usable_prefix`: both clear of the batch
+    noise, so a noisy flat start does not end the sweep). ``objective``: the run's
     `converge.engine.objective.Objective` (it computes a batch's loss as training will)."""
     probe = copy.deepcopy(model).to(device)
     probe.train()
