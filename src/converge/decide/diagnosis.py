@@ -85,8 +85,14 @@ def diagnose_run(history: list[dict], events: list[dict], *, status: str | None,
     (``val_...``); ``reference_loss``: the validation loss a small proxy model reaches on the same data."""
     collapsed = collapse(history, events, baseline_loss) if status is not None else None
     status_finding = _status_finding(history, events, status, monitor, mode, patience, max_epochs)
-    if collapsed is not None and status_finding is not None and status_finding.code == "still_improving":
-        status_finding = None  # improving at the constant level is noise
+    if collapsed is not None and not collapsed.late and status_finding is not None and \
+            status_finding.code in ("still_improving", "converged"):
+        # Improving at the constant level is noise, and a model that learned nothing never "converged"
+        # (the plateau rule stopped it; the summary's status says so); a late collapse keeps older weights
+        # that did learn, so its status code stands beside it.
+        status_finding = None
+    elif collapsed is not None and status_finding is not None and status_finding.code == "still_improving":
+        status_finding = None
     findings = [status_finding] if status_finding is not None else []
     lr_high = _lr_too_high(history, events) or (_collapse_lr(history, collapsed) if collapsed else None)
     for rule in (_collapsed(collapsed, history) if collapsed else None, lr_high,
