@@ -224,3 +224,26 @@ def test_a_read_only_tune_folder_is_one_line(journal, tmp_path, monkeypatch):
 def test_split_journal(data, kept, aside):
     good, set_aside, _ = st.split_journal(data)
     assert (good, set_aside) == (kept, aside)
+
+
+def test_a_dying_heartbeat_thread_prints_nothing_other_threads_still_do(monkeypatch):
+    import threading
+
+    from converge.tune.storage import quiet_heartbeat_failures
+
+    reported = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: reported.append(str(args.exc_value)))
+    quiet_heartbeat_failures()
+    quiet_heartbeat_failures()  # twice: one hook
+
+    def _record_heartbeat():  # the name of Optuna's heartbeat loop
+        raise RuntimeError("terminating connection due to administrator command")
+
+    def other():
+        raise RuntimeError("a real bug")
+
+    for target in (_record_heartbeat, other):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+    assert reported == ["a real bug"]

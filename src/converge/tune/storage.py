@@ -25,7 +25,9 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
+import traceback
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -139,6 +141,7 @@ def open_storage(spec: StorageSpec, *, heartbeat: int = 20, say: Callable[[str],
 
     if spec.url is None:
         return _journal_storage(spec.journal, say=say)
+    quiet_heartbeat_failures()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the heartbeat API is marked experimental
         retry = _retry_callback()
@@ -157,6 +160,26 @@ def open_storage(spec: StorageSpec, *, heartbeat: int = 20, say: Callable[[str],
 
 
 CREATE_ATTEMPTS = 5
+
+
+def quiet_heartbeat_failures() -> None:
+    """Optuna records a trial's heartbeat from a thread of its own. When the database goes away, that thread
+    dies and Python prints its traceback, beside the one line (`error: cannot use storage ...`) the worker
+    itself reports when it next touches the storage. Drop the heartbeat thread's traceback: the worker's
+    line says it all, and a trial whose heartbeat stopped is retried by the next worker as for a dead one.
+    Any other thread's exception is printed as before. Installing it twice is harmless."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_heartbeat", False):
+        return
+
+    def hook(args) -> None:
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback is not None else []
+        if any(frame.name == "_record_heartbeat" for frame in frames):
+            return
+        previous(args)
+
+    hook.quiet_heartbeat = True
+    threading.excepthook = hook
 
 
 def _creation_race(exc: BaseException) -> bool:
