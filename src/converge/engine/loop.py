@@ -35,14 +35,8 @@ from converge.decide.plateau import negligible_gain
 from converge.engine import device as dev
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident, copied
-from converge.engine.objective import (
-    Objective,
-    TargetStats,
-    constant_prediction_loss,
-    monitor_key,
-    scores_of,
-    targets_in_memory,
-)
+from converge.engine.objective import (Objective, TargetStats, in_memory_constant_loss, monitor_key, scores_of,
+                                       targets_in_memory)
 from converge.engine.optim import build_optimizer, current_lr, warm_up
 from converge.engine.recorder import RunRecorder
 from converge.engine.reference import reference_loss
@@ -109,8 +103,10 @@ class Trainer:
             mode=config.mode, patience=config.patience, threshold=config.threshold,
             cooldown=config.cooldown, unproductive_cuts=config.unproductive_cuts,
             check_finite=not config.guard))  # with the guard a non-finite value is rolled back instead
-        self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks, baseline=self._baseline_now()),
-                                     self.device, config.clip_grad, world=self.world) if config.guard else None
+        self.guard = DivergenceGuard(GuardPolicy(max_rollbacks=config.max_rollbacks), self.device, config.clip_grad,
+                                     world=self.world) if config.guard else None
+        if self.guard is not None:  # targets in memory: the collapse test is on from the start
+            self.guard.know_baseline(in_memory_constant_loss(self.splits["train"], objective))
         # The counters the loop owns.
         self.epoch = 0            # finished epochs
         self.step = 0             # optimizer steps
@@ -134,13 +130,6 @@ class Trainer:
         self.baseline_loss: float | None = None
         in_memory = targets_in_memory(self.splits["train"])
         self.target_stats = TargetStats(objective) if in_memory is None and objective.known_loss else None
-
-    def _baseline_now(self) -> float | None:
-        """The constant prediction's loss for the guard's collapse test, when the training targets are in
-        memory (reading a loader's targets here would cost a pass over the data: then the test is off)."""
-        targets = targets_in_memory(self.splits["train"]) if self.objective.known_loss else None
-        baseline = None if targets is None else constant_prediction_loss(targets, self.objective)
-        return baseline if baseline is not None and math.isfinite(baseline) and baseline > 0 else None
 
     @property
     def history(self) -> list[dict]:
@@ -506,7 +495,7 @@ class Trainer:
         if not self.objective.known_loss:
             return
         if self.target_stats is None:
-            self.baseline_loss = constant_prediction_loss(targets_in_memory(self.splits["train"]), self.objective)
+            self.baseline_loss = in_memory_constant_loss(self.splits["train"], self.objective)
         else:
             self.baseline_loss = self.target_stats.loss(self.world)
             self.target_stats = None  # its job is done; the value is kept (and checkpointed)

@@ -555,6 +555,13 @@ def targets_in_memory(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | No
     return None
 
 
+def in_memory_constant_loss(split, objective: "Objective") -> float | None:
+    """The constant prediction's loss on a split's targets when they are held in memory (None: a loss of
+    unknown meaning, or targets that only a pass over a Dataset would give)."""
+    targets = targets_in_memory(split) if objective.known_loss else None
+    return None if targets is None else constant_prediction_loss(targets, objective)
+
+
 def gather_targets(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:
     """Up to ``limit`` targets of a split (for the baseline), without reading inputs when in memory."""
     if isinstance(split, TensorSplit):

@@ -43,7 +43,7 @@ from converge.console import Console
 from converge.decide.collapse import never_learned, sits_at_level
 from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
 from converge.engine import device as dev
-from converge.engine.objective import Objective, constant_prediction_loss, targets_in_memory
+from converge.engine.objective import Objective, in_memory_constant_loss
 from converge.engine.optim import OPTIMIZERS
 from converge.status import Status
 from converge.tune.lr_find import RangeTest, lr_range_test
@@ -134,7 +134,7 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
              for opt in optimizers}
     tests: dict[str, RangeTest] = {}
     arms: list[tuple[str, float]] = []
-    baseline = _baseline(train, objective)
+    baseline = in_memory_constant_loss(train, objective)  # a Dataset's would cost a pass: not for tuning
     for opt in optimizers:
         if config.lr != "auto":
             arms.append((opt, float(config.lr)))
@@ -194,13 +194,6 @@ def _range_test(log, model, train, objective, opt, decay, batch_size, device, co
                          device=device, amp=config.amp, seed=config.seed)
     log.put(f"range_test_{opt}", test.to_dict())
     return test
-
-
-def _baseline(train, objective: Objective) -> float | None:
-    """The constant prediction's loss on the training targets when they are in memory (None: unknown, or
-    targets that only a pass over a Dataset would give: tuning does not pay for one)."""
-    targets = targets_in_memory(train) if objective.known_loss else None
-    return None if targets is None else constant_prediction_loss(targets, objective)
 
 
 def _no_evidence_at_level(test: RangeTest, baseline: float | None) -> LrSuggestion:
