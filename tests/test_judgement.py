@@ -307,8 +307,8 @@ def test_a_race_arm_at_the_constant_level(loss, baseline, expected):
 
 def test_a_range_test_that_never_left_the_constant_level_is_no_evidence():
     from converge.decide.lr_suggest import suggest_lr
-    from converge.tune.auto import _no_evidence_at_level
-    from converge.tune.lr_find import RangeTest
+    from converge.choose.auto import _no_evidence_at_level
+    from converge.choose.lr_find import RangeTest
 
     lrs = [1e-7 * 1.2 ** i for i in range(80)]
     falling = [2.3 * (0.2 + 0.8 / (1 + math.exp(i - 40))) for i in range(80)]   # 2.3 -> 0.46

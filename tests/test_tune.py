@@ -11,8 +11,8 @@ from converge.data import make_splits
 from converge.decide.lr_suggest import LrSuggestion
 from converge.engine.objective import resolve_objective
 from converge.engine.optim import build_optimizer, current_lr, scale_lr, warm_up
-from converge.tune import StageLog, auto
-from converge.tune.auto import choose_batch_size, choose_hyperparameters
+from converge.choose import StageLog, auto
+from converge.choose.auto import choose_batch_size, choose_hyperparameters
 
 
 def task(n=400, seed=0):

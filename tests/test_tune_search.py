@@ -22,7 +22,8 @@ from converge.errors import ConvergeError  # noqa: E402
 from converge.tune import storage as st  # noqa: E402
 from converge.decide import laggard  # noqa: E402
 from converge.decide.laggard import Finished  # noqa: E402
-from converge.tune.search import EpochJudge, batch_choices, reproduce_command, warm_start_params  # noqa: E402
+from converge.tune.export import reproduce_command  # noqa: E402
+from converge.tune.search import EpochJudge, batch_choices, warm_start_params  # noqa: E402
 
 # Tiny tasks: the conftest header's 200 x 8 three-class data. SEARCHED adds a model knob and a data knob
 # that turns the labels into noise (a bad trial the pruner should stop early).

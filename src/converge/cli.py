@@ -56,8 +56,7 @@ def _or_auto(parse):
 
 def build_parser() -> argparse.ArgumentParser:
     from converge._version import __version__
-    from converge.config import AMP_MODES
-    from converge.engine.optim import OPTIMIZERS
+    from converge.config import AMP_MODES, OPTIMIZER_NAMES
 
     parser = _Parser(prog="converge", description="Train a PyTorch task to convergence and explain the run.")
     parser.add_argument("--version", action="version", version=f"converge {__version__}")
@@ -67,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a task file to convergence")
     train.add_argument("task", help="Python file with model() and data()")
     knobs = train.add_argument_group("hyperparameters")
-    knobs.add_argument("--optimizer", choices=(*OPTIMIZERS, "auto"),
+    knobs.add_argument("--optimizer", choices=(*OPTIMIZER_NAMES, "auto"),
                        help="adamw, sgd (Nesterov momentum 0.9) or auto (default: a short race picks one)")
     knobs.add_argument("--lr", type=_or_auto(_float), help="starting learning rate, or auto (default: range test)")
     knobs.add_argument("--weight-decay", type=_or_auto(_float),
@@ -131,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     finder = commands.add_parser("lr-find", help="run a learning-rate range test and print the suggestion")
     finder.add_argument("task", help="Python file with model() and data()")
-    finder.add_argument("--optimizer", choices=(*OPTIMIZERS, "auto"), default="auto",
+    finder.add_argument("--optimizer", choices=(*OPTIMIZER_NAMES, "auto"), default="auto",
                         help="adamw, sgd, or auto (default: both)")
     finder.add_argument("--batch-size", type=_or_auto(_positive_int), default="auto")
     finder.add_argument("--weight-decay", type=_or_auto(_float), default="auto")

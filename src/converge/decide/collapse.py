@@ -27,7 +27,7 @@ The likely cause, from the run's own history:
   was applied (no applied ``standardize_features`` remedy);
 * otherwise unknown: the fix lists what to try.
 
-The automatic choice (`converge.tune.auto`) asks two smaller questions with the same level:
+The automatic choice (`converge.choose.auto`) asks two smaller questions with the same level:
 
 * :func:`sits_at_level`: a race arm whose validation loss is within ``COLLAPSE_SHARE`` of the level on
   either side predicts what a constant would (one class for every row, the mean target): it is out of the

@@ -1,6 +1,6 @@
-"""Choosing hyperparameters: the LR range test and the automatic choice of every "auto" knob."""
+"""`converge tune`: the search across runs (an Optuna study, its storage, the export of the best trial).
+The names of the choice inside one run stay importable from here; they live in `converge.choose`."""
 
-from converge.tune.auto import StageLog, Tuning, choose_hyperparameters
-from converge.tune.lr_find import RangeTest, lr_range_test, plot_range_test
+from converge.choose import RangeTest, StageLog, Tuning, choose_hyperparameters, lr_range_test, plot_range_test
 
 __all__ = ["RangeTest", "StageLog", "Tuning", "choose_hyperparameters", "lr_range_test", "plot_range_test"]

@@ -3,7 +3,9 @@ reproduces it, and tune_report.html."""
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 import socket
 import warnings
 from pathlib import Path
@@ -12,7 +14,6 @@ from typing import Callable
 from converge.engine.optim import OPTIMIZERS
 from converge.io.atomic import atomic_write_bytes
 from converge.io.runfolder import BEST_WEIGHTS, SUMMARY, TUNE_REPORT, RunFolder
-from converge.tune.search import _counts, reproduce_command
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -48,7 +49,7 @@ def export_study(study, out: Path, *, task, base, wanted: int, status: str, stor
     from converge.report.tune_report import write_tune_report
 
     trials = study.get_trials(deepcopy=False)
-    counts = _counts(trials)
+    counts = trial_counts(trials)
     done = counts["COMPLETE"] + counts["PRUNED"]
     # A failed trial that was queued again (its worker died, or Ctrl-C stopped it) is retried, not lost.
     retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
@@ -218,3 +219,25 @@ def _spearman(x, y) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return 0.0
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def reproduce_command(task: Path, knobs: dict, *, seed: int, task_args: dict, options: dict) -> str:
+    """The exact `converge train` command line of a trial (floats as repr: they read back identically)."""
+    words = ["converge", "train", str(task), "--optimizer", knobs["optimizer"], "--lr", repr(float(knobs["lr"])),
+             "--weight-decay", repr(float(knobs["weight_decay"])), "--batch-size", str(int(knobs["batch_size"])),
+             "--seed", str(seed)]
+    for name, value in options.items():
+        if value is False:                 # an on-by-default switch turned off: --no-standardize
+            words.append(f"--no-{name.replace('_', '-')}")
+        elif value is not None and value is not True:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    if any(task_args.values()):
+        words += ["--task-args", json.dumps({k: v for k, v in task_args.items() if v}, sort_keys=True)]
+    return shlex.join(words)
+
+
+def trial_counts(trials) -> dict[str, int]:
+    counts = {"COMPLETE": 0, "PRUNED": 0, "RUNNING": 0, "WAITING": 0, "FAIL": 0}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts

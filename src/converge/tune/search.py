@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shlex
 import socket
 import time
 import warnings
@@ -40,6 +39,7 @@ from converge.io.lock import lock_folder
 from converge.io.runfolder import JOURNAL, TRIALS, TUNE_INFO, WORKERS
 from converge.status import Status
 from converge.tune import storage as st
+from converge.tune.export import export_study, trial_counts
 
 WEIGHT_DECAY = (1e-6, 1e-1)    # log-uniform; the 1e-6 floor stands for "no decay to speak of"
 BATCH_SIZES = (16, 32, 64, 128, 256, 512)
@@ -141,21 +141,6 @@ class EpochJudge:
         trials = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return [Finished(t.value, int(t.user_attrs["epochs"])) for t in trials
                 if t.value is not None and math.isfinite(t.value) and "epochs" in t.user_attrs]
-
-
-def reproduce_command(task: Path, knobs: dict, *, seed: int, task_args: dict, options: dict) -> str:
-    """The exact `converge train` command line of a trial (floats as repr: they read back identically)."""
-    words = ["converge", "train", str(task), "--optimizer", knobs["optimizer"], "--lr", repr(float(knobs["lr"])),
-             "--weight-decay", repr(float(knobs["weight_decay"])), "--batch-size", str(int(knobs["batch_size"])),
-             "--seed", str(seed)]
-    for name, value in options.items():
-        if value is False:                 # an on-by-default switch turned off: --no-standardize
-            words.append(f"--no-{name.replace('_', '-')}")
-        elif value is not None and value is not True:
-            words += [f"--{name.replace('_', '-')}", str(value)]
-    if any(task_args.values()):
-        words += ["--task-args", json.dumps({k: v for k, v in task_args.items() if v}, sort_keys=True)]
-    return shlex.join(words)
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -341,7 +326,7 @@ class _Worker:
                 self._warm_start()
             while True:
                 self._fail_dead_trials()
-                counts = _counts(self.study.get_trials(deepcopy=False))
+                counts = trial_counts(self.study.get_trials(deepcopy=False))
                 done = counts["COMPLETE"] + counts["PRUNED"]
                 if done >= wanted:
                     return "finished"
@@ -360,7 +345,7 @@ class _Worker:
 
     def _warm_start(self) -> None:
         """A new study starts from converge's own automatic choice (batch-size rule, LR range test, short
-        race: converge.tune.auto), queued as trial 0 with the epochs spent choosing it; the search then
+        race: converge.choose.auto), queued as trial 0 with the epochs spent choosing it; the search then
         samples around a configuration that already trains. Measured in bench/tune.py."""
         from converge.assembly import automatic_choice
 
@@ -466,15 +451,7 @@ class _Worker:
 
     # 3. export the best trial
     def export(self, wanted: int, status: str) -> dict:
-        from converge.tune.export import export_study
 
         return export_study(self.study, self.out, task=self.task, base=self.base, wanted=wanted, status=status,
                             storage_shown=self.spec.shown, options=self.options,
                             wall_seconds=time.monotonic() - self.started, print_fn=self.print)
-
-
-def _counts(trials) -> dict[str, int]:
-    counts = {"COMPLETE": 0, "PRUNED": 0, "RUNNING": 0, "WAITING": 0, "FAIL": 0}
-    for trial in trials:
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    return counts

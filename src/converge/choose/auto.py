@@ -46,7 +46,7 @@ from converge.engine import device as dev
 from converge.engine.objective import Objective, in_memory_constant_loss
 from converge.engine.optim import OPTIMIZERS
 from converge.status import Status
-from converge.tune.lr_find import RangeTest, lr_range_test
+from converge.choose.lr_find import RangeTest, lr_range_test
 
 TARGET_STEPS_PER_EPOCH = 50
 BATCH_RANGE = (16, 256)
