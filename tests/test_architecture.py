@@ -1,5 +1,6 @@
 """The layering written down in ARCHITECTURE.md holds: every import in src/converge (function-level ones
-included) goes to a lower layer, or to the same layer within the same package."""
+included) goes to a lower layer, or within its own package; and no two parts of the package (top-level
+modules and subpackages) import each other, directly or through others."""
 
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ def layer_of(module: str) -> tuple[int, str]:
 
 
 def package_of(prefix: str) -> str:
-    """The package a table entry belongs to: `tune.auto` and `tune.search` share `tune`; `config` sits with
-    the engine, whose layer it shares."""
-    name = prefix.split(".")[1] if "." in prefix else prefix
-    return {"config": "engine"}.get(name, name)
+    """The part a table entry or a module belongs to: its top-level module or subpackage (`tune.search` and
+    `tune.export` are both `tune`)."""
+    parts = prefix.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -96,5 +97,49 @@ def test_the_rule_catches_wrong_imports(tmp_path):
     bad.write_text("from converge.doctor import run\n\ndef later():\n    import converge.api\n")
     assert len(violations("converge.engine.bad", bad)) == 2
     sideways = tmp_path / "sideways.py"
-    sideways.write_text("from converge.tune.auto import choose_hyperparameters\n")
-    assert violations("converge.doctor.bad", sideways) and not violations("converge.tune.bad", sideways)
+    sideways.write_text("from converge.choose.auto import choose_hyperparameters\n")
+    assert violations("converge.doctor.bad", sideways) and not violations("converge.choose.bad", sideways)
+
+
+def part_graph(sources: list[Path]) -> dict[str, set[str]]:
+    """{part: the other parts it imports}, over every import of ``sources`` (function-level ones too)."""
+    graph: dict[str, set[str]] = {}
+    for path in sources:
+        source = package_of(module_name(path))
+        targets = {package_of(target) for _, target in imports(path)} - {source}
+        graph.setdefault(source, set()).update(targets)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of parts that reach each other through imports (strongly connected, more than one part)."""
+    reach = {}
+    for start in graph:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        reach[start] = seen
+    groups = {tuple(sorted({a} | {b for b in reach[a] if a in reach.get(b, ())})) for a in graph}
+    return sorted(list(g) for g in groups if len(g) > 1)
+
+
+def test_no_two_parts_import_each_other():
+    found = cycles(part_graph(SOURCES))
+    assert not found, f"parts that import each other: {found}"
+
+
+def test_the_cycle_check_can_fail():
+    assert cycles({"assembly": {"choose"}, "choose": {"engine"}, "engine": {"assembly"}, "io": set()}) == \
+        [["assembly", "choose", "engine"]]
+    assert cycles({"tune": {"assembly"}, "assembly": {"choose"}, "choose": set()}) == []
+
+
+def test_config_knows_every_optimizer_the_engine_builds():
+    """`config` checks optimizer names without importing the engine: the two lists must stay one."""
+    from converge.config import OPTIMIZER_NAMES
+    from converge.engine.optim import OPTIMIZERS
+
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES

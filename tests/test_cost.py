@@ -220,33 +220,33 @@ def test_baseline_from_the_first_epoch_equals_the_direct_computation(kind):
     x, y = _data(kind)
     expected = constant_prediction_loss(y[:180], trainer.objective)
     assert expected is not None
-    assert trainer.baseline_loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert trainer.judge.baseline_loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
     in_memory, _ = _run(kind, dataset=False, max_epochs=1)
-    assert in_memory.baseline_loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert in_memory.judge.baseline_loss == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 def test_the_guard_learns_the_baseline_with_the_diagnosis():
     # Targets in memory: the collapse test is on from the start; a Dataset's: from the end of the first epoch.
     in_memory, _ = _run("classification", dataset=False, max_epochs=1)
-    assert in_memory.guard.policy.baseline == pytest.approx(in_memory.baseline_loss)
+    assert in_memory.guard.policy.baseline == pytest.approx(in_memory.judge.baseline_loss)
     from_dataset, _ = _run("classification", dataset=True, max_epochs=2)
-    assert from_dataset.baseline_loss is not None
-    assert from_dataset.guard.policy.baseline == from_dataset.baseline_loss
-    assert from_dataset.guard.watch.state_dict()["policy"]["baseline"] == from_dataset.baseline_loss
+    assert from_dataset.judge.baseline_loss is not None
+    assert from_dataset.guard.policy.baseline == from_dataset.judge.baseline_loss
+    assert from_dataset.guard.watch.state_dict()["policy"]["baseline"] == from_dataset.judge.baseline_loss
 
 
 def test_resume_keeps_the_baseline(tmp_path):
     out = tmp_path / "run"
     trainer, _ = _run("classification", out=out, dataset=True, max_epochs=2)
     state = ckpt.load_checkpoint(out)[0]
-    assert state["baseline"]["loss"] == trainer.baseline_loss is not None
+    assert state["baseline"]["loss"] == trainer.judge.baseline_loss is not None
     x, y = _data("classification")
     config = make_config(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, max_epochs=3, device="cpu")
     fresh = assemble(_model("classification"), make_splits(Rows(x[:180], y[:180]), Rows(x[180:], y[180:])),
                      config, verbose=False).trainer
     fresh.load_state_dict(state)
-    assert fresh.baseline_loss == trainer.baseline_loss
-    assert fresh.target_stats is None  # the first epoch is over: only the value is kept, not the statistics
+    assert fresh.judge.baseline_loss == trainer.judge.baseline_loss
+    assert fresh.judge.target_stats is None  # the first epoch is over: only the value is kept, not the statistics
 
 
 # --- data-parallel: every rank rolls back to rank 0's checkpoint ----------------------------------------

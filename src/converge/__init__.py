@@ -4,7 +4,7 @@ from converge._version import __version__
 from converge.api import fit, resume_run, train_task
 from converge.config import TrainConfig
 from converge.doctor import Finding, diagnose, run_doctor
-from converge.engine.loop import FitResult
+from converge.engine.result import FitResult
 from converge.errors import ConvergeError
 from converge.io.weights import load_weights
 from converge.monitor import Monitor

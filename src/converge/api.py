@@ -16,7 +16,7 @@ from converge.config import TrainConfig
 from converge.console import Console
 from converge.data import make_splits
 from converge.engine.distributed import writes_run_folder
-from converge.engine.loop import FitResult
+from converge.engine.result import FitResult
 from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError
 from converge.io.runfolder import LR_FIND_DATA, RUN_INFO, RunFolder, lr_find_plot
@@ -160,8 +160,8 @@ def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int |
             out: str | Path | None = None, force: bool = False, standardize: bool = True) -> dict:
     """What `converge lr-find TASK` does: a range test per optimizer, its suggestion, and lr_find.png. The
     inputs are standardized as `converge train` would (``standardize``), so the suggestion is for them."""
-    from converge.tune.auto import choose_batch_size
-    from converge.tune.lr_find import lr_range_test, plot_range_test
+    from converge.choose.auto import choose_batch_size
+    from converge.choose.lr_find import lr_range_test, plot_range_test
 
     task = load_task(task_path)
     config = make_config(optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay, seed=seed,

@@ -9,7 +9,7 @@ through here. The steps, in order; bad input fails at the first of them, before 
    a resumed run standardizes exactly when its checkpoint says it did);
 3. the run folder (created only now, so bad input leaves nothing behind) with run.json, doctor.json
    and remedies.json;
-4. the automatic choice of every "auto" knob (`converge.tune.auto`; its finished stages are saved in
+4. the automatic choice of every "auto" knob (`converge.choose.auto`; its finished stages are saved in
    the folder, so a run killed while tuning does not tune twice);
 5. the recorder (what the run leaves behind) and the Trainer;
 6. resume: the checkpoint's state loaded, the logs put back in step with it.
@@ -33,7 +33,8 @@ from converge.console import Console, make_console
 from converge.data import TARGET_KEY, make_splits
 from converge.engine import device as dev
 from converge.engine.distributed import World, current_world
-from converge.engine.loop import FitResult, Trainer
+from converge.engine.loop import Trainer
+from converge.engine.result import FitResult
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, monitor_key, resolve_objective
 from converge.engine.recorder import RunRecorder
@@ -45,8 +46,8 @@ from converge.io.weights import weights_readable
 from converge.rng import seed_everything
 from converge.status import Status, is_final
 from converge.task import Task, check_task_args
-from converge.tune.auto import StageLog, Tuning, choose_hyperparameters
-from converge.tune.lr_find import plot_range_test
+from converge.choose.auto import StageLog, Tuning, choose_hyperparameters
+from converge.choose.lr_find import plot_range_test
 
 DOCTOR_OPTIONS = ("check", "fix", "drop_label_issues")
 
@@ -211,7 +212,7 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
             console.warning(f"{problem}; using {checkpoint.source.name}")
             trainer.add_event("checkpoint_fallback", problem=problem, used=checkpoint.source.name)
         trainer.add_event("resumed", checkpoint=checkpoint.source.name, epoch_done=trainer.epoch,
-                          batch=trainer.batch)
+                          batch=trainer.in_epoch.batch)
     return Run(trainer, prepared)
 
 

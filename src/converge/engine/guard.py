@@ -22,9 +22,11 @@ import statistics
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from converge.decide.divergence import Alarm, GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict
 from converge.engine.optim import WARMUP_BASE, current_lr, scale_lr
+from converge.engine.progress import EpochProgress
 
 CHECK_EVERY = 32          # batches per window: one host sync each
 GRAD_NORM_EVERY = 16      # optimizer steps between gradient-norm samples when clipping does not give it free
@@ -92,6 +94,22 @@ class DivergenceGuard:
         not change: a copy). The previous target is let go first."""
         self.good_state, self.good_folder = None, None
         self.good_state = state
+
+    def remember_now(self, *, model: nn.Module, optimizer, scaler, epoch: int, step: int, in_epoch: EpochProgress,
+                     start_weights: dict | None = None) -> None:
+        """Roll back to the state as it is now, copied to the CPU (the loop goes on changing the originals); the
+        old copy goes first: never two at once. ``start_weights``: the run's starting weights (a snapshot never
+        changed in place), taken as they are when the model still holds them. Under torchrun every rank takes
+        part (the epoch's loss is summed over the ranks)."""
+        self.remember({})
+        progress = {"epoch": epoch, "step": step, **in_epoch.position()}
+        target = copied({"optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "progress": progress}, "cpu")
+        weights = model.state_dict()
+        same = start_weights is not None and _same_tensors(weights, start_weights)
+        target["model"] = start_weights if same else copied(weights, "cpu")
+        self.remember(target)
 
     def remember_on_disk(self, folder) -> None:
         """Roll back to ``folder``'s newest checkpoint (a `RunFolder`; every checkpoint is a known-good state)."""
@@ -179,10 +197,13 @@ class DivergenceGuard:
         return statistics.median(self.recent_grad_norms) if self.recent_grad_norms else None
 
     # --- acting on an incident ------------------------------------------------------------------
-    def roll_back(self, incident: Incident, *, model, optimizer, scaler, min_lr: float) -> Rollback:
+    def roll_back(self, incident: Incident, *, model, optimizer, scaler, min_lr: float, epoch: int | None = None,
+                  in_epoch: EpochProgress | None = None) -> Rollback:
         """Back to the last known-good state, with a lower LR (its floor ``min_lr`` moves down with the
         cut: a blow-up may need an LR below the plateau rule's floor) and tighter clipping. LR cuts made
-        since that state stay made. Gives up after ``policy.max_rollbacks`` rollbacks in a row."""
+        since that state stay made. With ``in_epoch`` (the loop's position in epoch ``epoch``), the epoch's loss
+        sum is taken back with the state when it is of the same epoch, and the pass goes on past the offending
+        batch. Gives up after ``policy.max_rollbacks`` rollbacks in a row."""
         verdict = rollback_verdict(self.streak, self.policy)
         evidence = incident.evidence(current_lr(optimizer))
         kept = [(group["lr"], group.get(WARMUP_BASE)) for group in optimizer.param_groups]
@@ -196,6 +217,11 @@ class DivergenceGuard:
             group["lr"] = lr
             if base is not None:
                 group[WARMUP_BASE] = base
+        progress = state["progress"]
+        if in_epoch is not None:
+            same_epoch = progress["epoch"] == epoch and progress["batch"] > 0
+            in_epoch.restore(in_epoch.batch, progress["partial_loss"] if same_epoch else None,
+                             progress["partial_seen"] if same_epoch else 0)
         if verdict.give_up:
             return Rollback(evidence, state["progress"], gave_up=True, reason=verdict.reason)
         self.lr_scale *= verdict.lr_factor
@@ -203,8 +229,20 @@ class DivergenceGuard:
         previous_clip, self.clip_grad = self.clip_grad, clip_after_rollback(self.clip_grad, self.typical_grad_norm)
         self.streak += 1
         self.total += 1
+        if in_epoch is not None:
+            in_epoch.rollbacks += 1
+            in_epoch.batch = incident.batch + 1 if incident.batch is not None else 0
         return Rollback(evidence, state["progress"], gave_up=False, new_lr=new_lr, clip_grad=self.clip_grad,
                         previous_clip_grad=previous_clip)
+
+    def validation_incident(self, record: dict, monitor: str, step: int) -> Incident | None:
+        """Weights gone bad without a bad training loss (e.g. inf activations on validation inputs): the
+        epoch's validation loss or monitored value is not finite."""
+        if all(math.isfinite(record[key]) for key in ("val_loss", monitor)):
+            return None
+        alarm = Alarm("nonfinite", record["val_loss"], math.nan,
+                      f"the validation {monitor[4:]} became {record[monitor]}")
+        return Incident(alarm, None, step, None)
 
     def new_best(self, clean: bool) -> None:
         """A new best value: progress that needed no rescue (``clean``) ends a streak of rollbacks."""
@@ -235,6 +273,11 @@ def copied(value, device: torch.device | str | None = None):
     if isinstance(value, (list, tuple)):
         return type(value)(copied(item, device) for item in value)
     return value
+
+
+def _same_tensors(state: dict, other: dict) -> bool:
+    return state.keys() == other.keys() and all(
+        isinstance(v, torch.Tensor) and v.shape == other[k].shape and torch.equal(v, other[k]) for k, v in state.items())
 
 
 def _finite_or_text(value: float | None) -> float | str | None:

@@ -9,8 +9,10 @@ Per epoch:
    keep the best weights, cut the LR, or stop;
 4. tell the recorder (`converge.engine.recorder`) and checkpoint.
 
-The host reads values once per epoch and once per guard window; nothing per step. A stop is always
-`_stop(status, reason)`: the status type (`converge.status`) knows its exit code and wording.
+At the end the kept weights are loaded and the run's judge (`converge.engine.judge`) concludes: the
+yardsticks, the fit on the training split, the diagnosis. The host reads values once per epoch and once per
+guard window; nothing per step. A stop is always `_stop(status, reason)`: the status type
+(`converge.status`) knows its exit code and wording.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,20 +28,21 @@ from torch import nn
 from converge.config import TrainConfig
 from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
-from converge.decide.cadence import checkpoint_due
-from converge.decide.diagnosis import diagnose_run, live_findings, needs_reference
-from converge.decide.divergence import Alarm, GuardPolicy
+from converge.decide.divergence import GuardPolicy
 from converge.decide.plateau import negligible_gain
 from converge.engine import device as dev
+from converge.engine.clock import RunClock
 from converge.engine.distributed import current_world
-from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident, copied
-from converge.engine.objective import (Objective, TargetStats, in_memory_constant_loss, monitor_key, scores_of,
-                                       targets_in_memory)
-from converge.engine.optim import build_optimizer, current_lr, warm_up
+from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
+from converge.engine.evaluation import evaluate
+from converge.engine.judge import RunJudge
+from converge.engine.objective import Objective, in_memory_constant_loss, monitor_key, scores_of
+from converge.engine.progress import EpochProgress
+from converge.engine.optim import build_optimizer, current_lr, optimizer_step, warm_up
 from converge.engine.recorder import RunRecorder
-from converge.engine.reference import reference_loss
+from converge.engine.result import FitResult
 from converge.engine.signals import StopSignals
-from converge.engine.verdict import apply_verdict, lr_at_minimum
+from converge.engine.verdict import decide_epoch
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
 from converge.io.weights import snapshot
@@ -51,24 +52,9 @@ from converge.status import Status, is_final
 PROGRESS_UPDATES_PER_EPOCH = 25
 
 
-@dataclass
-class FitResult:
-    """What a run hands back: the model with its best weights loaded, the summary and the history."""
-
-    model: nn.Module
-    summary: dict
-    history: list[dict] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)
-    run_dir: Path | None = None
-
-    @property
-    def status(self) -> str:
-        return self.summary["status"]
-
-
 class Trainer:
     """Trains ``model`` on ``splits`` with every knob of ``config`` set (choose "auto" ones first:
-    `converge.tune`). ``recorder`` receives everything that happened (default: memory only, silent);
+    `converge.choose`). ``recorder`` receives everything that happened (default: memory only, silent);
     ``epoch_judge`` (a search's pruner) sees every epoch's record after the run's own decisions and may
     stop it with a reason; ``restore_best`` loads the best weights at the end; ``started``: when the command
     that runs it started (``time.monotonic()``), so the run's wall time includes its set-up."""
@@ -78,7 +64,7 @@ class Trainer:
                  restore_best: bool = True, tuning_epochs: float = 0.0, started: float | None = None,
                  max_steps: int | None = None) -> None:
         if config.auto_knobs:
-            raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.tune)")
+            raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.choose)")
         self.config, self.objective = config, objective
         self.record = recorder or RunRecorder()
         self.console = self.record.console
@@ -110,26 +96,15 @@ class Trainer:
         # The counters the loop owns.
         self.epoch = 0            # finished epochs
         self.step = 0             # optimizer steps
-        self.batch = 0            # next batch inside an unfinished epoch (0 at an epoch boundary)
-        self.partial_loss: torch.Tensor | None = None   # the epoch's loss summed so far, on the device
-        self.partial_seen = 0
-        self.epoch_rollbacks = 0
+        self.in_epoch = EpochProgress(self.device, self.world)  # the next batch, the loss summed so far
         self.best_state = snapshot(self.model.state_dict())
         self.best_record: dict = {}
         self.status: Status | None = None
         self.stop_reason = ""
-        self.started = time.monotonic() if started is None else started
-        self.elapsed_before = 0.0  # wall time of the commands that ran this run before it was resumed
-        self.trained_before = 0.0  # of which in the training loop
-        self._last_checkpoint = time.monotonic()
-        self._checkpoint_cost: float | None = None   # seconds the last checkpoint cost the loop
+        self.clock = RunClock(started)
         self._resumed = False     # the state came from the run folder's checkpoint (load_state_dict)
         self._main_writes = False  # this process, or rank 0, writes a run folder (set by run())
-        # The constant-prediction baseline ("the model learned nothing"): from the targets of the first
-        # training epoch, summed in the loop (or read directly from targets held in memory).
-        self.baseline_loss: float | None = None
-        in_memory = targets_in_memory(self.splits["train"])
-        self.target_stats = TargetStats(objective) if in_memory is None and objective.known_loss else None
+        self.judge = RunJudge(self.splits, objective, seed=config.seed)  # the yardsticks and the diagnosis
 
     @property
     def history(self) -> list[dict]:
@@ -141,7 +116,7 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> FitResult:
-        self._run_started = time.monotonic()
+        self.clock.start_loop()
         self._main_writes = self.record.folder is not None
         if self.world is not None:  # rank 0 writes the folder; the others learn whether there is one
             self._main_writes = bool(self.world.object_from_main(self._main_writes))
@@ -171,7 +146,7 @@ class Trainer:
                     self._end_epoch(train_loss)
             return self._finish()
         finally:
-            self.trained_before = self._train_seconds()  # a later run() (the race's extend) adds to it
+            self.clock.stop_loop()
             self.console.close()
             self.record.close()
 
@@ -188,7 +163,7 @@ class Trainer:
 
     def _interrupted(self, signals: StopSignals) -> None:
         self._stop(Status.INTERRUPTED, f"stopped by {signals.requested}; continue with `converge resume`",
-                   batch=self.batch)
+                   batch=self.in_epoch.batch)
 
     def _train_epoch(self, signals: StopSignals) -> float | None:
         """One pass over the training split. Returns the mean training loss, or None when the run must stop
@@ -196,10 +171,9 @@ class Trainer:
         divergence guard gave up)."""
         cfg, epoch = self.config, self.epoch + 1
         self._epoch_started = time.monotonic()
-        if self.batch == 0:
+        if self.in_epoch.batch == 0:
             seed_everything(epoch_seed(cfg.seed, epoch))
-            self.partial_loss, self.partial_seen = None, 0
-            self.epoch_rollbacks = 0
+            self.in_epoch.begin()
         follow_schedule = getattr(self.objective.loss_fn, "set_lr_cuts", None)
         if follow_schedule is not None:  # a loss that changes with the schedule (deferred re-weighting)
             follow_schedule(self.tracker.total_cuts)
@@ -207,34 +181,30 @@ class Trainer:
             self._remember_start()  # the start (or resume point) is known-good
         train = self.splits["train"]
         total = train.num_batches(cfg.batch_size, train=True)
-        self.console.start_epoch(epoch, total, completed=self.batch)
+        self.console.start_epoch(epoch, total, completed=self.in_epoch.batch)
         outcome = "rolled_back"
         while outcome == "rolled_back":  # after a rollback the pass goes on past the offending batch
             outcome = self._train_batches(signals, total, epoch)
         if outcome == "stop":
             return None
-        total_loss, seen = self._epoch_sums()
-        loss = float(total_loss / seen) if seen else None  # sync point: once per epoch
-        self.batch, self.partial_loss, self.partial_seen = 0, None, 0
-        if seen == 0 and not self.epoch_rollbacks:
+        loss, seen = self.in_epoch.end()  # sync point: once per epoch
+        if seen == 0 and not self.in_epoch.rollbacks:
             raise ConvergeError("the train split produced no batches")
         return loss if loss is not None else math.nan
 
     def _train_batches(self, signals: StopSignals, total: int | None, epoch: int) -> str:
-        """Train from batch ``self.batch`` to the end of the epoch. Returns "done", "stop" or "rolled_back"."""
-        cfg = self.config
+        """Train from the epoch's next batch to its end. Returns "done", "stop" or "rolled_back"."""
+        cfg, progress = self.config, self.in_epoch
         report_every = max(1, (total or 1000) // PROGRESS_UPDATES_PER_EPOCH)
-        if self.partial_loss is None:
-            self.partial_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        loss_sum, seen = self.partial_loss, self.partial_seen
+        loss_sum, seen = progress.running_sum(), progress.seen
         model, scaler, objective, guard = self.train_model, self.scaler, self.objective, self.guard
         accumulate = cfg.accumulate
-        stats = self.target_stats if self.epoch == 0 else None  # the first epoch's targets make the baseline
+        stats = self.judge.target_stats if self.epoch == 0 else None  # the first epoch's targets: the baseline
         model.train()
         pending_step = False
-        batches = self.splits["train"].batches(cfg.batch_size, seed=epoch_seed(cfg.seed, epoch), start=self.batch,
-                                               world=self.world)
-        for index, (inputs, targets) in enumerate(batches, start=self.batch):
+        batches = self.splits["train"].batches(cfg.batch_size, seed=epoch_seed(cfg.seed, epoch),
+                                               start=progress.batch, world=self.world)
+        for index, (inputs, targets) in enumerate(batches, start=progress.batch):
             with dev.autocast(cfg.amp, self.device):
                 outputs, loss = objective.forward(model, inputs, targets)
             if stats is not None:
@@ -255,7 +225,7 @@ class Trainer:
                 continue
             self._optimizer_step()
             pending_step = False
-            self.batch, self.partial_seen = index + 1, seen
+            progress.batch, progress.seen = index + 1, seen
             if self.max_steps is not None and self.step >= self.max_steps:
                 break  # the budget ends the epoch here (it is then validated as usual)
             if guard is not None and guard.due and (outcome := self._guard_check()):
@@ -269,30 +239,18 @@ class Trainer:
                 self._checkpoint()
         if pending_step:  # a DataLoader without len(): the last micro-batches still need their step
             self._optimizer_step()
-        self.partial_seen = seen
+        progress.seen = seen
         if guard is not None and (outcome := self._guard_check()):
             return outcome
         return "done"
 
     def _optimizer_step(self) -> None:
-        cfg, optimizer, scaler, guard = self.config, self.optimizer, self.scaler, self.guard
+        cfg, guard = self.config, self.guard
         clip = guard.clip_grad if guard is not None else cfg.clip_grad
         if self.step < cfg.warmup_steps:
-            warm_up(optimizer, self.step, cfg.warmup_steps)
-        grad_norm = None
-        if scaler is not None:
-            if clip is not None:
-                scaler.unscale_(optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            if clip is not None:
-                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            elif guard is not None and guard.wants_grad_norm(self.step):
-                grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            warm_up(self.optimizer, self.step, cfg.warmup_steps)
+        wants_norm = guard is not None and clip is None and self.scaler is None and guard.wants_grad_norm(self.step)
+        grad_norm = optimizer_step(self.model, self.optimizer, self.scaler, clip=clip, measure_norm=wants_norm)
         self.step += 1
         if guard is not None:
             guard.record_step(self.step, grad_norm)
@@ -304,29 +262,9 @@ class Trainer:
         that all of them stop, or checkpoint, after the same step."""
         if self.world is not None and index is not None and (index + 1) % CHECK_EVERY:
             return False, False
-        stop = signals.requested is not None
-        due = index is not None and checkpoint_due(time.monotonic() - self._last_checkpoint, self._checkpoint_cost,
-                                                   floor=self.config.checkpoint_seconds)
-        if self.world is None:
-            return stop, due
-        stop, due = self.world.any_flags([stop, due], self.device)
-        if stop and signals.requested is None:
-            signals.requested = "a stop request to another process"
-        return stop, due
-
-    def _epoch_sums(self) -> tuple[torch.Tensor, int]:
-        """The loss summed over the epoch so far and the samples it covers, over every rank's slices."""
-        if self.world is None:
-            return self.partial_loss, self.partial_seen
-        seen = torch.tensor(float(self.partial_seen), dtype=torch.float64, device=self.device)
-        summed = self.world.sum_(torch.stack([self.partial_loss, seen]))
-        return summed[0], int(summed[1])
-
-    def _keep_share(self) -> None:
-        """A checkpoint inside an epoch holds the loss summed over all ranks: rank 0 takes the whole sum
-        back, the others start from zero."""
-        if self.world is not None and not self.world.is_main and self.partial_loss is not None:
-            self.partial_loss, self.partial_seen = torch.zeros_like(self.partial_loss), 0
+        due = index is not None and self.record.checkpoint_due(floor=self.config.checkpoint_seconds)
+        (due,) = signals.agree(self.world, self.device, [due])
+        return signals.requested is not None, due
 
     # --- the divergence guard -------------------------------------------------------------------------
     def _guard_check(self) -> str | None:
@@ -339,56 +277,27 @@ class Trainer:
     def _roll_back(self, incident: Incident) -> bool:
         """Undo a blow-up and go on past the offending batch; False when the guard gives up (diverged)."""
         done = self.guard.roll_back(incident, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
-                                    min_lr=self.config.min_lr)
-        progress = done.progress
-        self.step = progress["step"]
-        same_epoch = progress["epoch"] == self.epoch and progress["batch"] > 0
-        partial = progress["partial_loss"] if same_epoch else None
-        self.partial_loss = partial.to(self.device) if partial is not None else None
-        self.partial_seen = progress["partial_seen"] if same_epoch else 0
-        self._keep_share()
+                                    min_lr=self.config.min_lr, epoch=self.epoch, in_epoch=self.in_epoch)
+        self.step = done.progress["step"]
         alarm = incident.alarm
         if done.gave_up:
             self._stop(Status.DIVERGED, f"{alarm.reason} at step {incident.step} and the guard {done.reason}; "
                                         f"the best weights (epoch {self.tracker.best_epoch}) are kept",
                        rollbacks=self.guard.total, **done.evidence)
             return False
-        self.epoch_rollbacks += 1
-        self.batch = incident.batch + 1 if incident.batch is not None else 0
         self._event("rollback", reason=alarm.reason, **done.evidence, to_step=self.step, new_lr=done.new_lr,
                     clip_grad=done.clip_grad, previous_clip_grad=done.previous_clip_grad,
-                    skipped_to_batch=self.batch, rollbacks_in_a_row=self.guard.streak)
+                    skipped_to_batch=self.in_epoch.batch, rollbacks_in_a_row=self.guard.streak)
         where = f"batch {incident.batch}" if incident.batch is not None else "validation"
         self.console.warning(f"{alarm.reason} (epoch {self.epoch + (incident.batch is not None)}, {where}); "
                              f"rolled back to step {self.step}, LR {done.evidence['lr']:.3g} -> {done.new_lr:.3g}")
         return True
 
     # --- the end of an epoch --------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, split_name: str, prefix: str = "") -> dict[str, float]:
-        """Mean loss and metrics over a split: each batch's values weighted by what counts in it (its samples,
-        or its tokens that are not padding); then the values derived from the means (perplexity)."""
-        split, model, objective = self.splits[split_name], self.model, self.objective
-        was_training = model.training
-        model.eval()
-        sums = torch.zeros(1 + len(objective.metric_fns), dtype=torch.float64, device=self.device)
-        seen = 0
-        for inputs, targets in split.batches(self.config.batch_size):
-            with dev.autocast(self.config.amp, self.device):
-                outputs, loss = objective.forward(model, inputs, targets)
-                values = [loss]
-                values += [fn(outputs, targets) for fn in objective.metric_fns.values()]
-            weight = objective.weight(targets)
-            sums += torch.stack([torch.as_tensor(v, device=self.device).double().reshape(()) for v in values]) * weight
-            seen = seen + weight
-        model.train(was_training)
-        total = seen.clamp(min=1) if isinstance(seen, torch.Tensor) else max(seen, 1)
-        means = (sums / total).tolist()  # sync point: once per evaluation
-        if self.world is not None:  # decisions read these: every rank must read rank 0's numbers
-            means = self.world.from_main(means, self.device)
-        values = dict(zip(["loss", *objective.metric_fns], means))
-        values.update({name: fn(values) for name, fn in objective.derived.items()})
-        return {f"{prefix}{name}": value for name, value in values.items()}
+        """Mean loss and metrics over a split (`converge.engine.evaluation`)."""
+        return evaluate(self.model, self.splits[split_name], self.objective, batch_size=self.config.batch_size,
+                        amp=self.config.amp, device=self.device, world=self.world, prefix=prefix)
 
     def _end_epoch(self, train_loss: float) -> None:
         self.epoch += 1
@@ -396,15 +305,13 @@ class Trainer:
             self._learn_baseline()
         lr = current_lr(self.optimizer)
         record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": train_loss,
-                  **self.evaluate("val", prefix="val_"), "rollbacks": self.epoch_rollbacks,
+                  **self.evaluate("val", prefix="val_"), "rollbacks": self.in_epoch.rollbacks,
                   "seconds": round(time.monotonic() - self._epoch_started, 4)}
         self.record.add_epoch(record)
         notes = []
-        if self.guard is not None and not all(math.isfinite(record[k]) for k in ("val_loss", self.monitor_key)):
-            # The weights went bad without a bad training loss (e.g. inf activations on validation inputs).
-            alarm = Alarm("nonfinite", record["val_loss"], math.nan,
-                          f"the validation {self.monitor_key[4:]} became {record[self.monitor_key]}")
-            notes.append("rolled back" if self._roll_back(Incident(alarm, None, self.step, None)) else "diverged")
+        incident = self.guard.validation_incident(record, self.monitor_key, self.step) if self.guard else None
+        if incident is not None:
+            notes.append("rolled back" if self._roll_back(incident) else "diverged")
         if self.status is None:
             notes += self._decide(record, lr)
         if self.status is None:
@@ -424,32 +331,19 @@ class Trainer:
                                         f"the best weights (epoch {self.tracker.best_epoch}) are kept",
                        train_loss=record["train_loss"], lr=lr)
             return ["diverged"]
-        value, previous_best, min_lr = record[self.monitor_key], self.tracker.best, self._min_lr()
-        at_minimum = lr_at_minimum(self.optimizer, factor=self.config.lr_factor, min_lrs=min_lr)
-        verdict = self.tracker.update(value, lr_at_minimum=at_minimum)
-        applied = apply_verdict(verdict, model=self.model, optimizer=self.optimizer, factor=self.config.lr_factor,
-                                min_lrs=min_lr)
-        notes = []
-        if verdict.new_best:
+        decision = decide_epoch(record, monitor=self.monitor_key, tracker=self.tracker, model=self.model,
+                                optimizer=self.optimizer, factor=self.config.lr_factor, min_lrs=self._min_lr(),
+                                event=self._event)
+        if decision.applied.best_state is not None:
             if self.guard is not None:
-                self.guard.new_best(clean=self.epoch_rollbacks == 0)
-            self.best_state = applied.best_state
+                self.guard.new_best(clean=self.in_epoch.rollbacks == 0)
+            self.best_state = decision.applied.best_state
             self.best_record = {k: v for k, v in record.items() if k.startswith("val_")}
             self.record.save_best(self.best_state)
-            self._event("new_best", monitor=self.monitor_key, value=value,
-                        previous=previous_best if math.isfinite(previous_best) else None,
-                        significant=verdict.significant)
-            notes.append("new best")
-        if verdict.reduce_lr:
-            self._event("lr_reduced", old_lr=lr, new_lr=applied.lrs_after[0], reason=verdict.reason,
-                        bad_epochs=verdict.bad_epochs, best=self.tracker.best, best_epoch=self.tracker.best_epoch)
-            notes.append(f"lr -> {applied.lrs_after[0]:.3g}")
-        if verdict.stop:
-            status = Status.DIVERGED if verdict.diverged else Status.CONVERGED
-            self._stop(status, verdict.reason, bad_epochs=verdict.bad_epochs, lr=lr, best=self.tracker.best,
-                       best_epoch=self.tracker.best_epoch)
-            notes.append(status.value)
-        return notes
+        if decision.stop is not None:
+            status, reason, evidence = decision.stop
+            self._stop(status, reason, **evidence)
+        return decision.notes
 
     def _min_lr(self) -> float:
         """The LR floor of plateau cuts; the guard's rollbacks move it down with their cuts."""
@@ -457,12 +351,10 @@ class Trainer:
 
     def _live_diagnosis(self) -> list[str]:
         """Tell a problem (overfitting, an LR too high) the first epoch it shows, not only at the end."""
-        told = {e.get("code") for e in self.events if e.get("event") == "diagnosis"}
         notes = []
-        for found in live_findings(self.history, self.events, weight_decay=self.config.weight_decay):
-            if found.code not in told:
-                self._event("diagnosis", code=found.code, message=found.message, fix=found.fix)
-                notes.append(found.code)
+        for found in self.judge.new_live_findings(self.history, self.events, weight_decay=self.config.weight_decay):
+            self._event("diagnosis", code=found.code, message=found.message, fix=found.fix)
+            notes.append(found.code)
         return notes
 
     def add_event(self, kind: str, /, **values) -> None:
@@ -482,59 +374,25 @@ class Trainer:
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
                         value=self.tracker.best)
         test = self.evaluate("test") if "test" in self.splits and finished else None
-        fit = self._fit_values() if finished else None
         summary = self._summary(test)
-        if fit is not None:
-            summary["train"] = {k[len("train_"):]: v for k, v in fit.items() if k.startswith("train_")}
-        summary["diagnosis"] = [f.to_dict() for f in self._diagnosis(fit, summary)] if finished else []
+        summary.update(self.judge.conclude(
+            evaluate=self.evaluate, history=self.history, events=self.events, status=self.status,
+            config=self.config, monitor=self.monitor_key, best_record=self.best_record, epoch=self.epoch,
+            world=self.world) if finished else {"diagnosis": []})
         summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)
         return FitResult(self.model, summary, list(self.history), list(self.events), self.record.run_dir)
 
     def _learn_baseline(self) -> None:
-        """After the first epoch (every rank): the constant-prediction loss of the training targets."""
-        if not self.objective.known_loss:
+        """After the first epoch (every rank): the constant prediction's loss, which the guard's collapse test
+        and the plateau's negligible gain also use."""
+        baseline = self.judge.learn_baseline(self.world)
+        if baseline is None:
             return
-        if self.target_stats is None:
-            self.baseline_loss = in_memory_constant_loss(self.splits["train"], self.objective)
-        else:
-            self.baseline_loss = self.target_stats.loss(self.world)
-            self.target_stats = None  # its job is done; the value is kept (and checkpointed)
         if self.guard is not None:
-            self.guard.know_baseline(self.baseline_loss)
-        floor = negligible_gain(self.baseline_loss) if self.monitor_key == "val_loss" else 0.0
+            self.guard.know_baseline(baseline)
+        floor = negligible_gain(baseline) if self.monitor_key == "val_loss" else 0.0
         if floor > self.tracker.policy.min_delta:  # the policy is checkpointed with the tracker
             self.tracker.policy = dataclasses.replace(self.tracker.policy, min_delta=floor)
-
-    def _fit_values(self) -> dict | None:
-        """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
-        the diagnosis's generalization gap. One pass over the training split at the end; not for a stream,
-        nor for a loss without a known meaning (a race's arms)."""
-        if not self.objective.known_loss or getattr(self.splits["train"], "stream", False):
-            return None
-        return {**self.evaluate("train", prefix="train_"), **self.best_record}
-
-    def _diagnosis(self, fit: dict | None = None, summary: dict | None = None):
-        """The findings; ``summary`` (when given) receives the yardsticks they were judged against."""
-        cfg = self.config
-        if self.baseline_loss is None and self.target_stats is None and self.epoch >= 1:
-            self._learn_baseline()  # targets in memory, a checkpoint from before the baseline was kept
-        baseline = self.baseline_loss
-        wanted = needs_reference(self.history, fit, baseline)
-        reference = reference_loss(self.splits, self.objective, seed=cfg.seed) if wanted else None
-        if summary is not None and baseline is not None:
-            summary["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
-        return diagnose_run(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
-                            patience=cfg.patience, max_epochs=cfg.max_epochs, weight_decay=cfg.weight_decay,
-                            baseline_loss=baseline, fit=fit, reference_loss=reference)
-
-    def _wall_seconds(self) -> float:
-        """The run's wall time so far: this command's since it started (set-up, tuning, doctor, training)
-        and the earlier commands' when it was resumed."""
-        return self.elapsed_before + time.monotonic() - self.started
-
-    def _train_seconds(self) -> float:
-        """Of the wall time, the part spent in the training loop."""
-        return self.trained_before + time.monotonic() - self._run_started
 
     def _summary(self, test: dict | None) -> dict:
         cfg = self.config
@@ -556,8 +414,8 @@ class Trainer:
             "task_kind": self.objective.kind,
             "task_description": self.objective.description,
             "device": str(self.device),
-            "wall_seconds": round(self._wall_seconds(), 3),
-            "train_seconds": round(self._train_seconds(), 3),
+            "wall_seconds": round(self.clock.wall_seconds(), 3),
+            "train_seconds": round(self.clock.train_seconds(), 3),
             "config": cfg.to_dict(),
         }
         if test is not None:
@@ -575,17 +433,16 @@ class Trainer:
             "tracker": self.tracker.state_dict(),
             "guard": self.guard.state_dict() if self.guard is not None else None,
             "best_model": self.best_state,
-            "baseline": {"loss": self.baseline_loss,
-                         "targets": self.target_stats.state_dict() if self.target_stats is not None else None},
+            "baseline": self.judge.state_dict(),
             "best_record": self.best_record,
-            "progress": {"epoch": self.epoch, "step": self.step, "batch": self.batch,
-                         "partial_loss": self.partial_loss, "partial_seen": self.partial_seen,
-                         "epoch_rollbacks": self.epoch_rollbacks,
+            "progress": {"epoch": self.epoch, "step": self.step, "batch": self.in_epoch.batch,
+                         "partial_loss": self.in_epoch.loss_sum, "partial_seen": self.in_epoch.seen,
+                         "epoch_rollbacks": self.in_epoch.rollbacks,
                          "stream_position": getattr(self.splits["train"], "position", 0),
                          "status": self.status.value if self.status is not None else None,
                          "stop_reason": self.stop_reason, "tuning_epochs": self.tuning_epochs,
-                         "wall_seconds": wall_seconds if wall_seconds is not None else self.elapsed_before,
-                         "train_seconds": train_seconds if train_seconds is not None else self.trained_before},
+                         "wall_seconds": wall_seconds if wall_seconds is not None else self.clock.wall_before,
+                         "train_seconds": train_seconds if train_seconds is not None else self.clock.trained_before},
             "rng": capture_rng(),
             "history": self.history,
             "logs": {"events": self.events},
@@ -604,38 +461,25 @@ class Trainer:
             self.guard.load_state_dict(state["guard"])
         self.best_state = {k: v.to(self.device) for k, v in state["best_model"].items()}
         self.best_record = dict(state["best_record"])
-        baseline = state.get("baseline") or {}  # older checkpoints: learned again in the next first epoch
-        self.baseline_loss = baseline.get("loss")
-        if self.target_stats is not None and baseline.get("targets") is not None:
-            self.target_stats.load_state_dict(baseline["targets"])
-            sums = self.target_stats.sums
-            self.target_stats.sums = sums.to(self.device) if sums is not None else None
-        elif self.target_stats is not None and self.baseline_loss is not None:
-            self.target_stats = None
+        self.judge.load_state_dict(state.get("baseline") or {}, self.device)
         progress = state["progress"]
-        self.epoch, self.step, self.batch = progress["epoch"], progress["step"], progress["batch"]
-        partial = progress["partial_loss"]
-        self.partial_loss = partial.to(self.device) if partial is not None else None
-        self.partial_seen = progress["partial_seen"]
-        self._keep_share()
-        self.epoch_rollbacks = int(progress.get("epoch_rollbacks", 0))
+        self.epoch, self.step = progress["epoch"], progress["step"]
+        self.in_epoch.restore(progress["batch"], progress["partial_loss"], progress["partial_seen"])
+        self.in_epoch.rollbacks = int(progress.get("epoch_rollbacks", 0))
         if getattr(self.splits["train"], "stream", False):
             self.splits["train"].position = int(progress.get("stream_position", 0))
         final = is_final(progress["status"], self.epoch, self.config.max_epochs)
         self.status = Status(progress["status"]) if final else None
         self.stop_reason = progress["stop_reason"] if final else ""
         self.tuning_epochs = float(progress.get("tuning_epochs", 0.0))
-        self.elapsed_before = float(progress["wall_seconds"] or 0.0)
-        self.trained_before = float(progress.get("train_seconds") or 0.0)
+        self.clock.load(progress["wall_seconds"], progress.get("train_seconds"))
         self.record.load(state["history"], state["logs"]["events"])
         restore_rng(state["rng"])
         self._resumed = True
 
     def _checkpoint_state(self) -> dict:
-        state = self.state_dict(self._wall_seconds(), self._train_seconds())
-        if self.world is not None and self.partial_loss is not None:
-            # A checkpoint inside an epoch holds the loss summed so far over all ranks (rank 0 writes it).
-            state["progress"]["partial_loss"], state["progress"]["partial_seen"] = self._epoch_sums()
+        state = self.state_dict(self.clock.wall_seconds(), self.clock.train_seconds())
+        state["progress"].update(self.in_epoch.position())  # summed over all ranks (rank 0 writes it)
         return state
 
     def _checkpoint(self, *, final: bool = False) -> None:
@@ -648,18 +492,14 @@ class Trainer:
         folder, guard = self.record.folder, self.guard
         if folder is None:
             if guard is not None and not self._main_writes:
-                guard.remember(self._rollback_copy())
-            elif self._main_writes and self.world is not None and self.partial_loss is not None:
-                self._epoch_sums()  # rank 0's checkpoint sums the epoch's loss over all ranks
+                self._remember_copy()
+            elif self._main_writes:
+                self.in_epoch.sums()  # rank 0's checkpoint sums the epoch's loss over all ranks (a collective)
             return
         state = self._checkpoint_state()
-        if final or checkpoint_due(time.monotonic() - self._last_checkpoint, self._checkpoint_cost):
-            started = time.monotonic()
-            if self.record.save_checkpoint(state, wait=final):
-                self._last_checkpoint = time.monotonic()
-                self._checkpoint_cost = self._last_checkpoint - started
-                if guard is not None:
-                    guard.remember_on_disk(folder)
+        if (final or self.record.checkpoint_due()) and self.record.save_checkpoint(state, wait=final):
+            if guard is not None:
+                guard.remember_on_disk(folder)
 
     def _remember_start(self) -> None:
         """The guard's first target: the checkpoint resumed from, or (before the first checkpoint) a copy
@@ -667,29 +507,13 @@ class Trainer:
         if self._resumed and self.record.folder is not None:
             self.guard.remember_on_disk(self.record.folder)
         elif not (self.guard.from_main and not self.world.is_main):
-            self.guard.remember(self._rollback_copy())
+            self._remember_copy()
 
-    def _rollback_copy(self) -> dict:
-        """What the guard needs to roll back, copied to the CPU (the loop goes on changing the originals)."""
-        self.guard.remember({})  # the old copy goes first: never two at once
-        progress = {"epoch": self.epoch, "step": self.step, "batch": self.batch,
-                    "partial_loss": self.partial_loss, "partial_seen": self.partial_seen}
-        if self.world is not None and self.partial_loss is not None:
-            progress["partial_loss"], progress["partial_seen"] = self._epoch_sums()
-        target = copied({"optimizer": self.optimizer.state_dict(),
-                         "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                         "progress": progress}, "cpu")
-        weights = self.model.state_dict()
-        if self.step == 0 and _same_tensors(weights, self.best_state):
-            target["model"] = self.best_state  # the start: the best weights are these (never changed in place)
-        else:
-            target["model"] = copied(weights, "cpu")
-        return target
-
-
-def _same_tensors(state: dict, other: dict) -> bool:
-    return state.keys() == other.keys() and all(
-        isinstance(v, torch.Tensor) and v.shape == other[k].shape and torch.equal(v, other[k]) for k, v in state.items())
+    def _remember_copy(self) -> None:
+        """Make the state as it is now the guard's rollback target (a copy on the CPU)."""
+        self.guard.remember_now(model=self.model, optimizer=self.optimizer, scaler=self.scaler, epoch=self.epoch,
+                                step=self.step, in_epoch=self.in_epoch,
+                                start_weights=self.best_state if self.step == 0 else None)
 
 
 def _rows(targets) -> int:

@@ -45,7 +45,7 @@ class OptimizerSpec:
 
     Cost: with ``--optimizer auto`` every entry is tried, so each one adds an LR range test (at most 100
     steps) and two arms of the race (the suggested LR and a third of it, rungs of about 40 steps) to every
-    automatic choice (converge.tune.auto)."""
+    automatic choice (converge.choose.auto)."""
 
     build: Callable[[list[dict], float], torch.optim.Optimizer]   # (parameter groups, lr) -> optimizer
     default_lr: float            # when the range test gives no usable evidence
@@ -158,3 +158,25 @@ def warm_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> N
     fraction = min(1.0, (step + 1) / warmup_steps)
     for group in optimizer.param_groups:
         group["lr"] = group.setdefault(WARMUP_BASE, group["lr"]) * fraction
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler, *, clip: float | None,
+                   measure_norm: bool = False) -> torch.Tensor | None:
+    """One step on the accumulated gradients, then zero them: unscaled first under fp16 AMP (``scaler``),
+    their norm clipped to ``clip``. Returns the gradient norm when it was measured (clipping, or
+    ``measure_norm`` without a scaler), on the device: no sync."""
+    grad_norm = None
+    if scaler is not None:
+        if clip is not None:
+            scaler.unscale_(optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if clip is not None:
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+        elif measure_norm:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm

@@ -10,11 +10,13 @@ only keeps the record in memory and prints.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
 
 from converge.console import Console
+from converge.decide.cadence import checkpoint_due
 from converge.lazy import preload
 from converge.io.atomic import atomic_write_bytes
 from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY, TENSORBOARD_DIR, RunFolder
@@ -40,6 +42,8 @@ class RunRecorder:
         self._tensorboard = None
         self._mlflow_wanted = mlflow
         self._mlflow = None
+        self._last_checkpoint = time.monotonic()
+        self._checkpoint_cost: float | None = None   # seconds the last checkpoint cost the training loop
 
     @property
     def run_dir(self):
@@ -105,12 +109,22 @@ class RunRecorder:
             self.folder.write_later(BEST_WEIGHTS, lambda path: write_weights(
                 path, export(best_state) if export is not None else best_state))
 
+    def checkpoint_due(self, *, floor: float = 0.0) -> bool:
+        """Whether a checkpoint is due now: its cost is kept to a small share of the training time
+        (`converge.decide.cadence`); ``floor``: the fewest seconds since the last one."""
+        return checkpoint_due(time.monotonic() - self._last_checkpoint, self._checkpoint_cost, floor=floor)
+
     def save_checkpoint(self, state: dict, *, wait: bool = False) -> bool:
         """Hand ``state`` to the folder's writer (see `RunFolder.write_checkpoint_later`); False when it was
         skipped because the previous checkpoint is still being written."""
         if self.folder is None:
             return False
-        return self.folder.write_checkpoint_later(state, wait=wait)
+        started = time.monotonic()
+        if not self.folder.write_checkpoint_later(state, wait=wait):
+            return False
+        self._last_checkpoint = time.monotonic()
+        self._checkpoint_cost = self._last_checkpoint - started
+        return True
 
     # --- resume --------------------------------------------------------------------------------------
     def load(self, history: list[dict], events: list[dict]) -> None:

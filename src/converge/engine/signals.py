@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import threading
 
+import torch
+
 
 class StopSignals:
     def __init__(self) -> None:
@@ -28,3 +30,13 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def agree(self, world, device: torch.device, flags: list[bool]) -> list[bool]:
+        """Under torchrun every rank must stop (or checkpoint) after the same step: each flag is true when it is
+        on any rank (a collective); a stop asked of another process counts as requested here too."""
+        if world is None:
+            return flags
+        agreed = world.any_flags([self.requested is not None, *flags], device)
+        if agreed[0] and self.requested is None:
+            self.requested = "a stop request to another process"
+        return agreed[1:]

@@ -1,10 +1,12 @@
 """Acting on a plateau verdict: the one place where a decision from `converge.decide` touches the model and
-the optimizer. `converge.Monitor` uses it, and so does the training loop."""
+the optimizer. The training loop, `converge.Monitor` and the framework callbacks all decide an epoch's end
+through `decide_epoch`, so the judgement has one implementation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from torch import nn
 from converge.decide import Verdict
 from converge.engine.optim import group_lrs, planned_lrs, scale_lr
 from converge.io.weights import snapshot
+from converge.status import Status
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,41 @@ def lr_at_minimum(optimizer: torch.optim.Optimizer, *, factor: float, min_lrs: f
     """True when a cut would change no group's LR (each is at its floor, or would move by ``eps`` or less):
     a plateau then ends the run instead of asking for a cut that does nothing."""
     return planned_lrs(optimizer, factor, min_lrs, eps) == group_lrs(optimizer)
+
+
+@dataclass(frozen=True)
+class EpochDecision:
+    """What the end of an epoch decided, already acted on (the LR cut, the weights kept): the verdict, what
+    acting did, the notes for the epoch's line, and the stop the caller must make (status, reason, evidence)."""
+
+    verdict: Verdict
+    applied: Applied
+    notes: list[str] = field(default_factory=list)
+    stop: tuple[Status, str, dict] | None = None
+
+
+def decide_epoch(record: dict, *, monitor: str, tracker, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 factor: float, min_lrs: float | Sequence[float], event: Callable[..., None],
+                 eps: float = 0.0) -> EpochDecision:
+    """The tracker's verdict on ``record[monitor]`` (the epoch's values, with its ``lr``), acted on by
+    `apply_verdict`; each decision is logged through ``event(kind, **values)``: ``new_best``, ``lr_reduced``.
+    The stop itself (converged, diverged) is returned for the caller to make, with its evidence."""
+    value, previous_best, lr = record[monitor], tracker.best, record["lr"]
+    at_minimum = lr_at_minimum(optimizer, factor=factor, min_lrs=min_lrs, eps=eps)
+    verdict = tracker.update(value, lr_at_minimum=at_minimum)
+    applied = apply_verdict(verdict, model=model, optimizer=optimizer, factor=factor, min_lrs=min_lrs, eps=eps)
+    notes, stop = [], None
+    if verdict.new_best:
+        event("new_best", monitor=monitor, value=value, previous=previous_best if math.isfinite(previous_best)
+              else None, significant=verdict.significant)
+        notes.append("new best")
+    if verdict.reduce_lr:
+        event("lr_reduced", old_lr=lr, new_lr=applied.lrs_after[0], reason=verdict.reason,
+              bad_epochs=verdict.bad_epochs, best=tracker.best, best_epoch=tracker.best_epoch)
+        notes.append(f"lr -> {applied.lrs_after[0]:.3g}")
+    if verdict.stop:
+        status = Status.DIVERGED if verdict.diverged else Status.CONVERGED
+        stop = (status, verdict.reason, {"bad_epochs": verdict.bad_epochs, "lr": lr, "best": tracker.best,
+                                         "best_epoch": tracker.best_epoch})
+        notes.append(status.value)
+    return EpochDecision(verdict, applied, notes, stop)

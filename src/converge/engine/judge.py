@@ -1,0 +1,104 @@
+"""The end-of-run judgement: what a run is measured against, and what is said about it at the end.
+
+Two yardsticks, measured here so that the rules of `converge.decide.diagnosis` stay pure:
+
+* the constant prediction's loss on the training targets ("the model learned nothing"): read from the
+  targets when they are in memory, else summed batch by batch over the first training epoch
+  (`TargetStats`, on the device, no sync). It is learned once the first epoch ends, because the
+  divergence guard's collapse test and the plateau's negligible gain use it too;
+* the reference model's validation loss (`converge.engine.reference`), trained at the end only when the
+  underfitting rule could fire with it (`needs_reference`).
+
+At the end the kept weights are also scored on the training split, beside their validation values, for
+the generalization gap. The Trainer asks once (`conclude`); while it trains it only feeds the first epoch's
+targets and asks for the live findings (overfitting, an LR too high) of each epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from converge.decide.diagnosis import diagnose_run, live_findings, needs_reference
+from converge.decide.findings import Finding
+from converge.engine.distributed import World
+from converge.engine.objective import Objective, TargetStats, in_memory_constant_loss, targets_in_memory
+from converge.engine.reference import reference_loss
+
+
+class RunJudge:
+    """Measures the yardsticks of one run and asks the diagnosis. ``splits``: the run's splits (on the
+    device); ``seed``: the reference model's."""
+
+    def __init__(self, splits: dict, objective: Objective, *, seed: int) -> None:
+        self.splits, self.objective, self.seed = splits, objective, seed
+        self.baseline_loss: float | None = None
+        streamed = targets_in_memory(splits["train"]) is None
+        # The first epoch's targets make the baseline when they are not in memory.
+        self.target_stats = TargetStats(objective) if streamed and objective.known_loss else None
+
+    def learn_baseline(self, world: World | None = None) -> float | None:
+        """After the first epoch (every rank: a collective under torchrun): the constant prediction's loss, or
+        None for a loss without a known meaning."""
+        if not self.objective.known_loss:
+            return None
+        if self.target_stats is None:
+            self.baseline_loss = in_memory_constant_loss(self.splits["train"], self.objective)
+        else:
+            self.baseline_loss = self.target_stats.loss(world)
+            self.target_stats = None  # its job is done; the value is kept (and checkpointed)
+        return self.baseline_loss
+
+    def new_live_findings(self, history: list[dict], events: list[dict], *,
+                          weight_decay: float | None) -> list[Finding]:
+        """The problems the run shows now (overfitting, an LR too high) that its events have not told yet."""
+        told = {e.get("code") for e in events if e.get("event") == "diagnosis"}
+        return [f for f in live_findings(history, events, weight_decay=weight_decay) if f.code not in told]
+
+    def conclude(self, *, evaluate: Callable[..., dict], history: list[dict], events: list[dict], status,
+                 config, monitor: str, best_record: dict, epoch: int, world: World | None = None) -> dict:
+        """The summary's judgement of a finished run, with the kept weights loaded: ``train`` (their values on
+        the training split, when measured), ``yardsticks`` (what the findings were judged against, when the
+        baseline is known) and ``diagnosis``. ``evaluate(split_name, prefix=...)`` scores the model."""
+        fit = self._fit_values(evaluate, best_record)
+        judgement = {}
+        if fit is not None:
+            judgement["train"] = {k[len("train_"):]: v for k, v in fit.items() if k.startswith("train_")}
+        if self.baseline_loss is None and self.target_stats is None and epoch >= 1:
+            self.learn_baseline(world)  # targets in memory, a checkpoint from before the baseline was kept
+        baseline = self.baseline_loss
+        wanted = needs_reference(history, fit, baseline)
+        reference = reference_loss(self.splits, self.objective, seed=self.seed) if wanted else None
+        if baseline is not None:
+            judgement["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
+        findings = diagnose_run(history, events, status=status, monitor=monitor, mode=config.mode,
+                                patience=config.patience, max_epochs=config.max_epochs,
+                                weight_decay=config.weight_decay, baseline_loss=baseline, fit=fit,
+                                reference_loss=reference)
+        judgement["diagnosis"] = [f.to_dict() for f in findings]
+        return judgement
+
+    def _fit_values(self, evaluate: Callable[..., dict], best_record: dict) -> dict | None:
+        """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
+        the generalization gap. One pass over the training split; not for a stream, nor for a loss without
+        a known meaning (a race's arms)."""
+        if not self.objective.known_loss or getattr(self.splits["train"], "stream", False):
+            return None
+        return {**evaluate("train", prefix="train_"), **best_record}
+
+    # --- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"loss": self.baseline_loss,
+                "targets": self.target_stats.state_dict() if self.target_stats is not None else None}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """``state`` may be empty (a checkpoint from before the baseline was kept: learned again in the next
+        first epoch)."""
+        self.baseline_loss = state.get("loss")
+        if self.target_stats is not None and state.get("targets") is not None:
+            self.target_stats.load_state_dict(state["targets"])
+            sums = self.target_stats.sums
+            self.target_stats.sums = sums.to(device) if sums is not None else None
+        elif self.target_stats is not None and self.baseline_loss is not None:
+            self.target_stats = None
