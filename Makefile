@@ -4,8 +4,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test test-slow test-faults test-postgres test-browser bench bench-auto bench-tune install clean
+.PHONY: demo test test-slow test-faults test-postgres test-browser bench bench-auto bench-tune docs install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,5 +59,16 @@ bench-auto: $(BENCH_STAMP)
 bench-tune: $(BENCH_STAMP)
 	$(PY) bench/tune.py $(ARGS)
 
+# The documentation site (docs/, mkdocs.yml) into site/. The docs extra (MkDocs, Material, mkdocstrings) goes in
+# its own stamp, as the bench extra does. --strict: a broken link, anchor, include or API reference fails it.
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+# NO_MKDOCS_2_WARNING: Material's end-of-life banner, printed at every build, says nothing about the docs.
+# No --quiet: it hides the warnings from the strict count, and a broken link would then pass.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -198,7 +198,7 @@ def test_unknown_option_is_a_type_error():
 
 def test_fit_signature_is_explicit_and_matches_the_config():
     """Every TrainConfig field is a keyword-only parameter of fit, with the same default, in the order of the
-    CLI's flags (README table), so help(converge.fit) is the documentation."""
+    CLI's flags (the table in docs/cli.md), so help(converge.fit) is the documentation."""
     import dataclasses
     import inspect
 
@@ -211,11 +211,11 @@ def test_fit_signature_is_explicit_and_matches_the_config():
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
         assert params[name].default == default, name
     order = [name for name in params if name in defaults]
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    readme = readme[readme.index("`converge train` options"):]   # the flags' table
+    table = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    table = table[table.index("`converge train` options"):]   # the flags' table
     switched_off = {"guard": "no-guard", "standardize": "no-standardize"}   # on by default: a --no- flag
     flags = [f"`--{switched_off.get(name, name.replace('_', '-'))}`" for name in order]
-    positions = [readme.index(flag) for flag in flags]
+    positions = [table.index(flag) for flag in flags]
     assert positions == sorted(positions), order
     assert set(TRAIN_OPTIONS) == set(defaults)
 

@@ -41,10 +41,10 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
     arrays, a Dataset or a DataLoader. Returns a `FitResult` whose model holds the best weights.
 
     The objective: ``loss(outputs, targets)`` and ``metrics`` ({name: fn(outputs, targets)}); left out, the
-    loss is inferred from the shapes of the targets and the outputs (see the README's "Task files").
+    loss is inferred from the shapes of the targets and the outputs (see docs/task-files.md).
     ``target_key``: the entry of dict batches (or of a dict split) that holds the targets.
 
-    The options, in the order of `converge train`'s flags (see the README's table):
+    The options, in the order of `converge train`'s flags (see the table in docs/cli.md):
 
     - ``optimizer`` ("adamw", "sgd" or "auto"), ``lr``, ``weight_decay``, ``batch_size``: "auto" lets converge
       choose (an LR range test and a short race on validation); ``warmup_steps``: linear LR warmup.
@@ -106,7 +106,7 @@ def train_task(task_path: str | Path, *, out: str | Path | None = None, force: b
     (``{"model": {...}, "data": {...}}``) are keyword arguments for the task's ``model()`` and ``data()``.
     ``doctor``: run the cheap checks of `converge doctor` first (warnings, doctor.json); ``fix``: standardize
     unscaled features and re-weight imbalanced classes; ``drop_label_issues``: leave out the training rows
-    confident learning flags (see converge.doctor.remedies)."""
+    confident learning flags (see docs/doctor.md)."""
     started = time.monotonic()
     task = load_task(task_path)
     options.setdefault("monitor", task.monitor)

@@ -17,8 +17,9 @@ OPTIMIZER_NAMES = ("adamw", "sgd")
 
 @dataclass
 class TrainConfig:
-    """Everything that decides how a run trains. Flags of `converge train` map 1:1 onto these fields.
-    "auto" (the default for the four tuned knobs) lets converge choose the value before training."""
+    """Everything that decides how a run trains. Flags of `converge train` map 1:1 onto these fields, and so
+    do `converge.fit`'s keywords: each field means what its flag does (the table in docs/cli.md). "auto" (the
+    default for the four tuned knobs) lets converge choose the value before training."""
 
     optimizer: str = AUTO
     lr: float | str = AUTO

@@ -26,12 +26,14 @@ class Monitor:
     survived an LR cut), reached ``stopping_threshold``, or diverged (a non-finite value, or a value worse
     than ``divergence_threshold``). Then ``stop_reason_`` says why and ``last_verdict_.rule`` which rule.
 
-    >>> monitor = Monitor(model, optimizer)
-    >>> for epoch in range(1000):
-    ...     train_one_epoch()
-    ...     if monitor.step(validate()):
-    ...         break
-    >>> monitor.restore_best()
+    ```python
+    monitor = Monitor(model, optimizer)
+    for epoch in range(1000):
+        train_one_epoch()
+        if monitor.step(validate()):
+            break
+    monitor.restore_best()
+    ```
 
     Options (keyword-only):
 
@@ -128,7 +130,7 @@ class Monitor:
                 "stop_reason": self.stop_reason_, "last_lr": list(self.last_lr_)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state from :meth:`state_dict`, also one saved by an older Monitor (its single
+        """Restore a state from `state_dict`, also one saved by an older Monitor (its single
         ``min_lr`` then applies to every group). Raises KeyError naming any missing required key."""
         missing = [k for k in ("tracker", "best_state", "min_lr", "factor") if k not in state]
         if missing:

@@ -114,7 +114,7 @@ def _kill_warm_start(c):
 # --- Ctrl-C --------------------------------------------------------------------------------------------
 @case("ctrl-c-mid-trial", "tune", needs=("tune",), cost=40)
 def _ctrl_c(c):
-    """The README: Ctrl-C stops the running trial at a checkpoint, queues it again and exits 130."""
+    """docs/tune.md: Ctrl-C stops the running trial at a checkpoint, queues it again and exits 130."""
     tune = c.ref("tune")
     out = c.path("tune")
     at = c.rng.randint(1, max(2, tune["trial1_calls"] // 2))

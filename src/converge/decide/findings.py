@@ -16,6 +16,17 @@ _RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 
 @dataclass(frozen=True)
 class Finding:
+    """One thing a check or a rule saw. The doctor returns a list of them (`converge.run_doctor`,
+    `converge.diagnose`), and so does the diagnosis of a finished run (``summary.json``'s ``diagnosis``).
+
+    Attributes:
+        code: a stable name ("class_imbalance", "overfitting", ...).
+        severity: "error", "warning" or "info".
+        message: one sentence a person can read.
+        evidence: the numbers behind it (JSON-ready).
+        fix: what to do about it.
+    """
+
     code: str                 # a stable name ("class_imbalance", "overfitting", ...)
     severity: str             # "error" | "warning" | "info"
     message: str              # one sentence a person can read
@@ -27,6 +38,7 @@ class Finding:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {self.severity!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The finding as the JSON files write it: ``{code, severity, message, evidence, fix}``."""
         return {"code": self.code, "severity": self.severity, "message": self.message,
                 "evidence": dict(self.evidence), "fix": self.fix}
 

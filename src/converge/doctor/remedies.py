@@ -9,7 +9,7 @@ standardization into a model. Every remedy applied is recorded as ``{"remedy", "
   folds into the model's first nn.Linear; ``--no-standardize`` / ``fit(standardize=False)`` turns the
   default off.
 - ``class_balanced_loss``: cross-entropy weighted by n / (C n_c) (each class weighs the same in total),
-  from the first epoch on (deferring it needs a hook in the loop; see the README).
+  from the first epoch on (deferring it needs a hook in the loop; see docs/doctor.md).
 - ``drop_label_issues``: the training rows confident learning flags are left out (opt-in only).
 """
 

@@ -240,7 +240,11 @@ def diagnose(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: 
              metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
              progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX,
              target_key: str = TARGET_KEY) -> list[Finding]:
-    """The doctor on objects in memory (the splits as `converge.fit` takes them)."""
+    """The doctor on objects in memory (the model and splits as `converge.fit` takes them, with its ``loss``,
+    ``metrics`` and ``target_key``): a list of `Finding`, most severe first. ``cheap`` leaves out the checks
+    that train small models (label noise, overfitting one batch); ``seed`` seeds them and the sampling of
+    large splits; ``progress`` receives a line of text as the checks proceed; ``ignore_index``: the padding label of integer
+    targets."""
     if not isinstance(model, nn.Module):
         raise ConvergeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return run_checks(model, sample_splits(train, val, test, seed=seed, target_key=target_key), loss=loss,
@@ -263,7 +267,9 @@ def diagnose_task(task, *, task_args: dict | None = None, cheap: bool = False, s
 
 def run_doctor(task_path: str | Path, *, cheap: bool = False, seed: int = 0, device: str | None = None,
                task_args: dict | None = None, progress: Callable[[str], None] | None = None) -> list[Finding]:
-    """What `converge doctor TASK` does: every check on the task file's model and data, most severe first."""
+    """What `converge doctor TASK` does: every check on the task file's model and data, most severe first
+    (a list of `Finding`). ``cheap``, ``seed`` and ``device`` as for `diagnose`; ``task_args``
+    (``{"model": {...}, "data": {...}}``) are keyword arguments for the task's ``model()`` and ``data()``."""
     from converge.task import load_task
 
     return diagnose_task(load_task(task_path), task_args=task_args, cheap=cheap, seed=seed, device=device,

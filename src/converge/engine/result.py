@@ -10,7 +10,15 @@ from torch import nn
 
 @dataclass
 class FitResult:
-    """What a run hands back: the model with its best weights loaded, the summary and the history."""
+    """What a run hands back: the model with its best weights loaded, the summary and the history.
+
+    Attributes:
+        model: the trained model, with its best weights loaded (left on the device it trained on).
+        summary: the same dict as the run folder's ``summary.json``.
+        history: one dict per epoch, as in ``metrics.jsonl``.
+        events: every decision, as in ``events.jsonl``.
+        run_dir: the run folder (None when nothing was written: ``out=None``).
+    """
 
     model: nn.Module
     summary: dict
@@ -20,4 +28,5 @@ class FitResult:
 
     @property
     def status(self) -> str:
+        """How the run ended: ``summary["status"]`` ("converged", "max_epochs", "diverged", ...)."""
         return self.summary["status"]

@@ -20,7 +20,7 @@ from converge.io import checkpoint as ckpt
 from converge.io.atomic import atomic_write_bytes, atomic_write_text
 from converge.io.lock import LOCK_FILE, FolderLock
 
-# Every file name converge writes, in one place (the README's "Files in a run folder" lists them).
+# Every file name converge writes, in one place (docs/run-folder.md lists them).
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
