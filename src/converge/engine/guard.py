@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from converge.decide.divergence import Alarm, GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict
-from converge.engine.optim import WARMUP_BASE, current_lr, scale_lr
+from converge.engine.optim import WARMUP_BASE, current_lr, per_group, scale_lr
 
 CHECK_EVERY = 32          # batches per window: one host sync each
 GRAD_NORM_EVERY = 16      # optimizer steps between gradient-norm samples when clipping does not give it free
@@ -179,8 +179,9 @@ class DivergenceGuard:
         return statistics.median(self.recent_grad_norms) if self.recent_grad_norms else None
 
     # --- acting on an incident ------------------------------------------------------------------
-    def roll_back(self, incident: Incident, *, model, optimizer, scaler, min_lr: float) -> Rollback:
-        """Back to the last known-good state, with a lower LR (its floor ``min_lr`` moves down with the
+    def roll_back(self, incident: Incident, *, model, optimizer, scaler, min_lr) -> Rollback:
+        """Back to the last known-good state, with a lower LR (its floor ``min_lr``, one number or one per
+        parameter group as `Monitor` keeps them, moves down with the
         cut: a blow-up may need an LR below the plateau rule's floor) and tighter clipping. LR cuts made
         since that state stay made. Gives up after ``policy.max_rollbacks`` rollbacks in a row."""
         verdict = rollback_verdict(self.streak, self.policy)
@@ -199,7 +200,8 @@ class DivergenceGuard:
         if verdict.give_up:
             return Rollback(evidence, state["progress"], gave_up=True, reason=verdict.reason)
         self.lr_scale *= verdict.lr_factor
-        new_lr = scale_lr(optimizer, verdict.lr_factor, min_lr * self.lr_scale)
+        floors = [floor * self.lr_scale for floor in per_group(min_lr, len(optimizer.param_groups))]
+        new_lr = scale_lr(optimizer, verdict.lr_factor, floors)
         previous_clip, self.clip_grad = self.clip_grad, clip_after_rollback(self.clip_grad, self.typical_grad_norm)
         self.streak += 1
         self.total += 1
