@@ -367,7 +367,10 @@ class Monitor:
         self.eps = float(state.get("eps", self.eps))
         self.stop_reason_ = state.get("stop_reason", "")
         self.last_lr_ = [float(v) for v in state.get("last_lr") or group_lrs(self.optimizer)]
-        self.status_ = Status(state["status"]) if state.get("status") else None
+        ended = Status(state["status"]) if state.get("status") else None
+        self.status_ = ended if ended is not None and not ended.resumable else None
+        if ended is not None and self.status_ is None:
+            self.stop_reason_ = ""  # it stopped at the loop's limit, or was interrupted: it goes on
         self.steps_ = int(state.get("steps", 0))
         self.best_record_ = dict(state.get("best_record") or {})
         if self._guard is not None and state.get("guard") is not None:
