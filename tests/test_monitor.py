@@ -304,6 +304,7 @@ def test_a_lambda_schedule_carries_a_cut_and_other_schedules_are_refused():
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / 100)
     monitor = Monitor(model, optimizer, patience=1, window=1, scheduler=schedule)
     for value in [1.0, 1.0]:
+        optimizer.step()  # (no gradients: nothing moves) the order torch expects before a schedule step
         monitor.step(value)
         schedule.step()
     assert schedule.base_lrs == [pytest.approx(0.01)]

@@ -65,6 +65,12 @@ class FitResult:
     def status(self) -> str:
         return self.summary["status"]
 
+    def _repr_html_(self) -> str:
+        """How Jupyter shows the result: status, stop reason, diagnosis and curves, inline."""
+        from converge.report.inline import result_html
+
+        return result_html(self.summary, self.history, self.events, self.run_dir)
+
 
 class Trainer:
     """Trains ``model`` on ``splits`` with every knob of ``config`` set (choose "auto" ones first:
