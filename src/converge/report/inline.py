@@ -35,5 +35,5 @@ def scoped_style(style: str, scope: str) -> str:
     for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", style):
         names = [s.strip() for s in selectors.split(",")]
         scoped = [scope if name in (":root", "body", "main") else f"{scope} {name}" for name in names]
-        rules.append(f"{', '.join(scoped)} {{{body}}}")
+        rules.append(f"{', '.join(scoped)} {{ {' '.join(body.split())} }}")  # one rule a line
     return "\n".join(rules)
