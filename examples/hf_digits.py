@@ -71,15 +71,16 @@ def accuracy(prediction) -> dict:
     return {"accuracy": float((np.argmax(prediction.predictions, axis=1) == prediction.label_ids).mean())}
 
 
-COMMON = dict(num_train_epochs=100, learning_rate=1e-3, per_device_train_batch_size=64, eval_strategy="epoch",
+COMMON = dict(learning_rate=1e-3, per_device_train_batch_size=64, eval_strategy="epoch",
               logging_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
 
 
-def with_trainer_recipe(seed: int = 0, out: str = "runs/hf-recipe") -> dict:
+def with_trainer_recipe(seed: int = 0, epochs: int = 100, out: str = "runs/hf-recipe") -> dict:
     set_seed(seed)
     train, val, test = splits()
     # --8<-- [start:recipe]
-    arguments = TrainingArguments(output_dir=out, seed=seed, **COMMON, save_strategy="epoch", save_total_limit=2,
+    arguments = TrainingArguments(output_dir=out, seed=seed, num_train_epochs=epochs, **COMMON,
+                                  save_strategy="epoch", save_total_limit=2,
                                   load_best_model_at_end=True, metric_for_best_model="eval_loss")
     trainer = Trainer(model=DigitsMlp(DigitsConfig()), args=arguments, train_dataset=train, eval_dataset=val,
                       compute_metrics=accuracy, callbacks=[EarlyStoppingCallback(early_stopping_patience=5)])
@@ -89,11 +90,11 @@ def with_trainer_recipe(seed: int = 0, out: str = "runs/hf-recipe") -> dict:
     return {"epochs": int(trainer.state.epoch), **test_values}
 
 
-def with_converge(seed: int = 0, out: str = "runs/hf-converge") -> dict:
+def with_converge(seed: int = 0, epochs: int = 100, out: str = "runs/hf-converge") -> dict:
     set_seed(seed)
     train, val, test = splits()
     # --8<-- [start:converge]
-    arguments = TrainingArguments(output_dir=out, seed=seed, **COMMON, save_strategy="no")
+    arguments = TrainingArguments(output_dir=out, seed=seed, num_train_epochs=epochs, **COMMON, save_strategy="no")
     converge = ConvergeCallback(patience=5)  # the run folder goes to output_dir
     trainer = Trainer(model=DigitsMlp(DigitsConfig()), args=arguments, train_dataset=train, eval_dataset=val,
                       compute_metrics=accuracy, callbacks=[converge])

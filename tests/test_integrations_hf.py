@@ -131,3 +131,20 @@ class TestConvergeCallback:
     def test_a_metric_the_evaluation_does_not_report_is_named(self, tmp_path):
         with pytest.raises(ConvergeError, match=r"'val_accuracy'.*\['val_loss'\]"):
             train(tmp_path, ConvergeCallback(monitor="eval_accuracy", mode="max"), epochs=1)
+
+
+def test_the_documented_example_runs_both_ways(tmp_path):
+    """examples/hf_digits.py: the code docs/integrations.md shows and bench/integrations.py measures."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    path = Path(__file__).resolve().parent.parent / "examples" / "hf_digits.py"
+    spec = importlib.util.spec_from_file_location("hf_digits", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    recipe = example.with_trainer_recipe(0, epochs=2, out=str(tmp_path / "recipe"))
+    with_converge = example.with_converge(0, epochs=2, out=str(tmp_path / "converge"))
+    assert recipe["epochs"] == with_converge["epochs"] == 2
+    assert 0 < recipe["test_accuracy"] <= 1 and 0 < with_converge["test_accuracy"] <= 1
+    assert json.loads((tmp_path / "converge" / "summary.json").read_text())["status"] == "max_epochs"

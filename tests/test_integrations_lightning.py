@@ -158,3 +158,30 @@ class TestConvergeCallback:
         second.load_state_dict(state)
         fit(tmp_path / "b", Regression(), second, max_epochs=2)
         assert [r["epoch"] for r in second.result_.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_import_converge_loads_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, converge; loaded = {'lightning', 'pytorch_lightning', 'transformers', 'IPython', "
+            "'converge.integrations'} & set(sys.modules); assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_documented_example_runs_both_ways(tmp_path):
+    """examples/lightning_digits.py: the code docs/integrations.md shows and bench/integrations.py measures."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    path = Path(__file__).resolve().parent.parent / "examples" / "lightning_digits.py"
+    spec = importlib.util.spec_from_file_location("lightning_digits", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    recipe = example.with_lightning_recipe(0, max_epochs=2, root=str(tmp_path / "recipe"))
+    with_converge = example.with_converge(0, max_epochs=2, root=str(tmp_path / "converge"))
+    assert recipe["epochs"] == with_converge["epochs"] == 2
+    assert 0 < recipe["test_accuracy"] <= 1 and 0 < with_converge["test_accuracy"] <= 1
+    summaries = list((tmp_path / "converge").rglob("summary.json"))
+    assert len(summaries) == 1 and json.loads(summaries[0].read_text())["status"] == "max_epochs"
