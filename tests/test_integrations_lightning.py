@@ -185,3 +185,29 @@ def test_the_documented_example_runs_both_ways(tmp_path):
     assert 0 < recipe["test_accuracy"] <= 1 and 0 < with_converge["test_accuracy"] <= 1
     summaries = list((tmp_path / "converge").rglob("summary.json"))
     assert len(summaries) == 1 and json.loads(summaries[0].read_text())["status"] == "max_epochs"
+
+
+class TestAutomaticLr:
+    def test_the_range_test_chooses_the_lr_and_leaves_the_module_as_it_was(self, tmp_path):
+        module = Regression(lr=1e-6)  # far too low to learn anything in a few epochs
+        module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=1e-6)
+        start = {k: v.clone() for k, v in module.state_dict().items()}
+        seen_at_first_batch = {}
+
+        class Spy(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, index):
+                if not seen_at_first_batch:  # what the first real step starts from
+                    seen_at_first_batch.update({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+        callback = ConvergeCallback(lr="auto", patience=3)
+        fit(tmp_path, module, callback, max_epochs=3, callbacks=[callback, Spy()])
+        chosen = [e for e in callback.result_.events if e["event"] == "chose_lr"]
+        assert len(chosen) == 1 and 1e-3 < chosen[0]["value"] < 10
+        assert callback.result_.history[0]["lr"] == pytest.approx(chosen[0]["value"])
+        assert all(torch.equal(seen_at_first_batch[k], start[k]) for k in start)  # the sweep's steps were undone
+        assert callback.result_.history[-1]["val_loss"] < 0.5  # it learned (the noise's variance is 0.25)
+
+    def test_with_a_schedule_it_is_refused_in_one_line(self, tmp_path):
+        schedule = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)  # noqa: E731
+        with pytest.raises(ConvergeError, match="lr='auto'"):
+            fit(tmp_path, Regression(schedule=schedule), ConvergeCallback(lr="auto"), max_epochs=1)

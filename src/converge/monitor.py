@@ -223,6 +223,10 @@ class Monitor:
     def _event(self, kind: str, /, **values) -> None:
         self.record.event(kind, epoch=self.tracker.epochs, step=self.steps_, **values)
 
+    def add_event(self, kind: str, /, **values) -> None:
+        """Record an event of the caller's own (a choice made before training) in the run's log."""
+        self._event(kind, **values)
+
     # --- the divergence guard ---------------------------------------------------------------------
     def after_batch(self, loss: torch.Tensor | float) -> bool:
         """One optimizer step's training loss. With ``guard``: kept on the device and judged with the

@@ -3,7 +3,9 @@
 
 Events → `converge.Monitor` calls:
 
-* fit start: the module's one optimizer (and its schedule, when a cut can ride on it) → a ``Monitor``;
+* fit start: the module's one optimizer (and its schedule, when a cut can ride on it) is checked;
+* train start: with ``lr="auto"``, converge's LR range test on the module's own training step chooses the
+  LR (`converge.decide.lr_suggest` judges the sweep, as for `converge train --lr auto`); then a ``Monitor``;
 * each training batch's loss → ``Monitor.after_batch`` (the divergence guard);
 * the end of a training epoch that ran validation → ``Monitor.step`` (best weights, LR cuts, the stop);
 * fit end → ``Monitor.finish`` (the best weights back in the module, the diagnosis, the run folder).
@@ -13,11 +15,13 @@ A stop is ``trainer.should_stop = True``: Lightning ends the fit after the epoch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
+from converge.decide.lr_suggest import suggest_lr, usable_prefix
+from converge.engine.guard import copied
 from converge.errors import ConvergeError
 from converge.integrations._options import check_mode, decision_options, run_folder
 from converge.monitor import Monitor
@@ -38,13 +42,18 @@ def make_callback(pl):
 
         ``configure_optimizers`` returns one optimizer, alone or with a ``LambdaLR`` schedule (each cut
         scales its base LRs); any other scheduler is refused with one line: converge cuts the LR itself.
+        ``lr="auto"``: before the first epoch, converge's LR range test sweeps the LR on the module's own
+        ``training_step`` (its logging silenced, weights and optimizer put back after) and the optimizer
+        starts at the LR it suggests (each parameter group keeps its ratio to the first).
         Other options (``patience``, ``factor``, ``min_lr``, ...) are `converge.Monitor`'s.
         """
 
         def __init__(self, *, monitor: str = "val_loss", mode: str = "min", guard: bool = True,
                      out: str | Path | None = None, force: bool = False, restore_best: bool = True,
-                     **options) -> None:
-            self.monitor, self.mode, self.guard = monitor, check_mode(mode), guard
+                     lr: str | None = None, **options) -> None:
+            if lr not in (None, "auto"):
+                raise ValueError(f"lr must be None (the optimizer's own) or 'auto' (a range test), got {lr!r}")
+            self.monitor, self.mode, self.guard, self.lr = monitor, check_mode(mode), guard, lr
             self.out, self.force, self.restore_best = out, force, restore_best
             self.options = decision_options(options, "ConvergeCallback")
             self.monitor_: Monitor | None = None
@@ -54,16 +63,27 @@ def make_callback(pl):
 
         # --- the start ----------------------------------------------------------------------------
         def on_fit_start(self, trainer, pl_module) -> None:
+            _, scheduler = _optimizer_and_schedule(trainer)  # refused before the sanity check, not after it
+            if self.lr == "auto" and scheduler is not None:
+                raise ConvergeError("ConvergeCallback(lr='auto') chooses the optimizer's LR, which a schedule "
+                                    "would not follow: return the optimizer alone, or leave lr unset")
+            self.result_ = None
+
+        def on_train_start(self, trainer, pl_module) -> None:
             optimizer, scheduler = _optimizer_and_schedule(trainer)
+            chosen = _choose_lr(trainer, pl_module, optimizer) if self.lr == "auto" and not self._pending_state \
+                else None
             default = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
             out, force = run_folder(self.out, self.force, default)
             self.monitor_ = Monitor(pl_module, optimizer, mode=self.mode, monitor=self.monitor, guard=self.guard,
                                     scheduler=scheduler, out=out if trainer.is_global_zero else None, force=force,
                                     run_info={"framework": pl.__name__.split(".")[0]}, **self.options)
+            if chosen is not None:
+                self.monitor_.add_event("chose_lr", value=chosen.lr, optimizer=type(optimizer).__name__,
+                                        reason=chosen.reason)
             if self._pending_state is not None:  # a fit resumed from a Lightning checkpoint
                 self.monitor_.load_state_dict(self._pending_state)
                 self._pending_state = None
-            self.result_ = None
 
         # --- during the fit -----------------------------------------------------------------------
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -130,6 +150,64 @@ def _optimizer_and_schedule(trainer):
                             f"{type(scheduler).__name__}: return the optimizer alone from configure_optimizers "
                             f"(or with a LambdaLR, whose base LRs carry the cuts)")
     return optimizers[0], scheduler
+
+
+# The sweep of `converge lr-find` and `--lr auto` (converge.tune.lr_find.lr_range_test): 1e-7 to 10 in at
+# most 100 optimizer steps, stopped once the loss diverges.
+SWEEP_START_LR, SWEEP_END_LR, SWEEP_STEPS, DIVERGE_FACTOR = 1e-7, 10.0, 100, 4.0
+
+
+def _choose_lr(trainer, module, optimizer):
+    """converge's LR range test on the module's own training step; the optimizer then starts at the
+    suggested LR. Returns the `LrSuggestion`, or raises a ConvergeError when the sweep gives no evidence."""
+    loader = trainer.train_dataloader
+    if not isinstance(loader, Iterable):
+        raise ConvergeError("ConvergeCallback(lr='auto') needs one training DataLoader to sweep the LR on")
+    ratios = [float(group["lr"]) / float(optimizer.param_groups[0]["lr"] or 1.0) for group in optimizer.param_groups]
+    kept = copied({"model": module.state_dict(), "optimizer": optimizer.state_dict()}, "cpu")
+    lrs, losses = [], []
+    growth = (SWEEP_END_LR / SWEEP_START_LR) ** (1 / (SWEEP_STEPS - 1))
+    was_training = module.training
+    module.train()
+    # The sweep's steps are not the run's: nothing they log may reach the run's metrics.
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    try:
+        for index, batch in enumerate(_endless(loader)):
+            lr = SWEEP_START_LR * growth ** index
+            for group, ratio in zip(optimizer.param_groups, ratios):
+                group["lr"] = lr * ratio
+            output = module.training_step(trainer.strategy.batch_to_device(batch), index)
+            loss = output.get("loss") if isinstance(output, Mapping) else output
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lrs.append(lr)
+            losses.append(float(loss.detach()))  # the sweep stops at divergence: a sync per step
+            if usable_prefix(lrs, losses, DIVERGE_FACTOR) < len(lrs) or len(lrs) >= SWEEP_STEPS:
+                break
+    finally:
+        del module.log, module.log_dict
+        module.load_state_dict(kept["model"])
+        optimizer.load_state_dict(kept["optimizer"])
+        module.train(was_training)
+    suggestion = suggest_lr(lrs, losses, diverge_factor=DIVERGE_FACTOR)
+    if not suggestion.ok:
+        raise ConvergeError(f"ConvergeCallback(lr='auto'): the LR range test gave no LR ({suggestion.reason}); "
+                            f"set the LR in configure_optimizers instead")
+    for group, ratio in zip(optimizer.param_groups, ratios):
+        group["lr"] = suggestion.lr * ratio
+    return suggestion
+
+
+def _endless(loader: Iterable):
+    """The loader's batches, epoch after epoch (a sweep may need more steps than one epoch has)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
 
 
 def _scalars(metrics: Mapping) -> dict[str, float]:
