@@ -158,7 +158,9 @@ def in_jupyter() -> bool:
     """Whether this runs in a Jupyter kernel (IPython's ZMQ shell), where a display can be updated in place."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return type(shell).__name__ == "ZMQInteractiveShell"
+    # By class name through the MRO: importing ipykernel to test isinstance would cost every terminal run,
+    # and hosted notebooks (Colab) subclass the shell.
+    return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
 
 
 def make_console(verbose: bool, stream: IO[str] | None = None) -> Console:

@@ -47,7 +47,8 @@ class ConvergeCallback(transformers.TrainerCallback):
                  out: str | Path | None = None, force: bool = False, restore_best: bool = True, **options) -> None:
         self.monitor = "val_" + monitor[len("eval_"):] if monitor.startswith("eval_") else monitor
         if not self.monitor.startswith("val_"):
-            raise ValueError(f"monitor names an evaluation metric, val_<name> (the Trainer's eval_<name>), got {monitor!r}")
+            raise ValueError(f"monitor names an evaluation metric, val_<name> (the Trainer's eval_<name>), "
+                             f"got {monitor!r}")
         self.mode, self.guard = check_mode(mode), guard
         self.out, self.force, self.restore_best = out, force, restore_best
         self.options = decision_options(options, "ConvergeCallback")
