@@ -116,8 +116,8 @@ class Monitor:
         self.best_record_: dict = {}        # the best evaluation's values
         self._epoch_rollbacks, self._epoch_started = 0, time.monotonic()
         self._guard = self._make_guard() if guard else None
-        self.record = RunRecorder(_create_folder(out, force, self._options()) if out is not None else None,
-                                  console or Console(), run_info=run_info)
+        folder = _create_folder(out, force, self._options(), (run_info or {}).get("name")) if out is not None else None
+        self.record = RunRecorder(folder, console or Console(), run_info=run_info)
         self.record.start(first_epoch=1, fresh=True)
 
     @property
@@ -398,10 +398,10 @@ class Monitor:
         return f"Monitor(best={best}, best_epoch={self.best_epoch}, lr={current_lr(self.optimizer):.3g})"
 
 
-def _create_folder(out: str | Path, force: bool, options: dict) -> RunFolder:
-    """The run folder, with its run.json (what the report reads first)."""
+def _create_folder(out: str | Path, force: bool, options: dict, name: str | None) -> RunFolder:
+    """The run folder, with its run.json (what the report reads first; its name titles the report)."""
     folder = RunFolder.create(out, force=force)
-    folder.write_json(RUN_INFO, {"config": options, "name": Path(out).name})
+    folder.write_json(RUN_INFO, {"config": options, "name": name or Path(out).name})
     return folder
 
 

@@ -77,7 +77,8 @@ def make_callback(pl):
             out, force = run_folder(self.out, self.force, default)
             self.monitor_ = Monitor(pl_module, optimizer, mode=self.mode, monitor=self.monitor, guard=self.guard,
                                     scheduler=scheduler, out=out if trainer.is_global_zero else None, force=force,
-                                    run_info={"framework": pl.__name__.split(".")[0]}, **self.options)
+                                    run_info={"framework": pl.__name__.split(".")[0],
+                                              "name": type(pl_module).__name__}, **self.options)
             if chosen is not None:
                 self.monitor_.add_event("chose_lr", value=chosen.lr, optimizer=type(optimizer).__name__,
                                         reason=chosen.reason)

@@ -67,7 +67,8 @@ class ConvergeCallback(transformers.TrainerCallback):
         out, force = run_folder(self.out, self.force, args.output_dir)
         self.monitor_ = Monitor(model, optimizer, mode=self.mode, monitor=self.monitor, guard=self.guard,
                                 scheduler=lr_scheduler, out=out if state.is_world_process_zero else None,
-                                force=force, run_info={"framework": "transformers"}, **self.options)
+                                force=force, run_info={"framework": "transformers", "name": type(model).__name__},
+                                **self.options)
         self.result_ = None
         self._hook = model.register_forward_hook(self._keep_loss)
         self._loss_sum, self._loss_count, self._step_losses = None, 0, []
