@@ -75,7 +75,10 @@ def make_callback(pl):
                 else None
             default = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
             out, force = run_folder(self.out, self.force, default)
-            self.monitor_ = Monitor(pl_module, optimizer, mode=self.mode, monitor=self.monitor, guard=self.guard,
+            # Each process judges its own slice's losses: a rollback on one rank alone would leave the ranks'
+            # weights apart, so with several processes the guard stays off (the Trainer's shares a window).
+            guard = self.guard and trainer.world_size == 1
+            self.monitor_ = Monitor(pl_module, optimizer, mode=self.mode, monitor=self.monitor, guard=guard,
                                     scheduler=scheduler, out=out if trainer.is_global_zero else None, force=force,
                                     run_info={"framework": pl.__name__.split(".")[0],
                                               "name": type(pl_module).__name__}, **self.options)

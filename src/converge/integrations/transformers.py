@@ -65,7 +65,10 @@ class ConvergeCallback(transformers.TrainerCallback):
             raise ConvergeError("ConvergeCallback judges each evaluation: set eval_strategy='epoch' (or 'steps') "
                                 "in TrainingArguments")
         out, force = run_folder(self.out, self.force, args.output_dir)
-        self.monitor_ = Monitor(model, optimizer, mode=self.mode, monitor=self.monitor, guard=self.guard,
+        # Each process would judge its own slice's losses, and a rollback on one rank alone leaves the ranks'
+        # weights apart: with several processes the guard stays off.
+        guard = self.guard and args.world_size == 1
+        self.monitor_ = Monitor(model, optimizer, mode=self.mode, monitor=self.monitor, guard=guard,
                                 scheduler=lr_scheduler, out=out if state.is_world_process_zero else None,
                                 force=force, run_info={"framework": "transformers", "name": type(model).__name__},
                                 **self.options)
