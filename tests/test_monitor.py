@@ -263,3 +263,72 @@ def test_options_are_keyword_only_and_every_public_method_has_a_docstring():
     for name, member in inspect.getmembers(Monitor):
         if not name.startswith("_") and (inspect.isfunction(member) or isinstance(member, property)):
             assert inspect.getdoc(member), name
+
+
+# --- what the Trainer does beside the decisions: guard, record, end (the callbacks' core) -----------------
+def train_steps(model, optimizer, monitor, steps, poison=()):
+    """``steps`` optimizer steps of a linear regression; the steps in ``poison`` get a NaN loss."""
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        x = torch.randn(16, 3, generator=g)
+        loss = nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+        if step in poison:
+            loss = loss * math.nan
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        monitor.after_batch(loss)
+
+
+def test_the_guard_rolls_a_nan_back_to_the_last_clean_evaluation_and_halves_the_lr():
+    model, optimizer, monitor = setup(lr=0.01, guard=True)
+    train_steps(model, optimizer, monitor, 10)
+    monitor.step(1.0)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    train_steps(model, optimizer, monitor, 32, poison={5})  # the 32-step window closes with the last
+    assert [e["event"] for e in monitor.events].count("rollback") == 1
+    assert all(torch.equal(model.state_dict()[k], kept[k]) for k in kept)  # back to the state of epoch 1
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def test_with_the_guard_a_non_finite_value_is_rolled_back_not_a_stop():
+    model, optimizer, monitor = setup(lr=0.01, guard=True)
+    assert monitor.step(1.0) is False
+    assert monitor.step(math.nan) is False
+    assert [e["event"] for e in monitor.events] == ["new_best", "rollback"]
+
+
+def test_a_lambda_schedule_carries_a_cut_and_other_schedules_are_refused():
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / 100)
+    monitor = Monitor(model, optimizer, patience=1, window=1, scheduler=schedule)
+    for value in [1.0, 1.0]:
+        optimizer.step()  # (no gradients: nothing moves) the order torch expects before a schedule step
+        monitor.step(value)
+        schedule.step()
+    assert schedule.base_lrs == [pytest.approx(0.01)]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 2 / 100))
+    with pytest.raises(ValueError, match="StepLR"):
+        Monitor(model, optimizer, scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 3))
+
+
+def test_finish_writes_the_run_folder_and_returns_what_fit_returns(tmp_path):
+    model, optimizer, monitor = setup(patience=2, out=tmp_path / "run")
+    for epoch, value in enumerate([1.0, 0.5, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7]):
+        if monitor.step(value, values={"train_loss": 2.0 - epoch / 10, "val_loss": value}):
+            break
+    result = monitor.finish()
+    assert result.status == "converged" and result.summary["best_epoch"] == 2
+    assert result.summary["diagnosis"][0]["code"] == "converged"
+    assert result.run_dir == tmp_path / "run"
+    for name in ("summary.json", "metrics.jsonl", "events.jsonl", "curves.png", "report.html", "best.safetensors"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_a_loop_that_ends_first_ends_as_max_epochs_and_loads_the_best_weights():
+    model, optimizer, monitor = setup()
+    feed(monitor, model, [1.0, 0.5, 0.8])
+    result = monitor.finish(reason="my loop's 3 epochs are done")
+    assert (result.status, result.summary["stop_reason"]) == ("max_epochs", "my loop's 3 epochs are done")
+    assert torch.equal(model.state_dict()["weight"], monitor.best_state_["weight"])

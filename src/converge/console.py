@@ -1,12 +1,18 @@
-"""What a person sees while a run trains: a live bar on a terminal, one plain line per epoch otherwise.
+"""What a person sees while a run trains: a live bar on a terminal, one live display in a Jupyter notebook,
+one plain line per epoch otherwise.
 
 The loop calls ``advance`` every few steps only (never per-step work that needs a device sync); values
 shown are those of the last finished epoch."""
 
 from __future__ import annotations
 
+import html
 import sys
+import time
 from typing import IO
+
+NOTEBOOK_UPDATES_PER_SECOND = 2   # a display update is a message to the browser: few, not one per advance
+NOTEBOOK_EPOCH_LINES = 12         # the newest epoch lines the live display shows
 
 
 def _format_value(value) -> str:
@@ -91,9 +97,77 @@ class RichConsole(Console):
         self.progress.stop()
 
 
+class NotebookConsole(Console):
+    """One display in the notebook's output, updated in place: the epoch in progress and the newest epoch
+    lines (a notebook keeps every printed line: a run of many epochs would otherwise bury the page)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.epoch, self.total, self.done = 0, None, 0
+        self.handle = None
+        self._shown_at = 0.0
+
+    def start(self, max_epochs: int) -> None:
+        from IPython.display import HTML, display
+
+        self.max_epochs = max_epochs
+        self.handle = display(HTML(self._html()), display_id=True)
+
+    def start_epoch(self, epoch: int, batches: int | None, completed: int = 0) -> None:
+        self.epoch, self.total, self.done = epoch, batches, completed
+        self._show()
+
+    def advance(self, steps: int) -> None:
+        self.done += steps
+        if time.monotonic() - self._shown_at >= 1 / NOTEBOOK_UPDATES_PER_SECOND:
+            self._show()
+
+    def end_epoch(self, record: dict, notes: list[str]) -> None:
+        self.lines.append(format_epoch(record, notes))
+        self._show()
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+        self._show()
+
+    def close(self) -> None:
+        self.total = self.done = None  # the run is over: no bar
+        self._show()
+
+    def _show(self) -> None:
+        if self.handle is not None:
+            from IPython.display import HTML
+
+            self.handle.update(HTML(self._html()))
+            self._shown_at = time.monotonic()
+
+    def _html(self) -> str:
+        shown = self.lines[-NOTEBOOK_EPOCH_LINES:]
+        earlier = len(self.lines) - len(shown)
+        head = f"… {earlier} earlier line(s)\n" if earlier else ""
+        bar = ""
+        if self.done is not None and self.epoch:
+            of = f"/{self.total}" if self.total else ""
+            value = f" value='{self.done}' max='{self.total}'" if self.total else ""
+            bar = (f"<div>epoch {self.epoch}: <progress{value}></progress> {self.done}{of} batches</div>")
+        text = html.escape(head + "\n".join(shown))
+        return f"<div class='converge-progress'>{bar}<pre style='margin:4px 0'>{text}</pre></div>"
+
+
+def in_jupyter() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython's ZMQ shell), where a display can be updated in place."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    # By class name through the MRO: importing ipykernel to test isinstance would cost every terminal run,
+    # and hosted notebooks (Colab) subclass the shell.
+    return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
+
+
 def make_console(verbose: bool, stream: IO[str] | None = None) -> Console:
     if not verbose:
         return Console()
+    if stream is None and in_jupyter():
+        return NotebookConsole()
     stream = stream or sys.stdout
     if stream.isatty():
         return RichConsole()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from converge.decide.divergence import Alarm, GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict
-from converge.engine.optim import WARMUP_BASE, current_lr, scale_lr
+from converge.engine.optim import WARMUP_BASE, current_lr, per_group, scale_lr
 from converge.engine.progress import EpochProgress
 
 CHECK_EVERY = 32          # batches per window: one host sync each
@@ -197,9 +197,10 @@ class DivergenceGuard:
         return statistics.median(self.recent_grad_norms) if self.recent_grad_norms else None
 
     # --- acting on an incident ------------------------------------------------------------------
-    def roll_back(self, incident: Incident, *, model, optimizer, scaler, min_lr: float, epoch: int | None = None,
+    def roll_back(self, incident: Incident, *, model, optimizer, scaler, min_lr, epoch: int | None = None,
                   in_epoch: EpochProgress | None = None) -> Rollback:
-        """Back to the last known-good state, with a lower LR (its floor ``min_lr`` moves down with the
+        """Back to the last known-good state, with a lower LR (its floor ``min_lr``, one number or one per
+        parameter group as `Monitor` keeps them, moves down with the
         cut: a blow-up may need an LR below the plateau rule's floor) and tighter clipping. LR cuts made
         since that state stay made. With ``in_epoch`` (the loop's position in epoch ``epoch``), the epoch's loss
         sum is taken back with the state when it is of the same epoch, and the pass goes on past the offending
@@ -225,7 +226,8 @@ class DivergenceGuard:
         if verdict.give_up:
             return Rollback(evidence, state["progress"], gave_up=True, reason=verdict.reason)
         self.lr_scale *= verdict.lr_factor
-        new_lr = scale_lr(optimizer, verdict.lr_factor, min_lr * self.lr_scale)
+        floors = [floor * self.lr_scale for floor in per_group(min_lr, len(optimizer.param_groups))]
+        new_lr = scale_lr(optimizer, verdict.lr_factor, floors)
         previous_clip, self.clip_grad = self.clip_grad, clip_after_rollback(self.clip_grad, self.typical_grad_norm)
         self.streak += 1
         self.total += 1

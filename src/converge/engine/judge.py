@@ -50,12 +50,6 @@ class RunJudge:
             self.target_stats = None  # its job is done; the value is kept (and checkpointed)
         return self.baseline_loss
 
-    def new_live_findings(self, history: list[dict], events: list[dict], *,
-                          weight_decay: float | None) -> list[Finding]:
-        """The problems the run shows now (overfitting, an LR too high) that its events have not told yet."""
-        told = {e.get("code") for e in events if e.get("event") == "diagnosis"}
-        return [f for f in live_findings(history, events, weight_decay=weight_decay) if f.code not in told]
-
     def conclude(self, *, evaluate: Callable[..., dict], history: list[dict], events: list[dict], status,
                  config, monitor: str, best_record: dict, epoch: int, world: World | None = None) -> dict:
         """The summary's judgement of a finished run, with the kept weights loaded: ``train`` (their values on
@@ -102,3 +96,10 @@ class RunJudge:
             self.target_stats.sums = sums.to(device) if sums is not None else None
         elif self.target_stats is not None and self.baseline_loss is not None:
             self.target_stats = None
+
+
+def new_live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None) -> list[Finding]:
+    """The problems a run shows now (overfitting, an LR too high) that its events have not told yet: every
+    front door (the Trainer, `Monitor`, the callbacks) tells each one once, the first epoch it shows."""
+    told = {e.get("code") for e in events if e.get("event") == "diagnosis"}
+    return [f for f in live_findings(history, events, weight_decay=weight_decay) if f.code not in told]

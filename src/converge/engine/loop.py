@@ -35,7 +35,7 @@ from converge.engine.clock import RunClock
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
 from converge.engine.evaluation import evaluate
-from converge.engine.judge import RunJudge
+from converge.engine.judge import RunJudge, new_live_findings
 from converge.engine.objective import Objective, in_memory_constant_loss, monitor_key, scores_of
 from converge.engine.progress import EpochProgress
 from converge.engine.optim import build_optimizer, current_lr, optimizer_step, warm_up
@@ -352,7 +352,7 @@ class Trainer:
     def _live_diagnosis(self) -> list[str]:
         """Tell a problem (overfitting, an LR too high) the first epoch it shows, not only at the end."""
         notes = []
-        for found in self.judge.new_live_findings(self.history, self.events, weight_decay=self.config.weight_decay):
+        for found in new_live_findings(self.history, self.events, weight_decay=self.config.weight_decay):
             self._event("diagnosis", code=found.code, message=found.message, fix=found.fix)
             notes.append(found.code)
         return notes

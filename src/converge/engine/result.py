@@ -30,3 +30,9 @@ class FitResult:
     def status(self) -> str:
         """How the run ended: ``summary["status"]`` ("converged", "max_epochs", "diverged", ...)."""
         return self.summary["status"]
+
+    def _repr_html_(self) -> str:
+        """How Jupyter shows the result: status, stop reason, diagnosis and curves, inline."""
+        from converge.report.inline import result_html
+
+        return result_html(self.summary, self.history, self.events, self.run_dir)

@@ -74,7 +74,7 @@ def decide_epoch(record: dict, *, monitor: str, tracker, model: nn.Module, optim
         event("new_best", monitor=monitor, value=value, previous=previous_best if math.isfinite(previous_best)
               else None, significant=verdict.significant)
         notes.append("new best")
-    if verdict.reduce_lr:
+    if verdict.reduce_lr and applied.cut:  # a cut that lowered no LR is no cut: the LR is at its floor
         event("lr_reduced", old_lr=lr, new_lr=applied.lrs_after[0], reason=verdict.reason,
               bad_epochs=verdict.bad_epochs, best=tracker.best, best_epoch=tracker.best_epoch)
         notes.append(f"lr -> {applied.lrs_after[0]:.3g}")
