@@ -28,7 +28,7 @@ from converge.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 MARKER = re.compile(r"^<!-- sample: (fragment|excerpt) (.+?) -->$")
-INCLUDE = re.compile(r'^--8<-- "([^"]+?)(?::\d+(?::\d+)?)?"$')
+INCLUDE = re.compile(r'^--8<-- "([^":]+)(?::\d+(?::\d+)?|:(\w[\w-]*))?"$')   # a file, its lines, or a section
 SHELL_LANGS = {"", "bash", "sh", "console", "shell"}
 # Flags of other programs that the pages show beside converge's: torchrun's, SLURM's, and the bench
 # scripts' (bench/*.py, not part of the `converge` command).
@@ -95,7 +95,12 @@ def test_the_pages_have_samples_of_every_sort():
 def test_marked_and_included_samples(block):
     include = INCLUDE.match(block.code.strip())
     if include:
-        assert (ROOT / include.group(1)).is_file(), f"{block.where}: includes a missing file {include.group(1)}"
+        path, section = ROOT / include.group(1), include.group(2)
+        assert path.is_file(), f"{block.where}: includes a missing file {include.group(1)}"
+        if section:  # pymdownx.snippets' "# --8<-- [start:name]" ... "[end:name]" markers
+            text = path.read_text(encoding="utf-8")
+            assert f"--8<-- [start:{section}]" in text and f"--8<-- [end:{section}]" in text, \
+                f"{block.where}: {include.group(1)} has no section {section!r}"
         return
     kind, detail = block.marker
     if kind == "fragment":
