@@ -249,6 +249,9 @@ def _main(argv: list[str]) -> int:
     except Exception as exc:
         from converge.errors import ConvergeError
 
+        storage = _storage_error(exc)
+        if storage is not None:
+            return _fail(str(storage), debug)
         if isinstance(exc, ConvergeError):
             return _fail(str(exc), debug)
         if debug:
@@ -263,6 +266,23 @@ def _main(argv: list[str]) -> int:
         print(f"error: {where}{type(exc).__name__}: {_one_line(str(exc))} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _storage_error(exc: Exception):
+    """A failed write as a StorageError that says what to do (exit 2, one line): one the run folder has
+    advised already, else with the generic advice; an OSError of a full or read-only disk that met no run
+    folder on its way too. None for anything else."""
+    import errno
+
+    from converge.errors import StorageError, storage_remedy
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        exc = StorageError.from_os_error(exc)
+    if not isinstance(exc, StorageError):
+        return None
+    if exc.advised:
+        return exc
+    return exc.with_advice(remedy=storage_remedy(exc.error_number), then="run the same command again")
 
 
 def _peer_lost(reason: str, args: argparse.Namespace) -> int:
