@@ -153,7 +153,10 @@ def test_a_fit_whose_folder_is_deleted_mid_run_raises_and_never_makes_it_again(t
         def forward(self, x):
             calls.append(1)
             if len(calls) == 40:
-                shutil.rmtree(out)
+                for _ in range(20):  # the background writer may be renaming a checkpoint meanwhile
+                    shutil.rmtree(out, ignore_errors=True)
+                    if not out.exists():
+                        break
             return super().forward(x)
 
     torch.manual_seed(0)
@@ -176,3 +179,34 @@ def test_the_cli_prints_a_storage_error_in_one_line_with_exit_status_2(cli, make
     assert result.code == 2 and len(lines) == 1 and "Traceback" not in result.err
     assert lines[0].startswith("error: cannot write") and os.strerror(errno.ENOSPC) in lines[0]
     assert "run the same command again" in lines[0]
+
+
+def test_a_tune_trial_whose_folder_is_deleted_stops_the_worker_in_one_line(cli, make_task, tmp_path):
+    pytest.importorskip("optuna")
+    out = tmp_path / "tune"
+    task = make_task(f'''
+import shutil
+from pathlib import Path
+
+_CALLS = [0]
+_TRIAL = Path({str(out)!r}) / "trials" / "0000"
+
+
+class Deleting(nn.Sequential):
+    def forward(self, x):
+        _CALLS[0] += 1
+        if _CALLS[0] >= 15 and _CALLS[0] < 1000 and (_TRIAL / "metrics.jsonl").exists():  # trial 0, epoch 2 on
+            _CALLS[0] = 1000
+            shutil.rmtree(_TRIAL)
+        return super().forward(x)
+
+
+def model():
+    return Deleting(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+''')
+    result = cli("tune", task, "--trials", "2", "--out", out, "--max-epochs", "6", "--no-warm-start",
+                 "--pruner", "none", "--quiet")
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.err
+    assert "the run folder was deleted" in lines[0] and "run the same `converge tune` command again" in lines[0]
+    assert not (out / "trials" / "0000").exists()

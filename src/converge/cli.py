@@ -288,9 +288,11 @@ def _storage_error(exc: Exception):
 def _peer_lost(reason: str, args: argparse.Namespace) -> int:
     """A data-parallel run lost one of its processes (a node down, a process killed): this one cannot go on
     alone. One line; the run folder keeps its last checkpoint, from which `converge resume` continues."""
-    from converge.engine.distributed import current_world
+    from converge.engine.distributed import current_world, first_process_ended
 
     world = current_world()
+    if first_process_ended():  # it stopped the run and said why (a full disk, say): one line is enough
+        return 1
     folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
     print(f"error: process {world.rank} of {world.size} lost contact with the other processes of the run "
           f"({reason}): a node or a process was lost. The last checkpoint stands: continue with "
@@ -344,7 +346,10 @@ def _folder_held(folder: Path):
     try:
         yield lock.child_env()
     finally:
-        alone = [p.name for p in folder.iterdir()] == [LOCK_FILE]
+        try:
+            alone = [p.name for p in folder.iterdir()] == [LOCK_FILE]
+        except FileNotFoundError:  # deleted under the run: the first process has said so
+            alone = False
         lock.release(remove=lock.created and alone)
         if made and alone:
             folder.rmdir()
