@@ -2,7 +2,12 @@
 writes (weights, checkpoints) go to one background thread so the loop never waits on a disk: a
 checkpoint is serialized into its temporary file in the loop (no copy in memory) and synced and renamed
 in the background; a checkpoint due while the previous one is still being written is skipped, and a
-weights file waiting to be written is replaced by a newer one, so the loop never waits for the writer."""
+weights file waiting to be written is replaced by a newer one, so the loop never waits for the writer.
+
+Every write, in the loop or the background, first checks that the folder is still the one this run
+locked (`RunFolder.writing`: it may have been deleted or replaced under the run), and a write that fails
+becomes a StorageError naming the file, the cause, the last checkpoint and the command that continues
+(docs/storage-errors.md)."""
 
 from __future__ import annotations
 
@@ -340,8 +345,10 @@ class RunFolder:
         finally:
             tmp.unlink(missing_ok=True)  # gone already after a commit; left by a failed check
         epoch, step = progress["epoch"], progress["step"]
-        self._checkpoint_progress = f"epoch {epoch + 1}, step {step}" if progress.get("batch") else \
-            f"end of epoch {epoch}, step {step}"
+        if progress.get("batch"):
+            self._checkpoint_progress = f"epoch {epoch + 1}, step {step}"
+        else:
+            self._checkpoint_progress = f"end of epoch {epoch}, step {step}" if epoch else "before the first step"
 
     @property
     def writing_checkpoint(self) -> bool:
