@@ -250,6 +250,8 @@ class RunFolder:
         of the write becomes a StorageError that says what is left and how to continue. ``background``:
         in the writer thread, whose failure reaches the run later (at its next write, or the end)."""
         try:
+            if not background:
+                self._surface_failures()
             self.check_still_here()
             yield
         except (StorageError, OSError) as exc:
@@ -257,7 +259,9 @@ class RunFolder:
                 self._failed = True
             if isinstance(exc, OSError):
                 exc = StorageError.from_os_error(exc, exc.filename or self.path / name)
-                self.check_still_here()  # a write that failed since the folder went says that, not ENOENT
+            # A write that failed because the folder went says that (not ENOENT), as things stand now (not
+            # as the writer thread saw them, half-way through an `rm -rf`).
+            self.check_still_here()
             raise self._advised(exc) from None
 
     def check_still_here(self) -> None:
@@ -363,12 +367,18 @@ class RunFolder:
     def _submit(self, fn, *args) -> Future:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="converge-writer")
-        for future in [f for f in self._pending if f.done()]:
-            self._pending.remove(future)
-            future.result()  # surfaces a failed write now rather than at the end of the run (a StorageError)
+        self._surface_failures()
         future = self._writer.submit(fn, *args)
         self._pending.append(future)
         return future
+
+    def _surface_failures(self) -> None:
+        """A background write that failed is raised now (a StorageError), at the loop's next write, rather
+        than at the end of the run."""
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            if not future.cancelled():
+                future.result()
 
     def flush(self) -> None:
         """Wait for background writes; re-raise the first failure. After a failed write has been raised,
