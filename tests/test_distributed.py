@@ -3,6 +3,7 @@ kill or Ctrl-C of the whole process tree followed by `converge resume`."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,3 +164,21 @@ def test_a_collective_failing_for_a_lost_peer_is_told_apart(monkeypatch, exc, ex
     assert distributed.lost_peer(exc) is None  # no process group: never a lost peer
     monkeypatch.setattr(distributed, "_WORLD", distributed.World(rank=0, size=2))
     assert distributed.lost_peer(exc) == expected
+
+
+def test_a_run_folder_deleted_under_a_data_parallel_run_is_one_line_and_status_2(tmp_path):
+    """The first process writes the folder and notices; the others lost contact with it and say nothing
+    more; the launcher does not stumble on the missing folder (docs/storage-errors.md)."""
+    task = write_task(tmp_path, "dataset")
+    out = tmp_path / "run"
+    process = subprocess.Popen(train_command(task, out, "--nproc", "2", epochs=200), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while metrics_lines(out) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    shutil.rmtree(out, ignore_errors=True)
+    _, err = process.communicate(timeout=180)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert process.returncode == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("error: cannot write") and "deleted" in lines[0]
+    assert not out.exists()

@@ -248,6 +248,9 @@ def _main(argv: list[str]) -> int:
     except Exception as exc:
         from converge.errors import ConvergeError
 
+        storage = _storage_error(exc)
+        if storage is not None:
+            return _fail(str(storage), debug)
         if isinstance(exc, ConvergeError):
             return _fail(str(exc), debug)
         if debug:
@@ -264,12 +267,31 @@ def _main(argv: list[str]) -> int:
         return 1
 
 
+def _storage_error(exc: Exception):
+    """A failed write as a StorageError that says what to do (exit 2, one line): one the run folder has
+    advised already, else with the generic advice; an OSError of a full or read-only disk that met no run
+    folder on its way too. None for anything else."""
+    import errno
+
+    from converge.errors import StorageError, storage_remedy
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        exc = StorageError.from_os_error(exc)
+    if not isinstance(exc, StorageError):
+        return None
+    if exc.advised:
+        return exc
+    return exc.with_advice(remedy=storage_remedy(exc.error_number), then="run the same command again")
+
+
 def _peer_lost(reason: str, args: argparse.Namespace) -> int:
     """A data-parallel run lost one of its processes (a node down, a process killed): this one cannot go on
     alone. One line; the run folder keeps its last checkpoint, from which `converge resume` continues."""
-    from converge.engine.distributed import current_world
+    from converge.engine.distributed import current_world, first_process_ended
 
     world = current_world()
+    if first_process_ended():  # it stopped the run and said why (a full disk, say): one line is enough
+        return 1
     folder = getattr(args, "run_dir", None) or getattr(args, "out", None)
     print(f"error: process {world.rank} of {world.size} lost contact with the other processes of the run "
           f"({reason}): a node or a process was lost. The last checkpoint stands: continue with "
@@ -323,7 +345,10 @@ def _folder_held(folder: Path):
     try:
         yield lock.child_env()
     finally:
-        alone = [p.name for p in folder.iterdir()] == [LOCK_FILE]
+        try:
+            alone = [p.name for p in folder.iterdir()] == [LOCK_FILE]
+        except FileNotFoundError:  # deleted under the run: the first process has said so
+            alone = False
         lock.release(remove=lock.created and alone)
         if made and alone:
             folder.rmdir()

@@ -1,10 +1,10 @@
 """The disk under the run folder fails: full (a small loop-mounted ext4), read-only, or the folder deleted
-while the run writes it. Each must end in one `error:` line (no traceback), lose nothing already
-written, and -- once the disk is usable again -- resume to the reference result.
+or replaced while the run writes it. Each must end in one `error:` line (no traceback) and exit status 2
+(docs/storage-errors.md), lose nothing already written, and -- once the disk is usable again -- resume
+to the reference result. A run never ends in success over a folder it could not finish.
 
 The loop file system is made by scripts/setup-loopfs.sh (root only); without it these cases are skipped
-with its reason. These are failures of the machine, not bad input: exit 1 or 2 both pass, as long as it is
-one line and nothing is lost (the detail says which)."""
+with its reason."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from _harness import (
     expect,
     lines_in,
     one_line_error,
+    read_jsonl,
     same_run,
     snapshot,
     study_trials,
@@ -85,9 +86,9 @@ class LoopFs:
         self._script("stop", str(self.mount))
 
 
-def _failed_in_one_line(result, what: str) -> None:
+def _failed_in_one_line(result, what: str, *needles: str) -> None:
     expect(result.code not in (0, -9), f"{what}: exit {result.code}, wanted a failure in one line")
-    check(one_line_error(result, code=(1, 2), warnings_ok=True), what)
+    check(one_line_error(result, *needles, code=2, warnings_ok=True), what)
 
 
 def _every_json_readable(folder: Path) -> str | None:
@@ -123,7 +124,7 @@ for _name, _leave in (("first-checkpoint", 40_000), ("checkpoint-rotation", 120_
                 expect(not missing or warned, f"exit 0 without {missing} and without a warning")
                 return f"{left // 1000} KB free: finished, {missing or 'nothing'} missing, " \
                        f"{len(warned)} warning(s): {(warned or [''])[0][:80]}"
-            _failed_in_one_line(result, f"disk full ({_leave} bytes free)")
+            _failed_in_one_line(result, f"disk full ({_leave} bytes free)", "No space left on device")
             check(_every_json_readable(out), "disk full")
             epochs = lines_in(out / "metrics.jsonl")
             there = sorted(p.name for p in out.iterdir()) if out.exists() else []
@@ -171,7 +172,7 @@ def _read_only_resume(c):
         before = snapshot(out)
         disk.read_only(True)
         result = c.converge("resume", out)
-        check(one_line_error(result, code=(1, 2)), "resume into a read-only folder")
+        check(one_line_error(result, code=2), "resume into a read-only folder")
         check(changed(before, snapshot(out)), "read-only resume")
         disk.read_only(False)
         again = c.converge("resume", out, "--quiet")
@@ -187,7 +188,7 @@ def _read_only_train(c):
         disk.read_only(True)
         out = disk.mount / "run"
         result = c.converge(*train_args(c.ref("train_task"), out))
-        check(one_line_error(result, code=(1, 2)), "train into a read-only file system")
+        check(one_line_error(result, code=2), "train into a read-only file system")
         expect(not out.exists(), "a folder was created")
         return f"exit {result.code}: {result.err.strip()[:110]}"
 
@@ -200,12 +201,41 @@ def _read_only_report(c):
         before = snapshot(out)
         disk.read_only(True)
         result = c.converge("report", out)
-        check(one_line_error(result, code=(1, 2)), "report of a read-only run folder")
+        check(one_line_error(result, "Read-only file system", code=2), "report of a read-only run folder")
         check(changed(before, snapshot(out)), "read-only report")
         return f"exit {result.code}: {result.err.strip()[:110]}"
 
 
-# --- the folder deleted while the run writes it ----------------------------------------------------------
+# --- disk full at a chosen write -------------------------------------------------------------------------
+# inject.py's `fill` takes every free block just before one write of the run (a checkpoint's serialization,
+# a metrics line that needs a new block, the report), so that write meets the kernel's ENOSPC. The run
+# stops there: exit 2, one line naming the file, the cause, the checkpoint left intact and the command that
+# continues; no summary.json (a summary means a finished folder). Freed, `converge resume` ends in the
+# reference, bit for bit.
+for _what, _file, _nth in (("checkpoint", "checkpoint.pt", 4), ("metrics", "metrics.jsonl", 3),
+                           ("report", "report.html", 1)):
+    @case(f"full-disk-during-{_what}-write", "disk", needs=("loopfs", "fixed"), cost=16)
+    def _full_during(c, _file=_file, _nth=_nth):
+        with LoopFs(c) as disk:
+            out = disk.mount / "run"
+            result = c.converge(*train_args(c.ref("train_task"), out), inject=[f"fill:{_file}:{_nth}"],
+                                env={"FAULT_BALLAST": disk.ballast})
+            _failed_in_one_line(result, f"disk filled at a write of {_file}", f"{out / _file}'",
+                                "No space left on device", "is intact", f"`converge resume {out}`")
+            check(_every_json_readable(out), f"disk full at {_file}")
+            _, torn = read_jsonl(out / "metrics.jsonl")
+            check(torn, f"disk full at {_file}")
+            expect(not (out / "summary.json").exists(), "summary.json written by a run that failed")
+            epochs = lines_in(out / "metrics.jsonl")
+            disk.empty()
+            again = c.converge("resume", out, "--quiet")
+            if again.code != 0:
+                raise Failed(f"resume after freeing the disk: {again.brief()}")
+            same_run(Path(c.ref("fixed")["run"]), out, f"disk full at {_file} after {epochs} epoch(s), then resumed")
+            return f"after {epochs} epoch(s): {result.err.strip()[:150]}; resumed to the reference"
+
+
+# --- the folder deleted or replaced while the run writes it ---------------------------------------------
 @case("folder-deleted-mid-run", "disk", needs=("fixed",), cost=12)
 def _deleted(c):
     out = c.path("run")
@@ -216,7 +246,29 @@ def _deleted(c):
         if not out.exists():
             break
     result = train.wait(timeout=120)
-    _failed_in_one_line(result, "run folder deleted mid-run")
+    _failed_in_one_line(result, "run folder deleted mid-run", "deleted", "the run stopped")
+    if out.exists():
+        raise Failed(f"the deleted folder is back, holding {sorted(p.name for p in out.iterdir())}")
     resumed = c.converge("resume", out)
     check(one_line_error(resumed, "not a converge run folder"), "resume of the deleted folder")
     return f"exit {result.code}: {result.err.strip()[:110]}"
+
+
+@case("folder-replaced-mid-run", "disk", needs=("fixed",), cost=16)
+def _replaced(c):
+    """`mv runs/x elsewhere && mkdir runs/x` while it trains: the run writes nothing into the new folder and
+    stops in one line; the moved folder resumes where it is now to the reference."""
+    out, moved = c.path("run"), c.path("moved")
+    train = c.start(*train_args(c.ref("train_task"), out), env={"FAULT_SLEEP": "0.004"})
+    wait_for(lambda: lines_in(out / "metrics.jsonl") >= 2, "2 epochs", proc=train)
+    os.rename(out, moved)
+    out.mkdir()
+    result = train.wait(timeout=120)
+    _failed_in_one_line(result, "run folder replaced mid-run", "another one made at its path")
+    there = sorted(p.name for p in out.iterdir())
+    expect(not there, f"the run wrote {there} into the folder put in its place")
+    again = c.converge("resume", moved, "--quiet")
+    if again.code != 0:
+        raise Failed(f"resume of the moved folder: {again.brief()}")
+    same_run(Path(c.ref("fixed")["run"]), moved, "replaced mid-run, the moved folder resumed")
+    return f"exit {result.code}: {result.err.strip()[:110]}; the moved folder resumed to the reference"

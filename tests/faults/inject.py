@@ -14,6 +14,14 @@ A SPEC is ``OP:NAME:N[:after]``: at the N-th call of OP on a file named NAME, th
 * ``append`` -- a JSON-lines append to NAME (``metrics.jsonl``, ``events.jsonl``): half the line is
   written, without its newline, and the process dies -- a torn last line.
 
+One more fills the disk instead of killing, so that a write meets a really full disk (ENOSPC from the
+kernel, nothing faked): the run folder is on a small file system, and ``$FAULT_BALLAST`` names a file
+there that takes every free block:
+
+* ``fill`` -- before the N-th write of NAME: for ``checkpoint.pt``, ``report.html`` (any atomic write),
+  once its temporary file exists; for ``metrics.jsonl``, ``events.jsonl``, the N-th append or the first
+  after it whose line needs a new block of the disk (one that fits the last block's slack would not fail).
+
 Three more OPs time a race instead of killing (``$FAULT_SYNC`` is a folder the battery watches):
 
 * ``hold:create:N`` -- the N-th ``RunFolder.create`` (the "is the folder empty?" check and the mkdir of
@@ -38,12 +46,13 @@ import sys
 class _Spec:
     def __init__(self, text: str) -> None:
         parts = text.split(":")
-        if len(parts) not in (3, 4) or parts[0] not in ("replace", "link", "fsync", "append", "hold", "release",
-                                                         "wait"):
+        if len(parts) not in (3, 4) or parts[0] not in ("replace", "link", "fsync", "append", "fill", "hold",
+                                                         "release", "wait"):
             raise SystemExit(f"inject: bad spec {text!r} (OP:NAME:N[:after])")
         self.op, self.name, self.n = parts[0], parts[1], int(parts[2])
         self.after = len(parts) == 4 and parts[3] == "after"
         self.calls = 0
+        self.done = False
 
     def matches(self, path: str) -> bool:
         base = os.path.basename(str(path))
@@ -58,6 +67,32 @@ class _Spec:
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fill_disk() -> None:
+    """Take every free block of the file system that holds ``$FAULT_BALLAST`` (a block at a time at the
+    end: the ballast's own extent records take a few)."""
+    ballast = os.environ["FAULT_BALLAST"]
+    with open(ballast, "ab") as handle:
+        while True:
+            stat = os.statvfs(os.path.dirname(ballast))
+            free, size = stat.f_bavail * stat.f_frsize, os.fstat(handle.fileno()).st_size
+            if free <= 0:
+                break
+            try:
+                os.posix_fallocate(handle.fileno(), size, free)
+            except OSError:
+                try:
+                    os.posix_fallocate(handle.fileno(), size, stat.f_frsize)
+                except OSError:
+                    break
+
+
+def _needs_new_block(path, size: int) -> bool:
+    """Would appending ``size`` bytes to ``path`` take a new block of its file system?"""
+    block = os.statvfs(os.path.dirname(path) or ".").f_frsize
+    now = os.stat(path).st_size if os.path.exists(path) else 0
+    return -(-(now + size) // block) > -(-now // block)
 
 
 def install(specs: list[_Spec]) -> None:
@@ -118,6 +153,34 @@ def install(specs: list[_Spec]) -> None:
         runfolder.JsonlLog.append = planted_append
 
 
+def _install_fill(specs: list[_Spec]) -> None:
+    from converge.io import atomic, checkpoint, runfolder
+
+    logs = [s for s in specs if s.name.endswith(".jsonl")]
+    files = [s for s in specs if s not in logs]
+    real_temporary = atomic.temporary_beside
+
+    def planted_temporary(path):
+        tmp = real_temporary(path)
+        if any(s.hit(path) for s in files):
+            _fill_disk()
+        return tmp
+
+    atomic.temporary_beside = planted_temporary
+    checkpoint.temporary_beside = planted_temporary
+    real_append = runfolder._append_whole
+
+    def planted_append(path, data):
+        for spec in [s for s in logs if s.matches(path)]:
+            spec.calls += 1
+            if spec.calls >= spec.n and not spec.done and _needs_new_block(path, len(data)):
+                spec.done = True  # fills once
+                _fill_disk()
+        return real_append(path, data)
+
+    runfolder._append_whole = planted_append
+
+
 def _wait_for_go(sync) -> None:
     import time
 
@@ -166,7 +229,9 @@ def main(argv: list[str]) -> int:
     cut = argv.index("--")
     specs = [_Spec(text) for text in argv[:cut]]
     timing = ("hold", "release", "wait")
-    install([s for s in specs if s.op not in timing])
+    install([s for s in specs if s.op not in timing + ("fill",)])
+    if any(s.op == "fill" for s in specs):
+        _install_fill([s for s in specs if s.op == "fill"])
     if any(s.op in timing for s in specs):
         _install_sync([s for s in specs if s.op in timing])
     from converge.cli import main as converge_main

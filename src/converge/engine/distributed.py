@@ -164,6 +164,12 @@ def launched_rank() -> int | None:
     return int(os.environ["RANK"])
 
 
+def first_process_ended() -> bool:
+    """Under run_torchrun: the first process has ended with a status of its own (and said why, if it
+    failed), so another process that lost contact with it has nothing to add."""
+    return launched_rank() not in (None, 0) and Path(os.environ[_EXIT_FILE]).exists()
+
+
 def tell_launcher(code: int) -> int:
     """Under run_torchrun, the first process leaves its exit status for the launcher. Returns ``code``."""
     if launched_rank() == 0:

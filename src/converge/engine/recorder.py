@@ -17,6 +17,7 @@ import torch
 
 from converge.console import Console
 from converge.decide.cadence import checkpoint_due
+from converge.errors import StorageError
 from converge.lazy import preload
 from converge.io.atomic import atomic_write_bytes
 from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY, TENSORBOARD_DIR, RunFolder
@@ -170,13 +171,17 @@ class RunRecorder:
                 "matplotlib.transforms")
         png = curves_png(self.history, self.events, best_epoch=best_epoch, monitor=monitor)
         if png is not None:
-            atomic_write_bytes(self.folder.path / CURVES, png)
+            with self.folder.writing(CURVES):
+                atomic_write_bytes(self.folder.path / CURVES, png)
 
     def _write_report(self, summary: dict) -> None:
         try:
             from converge.report.html import write_report
 
-            write_report(self.folder.path, summary=summary)
+            with self.folder.writing(REPORT):
+                write_report(self.folder.path, summary=summary)
+        except StorageError:  # a full disk: summary.json, next, could not be written either; resume ends it
+            raise
         except Exception as exc:  # the report is derived from files already safe; it must not cost the run
             self.console.warning(f"could not write report.html ({type(exc).__name__}: {exc}); "
                                  f"try `converge report {self.folder.path}`")

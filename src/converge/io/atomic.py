@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 # mkstemp creates files readable by their owner only; run files should get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+# What os.link raises where a file system has no hard links (FAT, some network and FUSE file systems).
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 def fsync_dir(folder: Path) -> None:
@@ -29,7 +33,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, keep_previous: str | Pa
     path = Path(path)
     tmp = temporary_beside(path)
     try:
-        with open(tmp, "wb") as handle:
+        with naming(path), open(tmp, "wb") as handle:
             handle.write(data)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,11 +41,25 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, keep_previous: str | Pa
     commit(tmp, path, keep_previous=keep_previous)
 
 
+@contextmanager
+def naming(path: str | Path):
+    """An OSError raised inside names ``path``, the file being written: a failed ``write()`` names no file,
+    and one on the temporary file names a hidden name the user never sees."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename == str(path) and exc.filename2 is None:
+            raise
+        # The same error (OSError picks the subclass from errno), naming the file.
+        raise OSError(exc.errno, exc.strerror, str(path)).with_traceback(exc.__traceback__) from None
+
+
 def temporary_beside(path: str | Path) -> Path:
     """A new empty file in ``path``'s folder (hidden, with the usual permissions), to be written and then
     made ``path`` by :func:`commit`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _FILE_MODE)
     finally:
@@ -55,19 +73,24 @@ def commit(tmp: str | Path, path: str | Path, *, keep_previous: str | Path | Non
     failure ``tmp`` is removed and ``path`` is left as it was."""
     path = Path(path)
     try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if keep_previous is not None and path.exists():
-            _keep_copy(path, Path(keep_previous))
-        os.replace(tmp, path)
+        with naming(path):
+            _sync_and_rename(tmp, path, keep_previous)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _sync_and_rename(tmp: str | Path, path: Path, keep_previous: str | Path | None) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if keep_previous is not None and path.exists():
+        _keep_copy(path, Path(keep_previous))
+    os.replace(tmp, path)
 
 
 def _keep_copy(path: Path, previous: Path) -> None:
@@ -76,8 +99,10 @@ def _keep_copy(path: Path, previous: Path) -> None:
         link.unlink(missing_ok=True)
         os.link(path, link)
         os.replace(link, previous)
-    except OSError:  # no hard links here: move it aside (``path`` is missing until the next rename)
-        os.replace(path, previous)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:  # a full or failing disk: leave ``path`` where it is
+            raise
+        os.replace(path, previous)  # no hard links here: move it aside (missing until the next rename)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from converge.io.atomic import atomic_write_bytes, commit, temporary_beside
+from converge.io.atomic import atomic_write_bytes, commit, naming, temporary_beside
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -43,11 +43,37 @@ def write_temporary(folder: Path, state: dict) -> Path:
     the file: no copy of the whole state is built). The file is not yet synced nor a checkpoint."""
     tmp = temporary_beside(folder / CHECKPOINT)
     try:
-        torch.save(state, str(tmp))
+        with naming(folder / CHECKPOINT), open(tmp, "wb") as handle:
+            writer = _FileWriter(handle)
+            try:
+                torch.save(state, writer)
+            except Exception:
+                if writer.failure is not None:
+                    raise writer.failure from None
+                raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+class _FileWriter:
+    """The file torch.save writes to, keeping the OSError of a failed write: torch's serializer turns it
+    into its own RuntimeError ("unexpected pos ...") that no longer says why (a full disk, say)."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self.failure: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            self.failure = self.failure or exc
+            raise
+
+    def flush(self) -> None:
+        self._handle.flush()
 
 
 def commit_checkpoint(folder: Path, tmp: Path) -> None:

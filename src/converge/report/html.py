@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converge.errors import ConvergeError
+from converge.errors import ConvergeError, StorageError
 from converge.io.atomic import atomic_write_text
 from converge.io.lock import holder
 from converge.io.runfolder import (BEST_WEIGHTS, DOCTOR_FINDINGS, EVENTS, LR_FIND_PLOT, METRICS, REMEDIES, REPORT,
@@ -68,7 +68,7 @@ def write_report(run_dir: str | Path, *, summary: dict | None = None) -> Path:
     try:
         atomic_write_text(path, page)
     except OSError as exc:
-        raise ConvergeError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+        raise StorageError.from_os_error(exc, path) from None
     return path
 
 

@@ -34,7 +34,7 @@ from typing import Callable
 
 from converge.decide.laggard import Finished, lags_behind
 from converge.engine.optim import OPTIMIZERS
-from converge.errors import ConvergeError
+from converge.errors import ConvergeError, StorageError
 from converge.io.lock import lock_folder
 from converge.io.runfolder import JOURNAL, TRIALS, TUNE_INFO, WORKERS
 from converge.status import Status
@@ -413,9 +413,13 @@ class _Worker:
         config = self.base.with_values(**knobs)
         judge = EpochJudge(trial, f"val_{config.monitor.removeprefix('val_')}", config.mode,
                            laggards=self.pruner_name != "none")
-        run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
-                            task_args=task_args, epoch_judge=judge)
-        summary = run.run().summary
+        try:
+            run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
+                                task_args=task_args, epoch_judge=judge)
+            summary = run.run().summary
+        except StorageError as exc:  # the trial failed; the study is whole, and a rerun goes on with it
+            raise exc.with_advice(state=f"trial {trial.number} failed, the study's finished trials are kept",
+                                  then="run the same `converge tune` command again") from None
         for key in ("status", "epochs", "best_epoch"):
             trial.set_user_attr(key, summary[key])
         best = summary["best"].get(run.trainer.monitor_key)
