@@ -459,7 +459,8 @@ class Trainer:
         """Tell a problem (overfitting, an LR too high) the first epoch it shows, not only at the end."""
         told = {e.get("code") for e in self.events if e.get("event") == "diagnosis"}
         notes = []
-        for found in live_findings(self.history, self.events, weight_decay=self.config.weight_decay):
+        for found in live_findings(self.history, self.events, weight_decay=self.config.weight_decay,
+                                    monitor=self.monitor_key, mode=self.config.mode):
             if found.code not in told:
                 self._event("diagnosis", code=found.code, message=found.message, fix=found.fix)
                 notes.append(found.code)
@@ -520,7 +521,7 @@ class Trainer:
             self._learn_baseline()  # targets in memory, a checkpoint from before the baseline was kept
         baseline = self.baseline_loss
         wanted = needs_reference(self.history, fit, baseline)
-        reference = reference_loss(self.splits, self.objective, seed=cfg.seed) if wanted else None
+        reference = reference_loss(self.splits, self.objective, seed=cfg.seed, model=self.model) if wanted else None
         if summary is not None and baseline is not None:
             summary["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
         return diagnose_run(self.history, self.events, status=self.status, monitor=self.monitor_key, mode=cfg.mode,
