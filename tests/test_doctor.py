@@ -263,6 +263,46 @@ def test_class_imbalance_thresholds(counts, severity):
         assert findings[0].evidence["ratio"] == pytest.approx(max(counts) / min(counts), rel=1e-3)
 
 
+@pytest.mark.parametrize("own_loss, own_monitor, severity, said, not_said", [
+    # converge's own loss and a monitored loss: re-weight with --fix, and watch a metric that weighs every class
+    (None, None, "warning", ["converge train --fix", "monitor a metric that weighs every class"], ["your own loss"]),
+    # the task's own loss: --fix leaves it alone, so it is not offered
+    ("focal_loss", None, "warning", ["your own loss (focal_loss)", "monitor a metric"], ["sampling (converge"]),
+    # a metric of the task's own is monitored: it chose what to watch
+    (None, "val_f1", "warning", ["--fix", "monitors your own val_f1"], ["monitor a metric"]),
+    # both (issue 20: a focal loss and a monitored macro-F1): the task answered the imbalance itself
+    ("focal_loss", "val_f1", "info", ["your own loss (focal_loss)", "monitors your own val_f1"],
+     ["monitor a metric", "sampling (converge"]),
+])
+def test_class_imbalance_advice_knows_the_tasks_loss_and_monitor(own_loss, own_monitor, severity, said, not_said):
+    found = dc.class_imbalance(_labels((500, 100)), own_loss=own_loss, own_monitor=own_monitor)[0]
+    assert found.severity == severity
+    assert all(text in found.fix for text in said) and not any(text in found.fix for text in not_said)
+
+
+def test_the_checks_learn_the_tasks_own_loss_and_monitored_metric():
+    x = torch.randn(600, 8)
+    y = (torch.arange(600) % 6 == 0).long()                        # 5:1
+    model = nn.Sequential(nn.Linear(8, 2))
+
+    def f1(outputs, targets):
+        return (outputs.argmax(1) == targets).float().mean()
+
+    def imbalance(**options):
+        found = converge.diagnose(model, (x, y), (x, y), cheap=True, **options)
+        return next(f for f in found if f.code == "class_imbalance")
+
+    assert imbalance().severity == "warning" and "monitor a metric" in imbalance().fix
+    own = imbalance(loss=nn.CrossEntropyLoss(), metrics={"f1": f1}, monitor="val_f1")
+    assert own.severity == "info" and "CrossEntropyLoss" in own.fix and "val_f1" in own.fix
+    assert "monitor a metric" in imbalance(metrics={"f1": f1}, monitor="val_loss").fix
+
+
+def test_unscaled_features_advice_says_what_converge_does_by_default():
+    found = dc.unscaled_features(torch.randn(100, 4) * 100)[0]
+    assert "by default" in found.fix and "--no-standardize" in found.fix
+
+
 def _standard(n=500, d=6, seed=0):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 

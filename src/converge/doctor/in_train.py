@@ -41,8 +41,8 @@ class Prepared:
 
 def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, metrics: dict | None, check: bool,
                     fix: bool, drop_label_issues: bool, seed: int, console, ignore_index: int = IGNORE_INDEX,
-                    target_key: str = "labels", standardize: bool = False, recorded: bool | None = None
-                    ) -> Prepared:
+                    target_key: str = "labels", standardize: bool = False, recorded: bool | None = None,
+                    monitor: str | None = None) -> Prepared:
     """Run the cheap checks (``check``) and apply the remedies asked for; returns the splits and loss to
     train with. ``standardize``: standardize unscaled plain feature matrices by default (without the
     other checks, only the cheap scale check runs). ``recorded``: a resumed run's decision, from its
@@ -57,7 +57,8 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
         if prepared.checked:
             samples = samples_from_splits(splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
             prepared.findings, objective = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
-                                                     ignore_index=ignore_index, target_key=target_key)
+                                                     ignore_index=ignore_index, target_key=target_key,
+                                                     monitor=monitor)
             scale = [f for f in prepared.findings if f.code == "unscaled_features"]
         else:
             scale = scale_findings(splits["train"], seed) if recorded is None else []
@@ -69,7 +70,7 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
             # the model checks (initial loss, gradients, dead units) again, on the inputs training will see
             samples = samples_from_splits(prepared.splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
             again, _ = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
-                                 ignore_index=ignore_index, target_key=target_key)
+                                 ignore_index=ignore_index, target_key=target_key, monitor=monitor)
             prepared.findings = ranked([f for f in prepared.findings if f.code == "unscaled_features"] +
                                        [f for f in again if f.code != "unscaled_features"])
     finally:

@@ -126,5 +126,5 @@ def label_noise_finding(probs: torch.Tensor, labels: torch.Tensor, *, indices: t
     return [Finding("label_noise", severity,
                     f"about {100 * rate:.1f}% of training labels look wrong (confident learning); {count} "
                     f"sample(s) flagged{caveat}",
-                    evidence, "review the flagged samples (worst_indices); converge train --fix "
+                    evidence, "review the flagged samples (worst_indices); converge train "
                               "--drop-label-issues leaves them out of training")], issues
