@@ -755,6 +755,58 @@ def test_label_noise_severity_needs_the_rate_and_enough_rows_per_class(per_class
     assert finding.evidence["rows_per_class"] == per_class
 
 
+@pytest.mark.parametrize("own_error, severity, flags", [
+    (None, "warning", True),     # not measured: the rate and the rows per class decide
+    (0.03, "warning", True),     # the proxy reads the rest well (digits with 10 % flipped labels: 3 %)
+    (0.09, "warning", True),     # just under NOISE_PROXY_SHARE of the estimated 20 %
+    (0.15, "info", False),       # it errs on the rest about as often as it flagged: its own errors
+])
+def test_label_noise_is_no_warning_when_the_proxy_errs_as_often(own_error, severity, flags):
+    from converge.doctor import thresholds as T
+    from converge.doctor.label_noise import label_noise_finding
+
+    assert T.NOISE_PROXY_SHARE == 0.5
+    (finding,), issues = label_noise_finding(*_noise_probs(100, flipped=0.2), own_error=own_error)
+    assert finding.severity == severity and bool(issues.any()) == flags
+    assert finding.evidence["noise_rate"] == pytest.approx(0.2, abs=0.02)
+    assert ("cannot be told apart" in finding.message) != flags
+
+
+def _digits_for_noise(shift=0, flipped=0.0):
+    """1350 digits; each shifted by up to ``shift`` pixels (one random view, as an augmented Dataset gives) and
+    a share ``flipped`` of the labels moved to another class. Returns (sample, flipped rows)."""
+    from sklearn.datasets import load_digits
+    from converge.doctor._sample import Sample
+
+    d, g = load_digits(), torch.Generator().manual_seed(0)
+    x, y = torch.tensor(d.data[:1350], dtype=torch.float32) / 16, torch.tensor(d.target[:1350])
+    if shift:
+        dx, dy = torch.randint(-shift, shift + 1, (2, len(x)), generator=g)
+        images = x.reshape(-1, 8, 8)
+        x = torch.stack([torch.roll(im, (int(a), int(b)), (0, 1)) for im, a, b in zip(images, dx, dy)]).reshape(-1, 64)
+        x = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    rows = torch.randperm(len(y), generator=g)[:round(flipped * len(y))]
+    y[rows] = (y[rows] + torch.randint(1, 10, (len(rows),), generator=g)) % 10
+    return Sample("train", x, y, len(y), None), rows
+
+
+@pytest.mark.parametrize("shift, flipped, severity", [
+    (2, 0.0, "info"),      # clean digits the proxy reads poorly (shifted up to 2 px): was a warning, "31 %"
+    (0, 0.10, "warning"),  # 10 % flipped labels: flagged within 2x of that
+])
+def test_label_noise_on_digits_tells_noise_from_a_proxy_that_cannot_read(shift, flipped, severity):
+    from converge.doctor.run import label_issues
+
+    sample, truth = _digits_for_noise(shift, flipped)
+    (finding,), flagged = label_issues(sample, 10, seed=0, progress=lambda text: None)
+    assert finding.severity == severity
+    if flipped:
+        assert flipped / 2 <= len(flagged) / len(sample.targets) <= 2 * flipped
+        assert len(set(flagged.tolist()) & set(truth.tolist())) >= 0.8 * len(truth)
+    else:
+        assert len(flagged) == 0
+
+
 @pytest.mark.parametrize("name", ["digits", "wine", "digits_tiny"])
 def test_doctor_raises_no_warning_on_clean_bundled_data(name):
     """bench/doctor_precision.py's table, one random split: every check, zero warnings."""

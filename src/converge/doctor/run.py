@@ -17,7 +17,7 @@ from converge.doctor import model_checks as mc
 from converge.doctor import thresholds as T
 from converge.decide.findings import Finding, ranked
 from converge.doctor._sample import Sample, sample_of, sample_split
-from converge.doctor.label_noise import label_noise_finding, out_of_sample_probs
+from converge.doctor.label_noise import find_label_issues, label_noise_finding, out_of_sample_probs, proxy_error
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, resolve_objective
@@ -156,9 +156,17 @@ def label_issues(sample: Sample, classes: int, *, seed: int, progress: Callable[
         x, labels, positions = x[keep], labels[keep], positions[keep]
     progress(f"doctor: {T.NOISE_FOLDS}-fold proxy trainings on {len(labels)} rows for label noise")
     probs = out_of_sample_probs(x, labels, classes, seed=seed)
+    flagged, rate, _ = find_label_issues(probs, labels)
+    own_error = None
+    if rate >= T.NOISE_WARN and len(labels) / classes >= T.NOISE_MIN_PER_CLASS and \
+            int((~flagged).sum()) >= 10 * T.NOISE_FOLDS:
+        # the estimate would be a warning: first ask whether the proxy can read these inputs at all
+        progress(f"doctor: {T.NOISE_FOLDS}-fold proxy trainings on the {int((~flagged).sum())} rows not flagged, "
+                 f"for the proxy's own error")
+        own_error = proxy_error(x, labels, flagged, classes, seed=seed)
     extra = {"proxy": f"MLP (64 hidden units) on standardized flattened inputs, {T.NOISE_FOLDS}-fold",
              "sampled": len(labels) < (sample.total or 0)}
-    findings, issues = label_noise_finding(probs, labels, indices=positions, extra=extra)
+    findings, issues = label_noise_finding(probs, labels, indices=positions, extra=extra, own_error=own_error)
     return findings, positions[issues]
 
 

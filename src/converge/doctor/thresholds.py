@@ -21,6 +21,7 @@ these defaults; tests/test_doctor.py pins them with tables.
 | NOISE_WARN | 0.05 | estimated label-noise rate (confident learning) at or above this is a `warning` |
 | NOISE_MIN_PER_CLASS | 50 | fewer labelled rows per class (on average) and the noise estimate is only `info`: the proxy's own out-of-fold errors are as large as the noise it would find (clean digits with 12 rows per class: 11-15 % "noise") |
 | NOISE_FOLDS / NOISE_MAX_ROWS | 4 / 5000 | k-fold trainings of the proxy and the rows they use |
+| NOISE_PROXY_SHARE | 0.5 | a noise estimate that would warn is only `info` when the proxy, trained again on the rows it did not flag, errs on more than this share of the estimated rate there: its flags are its own errors (digits, 1350 rows: 10 % / 30 % flipped labels 0.22 / 0.16; clean digits shifted up to 2 px or with pixel noise 0.84 / 1.04; both shifted-noisy and 10 % flipped 0.52) |
 | INIT_LOSS_RATIO | 2.0 | initial loss above this multiple of its expected value |
 | OVERFIT_BATCH / OVERFIT_STEPS | 32 / 200 | one batch this big, Adam for at most this many steps (per LR) |
 | OVERFIT_LRS | (1e-3, 1e-2) | the learning rates tried in turn |
@@ -52,6 +53,7 @@ NOISE_WARN = 0.05
 NOISE_MIN_PER_CLASS = 50
 NOISE_FOLDS = 4
 NOISE_MAX_ROWS = 5000
+NOISE_PROXY_SHARE = 0.5
 INIT_LOSS_RATIO = 2.0
 OVERFIT_BATCH = 32
 OVERFIT_STEPS = 200
