@@ -213,6 +213,26 @@ def test_race_budget_is_in_steps_whatever_the_data_size():
     assert small_samples == pytest.approx(large_samples, rel=0.02)
 
 
+@pytest.mark.parametrize("steps_per_epoch, sweep, rungs", [
+    (50, 100, [40, 80, 160]),     # about 50 steps an epoch (800 rows and more at batch 16): unchanged
+    (20, 100, [40, 80, 160]),     # 320 rows at batch 16: still unchanged
+    (5, 30, [10, 20, 40]),        # 80 rows at batch 16: at most 2 epochs a first rung, a sweep of RANGE_MIN_STEPS
+    (1, 30, [2, 4, 8]),
+])
+def test_choosing_is_bounded_in_epochs_on_tiny_data(steps_per_epoch, sweep, rungs):
+    from converge.tune.auto import rung_steps, sweep_steps
+
+    assert sweep_steps(steps_per_epoch) == sweep
+    assert [rung_steps(rung, steps_per_epoch) for rung in (1, 2, 3)] == rungs
+
+
+def test_eighty_rows_spend_about_a_run_choosing():
+    """Issue 20, item 7: 80 training rows spent 95.6 epochs choosing the knobs for a 22-epoch run."""
+    steps, samples = _race_steps(80)
+    assert steps and steps[0] == 10
+    assert samples / 80 < 40
+
+
 # --- the baseline from the targets ------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["classification", "binary", "regression"])
 def test_baseline_from_the_first_epoch_equals_the_direct_computation(kind):

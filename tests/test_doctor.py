@@ -402,6 +402,24 @@ def test_too_few_samples_thresholds(n, params, classes, flagged):
     assert bool(dc.too_few_samples(n, params, classes)) == flagged
 
 
+@pytest.mark.parametrize("n, classes, features, flagged", [
+    (80, 2, 64, True),          # 80 rows of a binary task on 64 columns: 40 per class, 875 params each, 1.25 per column
+    (80, None, 64, True),       # the same, regression
+    (320, None, 64, False),     # 5 per column (MIN_ROWS_PER_FEATURE)
+    (319, None, 64, True),
+    (80, 2, None, False),       # images or sequences: pixels and steps are not columns
+    (106, 3, 13, False),        # wine's training split (60 %): 8 per column
+])
+def test_too_few_rows_for_the_columns(n, classes, features, flagged):
+    from converge.doctor import thresholds as T
+
+    assert T.MIN_ROWS_PER_FEATURE == 5
+    found = dc.too_few_samples(n, 70_000, classes, features=features)
+    assert bool(found) == flagged
+    if flagged:
+        assert found[0].severity == "warning" and found[0].evidence["input_features"] == features
+
+
 @pytest.mark.parametrize("first, last, code", [
     (1.0, 1.0, None),
     (1e-3, 1.0, None),           # exactly the bound
@@ -819,3 +837,15 @@ def test_doctor_raises_no_warning_on_clean_bundled_data(name):
     assert result["messages"] == [], result["messages"]
     if name == "digits":
         assert result["noise_rate"] is not None   # the label-noise check did run (and found a little, as info)
+
+
+@pytest.mark.parametrize("rows, named", [(80, True), (400, False)])
+def test_fit_names_too_little_data_without_the_checks(rows, named, capsys):
+    """Issue 20, item 7: converge.fit runs none of the doctor's checks, but a count is free."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(rows, 64, generator=g), torch.arange(rows) % 2
+    result = converge.fit(nn.Linear(64, 2), (x, y), (x[:40], y[:40]), optimizer="adamw", lr=1e-3,
+                          weight_decay=0.0, batch_size=16, max_epochs=1, verbose=True)
+    found = [e for e in result.events if e["event"] == "doctor_finding"]
+    assert [e["code"] for e in found] == (["too_few_samples"] if named else [])
+    assert ("too_few_samples" in capsys.readouterr().err) == named

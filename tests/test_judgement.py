@@ -240,6 +240,8 @@ class _DictInput(nn.Module):
         self.linear = nn.Linear(64, 4)
 
     def forward(self, batch):
+        if not isinstance(batch, dict):
+            raise TypeError("this model takes dict batches")
         return self.linear(batch["x"])
 
 

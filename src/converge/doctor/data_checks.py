@@ -267,11 +267,18 @@ def train_val_overlap(train_inputs: torch.Tensor, others: dict, *, warn_rows: in
 
 def too_few_samples(n_train: int, n_params: int, num_classes: int | None, *, min_per_class: int = T.MIN_PER_CLASS,
                     min_samples: int = T.MIN_SAMPLES, max_params_per_sample: float = T.MAX_PARAMS_PER_SAMPLE,
-                    unit: str = "samples") -> list[Finding]:
-    """Too little training data for the task (per class) or for the model's size. ``n_train`` counts what
-    the loss sees: samples, or labelled positions (``unit="labelled positions"``) for sequences, where
-    ``num_classes`` is None (a vocabulary is not a set of classes that each need examples)."""
+                    unit: str = "samples", features: int | None = None,
+                    min_rows_per_feature: float = T.MIN_ROWS_PER_FEATURE) -> list[Finding]:
+    """Too little training data for the task (per class), for the model's size, or for the inputs' width.
+    ``n_train`` counts what the loss sees: samples, or labelled positions (``unit="labelled positions"``) for
+    sequences, where ``num_classes`` is None (a vocabulary is not a set of classes that each need examples).
+    ``features``: the columns of a plain feature matrix [N, F] (None for images, sequences, several inputs:
+    their pixels or steps are not independent features); fewer than ``min_rows_per_feature`` rows per column
+    is too few."""
     problems = []
+    if features and n_train < min_rows_per_feature * features:
+        problems.append(f"{n_train} {unit} for {features} input features ({n_train / features:.3g} per feature, "
+                        f"fewer than {min_rows_per_feature:g})")
     per_class = n_train / num_classes if num_classes else None
     if num_classes and per_class < min_per_class:
         problems.append(f"{per_class:.3g} {unit} per class (fewer than {min_per_class})")
@@ -285,6 +292,8 @@ def too_few_samples(n_train: int, n_params: int, num_classes: int | None, *, min
         return []
     evidence = {"train_samples": n_train, "counted": unit, "trainable_parameters": n_params,
                 "params_per_sample": rounded(ratio)}
+    if features:
+        evidence.update(input_features=features, rows_per_feature=rounded(n_train / features))
     if num_classes:
         evidence.update(classes=num_classes, samples_per_class=rounded(per_class))
     return [Finding("too_few_samples", "warning", "too little training data: " + "; ".join(problems), evidence,

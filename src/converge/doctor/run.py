@@ -200,7 +200,7 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         counted, unit = _counted(train, objective)
         classes = objective.classes if kind in ("classification", "binary") else None
-        findings += dc.too_few_samples(counted, params, classes, unit=unit)
+        findings += dc.too_few_samples(counted, params, classes, unit=unit, features=matrix_columns(train.inputs))
         if objective is not None:
             findings += model_findings(model_copy, splits, objective, cheap=cheap, seed=seed, progress=progress)
             if not cheap and kind in ("classification", "binary"):
@@ -211,6 +211,13 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
     finally:
         restore_rng(saved)
     return ranked(findings), objective
+
+
+def matrix_columns(inputs: Any) -> int | None:
+    """The columns of one float feature matrix [N, F]; None for any other inputs."""
+    if isinstance(inputs, torch.Tensor) and inputs.dtype.is_floating_point and inputs.ndim == 2:
+        return int(inputs.shape[1])
+    return None
 
 
 def _the_tasks_own(loss: Callable | None, metrics: dict | None, monitor: str | None) -> dict:

@@ -18,6 +18,7 @@ these defaults; tests/test_doctor.py pins them with tables.
 | MIN_PER_CLASS | 20 | fewer training samples per class is too few |
 | MIN_SAMPLES | 50 | fewer training samples (regression) is too few |
 | MAX_PARAMS_PER_SAMPLE | 1000 | more trainable parameters per training sample is too few samples |
+| MIN_ROWS_PER_FEATURE | 5 | fewer training rows per column of a plain feature matrix [N, F] is too few. Measured (a 2-hidden-layer MLP, AdamW 1e-3, early stopping, 3 seeds): digits with 80 / 160 / 320 / 640 / 1000 training rows (1.2 / 2.5 / 5 / 10 / 16 per feature) reach 0.856 / 0.919 / 0.942 / 0.965 / 0.976 test accuracy; breast cancer with 40 / 80 / 150 / 300 rows (1.3 / 2.7 / 5 / 10 per feature) 0.944 / 0.947 / 0.973 / 0.982; below 5 per feature the same model loses 3 to 12 points to more data. The clean bundled sets have 8 (wine) to 26 (diabetes) per feature |
 | NOISE_WARN | 0.05 | estimated label-noise rate (confident learning) at or above this is a `warning` |
 | NOISE_MIN_PER_CLASS | 50 | fewer labelled rows per class (on average) and the noise estimate is only `info`: the proxy's own out-of-fold errors are as large as the noise it would find (clean digits with 12 rows per class: 11-15 % "noise") |
 | NOISE_FOLDS / NOISE_MAX_ROWS | 4 / 5000 | k-fold trainings of the proxy and the rows they use |
@@ -49,6 +50,7 @@ OVERLAP_WARN_ROWS = 3
 MIN_PER_CLASS = 20
 MIN_SAMPLES = 50
 MAX_PARAMS_PER_SAMPLE = 1000
+MIN_ROWS_PER_FEATURE = 5
 NOISE_WARN = 0.05
 NOISE_MIN_PER_CLASS = 50
 NOISE_FOLDS = 4

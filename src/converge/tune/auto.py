@@ -12,7 +12,10 @@ The steps, each recorded as an event with its evidence:
    third of it, or three LRs around it when the optimizer is fixed -- trains 40 optimizer steps (a
    partial epoch when epochs are longer) with the real engine; successive halving keeps the better half
    on the monitored value and trains it again from the start with twice the steps, until one is left.
-   The race costs the same number of steps whatever the size of the data, one arm at a time. An arm
+   The race costs the same number of steps whatever the size of the data, one arm at a time -- except on
+   tiny data, where 40 steps are many epochs: there the first rung is at most ``RUNG_MAX_EPOCHS`` epochs
+   (and each range test at most ``RANGE_MAX_EPOCHS`` epochs, at least ``RANGE_MIN_STEPS`` steps), so that
+   choosing costs about what the run it serves does (see the constants). An arm
    whose validation loss sits at a constant prediction's (it collapsed: one class for every row) ranks
    after every arm that did not; when all did, the race says so (a ``race_all_collapsed`` event and a
    console warning).
@@ -51,6 +54,12 @@ from converge.tune.lr_find import RangeTest, lr_range_test
 TARGET_STEPS_PER_EPOCH = 50
 BATCH_RANGE = (16, 256)
 RUNG_STEPS = 40            # optimizer steps per arm in the race's first rung (doubled each rung)
+# Tiny data: 80 digits (batch 16, 5 steps per epoch) spent 95.6 epochs choosing (two 71-87-step range tests,
+# a 40/80-step race of 4 arms) for a 22-epoch run. Bounded in epochs, choosing costs about the run's length
+# there; nothing changes from 20 steps per epoch on (320 rows at batch 16).
+RUNG_MAX_EPOCHS = 2        # the first rung trains at most this many epochs per arm (then doubled per rung)
+RANGE_MAX_EPOCHS = 5       # a range test sweeps at most this many epochs ...
+RANGE_MIN_STEPS = 30       # ... but never fewer steps than this (8 decades of LR need some points)
 WARMUP_MARGIN = 5.0        # warm up when the LR is within this factor of the range test's loss minimum
 
 
@@ -190,10 +199,23 @@ def _range_test(log, model, train, objective, opt, decay, batch_size, device, co
         test = RangeTest(opt, batch_size, list(saved["lrs"]), losses, int(saved["samples"]))
         test.suggestion = suggest_lr(test.lrs, test.losses)
         return test
+    steps_per_epoch = math.ceil(epoch_samples(train, batch_size) / batch_size)
     test = lr_range_test(model, train, objective, optimizer=opt, weight_decay=decay, batch_size=batch_size,
-                         device=device, amp=config.amp, seed=config.seed)
+                         device=device, amp=config.amp, seed=config.seed,
+                         steps=sweep_steps(steps_per_epoch))
     log.put(f"range_test_{opt}", test.to_dict())
     return test
+
+
+def sweep_steps(steps_per_epoch: int, default: int = 100) -> int:
+    """A range test's steps: ``default``, but at most ``RANGE_MAX_EPOCHS`` epochs (at least ``RANGE_MIN_STEPS``)."""
+    return max(RANGE_MIN_STEPS, min(default, RANGE_MAX_EPOCHS * steps_per_epoch))
+
+
+def rung_steps(rung: int, steps_per_epoch: int) -> int:
+    """Each arm's steps in race rung ``rung`` (1, 2, ...): ``RUNG_STEPS``, at most ``RUNG_MAX_EPOCHS`` epochs,
+    doubled per rung."""
+    return max(1, min(RUNG_STEPS, RUNG_MAX_EPOCHS * steps_per_epoch)) * 2 ** (rung - 1)
 
 
 def _no_evidence_at_level(test: RangeTest, baseline: float | None) -> LrSuggestion:
@@ -252,7 +274,7 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
     monitor = None
     while len(alive) > 1:
         rung += 1
-        budget = RUNG_STEPS * 2 ** (rung - 1)
+        budget = rung_steps(rung, steps_per_epoch)
         scores, collapsed = {}, set()
         for arm in alive:
             score, steps, monitor, arm_collapsed = _race_arm(model, splits, config, objective, arm, decay,
