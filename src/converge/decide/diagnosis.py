@@ -4,7 +4,9 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
 ``evidence`` holds numbers from the run, ``fix`` a concrete next step. The codes and what triggers them
 (thresholds are the module constants below):
 
-* ``converged``       -- the run stopped on its convergence rule.
+* ``converged``       -- the run stopped on its convergence rule. Every text that mentions the kept weights
+  names their epoch: that of the best monitored value (not the validation loss's minimum when another
+  value is monitored).
 * ``still_improving`` -- it hit --max-epochs while the monitored value was still improving: its best
   epoch is among the last ``patience`` epochs.
 * ``diverged``        -- it stopped because training blew up (after the guard's rollbacks, if on).
@@ -32,7 +34,8 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
   evaluated on the training split at the end (``fit``) when given, else the epoch's running training loss.
 * ``underfitting``    -- the model fits even the data it sees poorly (validation no worse than
   ``UNDERFIT_GAP`` times training), judged against what the data allows: with a reference (the validation
-  loss a small proxy model reaches on the same splits, ``reference_loss``), the best validation loss is at
+  loss a small proxy model reaches on the same splits, ``reference_loss``; never wider than a bottleneck of
+  the user's model, see `converge.engine.reference`), the best validation loss is at
   least ``UNDERFIT_REFERENCE`` times it and above it by at least ``UNDERFIT_REFERENCE_GAP`` of the
   constant-prediction loss; without one, the training loss at the end is still above ``UNDERFIT_SHARE`` of
   the constant-prediction loss (the label entropy, or the target variance).
