@@ -398,7 +398,9 @@ def test_auto_is_the_default_and_records_its_choices(cli, task_file, tmp_path):
     # tuning happens before training: its events come first, at epoch 0
     assert all(e["epoch"] == 0 for e in events[:kinds.index("chose_weight_decay") + 1])
     stages = json.loads((out / "tuning.json").read_text())
-    assert {"batch_size", "range_test_adamw", "range_test_sgd", "race"} <= set(stages)
+    # every optimizer's range test (on this tiny task AdamW alone: issue 20, item 7) and the race are saved
+    tested = {f"range_test_{e['optimizer']}" for e in events if e["event"] == "lr_range_test"}
+    assert "range_test_adamw" in tested and {"batch_size", "race", *tested} <= set(stages)
     # run.json keeps the options as given, so a run resumed before its first checkpoint tunes again
     # (from the saved stages) instead of training with choices whose evidence it no longer has
     given = json.loads((out / "run.json").read_text())["config"]

@@ -213,6 +213,35 @@ def test_race_budget_is_in_steps_whatever_the_data_size():
     assert small_samples == pytest.approx(large_samples, rel=0.02)
 
 
+@pytest.mark.parametrize("steps_per_epoch, optimizers, rungs", [
+    (50, ["adamw", "sgd"], [40, 80, 160]),   # about 50 steps an epoch (800 rows and more at batch 16): unchanged
+    (10, ["adamw", "sgd"], [40, 80, 160]),   # 160 rows at batch 16: still unchanged
+    (5, ["adamw"], [15, 30, 60]),            # 80 rows: AdamW alone, a first rung of at most 3 epochs
+    (1, ["adamw"], [3, 6, 12]),
+])
+def test_choosing_is_bounded_in_epochs_on_tiny_data(steps_per_epoch, optimizers, rungs):
+    from converge.tune.auto import candidate_optimizers, rung_steps
+
+    assert candidate_optimizers("auto", steps_per_epoch) == optimizers
+    assert candidate_optimizers("sgd", steps_per_epoch) == ["sgd"]
+    assert [rung_steps(rung, steps_per_epoch) for rung in (1, 2, 3)] == rungs
+
+
+def test_eighty_rows_spend_about_a_run_choosing():
+    """Issue 20, item 7: 80 training rows spent 95.6 epochs choosing the knobs for a 22-epoch run."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(80, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    result = converge.fit(model, (x, y), (x[:40], y[:40]), max_epochs=1, verbose=False, device="cpu")
+    events = {e["event"]: e for e in result.events}
+    rungs = [e["steps"] for e in result.events if e["event"] == "race_rung"]
+    assert [e["optimizer"] for e in result.events if e["event"] == "lr_range_test"] == ["adamw"]
+    assert "tiny data" in events["chose_optimizer"]["reason"]
+    assert rungs and rungs[0] == 15 and result.summary["tuning_epochs"] < 40
+
+
 # --- the baseline from the targets ------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["classification", "binary", "regression"])
 def test_baseline_from_the_first_epoch_equals_the_direct_computation(kind):

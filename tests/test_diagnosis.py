@@ -99,3 +99,52 @@ def test_max_mode_monitor_and_non_finite_values():
 
 def test_live_findings_leave_out_status_and_underfitting():
     assert live_findings(history([0.7] * 4, [0.7] * 4), []) == []
+
+
+# --- every text names the epoch whose weights are kept (issue 20, item 4) ------------------------------------
+OVERFIT_TRAIN = [1.0, 0.6, 0.4, 0.25, 0.15, 0.1, 0.06]
+OVERFIT_VAL = [1.0, 0.8, 0.7, 0.75, 0.85, 0.95, 1.1]
+
+
+@pytest.mark.parametrize("f1, monitor, mode, kept", [
+    # the run monitors a macro-F1 that peaks after the validation loss's minimum (epoch 3): epoch 6 is kept
+    ([0.3, 0.5, 0.6, 0.65, 0.7, 0.72, 0.71], "val_f1", "max", 6),
+    ([0.3, 0.5, 0.6, 0.65, 0.7, 0.72, 0.71], "val_loss", "min", 3),
+    ([0.3, 0.9, 0.6, 0.65, 0.7, 0.72, 0.71], "val_f1", "max", 2),
+])
+def test_the_overfitting_fix_names_the_kept_epoch(f1, monitor, mode, kept):
+    rows = [{**row, "val_f1": value} for row, value in zip(history(OVERFIT_TRAIN, OVERFIT_VAL), f1)]
+    found = diagnose(rows, [], status="converged", monitor=monitor, mode=mode, patience=3, max_epochs=10,
+                     weight_decay=0.01)
+    overfit = next(f for f in found if f["code"] == "overfitting")
+    assert f"epoch {kept} " in overfit["fix"] and overfit["evidence"]["kept_epoch"] == kept
+    assert overfit["evidence"]["best_val_epoch"] == 3          # the rise is still measured from the loss's minimum
+    assert f"epoch {kept})" in found[0]["fix"] or found[0]["code"] != "converged"
+    live = live_findings(rows, [], weight_decay=0.01, monitor=monitor, mode=mode)
+    assert f"epoch {kept} " in next(f for f in live if f["code"] == "overfitting")["fix"]
+
+
+def test_the_gap_rule_judges_the_kept_epoch():
+    """A gap is measured at the kept epoch's row (when no evaluation of the kept weights is given)."""
+    rows = [{**row, "val_f1": f1} for row, f1 in
+            zip(history([1.0, 0.5, 0.2, 0.1, 0.05], [1.0, 0.6, 0.5, 0.5, 0.52]), [0.2, 0.5, 0.6, 0.62, 0.7])]
+    found = diagnose(rows, [], status="converged", monitor="val_f1", mode="max", patience=3, max_epochs=10,
+                     weight_decay=0.01, baseline_loss=1.0)
+    gap = next(f for f in found if f["code"] == "overfitting")
+    assert "kept epoch (5)" in gap["message"] and gap["evidence"]["train_loss"] == 0.05
+
+
+# --- the converged text counts the cuts the way the stop reason does (issue 20, item 5) --------------------
+@pytest.mark.parametrize("cut_epochs, said", [
+    ([], "with no LR cut after it"),
+    ([7], "despite 1 LR cut(s) after it"),
+    ([2, 3, 4, 7], "despite 1 LR cut(s) after it (4 in the whole run)"),
+    ([2, 3], "with no LR cut after it (2 in the whole run)"),
+])
+def test_the_converged_text_counts_the_cuts_after_the_best_epoch(cut_epochs, said):
+    losses = [1.0, 0.8, 0.6, 0.5, 0.45, 0.45, 0.45, 0.45, 0.45]      # best at epoch 5
+    events = [{"event": "lr_reduced", "epoch": e} for e in cut_epochs]
+    found = diagnose(history(losses, losses), events, status="converged", monitor="val_loss", mode="min",
+                     patience=3, max_epochs=100)
+    assert found[0]["code"] == "converged" and found[0]["message"].endswith(said)
+    assert found[0]["evidence"]["lr_cuts"] == len(cut_epochs) and "epoch 5" in found[0]["fix"]

@@ -263,6 +263,46 @@ def test_class_imbalance_thresholds(counts, severity):
         assert findings[0].evidence["ratio"] == pytest.approx(max(counts) / min(counts), rel=1e-3)
 
 
+@pytest.mark.parametrize("own_loss, own_monitor, severity, said, not_said", [
+    # converge's own loss and a monitored loss: re-weight with --fix, and watch a metric that weighs every class
+    (None, None, "warning", ["converge train --fix", "monitor a metric that weighs every class"], ["your own loss"]),
+    # the task's own loss: --fix leaves it alone, so it is not offered
+    ("focal_loss", None, "warning", ["your own loss (focal_loss)", "monitor a metric"], ["sampling (converge"]),
+    # a metric of the task's own is monitored: it chose what to watch
+    (None, "val_f1", "warning", ["--fix", "monitors your own val_f1"], ["monitor a metric"]),
+    # both (issue 20: a focal loss and a monitored macro-F1): the task answered the imbalance itself
+    ("focal_loss", "val_f1", "info", ["your own loss (focal_loss)", "monitors your own val_f1"],
+     ["monitor a metric", "sampling (converge"]),
+])
+def test_class_imbalance_advice_knows_the_tasks_loss_and_monitor(own_loss, own_monitor, severity, said, not_said):
+    found = dc.class_imbalance(_labels((500, 100)), own_loss=own_loss, own_monitor=own_monitor)[0]
+    assert found.severity == severity
+    assert all(text in found.fix for text in said) and not any(text in found.fix for text in not_said)
+
+
+def test_the_checks_learn_the_tasks_own_loss_and_monitored_metric():
+    x = torch.randn(600, 8)
+    y = (torch.arange(600) % 6 == 0).long()                        # 5:1
+    model = nn.Sequential(nn.Linear(8, 2))
+
+    def f1(outputs, targets):
+        return (outputs.argmax(1) == targets).float().mean()
+
+    def imbalance(**options):
+        found = converge.diagnose(model, (x, y), (x, y), cheap=True, **options)
+        return next(f for f in found if f.code == "class_imbalance")
+
+    assert imbalance().severity == "warning" and "monitor a metric" in imbalance().fix
+    own = imbalance(loss=nn.CrossEntropyLoss(), metrics={"f1": f1}, monitor="val_f1")
+    assert own.severity == "info" and "CrossEntropyLoss" in own.fix and "val_f1" in own.fix
+    assert "monitor a metric" in imbalance(metrics={"f1": f1}, monitor="val_loss").fix
+
+
+def test_unscaled_features_advice_says_what_converge_does_by_default():
+    found = dc.unscaled_features(torch.randn(100, 4) * 100)[0]
+    assert "by default" in found.fix and "--no-standardize" in found.fix
+
+
 def _standard(n=500, d=6, seed=0):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
@@ -360,6 +400,24 @@ def test_train_val_overlap_severity(copied, severity):
 ])
 def test_too_few_samples_thresholds(n, params, classes, flagged):
     assert bool(dc.too_few_samples(n, params, classes)) == flagged
+
+
+@pytest.mark.parametrize("n, classes, features, flagged", [
+    (80, 2, 64, True),          # 80 rows of a binary task on 64 columns: 40 per class, 875 params each, 1.25 per column
+    (80, None, 64, True),       # the same, regression
+    (320, None, 64, False),     # 5 per column (MIN_ROWS_PER_FEATURE)
+    (319, None, 64, True),
+    (80, 2, None, False),       # images or sequences: pixels and steps are not columns
+    (106, 3, 13, False),        # wine's training split (60 %): 8 per column
+])
+def test_too_few_rows_for_the_columns(n, classes, features, flagged):
+    from converge.doctor import thresholds as T
+
+    assert T.MIN_ROWS_PER_FEATURE == 5
+    found = dc.too_few_samples(n, 70_000, classes, features=features)
+    assert bool(found) == flagged
+    if flagged:
+        assert found[0].severity == "warning" and found[0].evidence["input_features"] == features
 
 
 @pytest.mark.parametrize("first, last, code", [
@@ -715,6 +773,58 @@ def test_label_noise_severity_needs_the_rate_and_enough_rows_per_class(per_class
     assert finding.evidence["rows_per_class"] == per_class
 
 
+@pytest.mark.parametrize("own_error, severity, flags", [
+    (None, "warning", True),     # not measured: the rate and the rows per class decide
+    (0.03, "warning", True),     # the proxy reads the rest well (digits with 10 % flipped labels: 3 %)
+    (0.09, "warning", True),     # just under NOISE_PROXY_SHARE of the estimated 20 %
+    (0.15, "info", False),       # it errs on the rest about as often as it flagged: its own errors
+])
+def test_label_noise_is_no_warning_when_the_proxy_errs_as_often(own_error, severity, flags):
+    from converge.doctor import thresholds as T
+    from converge.doctor.label_noise import label_noise_finding
+
+    assert T.NOISE_PROXY_SHARE == 0.5
+    (finding,), issues = label_noise_finding(*_noise_probs(100, flipped=0.2), own_error=own_error)
+    assert finding.severity == severity and bool(issues.any()) == flags
+    assert finding.evidence["noise_rate"] == pytest.approx(0.2, abs=0.02)
+    assert ("cannot be told apart" in finding.message) != flags
+
+
+def _digits_for_noise(shift=0, flipped=0.0):
+    """1350 digits; each shifted by up to ``shift`` pixels (one random view, as an augmented Dataset gives) and
+    a share ``flipped`` of the labels moved to another class. Returns (sample, flipped rows)."""
+    from sklearn.datasets import load_digits
+    from converge.doctor._sample import Sample
+
+    d, g = load_digits(), torch.Generator().manual_seed(0)
+    x, y = torch.tensor(d.data[:1350], dtype=torch.float32) / 16, torch.tensor(d.target[:1350])
+    if shift:
+        dx, dy = torch.randint(-shift, shift + 1, (2, len(x)), generator=g)
+        images = x.reshape(-1, 8, 8)
+        x = torch.stack([torch.roll(im, (int(a), int(b)), (0, 1)) for im, a, b in zip(images, dx, dy)]).reshape(-1, 64)
+        x = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    rows = torch.randperm(len(y), generator=g)[:round(flipped * len(y))]
+    y[rows] = (y[rows] + torch.randint(1, 10, (len(rows),), generator=g)) % 10
+    return Sample("train", x, y, len(y), None), rows
+
+
+@pytest.mark.parametrize("shift, flipped, severity", [
+    (2, 0.0, "info"),      # clean digits the proxy reads poorly (shifted up to 2 px): was a warning, "31 %"
+    (0, 0.10, "warning"),  # 10 % flipped labels: flagged within 2x of that
+])
+def test_label_noise_on_digits_tells_noise_from_a_proxy_that_cannot_read(shift, flipped, severity):
+    from converge.doctor.run import label_issues
+
+    sample, truth = _digits_for_noise(shift, flipped)
+    (finding,), flagged = label_issues(sample, 10, seed=0, progress=lambda text: None)
+    assert finding.severity == severity
+    if flipped:
+        assert flipped / 2 <= len(flagged) / len(sample.targets) <= 2 * flipped
+        assert len(set(flagged.tolist()) & set(truth.tolist())) >= 0.8 * len(truth)
+    else:
+        assert len(flagged) == 0
+
+
 @pytest.mark.parametrize("name", ["digits", "wine", "digits_tiny"])
 def test_doctor_raises_no_warning_on_clean_bundled_data(name):
     """bench/doctor_precision.py's table, one random split: every check, zero warnings."""
@@ -727,3 +837,15 @@ def test_doctor_raises_no_warning_on_clean_bundled_data(name):
     assert result["messages"] == [], result["messages"]
     if name == "digits":
         assert result["noise_rate"] is not None   # the label-noise check did run (and found a little, as info)
+
+
+@pytest.mark.parametrize("rows, named", [(80, True), (400, False)])
+def test_fit_names_too_little_data_without_the_checks(rows, named, capsys):
+    """Issue 20, item 7: converge.fit runs none of the doctor's checks, but a count is free."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(rows, 64, generator=g), torch.arange(rows) % 2
+    result = converge.fit(nn.Linear(64, 2), (x, y), (x[:40], y[:40]), optimizer="adamw", lr=1e-3,
+                          weight_decay=0.0, batch_size=16, max_epochs=1, verbose=True)
+    found = [e for e in result.events if e["event"] == "doctor_finding"]
+    assert [e["code"] for e in found] == (["too_few_samples"] if named else [])
+    assert ("too_few_samples" in capsys.readouterr().err) == named

@@ -14,7 +14,7 @@ from converge.decide import collapse as C
 from converge.decide import diagnosis as D
 from converge.decide.divergence import GuardPolicy, LossWatch
 from converge.engine.objective import Objective, constant_prediction_loss
-from converge.engine.reference import reference_loss
+from converge.engine.reference import bottleneck_width, reference_loss
 from converge.data import TensorSplit
 
 LN10 = math.log(10)
@@ -232,6 +232,51 @@ def test_reference_tells_what_the_data_allows():
     assert torch.equal(state, torch.random.get_rng_state())           # the run's RNG is untouched
     custom = Objective(lambda s, t: (s - t).abs().mean(), "custom", {}, known_loss=False)
     assert reference_loss(splits, custom) is None
+
+
+class _DictInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(64, 4)
+
+    def forward(self, batch):
+        if not isinstance(batch, dict):
+            raise TypeError("this model takes dict batches")
+        return self.linear(batch["x"])
+
+
+def _seq(*sizes):
+    layers = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+@pytest.mark.parametrize("model, rows, expected", [
+    (_seq(64, 32, 8, 32, 64), (64,), 8),            # an autoencoder's code layer
+    (_seq(64, 128, 128, 10), (64,), None),          # no layer narrower than both the input and the output
+    (_seq(64, 4, 10), (64,), 4),                    # a classifier squeezed through 4 units: as narrow
+    (_seq(10, 16, 1), (10,), None),                 # one output: nothing is narrower than it
+    (nn.Sequential(nn.Flatten(), _seq(64, 6, 64)), (8, 8), 6),   # image-shaped inputs, flattened by the model
+    (_DictInput(), (64,), None),                    # a model that cannot run on the tensor alone: no width known
+    (None, (64,), None),
+])
+def test_bottleneck_width(model, rows, expected):
+    assert bottleneck_width(model, torch.rand(2, *rows)) == expected
+    assert model is None or model.training                     # the mode is put back
+
+
+def test_the_reference_is_no_wider_than_an_autoencoders_code():
+    """Issue 20 item 3: a 64-unit reference copies digits through (MSE ~0.001) where the user's 8-unit code
+    cannot; the reference through the same width is the fair yardstick (and underfitting is not claimed)."""
+    from sklearn.datasets import load_digits
+    x = torch.tensor(load_digits().data[:900], dtype=torch.float32) / 16
+    splits = {"train": TensorSplit(x[:700], x[:700], "train"), "val": TensorSplit(x[700:], x[700:], "val")}
+    objective = Objective(lambda s, t: nn.functional.mse_loss(s, t), "regression", {})
+    wide = reference_loss(splits, objective, seed=0)
+    through_code = reference_loss(splits, objective, seed=0, model=_seq(64, 32, 8, 32, 64))
+    assert through_code > 5 * wide
+    assert reference_loss(splits, objective, seed=0, model=_seq(64, 128, 64)) == wide
 
 
 # --- planted cases, trained for real ------------------------------------------------------------------------

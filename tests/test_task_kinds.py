@@ -248,3 +248,46 @@ def test_summary_records_the_kind_and_the_commands_wall_time(tmp_path):
     summary = result.summary
     assert summary["task_kind"] == "classification" and "2 classes" in summary["task_description"]
     assert summary["tuning_epochs"] > 0 and summary["wall_seconds"] > summary["train_seconds"] > 0
+
+
+# --- a recognized loss gets the shapes an inferred one accepts (issue 20, item 9) --------------------------
+class _Head(nn.Module):
+    """A linear head whose outputs are reshaped to ``shape`` per sample ((): one value per sample, [N])."""
+
+    def __init__(self, outputs, shape, squash=False):
+        super().__init__()
+        self.linear, self.shape, self.squash = nn.Linear(6, outputs), shape, squash
+
+    def forward(self, x):
+        out = self.linear(x).reshape(len(x), *self.shape)
+        return out.sigmoid() if self.squash else out
+
+
+@pytest.mark.parametrize("loss, head, targets_of, reference", [
+    # BCE with logits: a one-output head [N, 1] against [N] float targets, and the reverse
+    (nn.BCEWithLogitsLoss(), _Head(1, (1,)), lambda y: y.float(), F.binary_cross_entropy_with_logits),
+    (nn.BCEWithLogitsLoss(), _Head(1, ()), lambda y: y.float()[:, None], F.binary_cross_entropy_with_logits),
+    (F.binary_cross_entropy_with_logits, _Head(1, (1,)), lambda y: y.float(), F.binary_cross_entropy_with_logits),
+    (nn.BCELoss(), _Head(1, (1,), squash=True), lambda y: y.float(), F.binary_cross_entropy),
+    # MSE: [N, 1] against [N] would broadcast to [N, N] in torch (a warning and a wrong loss)
+    (nn.MSELoss(), _Head(1, (1,)), lambda y: y.float() * 3, F.mse_loss),
+    # class labels as a column [N, 1] against [N, C] scores
+    (nn.CrossEntropyLoss(), _Head(2, (2,)), lambda y: y[:, None], F.cross_entropy),
+])
+def test_a_recognized_loss_aligns_n_and_n1_as_an_inferred_one_does(loss, head, targets_of, reference):
+    x, _ = blobs()
+    y = targets_of((x[:, 0] > 0).long())
+    objective = resolve_objective(head, make_splits((x, y), (x, y)), loss, {}, amp="off",
+                                  device=torch.device("cpu"), probe_size=64)
+    with torch.no_grad():
+        out = head(x)
+    expected = reference(out, y.reshape(out.shape) if y.numel() == out.numel() else y.reshape(-1))
+    assert float(objective.loss_fn(out, y)) == pytest.approx(float(expected), rel=1e-6)
+    assert objective.known_loss and not objective.inferred
+
+
+def test_a_recognized_loss_still_refuses_shapes_that_do_not_match():
+    x, _ = blobs()
+    y = (x[:, :3] > 0).float()                         # three labels against one output
+    with pytest.raises(ConvergeError, match="the loss cannot compare|model scores|outputs"):
+        converge.fit(_Head(1, (1,)), (x, y), (x, y), loss=nn.BCEWithLogitsLoss(), **QUICK)

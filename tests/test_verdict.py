@@ -25,6 +25,10 @@ def optimizer(*lrs):
     (0.0, 0.1, 1e-4, 0.0, 0.0),       # a frozen group stays frozen
     (1e-8, 0.1, 0.0, 1e-8, 1e-8),     # a cut of eps or less is skipped (torch's eps rule)
     (0.05, 0.1, 0.05, 0.0, 0.05),     # at its floor
+    # at its floor up to rounding (lr cut three times by 0.1 against a floor of 1e-3 x lr): no cut
+    (1.7886495290574438e-05, 0.1, 1.7886495290574434e-05, 0.0, 1.7886495290574438e-05),
+    (0.03 * 0.1 * 0.1 * 0.1, 0.1, 0.03 * 1e-3, 0.0, 0.03 * 0.1 * 0.1 * 0.1),
+    (1e-5 * (1 + 1e-6), 0.1, 1e-5, 0.0, 1e-5),   # a real (if small) step down to the floor is still a cut
 ])
 def test_cut_value(lr, factor, floor, eps, expected):
     assert cut_value(lr, factor, floor, eps) == pytest.approx(expected, rel=1e-12, abs=0)
@@ -81,3 +85,16 @@ def test_apply_verdict_reports_no_cut_when_nothing_could_change():
     assert not lr_at_minimum(opt, factor=0.1, min_lrs=1e-4)
     assert planned_lrs(opt, 0.1, 1e-4) == pytest.approx([1e-4])
     assert lr_at_minimum(opt, factor=0.1, min_lrs=0.0, eps=1e-3)   # the cut would be smaller than eps
+
+
+@pytest.mark.parametrize("start", [0.017886495290574435, 3e-3, 7e-3, 0.03])
+def test_an_lr_cut_down_to_its_floor_is_at_its_minimum_whatever_the_rounding(start):
+    """Three cuts by 0.1 reach the default floor (1e-3 x the LR) up to the last bits: the fourth is no cut."""
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=start)
+    cuts = 0
+    while not lr_at_minimum(opt, factor=0.1, min_lrs=start * 1e-3):
+        assert apply_verdict(CUT, model=model, optimizer=opt, factor=0.1, min_lrs=start * 1e-3).cut
+        cuts += 1
+    assert cuts == 3
+    assert not apply_verdict(CUT, model=model, optimizer=opt, factor=0.1, min_lrs=start * 1e-3).cut

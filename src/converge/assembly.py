@@ -233,6 +233,7 @@ def _prepare(model: nn.Module, splits: dict, config: TrainConfig, doctor: dict |
     from converge.doctor.in_train import before_training
 
     return before_training(model, splits, seed=config.seed, standardize=config.standardize, recorded=recorded,
+                           monitor=config.monitor,
                            check=bool(doctor.get("check")), fix=bool(doctor.get("fix")),
                            drop_label_issues=bool(doctor.get("drop_label_issues")), **options)
 

@@ -201,7 +201,8 @@ class Monitor:
 
     def _live_diagnosis(self) -> list[str]:
         """A problem (overfitting, an LR too high) told the first epoch it shows, as the Trainer tells it."""
-        found = new_live_findings(self.history, self.events, weight_decay=self._weight_decay())
+        found = new_live_findings(self.history, self.events, weight_decay=self._weight_decay(),
+                                  monitor=self.monitor, mode=self.tracker.policy.mode)
         for finding in found:
             self._event("diagnosis", code=finding.code, message=finding.message, fix=finding.fix)
         return [f.code for f in found]

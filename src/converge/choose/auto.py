@@ -12,7 +12,10 @@ The steps, each recorded as an event with its evidence:
    third of it, or three LRs around it when the optimizer is fixed -- trains 40 optimizer steps (a
    partial epoch when epochs are longer) with the real engine; successive halving keeps the better half
    on the monitored value and trains it again from the start with twice the steps, until one is left.
-   The race costs the same number of steps whatever the size of the data, one arm at a time. An arm
+   The race costs the same number of steps whatever the size of the data, one arm at a time -- except on
+   tiny data (fewer than ``TINY_STEPS_PER_EPOCH`` steps an epoch), where those steps are many epochs:
+   there "auto" tries AdamW alone (one range test, not two) and the first rung is at most
+   ``RUNG_MAX_EPOCHS`` epochs, so that choosing costs about what the run it serves does. An arm
    whose validation loss sits at a constant prediction's (it collapsed: one class for every row) ranks
    after every arm that did not; when all did, the race says so (a ``race_all_collapsed`` event and a
    console warning).
@@ -51,6 +54,13 @@ from converge.choose.lr_find import RangeTest, lr_range_test
 TARGET_STEPS_PER_EPOCH = 50
 BATCH_RANGE = (16, 256)
 RUNG_STEPS = 40            # optimizer steps per arm in the race's first rung (doubled each rung)
+# Tiny data: 80 digits on a 68k-parameter MLP (batch 16, 5 steps per epoch) spent 95.6 epochs choosing (two
+# 71-87-step range tests, a 40/80-step race of 4 arms) for a 22-epoch run. A range test cannot be shorter: it
+# needs its ~100 steps to sweep 8 decades of LR (capped at 30 steps it found no evidence there, and 2-epoch
+# rungs at the standard LRs left every arm at a constant prediction's loss). AdamW alone with 3-epoch rungs:
+# 20-22 epochs choosing over 3 seeds, test accuracy 0.857 on average against 0.868 (within the seeds' spread).
+TINY_STEPS_PER_EPOCH = 10  # fewer steps an epoch (under 160 rows at batch 16): tiny data
+RUNG_MAX_EPOCHS = 3        # on tiny data the first rung trains at most this many epochs per arm (doubled per rung)
 WARMUP_MARGIN = 5.0        # warm up when the LR is within this factor of the range test's loss minimum
 
 
@@ -129,7 +139,8 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
         console.message(f"tuning: batch size {batch_size} ({reason})")
     n_train = epoch_samples(train, batch_size)
 
-    optimizers = list(OPTIMIZERS) if config.optimizer == "auto" else [config.optimizer]
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    optimizers = candidate_optimizers(config.optimizer, steps_per_epoch)
     decay = {opt: OPTIMIZERS[opt].default_weight_decay if config.weight_decay == "auto" else config.weight_decay
              for opt in optimizers}
     tests: dict[str, RangeTest] = {}
@@ -150,7 +161,6 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
         console.message(f"tuning: {opt} range test over {len(test.lrs)} steps -> LR {lr:.3g} ({note})")
         arms += [(opt, candidate) for candidate in _lr_arms(lr, test.suggestion, fixed=len(optimizers) == 1)]
 
-    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     if len(arms) > 1:
         (opt, lr), race_samples, race_events = _race(log, model, splits, config, objective, arms, decay,
                                                      batch_size, steps_per_epoch, tests, console, baseline)
@@ -160,7 +170,9 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
         opt, lr = arms[0]
     raced = "won the race on the monitored validation value" if len(arms) > 1 else "the only candidate"
     if config.optimizer == "auto":
-        events.append(_event("chose_optimizer", value=opt, lr=lr, reason=raced))
+        alone = (f"tiny data ({steps_per_epoch} steps an epoch): {opt} alone was tried, since comparing "
+                 f"optimizers would cost more epochs than the run") if len(optimizers) == 1 else raced
+        events.append(_event("chose_optimizer", value=opt, lr=lr, reason=alone))
     if config.lr == "auto":
         events.append(_event("chose_lr", value=lr, optimizer=opt, reason=raced if len(arms) > 1 else
                              "the range test's suggestion (nothing else to race)"))
@@ -194,6 +206,25 @@ def _range_test(log, model, train, objective, opt, decay, batch_size, device, co
                          device=device, amp=config.amp, seed=config.seed)
     log.put(f"range_test_{opt}", test.to_dict())
     return test
+
+
+def tiny(steps_per_epoch: int) -> bool:
+    """Whether an epoch is so short that the standard choice would cost many epochs (see the constants)."""
+    return steps_per_epoch < TINY_STEPS_PER_EPOCH
+
+
+def candidate_optimizers(requested: str, steps_per_epoch: int) -> list[str]:
+    """The optimizers to try: the one asked for; with "auto" every one, or AdamW (the first) alone on tiny data."""
+    if requested != "auto":
+        return [requested]
+    return list(OPTIMIZERS)[:1] if tiny(steps_per_epoch) else list(OPTIMIZERS)
+
+
+def rung_steps(rung: int, steps_per_epoch: int) -> int:
+    """Each arm's steps in race rung ``rung`` (1, 2, ...): ``RUNG_STEPS`` doubled per rung; on tiny data at most
+    ``RUNG_MAX_EPOCHS`` epochs in the first rung."""
+    first = min(RUNG_STEPS, RUNG_MAX_EPOCHS * steps_per_epoch) if tiny(steps_per_epoch) else RUNG_STEPS
+    return max(1, first) * 2 ** (rung - 1)
 
 
 def _no_evidence_at_level(test: RangeTest, baseline: float | None) -> LrSuggestion:
@@ -252,7 +283,7 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
     monitor = None
     while len(alive) > 1:
         rung += 1
-        budget = RUNG_STEPS * 2 ** (rung - 1)
+        budget = rung_steps(rung, steps_per_epoch)
         scores, collapsed = {}, set()
         for arm in alive:
             score, steps, monitor, arm_collapsed = _race_arm(model, splits, config, objective, arm, decay,

@@ -4,7 +4,9 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
 ``evidence`` holds numbers from the run, ``fix`` a concrete next step. The codes and what triggers them
 (thresholds are the module constants below):
 
-* ``converged``       -- the run stopped on its convergence rule.
+* ``converged``       -- the run stopped on its convergence rule. Every text that mentions the kept weights
+  names their epoch: that of the best monitored value (not the validation loss's minimum when another
+  value is monitored).
 * ``still_improving`` -- it hit --max-epochs while the monitored value was still improving: its best
   epoch is among the last ``patience`` epochs.
 * ``diverged``        -- it stopped because training blew up (after the guard's rollbacks, if on).
@@ -32,7 +34,8 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
   evaluated on the training split at the end (``fit``) when given, else the epoch's running training loss.
 * ``underfitting``    -- the model fits even the data it sees poorly (validation no worse than
   ``UNDERFIT_GAP`` times training), judged against what the data allows: with a reference (the validation
-  loss a small proxy model reaches on the same splits, ``reference_loss``), the best validation loss is at
+  loss a small proxy model reaches on the same splits, ``reference_loss``; never wider than a bottleneck of
+  the user's model, see `converge.engine.reference`), the best validation loss is at
   least ``UNDERFIT_REFERENCE`` times it and above it by at least ``UNDERFIT_REFERENCE_GAP`` of the
   constant-prediction loss; without one, the training loss at the end is still above ``UNDERFIT_SHARE`` of
   the constant-prediction loss (the label entropy, or the target variance).
@@ -95,8 +98,9 @@ def diagnose_run(history: list[dict], events: list[dict], *, status: str | None,
         status_finding = None
     findings = [status_finding] if status_finding is not None else []
     lr_high = _lr_too_high(history, events) or (_collapse_lr(history, collapsed) if collapsed else None)
+    kept = _best(history, monitor, mode)[0]
     for rule in (_collapsed(collapsed, history) if collapsed else None, lr_high,
-                 _overfitting(history, events, weight_decay, fit, baseline_loss),
+                 _overfitting(history, events, weight_decay, fit, baseline_loss, kept_epoch=kept, monitor=monitor),
                  _underfitting(history, baseline_loss, fit, reference_loss, reference_only=collapsed is not None)
                  if status is not None and (collapsed is None or not collapsed.causes) else None):
         if rule is not None:
@@ -104,24 +108,35 @@ def diagnose_run(history: list[dict], events: list[dict], *, status: str | None,
     if len(findings) > 1 and findings[0].code == "converged":
         first = findings[0]
         findings[0] = Finding(first.code, first.severity, first.message, first.evidence,
-                              "the best weights are in best.safetensors; see the problems below")
+                              f"the best weights (epoch {first.evidence.get('best_epoch')}) are in "
+                              f"best.safetensors; see the problems below")
     return findings
 
 
-def live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None = None) -> list[Finding]:
-    """The problems worth telling while the run still trains."""
-    return [f for f in (_lr_too_high(history, events), _overfitting(history, events, weight_decay)) if f]
+def live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None = None,
+                  monitor: str = "val_loss", mode: str = "min") -> list[Finding]:
+    """The problems worth telling while the run still trains. ``monitor``/``mode`` say which epoch's weights
+    are kept, so that a fix can name it."""
+    kept = _best(history, monitor, mode)[0]
+    return [f for f in (_lr_too_high(history, events),
+                        _overfitting(history, events, weight_decay, kept_epoch=kept, monitor=monitor)) if f]
 
 
 # --- status ------------------------------------------------------------------------------------------
 def _status_finding(history, events, status, monitor, mode, patience, max_epochs) -> Finding | None:
     best_epoch, best = _best(history, monitor, mode)
-    cuts = sum(1 for e in events if e.get("event") == "lr_reduced")
-    base = {"epochs": len(history), "best_epoch": best_epoch, "best": best, "monitor": monitor, "lr_cuts": cuts}
+    cut_epochs = [e.get("epoch") for e in events if e.get("event") == "lr_reduced"]
+    cuts = len(cut_epochs)
+    after = sum(1 for epoch in cut_epochs if isinstance(epoch, int) and best_epoch is not None and epoch > best_epoch)
+    base = {"epochs": len(history), "best_epoch": best_epoch, "best": best, "monitor": monitor, "lr_cuts": cuts,
+            "lr_cuts_after_best": after}
     if status == Status.CONVERGED:
+        # the cuts that failed to help are those after the best epoch (the stop reason counts them the same way)
+        tried = (f"despite {after} LR cut(s) after it" if after else "with no LR cut after it") + \
+            (f" ({cuts} in the whole run)" if cuts != after else "")
         return finding("converged", f"converged: best {monitor} {_fmt(best)} at epoch {best_epoch}; no significant "
-                       f"improvement after it despite {cuts} LR cut(s)", base,
-                       "nothing to fix: the best weights are in best.safetensors")
+                       f"improvement after it {tried}", base,
+                       f"nothing to fix: the best weights (epoch {best_epoch}) are in best.safetensors")
     if status == Status.MAX_EPOCHS and best_epoch is not None and len(history) - best_epoch < patience:
         recent = _improvement(history, monitor, mode, window=min(5, len(history) - 1))
         evidence = {**base, "max_epochs": max_epochs, "improvement_last_epochs": recent}
@@ -170,14 +185,23 @@ def _oscillation(history: list[dict], events: list[dict]) -> tuple[int, list, bo
 
 
 def _overfitting(history: list[dict], events: list[dict], weight_decay: float | None, fit: dict | None = None,
-                 baseline_loss: float | None = None) -> Finding | None:
+                 baseline_loss: float | None = None, *, kept_epoch: int | None = None,
+                 monitor: str = "val_loss") -> Finding | None:
+    """``kept_epoch``: the epoch whose weights the run keeps (the best ``monitor``), named in the fix."""
     if _oscillation(history, events)[2]:
         return None  # a training loss that jumps about says nothing about generalization
     decay = f"raise --weight-decay (e.g. to {max(weight_decay or 0, 1e-3) * 10:.3g})"
-    return _overfitting_rise(history, decay) or _overfitting_gap(history, fit, baseline_loss, decay)
+    return _overfitting_rise(history, decay, kept_epoch, monitor) or \
+        _overfitting_gap(history, fit, baseline_loss, decay, kept_epoch)
 
 
-def _overfitting_rise(history: list[dict], decay: str) -> Finding | None:
+def _kept_text(kept_epoch: int | None, monitor: str) -> str:
+    return f"the weights kept are those of epoch {kept_epoch} (the best {monitor})" if kept_epoch is not None \
+        else "the best weights are kept"
+
+
+def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = None,
+                      monitor: str = "val_loss") -> Finding | None:
     val = [(r["epoch"], r.get("val_loss"), r.get("train_loss")) for r in history]
     finite = [(e, v, t) for e, v, t in val if _finite(v) and _finite(t)]
     if len(finite) < MIN_EPOCHS_AFTER_BEST + 1:
@@ -194,20 +218,21 @@ def _overfitting_rise(history: list[dict], decay: str) -> Finding | None:
     evidence = {"best_val_epoch": best_epoch, "val_loss_at_best": best_val, "val_loss_last": last_val,
                 "train_loss_at_best": train_at_best, "train_loss_last": last_train,
                 "val_rise": round(val_rise, 4), "train_fall": round(train_fall, 4),
-                "gap_last": last_val / last_train if last_train > 0 else None}
+                "gap_last": last_val / last_train if last_train > 0 else None, "kept_epoch": kept_epoch}
     return finding("overfitting", f"overfitting: validation loss rose {val_rise:.0%} after epoch {best_epoch} "
                    f"while training loss fell {train_fall:.0%}", evidence,
-                   f"{decay}, get more data or augment it, or use a smaller model; the best weights "
-                   f"(epoch {best_epoch}) are kept")
+                   f"{decay}, get more data or augment it, or use a smaller model; "
+                   f"{_kept_text(kept_epoch, monitor)}")
 
 
 def _overfitting_gap(history: list[dict], fit: dict | None, baseline_loss: float | None,
-                     decay: str) -> Finding | None:
-    """The generalization gap of the kept weights: training far better than validation."""
+                     decay: str, kept_epoch: int | None = None) -> Finding | None:
+    """The generalization gap of the kept weights (those of ``kept_epoch``; the lowest validation loss when
+    it is not known): training far better than validation."""
     rows = [r for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
     if not rows:
         return None
-    best = min(rows, key=lambda r: r["val_loss"])
+    best = next((r for r in rows if r["epoch"] == kept_epoch), None) or min(rows, key=lambda r: r["val_loss"])
     fit = fit or {}
     train = fit.get("train_loss") if _finite(fit.get("train_loss")) else best["train_loss"]
     val = fit.get("val_loss") if _finite(fit.get("val_loss")) else best["val_loss"]
@@ -229,7 +254,7 @@ def _overfitting_gap(history: list[dict], fit: dict | None, baseline_loss: float
         return None
     said = "; ".join(f"training {name} {fit[f'train_{name}']:.1%} vs validation {fit[f'train_{name}'] - gap:.1%}"
                      for name, gap in gaps)
-    return finding("overfitting", f"overfitting: at the best epoch ({best['epoch']}) the training loss is "
+    return finding("overfitting", f"overfitting: at the kept epoch ({best['epoch']}) the training loss is "
                    f"{train:.4g} against {val:.4g} on validation" + (f"; {said}" if said else ""), evidence,
                    f"the model memorizes its training data: get more data or augment it, {decay}, add "
                    f"dropout, or use a smaller model")
@@ -260,7 +285,8 @@ def _underfitting(history: list[dict], baseline_loss: float | None, fit: dict | 
                        f"model reaches on the same data ({reference_loss:.4g}), and training is no better",
                        evidence, "the model is too small or too constrained for this task: use a larger or "
                        "nonlinear model (more units or layers), lower --weight-decay, train longer; the reference "
-                       "sees standardized inputs, so scale yours too if they are not (`converge doctor TASK`)")
+                       "sees standardized inputs (converge standardizes a plain feature matrix by default; other "
+                       "inputs are yours to scale, or --fix's: `converge doctor TASK` tells)")
     if not known or reference_only:
         return None
     share = train / baseline_loss

@@ -31,12 +31,18 @@ def feature_matrix(inputs, *, max_features: int = T.MAX_FEATURES, seed: int = 0)
 
 def class_imbalance(targets: torch.Tensor, *, info_ratio: float = T.IMBALANCE_INFO,
                     warn_ratio: float = T.IMBALANCE_WARN, kind: str = "classification",
-                    ignore_index: int | None = None) -> list[Finding]:
+                    ignore_index: int | None = None, own_loss: str | None = None,
+                    own_monitor: str | None = None) -> list[Finding]:
     """Largest over smallest class count among the classes present in the training labels (multi-class and
     binary; padding labels left out). Multi-label targets are counted per label: each label's positives
     against its negatives, reported as information (rare labels are the nature of such tasks, and
     re-weighting them is not `--fix`'s to do). Token frequencies of sequence targets are skewed by nature:
-    not checked (said as information)."""
+    not checked (said as information).
+
+    The advice knows the task: ``own_loss`` (the name of the task's own loss, which `--fix` leaves alone: it
+    decides how much each class weighs) and ``own_monitor`` (a metric of the task's own that the run monitors:
+    the task chose what to watch, so "watch a balanced metric" is not said). A task with both has answered
+    the imbalance itself: the finding is information."""
     if not isinstance(targets, torch.Tensor) or targets.numel() == 0:
         return []
     if kind == "sequence":
@@ -61,14 +67,24 @@ def class_imbalance(targets: torch.Tensor, *, info_ratio: float = T.IMBALANCE_IN
     frequencies = {str(c): int(n) for c, n in enumerate(counts.tolist()) if n}
     smallest = int(torch.where(counts == present.min())[0][0])
     largest = int(torch.where(counts == present.max())[0][0])
-    severity = "warning" if ratio >= warn_ratio else "info"
-    fix = ("use class-balanced loss weights (converge train --fix: a pos_weight for the positive class)"
-           if kind == "binary" else "use class-balanced loss weights or sampling (converge train --fix)")
+    severity = "warning" if ratio >= warn_ratio and not (own_loss and own_monitor) else "info"
+    if own_loss:
+        fix = (f"your own loss ({own_loss}) decides how much each class weighs (converge train --fix re-weights "
+               f"only the loss converge infers): weight the classes there if the rare ones matter")
+    else:
+        fix = ("use class-balanced loss weights (converge train --fix: a pos_weight for the positive class)"
+               if kind == "binary" else "use class-balanced loss weights or sampling (converge train --fix)")
+    if own_monitor:
+        fix += f"; the run monitors your own {own_monitor}, which chooses the kept epoch"
+    else:
+        fix += ("; and monitor a metric that weighs every class (e.g. a macro-F1 of your own in `metrics`, "
+                "with `monitor`) rather than the loss or accuracy")
+    evidence = {"class_counts": frequencies, "ratio": rounded(ratio), "largest_class": largest,
+                "smallest_class": smallest}
+    evidence.update({key: value for key, value in (("own_loss", own_loss), ("monitor", own_monitor)) if value})
     return [Finding("class_imbalance", severity,
                     f"classes are imbalanced: class {largest} has {ratio:.1f}x the samples of class {smallest}",
-                    {"class_counts": frequencies, "ratio": rounded(ratio), "largest_class": largest,
-                     "smallest_class": smallest},
-                    f"{fix}, and watch a balanced metric rather than accuracy")]
+                    evidence, fix)]
 
 
 def _label_imbalance(targets: torch.Tensor, info_ratio: float) -> list[Finding]:
@@ -129,8 +145,15 @@ def unscaled_features(x: torch.Tensor, *, std_high: float = T.SCALE_STD_HIGH, me
                 "std_min": rounded(std.min()), "std_median": rounded(median_std), "std_max": rounded(std.max()),
                 "abs_mean_max": rounded(mean.abs().max()), "features": int(x.shape[1])}
     return [Finding("unscaled_features", "warning", "inputs are far from standardized: " + "; ".join(problems),
-                    evidence, "standardize each feature with training-split statistics (converge train --fix "
-                              "does it and folds it into the model), or scale the inputs in data()")]
+                    evidence, UNSCALED_FIX)]
+
+
+# What converge does about unscaled inputs today (see `converge.doctor.remedies`): said the same way wherever
+# the finding is shown (converge doctor, the checks at the start of converge train).
+UNSCALED_FIX = ("standardize each feature with training-split statistics: converge train and converge.fit do it "
+                "by default for one feature matrix [N, F] whose first nn.Linear can absorb it (unless "
+                "--no-standardize / standardize=False), and --fix does it for other float inputs too (images, "
+                "sequences); otherwise scale the inputs in data()")
 
 
 def constant_features(x: torch.Tensor, *, warn_fraction: float = T.CONSTANT_WARN_FRACTION) -> list[Finding]:
@@ -244,11 +267,18 @@ def train_val_overlap(train_inputs: torch.Tensor, others: dict, *, warn_rows: in
 
 def too_few_samples(n_train: int, n_params: int, num_classes: int | None, *, min_per_class: int = T.MIN_PER_CLASS,
                     min_samples: int = T.MIN_SAMPLES, max_params_per_sample: float = T.MAX_PARAMS_PER_SAMPLE,
-                    unit: str = "samples") -> list[Finding]:
-    """Too little training data for the task (per class) or for the model's size. ``n_train`` counts what
-    the loss sees: samples, or labelled positions (``unit="labelled positions"``) for sequences, where
-    ``num_classes`` is None (a vocabulary is not a set of classes that each need examples)."""
+                    unit: str = "samples", features: int | None = None,
+                    min_rows_per_feature: float = T.MIN_ROWS_PER_FEATURE) -> list[Finding]:
+    """Too little training data for the task (per class), for the model's size, or for the inputs' width.
+    ``n_train`` counts what the loss sees: samples, or labelled positions (``unit="labelled positions"``) for
+    sequences, where ``num_classes`` is None (a vocabulary is not a set of classes that each need examples).
+    ``features``: the columns of a plain feature matrix [N, F] (None for images, sequences, several inputs:
+    their pixels or steps are not independent features); fewer than ``min_rows_per_feature`` rows per column
+    is too few."""
     problems = []
+    if features and n_train < min_rows_per_feature * features:
+        problems.append(f"{n_train} {unit} for {features} input features ({n_train / features:.3g} per feature, "
+                        f"fewer than {min_rows_per_feature:g})")
     per_class = n_train / num_classes if num_classes else None
     if num_classes and per_class < min_per_class:
         problems.append(f"{per_class:.3g} {unit} per class (fewer than {min_per_class})")
@@ -262,6 +292,8 @@ def too_few_samples(n_train: int, n_params: int, num_classes: int | None, *, min
         return []
     evidence = {"train_samples": n_train, "counted": unit, "trainable_parameters": n_params,
                 "params_per_sample": rounded(ratio)}
+    if features:
+        evidence.update(input_features=features, rows_per_feature=rounded(n_train / features))
     if num_classes:
         evidence.update(classes=num_classes, samples_per_class=rounded(per_class))
     return [Finding("too_few_samples", "warning", "too little training data: " + "; ".join(problems), evidence,

@@ -17,7 +17,7 @@ from converge.doctor import data_checks as dc
 from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.doctor.run import check_all, class_labels, label_issues, samples_from_splits
+from converge.doctor.run import check_all, class_labels, label_issues, matrix_columns, samples_from_splits
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -41,8 +41,8 @@ class Prepared:
 
 def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, metrics: dict | None, check: bool,
                     fix: bool, drop_label_issues: bool, seed: int, console, ignore_index: int = IGNORE_INDEX,
-                    target_key: str = "labels", standardize: bool = False, recorded: bool | None = None
-                    ) -> Prepared:
+                    target_key: str = "labels", standardize: bool = False, recorded: bool | None = None,
+                    monitor: str | None = None) -> Prepared:
     """Run the cheap checks (``check``) and apply the remedies asked for; returns the splits and loss to
     train with. ``standardize``: standardize unscaled plain feature matrices by default (without the
     other checks, only the cheap scale check runs). ``recorded``: a resumed run's decision, from its
@@ -57,7 +57,8 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
         if prepared.checked:
             samples = samples_from_splits(splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
             prepared.findings, objective = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
-                                                     ignore_index=ignore_index, target_key=target_key)
+                                                     ignore_index=ignore_index, target_key=target_key,
+                                                     monitor=monitor)
             scale = [f for f in prepared.findings if f.code == "unscaled_features"]
         else:
             scale = scale_findings(splits["train"], seed) if recorded is None else []
@@ -69,13 +70,16 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
             # the model checks (initial loss, gradients, dead units) again, on the inputs training will see
             samples = samples_from_splits(prepared.splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
             again, _ = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
-                                 ignore_index=ignore_index, target_key=target_key)
+                                 ignore_index=ignore_index, target_key=target_key, monitor=monitor)
             prepared.findings = ranked([f for f in prepared.findings if f.code == "unscaled_features"] +
                                        [f for f in again if f.code != "unscaled_features"])
     finally:
         restore_rng(saved)
     standardized = prepared.standardization is not None
-    if check:
+    if not prepared.checked and recorded is None:
+        # without the checks (converge.fit), too little data is still named, once (not again on resume): a count
+        prepared.findings = size_findings(model, splits["train"])
+    if check or not prepared.checked:
         for finding in at_least(prepared.findings, "warning"):
             if not (standardized and finding.code == "unscaled_features"):   # said once, by the remedy's line
                 console.warning(f"doctor: {finding.code}: {finding.message} (fix: {finding.fix})")
@@ -100,6 +104,19 @@ def plain_features(split) -> bool:
     (token ids, images, sequences, several inputs, dicts, Datasets and streams are left alone)."""
     return isinstance(split, TensorSplit) and isinstance(split.inputs, torch.Tensor) and \
         split.inputs.dtype.is_floating_point and split.inputs.ndim == 2 and split.inputs.shape[1] > 0
+
+
+def size_findings(model: nn.Module, train) -> list[Finding]:
+    """The doctor's too_few_samples from counts alone (no model run), for in-memory class labels [N] or float
+    targets: what a run without the doctor's checks (`converge.fit`) still says before training."""
+    if not isinstance(train, TensorSplit) or not isinstance(train.targets, torch.Tensor):
+        return []
+    targets = train.targets
+    if not targets.dtype.is_floating_point and targets.ndim != 1:
+        return []   # sequences: the doctor counts their labelled positions
+    classes = None if targets.dtype.is_floating_point else int(torch.unique(targets).numel())
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return dc.too_few_samples(len(targets), params, classes, features=matrix_columns(train.inputs))
 
 
 def scale_findings(train, seed: int) -> list[Finding]:

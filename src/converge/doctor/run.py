@@ -17,7 +17,7 @@ from converge.doctor import model_checks as mc
 from converge.doctor import thresholds as T
 from converge.decide.findings import Finding, ranked
 from converge.doctor._sample import Sample, sample_of, sample_split
-from converge.doctor.label_noise import label_noise_finding, out_of_sample_probs
+from converge.doctor.label_noise import find_label_issues, label_noise_finding, out_of_sample_probs, proxy_error
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, resolve_objective
@@ -45,15 +45,17 @@ def finite_rows(inputs: Any, targets: Any) -> torch.Tensor | None:
     return mask
 
 
-def data_findings(samples: dict[str, Sample], kind: str | None = None, ignore_index: int | None = None
-                  ) -> list[Finding]:
+def data_findings(samples: dict[str, Sample], kind: str | None = None, ignore_index: int | None = None, *,
+                  own_loss: str | None = None, own_monitor: str | None = None) -> list[Finding]:
     """Every data check but label_noise and too_few_samples (which need the model). ``kind``: the task
-    kind (`converge.decide.task_kind`), guessed from the targets' type when the objective is unknown."""
+    kind (`converge.decide.task_kind`), guessed from the targets' type when the objective is unknown;
+    ``own_loss``/``own_monitor``: the task's own loss and monitored metric, which the advice takes in."""
     train = samples["train"]
     kind = kind or ("classification" if is_classification(train.targets) else "regression")
     findings = dc.nonfinite_values({name: (s.inputs, s.targets) for name, s in samples.items()})
     if kind in ("classification", "binary", "multilabel", "sequence"):
-        findings += dc.class_imbalance(train.targets, kind=kind, ignore_index=ignore_index)
+        findings += dc.class_imbalance(train.targets, kind=kind, ignore_index=ignore_index, own_loss=own_loss,
+                                       own_monitor=own_monitor)
     parts = dc.input_parts(train.inputs)
     for role, tensor in parts:
         x, kept = dc.feature_matrix(tensor)
@@ -154,26 +156,35 @@ def label_issues(sample: Sample, classes: int, *, seed: int, progress: Callable[
         x, labels, positions = x[keep], labels[keep], positions[keep]
     progress(f"doctor: {T.NOISE_FOLDS}-fold proxy trainings on {len(labels)} rows for label noise")
     probs = out_of_sample_probs(x, labels, classes, seed=seed)
+    flagged, rate, _ = find_label_issues(probs, labels)
+    own_error = None
+    if rate >= T.NOISE_WARN and len(labels) / classes >= T.NOISE_MIN_PER_CLASS and \
+            int((~flagged).sum()) >= 10 * T.NOISE_FOLDS:
+        # the estimate would be a warning: first ask whether the proxy can read these inputs at all
+        progress(f"doctor: {T.NOISE_FOLDS}-fold proxy trainings on the {int((~flagged).sum())} rows not flagged, "
+                 f"for the proxy's own error")
+        own_error = proxy_error(x, labels, flagged, classes, seed=seed)
     extra = {"proxy": f"MLP (64 hidden units) on standardized flattened inputs, {T.NOISE_FOLDS}-fold",
              "sampled": len(labels) < (sample.total or 0)}
-    findings, issues = label_noise_finding(probs, labels, indices=positions, extra=extra)
+    findings, issues = label_noise_finding(probs, labels, indices=positions, extra=extra, own_error=own_error)
     return findings, positions[issues]
 
 
 def run_checks(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | None = None,
                metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
                progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX,
-               target_key: str = TARGET_KEY) -> list[Finding]:
+               target_key: str = TARGET_KEY, monitor: str | None = None) -> list[Finding]:
     """All checks on sampled splits; ``cheap=True`` leaves out label_noise and cannot_overfit_batch.
-    The model is not changed and the global RNG state is put back afterwards."""
+    The model is not changed and the global RNG state is put back afterwards. ``monitor``: the value the
+    run will monitor (the advice takes it in)."""
     return check_all(model, samples, loss=loss, metrics=metrics, cheap=cheap, seed=seed, device=device,
-                     progress=progress, ignore_index=ignore_index, target_key=target_key)[0]
+                     progress=progress, ignore_index=ignore_index, target_key=target_key, monitor=monitor)[0]
 
 
 def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | None = None,
               metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
               progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX,
-              target_key: str = TARGET_KEY) -> tuple[list[Finding], Objective | None]:
+              target_key: str = TARGET_KEY, monitor: str | None = None) -> tuple[list[Finding], Objective | None]:
     """:func:`run_checks`, and the objective the checks resolved (None when it could not be)."""
     progress = progress or (lambda text: None)
     saved = capture_rng()
@@ -182,13 +193,14 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
         model_copy = _copy_to(model, device_)
         objective, splits, problems = resolve(model_copy, samples, loss, metrics, device_, ignore_index, target_key)
         kind = objective.kind if objective is not None else None
-        findings = data_findings(samples, kind, objective.ignore_index if objective is not None else ignore_index)
+        findings = data_findings(samples, kind, objective.ignore_index if objective is not None else ignore_index,
+                                 **_the_tasks_own(loss, metrics, monitor))
         findings += problems
         train = samples["train"]
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         counted, unit = _counted(train, objective)
         classes = objective.classes if kind in ("classification", "binary") else None
-        findings += dc.too_few_samples(counted, params, classes, unit=unit)
+        findings += dc.too_few_samples(counted, params, classes, unit=unit, features=matrix_columns(train.inputs))
         if objective is not None:
             findings += model_findings(model_copy, splits, objective, cheap=cheap, seed=seed, progress=progress)
             if not cheap and kind in ("classification", "binary"):
@@ -199,6 +211,20 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
     finally:
         restore_rng(saved)
     return ranked(findings), objective
+
+
+def matrix_columns(inputs: Any) -> int | None:
+    """The columns of one float feature matrix [N, F]; None for any other inputs."""
+    if isinstance(inputs, torch.Tensor) and inputs.dtype.is_floating_point and inputs.ndim == 2:
+        return int(inputs.shape[1])
+    return None
+
+
+def _the_tasks_own(loss: Callable | None, metrics: dict | None, monitor: str | None) -> dict:
+    """The task's own loss (its name) and monitored metric (one of its own ``metrics``), for the advice."""
+    name = monitor[4:] if monitor and monitor.startswith("val_") else monitor
+    return {"own_loss": getattr(loss, "__name__", type(loss).__name__) if loss is not None else None,
+            "own_monitor": f"val_{name}" if name and name in (metrics or {}) else None}
 
 
 def _counted(train: Sample, objective: Objective | None) -> tuple[int, str]:
@@ -239,17 +265,17 @@ def sample_splits(train: Any, val: Any, test: Any = None, *, seed: int = 0, max_
 def diagnose(model: nn.Module, train: Any, val: Any, test: Any = None, *, loss: Callable | None = None,
              metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
              progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX,
-             target_key: str = TARGET_KEY) -> list[Finding]:
+             target_key: str = TARGET_KEY, monitor: str | None = None) -> list[Finding]:
     """The doctor on objects in memory (the model and splits as `converge.fit` takes them, with its ``loss``,
     ``metrics`` and ``target_key``): a list of `Finding`, most severe first. ``cheap`` leaves out the checks
     that train small models (label noise, overfitting one batch); ``seed`` seeds them and the sampling of
-    large splits; ``progress`` receives a line of text as the checks proceed; ``ignore_index``: the padding label of integer
-    targets."""
+    large splits; ``progress`` receives a line of text as the checks proceed; ``ignore_index``: the padding
+    label of integer targets; ``monitor``: the value the run will judge (the advice names it)."""
     if not isinstance(model, nn.Module):
         raise ConvergeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return run_checks(model, sample_splits(train, val, test, seed=seed, target_key=target_key), loss=loss,
                       metrics=metrics, cheap=cheap, seed=seed, device=device, progress=progress,
-                      ignore_index=ignore_index, target_key=target_key)
+                      ignore_index=ignore_index, target_key=target_key, monitor=monitor)
 
 
 def diagnose_task(task, *, task_args: dict | None = None, cheap: bool = False, seed: int = 0,
@@ -262,7 +288,8 @@ def diagnose_task(task, *, task_args: dict | None = None, cheap: bool = False, s
     model = task.build_model(**task_args["model"])
     splits = task.build_data(**task_args["data"])
     return diagnose(model, *splits, loss=task.loss, metrics=task.metrics, cheap=cheap, seed=seed, device=device,
-                    progress=progress, ignore_index=task.ignore_index, target_key=task.target_key)
+                    progress=progress, ignore_index=task.ignore_index, target_key=task.target_key,
+                    monitor=task.monitor)
 
 
 def run_doctor(task_path: str | Path, *, cheap: bool = False, seed: int = 0, device: str | None = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch import nn
 
 from converge.decide.diagnosis import diagnose_run, live_findings, needs_reference
 from converge.decide.findings import Finding
@@ -50,11 +51,12 @@ class RunJudge:
             self.target_stats = None  # its job is done; the value is kept (and checkpointed)
         return self.baseline_loss
 
-    def conclude(self, *, evaluate: Callable[..., dict], history: list[dict], events: list[dict], status,
-                 config, monitor: str, best_record: dict, epoch: int, world: World | None = None) -> dict:
+    def conclude(self, *, evaluate: Callable[..., dict], model: nn.Module, history: list[dict], events: list[dict],
+                 status, config, monitor: str, best_record: dict, epoch: int, world: World | None = None) -> dict:
         """The summary's judgement of a finished run, with the kept weights loaded: ``train`` (their values on
         the training split, when measured), ``yardsticks`` (what the findings were judged against, when the
-        baseline is known) and ``diagnosis``. ``evaluate(split_name, prefix=...)`` scores the model."""
+        baseline is known) and ``diagnosis``. ``evaluate(split_name, prefix=...)`` scores ``model``, whose
+        bottleneck (if any) also bounds the reference model's width."""
         fit = self._fit_values(evaluate, best_record)
         judgement = {}
         if fit is not None:
@@ -63,7 +65,7 @@ class RunJudge:
             self.learn_baseline(world)  # targets in memory, a checkpoint from before the baseline was kept
         baseline = self.baseline_loss
         wanted = needs_reference(history, fit, baseline)
-        reference = reference_loss(self.splits, self.objective, seed=self.seed) if wanted else None
+        reference = reference_loss(self.splits, self.objective, seed=self.seed, model=model) if wanted else None
         if baseline is not None:
             judgement["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
         findings = diagnose_run(history, events, status=status, monitor=monitor, mode=config.mode,
@@ -98,8 +100,10 @@ class RunJudge:
             self.target_stats = None
 
 
-def new_live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None) -> list[Finding]:
+def new_live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None, monitor: str,
+                      mode: str | None) -> list[Finding]:
     """The problems a run shows now (overfitting, an LR too high) that its events have not told yet: every
     front door (the Trainer, `Monitor`, the callbacks) tells each one once, the first epoch it shows."""
     told = {e.get("code") for e in events if e.get("event") == "diagnosis"}
-    return [f for f in live_findings(history, events, weight_decay=weight_decay) if f.code not in told]
+    found = live_findings(history, events, weight_decay=weight_decay, monitor=monitor, mode=mode)
+    return [f for f in found if f.code not in told]

@@ -352,7 +352,8 @@ class Trainer:
     def _live_diagnosis(self) -> list[str]:
         """Tell a problem (overfitting, an LR too high) the first epoch it shows, not only at the end."""
         notes = []
-        for found in new_live_findings(self.history, self.events, weight_decay=self.config.weight_decay):
+        for found in new_live_findings(self.history, self.events, weight_decay=self.config.weight_decay,
+                                       monitor=self.monitor_key, mode=self.config.mode):
             self._event("diagnosis", code=found.code, message=found.message, fix=found.fix)
             notes.append(found.code)
         return notes
@@ -376,7 +377,7 @@ class Trainer:
         test = self.evaluate("test") if "test" in self.splits and finished else None
         summary = self._summary(test)
         summary.update(self.judge.conclude(
-            evaluate=self.evaluate, history=self.history, events=self.events, status=self.status,
+            evaluate=self.evaluate, model=self.model, history=self.history, events=self.events, status=self.status,
             config=self.config, monitor=self.monitor_key, best_record=self.best_record, epoch=self.epoch,
             world=self.world) if finished else {"diagnosis": []})
         summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)

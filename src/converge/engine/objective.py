@@ -192,6 +192,36 @@ def perplexity(values: dict) -> float:
 _RECOGNIZED = {"cross_entropy": "classes", "nll": "classes", "bce_logits": "binary", "bce": "binary", "mse": "regression"}
 
 
+_ELEMENTWISE = ("bce_logits", "bce", "mse")
+
+
+def align_targets(outputs: Any, targets: Any, elementwise: bool) -> Any:
+    """The targets in the shape a standard loss wants, where converge's own loss of the kind (and Keras)
+    accept them as they are: for an element-wise loss (BCE, MSE), [N] against [N, 1] outputs or [N, 1]
+    against [N] (shapes that differ by one trailing 1; MSELoss would broadcast them to [N, N]); for a class
+    loss, [N, 1] labels against [N, C] scores. Any other pair is passed on unchanged (the loss judges it)."""
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)) or outputs.shape == targets.shape:
+        return targets
+    out, tgt = tuple(outputs.shape), tuple(targets.shape)
+    if elementwise and (out == (*tgt, 1) or tgt == (*out, 1)) and len(tgt) >= 1 and len(out) >= 1:
+        return targets.reshape(outputs.shape)
+    if not elementwise and len(out) == 2 and tgt == (out[0], 1):
+        return targets.reshape(-1)
+    return targets
+
+
+@dataclass(frozen=True)
+class AlignedLoss:
+    """A task's own standard loss (recognized by `recognize_loss`), given targets aligned by `align_targets`:
+    a recognized loss accepts the shapes an inferred one does."""
+
+    loss: Callable
+    elementwise: bool
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(outputs, align_targets(outputs, targets, self.elementwise))
+
+
 def recognize_loss(loss: Callable) -> tuple[str | None, int]:
     """(which standard loss ``loss`` is, its ignore_index), or (None, -100) for anything else. Only the mean
     reduction counts: the baseline and the initial-loss check compare means."""
@@ -383,6 +413,8 @@ def _own(loss: Callable, recognized: str | None, kind: Kind, ignore: int) -> Obj
         metrics = {"accuracy": ThresholdAccuracy(threshold)} if kind.kind == "binary" else \
             {"label_accuracy": ThresholdAccuracy(threshold), "exact_match": ExactMatch(threshold)}
     ignore_index = ignore if kind.kind in ("classification", "sequence") else None
+    if recognized is not None:
+        loss = AlignedLoss(loss, elementwise=recognized in _ELEMENTWISE)
     return Objective(loss, kind.kind, metrics, ignore_index=ignore_index, derived=derived, **base)
 
 
