@@ -220,7 +220,7 @@ def test_race_budget_is_in_steps_whatever_the_data_size():
     (1, ["adamw"], [3, 6, 12]),
 ])
 def test_choosing_is_bounded_in_epochs_on_tiny_data(steps_per_epoch, optimizers, rungs):
-    from converge.tune.auto import candidate_optimizers, rung_steps
+    from converge.choose.auto import candidate_optimizers, rung_steps
 
     assert candidate_optimizers("auto", steps_per_epoch) == optimizers
     assert candidate_optimizers("sgd", steps_per_epoch) == ["sgd"]

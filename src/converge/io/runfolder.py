@@ -337,10 +337,10 @@ class RunFolder:
                     self._pending.remove(job)
                 job.result()  # surfaces a failed write
             tmp = ckpt.write_temporary(self.path, state)
-            self._checkpoint_job = self._submit(self._commit_checkpoint, tmp, state["progress"])
+            self._checkpoint_job = self._submit(self._commit_checkpoint, tmp, state.get("progress"))
         return True
 
-    def _commit_checkpoint(self, tmp: Path, progress: dict) -> None:
+    def _commit_checkpoint(self, tmp: Path, progress: dict | None) -> None:
         """In the background: ``tmp`` becomes the checkpoint (or, on any failure, is removed: the last
         checkpoint stays as it was)."""
         try:
@@ -348,6 +348,8 @@ class RunFolder:
                 ckpt.commit_checkpoint(self.path, tmp)
         finally:
             tmp.unlink(missing_ok=True)  # gone already after a commit; left by a failed check
+        if progress is None:  # a state without a run's counters: nothing to name
+            return
         epoch, step = progress["epoch"], progress["step"]
         if progress.get("batch"):
             self._checkpoint_progress = f"epoch {epoch + 1}, step {step}"
