@@ -160,3 +160,16 @@ def test_import_converge_does_not_import_torchmetrics():
     code = "import sys, converge; print('torchmetrics' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_imbalanced_example_trains_and_reports_its_metrics(tmp_path):
+    pytest.importorskip("torchmetrics")
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "imbalanced.py"
+    result = converge.train_task(example, out=tmp_path / "run", verbose=False, max_epochs=2, optimizer="adamw",
+                                 lr=3e-3, batch_size=64)
+    assert set(result.summary["best"]) == {"val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
+                                           "val_f1"}
+    # two computations of the same whole-split macro-F1 agree: the task's torchmetrics one and converge's own
+    assert result.summary["test"]["f1"] == pytest.approx(result.summary["test"]["macro_f1"], abs=1e-6)
