@@ -173,3 +173,14 @@ def test_the_imbalanced_example_trains_and_reports_its_metrics(tmp_path):
                                            "val_f1"}
     # two computations of the same whole-split macro-F1 agree: the task's torchmetrics one and converge's own
     assert result.summary["test"]["f1"] == pytest.approx(result.summary["test"]["macro_f1"], abs=1e-6)
+
+
+def test_a_metric_that_returns_a_python_float_is_kept_exact():
+    value = 0.7967333608643271   # not a float32 number
+
+    def plain(outputs, targets):
+        return value
+
+    scores = SplitScores({"plain": plain}, {"plain": WHOLE_SPLIT}, torch.device("cpu"))
+    scores.add(torch.ones(2, 3), torch.zeros(2), torch.tensor(0.0), 2)
+    assert scores.values()[1] == value

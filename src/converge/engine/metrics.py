@@ -178,7 +178,7 @@ class SplitScores:
                 values.append(fn(outputs, targets))
             else:
                 values.append(0.0)
-        self.sums += torch.stack([torch.as_tensor(v, device=self.device).double().reshape(()) for v in values]) * weight
+        self.sums += torch.stack([_scalar(v, self.device) for v in values]) * weight
         self.seen = self.seen + weight
         if self.kept is not None:
             self._keep(outputs, targets, weight)
@@ -208,7 +208,7 @@ class SplitScores:
     def _add_batch_values(self, outputs: Any, targets: Any, weight: Any) -> None:
         for index, (name, fn) in enumerate(self.metric_fns.items(), start=1):
             if self.ways[name] == WHOLE_SPLIT:
-                value = torch.as_tensor(fn(outputs, targets), device=self.device).double().reshape(())
+                value = _scalar(fn(outputs, targets), self.device)
                 self.sums[index] += value * weight
 
     def values(self) -> list[float]:
@@ -219,14 +219,21 @@ class SplitScores:
         for index, (name, fn) in enumerate(self.metric_fns.items(), start=1):
             way = self.ways[name]
             if way == STATEFUL:
-                means[index] = torch.as_tensor(fn.compute(), device=self.device).double().reshape(())
+                means[index] = _scalar(fn.compute(), self.device)
                 fn.reset()
             elif way == WHOLE_SPLIT and self.kept:
                 outputs = torch.cat([part[0] for part in self.kept])
                 targets = torch.cat([part[1] for part in self.kept])
-                means[index] = torch.as_tensor(fn(outputs, targets), device=self.device).double().reshape(())
+                means[index] = _scalar(fn(outputs, targets), self.device)
         self.kept = None
         return means.tolist()
+
+
+def _scalar(value: Any, device: torch.device) -> torch.Tensor:
+    """A metric's value as a float64 scalar on the device (a Python float stays exact: not through float32)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float64).reshape(())
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
