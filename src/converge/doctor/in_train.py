@@ -133,9 +133,11 @@ def _line(remedy: rx.Remedy) -> str:
     if remedy.remedy == "standardize_targets":
         if not detail.get("applied"):
             return f"standardize: targets left as they are ({detail['finding']}): {detail['reason']}"
+        spread = f"mean {detail['mean'][0]:.3g}, std {detail['std'][0]:.3g}" if detail["columns"] == 1 else \
+            f"std {min(detail['std']):.3g} to {max(detail['std']):.3g}"
         return (f"standardize: {detail['columns']} regression target column(s) standardized with training-split "
-                f"statistics (std {min(detail['std']):.3g} to {max(detail['std']):.3g}); losses and metrics are "
-                f"reported in the targets' units, {detail['export']}; --no-standardize turns this off")
+                f"statistics ({spread}); losses and metrics are reported in the targets' units, {detail['export']}; "
+                f"--no-standardize turns this off")
     if remedy.remedy != "standardize_features":
         return f"doctor: {remedy.remedy}: {json.dumps(detail)[:200]}"
     if not detail.get("applied"):
@@ -230,7 +232,8 @@ def raw_regression_targets(splits: dict, objective, loss: Callable | None) -> st
         return None
     targets = splits["train"].targets
     found = dc.unscaled_features(targets.reshape(len(targets), -1).double())
-    return found[0].message.replace("feature", "target column") if found else None
+    message = found[0].message if found else None   # the inputs' rule, said of the target columns
+    return message.replace("inputs are", "targets are").replace("feature", "target column") if message else None
 
 
 def _apply_targets(prepared: Prepared, mean: torch.Tensor, std: torch.Tensor, layer: str) -> None:
