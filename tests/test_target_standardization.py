@@ -176,3 +176,37 @@ def test_resume_reuses_the_recorded_statistics_exactly(tmp_path):
     assert strip(resumed.history) == strip(reference.history)
     assert (tmp_path / "run" / "best.safetensors").read_bytes() == \
         (tmp_path / "reference" / "best.safetensors").read_bytes()
+
+
+# --- converge train ------------------------------------------------------------------------------------
+RAW_TASK = '''
+import torch
+from torch import nn
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g)
+    y = 150.0 + 60.0 * torch.tanh(x[:, :1] + 0.5 * x[:, 1:2]) + 5.0 * torch.randn(300, 1, generator=g)
+    return (x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:])
+
+def model():
+    return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 1))
+'''
+
+CLI_FLAGS = ("--max-epochs", "2", "--optimizer", "adamw", "--lr", "1e-2", "--weight-decay", "0", "--batch-size", "32")
+
+
+def test_train_checks_the_model_on_the_standardized_targets_and_no_standardize_turns_it_off(tmp_path, cli):
+    task = tmp_path / "raw.py"
+    task.write_text(RAW_TASK)
+    on = cli("train", task, "--out", tmp_path / "on", *CLI_FLAGS)
+    assert on.code == 0, on.err
+    remedies = json.loads((tmp_path / "on" / "remedies.json").read_text())
+    assert [(r["remedy"], r["detail"]["applied"]) for r in remedies] == [("standardize_targets", True)]
+    doctor = {f["code"] for f in json.loads((tmp_path / "on" / "doctor.json").read_text())}
+    assert not {"init_loss_off", "exploding_gradients"} & doctor   # the model checks judged standardized targets
+    off = cli("train", task, "--out", tmp_path / "off", "--no-standardize", *CLI_FLAGS)
+    assert off.code == 0 and "standardize:" not in off.out + off.err
+    assert not (tmp_path / "off" / "remedies.json").exists()
+    raw_doctor = {f["code"] for f in json.loads((tmp_path / "off" / "doctor.json").read_text())}
+    assert raw_doctor & {"init_loss_off", "exploding_gradients"}, raw_doctor   # what the default answers
