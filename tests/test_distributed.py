@@ -163,37 +163,3 @@ def test_a_collective_failing_for_a_lost_peer_is_told_apart(monkeypatch, exc, ex
     assert distributed.lost_peer(exc) is None  # no process group: never a lost peer
     monkeypatch.setattr(distributed, "_WORLD", distributed.World(rank=0, size=2))
     assert distributed.lost_peer(exc) == expected
-
-
-TORCHMETRICS_TASK = TASK + '''
-import torchmetrics
-
-class Count(torchmetrics.Metric):
-    """The samples scored: one sample counted once per split, on every rank, if nothing is synced."""
-
-    def __init__(self):
-        super().__init__()
-        self.add_state("n", default=torch.tensor(0.0), dist_reduce_fx="sum")
-
-    def update(self, outputs, targets):
-        self.n += targets.shape[0]
-
-    def compute(self):
-        return self.n
-
-metrics = {"count": Count(), "f1": torchmetrics.classification.MulticlassF1Score(num_classes=3, average="macro")}
-'''
-
-
-def test_torchmetrics_are_the_whole_splits_under_torchrun(tmp_path):
-    """Every rank scores the whole split, so a torchmetrics Metric is computed without a sync (which would
-    count each sample once per rank) and rank 0's value is the one decided on."""
-    pytest.importorskip("torchmetrics")
-    task = tmp_path / "task.py"
-    task.write_text(TORCHMETRICS_TASK)
-    run_ok(train_command(task, tmp_path / "one", epochs=2))
-    run_ok(train_command(task, tmp_path / "two", "--nproc", "2", epochs=2))
-    ones, twos = logged(tmp_path / "one"), logged(tmp_path / "two")
-    assert [r["val_count"] for r in twos] == [200.0, 200.0]
-    for a, b in zip(ones, twos):
-        assert b["val_f1"] == pytest.approx(a["val_f1"], rel=TOLERANCE)

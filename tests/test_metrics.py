@@ -184,3 +184,39 @@ def test_a_metric_that_returns_a_python_float_is_kept_exact():
     scores = SplitScores({"plain": plain}, {"plain": WHOLE_SPLIT}, torch.device("cpu"))
     scores.add(torch.ones(2, 3), torch.zeros(2), torch.tensor(0.0), 2)
     assert scores.values()[1] == value
+
+
+TORCHMETRICS_TASK = '''
+import torchmetrics
+
+class Count(torchmetrics.Metric):
+    """The samples scored: one sample counted once per split, on every rank, if nothing is synced."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("n", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, outputs, targets):
+        self.n += targets.shape[0]
+
+    def compute(self):
+        return self.n
+
+metrics = {"count": Count(), "f1": torchmetrics.classification.MulticlassF1Score(num_classes=3, average="macro")}
+'''
+
+
+def test_torchmetrics_are_the_whole_splits_under_torchrun(tmp_path):
+    """Every rank scores the whole split, so a torchmetrics Metric is computed without a sync (which would
+    count each sample once per rank: 400 for 200) and rank 0's value is the one decided on."""
+    pytest.importorskip("torchmetrics")
+    from test_distributed import TASK, TOLERANCE, logged, run_ok, train_command
+
+    task = tmp_path / "task.py"
+    task.write_text(TASK + TORCHMETRICS_TASK)
+    run_ok(train_command(task, tmp_path / "one", epochs=2))
+    run_ok(train_command(task, tmp_path / "two", "--nproc", "2", epochs=2))
+    ones, twos = logged(tmp_path / "one"), logged(tmp_path / "two")
+    assert [r["val_count"] for r in twos] == [200.0, 200.0]
+    for a, b in zip(ones, twos):
+        assert b["val_f1"] == pytest.approx(a["val_f1"], rel=TOLERANCE)

@@ -224,20 +224,19 @@ def _prepare(model: nn.Module, splits: dict, config: TrainConfig, doctor: dict |
     exactly when it did at its start (the decision is a `remedy` event in the checkpoint). None when
     there is nothing to do."""
     doctor = dict(doctor or {})
-    recorded = recorded_targets = None
+    recorded = None
     if checkpoint is not None:
         from converge.doctor.in_train import recorded_standardization, recorded_target_standardization
 
         events = checkpoint.state.get("logs", {}).get("events", [])
         recorded = recorded_standardization(events)
-        recorded_targets = recorded_target_standardization(events) or {"applied": False}
-    targets_recorded = bool(recorded_targets and recorded_targets.get("applied"))
+        options["recorded_targets"] = recorded_target_standardization(events) or {"applied": False}
+    targets_recorded = bool(options.get("recorded_targets", {}).get("applied"))
     if not (any(doctor.values()) or config.standardize or recorded or targets_recorded):
         return None
     from converge.doctor.in_train import before_training
 
     return before_training(model, splits, seed=config.seed, standardize=config.standardize, recorded=recorded,
-                           recorded_targets=recorded_targets,
                            check=bool(doctor.get("check")), fix=bool(doctor.get("fix")),
                            drop_label_issues=bool(doctor.get("drop_label_issues")), **options)
 

@@ -18,7 +18,6 @@ from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.doctor.run import check_all, class_labels, label_issues, samples_from_splits
-from converge.engine.objective import recognize_loss
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -42,10 +41,11 @@ class Prepared:
     target_layer: str | None = None  # the last nn.Linear that maps z back to the user's units
 
 
-def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, metrics: dict | None, check: bool,
+def before_training(model: nn.Module, splits: dict, *, objective=None, recorded_targets: dict | None = None,
+                    loss: Callable | None, metrics: dict | None, check: bool,
                     fix: bool, drop_label_issues: bool, seed: int, console, ignore_index: int = IGNORE_INDEX,
-                    target_key: str = "labels", standardize: bool = False, recorded: bool | None = None,
-                    objective=None, recorded_targets: dict | None = None) -> Prepared:
+                    target_key: str = "labels", standardize: bool = False, recorded: bool | None = None
+                    ) -> Prepared:
     """Run the cheap checks (``check``) and apply the remedies asked for; returns the splits and loss to
     train with. ``standardize``: standardize unscaled plain feature matrices by default (without the
     other checks, only the cheap scale check runs). ``recorded``: a resumed run's decision, from its
@@ -224,6 +224,8 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
 def raw_regression_targets(splits: dict, objective, loss: Callable | None) -> str | None:
     """What is unscaled about a regression task's targets, when they are standardized by default (in-memory
     floating-point targets in every split, the mean-squared error), else None."""
+    from converge.engine.objective import recognize_loss
+
     if objective is None or objective.kind != "regression" or objective.model_loss or \
             not (loss is None or recognize_loss(loss)[0] == "mse"):
         return None
