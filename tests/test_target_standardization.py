@@ -210,3 +210,13 @@ def test_train_checks_the_model_on_the_standardized_targets_and_no_standardize_t
     assert not (tmp_path / "off" / "remedies.json").exists()
     raw_doctor = {f["code"] for f in json.loads((tmp_path / "off" / "doctor.json").read_text())}
     assert raw_doctor & {"init_loss_off", "exploding_gradients"}, raw_doctor   # what the default answers
+
+
+@pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64), (torch.float32, torch.float32),
+                                             (torch.bfloat16, torch.float32)])
+def test_values_are_mapped_back_without_losing_precision(dtype, expected):
+    objective = Objective(mean_squared_error, "regression", {},
+                          target_scale=(torch.tensor([150.0]), torch.tensor([60.0])))
+    z = torch.tensor([[0.5], [-1.0]], dtype=dtype)
+    back = objective.user_units(z)
+    assert back.dtype == expected and torch.allclose(back.double(), torch.tensor([[180.0], [90.0]], dtype=torch.float64))

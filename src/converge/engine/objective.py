@@ -74,8 +74,9 @@ class Objective:
         if self.target_scale is None or not isinstance(values, torch.Tensor):
             return values
         mean, std = self.target_scale
-        rows = values.reshape(values.shape[0], -1).float()
-        return (rows * std.to(rows.device) + mean.to(rows.device)).reshape(values.shape)
+        rows = values.reshape(values.shape[0], -1)
+        rows = rows.to(torch.promote_types(rows.dtype, torch.float32))   # half precision: mapped back in float32
+        return (rows * std.to(rows) + mean.to(rows)).reshape(values.shape)
 
     def reported_loss(self, scores: Any, targets: Any, loss: torch.Tensor) -> torch.Tensor:
         """A training batch's loss as reported (detached): in the user's units when the targets are
