@@ -219,4 +219,5 @@ def test_values_are_mapped_back_without_losing_precision(dtype, expected):
                           target_scale=(torch.tensor([150.0]), torch.tensor([60.0])))
     z = torch.tensor([[0.5], [-1.0]], dtype=dtype)
     back = objective.user_units(z)
-    assert back.dtype == expected and torch.allclose(back.double(), torch.tensor([[180.0], [90.0]], dtype=torch.float64))
+    assert back.dtype == expected
+    assert torch.allclose(back.double(), torch.tensor([[180.0], [90.0]], dtype=torch.float64))
