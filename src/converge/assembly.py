@@ -20,7 +20,7 @@ Under torchrun only rank 0 writes and prints; the other ranks take rank 0's tuni
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -182,9 +182,10 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
                             "process; give a map-style Dataset or tensors, or train in one process")
     setup = checked_setup(model, splits, config, loss, metrics, ignore_index, target_key)
     prepared = _prepare(model, splits, config, doctor, checkpoint, loss=loss, metrics=metrics, console=console,
-                        ignore_index=ignore_index, target_key=target_key)
+                        ignore_index=ignore_index, target_key=target_key, objective=setup.objective)
     if prepared is not None and (prepared.splits is not splits or prepared.loss is not loss):
         setup = checked_setup(model, prepared.splits, config, prepared.loss, metrics, ignore_index, target_key)
+    setup = _in_user_units(setup, prepared)
     folder = _open_folder(output, config, info or {}, checkpoint) if main else None
     override = "a `loss` (in the task file, or fit(loss=...)) overrides it" if loss is None else "as given"
     console.message(f"task: {setup.objective.description}; {override}")
@@ -225,10 +226,13 @@ def _prepare(model: nn.Module, splits: dict, config: TrainConfig, doctor: dict |
     doctor = dict(doctor or {})
     recorded = None
     if checkpoint is not None:
-        from converge.doctor.in_train import recorded_standardization
+        from converge.doctor.in_train import recorded_standardization, recorded_target_standardization
 
-        recorded = recorded_standardization(checkpoint.state.get("logs", {}).get("events", []))
-    if not (any(doctor.values()) or config.standardize or recorded):
+        events = checkpoint.state.get("logs", {}).get("events", [])
+        recorded = recorded_standardization(events)
+        options["recorded_targets"] = recorded_target_standardization(events) or {"applied": False}
+    targets_recorded = bool(options.get("recorded_targets", {}).get("applied"))
+    if not (any(doctor.values()) or config.standardize or recorded or targets_recorded):
         return None
     from converge.doctor.in_train import before_training
 
@@ -236,6 +240,13 @@ def _prepare(model: nn.Module, splits: dict, config: TrainConfig, doctor: dict |
                            monitor=config.monitor,
                            check=bool(doctor.get("check")), fix=bool(doctor.get("fix")),
                            drop_label_issues=bool(doctor.get("drop_label_issues")), **options)
+
+
+def _in_user_units(setup: Setup, prepared) -> Setup:
+    """The set-up whose objective reports in the targets' units when the doctor standardized them."""
+    if prepared is None or prepared.target_standardization is None:
+        return setup
+    return Setup(setup.device, setup.splits, replace(setup.objective, target_scale=prepared.target_standardization))
 
 
 def _open_folder(output: Output, config: TrainConfig, info: dict, checkpoint: Checkpoint | None) -> RunFolder | None:
@@ -326,10 +337,11 @@ def standardized_setup(task: Task, model: nn.Module, splits: dict, config: Train
     standardization of unscaled feature matrices (``config.standardize``), nothing printed or written."""
     setup = checked_setup(model, splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
     prepared = _prepare(model, splits, config, None, None, loss=task.loss, metrics=task.metrics, console=Console(),
-                        ignore_index=task.ignore_index, target_key=task.target_key)
+                        ignore_index=task.ignore_index, target_key=task.target_key, objective=setup.objective)
     if prepared is None or prepared.splits is splits:
         return setup
-    return checked_setup(model, prepared.splits, config, task.loss, task.metrics, task.ignore_index, task.target_key)
+    return _in_user_units(checked_setup(model, prepared.splits, config, task.loss, task.metrics, task.ignore_index,
+                                        task.target_key), prepared)
 
 
 def automatic_choice(task: Task, config: TrainConfig) -> Tuning:

@@ -1,11 +1,14 @@
 """Input standardization, z = (x - mean) / std per flattened feature, and how a trained model keeps taking
 raw inputs afterwards: folded into its first nn.Linear (W' = W / std per input column, b' = b - W' mean),
 or, when the first layer is not an nn.Linear, applied by a forward pre-hook from statistics saved beside
-the weights (``standardize.json``, read by `converge.load_weights`).
+the weights (``standardize.json``, read by `converge.load_weights`). Regression targets the same way,
+z = (y - mean) / std per target column, folded into the model's last nn.Linear (y = z std + mean).
 
 Plain tensor functions: `converge doctor`'s remedies use them, and so does loading weights."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -151,3 +154,91 @@ def add_standardize_hook(model: nn.Module, mean: torch.Tensor, std: torch.Tensor
         return (standardize(args[0], mean.to(args[0].dtype), std.to(args[0].dtype)), *args[1:])
 
     model._converge_standardize = model.register_forward_pre_hook(hook)
+
+
+# --- regression targets: z = (y - mean) / std, folded into the LAST nn.Linear -------------------------------
+# A model trained on standardized targets predicts z; with y = z * std + mean folded into the layer that
+# makes its output (W' = std W, b' = std b + mean, per output column), it predicts in the user's units.
+@torch.no_grad()
+def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: torch.Tensor,
+                        tolerance: float = 1e-3) -> str | None:
+    """The name of the nn.Linear whose output is the model's output (the last one a forward of ``probe``
+    calls, with ``mean.numel()`` outputs), when folding y = z * std + mean into it makes the model give
+    its outputs so mapped (largest difference at most ``tolerance`` x (largest output + 1); this rules out
+    a last layer followed by anything but a reshape). None when there is no such layer. Neither the model
+    nor its train/eval modes change."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe = _moved(probe, device)
+    names = {module: name or "(model)" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    calls: list[str] = []
+    handles = [module.register_forward_hook(lambda module, args, out: calls.append(names[module]))
+               for module in names]
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        expected = _call(model, probe)
+        for handle in handles:
+            handle.remove()
+        handles = []
+        if not calls or not isinstance(expected, torch.Tensor) or expected.shape[0] == 0:
+            return None
+        name = calls[-1]
+        layer = model if name == "(model)" else model.get_submodule(name)
+        if layer.out_features != mean.numel() or expected.numel() != expected.shape[0] * mean.numel():
+            return None
+        weight, bias = _target_folded(layer, mean, std)
+        handle = layer.register_forward_hook(lambda module, args, out: nn.functional.linear(args[0], weight, bias))
+        try:
+            folded = _call(model, probe)
+        finally:
+            handle.remove()
+    except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    if not isinstance(folded, torch.Tensor) or folded.shape != expected.shape or \
+            not bool(torch.isfinite(expected).all()):
+        return None
+    rows = expected.reshape(expected.shape[0], -1).float()
+    wanted = (rows * std.to(rows) + mean.to(rows)).reshape(expected.shape)
+    gap = float((folded.float() - wanted).abs().max())
+    return name if gap <= tolerance * (float(wanted.abs().max()) + 1.0) else None
+
+
+def _moved(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, dict):
+        return {key: _moved(value, device) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_moved(value, device) for value in inputs)
+    return inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
+
+
+def _call(model: nn.Module, inputs: Any):
+    """``model(x)``, ``model(*x)`` or ``model(**x)``, as the objective calls it."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+
+
+def _target_folded(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(std W, std b + mean): the layer's parameters that predict in the user's units."""
+    scale = std.to(layer.weight.device, layer.weight.dtype).reshape(-1)
+    shift = mean.to(layer.weight.device, layer.weight.dtype).reshape(-1)
+    bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features, device=layer.weight.device,
+                                                                 dtype=layer.weight.dtype)
+    return layer.weight * scale[:, None], bias * scale + shift
+
+
+@torch.no_grad()
+def fold_target_standardization(model: nn.Module, mean: torch.Tensor, std: torch.Tensor, layer_name: str) -> None:
+    """Fold y = z * std + mean into the nn.Linear ``layer_name`` (from `foldable_last_layer`), in place."""
+    layer = model if layer_name == "(model)" else model.get_submodule(layer_name)
+    weight, bias = _target_folded(layer, mean, std)
+    layer.weight.copy_(weight)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(bias.clone())
+    else:
+        layer.bias.copy_(bias)

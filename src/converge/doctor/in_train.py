@@ -37,9 +37,12 @@ class Prepared:
     checked: bool = False           # the quick checks ran: doctor.json is written
     explicit: bool = False          # --fix asked for the remedies (else the standardization is the default)
     unscaled: Finding | None = None  # what the standardization answers
+    target_standardization: tuple[torch.Tensor, torch.Tensor] | None = None   # regression targets' (mean, std)
+    target_layer: str | None = None  # the last nn.Linear that maps z back to the user's units
 
 
-def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, metrics: dict | None, check: bool,
+def before_training(model: nn.Module, splits: dict, *, objective=None, recorded_targets: dict | None = None,
+                    loss: Callable | None, metrics: dict | None, check: bool,
                     fix: bool, drop_label_issues: bool, seed: int, console, ignore_index: int = IGNORE_INDEX,
                     target_key: str = "labels", standardize: bool = False, recorded: bool | None = None,
                     monitor: str | None = None) -> Prepared:
@@ -47,11 +50,15 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
     train with. ``standardize``: standardize unscaled plain feature matrices by default (without the
     other checks, only the cheap scale check runs). ``recorded``: a resumed run's decision, from its
     checkpoint: the standardization is applied (True) or not (False) as it was when the run started,
-    whatever the checks would say now. Neither the model nor the global RNG state is changed."""
+    whatever the checks would say now. ``objective``: the run's, on the splits as given (regression targets
+    are standardized by default too, `standardize_targets`); ``recorded_targets``: a resumed run's
+    recorded target standardization (its `remedy` event's detail), applied as it was. Neither the model
+    nor the global RNG state is changed."""
     prepared = Prepared(dict(splits), loss, checked=check or fix or drop_label_issues, explicit=fix)
-    if not (prepared.checked or standardize or recorded):
+    if not (prepared.checked or standardize or recorded or recorded_targets):
         return prepared
     saved = capture_rng()
+    run_objective = objective
     try:
         objective = None
         if prepared.checked:
@@ -66,7 +73,12 @@ def before_training(model: nn.Module, splits: dict, *, loss: Callable | None, me
         for name in _remedies(scale + prepared.findings, fix, drop_label_issues, standardize, recorded):
             remedy = _APPLY[name](prepared, model, seed, objective)
             prepared.remedies.append(remedy)
-        if prepared.checked and prepared.standardization is not None:
+        targets = _standardize_targets(prepared, model, run_objective, loss, by_default=standardize,
+                                       recorded=recorded_targets)
+        if targets is not None:
+            prepared.remedies.append(targets)
+        if prepared.checked and (prepared.standardization is not None or
+                                 prepared.target_standardization is not None):
             # the model checks (initial loss, gradients, dead units) again, on the inputs training will see
             samples = samples_from_splits(prepared.splits, seed=seed, max_rows=TRAIN_MAX_ROWS)
             again, _ = check_all(model, samples, loss=loss, metrics=metrics, cheap=True, seed=seed,
@@ -135,6 +147,14 @@ def scale_findings(train, seed: int) -> list[Finding]:
 def _line(remedy: rx.Remedy) -> str:
     """The one console line that says what a remedy did."""
     detail = remedy.detail
+    if remedy.remedy == "standardize_targets":
+        if not detail.get("applied"):
+            return f"standardize: targets left as they are ({detail['finding']}): {detail['reason']}"
+        spread = f"mean {detail['mean'][0]:.3g}, std {detail['std'][0]:.3g}" if detail["columns"] == 1 else \
+            f"std {min(detail['std']):.3g} to {max(detail['std']):.3g}"
+        return (f"standardize: {detail['columns']} regression target column(s) standardized with training-split "
+                f"statistics ({spread}); losses and metrics are reported in the targets' units, {detail['export']}; "
+                f"--no-standardize turns this off")
     if remedy.remedy != "standardize_features":
         return f"doctor: {remedy.remedy}: {json.dumps(detail)[:200]}"
     if not detail.get("applied"):
@@ -178,6 +198,71 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> 
         "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())],
         **({"finding": found.message} if found is not None else {}),
         **({} if prepared.explicit else {"turn_off": "converge train --no-standardize, fit(standardize=False)"})})
+
+
+def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: Callable | None, *,
+                         by_default: bool, recorded: dict | None) -> rx.Remedy | None:
+    """Standardize raw regression targets, z = (y - mean) / std per column with training-split statistics,
+    as the inputs are: the optimizer, the range test and the gradient checks see well-scaled targets, and
+    y = z std + mean is folded into the model's last nn.Linear (the returned model and best.safetensors
+    predict in the user's units; losses and metrics are reported in them). Only for the mean-squared error
+    (inferred or `nn.MSELoss`), whose optimum does not depend on the targets' scale, and targets far from
+    standardized (the unscaled_features rule, on the target columns). ``recorded``: a resumed run's
+    decision and statistics. None when there is nothing to say (not such a task)."""
+    by = "--fix" if prepared.explicit else "default"
+    if recorded is not None:
+        if not recorded.get("applied"):
+            return None
+        train = prepared.splits["train"]
+        mean = torch.tensor(recorded["mean"], dtype=train.targets.dtype)
+        std = torch.tensor(recorded["std"], dtype=train.targets.dtype)
+        _apply_targets(prepared, mean, std, recorded["layer"])
+        return rx.Remedy("standardize_targets", dict(recorded))
+    unscaled = raw_regression_targets(prepared.splits, objective, loss) if (by_default or prepared.explicit) else None
+    if unscaled is None:
+        return None
+    train = prepared.splits["train"]
+    mean, std = rx.standardization(train.targets.reshape(len(train), -1))
+    inputs, _ = train.probe(16)
+    layer = rx.foldable_last_layer(model, inputs, mean, std)
+    if layer is None:
+        return rx.Remedy("standardize_targets", {
+            "applied": False, "by": by, "finding": unscaled,
+            "reason": "the model's output does not come from an nn.Linear that can absorb y = z * std + mean, so the "
+                      "exported weights would not predict in the targets' units; standardize the targets in data()"})
+    _apply_targets(prepared, mean, std, layer)
+    return rx.Remedy("standardize_targets", {
+        "applied": True, "by": by, "statistics": "training split", "columns": mean.numel(), "layer": layer,
+        "mean": mean.tolist(), "std": std.tolist(), "finding": unscaled,
+        "export": f"folded into layer {layer!r} of best.safetensors, which predicts in the targets' units",
+        "turn_off": "converge train --no-standardize, fit(standardize=False)"})
+
+
+def raw_regression_targets(splits: dict, objective, loss: Callable | None) -> str | None:
+    """What is unscaled about a regression task's targets, when they are standardized by default (in-memory
+    floating-point targets in every split, the mean-squared error), else None."""
+    from converge.engine.objective import recognize_loss
+
+    if objective is None or objective.kind != "regression" or objective.model_loss or \
+            not (loss is None or recognize_loss(loss)[0] == "mse"):
+        return None
+    if not all(isinstance(s, TensorSplit) and isinstance(s.targets, torch.Tensor) and
+               s.targets.dtype.is_floating_point for s in splits.values()):
+        return None
+    targets = splits["train"].targets
+    found = dc.unscaled_features(targets.reshape(len(targets), -1).double())
+    message = found[0].message if found else None   # the inputs' rule, said of the target columns
+    return message.replace("inputs are", "targets are").replace("feature", "target column") if message else None
+
+
+def _apply_targets(prepared: Prepared, mean: torch.Tensor, std: torch.Tensor, layer: str) -> None:
+    def scaled(targets: torch.Tensor) -> torch.Tensor:
+        rows = targets.reshape(targets.shape[0], -1)
+        return ((rows - mean.to(rows)) / std.to(rows)).reshape(targets.shape)
+
+    prepared.splits = {name: TensorSplit(split.inputs, scaled(split.targets), name)
+                       for name, split in prepared.splits.items()}
+    prepared.target_standardization, prepared.target_layer = (mean, std), layer
 
 
 def _balance(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
@@ -226,6 +311,15 @@ def _drop(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Reme
 _APPLY = {"standardize_features": _standardize, "class_balanced_loss": _balance, "drop_label_issues": _drop}
 
 
+def recorded_target_standardization(events: list[dict]) -> dict | None:
+    """A run's target standardization (its `remedy` event's detail: the decision, the statistics, the
+    layer), from its events: resume applies the same. None when the run recorded none."""
+    for event in events:
+        if event.get("event") == "remedy" and event.get("remedy") == "standardize_targets":
+            return dict(event.get("detail", {}))
+    return None
+
+
 def recorded_standardization(events: list[dict]) -> bool:
     """Whether a run standardized its inputs, from its events (a checkpoint's): resume applies the same."""
     for event in events:
@@ -252,30 +346,44 @@ def save(folder: RunFolder, prepared: Prepared) -> None:
 
 
 def exporter(model: nn.Module, prepared: Prepared) -> Callable[[dict], dict] | None:
-    """The Trainer's export_state: the best state with the standardization folded into the first linear
-    layer, so best.safetensors takes raw inputs from its first write on. None when there is nothing to fold."""
-    if prepared is None or prepared.standardization is None or prepared.layer is None:
+    """The Trainer's export_state: the best state with the inputs' standardization folded into the first
+    linear layer and the targets' into the last, so best.safetensors takes raw inputs and predicts in the
+    targets' units from its first write on. None when there is nothing to fold."""
+    inputs = prepared is not None and prepared.standardization is not None and prepared.layer is not None
+    targets = prepared is not None and prepared.target_standardization is not None
+    if not (inputs or targets):
         return None
     import copy
 
     from converge.io.weights import snapshot
 
-    mean, std = prepared.standardization
     shadow = copy.deepcopy(model)
 
     def export(state: dict) -> dict:
         with torch.no_grad():
             shadow.load_state_dict(state)
-            rx.fold_standardization(shadow, mean, std, prepared.layer)
+            _fold(shadow, prepared, inputs=inputs)
         return snapshot(shadow.state_dict())
 
     return export
 
 
+def _fold(model: nn.Module, prepared: Prepared, *, inputs: bool) -> None:
+    """Fold the standardizations into ``model`` (the two folds commute: one nn.Linear may take both)."""
+    if inputs:
+        rx.fold_standardization(model, *prepared.standardization, prepared.layer)
+    if prepared.target_standardization is not None:
+        rx.fold_target_standardization(model, *prepared.target_standardization, prepared.target_layer)
+
+
 def after_training(result, prepared: Prepared | None):
     """Make the returned model take raw inputs as best.safetensors does (the Trainer wrote the folded file):
     fold the standardization into result.model, or save standardize.json and hook the model."""
-    if prepared is None or prepared.standardization is None or result.summary.get("status") == Status.INTERRUPTED:
+    if prepared is None or result.summary.get("status") == Status.INTERRUPTED:
+        return result
+    if prepared.target_standardization is not None:
+        rx.fold_target_standardization(result.model, *prepared.target_standardization, prepared.target_layer)
+    if prepared.standardization is None:
         return result
     from converge.io.atomic import atomic_write_text
 

@@ -8,6 +8,10 @@ standardization into a model. Every remedy applied is recorded as ``{"remedy", "
   (without ``--fix``) to plain feature matrices (one float tensor of shape [N, F] in memory) when it
   folds into the model's first nn.Linear; ``--no-standardize`` / ``fit(standardize=False)`` turns the
   default off.
+- ``standardize_targets``: raw regression targets (the mean-squared error; the unscaled_features rule on
+  the target columns) are standardized the same way by default, z = (y - mean) / std per column with
+  training-split statistics, and y = z std + mean is folded into the model's last nn.Linear; the
+  statistics are in the remedy's detail, so a resumed run uses the same ones.
 - ``class_balanced_loss``: cross-entropy weighted by n / (C n_c) (each class weighs the same in total),
   from the first epoch on (deferring it needs a hook in the loop; see docs/doctor.md).
 - ``drop_label_issues``: the training rows confident learning flags are left out (opt-in only).
@@ -23,7 +27,8 @@ import torch.nn.functional as F
 
 from converge.decide.findings import Finding, severity_rank
 from converge.standardize import (add_standardize_hook, first_linear, fold_standardization,  # noqa: F401
-                                  foldable_layer, standardization, standardize)
+                                  fold_target_standardization, foldable_last_layer, foldable_layer,
+                                  standardization, standardize)
 
 
 

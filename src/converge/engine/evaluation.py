@@ -1,4 +1,4 @@
-"""Scoring a model on one split: its mean loss and metrics, as the decisions and the summary read them."""
+"""Scoring a model on one split: its loss and metrics, as the decisions and the summary read them."""
 
 from __future__ import annotations
 
@@ -7,32 +7,41 @@ from torch import nn
 
 from converge.engine import device as dev
 from converge.engine.distributed import World
-from converge.engine.objective import Objective
+from converge.engine.metrics import SAMPLE_MEAN, STATEFUL, WHOLE_SPLIT, SplitScores, is_stateful
+from converge.engine.objective import Objective, is_sample_mean
+
+
+def metric_ways(objective: Objective) -> dict[str, str]:
+    """How each metric is scored over a split (`converge.engine.metrics`)."""
+    return {name: STATEFUL if is_stateful(fn) else SAMPLE_MEAN if is_sample_mean(fn) else WHOLE_SPLIT
+            for name, fn in objective.metric_fns.items()}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split, objective: Objective, *, batch_size: int, amp: str, device: torch.device,
-             world: World | None = None, prefix: str = "") -> dict[str, float]:
-    """Mean loss and metrics over ``split`` in eval mode: each batch's values weighted by what counts in it (its
-    samples, or its tokens that are not padding); then the values derived from the means (perplexity). Under
-    torchrun every rank returns rank 0's numbers, since decisions read them."""
+             world: World | None = None, prefix: str = "", notes: list[str] | None = None) -> dict[str, float]:
+    """The loss and metrics over ``split`` in eval mode: the loss is each batch's loss weighted by what counts
+    in it (its samples, or its tokens that are not padding), which is the loss of the whole split for a loss
+    that is a mean over them; each metric is the metric of the whole split (`converge.engine.metrics`;
+    ``notes`` receives what is not); then the values derived from these (perplexity). With standardized
+    regression targets, everything is scored in the user's units. Under torchrun every rank scores the
+    whole split and returns rank 0's numbers, since decisions read them."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(1 + len(objective.metric_fns), dtype=torch.float64, device=device)
-    seen = 0
+    scores = SplitScores(objective.metric_fns, metric_ways(objective), device)
     for inputs, targets in split.batches(batch_size):
         with dev.autocast(amp, device):
             outputs, loss = objective.forward(model, inputs, targets)
-            values = [loss]
-            values += [fn(outputs, targets) for fn in objective.metric_fns.values()]
-        weight = objective.weight(targets)
-        sums += torch.stack([torch.as_tensor(v, device=device).double().reshape(()) for v in values]) * weight
-        seen = seen + weight
+            if objective.target_scale is not None:
+                outputs, targets = objective.user_units(outputs), objective.user_units(targets)
+                loss = objective.loss_fn(outputs, targets)
+            scores.add(outputs, targets, loss, objective.weight(targets))
     model.train(was_training)
-    total = seen.clamp(min=1) if isinstance(seen, torch.Tensor) else max(seen, 1)
-    means = (sums / total).tolist()  # sync point: once per evaluation
+    means = scores.values()  # sync point: once per evaluation
     if world is not None:
         means = world.from_main(means, device)
+    if notes is not None:
+        notes.extend(note for note in scores.notes if note not in notes)
     values = dict(zip(["loss", *objective.metric_fns], means))
     values.update({name: fn(values) for name, fn in objective.derived.items()})
     return {f"{prefix}{name}": value for name, value in values.items()}

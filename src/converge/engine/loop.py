@@ -105,6 +105,7 @@ class Trainer:
         self._resumed = False     # the state came from the run folder's checkpoint (load_state_dict)
         self._main_writes = False  # this process, or rank 0, writes a run folder (set by run())
         self.judge = RunJudge(self.splits, objective, seed=config.seed)  # the yardsticks and the diagnosis
+        self.metric_notes: list[str] = []  # metrics that are batch means, not the whole split's (said once)
 
     @property
     def history(self) -> list[dict]:
@@ -214,10 +215,11 @@ class Trainer:
             else:
                 (loss / accumulate if accumulate > 1 else loss).backward()
             n = _rows(targets)
-            loss_sum.add_(loss.detach(), alpha=n)
+            reported = objective.reported_loss(outputs, targets, loss)  # the user's units (no sync)
+            loss_sum.add_(reported, alpha=n)
             seen += n
             if guard is not None:
-                guard.record_loss(index, loss)
+                guard.record_loss(index, reported)
             if (index + 1) % report_every == 0:
                 self.console.advance(report_every)
             if (index + 1) % accumulate and index + 1 != total:
@@ -295,9 +297,16 @@ class Trainer:
 
     # --- the end of an epoch --------------------------------------------------------------------------
     def evaluate(self, split_name: str, prefix: str = "") -> dict[str, float]:
-        """Mean loss and metrics over a split (`converge.engine.evaluation`)."""
-        return evaluate(self.model, self.splits[split_name], self.objective, batch_size=self.config.batch_size,
-                        amp=self.config.amp, device=self.device, world=self.world, prefix=prefix)
+        """The loss and metrics over a split (`converge.engine.evaluation`); a metric that could not be
+        scored on the whole split is said once, in a `metric_note` event."""
+        notes = list(self.metric_notes)
+        values = evaluate(self.model, self.splits[split_name], self.objective, batch_size=self.config.batch_size,
+                          amp=self.config.amp, device=self.device, world=self.world, prefix=prefix, notes=notes)
+        for note in notes[len(self.metric_notes):]:
+            self.metric_notes.append(note)
+            self._event("metric_note", split=split_name, note=note)
+            self.console.warning(f"metrics: {note}")
+        return values
 
     def _end_epoch(self, train_loss: float) -> None:
         self.epoch += 1
@@ -421,6 +430,8 @@ class Trainer:
         }
         if test is not None:
             summary["test"] = test
+        if self.metric_notes:
+            summary["metric_notes"] = list(self.metric_notes)
         return summary
 
     # --- state -----------------------------------------------------------------------------------
@@ -475,6 +486,7 @@ class Trainer:
         self.tuning_epochs = float(progress.get("tuning_epochs", 0.0))
         self.clock.load(progress["wall_seconds"], progress.get("train_seconds"))
         self.record.load(state["history"], state["logs"]["events"])
+        self.metric_notes = [e["note"] for e in self.events if e.get("event") == "metric_note"]
         restore_rng(state["rng"])
         self._resumed = True
 

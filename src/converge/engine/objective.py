@@ -9,8 +9,10 @@ states the rule); a task's own ``loss`` and ``metrics`` are trusted.
   them; when it then returns its own ``.loss``, that is the loss trained on, as Hugging Face's Trainer
   does, and the metrics still come from its scores. It counts as a known loss (baseline, initial-loss
   check) when it equals converge's own loss for the kind on a probe batch.
-* Inferred losses and built-in metrics leave out padding (targets equal to ``ignore_index``), and values
-  are averaged over batches weighted by the samples (tokens, for sequences) that count.
+* Inferred losses and built-in metrics leave out padding (targets equal to ``ignore_index``). A split's
+  loss is the batches' losses weighted by the samples (tokens, for sequences) that count; its metrics are
+  those of the whole split (`converge.engine.metrics`). Imbalanced multi-class or binary labels also get
+  balanced accuracy and macro-F1 (`imbalance_metrics`).
 * A task's own loss that converge recognizes (``nn.CrossEntropyLoss``, ``nn.NLLLoss``,
   ``nn.BCEWithLogitsLoss``, ``nn.BCELoss``, ``nn.MSELoss`` with mean reduction, or the matching
   ``torch.nn.functional`` functions) keeps the kind's metrics, the underfitting baseline and the doctor's
@@ -31,6 +33,8 @@ from torch import nn
 from converge.data import LoaderSplit, TensorSplit
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind
 from converge.engine import device as dev
+from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
+                                     prepare_stateful)
 from converge.errors import ConvergeError
 
 
@@ -38,7 +42,7 @@ from converge.errors import ConvergeError
 class Objective:
     loss_fn: Callable                       # loss(scores, targets) -> scalar tensor
     kind: str                               # see converge.decide.task_kind.KINDS, or "custom"
-    metric_fns: dict[str, Callable]         # name -> fn(scores, targets), a mean over what counts in the batch
+    metric_fns: dict[str, Callable]         # name -> fn(scores, targets) or a stateful metric (engine.metrics)
     inferred: bool = True                   # the loss is converge's own (not the task's)
     known_loss: bool = True                 # a loss whose constant-prediction value is known (baseline, init check)
     classes: int | None = None              # C, 2 (binary), L labels, V (sequence)
@@ -48,6 +52,9 @@ class Objective:
     derived: dict[str, Callable] = field(default_factory=dict)   # name -> fn({"loss": ..., ...}) after a pass
     target_key: str | None = None           # pass the targets to the model as this keyword (dict inputs)
     model_loss: bool = False                # the loss is the model's own output ``.loss``
+    # (mean, std) per target column when the model trains on standardized regression targets z = (y - mean)
+    # / std (`converge.doctor.in_train`): losses and metrics are reported on outputs and targets mapped back
+    target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, model: nn.Module, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
         """(the model's scores, the batch's loss)."""
@@ -60,6 +67,24 @@ class Objective:
         if self.ignore_index is None or not isinstance(targets, torch.Tensor):
             return targets.shape[0] if isinstance(targets, torch.Tensor) else 1
         return (targets != self.ignore_index).sum()
+
+    def user_units(self, values: Any) -> Any:
+        """Outputs or targets in the user's units: z * std + mean per target column (as they are when the
+        targets are not standardized)."""
+        if self.target_scale is None or not isinstance(values, torch.Tensor):
+            return values
+        mean, std = self.target_scale
+        rows = values.reshape(values.shape[0], -1)
+        rows = rows.to(torch.promote_types(rows.dtype, torch.float32))   # half precision: mapped back in float32
+        return (rows * std.to(rows) + mean.to(rows)).reshape(values.shape)
+
+    def reported_loss(self, scores: Any, targets: Any, loss: torch.Tensor) -> torch.Tensor:
+        """A training batch's loss as reported (detached): in the user's units when the targets are
+        standardized (the loss on the outputs and targets mapped back; on the device, no sync)."""
+        if self.target_scale is None:
+            return loss.detach()
+        with torch.no_grad():
+            return self.loss_fn(self.user_units(scores.detach()), self.user_units(targets)).detach()
 
     def reported(self) -> list[str]:
         """The names of the values an evaluation reports besides the loss."""
@@ -178,6 +203,12 @@ class ExactMatch:
         return ((_rows(outputs) > self.threshold) == (_rows(targets) > 0.5)).all(dim=1).float().mean()
 
 
+def is_sample_mean(metric: Callable) -> bool:
+    """converge's accuracies: a mean over the samples (or tokens) that count, so a split's value is the
+    batches' values weighted by what counts in them (`Objective.weight`)."""
+    return metric is accuracy or isinstance(metric, (TokenAccuracy, ThresholdAccuracy, ExactMatch))
+
+
 def _masked_mean(hits: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
     return (hits & counted).sum() / counted.sum().clamp(min=1)
 
@@ -274,7 +305,7 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
     else:
         objective = _decide(loss, scores, targets, splits, ignore_index)
     check_outputs_fit(objective, scores, targets)
-    metric_fns = {**objective.metric_fns, **metrics}
+    metric_fns = {**objective.metric_fns, **imbalance_metrics(objective, splits["train"]), **metrics}
     for name in [*metric_fns, *objective.derived]:
         if name == "loss" or not name.isidentifier():
             raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
@@ -287,10 +318,37 @@ def check_metrics(metrics: dict[str, Callable], scores, targets) -> None:
     is reported before training starts."""
     for name, fn in metrics.items():
         try:
-            float(torch.as_tensor(fn(scores, targets)).reshape(()))
+            if is_stateful(fn):   # a torchmetrics Metric: update / compute, then back to its empty state
+                prepare_stateful(fn, scores.device if isinstance(scores, torch.Tensor) else torch.device("cpu"))
+                fn.reset()
+                fn.update(scores, targets)
+                value = fn.compute()
+                fn.reset()
+            else:
+                value = fn(scores, targets)
+            float(torch.as_tensor(value).reshape(()))
         except Exception as exc:
             raise ConvergeError(f"metric {name!r} fails on a batch of outputs {describe(scores)} and targets "
                                 f"{describe(targets)}: {type(exc).__name__}: {exc}") from exc
+
+
+def imbalance_metrics(objective: Objective, train) -> dict[str, Callable]:
+    """Balanced accuracy and macro-F1 for imbalanced multi-class or binary labels (largest over smallest
+    class count at least `IMBALANCED_RATIO`, on the training labels held in memory), where predictions are
+    clear: the argmax of class scores, or a binary score above the accuracy's threshold."""
+    targets = targets_in_memory(train)
+    if targets is None or objective.kind not in ("classification", "binary"):
+        return {}
+    accuracy_fn = objective.metric_fns.get("accuracy")
+    threshold = accuracy_fn.threshold if isinstance(accuracy_fn, ThresholdAccuracy) else None
+    if objective.kind == "binary" and threshold is None:
+        return {}
+    ratio = imbalance_ratio(targets, objective.kind, objective.ignore_index)
+    if ratio is None or ratio < IMBALANCED_RATIO:
+        return {}
+    classes = 2 if objective.kind == "binary" else objective.classes
+    options = dict(threshold=threshold, ignore_index=objective.ignore_index)
+    return {"balanced_accuracy": BalancedAccuracy(classes, **options), "macro_f1": MacroF1(classes, **options)}
 
 
 def _to(value: Any, device: torch.device) -> Any:
@@ -489,7 +547,7 @@ def constant_prediction_loss(targets: torch.Tensor, objective: Objective) -> flo
     MSE. The yardstick for "the model learned nothing"; None when it does not apply."""
     if not objective.known_loss or not isinstance(targets, torch.Tensor) or targets.numel() == 0:
         return None
-    y = targets.detach().cpu()
+    y = objective.user_units(targets.detach()).cpu()
     if objective.kind in ("classification", "sequence"):
         counted = y[y != objective.ignore_index] if objective.ignore_index is not None else y.reshape(-1)
         if counted.numel() == 0 or counted.dtype.is_floating_point:

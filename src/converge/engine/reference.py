@@ -116,6 +116,7 @@ def reference_loss(splits: dict, objective: Objective, *, seed: int = 0, model: 
     x, vx = x.reshape(len(x), -1).float(), vx.reshape(len(vx), -1).float()
     if x.shape[1] > MAX_FEATURES or x.shape[1] != vx.shape[1]:
         return None
+    y, vy = objective.user_units(y), objective.user_units(vy)   # standardized targets: scored in the user's units
     generator = torch.Generator().manual_seed(seed)
     if len(x) > MAX_ROWS:
         keep = torch.randperm(len(x), generator=generator)[:MAX_ROWS].to(x.device)

@@ -1,0 +1,222 @@
+"""Metrics over the whole split: the value reported and monitored is the metric of the whole split (as
+torchmetrics, Keras and the HF Trainer compute it), for stateful metrics (torchmetrics, converge's own), for
+converge's accuracies (exact weighted means) and for plain fn(outputs, targets) functions (called once on the
+split's outputs, within a memory budget; past it, the weighted batch mean and a note)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score
+from torch import nn
+
+import converge
+from converge.data import TensorSplit
+from converge.engine.evaluation import evaluate, metric_ways
+from converge.engine.metrics import (IMBALANCED_RATIO, SAMPLE_MEAN, STATEFUL, WHOLE_SPLIT, BalancedAccuracy,
+                                     MacroF1, SplitScores)
+from converge.engine.objective import Objective, ThresholdAccuracy, accuracy, cross_entropy
+
+
+def sk_macro_f1(outputs, targets):
+    """A user's plain metric function: scikit-learn's macro-F1 of the argmax."""
+    return float(f1_score(targets.cpu().numpy(), outputs.argmax(1).cpu().numpy(), average="macro"))
+
+
+def imbalanced(n=600, seed=0, weights=(0.8, 0.15, 0.05)):
+    """Three classes in the given shares, separable up to noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.multinomial(torch.tensor(weights), n, replacement=True, generator=g)
+    x = torch.randn(n, 5, generator=g) * 1.5 + nn.functional.one_hot(y, 5).float() * 2.0
+    return (x[:360], y[:360]), (x[360:480], y[360:480]), (x[480:], y[480:])
+
+
+# --- converge's own stateful metrics agree with scikit-learn -----------------------------------------------
+@pytest.mark.parametrize("seed, classes, batches", [(0, 3, 1), (1, 3, 7), (2, 5, 4), (3, 2, 3)])
+def test_confusion_metrics_over_batches_equal_scikit_learn_on_the_whole(seed, classes, batches):
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, classes, (200,), generator=g)
+    outputs = torch.randn(200, classes, generator=g) + nn.functional.one_hot(targets, classes) * 0.5
+    f1, balanced = MacroF1(classes), BalancedAccuracy(classes)
+    for metric in (f1, balanced):
+        metric.reset()
+        for out, tgt in zip(outputs.chunk(batches), targets.chunk(batches)):
+            metric.update(out, tgt)
+    predicted = outputs.argmax(1).numpy()
+    assert float(f1.compute()) == pytest.approx(f1_score(targets.numpy(), predicted, average="macro"))
+    assert float(balanced.compute()) == pytest.approx(balanced_accuracy_score(targets.numpy(), predicted))
+
+
+def test_binary_confusion_metrics_use_the_threshold_and_leave_out_padding():
+    outputs = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0, 4.0])
+    targets = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    metric = BalancedAccuracy(2, threshold=0.0)
+    metric.update(outputs, targets)
+    assert float(metric.compute()) == pytest.approx(balanced_accuracy_score(targets.numpy(), (outputs > 0).numpy()))
+    padded = MacroF1(3, ignore_index=-100)
+    padded.update(torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, -100, 0]))
+    assert float(padded.compute()) == pytest.approx(f1_score([0, 1, 0], [0, 1, 0], average="macro"))
+
+
+# --- scoring a split ------------------------------------------------------------------------------------
+def _objective(**metrics):
+    return Objective(cross_entropy, "classification", metrics, classes=3, class_dim=1)
+
+
+def _split_and_model(seed=0):
+    (x, y), _, _ = imbalanced(seed=seed)
+    torch.manual_seed(seed)
+    return TensorSplit(x, y, "val"), nn.Sequential(nn.Linear(5, 3))
+
+
+def test_each_metric_is_scored_its_way():
+    ways = metric_ways(_objective(accuracy=accuracy, binary=ThresholdAccuracy(0.0), f1=MacroF1(3),
+                                  plain=sk_macro_f1))
+    assert ways == {"accuracy": SAMPLE_MEAN, "binary": SAMPLE_MEAN, "f1": STATEFUL, "plain": WHOLE_SPLIT}
+
+
+def test_a_split_is_scored_whole_not_as_a_mean_of_batches():
+    split, model = _split_and_model()
+    objective = _objective(accuracy=accuracy, plain=sk_macro_f1, own=MacroF1(3))
+    values = evaluate(model, split, objective, batch_size=16, amp="off", device=torch.device("cpu"))
+    with torch.no_grad():
+        outputs = model(split.inputs)
+    whole = sk_macro_f1(outputs, split.targets)
+    assert values["plain"] == pytest.approx(whole) and values["own"] == pytest.approx(whole)
+    assert values["accuracy"] == pytest.approx(float((outputs.argmax(1) == split.targets).float().mean()))
+    batch_means = [sk_macro_f1(o, t) for o, t in zip(outputs.split(16), split.targets.split(16))]
+    assert abs(sum(batch_means) / len(batch_means) - whole) > 1e-3   # the bias this fixes is real here
+
+
+def test_past_the_memory_budget_a_plain_metric_is_the_weighted_batch_mean_and_said():
+    split, model = _split_and_model()
+    objective = _objective(plain=sk_macro_f1)
+    with torch.no_grad():
+        outputs = model(split.inputs)
+    batches = list(zip(outputs.split(16), split.targets.split(16)))
+    one_batch = outputs[:16].numel() * 4 + split.targets[:16].numel() * 8
+    scores = SplitScores(objective.metric_fns, metric_ways(objective), torch.device("cpu"), budget=3 * one_batch)
+    for out, tgt in batches:
+        scores.add(out, tgt, torch.tensor(0.0), tgt.shape[0])
+    expected = sum(sk_macro_f1(o, t) * t.shape[0] for o, t in batches) / len(split)
+    assert scores.values()[1] == pytest.approx(expected)
+    (note,) = scores.notes
+    assert note.startswith("plain: the mean of the per-batch values") and "METRIC_MEMORY_BYTES" in note
+
+
+def test_outputs_whose_shape_changes_fall_back_to_batch_means():
+    def mean_score(outputs, targets):
+        return outputs.mean()
+
+    scores = SplitScores({"m": mean_score}, {"m": WHOLE_SPLIT}, torch.device("cpu"))
+    scores.add(torch.ones(2, 3), torch.zeros(2, 3), torch.tensor(0.0), 2)
+    scores.add(torch.zeros(2, 5), torch.zeros(2, 5), torch.tensor(0.0), 2)
+    assert scores.values()[1] == pytest.approx(0.5) and "shape changes" in scores.notes[0]
+
+
+# --- defaults and torchmetrics in a run ---------------------------------------------------------------------
+FIXED = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0, "batch_size": 32, "seed": 0, "verbose": False,
+         "max_epochs": 3}
+
+
+@pytest.mark.parametrize("weights, reported", [
+    ((0.8, 0.15, 0.05), True),    # 16:1
+    ((0.34, 0.33, 0.33), False),  # balanced
+])
+def test_imbalanced_labels_report_balanced_accuracy_and_macro_f1_by_default(weights, reported):
+    splits = imbalanced(weights=weights)
+    counts = torch.bincount(splits[0][1])
+    assert (float(counts.max() / counts.min()) >= IMBALANCED_RATIO) == reported
+    torch.manual_seed(0)
+    result = converge.fit(nn.Sequential(nn.Linear(5, 3)), *splits, **FIXED)
+    assert ({"val_balanced_accuracy", "val_macro_f1"} <= set(result.history[0])) == reported
+    if reported:
+        (x, y) = splits[2]
+        with torch.no_grad():
+            predicted = result.model(x).argmax(1).numpy()
+        assert result.summary["test"]["macro_f1"] == pytest.approx(f1_score(y.numpy(), predicted, average="macro"))
+        assert result.summary["test"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y.numpy(),
+                                                                                                   predicted))
+
+
+def test_a_torchmetrics_metric_is_the_whole_splits_value_and_can_be_monitored():
+    torchmetrics = pytest.importorskip("torchmetrics")
+    splits = imbalanced()
+    metric = torchmetrics.classification.MulticlassF1Score(num_classes=3, average="macro")
+    torch.manual_seed(0)
+    result = converge.fit(nn.Sequential(nn.Linear(5, 3)), *splits, metrics={"tm_f1": metric},
+                          monitor="val_tm_f1", mode="max", **FIXED)
+    (x, y) = splits[2]
+    with torch.no_grad():
+        predicted = result.model(x).argmax(1).numpy()
+    assert result.summary["test"]["tm_f1"] == pytest.approx(f1_score(y.numpy(), predicted, average="macro"), abs=1e-6)
+    best = result.summary["best_epoch"]
+    assert result.summary["best"]["val_tm_f1"] == max(r["val_tm_f1"] for r in result.history)
+    assert result.history[best - 1]["val_tm_f1"] == result.summary["best"]["val_tm_f1"]
+
+
+def test_import_converge_does_not_import_torchmetrics():
+    code = "import sys, converge; print('torchmetrics' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_the_imbalanced_example_trains_and_reports_its_metrics(tmp_path):
+    pytest.importorskip("torchmetrics")
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "imbalanced.py"
+    result = converge.train_task(example, out=tmp_path / "run", verbose=False, max_epochs=2, optimizer="adamw",
+                                 lr=3e-3, batch_size=64)
+    assert set(result.summary["best"]) == {"val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
+                                           "val_f1"}
+    # two computations of the same whole-split macro-F1 agree: the task's torchmetrics one and converge's own
+    assert result.summary["test"]["f1"] == pytest.approx(result.summary["test"]["macro_f1"], abs=1e-6)
+
+
+def test_a_metric_that_returns_a_python_float_is_kept_exact():
+    value = 0.7967333608643271   # not a float32 number
+
+    def plain(outputs, targets):
+        return value
+
+    scores = SplitScores({"plain": plain}, {"plain": WHOLE_SPLIT}, torch.device("cpu"))
+    scores.add(torch.ones(2, 3), torch.zeros(2), torch.tensor(0.0), 2)
+    assert scores.values()[1] == value
+
+
+TORCHMETRICS_TASK = '''
+import torchmetrics
+
+class Count(torchmetrics.Metric):
+    """The samples scored: one sample counted once per split, on every rank, if nothing is synced."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("n", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, outputs, targets):
+        self.n += targets.shape[0]
+
+    def compute(self):
+        return self.n
+
+metrics = {"count": Count(), "f1": torchmetrics.classification.MulticlassF1Score(num_classes=3, average="macro")}
+'''
+
+
+def test_torchmetrics_are_the_whole_splits_under_torchrun(tmp_path):
+    """Every rank scores the whole split, so a torchmetrics Metric is computed without a sync (which would
+    count each sample once per rank: 400 for 200) and rank 0's value is the one decided on."""
+    pytest.importorskip("torchmetrics")
+    from test_distributed import TASK, TOLERANCE, logged, run_ok, train_command
+
+    task = tmp_path / "task.py"
+    task.write_text(TASK + TORCHMETRICS_TASK)
+    run_ok(train_command(task, tmp_path / "one", epochs=2))
+    run_ok(train_command(task, tmp_path / "two", "--nproc", "2", epochs=2))
+    ones, twos = logged(tmp_path / "one"), logged(tmp_path / "two")
+    assert [r["val_count"] for r in twos] == [200.0, 200.0]
+    for a, b in zip(ones, twos):
+        assert b["val_f1"] == pytest.approx(a["val_f1"], rel=TOLERANCE)
