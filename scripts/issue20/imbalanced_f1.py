@@ -1,7 +1,6 @@
 """An imbalanced three-class task written the natural way: its own focal loss and a macro-F1 metric
 function (scikit-learn's), monitored with mode max."""
 import numpy as np
-import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_classification
 from sklearn.metrics import f1_score
