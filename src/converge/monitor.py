@@ -28,7 +28,7 @@ from converge.engine.guard import DivergenceGuard, Incident, copied
 from converge.engine.judge import new_live_findings
 from converge.engine.optim import current_lr, group_lrs
 from converge.engine.recorder import RunRecorder
-from converge.engine.result import FitResult
+from converge.engine.result import FitResult, run_summary
 from converge.engine.verdict import Applied, decide_epoch
 from converge.io.runfolder import RUN_INFO, RunFolder
 from converge.status import Status
@@ -314,14 +314,12 @@ class Monitor:
         findings = diagnose_run(self.history, self.events, status=self.status_ if finished else None,
                                 monitor=self.monitor, mode=policy.mode, patience=policy.patience,
                                 max_epochs=max_epochs or len(self.history), weight_decay=self._weight_decay())
-        summary = {"status": self.status_.value, "stop_reason": self.stop_reason_, "epochs": len(self.history),
-                   "steps": self.steps_, "best_epoch": self.best_epoch, "monitor": self.monitor, "mode": policy.mode,
-                   "best": dict(self.best_record_), "final_lr": current_lr(self.optimizer),
-                   "lr_reductions": self.tracker.total_cuts,
-                   "rollbacks": self._guard.total if self._guard is not None else 0,
-                   "diagnosis": [f.to_dict() for f in findings]}
-        if test:
-            summary["test"] = {k: float(v) for k, v in test.items()}
+        summary = run_summary(status=self.status_, stop_reason=self.stop_reason_, epochs=len(self.history),
+                              steps=self.steps_, tracker=self.tracker, monitor=self.monitor, mode=policy.mode,
+                              best_record=self.best_record_, optimizer=self.optimizer,
+                              rollbacks=self._guard.total if self._guard is not None else 0,
+                              test={k: float(v) for k, v in (test or {}).items()},
+                              diagnosis=[f.to_dict() for f in findings])
         try:
             summary = self.record.finish(summary, self.best_state_ if finished else None, self.monitor)
         finally:

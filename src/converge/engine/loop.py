@@ -40,7 +40,7 @@ from converge.engine.objective import Objective, in_memory_constant_loss, monito
 from converge.engine.progress import EpochProgress
 from converge.engine.optim import build_optimizer, current_lr, optimizer_step, warm_up
 from converge.engine.recorder import RunRecorder
-from converge.engine.result import FitResult
+from converge.engine.result import FitResult, run_summary
 from converge.engine.signals import StopSignals
 from converge.engine.verdict import decide_epoch
 from converge.errors import ConvergeError
@@ -406,33 +406,17 @@ class Trainer:
 
     def _summary(self, test: dict | None) -> dict:
         cfg = self.config
-        summary = {
-            "status": self.status.value,
-            "stop_reason": self.stop_reason,
-            "epochs": self.epoch,
-            "steps": self.step,
-            "best_epoch": self.tracker.best_epoch,
-            "monitor": self.monitor_key,
-            "mode": cfg.mode,
-            "best": dict(self.best_record),
-            "hyperparameters": {"optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                                "batch_size": cfg.batch_size},
-            "final_lr": current_lr(self.optimizer),
-            "lr_reductions": self.tracker.total_cuts,
-            "rollbacks": self.guard.total if self.guard is not None else 0,
-            "tuning_epochs": round(self.tuning_epochs, 3),
-            "task_kind": self.objective.kind,
-            "task_description": self.objective.description,
-            "device": str(self.device),
-            "wall_seconds": round(self.clock.wall_seconds(), 3),
-            "train_seconds": round(self.clock.train_seconds(), 3),
-            "config": cfg.to_dict(),
-        }
-        if test is not None:
-            summary["test"] = test
-        if self.metric_notes:
-            summary["metric_notes"] = list(self.metric_notes)
-        return summary
+        return run_summary(
+            status=self.status, stop_reason=self.stop_reason, epochs=self.epoch, steps=self.step,
+            tracker=self.tracker, monitor=self.monitor_key, mode=cfg.mode, best_record=self.best_record,
+            optimizer=self.optimizer, rollbacks=self.guard.total if self.guard is not None else 0, test=test,
+            metric_notes=self.metric_notes, hyperparameters={"optimizer": cfg.optimizer, "lr": cfg.lr,
+                                                             "weight_decay": cfg.weight_decay,
+                                                             "batch_size": cfg.batch_size},
+            tuning_epochs=round(self.tuning_epochs, 3), task_kind=self.objective.kind,
+            task_description=self.objective.description, device=str(self.device),
+            wall_seconds=round(self.clock.wall_seconds(), 3), train_seconds=round(self.clock.train_seconds(), 3),
+            config=cfg.to_dict())
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self, wall_seconds: float | None = None, train_seconds: float | None = None) -> dict:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
+from converge.engine.optim import current_lr
+
 
 @dataclass
 class FitResult:
@@ -36,3 +38,21 @@ class FitResult:
         from converge.report.inline import result_html
 
         return result_html(self.summary, self.history, self.events, self.run_dir)
+
+
+def run_summary(*, status, stop_reason: str, epochs: int, steps: int, tracker, monitor: str, mode: str,
+                best_record: dict, optimizer, rollbacks: int, test: dict | None = None,
+                metric_notes: list | None = None, **facts) -> dict:
+    """summary.json's account of how a run ended and what it kept, the same from every front door (the
+    Trainer, `Monitor` and the callbacks); ``facts``: what the front door knows beside (the hyperparameters,
+    the task's kind, the times, the options, the diagnosis). ``test`` and ``metric_notes`` only when there
+    are some."""
+    summary = {"status": status.value, "stop_reason": stop_reason, "epochs": epochs, "steps": steps,
+               "best_epoch": tracker.best_epoch, "monitor": monitor, "mode": mode, "best": dict(best_record),
+               "final_lr": current_lr(optimizer), "lr_reductions": tracker.total_cuts, "rollbacks": rollbacks,
+               **facts}
+    if test:
+        summary["test"] = test
+    if metric_notes:
+        summary["metric_notes"] = list(metric_notes)
+    return summary
