@@ -4,6 +4,7 @@
     python bench/alternatives.py --tasks raw_wine --seeds 0         # one task file of bench/newuser/
     python bench/alternatives.py --contenders classic schedulefree  # some contenders only
     python bench/alternatives.py --report bench/results/alternatives.json   # print a saved run's tables again
+    python bench/alternatives.py --contenders converge --reuse old.json     # rerun converge only, keep the rest
     python bench/alternatives.py --one schedulefree TASK SEED       # one run in this process (used by the above)
 
 The contenders, each in its own process (``python ...``, Python start-up and imports included), one after
@@ -273,6 +274,8 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--json", default=str(RESULTS / "alternatives.json"))
     parser.add_argument("--report", metavar="JSON", help="print the tables of a saved run")
+    parser.add_argument("--reuse", metavar="JSON", help="take the runs of the contenders not named in "
+                        "--contenders from this saved run (e.g. rerun only converge after a change)")
     parser.add_argument("--one", nargs=3, metavar=("CONTENDER", "TASK", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -288,6 +291,11 @@ def main(argv=None) -> int:
     runs = RESULTS / "alternatives_runs"
     runs.mkdir(parents=True, exist_ok=True)
     report = {"meta": meta(args.seeds), "records": []}
+    if args.reuse:
+        saved = json.loads(Path(args.reuse).read_text())
+        report["meta"]["reused"] = {"from": args.reuse, **saved["meta"]}
+        report["records"] = [r for r in saved["records"] if r["contender"] not in contenders
+                             and r["task"] in args.tasks and r["seed"] in args.seeds]
     for task in args.tasks:
         for seed in args.seeds:
             shift = seed % len(contenders)
