@@ -11,7 +11,8 @@ The steps, each recorded as an event with its evidence:
 3. **Optimizer and LR, checked on validation**: every (optimizer, LR) arm -- the suggestion and a
    third of it, or three LRs around it when the optimizer is fixed -- trains 40 optimizer steps (a
    partial epoch when epochs are longer) with the real engine; successive halving keeps the better half
-   on the monitored value and trains it again from the start with twice the steps, until one is left.
+   on the monitored value and trains it again from the start with twice the steps, until one is left,
+   or until the leader is ahead of every other arm by a wide margin (`converge.decide.race`).
    The race costs the same number of steps whatever the size of the data, one arm at a time. An arm
    whose validation loss sits at a constant prediction's (it collapsed: one class for every row) ranks
    after every arm that did not; when all did, the race says so (a ``race_all_collapsed`` event and a
@@ -42,6 +43,7 @@ from converge.data import STREAM_BATCH, epoch_samples
 from converge.console import Console
 from converge.decide.collapse import never_learned, sits_at_level
 from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
+from converge.decide.race import race_decided
 from converge.engine import device as dev
 from converge.engine.objective import Objective, in_memory_constant_loss
 from converge.engine.optim import OPTIMIZERS
@@ -268,16 +270,17 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
                 "on (check the inputs' scale with `converge doctor TASK`, or set --lr)")))
             console.warning(f"tuning: every arm of race rung {rung} predicts no better than a constant "
                             f"(loss {baseline:.4g}); check the inputs (converge doctor) or set --lr")
-        keep = ranked[: max(1, len(alive) // 2)]
+        decided = race_decided([scores[arm] for arm in ranked], [arm in collapsed for arm in ranked])
+        keep = ranked[:1] if decided else ranked[: max(1, len(alive) // 2)]
         events.append(_event("race_rung", rung=rung, steps=budget, epochs=round(budget / steps_per_epoch, 3),
-                             monitor=monitor,
+                             monitor=monitor, decided=decided and len(alive) > 2,
                              arms=[{"optimizer": o, "lr": lr, "best": sign * scores[(o, lr)]
                                     if math.isfinite(scores[(o, lr)]) else None, "collapsed": (o, lr) in collapsed}
                                    for o, lr in ranked],
                              kept=[{"optimizer": o, "lr": lr} for o, lr in keep]))
         console.message("tuning: race rung {} ({} steps each): ".format(rung, budget) + ", ".join(
             f"{o} {lr:.3g} -> {sign * scores[(o, lr)]:.4g}{' (collapsed)' if (o, lr) in collapsed else ''}"
-            for o, lr in ranked))
+            for o, lr in ranked) + (" (decided: the leader is far ahead)" if decided and len(alive) > 2 else ""))
         alive = keep
     winner = alive[0]
     log.put("race", {"winner": list(winner), "samples": samples, "events": events})
