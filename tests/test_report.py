@@ -232,6 +232,24 @@ def test_a_run_with_the_automatic_choice_embeds_its_range_test(tmp_path):
     assert base64.b64encode(curves).decode("ascii") in page
 
 
+def test_a_range_test_that_cannot_be_drawn_costs_the_run_nothing(tmp_path, monkeypatch, capsys):
+    import converge.assembly
+    from converge import fit
+
+    def broken(*args):
+        raise ValueError("no figure today")
+
+    monkeypatch.setattr(converge.assembly, "range_test_png", broken)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    fit(torch.nn.Linear(4, 2), (x[:64], y[:64]), (x[64:], y[64:]), optimizer="adamw", max_epochs=1, seed=0,
+        out=tmp_path / "run", verbose=False)
+    assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "report.html").is_file()
+    assert not (tmp_path / "run" / "lr_find.png").exists()
+    assert "could not draw lr_find.png (ValueError: no figure today)" in capsys.readouterr().err
+
+
 def test_doctor_findings_and_remedies(tmp_path):
     doctor = [{"code": "unscaled_features", "severity": "warning", "message": "feature 3 spans 1e4",
                "evidence": {"max_std": 1e4}, "fix": "standardize"},

@@ -265,10 +265,22 @@ def _choose(model: nn.Module, setup: Setup, config: TrainConfig, console: Consol
     if folder is not None and chosen_test is not None:
         # Drawn on the run folder's writer thread while training starts: importing matplotlib and drawing
         # took 0.5-4 s in front of the first epoch (bench/alternatives.py); the report waits for it.
-        folder.write_later(LR_FIND_PLOT, lambda path: atomic_write_bytes(path, range_test_png(chosen_test, lr)))
+        folder.write_later(LR_FIND_PLOT, lambda path: _draw_range_test(path, chosen_test, lr, console))
     if world is not None:
         world.object_from_main((tuning.config, tuning.events, tuning.epochs))
     return tuning
+
+
+def _draw_range_test(path: Path, test, lr: float, console: Console) -> None:
+    """lr_find.png, on the writer thread. A figure that cannot be drawn must not cost the run (the curve is
+    in tuning.json and the report); a file that cannot be written fails like the run's other files."""
+    try:
+        png = range_test_png(test, lr)
+    except Exception as exc:  # matplotlib's own errors have no common base class
+        console.warning(f"could not draw {path.name} ({type(exc).__name__}: {exc}); the range test is in "
+                        f"{TUNING_STAGES}")
+        return
+    atomic_write_bytes(path, png)
 
 
 def _stage_log(folder: RunFolder | None, console: Console) -> StageLog:
