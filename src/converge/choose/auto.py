@@ -41,7 +41,7 @@ from torch import nn
 from converge.config import TrainConfig
 from converge.data import STREAM_BATCH, epoch_samples
 from converge.console import Console
-from converge.decide.collapse import never_learned, sits_at_level
+from converge.decide.collapse import never_learned, no_better_than_constant
 from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
 from converge.decide.race import race_decided
 from converge.engine import device as dev
@@ -310,5 +310,5 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
         raise KeyboardInterrupt
     finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
     last = trainer.history[-1].get("val_loss") if trainer.history else None
-    collapsed = trainer.status is not Status.DIVERGED and sits_at_level(last, baseline)
+    collapsed = trainer.status is not Status.DIVERGED and no_better_than_constant(last, baseline)
     return (trainer.tracker.best if finite else math.inf), trainer.step, trainer.monitor_key, collapsed
