@@ -15,8 +15,8 @@ The steps, each recorded as an event with its evidence:
    or until the leader is ahead of every other arm by a wide margin (`converge.decide.race`).
    The race costs the same number of steps whatever the size of the data, one arm at a time. An arm
    whose validation loss is no better than a constant prediction's (it collapsed: one class for every
-   row; or it is worse still) ranks after every arm that learned; when all did, the race says so (a ``race_all_collapsed`` event and a
-   console warning).
+   row; or it is worse still) ranks after every arm that learned; when none learned, the race says so
+   (a ``race_all_collapsed`` event and a console warning).
 4. **Weight decay**: the budget of a short race cannot tell weight decays apart (their effect shows
    over a whole run), so an explicit value is kept and "auto" takes the standard decoupled value
    for the optimizer (AdamW 1e-2, SGD 5e-4), recorded as such.
