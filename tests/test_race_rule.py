@@ -41,17 +41,32 @@ def test_lengths_must_match():
     ({0.1: 1.0, 0.03: 1.1, 0.01: 8.0, 0.003: 7.0}, 2, 0.1),      # a close runner-up: the second rung decides
 ])
 def test_a_decided_rung_ends_the_race(monkeypatch, scores, rungs, winner):
-    model, splits, objective = task()
     trained = []
-
-    def scripted_arm(model, splits, config, objective, arm, *args, **kwargs):
-        trained.append(arm)
-        return scores[arm[1]], 10, "val_loss", False
-
-    monkeypatch.setattr(auto, "_race_arm", scripted_arm)
-    arms = [("adamw", lr) for lr in scores]
-    (opt, lr), samples, events = auto._race(StageLog(), model, splits, TrainConfig(optimizer="adamw"), objective,
-                                            arms, {"adamw": 0.0}, 32, 10, {}, auto.Console())
+    race = scripted_race(monkeypatch, scores, {}, trained)
+    (opt, lr), samples, events = race
     assert lr == winner and len(events) == rungs
     assert events[0]["decided"] is (rungs == 1) and len(trained) == 4 + 2 * (rungs - 1)
     assert samples == 10 * 32 * len(trained)
+
+
+def test_an_arm_that_blew_up_ranks_after_one_that_learned_nothing(monkeypatch):
+    """Raw diabetes, seed 2: SGD diverged (no score), AdamW sat above the constant prediction's loss."""
+    (opt, lr), _, events = scripted_race(monkeypatch, {0.01: INF, 0.001: 34251.0}, {0.001: True}, [])
+    assert lr == 0.001
+    rung = next(e for e in events if e["event"] == "race_rung")
+    assert [arm["lr"] for arm in rung["arms"]] == [0.001, 0.01]
+    assert any(e["event"] == "race_all_collapsed" for e in events)  # nothing learned: the race says so
+
+
+def scripted_race(monkeypatch, scores: dict, collapsed: dict, trained: list):
+    """auto._race over arms ("adamw", lr) whose scores (and collapse) are scripted by LR."""
+    model, splits, objective = task()
+
+    def scripted_arm(model, splits, config, objective, arm, *args, **kwargs):
+        trained.append(arm)
+        return scores[arm[1]], 10, "val_loss", collapsed.get(arm[1], False)
+
+    monkeypatch.setattr(auto, "_race_arm", scripted_arm)
+    arms = [("adamw", lr) for lr in scores]
+    return auto._race(StageLog(), model, splits, TrainConfig(optimizer="adamw"), objective, arms, {"adamw": 0.0},
+                      32, 10, {}, auto.Console(), baseline=6001.0)

@@ -263,8 +263,11 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
             scores[arm] = sign * score if math.isfinite(score) else math.inf
             if arm_collapsed:
                 collapsed.add(arm)
-        ranked = sorted(alive, key=lambda arm: (arm in collapsed, scores[arm]))
-        if collapsed and len(collapsed) == len(alive):
+        # An arm that blew up (no finite score) learned nothing either: it must not outrank one that sits
+        # at, or above, the constant prediction's loss (raw diabetes, seed 2: SGD diverged, AdamW collapsed).
+        learned_nothing = {arm for arm in alive if arm in collapsed or not math.isfinite(scores[arm])}
+        ranked = sorted(alive, key=lambda arm: (arm in learned_nothing, scores[arm]))
+        if collapsed and len(learned_nothing) == len(alive):
             events.append(_event("race_all_collapsed", rung=rung, constant_prediction_loss=baseline, reason=(
                 "every arm's validation loss sits at a constant prediction's: none learned; the best score goes "
                 "on (check the inputs' scale with `converge doctor TASK`, or set --lr)")))
