@@ -343,11 +343,12 @@ def test_the_reference_is_built_only_when_the_rule_could_use_it(train, val, base
 # --- the automatic choice ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("loss, baseline, expected", [
     (0.661, 0.6609, True), (0.64, 0.6609, True), (0.69, 0.6609, True),   # one class for every row
-    (0.60, 0.6609, False), (2.0, 0.6609, False),                        # learned a little / blew up
-    (0.661, None, False), (math.nan, 0.6609, False),
+    (2.0, 0.6609, True),                                                # worse than a constant: nothing learned
+    (0.60, 0.6609, False),                                              # learned a little
+    (0.661, None, False), (math.nan, 0.6609, False),                    # unknown / blew up (dropped anyway)
 ])
-def test_a_race_arm_at_the_constant_level(loss, baseline, expected):
-    assert C.sits_at_level(loss, baseline) is expected
+def test_a_race_arm_no_better_than_a_constant(loss, baseline, expected):
+    assert C.no_better_than_constant(loss, baseline) is expected
 
 
 def test_a_range_test_that_never_left_the_constant_level_is_no_evidence():

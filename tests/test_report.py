@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from converge.report._figures import curves_png, decision_marks, wants_log
 from converge.report.html import describe, read_run, run_status, write_report
@@ -204,6 +206,48 @@ def test_lr_find_plot_is_embedded(tmp_path):
     png = curves_png(epochs(2), [])
     (run / "lr_find.png").write_bytes(png)
     assert "alt='LR range test'" in page_of(run)
+
+
+def test_curves_drawn_by_the_caller_are_embedded_as_given(tmp_path):
+    run = make_run(tmp_path / "run", metrics=epochs(2))
+    drawn = curves_png(epochs(5), [])  # not what the folder's two epochs would draw
+    assert base64.b64encode(drawn).decode("ascii") in page_of(run, curves_png=drawn)
+    assert base64.b64encode(drawn).decode("ascii") not in page_of(run)
+
+
+def test_a_run_with_the_automatic_choice_embeds_its_range_test(tmp_path):
+    """lr_find.png is drawn in the background while training starts; the report still finds it."""
+    from converge import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(0)
+    fit(torch.nn.Linear(4, 2), (x[:64], y[:64]), (x[64:], y[64:]), optimizer="adamw", max_epochs=2, seed=0,
+        out=tmp_path / "run", verbose=False)
+    png = (tmp_path / "run" / "lr_find.png").read_bytes()
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert base64.b64encode(png).decode("ascii") in page
+    curves = (tmp_path / "run" / "curves.png").read_bytes()
+    assert base64.b64encode(curves).decode("ascii") in page
+
+
+def test_a_range_test_that_cannot_be_drawn_costs_the_run_nothing(tmp_path, monkeypatch, capsys):
+    import converge.assembly
+    from converge import fit
+
+    def broken(*args):
+        raise ValueError("no figure today")
+
+    monkeypatch.setattr(converge.assembly, "range_test_png", broken)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    fit(torch.nn.Linear(4, 2), (x[:64], y[:64]), (x[64:], y[64:]), optimizer="adamw", max_epochs=1, seed=0,
+        out=tmp_path / "run", verbose=False)
+    assert (tmp_path / "run" / "summary.json").is_file() and (tmp_path / "run" / "report.html").is_file()
+    assert not (tmp_path / "run" / "lr_find.png").exists()
+    assert "could not draw lr_find.png (ValueError: no figure today)" in capsys.readouterr().err
 
 
 def test_doctor_findings_and_remedies(tmp_path):

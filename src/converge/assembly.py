@@ -39,6 +39,7 @@ from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, monitor_key, resolve_objective
 from converge.engine.recorder import RunRecorder
 from converge.errors import ConvergeError
+from converge.io.atomic import atomic_write_bytes
 from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
 from converge.io.runfolder import (BEST_WEIGHTS, LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder,
                                    read_json_object)
@@ -47,7 +48,7 @@ from converge.rng import seed_everything
 from converge.status import Status, is_final
 from converge.task import Task, check_task_args
 from converge.choose.auto import StageLog, Tuning, choose_hyperparameters
-from converge.choose.lr_find import plot_range_test
+from converge.choose.lr_find import range_test_png
 
 DOCTOR_OPTIONS = ("check", "fix", "drop_label_issues")
 
@@ -272,12 +273,26 @@ def _choose(model: nn.Module, setup: Setup, config: TrainConfig, console: Consol
         return Tuning(chosen, epochs, events)
     tuning = choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device,
                                     console=console, log=_stage_log(folder, console))
-    chosen_test = tuning.range_tests.get(tuning.config.optimizer)
+    chosen_test, lr = tuning.range_tests.get(tuning.config.optimizer), tuning.config.lr
     if folder is not None and chosen_test is not None:
-        plot_range_test(folder.path / LR_FIND_PLOT, chosen_test, tuning.config.lr)
+        # Drawn on the run folder's writer thread while training starts: importing matplotlib and drawing
+        # took 0.5-4 s in front of the first epoch (bench/alternatives.py); the report waits for it.
+        folder.write_later(LR_FIND_PLOT, lambda path: _draw_range_test(path, chosen_test, lr, console))
     if world is not None:
         world.object_from_main((tuning.config, tuning.events, tuning.epochs))
     return tuning
+
+
+def _draw_range_test(path: Path, test, lr: float, console: Console) -> None:
+    """lr_find.png, on the writer thread. A figure that cannot be drawn must not cost the run (the curve is
+    in tuning.json and the report); a file that cannot be written fails like the run's other files."""
+    try:
+        png = range_test_png(test, lr)
+    except Exception as exc:  # matplotlib's own errors have no common base class
+        console.warning(f"could not draw {path.name} ({type(exc).__name__}: {exc}); the range test is in "
+                        f"{TUNING_STAGES}")
+        return
+    atomic_write_bytes(path, png)
 
 
 def _stage_log(folder: RunFolder | None, console: Console) -> StageLog:

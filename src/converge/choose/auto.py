@@ -11,14 +11,15 @@ The steps, each recorded as an event with its evidence:
 3. **Optimizer and LR, checked on validation**: every (optimizer, LR) arm -- the suggestion and a
    third of it, or three LRs around it when the optimizer is fixed -- trains 40 optimizer steps (a
    partial epoch when epochs are longer) with the real engine; successive halving keeps the better half
-   on the monitored value and trains it again from the start with twice the steps, until one is left.
+   on the monitored value and trains it again from the start with twice the steps, until one is left,
+   or until the leader is ahead of every other arm by a wide margin (`converge.decide.race`).
    The race costs the same number of steps whatever the size of the data, one arm at a time -- except on
    tiny data (fewer than ``TINY_STEPS_PER_EPOCH`` steps an epoch), where those steps are many epochs:
    there "auto" tries AdamW alone (one range test, not two) and the first rung is at most
    ``RUNG_MAX_EPOCHS`` epochs, so that choosing costs about what the run it serves does. An arm
-   whose validation loss sits at a constant prediction's (it collapsed: one class for every row) ranks
-   after every arm that did not; when all did, the race says so (a ``race_all_collapsed`` event and a
-   console warning).
+   whose validation loss is no better than a constant prediction's (it collapsed: one class for every
+   row; or it is worse still) ranks after every arm that learned; when none learned, the race says so
+   (a ``race_all_collapsed`` event and a console warning).
 4. **Weight decay**: the budget of a short race cannot tell weight decays apart (their effect shows
    over a whole run), so an explicit value is kept and "auto" takes the standard decoupled value
    for the optimizer (AdamW 1e-2, SGD 5e-4), recorded as such.
@@ -43,8 +44,9 @@ from torch import nn
 from converge.config import TrainConfig
 from converge.data import STREAM_BATCH, epoch_samples
 from converge.console import Console
-from converge.decide.collapse import never_learned, sits_at_level
+from converge.decide.collapse import never_learned, no_better_than_constant
 from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
+from converge.decide.race import race_decided
 from converge.engine import device as dev
 from converge.engine.objective import Objective, in_memory_constant_loss
 from converge.engine.optim import OPTIMIZERS
@@ -292,23 +294,27 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
             scores[arm] = sign * score if math.isfinite(score) else math.inf
             if arm_collapsed:
                 collapsed.add(arm)
-        ranked = sorted(alive, key=lambda arm: (arm in collapsed, scores[arm]))
-        if collapsed and len(collapsed) == len(alive):
+        # An arm that blew up (no finite score) learned nothing either: it must not outrank one that sits
+        # at, or above, the constant prediction's loss (raw diabetes, seed 2: SGD diverged, AdamW collapsed).
+        learned_nothing = {arm for arm in alive if arm in collapsed or not math.isfinite(scores[arm])}
+        ranked = sorted(alive, key=lambda arm: (arm in learned_nothing, scores[arm]))
+        if collapsed and len(learned_nothing) == len(alive):
             events.append(_event("race_all_collapsed", rung=rung, constant_prediction_loss=baseline, reason=(
                 "every arm's validation loss sits at a constant prediction's: none learned; the best score goes "
                 "on (check the inputs' scale with `converge doctor TASK`, or set --lr)")))
             console.warning(f"tuning: every arm of race rung {rung} predicts no better than a constant "
                             f"(loss {baseline:.4g}); check the inputs (converge doctor) or set --lr")
-        keep = ranked[: max(1, len(alive) // 2)]
+        decided = race_decided([scores[arm] for arm in ranked], [arm in collapsed for arm in ranked])
+        keep = ranked[:1] if decided else ranked[: max(1, len(alive) // 2)]
         events.append(_event("race_rung", rung=rung, steps=budget, epochs=round(budget / steps_per_epoch, 3),
-                             monitor=monitor,
+                             monitor=monitor, decided=decided and len(alive) > 2,
                              arms=[{"optimizer": o, "lr": lr, "best": sign * scores[(o, lr)]
                                     if math.isfinite(scores[(o, lr)]) else None, "collapsed": (o, lr) in collapsed}
                                    for o, lr in ranked],
                              kept=[{"optimizer": o, "lr": lr} for o, lr in keep]))
         console.message("tuning: race rung {} ({} steps each): ".format(rung, budget) + ", ".join(
             f"{o} {lr:.3g} -> {sign * scores[(o, lr)]:.4g}{' (collapsed)' if (o, lr) in collapsed else ''}"
-            for o, lr in ranked))
+            for o, lr in ranked) + (" (decided: the leader is far ahead)" if decided and len(alive) > 2 else ""))
         alive = keep
     winner = alive[0]
     log.put("race", {"winner": list(winner), "samples": samples, "events": events})
@@ -338,5 +344,5 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
         raise KeyboardInterrupt
     finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
     last = trainer.history[-1].get("val_loss") if trainer.history else None
-    collapsed = trainer.status is not Status.DIVERGED and sits_at_level(last, baseline)
+    collapsed = trainer.status is not Status.DIVERGED and no_better_than_constant(last, baseline)
     return (trainer.tracker.best if finite else math.inf), trainer.step, trainer.monitor_key, collapsed

@@ -5,8 +5,10 @@ the test runs on a deep copy, so there is nothing to restore afterwards."""
 from __future__ import annotations
 
 import copy
+import io
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -88,6 +90,11 @@ def _endless_batches(split, batch_size: int, seed: int):
 
 def plot_range_test(path, test: RangeTest, chosen_lr: float | None) -> None:
     """lr_find.png: raw and smoothed loss against LR (log scale), the chosen LR marked."""
+    Path(path).write_bytes(range_test_png(test, chosen_lr))
+
+
+def range_test_png(test: RangeTest, chosen_lr: float | None) -> bytes:
+    """The PNG of :func:`plot_range_test`, for a caller that writes it atomically (or in the background)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4))
@@ -115,4 +122,6 @@ def plot_range_test(path, test: RangeTest, chosen_lr: float | None) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

@@ -29,9 +29,10 @@ The likely cause, from the run's own history:
 
 The automatic choice (`converge.choose.auto`) asks two smaller questions with the same level:
 
-* :func:`sits_at_level`: a race arm whose validation loss is within ``COLLAPSE_SHARE`` of the level on
-  either side predicts what a constant would (one class for every row, the mean target): it is out of the
-  race unless every arm is;
+* :func:`no_better_than_constant`: a race arm whose validation loss is at the level (it predicts what a
+  constant would: one class for every row, the mean target) or above it learned nothing: it ranks after
+  every arm that did, and among those that did not by its score (an arm worse than a constant must not
+  outrank one that merely sits at it: raw diabetes, bench/alternatives.py);
 * :func:`never_learned`: an LR range test whose smoothed loss never fell below the level gives no evidence
   of where the model learns: its suggestion is not used.
 
@@ -70,11 +71,12 @@ def at_constant_level(loss: float | None, baseline: float) -> bool:
     return _finite(loss) and loss >= COLLAPSE_SHARE * baseline
 
 
-def sits_at_level(loss: float | None, baseline: float | None) -> bool:
-    """A loss within ``COLLAPSE_SHARE`` of the constant prediction's, on either side (False when unknown)."""
+def no_better_than_constant(loss: float | None, baseline: float | None) -> bool:
+    """A finite loss at or above ``COLLAPSE_SHARE`` of the constant prediction's (False when either is
+    unknown; a non-finite loss is a blow-up, which the race drops on its own)."""
     if not (_finite(loss) and _finite(baseline) and baseline > 0):
         return False
-    return COLLAPSE_SHARE * baseline <= loss <= baseline / COLLAPSE_SHARE
+    return at_constant_level(loss, baseline)
 
 
 def never_learned(smoothed_losses: list[float], baseline: float | None) -> bool:

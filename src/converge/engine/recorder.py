@@ -150,9 +150,9 @@ class RunRecorder:
             return summary
         if best_state is not None:
             self.save_best(best_state)
-        self._draw_curves(summary.get("best_epoch"), monitor)
+        curves = self._draw_curves(summary.get("best_epoch"), monitor)
         self.folder.flush()
-        self._write_report(summary)
+        self._write_report(summary, curves)
         self.folder.write_json(SUMMARY, summary)  # last: a final summary means every file is complete
         self._finish_mlflow(summary)
         return summary
@@ -163,7 +163,7 @@ class RunRecorder:
                                 [SUMMARY, EVENTS, REPORT, CURVES, BEST_WEIGHTS])
             self._mlflow = None
 
-    def _draw_curves(self, best_epoch: int | None, monitor: str) -> None:
+    def _draw_curves(self, best_epoch: int | None, monitor: str) -> bytes | None:
         """curves.png: the report's figure (loss, metrics and LR against epoch, every decision marked)."""
         from converge.report._figures import curves_png
 
@@ -173,13 +173,14 @@ class RunRecorder:
         if png is not None:
             with self.folder.writing(CURVES):
                 atomic_write_bytes(self.folder.path / CURVES, png)
+        return png
 
-    def _write_report(self, summary: dict) -> None:
+    def _write_report(self, summary: dict, curves: bytes | None = None) -> None:
         try:
             from converge.report.html import write_report
 
             with self.folder.writing(REPORT):
-                write_report(self.folder.path, summary=summary)
+                write_report(self.folder.path, summary=summary, curves_png=curves)
         except StorageError:  # a full disk: summary.json, next, could not be written either; resume ends it
             raise
         except Exception as exc:  # the report is derived from files already safe; it must not cost the run

@@ -8,6 +8,7 @@ running) gets a report too, saying so. Every key is optional: older run folders 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -56,13 +57,15 @@ class RunFiles:
     lr_find_png: bytes | None
     problems: list[str] = field(default_factory=list)   # files that are there but cannot be read
     live: str | None = None     # who is writing the run now (its folder lock's holder), when someone is
+    curves_png: bytes | None = None   # the curves already drawn from these files (the trainer's curves.png)
 
 
-def write_report(run_dir: str | Path, *, summary: dict | None = None) -> Path:
+def write_report(run_dir: str | Path, *, summary: dict | None = None, curves_png: bytes | None = None) -> Path:
     """Write ``run_dir/report.html`` atomically and return its path. ``summary`` is the run's summary when
     the caller holds it (the trainer writes the report before summary.json, its completion marker);
-    otherwise summary.json is read if present."""
-    run = read_run(run_dir, summary=summary)
+    otherwise summary.json is read if present. ``curves_png``: the curves the caller has just drawn from the
+    same files (drawing them again cost as much as the rest of the report)."""
+    run = dataclasses.replace(read_run(run_dir, summary=summary), curves_png=curves_png)
     path = run.path / REPORT
     page = render(run)
     try:
@@ -204,7 +207,7 @@ def _facts(run: RunFiles) -> str:
 # --- curves ----------------------------------------------------------------------------------------
 def _curves(run: RunFiles) -> str:
     best_epoch, monitor, _ = best_of(run)
-    png = curves_png(run.history, run.events, best_epoch=best_epoch, monitor=monitor)
+    png = run.curves_png or curves_png(run.history, run.events, best_epoch=best_epoch, monitor=monitor)
     if png is None:
         return "<p class='muted'>No epoch has finished yet: there is nothing to plot.</p>"
     bad = sum(1 for r in run.history for k in ("train_loss", "val_loss") if k in r and
