@@ -35,7 +35,7 @@ SHELL_LANGS = {"", "bash", "sh", "console", "shell"}
 FOREIGN_FLAGS = {"--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--standalone",
                  "--job-name", "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--time",
                  "--requeue", "--tasks", "--seeds", "--no-tpe", "--fixed-split", "--first-seed", "--rounds",
-                 "--extra-args"}
+                 "--extra-args", "--contenders", "--epochs", "--reuse"}
 
 
 @dataclass
@@ -139,6 +139,8 @@ def _commands_in(text: str):
             tokens = shlex.split(line, comments=True)
         except ValueError:   # an output line with an odd quote is not a command
             continue
+        if len(tokens) > 1 and tokens[0].split("/")[-1].startswith("python") and tokens[1].endswith(".py"):
+            continue     # a script's line (bench/*.py): a "converge" there is one of its arguments
         for i, token in enumerate(tokens):
             if token == "converge" or token.endswith("/bin/converge"):
                 args = []

@@ -4,7 +4,6 @@ itself stopping after a decided rung (its arms scripted)."""
 import math
 
 import pytest
-import torch
 
 from converge.choose import StageLog, auto
 from converge.config import TrainConfig
