@@ -8,6 +8,7 @@ Plain tensor functions: `converge doctor`'s remedies use them, and so does loadi
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -104,19 +105,27 @@ def _first_linear_called(model: nn.Module, probe: torch.Tensor) -> str | None:
             calls.append(names[module])
 
     handles = [module.register_forward_pre_hook(record) for module in names]
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with _probing(model, handles), torch.no_grad():
             model(probe)
     except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
         return None
+    return calls[0] if calls else None
+
+
+@contextmanager
+def _probing(model: nn.Module, handles: list):
+    """A probe's forward in eval mode with ``handles``' hooks; afterwards, also when it fails, the hooks are
+    gone and every module is back in its own train/eval mode."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
     finally:
         for handle in handles:
             handle.remove()
         for module, training in modes.items():
             module.training = training
-    return calls[0] if calls else None
 
 
 @torch.no_grad()
@@ -173,32 +182,26 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
     calls: list[str] = []
     handles = [module.register_forward_hook(lambda module, args, out: calls.append(names[module]))
                for module in names]
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     try:
-        expected = _call(model, probe)
-        for handle in handles:
-            handle.remove()
-        handles = []
-        if not calls or not isinstance(expected, torch.Tensor) or expected.shape[0] == 0:
-            return None
-        name = calls[-1]
-        layer = model if name == "(model)" else model.get_submodule(name)
-        if layer.out_features != mean.numel() or expected.numel() != expected.shape[0] * mean.numel():
-            return None
-        weight, bias = _target_folded(layer, mean, std)
-        handle = layer.register_forward_hook(lambda module, args, out: nn.functional.linear(args[0], weight, bias))
-        try:
-            folded = _call(model, probe)
-        finally:
-            handle.remove()
+        with _probing(model, handles):
+            expected = _call(model, probe)
+            for handle in handles:
+                handle.remove()
+            if not calls or not isinstance(expected, torch.Tensor) or expected.shape[0] == 0:
+                return None
+            name = calls[-1]
+            layer = model if name == "(model)" else model.get_submodule(name)
+            if layer.out_features != mean.numel() or expected.numel() != expected.shape[0] * mean.numel():
+                return None
+            weight, bias = _target_folded(layer, mean, std)
+            folding = layer.register_forward_hook(
+                lambda module, args, out: nn.functional.linear(args[0], weight, bias))
+            try:
+                folded = _call(model, probe)
+            finally:
+                folding.remove()
     except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
         return None
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
     if not isinstance(folded, torch.Tensor) or folded.shape != expected.shape or \
             not bool(torch.isfinite(expected).all()):
         return None
