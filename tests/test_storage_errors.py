@@ -67,9 +67,9 @@ def test_a_checkpoint_on_a_full_disk_says_why_in_the_os_words_and_keeps_the_last
 @needs_dev_full
 def test_a_metrics_line_on_a_full_disk_names_the_file_and_the_command_of_a_fit_run(tmp_path, monkeypatch):
     folder = _run_folder(tmp_path, fit_run=True)
-    import converge.io.runfolder as runfolder
+    import converge.io.atomic as atomic  # where a log line is appended
 
-    _full_disk(monkeypatch, runfolder)
+    _full_disk(monkeypatch, atomic)
     with pytest.raises(StorageError) as caught:
         folder.metrics.append({"epoch": 1, "loss": 0.5})
     message = str(caught.value)

@@ -107,3 +107,22 @@ def _keep_copy(path: Path, previous: Path) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_whole(path: str | Path, data: bytes, *, sync: bool = False) -> None:
+    """``data`` at the end of ``path``, or nothing: a write cut short (a full disk) is taken back, so a
+    reader, or the next writer appending onto it, never meets half a record. ``sync``: fsync it too."""
+    with open(path, "ab", buffering=0) as handle:  # unbuffered: nothing left to flush after a failure
+        size = handle.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[handle.write(view):]
+            if sync:
+                os.fsync(handle.fileno())
+        except OSError:
+            try:
+                handle.truncate(size)
+            except OSError:
+                pass
+            raise

@@ -24,7 +24,7 @@ from typing import Any, Callable, ContextManager
 
 from converge.errors import ConvergeError, StorageError, storage_remedy
 from converge.io import checkpoint as ckpt
-from converge.io.atomic import atomic_write_bytes, atomic_write_text, naming
+from converge.io.atomic import append_whole, atomic_write_bytes, atomic_write_text, naming
 from converge.io.lock import LOCK_FILE, FolderLock
 
 # Every file name converge writes, in one place (docs/run-folder.md lists them).
@@ -102,7 +102,7 @@ class JsonlLog:
     def append(self, record: dict) -> None:
         line = (json.dumps(to_json(record), allow_nan=False) + "\n").encode("utf-8")
         with self._writing(self.path.name), naming(self.path):
-            _append_whole(self.path, line)
+            append_whole(self.path, line)
         self.lines += 1
 
     def rewrite(self, records: list[dict]) -> None:
@@ -110,23 +110,6 @@ class JsonlLog:
         with self._writing(self.path.name):
             atomic_write_text(self.path, "".join(json.dumps(to_json(r), allow_nan=False) + "\n" for r in records))
         self.lines = len(records)
-
-
-def _append_whole(path: Path, data: bytes) -> None:
-    """``data`` at the end of ``path``, or nothing: a write cut short by a full disk is taken back, so a
-    reader (or the next append) never meets half a line."""
-    with open(path, "ab", buffering=0) as handle:  # unbuffered: nothing left to flush after a failure
-        size = handle.seek(0, os.SEEK_END)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[handle.write(view):]
-        except OSError:
-            try:
-                handle.truncate(size)
-            except OSError:
-                pass
-            raise
 
 
 @dataclass(frozen=True)

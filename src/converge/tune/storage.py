@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from converge.errors import ConvergeError
+from converge.io.atomic import append_whole
 
 ENV_VAR = "CONVERGE_STORAGE"
 JOURNAL = "study.journal"
@@ -385,27 +386,11 @@ def _torn_safe(base: type) -> type:
             try:
                 if _unterminated_tail(self._converge_path):
                     _repair_locked(self._converge_path, self._converge_say)
-                _append(self._converge_path, data)
+                append_whole(self._converge_path, data, sync=True)
             finally:
                 self._converge_lock.release()
 
     return TornSafeJournalBackend
-
-
-def _append(path: Path, data: bytes) -> None:
-    with open(path, "ab", buffering=0) as handle:  # unbuffered: nothing left to flush after a failure
-        size = handle.seek(0, os.SEEK_END)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[handle.write(view):]
-            os.fsync(handle.fileno())
-        except OSError:
-            try:  # never leave half a record behind: the next writer would append onto it
-                handle.truncate(size)
-            except OSError:
-                pass
-            raise
 
 
 def _retry_callback():
