@@ -168,17 +168,17 @@ def _install_fill(specs: list[_Spec]) -> None:
 
     atomic.temporary_beside = planted_temporary
     checkpoint.temporary_beside = planted_temporary
-    real_append = runfolder._append_whole
+    real_append = runfolder.append_whole   # the run folder's logs append through the name it imported
 
-    def planted_append(path, data):
+    def planted_append(path, data, **options):
         for spec in [s for s in logs if s.matches(path)]:
             spec.calls += 1
             if spec.calls >= spec.n and not spec.done and _needs_new_block(path, len(data)):
                 spec.done = True  # fills once
                 _fill_disk()
-        return real_append(path, data)
+        return real_append(path, data, **options)
 
-    runfolder._append_whole = planted_append
+    runfolder.append_whole = planted_append
 
 
 def _wait_for_go(sync) -> None:
