@@ -302,9 +302,15 @@ class RunFolder:
             self._waiting[name] = self._submit(self._in_background, name, write)
 
     def _in_background(self, name: str, write: Callable[[Path], None]) -> None:
-        """A background write, checked like the loop's own (the folder may have gone since it was queued)."""
+        """A background write, checked like the loop's own (the folder may have gone since it was queued),
+        and again once written: a folder put in the run's place while the writer wrote (the writer thread
+        may wait a while between the check and the write) gets no file of this run's left in it."""
         with self.writing(name, background=True):
             write(self.path / name)
+            if self._identity is not None and \
+                    self._identity.changed(self.path, run_info=self._run_info_written) is not None:
+                (self.path / name).unlink(missing_ok=True)
+                self.check_still_here()
 
     def write_checkpoint_later(self, state: dict, *, wait: bool = False) -> bool:
         """Serialize ``state`` into a temporary file now (its tensors may change as soon as this returns)
