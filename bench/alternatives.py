@@ -32,7 +32,6 @@ Results go to ``bench/results/alternatives.json`` (git-ignored). Needs the ``ben
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -54,7 +53,6 @@ RESULTS = HERE / "results"
 PYTHON = sys.executable
 CONTENDERS = ("classic", "schedulefree", "prodigy", "converge")
 DEFAULT_TASKS = ("lstm_forecast", "raw_diabetes", "raw_wine", "clean_digits")
-STOP_PATIENCE = 10
 POLL_SECONDS = 0.05
 
 
@@ -91,31 +89,9 @@ def train_one(name: str, task_path: str, seed: int, max_epochs: int) -> dict:
     train_b, val_b = classic.make_batches(train, True, seed), classic.make_batches(val, False, seed)
     kind, loss_fn = classic.probe_kind(task, model, train_b)
     optimizer, scheduler = _optimizer(name, model)
-    # schedule-free keeps two sets of weights: train() swaps in the ones to step, eval() the averaged ones
-    # to evaluate and keep. The other optimizers have neither method.
-    to_train, to_eval = getattr(optimizer, "train", lambda: None), getattr(optimizer, "eval", lambda: None)
-    best, best_state, best_epoch, bad, epochs = math.inf, copy.deepcopy(model.state_dict()), 0, 0, []
-    for epoch in range(1, max_epochs + 1):
-        model.train()
-        to_train()
-        for batch in train_b:
-            inputs, y = classic.unpack(batch)
-            loss = loss_fn(classic.forward(model, inputs), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        to_eval()
-        val_loss = classic.evaluate(model, val_b, loss_fn, kind)["loss"]
-        epochs.append([time.time(), val_loss])
-        if scheduler is not None:
-            scheduler.step(val_loss)
-        if val_loss < best:
-            best, best_state, best_epoch, bad = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            bad += 1
-            if bad >= STOP_PATIENCE:
-                break
-    model.load_state_dict(best_state)
+    epochs = []
+    best, best_epoch, _ = classic.early_stopping_loop(model, train_b, val_b, loss_fn, kind, optimizer, scheduler,
+                                                      max_epochs, on_epoch=lambda v: epochs.append([time.time(), v]))
     scores = classic.evaluate(model, classic.make_batches(test, False, seed), loss_fn, kind)
     return {"kind": kind, "epochs": len(epochs), "best_epoch": best_epoch, "best_val_loss": best,
             "epoch_log": epochs, "test": scores, "primary": classic.PRIMARY[kind],

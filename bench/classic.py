@@ -274,7 +274,41 @@ def probe_kind(task, model: nn.Module, train_batches) -> tuple[str, Callable]:
     return kind, (task.loss if task.loss is not None else inferred_loss(kind))
 
 
-def train_classic(task_path: str, seed: int, max_epochs: int = MAX_EPOCHS, log=None) -> dict:
+def early_stopping_loop(model, train_b, val_b, loss_fn, kind: str, optimizer, scheduler, max_epochs: int,
+                        on_epoch=None) -> tuple[float, int, int]:
+    """The recipe's loop: train an epoch, validate, step ``scheduler`` (if any) on the validation loss, keep
+    the best weights, stop after STOP_PATIENCE epochs without a better one; the best weights are loaded at
+    the end. An optimizer with train()/eval() (schedule-free AdamW keeps averaged weights) is switched to
+    eval around each validation. ``on_epoch(val_loss)`` after each validation. Returns (best validation
+    loss, its epoch, the epochs run)."""
+    to_train, to_eval = getattr(optimizer, "train", lambda: None), getattr(optimizer, "eval", lambda: None)
+    best, best_state, best_epoch, bad, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0, 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        to_train()
+        for batch in train_b:
+            inputs, y = unpack(batch)
+            loss = loss_fn(forward(model, inputs), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        to_eval()
+        val_loss = evaluate(model, val_b, loss_fn, kind)["loss"]
+        if on_epoch is not None:
+            on_epoch(val_loss)
+        if scheduler is not None:
+            scheduler.step(val_loss)
+        if val_loss < best:
+            best, best_state, best_epoch, bad = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            bad += 1
+            if bad >= STOP_PATIENCE:
+                break
+    model.load_state_dict(best_state)
+    return best, best_epoch, epoch
+
+
+def train_classic(task_path: str, seed: int, max_epochs: int = MAX_EPOCHS) -> dict:
     started = time.perf_counter()
     task, model, train, val, test = build(task_path, seed)
     train_b, val_b = make_batches(train, True, seed), make_batches(val, False, seed)
@@ -287,24 +321,8 @@ def train_classic(task_path: str, seed: int, max_epochs: int = MAX_EPOCHS, log=N
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=PLATEAU_FACTOR,
                                                            patience=PLATEAU_PATIENCE)
-    best, best_state, best_epoch, bad, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0, 0
-    for epoch in range(1, max_epochs + 1):
-        model.train()
-        for batch in train_b:
-            inputs, y = unpack(batch)
-            loss = loss_fn(forward(model, inputs), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        val_loss = evaluate(model, val_b, loss_fn, kind)["loss"]
-        scheduler.step(val_loss)
-        if val_loss < best:
-            best, best_state, best_epoch, bad = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            bad += 1
-            if bad >= STOP_PATIENCE:
-                break
-    model.load_state_dict(best_state)
+    best, best_epoch, epoch = early_stopping_loop(model, train_b, val_b, loss_fn, kind, optimizer, scheduler,
+                                                  max_epochs)
     result = {"seed": seed, "kind": kind, "epochs": epoch, "best_epoch": best_epoch, "best_val_loss": best,
               "own_loss": task.loss is not None, "seconds": time.perf_counter() - started}
     if test_b is not None:
