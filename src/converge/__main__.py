@@ -1,3 +1,3 @@
-from converge.cli import main
+from converge.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import sys
 import traceback
 from pathlib import Path
@@ -215,6 +216,18 @@ TRAIN_OPTIONS = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs", 
                  "amp", "clip_grad", "accumulate", "checkpoint_seconds", "num_workers", "steps_per_epoch",
                  "warmup_steps",
                  "guard", "max_rollbacks", "tensorboard", "mlflow", "standardize")
+
+
+def entry() -> int:
+    """The `converge` command in a process of its own (the console script, ``python -m converge``)."""
+    from converge.lazy import defer_dynamo
+
+    defer_dynamo()
+    code = main()
+    # At exit the interpreter's last collections walk every object torch, scikit-learn and matplotlib made
+    # (0.8-1 s measured on 2 CPUs); frozen, they are skipped. Files, threads and atexit handlers end as usual.
+    gc.freeze()
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

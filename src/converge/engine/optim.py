@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from converge.lazy import preload
+from converge.lazy import dynamo_deferred, preload_dynamo
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -27,12 +27,28 @@ def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
     # The fused kernel is faster (about a fifth of a small MLP's step on CPU) and, on CUDA, lets a
     # GradScaler skip inf/NaN steps on the device instead of syncing with the host every step.
     # Older torch releases have no fused CPU kernel: fall back to the default implementation there.
+    adamw = EagerAdamW if dynamo_deferred() and _PLAIN_ADAM_STEP is not None else torch.optim.AdamW
     if all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]):
         try:
-            return torch.optim.AdamW(groups, lr=lr, fused=True)
+            return adamw(groups, lr=lr, fused=True)
         except (RuntimeError, ValueError):
             pass
-    return torch.optim.AdamW(groups, lr=lr)
+    return adamw(groups, lr=lr)
+
+
+# torch's Adam step without its decorator, whose only other work is two torch._dynamo.graph_break() calls
+_PLAIN_ADAM_STEP = getattr(torch.optim.Adam.step, "__wrapped__", None)
+
+
+class EagerAdamW(torch.optim.AdamW):
+    """torch's AdamW, stepped without the graph breaks that keep ``torch.compile`` from fusing the step into a
+    training graph: they import torch._dynamo at the first step (1.2-1.5 s of a short run). Only used where
+    :func:`converge.lazy.defer_dynamo` took effect, i.e. nothing in the process compiles. The same update,
+    state and ``state_dict`` as ``torch.optim.AdamW``."""
+
+    def step(self, closure=None):
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return _PLAIN_ADAM_STEP(self, closure)
 
 
 def _sgdw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -68,7 +84,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
         raise ValueError("the model has no trainable parameters")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}")
-    preload("torch._dynamo")  # the first optimizer imports it; see converge.lazy
+    preload_dynamo()  # the first optimizer imports it; see converge.lazy
     return OPTIMIZERS[name].build(groups, lr)
 
 

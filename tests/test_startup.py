@@ -1,0 +1,96 @@
+"""The `converge` command's own process: no torch._dynamo import while nothing compiles, and the same training
+as in a library call."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from converge.engine.optim import _PLAIN_ADAM_STEP, EagerAdamW
+
+pytestmark = pytest.mark.skipif(_PLAIN_ADAM_STEP is None, reason="this torch wraps its Adam step another way")
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+
+
+def _train(optimizer_classes, steps: int = 6, **kwargs) -> tuple[list[torch.Tensor], dict]:
+    """``steps`` steps of a small regression; the optimizer is rebuilt from the last one's state_dict at each
+    change of ``optimizer_classes`` (one class per step, or one class for all)."""
+    classes = optimizer_classes if isinstance(optimizer_classes, list) else [optimizer_classes] * steps
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
+    x, y = torch.randn(16, 5), torch.randn(16, 2)
+    optimizer = None
+    for optimizer_class in classes:
+        if type(optimizer) is not optimizer_class:
+            state = optimizer.state_dict() if optimizer is not None else None
+            optimizer = optimizer_class(model.parameters(), lr=0.05, weight_decay=0.1, **kwargs)
+            if state is not None:
+                optimizer.load_state_dict(state)
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()], optimizer.state_dict()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_eager_adamw_takes_exactly_torchs_adamw_steps(fused):
+    eager, eager_state = _train(EagerAdamW, fused=fused)
+    plain, plain_state = _train(torch.optim.AdamW, fused=fused)
+    assert all(torch.equal(a, b) for a, b in zip(eager, plain))
+    assert eager_state["param_groups"] == plain_state["param_groups"]
+    for key, state in plain_state["state"].items():
+        assert all(torch.equal(state[name], eager_state["state"][key][name]) for name in state)
+
+
+def test_a_run_switching_between_eager_and_torchs_adamw_goes_on_the_same():
+    """A run trained by the command resumes in a library call, and back: the state is the same."""
+    switching, _ = _train([EagerAdamW] * 3 + [torch.optim.AdamW] * 2 + [EagerAdamW])
+    plain, _ = _train(torch.optim.AdamW)
+    assert all(torch.equal(a, b) for a, b in zip(switching, plain))
+
+
+def test_a_library_call_keeps_torchs_own_adamw():
+    """defer_dynamo changes torch.optim for the whole process: only the command's own process asks for it."""
+    result = _python("""
+        import sys, torch
+        from converge.engine.optim import build_optimizer
+        optimizer = build_optimizer(torch.nn.Linear(2, 2), "adamw", 0.01, 0.0)
+        print(type(optimizer).__name__, "torch._dynamo" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["AdamW", "True"]
+
+
+def test_the_command_trains_without_importing_dynamo(make_task, tmp_path):
+    task = make_task()
+    result = _python(f"""
+        import sys
+        sys.argv = ["converge", "train", {str(task)!r}, "--out", {str(tmp_path / "run")!r}, "--quiet",
+                    "--max-epochs", "3"]
+        from converge.cli import entry
+        code = entry()
+        print(code, "torch._dynamo" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["0", "False"]
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_task_that_compiles_keeps_dynamo_as_torch_has_it():
+    result = _python("""
+        import sys, torch, torch._dynamo
+        from converge.lazy import defer_dynamo, dynamo_deferred
+        from converge.engine.optim import build_optimizer
+        took = defer_dynamo()
+        print(took, dynamo_deferred(), type(build_optimizer(torch.nn.Linear(2, 2), "adamw", 0.01, 0.0)).__name__)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "AdamW"]
