@@ -28,6 +28,7 @@ from torch import nn
 
 from converge.doctor import thresholds as T
 from converge.decide.findings import Finding
+from converge.engine.optim import adamw
 
 
 def confident_joint(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,7 @@ def _fit_proxy(x, y, classes, generator, epochs, hidden) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(torch_seed)
         model = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, classes))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
+        optimizer = adamw(model.parameters(), lr=3e-3, weight_decay=1e-2)
         batch = max(32, min(256, len(y) // 20))
         for _ in range(epochs):
             for rows in torch.randperm(len(y)).split(batch):

@@ -15,6 +15,7 @@ from torch import nn
 from converge.doctor import thresholds as T
 from converge.decide.findings import Finding, rounded
 from converge.engine.objective import Objective, call_model, scores_of
+from converge.engine.optim import adamw
 
 
 def forward(model: nn.Module, inputs):
@@ -103,7 +104,7 @@ def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         return start, start, 0
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = adamw(params, lr=lr, weight_decay=0.0)  # Adam: without weight decay the two are one
     end = start
     for step in range(1, steps + 1):
         model.train()

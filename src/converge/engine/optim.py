@@ -27,13 +27,20 @@ def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
     # The fused kernel is faster (about a fifth of a small MLP's step on CPU) and, on CUDA, lets a
     # GradScaler skip inf/NaN steps on the device instead of syncing with the host every step.
     # Older torch releases have no fused CPU kernel: fall back to the default implementation there.
-    adamw = EagerAdamW if dynamo_deferred() and _PLAIN_ADAM_STEP is not None else torch.optim.AdamW
     if all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]):
         try:
             return adamw(groups, lr=lr, fused=True)
         except (RuntimeError, ValueError):
             pass
     return adamw(groups, lr=lr)
+
+
+def adamw(params, **options) -> torch.optim.AdamW:
+    """torch's AdamW (``options`` as it takes them), as an :class:`EagerAdamW` where the process defers
+    torch._dynamo; also for converge's own small models (the reference model, the doctor's probes)."""
+    if dynamo_deferred() and _PLAIN_ADAM_STEP is not None:
+        return EagerAdamW(params, **options)
+    return torch.optim.AdamW(params, **options)
 
 
 # torch's Adam step without its decorator, whose only other work is two torch._dynamo.graph_break() calls

@@ -27,6 +27,7 @@ from torch import nn
 
 from converge.data import TensorSplit
 from converge.engine.objective import Objective
+from converge.engine.optim import adamw
 
 MAX_ROWS = 4000          # training rows the reference sees (a random subset beyond)
 MAX_FEATURES = 4096      # flattened input features, at most
@@ -143,7 +144,7 @@ def reference_loss(splits: dict, objective: Objective, *, seed: int = 0, model: 
 
 def _train(x, y, vx, vy, outputs, objective, shift, scale, hidden=HIDDEN) -> float | None:
     model = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, outputs)).to(x.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    optimizer = adamw(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     batch = max(32, min(256, len(y) // BATCH_DIV))
     steps_per_epoch = math.ceil(len(y) / batch)
     epochs = max(EVAL_EVERY, min(EPOCHS, MAX_STEPS // steps_per_epoch))
