@@ -189,6 +189,82 @@ def time_to_target(record: dict, target: float) -> float | None:
     return None
 
 
+# --- the quality rule ----------------------------------------------------------------------------
+AT_LEAST_AS_GOOD, WORSE = "at least as good", "worse"
+
+
+def quality_verdict(converge: dict[int, float], best: dict[int, float], *, higher_is_better: bool) -> dict:
+    """Is converge at least as good as the best alternative, within seed noise? Both map seed -> test metric.
+
+    The rule, on the seeds both have (at least two):
+
+    * ``deficit``: the mean of the paired per-seed differences, signed so that a positive deficit means
+      converge is worse (a seed fixes the same data order and initial weights for both, so the pair
+      takes out what the seed does to both alike);
+    * ``noise``: the seed-to-seed spread, the pooled standard deviation of the two contenders' per-seed
+      results, ``sqrt((sd_converge**2 + sd_best**2) / 2)``: how far one run moves when only its seed
+      changes;
+    * converge is **at least as good within seed noise** when ``deficit <= noise``: its mean trails the
+      best alternative's by no more than what changing the seed does to a single run. Otherwise it is
+      **worse**. ``worse_on`` counts the seeds where converge is worse, for the reader.
+
+    With three seeds a paired t-test (t = 4.30 for 95 %, two-sided) would call a deficit of up to
+    about 2.5 standard errors "noise"; this rule is stricter. It is a bench rule, not a statistical
+    test: it says whether the gap is larger than the seed spread a user sees between two runs.
+    """
+    seeds = sorted(set(converge) & set(best))
+    if len(seeds) < 2:
+        raise ValueError(f"the quality rule needs at least 2 common seeds, got {seeds}")
+    sign = -1.0 if higher_is_better else 1.0
+    diffs = [sign * (converge[s] - best[s]) for s in seeds]
+    deficit = statistics.fmean(diffs)
+    noise = math.sqrt((statistics.variance([converge[s] for s in seeds])
+                       + statistics.variance([best[s] for s in seeds])) / 2)
+    return {"seeds": seeds, "deficit": deficit, "noise": noise, "worse_on": sum(d > 0 for d in diffs),
+            "verdict": AT_LEAST_AS_GOOD if deficit <= noise else WORSE}
+
+
+def _metrics(records: list[dict], task: str, name: str) -> dict[int, float]:
+    """seed -> test metric of ``name``'s finished runs on ``task``."""
+    return {r["seed"]: r["test_metric"] for r in records
+            if r["task"] == task and r["contender"] == name and "test_metric" in r}
+
+
+def best_alternative(records: list[dict], task: str, *, higher_is_better: bool) -> str | None:
+    """The alternative (not converge) with the best mean test metric on ``task``, over converge's seeds; only an
+    alternative that finished on every one of them counts. None when there is none to compare with."""
+    mine = _metrics(records, task, "converge")
+    means = {}
+    for name in CONTENDERS:
+        theirs = _metrics(records, task, name)
+        if name != "converge" and mine and set(mine) <= set(theirs):
+            means[name] = statistics.fmean(theirs[s] for s in mine)
+    if not means:
+        return None
+    return (max if higher_is_better else min)(means, key=means.get)
+
+
+def quality_rows(records: list[dict]) -> list[dict]:
+    """Per task: the best alternative and converge's verdict against it (tasks with fewer than 2 seeds of
+    converge, or with no alternative on all of them, are left out)."""
+    sys.path.insert(0, str(HERE))
+    import classic
+
+    rows = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        kind = next((r["kind"] for r in records if r["task"] == task and "kind" in r), None)
+        if kind is None:
+            continue
+        higher = classic.HIGHER_IS_BETTER[kind]
+        best = best_alternative(records, task, higher_is_better=higher)
+        mine = _metrics(records, task, "converge")
+        if best is None or len(mine) < 2:
+            continue
+        verdict = quality_verdict(mine, _metrics(records, task, best), higher_is_better=higher)
+        rows.append({"task": task, "best": best, "higher_is_better": higher, **verdict})
+    return rows
+
+
 # --- the table -----------------------------------------------------------------------------------
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
@@ -231,6 +307,13 @@ def print_tables(report: dict) -> None:
         failed = f" ({row['failed']} failed)" if row["failed"] else ""
         print(f"{row['task']:<15}{row['contender']:<14}{metric:<22}{row['epochs']:>7.1f}{row['wall']:>9.1f}"
               f"{row['to_target']:>13.1f}{row['reached']:>9}{failed}")
+    verdicts = quality_rows(report["records"])
+    if verdicts:
+        print("\nconverge against the best alternative (mean paired deficit, positive = converge worse, against "
+              "the pooled seed-to-seed sd)")
+        for row in verdicts:
+            print(f"{row['task']:<15}best {row['best']:<13} deficit {row['deficit']:+.4g}  noise {row['noise']:.4g}"
+                  f"  worse on {row['worse_on']}/{len(row['seeds'])} seeds  -> {row['verdict']}")
 
 
 def meta(seeds: list[int]) -> dict:
