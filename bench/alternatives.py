@@ -25,6 +25,11 @@ the process to the end of the first epoch whose validation loss is at or below t
 validation loss for the same seed (the value classic ends with). converge's epochs are timed as they appear
 in its ``metrics.jsonl`` (polled every 50 ms), the others' from inside the process.
 
+Under the table, per task, the **quality verdict** against the best alternative (the one with the best mean
+test metric over converge's seeds), by ``quality_verdict``: converge is *at least as good within seed noise*
+when the mean of the paired per-seed differences (positive: converge worse) is at most the seed-to-seed
+spread, the pooled standard deviation of the two contenders' per-seed results; otherwise it is *worse*.
+
 Results go to ``bench/results/alternatives.json`` (git-ignored). Needs the ``bench`` extra
 (``pip install -e '.[bench]'``: schedulefree, prodigyopt, scikit-learn).
 """
