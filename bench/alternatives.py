@@ -4,6 +4,7 @@
     python bench/alternatives.py --tasks raw_wine --seeds 0         # one task file of bench/newuser/
     python bench/alternatives.py --contenders classic schedulefree  # some contenders only
     python bench/alternatives.py --report bench/results/alternatives.json   # print a saved run's tables again
+    python bench/alternatives.py --report old.json new_converge.json        # several runs' records together
     python bench/alternatives.py --contenders converge --reuse old.json     # rerun converge only, keep the rest
     python bench/alternatives.py --one schedulefree TASK SEED       # one run in this process (used by the above)
 
@@ -299,25 +300,35 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """Several saved runs as one: every meta, and the records, a later report's run of the same contender, task
+    and seed replacing an earlier one's."""
+    records = {}
+    for report in reports:
+        records.update({(r["contender"], r["task"], r["seed"]): r for r in report["records"]})
+    return {"metas": [report["meta"] for report in reports], "records": list(records.values())}
+
+
 def print_tables(report: dict) -> None:
-    meta = report["meta"]
-    print(f"\n{meta['date']}  commit {meta['commit']}  {meta['cpus']} CPUs  load {meta['load_start']:.1f} -> "
-          f"{meta.get('load_end', math.nan):.1f}  seeds {meta['seeds']}")
-    header = (f"{'task':<15}{'contender':<14}{'test (mean ± sd)':<22}{'epochs':>7}{'wall s':>9}"
+    for meta in report.get("metas", [report.get("meta")]):
+        print(f"\n{meta['date']}  commit {meta['commit']}  {meta['cpus']} CPUs  load {meta['load_start']:.1f} -> "
+              f"{meta.get('load_end', math.nan):.1f}  seeds {meta['seeds']}")
+    width = max([15] + [len(r["task"]) + 2 for r in report["records"]])
+    header = (f"{'task':<{width}}{'contender':<14}{'test (mean ± sd)':<22}{'epochs':>7}{'wall s':>9}"
               f"{'to target s':>13}{'reached':>9}")
     print(header + "\n" + "-" * len(header))
     for row in summarize(report["records"]):
         mean, sd = row["test"]
         metric = f"{row['primary'] or '-'} {mean:.4g} ± {sd:.2g}"
         failed = f" ({row['failed']} failed)" if row["failed"] else ""
-        print(f"{row['task']:<15}{row['contender']:<14}{metric:<22}{row['epochs']:>7.1f}{row['wall']:>9.1f}"
+        print(f"{row['task']:<{width}}{row['contender']:<14}{metric:<22}{row['epochs']:>7.1f}{row['wall']:>9.1f}"
               f"{row['to_target']:>13.1f}{row['reached']:>9}{failed}")
     verdicts = quality_rows(report["records"])
     if verdicts:
         print("\nconverge against the best alternative (mean paired deficit, positive = converge worse, against "
               "the pooled seed-to-seed sd)")
         for row in verdicts:
-            print(f"{row['task']:<15}best {row['best']:<13} deficit {row['deficit']:+.4g}  noise {row['noise']:.4g}"
+            print(f"{row['task']:<{width}}best {row['best']:<13} deficit {row['deficit']:+.4g}  noise {row['noise']:.4g}"
                   f"  worse on {row['worse_on']}/{len(row['seeds'])} seeds  -> {row['verdict']}")
 
 
@@ -337,7 +348,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-epochs", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--json", default=str(RESULTS / "alternatives.json"))
-    parser.add_argument("--report", metavar="JSON", help="print the tables of a saved run")
+    parser.add_argument("--report", metavar="JSON", nargs="+", help="print the tables of saved runs (several: "
+                        "their records together; a later file's run of a contender, task and seed replaces an "
+                        "earlier one's, e.g. converge rerun after a change)")
     parser.add_argument("--reuse", metavar="JSON", help="take the runs of the contenders not named in "
                         "--contenders from this saved run (e.g. rerun only converge after a change)")
     parser.add_argument("--one", nargs=3, metavar=("CONTENDER", "TASK", "SEED"), help=argparse.SUPPRESS)
@@ -347,7 +360,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(train_one(name, task_path, int(seed), args.max_epochs)))
         return 0
     if args.report:
-        print_tables(json.loads(Path(args.report).read_text()))
+        print_tables(merge_reports([json.loads(Path(path).read_text()) for path in args.report]))
         return 0
     contenders = list(args.contenders)
     if "converge" in contenders and "classic" not in contenders and not args.reuse:

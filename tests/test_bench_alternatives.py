@@ -81,3 +81,13 @@ def test_quality_rows_judge_each_task_against_its_own_best():
     assert set(rows) == {"mse_task", "acc_task"}
     assert (rows["mse_task"]["best"], rows["mse_task"]["verdict"]) == ("classic", WORSE)
     assert (rows["acc_task"]["best"], rows["acc_task"]["verdict"]) == ("classic", GOOD)
+
+
+def test_merged_reports_keep_every_run_and_let_a_later_run_replace_an_earlier():
+    first = {"meta": {"date": "a"}, "records": _records("t", "regression", {"classic": [3.0, 3.1],
+                                                                            "converge": [4.0, 4.1]})}
+    second = {"meta": {"date": "b"}, "records": _records("t", "regression", {"converge": [2.0, 2.1]})}
+    merged = alternatives.merge_reports([first, second])
+    assert [meta["date"] for meta in merged["metas"]] == ["a", "b"]
+    by_run = {(r["contender"], r["seed"]): r["test_metric"] for r in merged["records"]}
+    assert by_run == {("classic", 0): 3.0, ("classic", 1): 3.1, ("converge", 0): 2.0, ("converge", 1): 2.1}
