@@ -4,6 +4,7 @@
     python bench/alternatives.py --tasks raw_wine --seeds 0         # one task file of bench/newuser/
     python bench/alternatives.py --contenders classic schedulefree  # some contenders only
     python bench/alternatives.py --report bench/results/alternatives.json   # print a saved run's tables again
+    python bench/alternatives.py --report old.json new_converge.json        # several runs' records together
     python bench/alternatives.py --contenders converge --reuse old.json     # rerun converge only, keep the rest
     python bench/alternatives.py --one schedulefree TASK SEED       # one run in this process (used by the above)
 
@@ -24,6 +25,11 @@ test metric, the epochs, the whole process's wall time and the **time to target*
 the process to the end of the first epoch whose validation loss is at or below the classic recipe's best
 validation loss for the same seed (the value classic ends with). converge's epochs are timed as they appear
 in its ``metrics.jsonl`` (polled every 50 ms), the others' from inside the process.
+
+Under the table, per task, the **quality verdict** against the best alternative (the one with the best mean
+test metric over converge's seeds), by ``quality_verdict``: converge is *at least as good within seed noise*
+when the mean of the paired per-seed differences (positive: converge worse) is at most the seed-to-seed
+spread, the pooled standard deviation of the two contenders' per-seed results; otherwise it is *worse*.
 
 Results go to ``bench/results/alternatives.json`` (git-ignored). Needs the ``bench`` extra
 (``pip install -e '.[bench]'``: schedulefree, prodigyopt, scikit-learn).
@@ -189,6 +195,82 @@ def time_to_target(record: dict, target: float) -> float | None:
     return None
 
 
+# --- the quality rule ----------------------------------------------------------------------------
+AT_LEAST_AS_GOOD, WORSE = "at least as good", "worse"
+
+
+def quality_verdict(converge: dict[int, float], best: dict[int, float], *, higher_is_better: bool) -> dict:
+    """Is converge at least as good as the best alternative, within seed noise? Both map seed -> test metric.
+
+    The rule, on the seeds both have (at least two):
+
+    * ``deficit``: the mean of the paired per-seed differences, signed so that a positive deficit means
+      converge is worse (a seed fixes the same data order and initial weights for both, so the pair
+      takes out what the seed does to both alike);
+    * ``noise``: the seed-to-seed spread, the pooled standard deviation of the two contenders' per-seed
+      results, ``sqrt((sd_converge**2 + sd_best**2) / 2)``: how far one run moves when only its seed
+      changes;
+    * converge is **at least as good within seed noise** when ``deficit <= noise``: its mean trails the
+      best alternative's by no more than what changing the seed does to a single run. Otherwise it is
+      **worse**. ``worse_on`` counts the seeds where converge is worse, for the reader.
+
+    With three seeds a paired t-test (t = 4.30 for 95 %, two-sided) would call a deficit of up to
+    about 2.5 standard errors "noise"; this rule is stricter. It is a bench rule, not a statistical
+    test: it says whether the gap is larger than the seed spread a user sees between two runs.
+    """
+    seeds = sorted(set(converge) & set(best))
+    if len(seeds) < 2:
+        raise ValueError(f"the quality rule needs at least 2 common seeds, got {seeds}")
+    sign = -1.0 if higher_is_better else 1.0
+    diffs = [sign * (converge[s] - best[s]) for s in seeds]
+    deficit = statistics.fmean(diffs)
+    noise = math.sqrt((statistics.variance([converge[s] for s in seeds])
+                       + statistics.variance([best[s] for s in seeds])) / 2)
+    return {"seeds": seeds, "deficit": deficit, "noise": noise, "worse_on": sum(d > 0 for d in diffs),
+            "verdict": AT_LEAST_AS_GOOD if deficit <= noise else WORSE}
+
+
+def _metrics(records: list[dict], task: str, name: str) -> dict[int, float]:
+    """seed -> test metric of ``name``'s finished runs on ``task``."""
+    return {r["seed"]: r["test_metric"] for r in records
+            if r["task"] == task and r["contender"] == name and "test_metric" in r}
+
+
+def best_alternative(records: list[dict], task: str, *, higher_is_better: bool) -> str | None:
+    """The alternative (not converge) with the best mean test metric on ``task``, over converge's seeds; only an
+    alternative that finished on every one of them counts. None when there is none to compare with."""
+    mine = _metrics(records, task, "converge")
+    means = {}
+    for name in CONTENDERS:
+        theirs = _metrics(records, task, name)
+        if name != "converge" and mine and set(mine) <= set(theirs):
+            means[name] = statistics.fmean(theirs[s] for s in mine)
+    if not means:
+        return None
+    return (max if higher_is_better else min)(means, key=means.get)
+
+
+def quality_rows(records: list[dict]) -> list[dict]:
+    """Per task: the best alternative and converge's verdict against it (tasks with fewer than 2 seeds of
+    converge, or with no alternative on all of them, are left out)."""
+    sys.path.insert(0, str(HERE))
+    import classic
+
+    rows = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        kind = next((r["kind"] for r in records if r["task"] == task and "kind" in r), None)
+        if kind is None:
+            continue
+        higher = classic.HIGHER_IS_BETTER[kind]
+        best = best_alternative(records, task, higher_is_better=higher)
+        mine = _metrics(records, task, "converge")
+        if best is None or len(mine) < 2:
+            continue
+        verdict = quality_verdict(mine, _metrics(records, task, best), higher_is_better=higher)
+        rows.append({"task": task, "best": best, "higher_is_better": higher, **verdict})
+    return rows
+
+
 # --- the table -----------------------------------------------------------------------------------
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
@@ -218,19 +300,36 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """Several saved runs as one: every meta, and the records, a later report's run of the same contender, task
+    and seed replacing an earlier one's."""
+    records = {}
+    for report in reports:
+        records.update({(r["contender"], r["task"], r["seed"]): r for r in report["records"]})
+    return {"metas": [report["meta"] for report in reports], "records": list(records.values())}
+
+
 def print_tables(report: dict) -> None:
-    meta = report["meta"]
-    print(f"\n{meta['date']}  commit {meta['commit']}  {meta['cpus']} CPUs  load {meta['load_start']:.1f} -> "
-          f"{meta.get('load_end', math.nan):.1f}  seeds {meta['seeds']}")
-    header = (f"{'task':<15}{'contender':<14}{'test (mean ± sd)':<22}{'epochs':>7}{'wall s':>9}"
+    for meta in report.get("metas", [report.get("meta")]):
+        print(f"\n{meta['date']}  commit {meta['commit']}  {meta['cpus']} CPUs  load {meta['load_start']:.1f} -> "
+              f"{meta.get('load_end', math.nan):.1f}  seeds {meta['seeds']}")
+    width = max([15] + [len(r["task"]) + 2 for r in report["records"]])
+    header = (f"{'task':<{width}}{'contender':<14}{'test (mean ± sd)':<22}{'epochs':>7}{'wall s':>9}"
               f"{'to target s':>13}{'reached':>9}")
     print(header + "\n" + "-" * len(header))
     for row in summarize(report["records"]):
         mean, sd = row["test"]
         metric = f"{row['primary'] or '-'} {mean:.4g} ± {sd:.2g}"
         failed = f" ({row['failed']} failed)" if row["failed"] else ""
-        print(f"{row['task']:<15}{row['contender']:<14}{metric:<22}{row['epochs']:>7.1f}{row['wall']:>9.1f}"
+        print(f"{row['task']:<{width}}{row['contender']:<14}{metric:<22}{row['epochs']:>7.1f}{row['wall']:>9.1f}"
               f"{row['to_target']:>13.1f}{row['reached']:>9}{failed}")
+    verdicts = quality_rows(report["records"])
+    if verdicts:
+        print("\nconverge against the best alternative (mean paired deficit, positive = converge worse, against "
+              "the pooled seed-to-seed sd)")
+        for row in verdicts:
+            print(f"{row['task']:<{width}}best {row['best']:<13} deficit {row['deficit']:+.4g}  noise {row['noise']:.4g}"
+                  f"  worse on {row['worse_on']}/{len(row['seeds'])} seeds  -> {row['verdict']}")
 
 
 def meta(seeds: list[int]) -> dict:
@@ -249,7 +348,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-epochs", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--json", default=str(RESULTS / "alternatives.json"))
-    parser.add_argument("--report", metavar="JSON", help="print the tables of a saved run")
+    parser.add_argument("--report", metavar="JSON", nargs="+", help="print the tables of saved runs (several: "
+                        "their records together; a later file's run of a contender, task and seed replaces an "
+                        "earlier one's, e.g. converge rerun after a change)")
     parser.add_argument("--reuse", metavar="JSON", help="take the runs of the contenders not named in "
                         "--contenders from this saved run (e.g. rerun only converge after a change)")
     parser.add_argument("--one", nargs=3, metavar=("CONTENDER", "TASK", "SEED"), help=argparse.SUPPRESS)
@@ -259,7 +360,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(train_one(name, task_path, int(seed), args.max_epochs)))
         return 0
     if args.report:
-        print_tables(json.loads(Path(args.report).read_text()))
+        print_tables(merge_reports([json.loads(Path(path).read_text()) for path in args.report]))
         return 0
     contenders = list(args.contenders)
     if "converge" in contenders and "classic" not in contenders and not args.reuse:

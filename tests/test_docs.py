@@ -35,7 +35,7 @@ SHELL_LANGS = {"", "bash", "sh", "console", "shell"}
 FOREIGN_FLAGS = {"--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--standalone",
                  "--job-name", "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--time",
                  "--requeue", "--tasks", "--seeds", "--no-tpe", "--fixed-split", "--first-seed", "--rounds",
-                 "--extra-args", "--contenders", "--epochs", "--reuse"}
+                 "--extra-args", "--contenders", "--epochs", "--reuse", "--report"}
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch import nn
 
 from converge.assembly import (Output, assemble, assemble_task, build_task, check_not_finished, default_out,
                                make_config, read_checkpoint, run_info, standardized_setup)
-from converge.config import TrainConfig
+from converge.config import LR_FACTOR, TrainConfig
 from converge.console import Console
 from converge.data import make_splits
 from converge.engine.distributed import writes_run_folder
@@ -27,7 +27,7 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
         loss: Callable | None = None, metrics: dict[str, Callable] | None = None, target_key: str = "labels",
         optimizer: str = "auto", lr: float | str = "auto", weight_decay: float | str = "auto",
         batch_size: int | str = "auto", warmup_steps: int = 0, max_epochs: int = 1000, patience: int = 5,
-        lr_factor: float = 0.1, min_lr: float | None = None, cooldown: int = 0, threshold: float = 1e-3,
+        lr_factor: float = LR_FACTOR, min_lr: float | None = None, cooldown: int = 0, threshold: float = 1e-3,
         unproductive_cuts: int = 1, monitor: str = "val_loss", mode: str | None = None, seed: int = 0,
         device: str | None = None, amp: str = "off", clip_grad: float | None = None, accumulate: int = 1,
         checkpoint_seconds: float = 300.0, num_workers: int = 0, steps_per_epoch: int | None = None,

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--warmup-steps", type=int, help="linear LR warmup over this many steps (auto: when needed)")
     stop.add_argument("--max-epochs", type=_positive_int, help="hard cap on epochs (default 1000)")
     stop.add_argument("--patience", type=_positive_int, help="epochs without progress before the LR is cut (5)")
-    stop.add_argument("--lr-factor", type=_float, help="LR multiplier at each cut (default 0.1)")
+    stop.add_argument("--lr-factor", type=_float, help="LR multiplier at each cut (default 0.3)")
     stop.add_argument("--min-lr", type=_float, help="the LR is never cut below this (default 1e-3 x LR)")
     stop.add_argument("--cooldown", type=int, help="epochs after a cut that do not count against patience (0)")
     stop.add_argument("--threshold", type=_float, help="relative improvement that counts as progress (1e-3)")
