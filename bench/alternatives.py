@@ -96,11 +96,12 @@ def train_one(name: str, task_path: str, seed: int, max_epochs: int) -> dict:
     kind, loss_fn = classic.probe_kind(task, model, train_b)
     optimizer, scheduler = _optimizer(name, model)
     epochs = []
+    train_started = time.time()
     best, best_epoch, _ = classic.early_stopping_loop(model, train_b, val_b, loss_fn, kind, optimizer, scheduler,
                                                       max_epochs, on_epoch=lambda v: epochs.append([time.time(), v]))
     scores = classic.evaluate(model, classic.make_batches(test, False, seed), loss_fn, kind)
     return {"kind": kind, "epochs": len(epochs), "best_epoch": best_epoch, "best_val_loss": best,
-            "epoch_log": epochs, "test": scores, "primary": classic.PRIMARY[kind],
+            "epoch_log": epochs, "train_started": train_started, "test": scores, "primary": classic.PRIMARY[kind],
             "test_metric": scores[classic.PRIMARY[kind]]}
 
 
@@ -230,6 +231,54 @@ def quality_verdict(converge: dict[int, float], best: dict[int, float], *, highe
             "verdict": AT_LEAST_AS_GOOD if deficit <= noise else WORSE}
 
 
+# --- the time rule -------------------------------------------------------------------------------
+LONG_TRAINING_SECONDS = 5.0   # the issue's line between tasks that train for seconds and longer ones
+SHORT_ALLOWANCE_SECONDS = 1.0  # what converge's whole command may take over the classic process on short tasks
+
+
+def training_seconds(record: dict) -> float | None:
+    """A loop's own training time: from its first step to the end of its last epoch (imports and data left out)."""
+    log, started = record.get("epoch_log") or [], record.get("train_started")
+    return round(log[-1][0] - started, 3) if log and started is not None else None
+
+
+def time_verdict(converge: dict, classic: dict) -> dict:
+    """Issue 22's time targets for one task and seed, from the two runs' records (side by side, same seed):
+
+    * the classic loop trains for ``LONG_TRAINING_SECONDS`` or more ("long"): converge first reaches the
+      classic recipe's final (best) validation loss no later, from its process's start, than the classic
+      process ended, and converge's whole command takes no longer than the classic process;
+    * otherwise ("short"): converge's whole command takes at most ``SHORT_ALLOWANCE_SECONDS`` more than the
+      classic process.
+
+    ``met`` is None when the classic run has no training time to classify it (an older record)."""
+    trained = training_seconds(classic)
+    wall, classic_wall = converge["wall_seconds"], classic["wall_seconds"]
+    to_target = time_to_target(converge, classic["best_val_loss"]) if "best_val_loss" in classic else None
+    if trained is None:
+        return {"kind": None, "met": None, "wall": wall, "classic_wall": classic_wall, "to_target": to_target}
+    if trained >= LONG_TRAINING_SECONDS:
+        met = to_target is not None and to_target <= classic_wall and wall <= classic_wall
+        kind = "long"
+    else:
+        met = wall <= classic_wall + SHORT_ALLOWANCE_SECONDS
+        kind = "short"
+    return {"kind": kind, "met": met, "wall": wall, "classic_wall": classic_wall, "to_target": to_target,
+            "classic_training": trained}
+
+
+def time_rows(records: list[dict]) -> list[dict]:
+    """Per task: the time verdict of every seed both converge and classic finished."""
+    rows = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        runs = {(r["contender"], r["seed"]): r for r in records if r["task"] == task and r.get("rc") == 0}
+        seeds = sorted(seed for name, seed in runs if name == "converge" and ("classic", seed) in runs)
+        verdicts = [time_verdict(runs[("converge", seed)], runs[("classic", seed)]) for seed in seeds]
+        if verdicts:
+            rows.append({"task": task, "seeds": seeds, "verdicts": verdicts})
+    return rows
+
+
 def _metrics(records: list[dict], task: str, name: str) -> dict[int, float]:
     """seed -> test metric of ``name``'s finished runs on ``task``."""
     return {r["seed"]: r["test_metric"] for r in records
@@ -330,6 +379,20 @@ def print_tables(report: dict) -> None:
         for row in verdicts:
             print(f"{row['task']:<{width}}best {row['best']:<13} deficit {row['deficit']:+.4g}  noise {row['noise']:.4g}"
                   f"  worse on {row['worse_on']}/{len(row['seeds'])} seeds  -> {row['verdict']}")
+    timing = time_rows(report["records"])
+    if timing:
+        print(f"\ntime against the classic process, per seed (converge wall / classic wall, s; long: the classic loop "
+              f"trains >= {LONG_TRAINING_SECONDS:g} s, then converge must reach its final validation loss and end "
+              f"no later; short: converge may take {SHORT_ALLOWANCE_SECONDS:g} s more)")
+        for row in timing:
+            cells = []
+            for seed, v in zip(row["seeds"], row["verdicts"]):
+                target = "" if v["kind"] != "long" else (
+                    f", target at {v['to_target']:.1f}" if v["to_target"] is not None else ", target not reached")
+                verdict = {True: "met", False: "MISSED", None: "?"}[v["met"]]
+                cells.append(f"seed {seed} {v['kind'] or '?'} {v['wall']:.1f}/{v['classic_wall']:.1f}{target} {verdict}")
+            met = sum(v["met"] is True for v in row["verdicts"])
+            print(f"{row['task']:<{width}}met on {met}/{len(row['verdicts'])}: " + "; ".join(cells))
 
 
 def meta(seeds: list[int]) -> dict:

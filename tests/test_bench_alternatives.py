@@ -91,3 +91,47 @@ def test_merged_reports_keep_every_run_and_let_a_later_run_replace_an_earlier():
     assert [meta["date"] for meta in merged["metas"]] == ["a", "b"]
     by_run = {(r["contender"], r["seed"]): r["test_metric"] for r in merged["records"]}
     assert by_run == {("classic", 0): 3.0, ("classic", 1): 3.1, ("converge", 0): 2.0, ("converge", 1): 2.1}
+
+
+def _classic(wall, trained, best_val=1.0, started=100.0):
+    """A classic record: the process started at ``started``, trained ``trained`` s from 2 s in."""
+    return {"wall_seconds": wall, "started": started, "train_started": started + 2.0, "best_val_loss": best_val,
+            "epoch_log": [[started + 2.0 + trained / 2, 2.0], [started + 2.0 + trained, best_val]]}
+
+
+def _converge(wall, reached_at=None, started=200.0):
+    """A converge record: its epochs logged at process seconds 3 (val 5.0) and ``reached_at`` (val 0.5)."""
+    log = [[started + 3.0, 5.0]] + ([[started + reached_at, 0.5]] if reached_at is not None else [])
+    return {"wall_seconds": wall, "started": started, "epoch_log": log}
+
+
+@pytest.mark.parametrize("converge, classic, kind, met", [
+    (_converge(6.0), _classic(5.5, trained=2.0), "short", True),          # 0.5 s over on a short task
+    (_converge(6.5), _classic(5.5, trained=2.0), "short", True),          # exactly the allowance
+    (_converge(6.6), _classic(5.5, trained=2.0), "short", False),         # over it
+    (_converge(12.0, reached_at=8.0), _classic(12.5, trained=8.0), "long", True),
+    (_converge(13.0, reached_at=8.0), _classic(12.5, trained=8.0), "long", False),   # ends later
+    (_converge(12.0), _classic(12.5, trained=8.0), "long", False),                  # never reaches the target
+    (_converge(12.0, reached_at=12.6), _classic(12.5, trained=8.0), "long", False),  # reaches it too late
+    (_converge(6.0), _classic(9.0, trained=5.0), "long", False),          # 5 s of training is already long
+])
+def test_time_verdict(converge, classic, kind, met):
+    verdict = alternatives.time_verdict(converge, classic)
+    assert (verdict["kind"], verdict["met"]) == (kind, met)
+
+
+def test_time_verdict_without_the_classic_training_time_says_nothing():
+    classic = _classic(5.5, trained=2.0)
+    del classic["train_started"]
+    assert alternatives.time_verdict(_converge(6.0), classic)["met"] is None
+
+
+def test_time_rows_pair_each_seed_with_the_classic_run_of_that_seed():
+    records = [{**_converge(6.0), "contender": "converge", "task": "t", "seed": 0, "rc": 0},
+               {**_classic(5.5, trained=2.0), "contender": "classic", "task": "t", "seed": 0, "rc": 0},
+               {**_converge(9.0), "contender": "converge", "task": "t", "seed": 1, "rc": 0},
+               {**_classic(5.5, trained=2.0), "contender": "classic", "task": "t", "seed": 1, "rc": 0},
+               {**_converge(6.0), "contender": "converge", "task": "t", "seed": 2, "rc": 0}]  # no classic seed 2
+    (row,) = alternatives.time_rows(records)
+    assert row["seeds"] == [0, 1]
+    assert [v["met"] for v in row["verdicts"]] == [True, False]
