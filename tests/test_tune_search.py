@@ -225,6 +225,10 @@ def test_tune_runs_the_study_and_exports_the_best_trial(tuned):
     assert set(first.params) == {"optimizer", "lr_adamw", "weight_decay", "batch_size"} or \
         set(first.params) == {"optimizer", "lr_sgd", "weight_decay", "batch_size"}
     assert all(set(t.params) >= {"optimizer", "weight_decay", "batch_size", "hidden", "noisy_labels"} for t in trials[1:])
+    for t in trials:  # every complete trial's kept weights, scored on fixed parts of the validation split
+        if t.state.name == "COMPLETE":
+            parts = t.user_attrs["val_parts"]
+            assert len(parts) >= 10 and min(parts) <= t.value <= max(parts)
     searched = summary["best_trial"] != 0  # a searched trial reported carries its task arguments
     assert set(summary["best_params"]) == set(trials[summary["best_trial"]].params)
     assert ("--task-args" in summary["reproduce"]) == searched
