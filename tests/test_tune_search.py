@@ -522,3 +522,27 @@ def test_the_warm_start_trial_is_the_run_converge_train_makes(cli, task_file, tm
     assert summary["best_reason"] == "the automatic choice has the best validation value"
     warmup = train["config"]["warmup_steps"]
     assert ("--warmup-steps" in summary["reproduce"]) == (warmup > 0)
+
+
+def test_validation_parts_are_scored_on_the_inputs_the_trial_trained_on(cli, make_task, tmp_path):
+    """Unscaled features and targets are standardized for training, and the standardizations are folded into
+    the model at the end: the parts are scored before that, so they agree with the trial's value (scored
+    after it, they were 1e14 times it)."""
+    task = make_task('''
+        def model():
+            return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+        def data():
+            x, _ = _xy()
+            y = (x[:, :1] * 3 + x[:, 1:2]) * 1000 + 5000
+            x = x * torch.tensor([1e-3, 1e4, 1.0, 1.0, 10.0, 1.0, 1.0, 1e3])
+            return (x[:120], y[:120]), (x[120:160], y[120:160]), (x[160:], y[160:])
+        ''')
+    out = tmp_path / "tune"
+    assert cli("tune", task, "--trials", "1", "--out", out, "--max-epochs", "4", "--quiet").code == 0
+    events = (out / "trials" / "0000" / "events.jsonl").read_text()
+    assert '"remedy": "standardize_features"' in events  # the features were standardized for training
+    trial = _study(out, task.stem).trials[0]
+    parts = trial.user_attrs["val_parts"]
+    assert min(parts) <= trial.value <= max(parts)

@@ -481,7 +481,8 @@ class _Worker:
         try:
             run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
                                 task_args=task_args, epoch_judge=judge)
-            summary = run.run().summary
+            parts: list = []
+            summary = run.run(on_trained=lambda trainer: parts.append(self._validation_parts(trainer))).summary
         except StorageError as exc:  # the trial failed; the study is whole, and a rerun goes on with it
             raise exc.with_advice(state=f"trial {trial.number} failed, the study's finished trials are kept",
                                   then="run the same `converge tune` command again") from None
@@ -494,10 +495,17 @@ class _Worker:
             raise _Interrupted(summary["stop_reason"])
         if status in (Status.PRUNED, Status.DIVERGED) or best is None or not math.isfinite(best):
             raise optuna.TrialPruned(summary["stop_reason"])
-        # The kept weights scored on fixed parts of the validation split: how the report tells a trial that
-        # is better than the automatic choice from one that drew luckier validation samples.
-        trial.set_user_attr("val_parts", validation_parts(run.trainer, run.trainer.monitor_key))
+        trial.set_user_attr("val_parts", parts[0] if parts else None)
         return float(best)
+
+    @staticmethod
+    def _validation_parts(trainer) -> list[float] | None:
+        """The kept weights scored on fixed parts of the validation split (how the report tells a trial that is
+        better than the automatic choice from one that drew luckier validation samples); only for a trial
+        that finished, and on the inputs it trained on (before a standardization is folded into the model)."""
+        if trainer.status not in (Status.CONVERGED, Status.MAX_EPOCHS):
+            return None
+        return validation_parts(trainer, trainer.monitor_key)
 
     def _check_surplus(self, trial, wanted: int) -> None:
         """Only the first ``wanted`` trials that have not failed are run (by trial number)."""
