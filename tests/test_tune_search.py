@@ -20,7 +20,7 @@ pytest.importorskip("optuna")
 
 from converge.errors import ConvergeError  # noqa: E402
 from converge.tune import storage as st  # noqa: E402
-from converge.decide import laggard  # noqa: E402
+from converge.decide import laggard, reported_trial  # noqa: E402
 from converge.decide.laggard import Finished  # noqa: E402
 from converge.tune.export import reproduce_command  # noqa: E402
 from converge.tune.search import EpochJudge, batch_choices, warm_start_params  # noqa: E402
@@ -217,11 +217,21 @@ def test_tune_runs_the_study_and_exports_the_best_trial(tuned):
     trial_summary = json.loads((out / "trials" / f"{best:04d}" / "summary.json").read_text())
     assert trial_summary["best"]["val_loss"] == summary["best_value"]
     assert summary["best_hyperparameters"] == trial_summary["hyperparameters"]
-    assert set(summary["best_params"]) >= {"optimizer", "weight_decay", "batch_size", "hidden", "noisy_labels"}
-    assert "--task-args" in summary["reproduce"] and str(task) in summary["reproduce"]
+    assert str(task) in summary["reproduce"] and summary["best_reason"]
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{n:04d}" for n in range(6)]
-    first = _study(out, task.stem).trials[0]  # the warm start: converge's automatic choice
+    trials = _study(out, task.stem).trials
+    first = trials[0]  # the warm start: converge's automatic choice, with the task's own defaults
     assert first.user_attrs["warm_start"] and round(first.user_attrs["tuning_epochs"], 3) == summary["tuning_epochs"] > 0
+    assert set(first.params) == {"optimizer", "lr_adamw", "weight_decay", "batch_size"} or \
+        set(first.params) == {"optimizer", "lr_sgd", "weight_decay", "batch_size"}
+    assert all(set(t.params) >= {"optimizer", "weight_decay", "batch_size", "hidden", "noisy_labels"} for t in trials[1:])
+    for t in trials:  # every complete trial's kept weights, scored on fixed parts of the validation split
+        if t.state.name == "COMPLETE":
+            parts = t.user_attrs["val_parts"]
+            assert len(parts) >= 10 and min(parts) <= t.value <= max(parts)
+    searched = summary["best_trial"] != 0  # a searched trial reported carries its task arguments
+    assert set(summary["best_params"]) == set(trials[summary["best_trial"]].params)
+    assert ("--task-args" in summary["reproduce"]) == searched
 
 
 def test_pruned_trials_stop_early_with_their_run_folder_saying_so(tuned):
@@ -429,3 +439,110 @@ def test_epoch_judge_stops_a_trial_that_crawls_behind_the_finished_ones():
     # Without pruning (--pruner none) the rule does not apply either.
     plain = EpochJudge(_ScriptedTrial(prune_from=999, finished=finished), "val_loss", "min", laggards=False)
     assert plain({"epoch": 60, "val_loss": 0.39}) is None
+
+
+# --- which trial the search reports (converge.decide.reported_trial) ------------------------------------
+# Trial 0 is the automatic choice; its validation loss on four parts of the validation split is AUTO.
+AUTO = (0.50, 0.40, 0.60, 0.50)
+
+
+def _scored(number, value, shift=None, spread=0.0):
+    """A trial whose parts are the automatic trial's shifted by ``shift``, alternately +/- ``spread``."""
+    parts = None if shift is None else tuple(a + shift + (spread if i % 2 else -spread) for i, a in enumerate(AUTO))
+    return reported_trial.Scored(number, value, parts)
+
+
+@pytest.mark.parametrize("trials, automatic, mode, expected", [
+    # Better by 0.05 with the same shift on every part (no noise): reported.
+    ([_scored(0, 0.50, 0.0), _scored(1, 0.45, -0.05)], 0, "min", 1),
+    # Better by 0.05 but the parts disagree by +/-0.1: within 2 standard errors (0.058 x 2), the automatic one.
+    ([_scored(0, 0.50, 0.0), _scored(1, 0.45, -0.05, spread=0.1)], 0, "min", 0),
+    # The best by value is within the noise, the second best is clearly better: the second best.
+    ([_scored(0, 0.50, 0.0), _scored(1, 0.40, -0.10, spread=0.3), _scored(2, 0.45, -0.05)], 0, "min", 2),
+    # The automatic trial is the best: itself.
+    ([_scored(0, 0.40, 0.0), _scored(1, 0.45, 0.05)], 0, "min", 0),
+    # No automatic trial (--no-warm-start, or it was pruned): the best value, as before.
+    ([_scored(1, 0.50, 0.0), _scored(2, 0.45, -0.05, spread=0.3)], None, "min", 2),
+    # A trial without parts (a study begun by an older converge): the best value, as before.
+    ([_scored(0, 0.50, 0.0), _scored(1, 0.45)], 0, "min", 1),
+    # A metric to maximize: the higher, by more than the noise.
+    ([_scored(0, 0.90, 0.0), _scored(1, 0.95, 0.05)], 0, "max", 1),
+    ([_scored(0, 0.90, 0.0), _scored(1, 0.95, 0.05, spread=0.2)], 0, "max", 0),
+    # Non-finite values never win; nothing finite: nothing to report.
+    ([_scored(0, float("nan"), 0.0), _scored(1, 0.45, -0.05, spread=0.3)], 0, "min", 1),
+    ([_scored(0, float("inf"))], 0, "min", None),
+    ([], None, "min", None),
+])
+def test_the_automatic_trial_is_reported_unless_another_beats_it_by_more_than_the_noise(trials, automatic, mode,
+                                                                                         expected):
+    chosen = reported_trial.reported_trial(trials, automatic, mode)
+    assert (None if chosen is None else chosen.number) == expected
+
+
+def test_the_reported_trial_says_why_and_checks_its_arguments():
+    beaten = reported_trial.reported_trial([_scored(0, 0.50, 0.0), _scored(1, 0.45, -0.05)], 0, "min")
+    assert beaten.reason.startswith("better than the automatic choice (trial 0) by 0.05")
+    kept = reported_trial.reported_trial([_scored(0, 0.50, 0.0), _scored(1, 0.45, -0.05, spread=0.1)], 0, "min")
+    assert kept.reason.startswith("no trial beats the automatic choice") and "best trial 1 by 0.05" in kept.reason
+    # z = 0: any gain larger than nothing counts (the search's plain best value when the parts agree on it).
+    assert reported_trial.reported_trial([_scored(0, 0.50, 0.0), _scored(1, 0.45, -0.05, spread=0.1)], 0, "min",
+                                         z=0).number == 1
+    assert reported_trial.MARGIN_Z == 2.0
+    with pytest.raises(ValueError, match="mode"):
+        reported_trial.reported_trial([], None, "minimize")
+    with pytest.raises(ValueError, match="z"):
+        reported_trial.reported_trial([], None, "min", z=-1)
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ((1.0, 2.0, 3.0), (1.0, 2.0, 3.0), 0.0),             # the same parts: no noise
+    ((1.0, 2.0), (0.0, 2.0), 0.5),                       # differences 1, 0: stdev 0.707 / sqrt(2)
+    ((1.0,), (0.0,), None),                              # one part: no spread to measure
+    ((1.0, 2.0), (1.0,), None),                          # parts that do not pair up
+    ((1.0, float("nan")), (1.0, 2.0), None),
+])
+def test_paired_standard_error(a, b, expected):
+    found = reported_trial.paired_standard_error(a, b)
+    assert found == (None if expected is None else pytest.approx(expected))
+
+
+def test_the_warm_start_trial_is_the_run_converge_train_makes(cli, task_file, tmp_path):
+    """Trial 0 trains with the automatic choice exactly (LR, batch size, warmup, the task's defaults), so its
+    result is `converge train`'s, number for number; and its reproduce command gives it again."""
+    tuned, trained = tmp_path / "tune", tmp_path / "train"
+    assert cli("tune", task_file, "--trials", "1", "--out", tuned, "--max-epochs", "6", "--quiet").code == 0
+    assert cli("train", task_file, "--out", trained, "--max-epochs", "6", "--quiet").code == 0
+    trial = json.loads((tuned / "trials" / "0000" / "summary.json").read_text())
+    train = json.loads((trained / "summary.json").read_text())
+    for key in ("epochs", "best_epoch", "best", "test", "hyperparameters"):
+        assert trial[key] == train[key], key
+    assert trial["config"]["warmup_steps"] == train["config"]["warmup_steps"]
+    summary = json.loads((tuned / "summary.json").read_text())
+    assert summary["best_trial"] == 0 and summary["best_value"] == train["best"]["val_loss"]
+    assert summary["best_reason"] == "the automatic choice has the best validation value"
+    warmup = train["config"]["warmup_steps"]
+    assert ("--warmup-steps" in summary["reproduce"]) == (warmup > 0)
+
+
+def test_validation_parts_are_scored_on_the_inputs_the_trial_trained_on(cli, make_task, tmp_path):
+    """Unscaled features and targets are standardized for training, and the standardizations are folded into
+    the model at the end: the parts are scored before that, so they agree with the trial's value (scored
+    after it, they were 1e14 times it)."""
+    task = make_task('''
+        def model():
+            return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+        def data():
+            x, _ = _xy()
+            y = (x[:, :1] * 3 + x[:, 1:2]) * 1000 + 5000
+            x = x * torch.tensor([1e-3, 1e4, 1.0, 1.0, 10.0, 1.0, 1.0, 1e3])
+            return (x[:120], y[:120]), (x[120:160], y[120:160]), (x[160:], y[160:])
+        ''')
+    out = tmp_path / "tune"
+    assert cli("tune", task, "--trials", "1", "--out", out, "--max-epochs", "4", "--quiet").code == 0
+    events = (out / "trials" / "0000" / "events.jsonl").read_text()
+    assert '"remedy": "standardize_features"' in events  # the features were standardized for training
+    trial = _study(out, task.stem).trials[0]
+    parts = trial.user_attrs["val_parts"]
+    assert min(parts) <= trial.value <= max(parts)

@@ -155,8 +155,12 @@ class Run:
     trainer: Trainer
     prepared: Any = None   # converge.doctor.in_train.Prepared, when the doctor ran
 
-    def run(self) -> FitResult:
+    def run(self, *, on_trained: Callable[[Trainer], None] | None = None) -> FitResult:
+        """Train; ``on_trained(trainer)`` is called after training, while the trainer's model still takes the
+        inputs it trained on (before the doctor folds a standardization into it)."""
         result = self.trainer.run()
+        if on_trained is not None:
+            on_trained(self.trainer)
         if self.prepared is None:
             return result
         from converge.doctor.in_train import after_training

@@ -58,6 +58,8 @@ def _best(summary: dict) -> str:
     hp = summary["best_hyperparameters"]
     rows = [["trial", _num(summary["best_trial"])], [escape(summary["monitor"]), _num(summary["best_value"])],
             *[[escape(k), _num(v)] for k, v in hp.items()]]
+    if summary.get("best_reason"):
+        rows.insert(1, ["why this trial", escape(summary["best_reason"])])
     for part, kwargs in (summary.get("task_args") or {}).items():
         rows += [[escape(f"{part}.{k}"), _num(v)] for k, v in kwargs.items()]
     test = (summary.get("best_summary") or {}).get("test") or {}

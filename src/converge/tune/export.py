@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from converge.decide.reported_trial import Scored, reported_trial
 from converge.engine.optim import OPTIMIZERS
 from converge.io.atomic import atomic_write_bytes
 from converge.io.runfolder import BEST_WEIGHTS, SUMMARY, TUNE_REPORT, RunFolder
@@ -68,9 +69,11 @@ def export_study(study, out: Path, *, task, base, wanted: int, status: str, stor
         "best_trial": None, "best_value": None, "best_params": None, "best_hyperparameters": None,
         "task_args": None, "reproduce": None, "best_weights": None, "best_run_dir": None,
     }
-    best = _best_trial(study)
+    best, reason = reported_trial_of(trials, base.mode)
     if best is not None:
         summary.update(_best_fields(best, out, task=task, base=base, options=options))
+        summary["best_reason"] = reason
+        summary["best_by_value"] = _best_by_value(study)
     importances, method = param_importances(trials, study.direction.name.lower())
     summary["importances"], summary["importance_method"] = importances, method
     folder = RunFolder(out)
@@ -81,19 +84,42 @@ def export_study(study, out: Path, *, task, base, wanted: int, status: str, stor
     return summary
 
 
-def _best_trial(study):
+def reported_trial_of(trials, mode: str):
+    """The trial to report and why (`converge.decide.reported_trial`): the automatic choice (the warm start)
+    unless another complete trial beats it by more than the validation noise. (None, None): none complete."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite(t.value) is not None]
+    scored = [Scored(t.number, float(t.value), tuple(t.user_attrs["val_parts"]) if t.user_attrs.get("val_parts")
+                     else None) for t in complete]
+    automatic = next((t.number for t in complete if t.user_attrs.get("warm_start")), None)
+    chosen = reported_trial(scored, automatic, mode)
+    if chosen is None:
+        return None, None
+    return next(t for t in complete if t.number == chosen.number), chosen.reason
+
+
+def _best_by_value(study) -> int | None:
     try:
-        return study.best_trial
+        return study.best_trial.number
     except ValueError:  # no complete trial yet
         return None
 
 
+def trial_knobs(trial) -> dict:
+    """The knobs a trial trained with: as recorded (the warm start's are the automatic choice's exact values,
+    warmup included), else from its Optuna parameters (a study begun by an older converge)."""
+    return dict(trial.user_attrs.get("knobs") or knobs_of(trial.params))
+
+
 def _best_fields(best, out: Path, *, task, base, options: dict) -> dict:
-    knobs = knobs_of(best.params)
+    knobs = trial_knobs(best)
     task_args = best.user_attrs.get("task_args") or {"model": {}, "data": {}}
     run_dir = Path(best.user_attrs.get("run_dir", ""))
     fields = {"best_trial": best.number, "best_value": best.value, "best_params": dict(best.params),
-              "best_hyperparameters": knobs, "task_args": task_args, "best_run_dir": str(run_dir),
+              # The four searched knobs, as the trial's summary.json names them; the warmup is in the command.
+              "best_hyperparameters": {k: knobs[k] for k in ("optimizer", "lr", "weight_decay", "batch_size")},
+              "task_args": task_args, "best_run_dir": str(run_dir),
               "best_epochs": best.user_attrs.get("epochs"), "best_host": best.user_attrs.get("host"),
               "reproduce": reproduce_command(task.path, knobs, seed=base.seed, task_args=task_args,
                                              options=options)}
@@ -118,7 +144,8 @@ def _print_end(summary: dict, out: Path, print_fn) -> None:
     if summary["best_trial"] is None:
         print_fn("tune: no trial completed yet")
     else:
-        print_fn(f"tune: best trial {summary['best_trial']}: {summary['monitor']} {summary['best_value']:.6g}")
+        print_fn(f"tune: best trial {summary['best_trial']}: {summary['monitor']} {summary['best_value']:.6g} "
+                 f"({summary['best_reason']})")
         print_fn(f"reproduce: {summary['reproduce']}")
         if summary["best_weights"] is None:
             print_fn(f"tune: the best trial ran on {summary.get('best_host')}; its weights are in "
@@ -226,6 +253,8 @@ def reproduce_command(task: Path, knobs: dict, *, seed: int, task_args: dict, op
     words = ["converge", "train", str(task), "--optimizer", knobs["optimizer"], "--lr", repr(float(knobs["lr"])),
              "--weight-decay", repr(float(knobs["weight_decay"])), "--batch-size", str(int(knobs["batch_size"])),
              "--seed", str(seed)]
+    if knobs.get("warmup_steps"):  # the automatic choice's warmup (the warm start); searched trials have none
+        words += ["--warmup-steps", str(int(knobs["warmup_steps"]))]
     for name, value in options.items():
         if value is False:                 # an on-by-default switch turned off: --no-standardize
             words.append(f"--no-{name.replace('_', '-')}")

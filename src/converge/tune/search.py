@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import socket
+import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -108,6 +109,54 @@ def warm_start_params(chosen, batch_sizes: list[int]) -> dict:
             f"lr_{chosen.optimizer}": min(max(float(chosen.lr), low), high),
             "weight_decay": min(max(float(chosen.weight_decay), WEIGHT_DECAY[0]), WEIGHT_DECAY[1]),
             "batch_size": min(batch_sizes, key=lambda size: abs(math.log2(size / chosen.batch_size)))}
+
+
+def automatic_knobs(chosen) -> dict:
+    """The knobs the automatic choice ``chosen`` (a TrainConfig with every knob set) trains with, exactly."""
+    return {"optimizer": chosen.optimizer, "lr": float(chosen.lr), "weight_decay": float(chosen.weight_decay),
+            "batch_size": int(chosen.batch_size), "warmup_steps": int(chosen.warmup_steps)}
+
+
+VALIDATION_PARTS = 16   # fixed parts of the validation split each complete trial is scored on
+
+
+class _OneBatch:
+    """One batch posing as a split, for `converge.engine.evaluation.evaluate`."""
+
+    def __init__(self, inputs, targets) -> None:
+        self.inputs, self.targets = inputs, targets
+
+    def batches(self, batch_size: int):
+        yield self.inputs, self.targets
+
+
+def validation_parts(trainer, key: str, parts: int = VALIDATION_PARTS) -> list[float] | None:
+    """The monitored value ``key`` of the trainer's model (its kept weights, at the end of a run) on the
+    validation split cut in order into ``parts`` parts of equal size (a user's DataLoader: its own batches,
+    grouped into ``parts`` runs of neighbours). None when the split has no size or too few samples."""
+    from converge.engine.evaluation import evaluate
+
+    split = trainer.splits.get("val")
+    try:
+        size = len(split)
+    except TypeError:
+        return None
+    if size < 2 * parts:
+        return None
+    name = key.removeprefix("val_")
+    values = []
+    for inputs, targets in split.batches(math.ceil(size / parts)):
+        scored = evaluate(trainer.model, _OneBatch(inputs, targets), trainer.objective, batch_size=size,
+                          amp=trainer.config.amp, device=trainer.device)
+        values.append(float(scored[name]))
+    if len(values) > parts:  # a DataLoader with its own batch size: neighbouring batches averaged together
+        values = [statistics.fmean(group) for group in _groups(values, parts)]
+    return values if len(values) >= 2 and all(math.isfinite(v) for v in values) else None
+
+
+def _groups(values: list[float], count: int) -> list[list[float]]:
+    cuts = [round(i * len(values) / count) for i in range(count + 1)]
+    return [values[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 class EpochJudge:
@@ -255,6 +304,7 @@ class _Worker:
                             steps_per_epoch=self.base.steps_per_epoch).get("train")
         # A stream has no size to cap the batch by: every size is a choice.
         self.batch_sizes = list(BATCH_SIZES) if getattr(train, "stream", False) else batch_choices(len(train))
+        self._check_search_space()
         info = self._check_folder()
         if self.spec.url is None:  # the journal lives in the folder
             self._make_folder()
@@ -274,6 +324,15 @@ class _Worker:
         self.locks = st.WorkerLock(self.out).acquire()
         self.print(f"tune: study {self.study_name!r} in {self.spec.shown}, {direction} {self.base.monitor}; "
                    f"worker {self.locks.id}")
+
+    def _check_search_space(self) -> None:
+        """The task's search_space(trial), tried once on a throwaway study: trial 0, the automatic choice,
+        does not call it, so a bad one would otherwise surface only at trial 1."""
+        import optuna
+
+        if self.task.search_space is not None:
+            scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+            suggest(scratch.ask(), self.batch_sizes, self.task.search_space)
 
     def _pruner(self):
         import optuna
@@ -353,8 +412,11 @@ class _Worker:
             return  # a study that has begun has had its start
         tuning = automatic_choice(self.task, self.base)
         params = warm_start_params(tuning.config, self.batch_sizes)
-        # skip_if_exists: two workers starting together choose the same values; one trial is queued.
-        self.study.enqueue_trial(params, user_attrs={"warm_start": True, "tuning_epochs": tuning.epochs},
+        # The trial trains with the choice exactly (LR, batch size and warmup as chosen, the task's own
+        # defaults for its arguments), so that it is the run `converge train` makes; TPE sees the values
+        # clipped to its space. skip_if_exists: two workers starting together queue one trial.
+        self.study.enqueue_trial(params, user_attrs={"warm_start": True, "tuning_epochs": tuning.epochs,
+                                                     "automatic": automatic_knobs(tuning.config)},
                                  skip_if_exists=True)
         self.print(f"tune: trial 0 starts from converge's automatic choice: {tuning.config.optimizer} lr "
                    f"{tuning.config.lr:.3g} wd {tuning.config.weight_decay:g} batch {tuning.config.batch_size} "
@@ -406,17 +468,21 @@ class _Worker:
         self._check_surplus(trial, wanted)
         trial.set_user_attr("worker", self.locks.id)
         trial.set_user_attr("host", socket.gethostname())
-        knobs, task_args = suggest(trial, self.batch_sizes, self.task.search_space)
+        automatic = trial.user_attrs.get("automatic")
+        knobs, task_args = suggest(trial, self.batch_sizes, None if automatic else self.task.search_space)
+        knobs = automatic or knobs
         run_dir = self.out / TRIALS / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("task_args", task_args)
+        trial.set_user_attr("knobs", knobs)
         config = self.base.with_values(**knobs)
         judge = EpochJudge(trial, f"val_{config.monitor.removeprefix('val_')}", config.mode,
                            laggards=self.pruner_name != "none")
         try:
             run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
                                 task_args=task_args, epoch_judge=judge)
-            summary = run.run().summary
+            parts: list = []
+            summary = run.run(on_trained=lambda trainer: parts.append(self._validation_parts(trainer))).summary
         except StorageError as exc:  # the trial failed; the study is whole, and a rerun goes on with it
             raise exc.with_advice(state=f"trial {trial.number} failed, the study's finished trials are kept",
                                   then="run the same `converge tune` command again") from None
@@ -429,7 +495,17 @@ class _Worker:
             raise _Interrupted(summary["stop_reason"])
         if status in (Status.PRUNED, Status.DIVERGED) or best is None or not math.isfinite(best):
             raise optuna.TrialPruned(summary["stop_reason"])
+        trial.set_user_attr("val_parts", parts[0] if parts else None)
         return float(best)
+
+    @staticmethod
+    def _validation_parts(trainer) -> list[float] | None:
+        """The kept weights scored on fixed parts of the validation split (how the report tells a trial that is
+        better than the automatic choice from one that drew luckier validation samples); only for a trial
+        that finished, and on the inputs it trained on (before a standardization is folded into the model)."""
+        if trainer.status not in (Status.CONVERGED, Status.MAX_EPOCHS):
+            return None
+        return validation_parts(trainer, trainer.monitor_key)
 
     def _check_surplus(self, trial, wanted: int) -> None:
         """Only the first ``wanted`` trials that have not failed are run (by trial number)."""
