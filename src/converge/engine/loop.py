@@ -126,6 +126,8 @@ class Trainer:
         self.console.start(self.config.max_epochs)
         self.record.start(first_epoch=self.epoch + 1, fresh=not self.history and self.step == 0, step=self.step,
                           params=self.config.to_dict())
+        if self.status is None:
+            self.judge.start_reference(self.model, self.device)  # the end-of-run yardstick, beside training
         try:
             with StopSignals() as signals:
                 while self.status is None:
@@ -331,7 +333,13 @@ class Trainer:
                 self._stop(Status.PRUNED, str(reason))
                 notes.append("pruned")
         self.record.publish_epoch(record, notes)
-        self._checkpoint()
+        if not self._last_epoch():
+            self._checkpoint()  # the last epoch's is the final checkpoint, written by _finish
+
+    def _last_epoch(self) -> bool:
+        """Whether the run ends after the epoch that just ended (a stop, or its epoch or step budget spent)."""
+        return self.status is not None or self.epoch >= self.config.max_epochs or \
+            (self.max_steps is not None and self.step >= self.max_steps)
 
     def _decide(self, record: dict, lr: float) -> list[str]:
         """The tracker's verdict on the monitored value, acted on: keep the best weights, cut the LR, stop."""
@@ -378,7 +386,7 @@ class Trainer:
     def _finish(self) -> FitResult:
         finished = self.status is not Status.INTERRUPTED
         # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
-        self._checkpoint(final=True)
+        self._checkpoint(final=True, restoring=finished and self.restore_best)
         if finished and self.restore_best:
             self.model.load_state_dict(self.best_state)
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
@@ -389,6 +397,8 @@ class Trainer:
             evaluate=self.evaluate, model=self.model, history=self.history, events=self.events, status=self.status,
             config=self.config, monitor=self.monitor_key, best_record=self.best_record, epoch=self.epoch,
             world=self.world) if finished else {"diagnosis": []})
+        if not finished:
+            self.judge.stop_reference()
         summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)
         return FitResult(self.model, summary, list(self.history), list(self.events), self.record.run_dir)
 
@@ -477,15 +487,48 @@ class Trainer:
     def _checkpoint_state(self) -> dict:
         state = self.state_dict(self.clock.wall_seconds(), self.clock.train_seconds())
         state["progress"].update(self.in_epoch.position())  # summed over all ranks (rank 0 writes it)
+        weights = state["model"]
+        if self._weights_are_best(weights):
+            # The file holds them once: torch.save writes a storage once however often it is referenced, and
+            # a resume copies "model" into the live model (a quarter of an AdamW checkpoint less to write).
+            for name in weights:
+                weights[name] = self.best_state[name]
         return state
 
-    def _checkpoint(self, *, final: bool = False) -> None:
+    def _settled(self, state: dict, *, restoring: bool) -> dict:
+        """``state`` as it may be serialized while the run's end goes on: its lists and dicts copied (events
+        are still added), its tensors shared, for nothing changes them any more; but for the model's weights
+        when the best ones are about to be loaded over them (``restoring``) and they are not those already:
+        then a copy, which costs no more memory than the gradients training held (freed at every step)."""
+        state = ckpt.settled(state)
+        if restoring:
+            weights, copies = state["model"], {}
+            for name, value in weights.items():
+                if isinstance(value, torch.Tensor) and value is not self.best_state.get(name):
+                    key = (value.data_ptr(), value.shape, value.stride())  # tied weights stay tied
+                    if key not in copies:
+                        copies[key] = value.detach().clone()
+                    weights[name] = copies[key]
+        return state
+
+    def _weights_are_best(self, weights: dict) -> bool:
+        """Whether the model's weights are, value for value, the best weights' snapshot (as at the end of the
+        epoch that made it, while no step has been taken since)."""
+        best = self.best_state
+        if self.tracker.best_epoch != self.epoch or weights.keys() != best.keys():
+            return False
+        return all(isinstance(value, torch.Tensor) and value.shape == best[name].shape
+                   and value.dtype == best[name].dtype and value.device == best[name].device
+                   and torch.equal(value, best[name]) for name, value in weights.items())
+
+    def _checkpoint(self, *, final: bool = False, restoring: bool = False) -> None:
         """Write the state (with a run folder), and make it the guard's rollback target: every caller
         checks the guard's window first, so a checkpointed state is a known-good one. A checkpoint costs
         at most a small share of the training time (`converge.decide.cadence`): one that comes too soon
         after the last, or while the last is still being written, is skipped; a ``final`` one (the end of
-        the run, a stop) never is. Data-parallel ranks without a folder take part too: the epoch's loss
-        sum is a collective."""
+        the run, a stop) never is, and is serialized in the background while the run's end is judged
+        (``restoring``: the best weights are about to be loaded over the model's). Data-parallel ranks
+        without a folder take part too: the epoch's loss sum is a collective."""
         folder, guard = self.record.folder, self.guard
         if folder is None:
             if guard is not None and not self._main_writes:
@@ -494,7 +537,10 @@ class Trainer:
                 self.in_epoch.sums()  # rank 0's checkpoint sums the epoch's loss over all ranks (a collective)
             return
         state = self._checkpoint_state()
-        if (final or self.record.checkpoint_due()) and self.record.save_checkpoint(state, wait=final):
+        if final:
+            state = self._settled(state, restoring=restoring)
+        if (final or self.record.checkpoint_due(state=state)) and \
+                self.record.save_checkpoint(state, wait=final, settled=final):
             if guard is not None:
                 guard.remember_on_disk(folder)
 

@@ -16,10 +16,11 @@ from typing import Callable
 import torch
 
 from converge.console import Console
-from converge.decide.cadence import checkpoint_due
+from converge.decide.cadence import checkpoint_due, estimated_cost
 from converge.errors import StorageError
 from converge.lazy import preload
 from converge.io.atomic import atomic_write_bytes
+from converge.io.checkpoint import state_bytes
 from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY, TENSORBOARD_DIR, RunFolder
 from converge.io.weights import write_weights
 
@@ -45,6 +46,7 @@ class RunRecorder:
         self._mlflow = None
         self._last_checkpoint = time.monotonic()
         self._checkpoint_cost: float | None = None   # seconds the last checkpoint cost the training loop
+        self._estimated_cost: float | None = None    # the first one's, from its size, until one is timed
 
     @property
     def run_dir(self):
@@ -110,21 +112,28 @@ class RunRecorder:
             self.folder.write_later(BEST_WEIGHTS, lambda path: write_weights(
                 path, export(best_state) if export is not None else best_state))
 
-    def checkpoint_due(self, *, floor: float = 0.0) -> bool:
+    def checkpoint_due(self, *, floor: float = 0.0, state: dict | None = None) -> bool:
         """Whether a checkpoint is due now: its cost is kept to a small share of the training time
-        (`converge.decide.cadence`); ``floor``: the fewest seconds since the last one."""
-        return checkpoint_due(time.monotonic() - self._last_checkpoint, self._checkpoint_cost, floor=floor)
+        (`converge.decide.cadence`); ``floor``: the fewest seconds since the last one. ``state``: the
+        checkpoint about to be written; before one has been timed, its size gives the estimate of the cost
+        (kept: the next asks need no state)."""
+        cost = self._checkpoint_cost
+        if cost is None and self._estimated_cost is None and state is not None:
+            self._estimated_cost = estimated_cost(state_bytes(state))
+        return checkpoint_due(time.monotonic() - self._last_checkpoint,
+                              cost if cost is not None else self._estimated_cost, floor=floor)
 
-    def save_checkpoint(self, state: dict, *, wait: bool = False) -> bool:
-        """Hand ``state`` to the folder's writer (see `RunFolder.write_checkpoint_later`); False when it was
-        skipped because the previous checkpoint is still being written."""
+    def save_checkpoint(self, state: dict, *, wait: bool = False, settled: bool = False) -> bool:
+        """Hand ``state`` to the folder's writer (see `RunFolder.write_checkpoint_later`, and its ``settled``);
+        False when it was skipped because the previous checkpoint is still being written."""
         if self.folder is None:
             return False
         started = time.monotonic()
-        if not self.folder.write_checkpoint_later(state, wait=wait):
+        if not self.folder.write_checkpoint_later(state, wait=wait, settled=settled):
             return False
         self._last_checkpoint = time.monotonic()
-        self._checkpoint_cost = self._last_checkpoint - started
+        if not settled:  # a settled one costs the loop nothing: it says nothing of the next one's cost
+            self._checkpoint_cost = self._last_checkpoint - started
         return True
 
     # --- resume --------------------------------------------------------------------------------------
