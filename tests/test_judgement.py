@@ -369,8 +369,8 @@ def test_a_range_test_that_never_left_the_constant_level_is_no_evidence():
 
 
 def test_the_reference_trained_beside_the_run_is_the_one_trained_at_the_end(monkeypatch):
-    """On the CPU the reference trains in a thread beside the run: the same yardstick as when it is trained at
-    the end, and the run's own training (its random streams) unchanged."""
+    """On the CPU, with a core idle, the reference trains in a thread beside the run: the same yardstick as when
+    it is trained at the end, and the run's own training (its random streams) unchanged."""
     from sklearn.datasets import make_friedman1
 
     from converge.assembly import Output, assemble, make_config
@@ -388,6 +388,7 @@ def test_the_reference_trained_beside_the_run_is_the_one_trained_at_the_end(monk
                              output=Output(None), verbose=False)
         return assembled.trainer, assembled.run()
 
+    monkeypatch.setattr("converge.engine.judge.core_to_spare", lambda: True)  # whatever the machine's load
     beside, result = run()
     assert beside.judge._reference is not None and not beside.judge._reference.stopped
     monkeypatch.setattr(RunJudge, "start_reference", lambda self, model, device: None)
@@ -399,3 +400,15 @@ def test_the_reference_trained_beside_the_run_is_the_one_trained_at_the_end(monk
         [(r["train_loss"], r["val_loss"]) for r in expected.history]
     for name, tensor in beside.model.state_dict().items():
         assert torch.equal(tensor, at_end.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("cores, load, threads, beside", [
+    (2, 0.9, 1, True),     # one thread on two cores of a quiet machine (bench/memory.py)
+    (2, 1.6, 1, False),    # others use the second core
+    (2, 0.2, 2, False),    # the run's operations use both cores
+    (16, 3.0, 8, True),
+])
+def test_the_reference_trains_beside_the_run_only_on_an_idle_core(cores, load, threads, beside):
+    from converge.engine.judge import idle_beside
+
+    assert idle_beside(cores, load, threads) is beside

@@ -7,9 +7,10 @@ Two yardsticks, measured here so that the rules of `converge.decide.diagnosis` s
   (`TargetStats`, on the device, no sync). It is learned once the first epoch ends, because the
   divergence guard's collapse test and the plateau's negligible gain use it too;
 * the reference model's validation loss (`converge.engine.reference`), used at the end only when the
-  underfitting rule could fire with it (`needs_reference`). While a run trains on the CPU it is trained
-  beside it, in a thread of its own (`start_reference`: the run's thread then finds it ready, about a
-  second sooner, and a run that does not want it stops it); otherwise it is trained at the end, when wanted.
+  underfitting rule could fire with it (`needs_reference`). While a run trains on the CPU with a core idle
+  beside it, it is trained there, in a thread of its own (`start_reference`: the run's end then finds it
+  ready, about a second sooner, and a run that does not want it stops it); otherwise it is trained at the
+  end, when wanted.
 
 At the end the kept weights are also scored on the training split, beside their validation values, for
 the generalization gap. The Trainer asks once (`conclude`); while it trains it only feeds the first epoch's
@@ -18,6 +19,7 @@ targets and asks for the live findings (overfitting, an LR too high) of each epo
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable
 
@@ -45,12 +47,12 @@ class RunJudge:
 
     def start_reference(self, model: nn.Module, device: torch.device) -> None:
         """From the run's thread, before it trains: train the reference model in a thread of its own, when
-        there can be one and the data is on the CPU (another core then does it while the run trains; on an
-        accelerator it would take the run's memory). ``model``: the user's, whose bottleneck bounds the
+        there can be one, the data is on the CPU (on an accelerator it would take the run's memory) and a core
+        is idle beside the run (`core_to_spare`: on a busy machine it would slow the run by what it saves). ``model``: the user's, whose bottleneck bounds the
         reference's width (run once here, between steps); ``device``: the run's. Once per run."""
         if self._reference is not None and not self._reference.stopped:
             return
-        if device.type != "cpu" or not reference_applies(self.splits, self.objective):
+        if device.type != "cpu" or not reference_applies(self.splits, self.objective) or not core_to_spare():
             return
         width = reference_width(self.splits, model)
         splits, objective, seed = self.splits, self.objective, self.seed
@@ -138,6 +140,26 @@ def new_live_findings(history: list[dict], events: list[dict], *, weight_decay: 
     told = {e.get("code") for e in events if e.get("event") == "diagnosis"}
     found = live_findings(history, events, weight_decay=weight_decay, monitor=monitor, mode=mode)
     return [f for f in found if f.code not in told]
+
+
+SPARE_CORE = 0.5   # idle cores (on average over the last minute) that make the reference train beside the run
+
+
+def core_to_spare() -> bool:
+    """Whether a core is idle beside the run: the usable cores exceed both torch's intra-op threads (what the
+    run's own operations use) and the machine's 1-minute load average by ``SPARE_CORE``. Unknown (no load
+    average on this system): no."""
+    try:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        load = os.getloadavg()[0]
+    except OSError:
+        return False
+    return idle_beside(cores, load, torch.get_num_threads())
+
+
+def idle_beside(cores: int, load: float, threads: int) -> bool:
+    """The rule of `core_to_spare`, on its numbers."""
+    return cores - max(load, threads) >= SPARE_CORE
 
 
 class _Background:
