@@ -345,7 +345,7 @@ MiB = 2**20
 
 @pytest.mark.parametrize("mib, since, due", [
     (1, 0.0, True),                                   # a small model: every epoch, as before
-    (384, 2.0, False),                                # a 25M-parameter AdamW run after a 2 s epoch: 19 %
+    (384, 2.0, False),                                # a 25M-parameter AdamW run after a 2 s epoch
     (384, 384 * MiB / ASSUMED_BYTES_PER_SECOND / MAX_SHARE, True),
 ])
 def test_the_first_checkpoint_costs_what_its_size_says(mib, since, due):

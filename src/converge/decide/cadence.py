@@ -7,9 +7,9 @@ last one cost the loop (``cost``: seconds spent serializing it on the training t
 * before ``floor`` seconds nothing is due (inside an epoch the floor is ``--checkpoint-seconds``; at an
   epoch's end there is none);
 * until one has been written its cost is estimated from its size (``estimated_cost``: the bytes at
-  ``ASSUMED_BYTES_PER_SECOND``, a fast disk's rate, so that the estimate errs towards writing); a
-  checkpoint whose cost is unknown or negligible (at most ``NEGLIGIBLE_SECONDS``: below about 50 MiB of
-  state) is due every time: small models checkpoint every epoch, as before;
+  ``ASSUMED_BYTES_PER_SECOND``); a checkpoint whose cost is unknown or negligible (at most
+  ``NEGLIGIBLE_SECONDS``: below about 25 MiB of state) is due every time: small models checkpoint every
+  epoch, as before;
 * otherwise it is due once ``cost <= MAX_SHARE * since_last``: a checkpoint that costs 0.3 s is
   written at most every 6 s of training, across epoch boundaries.
 
@@ -20,9 +20,11 @@ from __future__ import annotations
 
 MAX_SHARE = 0.05            # checkpoints may take at most this share of the training time
 NEGLIGIBLE_SECONDS = 0.05   # a checkpoint cheaper than this is always due
-# Serializing a 384 MiB state (a 25M-parameter model, AdamW, best weights) took 0.15-0.3 s on a quiet
-# 2-core machine and up to 1.5 s under load: a first guess on the fast side.
-ASSUMED_BYTES_PER_SECOND = 2**30
+# A first guess, until one is timed. Serializing a 384 MiB state (a 25M-parameter model, AdamW, best
+# weights) alone took 0.15-0.3 s on the 2-core development machine (1.3-2.7 GB/s), inside runs on that
+# machine under load 0.7-1.25 s (0.3-0.5 GB/s): a guess on the fast side of runs, so that it errs towards
+# writing.
+ASSUMED_BYTES_PER_SECOND = 2**29
 
 
 def estimated_cost(nbytes: int) -> float:

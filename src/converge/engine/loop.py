@@ -487,10 +487,14 @@ class Trainer:
     def _checkpoint_state(self) -> dict:
         state = self.state_dict(self.clock.wall_seconds(), self.clock.train_seconds())
         state["progress"].update(self.in_epoch.position())  # summed over all ranks (rank 0 writes it)
+        return state
+
+    def _weights_once(self, state: dict) -> dict:
+        """``state`` to be written, holding the model's weights once when they are the best weights: torch.save
+        writes a storage once however often it is referenced, and a resume copies "model" into the live model
+        (a quarter of an AdamW checkpoint less to write)."""
         weights = state["model"]
         if self._weights_are_best(weights):
-            # The file holds them once: torch.save writes a storage once however often it is referenced, and
-            # a resume copies "model" into the live model (a quarter of an AdamW checkpoint less to write).
             for name in weights:
                 weights[name] = self.best_state[name]
         return state
@@ -537,10 +541,12 @@ class Trainer:
                 self.in_epoch.sums()  # rank 0's checkpoint sums the epoch's loss over all ranks (a collective)
             return
         state = self._checkpoint_state()
+        if not (final or self.record.checkpoint_due(state=state)):
+            return
+        state = self._weights_once(state)
         if final:
             state = self._settled(state, restoring=restoring)
-        if (final or self.record.checkpoint_due(state=state)) and \
-                self.record.save_checkpoint(state, wait=final, settled=final):
+        if self.record.save_checkpoint(state, wait=final, settled=final):
             if guard is not None:
                 guard.remember_on_disk(folder)
 
