@@ -384,10 +384,31 @@ def test_the_last_epoch_is_checkpointed_once(tmp_path, monkeypatch):
 
 def test_a_checkpoint_too_costly_for_its_epoch_waits_for_the_final_one(tmp_path, monkeypatch):
     saves = _saves(monkeypatch)
-    monkeypatch.setattr("converge.engine.recorder.estimated_cost", lambda nbytes: 1e9)
-    _run(out=tmp_path / "run", max_epochs=3)
+    monkeypatch.setattr("converge.engine.recorder.estimated_cost", lambda nbytes, per_byte=None: 1e9)
+    _run(out=tmp_path / "run", max_epochs=3, guard=False)
     assert saves == [(3, True)]
     assert not (tmp_path / "run" / ckpt.PREVIOUS).exists()
+
+
+def test_a_large_state_is_checkpointed_at_the_start_rather_than_copied_for_the_guard(tmp_path, monkeypatch):
+    from converge.engine.guard import DivergenceGuard
+
+    saves = _saves(monkeypatch)
+    for module in ("recorder", "loop"):
+        monkeypatch.setattr(f"converge.engine.{module}.estimated_cost", lambda nbytes, per_byte=None: 1e9)
+    copies = []
+    monkeypatch.setattr(DivergenceGuard, "remember_now", lambda self, **state: copies.append(state))
+    trainer, _ = _run(out=tmp_path / "run", max_epochs=3)
+    assert saves == [(0, False), (3, True)]
+    assert copies == [] and trainer.guard.good_folder is trainer.record.folder
+
+
+@pytest.mark.parametrize("nbytes, seconds_per_byte, cost", [
+    (2**30, None, 2**30 / ASSUMED_BYTES_PER_SECOND),   # before one has been timed: the guessed rate
+    (3 * 2**20, 1e-9, 3 * 2**20 * 1e-9),               # then at what the last one cost per byte: a small
+])                                                      # start checkpoint does not make a full one look cheap
+def test_a_checkpoint_costs_its_size_at_the_last_rate(nbytes, seconds_per_byte, cost):
+    assert estimated_cost(nbytes, seconds_per_byte) == pytest.approx(cost)
 
 
 def test_a_checkpoint_at_the_best_epoch_holds_the_weights_once(tmp_path):

@@ -29,6 +29,7 @@ from converge.config import TrainConfig
 from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.divergence import GuardPolicy
+from converge.decide.cadence import estimated_cost, negligible
 from converge.decide.plateau import negligible_gain
 from converge.engine import device as dev
 from converge.engine.clock import RunClock
@@ -525,13 +526,14 @@ class Trainer:
                    and value.dtype == best[name].dtype and value.device == best[name].device
                    and torch.equal(value, best[name]) for name, value in weights.items())
 
-    def _checkpoint(self, *, final: bool = False, restoring: bool = False) -> None:
+    def _checkpoint(self, *, final: bool = False, restoring: bool = False, start: bool = False) -> None:
         """Write the state (with a run folder), and make it the guard's rollback target: every caller
         checks the guard's window first, so a checkpointed state is a known-good one. A checkpoint costs
         at most a small share of the training time (`converge.decide.cadence`): one that comes too soon
         after the last, or while the last is still being written, is skipped; a ``final`` one (the end of
         the run, a stop) never is, and is serialized in the background while the run's end is judged
-        (``restoring``: the best weights are about to be loaded over the model's). Data-parallel ranks
+        (``restoring``: the best weights are about to be loaded over the model's); nor is one at the
+        ``start`` (see `_remember_start`). Data-parallel ranks
         without a folder take part too: the epoch's loss sum is a collective."""
         folder, guard = self.record.folder, self.guard
         if folder is None:
@@ -541,20 +543,27 @@ class Trainer:
                 self.in_epoch.sums()  # rank 0's checkpoint sums the epoch's loss over all ranks (a collective)
             return
         state = self._checkpoint_state()
-        if not (final or self.record.checkpoint_due(state=state)):
+        if not (final or start or self.record.checkpoint_due(state=state)):
             return
         state = self._weights_once(state)
         if final:
             state = self._settled(state, restoring=restoring)
-        if self.record.save_checkpoint(state, wait=final, settled=final):
+        if self.record.save_checkpoint(state, wait=final or start, settled=final):
             if guard is not None:
                 guard.remember_on_disk(folder)
 
     def _remember_start(self) -> None:
         """The guard's first target: the checkpoint resumed from, or (before the first checkpoint) a copy
-        of the state, cheap at the start of a run (the optimizer holds no state yet)."""
-        if self._resumed and self.record.folder is not None:
-            self.guard.remember_on_disk(self.record.folder)
+        of the state, cheap at the start of a run (the optimizer holds no state yet). But a large state that
+        this process alone writes is checkpointed now instead: the cadence may put its next checkpoint off
+        for many epochs, and the copy's weights would be held that long, beside training's peak (a
+        25M-parameter model: 96 MiB more, where this checkpoint holds its weights once, for 0.1-0.3 s)."""
+        folder = self.record.folder
+        if self._resumed and folder is not None:
+            self.guard.remember_on_disk(folder)
+        elif folder is not None and self.world is None and self.step == 0 and \
+                not negligible(estimated_cost(ckpt.state_bytes(self._checkpoint_state()))):
+            self._checkpoint(start=True)
         elif not (self.guard.from_main and not self.world.is_main):
             self._remember_copy()
 

@@ -45,8 +45,8 @@ class RunRecorder:
         self._mlflow_wanted = mlflow
         self._mlflow = None
         self._last_checkpoint = time.monotonic()
-        self._checkpoint_cost: float | None = None   # seconds the last checkpoint cost the training loop
-        self._estimated_cost: float | None = None    # the first one's, from its size, until one is timed
+        self._seconds_per_byte: float | None = None  # what the last checkpoint cost the training loop, per byte
+        self._expected_cost: float | None = None     # seconds the next one will cost, from the last state seen
 
     @property
     def run_dir(self):
@@ -115,13 +115,11 @@ class RunRecorder:
     def checkpoint_due(self, *, floor: float = 0.0, state: dict | None = None) -> bool:
         """Whether a checkpoint is due now: its cost is kept to a small share of the training time
         (`converge.decide.cadence`); ``floor``: the fewest seconds since the last one. ``state``: the
-        checkpoint about to be written; before one has been timed, its size gives the estimate of the cost
-        (kept: the next asks need no state)."""
-        cost = self._checkpoint_cost
-        if cost is None and self._estimated_cost is None and state is not None:
-            self._estimated_cost = estimated_cost(state_bytes(state))
-        return checkpoint_due(time.monotonic() - self._last_checkpoint,
-                              cost if cost is not None else self._estimated_cost, floor=floor)
+        checkpoint about to be written: its size at what the last one cost per byte is the cost expected
+        (kept: asks inside an epoch have no state)."""
+        if state is not None:
+            self._expected_cost = estimated_cost(state_bytes(state), self._seconds_per_byte)
+        return checkpoint_due(time.monotonic() - self._last_checkpoint, self._expected_cost, floor=floor)
 
     def save_checkpoint(self, state: dict, *, wait: bool = False, settled: bool = False) -> bool:
         """Hand ``state`` to the folder's writer (see `RunFolder.write_checkpoint_later`, and its ``settled``);
@@ -133,7 +131,9 @@ class RunRecorder:
             return False
         self._last_checkpoint = time.monotonic()
         if not settled:  # a settled one costs the loop nothing: it says nothing of the next one's cost
-            self._checkpoint_cost = self._last_checkpoint - started
+            nbytes = max(state_bytes(state), 1)
+            self._seconds_per_byte = (self._last_checkpoint - started) / nbytes
+            self._expected_cost = self._seconds_per_byte * nbytes
         return True
 
     # --- resume --------------------------------------------------------------------------------------
