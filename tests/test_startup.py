@@ -1,5 +1,4 @@
-"""The `converge` command's own process: no torch._dynamo import while nothing compiles, and the same training
-as in a library call."""
+"""converge's optimizers without torch._dynamo's import, and the same training as torch's own."""
 
 from __future__ import annotations
 
@@ -57,16 +56,36 @@ def test_a_run_switching_between_eager_and_torchs_adamw_goes_on_the_same():
     assert all(torch.equal(a, b) for a, b in zip(switching, plain))
 
 
-def test_a_library_call_keeps_torchs_own_adamw():
-    """defer_dynamo changes torch.optim for the whole process: only the command's own process asks for it."""
-    result = _python("""
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_converges_optimizers_never_import_dynamo(name):
+    result = _python(f"""
         import sys, torch
         from converge.engine.optim import build_optimizer
-        optimizer = build_optimizer(torch.nn.Linear(2, 2), "adamw", 0.01, 0.0)
-        print(type(optimizer).__name__, "torch._dynamo" in sys.modules)
+        model = torch.nn.Linear(2, 2)
+        optimizer = build_optimizer(model, {name!r}, 0.01, 0.1)
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(torch.randn(4, 2)).sum().backward()
+            optimizer.step()
+        optimizer.load_state_dict(optimizer.state_dict())
+        print("torch._dynamo" in sys.modules)
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["AdamW", "True"]
+    assert result.stdout.split() == ["False"]
+
+
+def test_torchs_own_adamw_imports_dynamo_which_is_what_eager_adamw_spares():
+    """The check above can fail: torch's AdamW, the same steps, imports it."""
+    result = _python("""
+        import sys, torch
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+        model(torch.randn(4, 2)).sum().backward()
+        optimizer.step()
+        print("torch._dynamo" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"]
 
 
 def test_the_command_trains_without_importing_dynamo(make_task, tmp_path):
@@ -84,13 +103,34 @@ def test_the_command_trains_without_importing_dynamo(make_task, tmp_path):
     assert (tmp_path / "run" / "summary.json").exists()
 
 
-def test_a_task_that_compiles_keeps_dynamo_as_torch_has_it():
-    result = _python("""
-        import sys, torch, torch._dynamo
-        from converge.lazy import defer_dynamo, dynamo_deferred
-        from converge.engine.optim import build_optimizer
-        took = defer_dynamo()
-        print(took, dynamo_deferred(), type(build_optimizer(torch.nn.Linear(2, 2), "adamw", 0.01, 0.0)).__name__)
-    """)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False", "AdamW"]
+class _TorchStepSGDW(torch.optim.SGD):
+    """SGDW as it was: the decoupled decay, then torch's own (decorated) SGD step."""
+
+    def __init__(self, params, lr, weight_decay):
+        super().__init__(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
+        self.decay = weight_decay
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        torch._foreach_mul_([p for g in self.param_groups for p in g["params"]], 1.0 - self.param_groups[0]["lr"]
+                            * self.decay)
+        return super().step(closure)
+
+
+def test_sgdw_takes_exactly_the_steps_of_torchs_sgd_after_the_decoupled_decay():
+    from converge.engine.optim import SGDW
+
+    def trained(build):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
+        optimizer = build(model)
+        x, y = torch.randn(16, 5), torch.randn(16, 2)
+        for _ in range(6):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    ours = trained(lambda m: SGDW([{"params": list(m.parameters()), "weight_decay": 0.1}], lr=0.05))
+    theirs = trained(lambda m: _TorchStepSGDW(m.parameters(), lr=0.05, weight_decay=0.1))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))

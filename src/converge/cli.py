@@ -220,9 +220,6 @@ TRAIN_OPTIONS = ("optimizer", "lr", "weight_decay", "batch_size", "max_epochs", 
 
 def entry() -> int:
     """The `converge` command in a process of its own (the console script, ``python -m converge``)."""
-    from converge.lazy import defer_dynamo
-
-    defer_dynamo()
     code = main()
     # At exit the interpreter's last collections walk every object torch, scikit-learn and matplotlib made
     # (0.8-1 s measured on 2 CPUs); frozen, they are skipped. Files, threads and atexit handlers end as usual.

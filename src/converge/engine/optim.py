@@ -9,7 +9,6 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from converge.lazy import dynamo_deferred, preload_dynamo
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -36,22 +35,40 @@ def _adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
 
 
 def adamw(params, **options) -> torch.optim.AdamW:
-    """torch's AdamW (``options`` as it takes them), as an :class:`EagerAdamW` where the process defers
-    torch._dynamo; also for converge's own small models (the reference model, the doctor's probes)."""
-    if dynamo_deferred() and _PLAIN_ADAM_STEP is not None:
+    """torch's AdamW (``options`` as it takes them) without its torch._dynamo import (:class:`EagerAdamW`),
+    where this torch allows; also for converge's own small models (the reference model, the doctor's probes)."""
+    if _PLAIN_ADAM_STEP is not None:
         return EagerAdamW(params, **options)
     return torch.optim.AdamW(params, **options)
 
 
-# torch's Adam step without its decorator, whose only other work is two torch._dynamo.graph_break() calls
+def _plain_methods() -> dict:
+    """torch.optim.Optimizer's methods that torch wraps against ``torch.compile`` tracing them (``add_param_group``,
+    ``zero_grad``, ``state_dict``, ``load_state_dict`` in torch 2.13), unwrapped: the wrapper imports torch._dynamo
+    at its first call (1.2-1.5 s) and, outside a compiled region, then runs the same function."""
+    import torch._compile
+
+    wrapper_code = torch._compile._disable_dynamo(lambda: None).__code__
+    return {name: method.__wrapped__ for name, method in vars(torch.optim.Optimizer).items()
+            if getattr(method, "__code__", None) is wrapper_code and hasattr(method, "__wrapped__")}
+
+
+class WithoutDynamo:
+    """Mixed into converge's optimizers, before torch's class: its methods without their guard against
+    ``torch.compile``, which imports torch._dynamo (1.2-1.5 s of a short run) for nothing here: converge
+    never steps its optimizer inside a compiled region."""
+
+
+for _name, _method in _plain_methods().items():
+    setattr(WithoutDynamo, _name, _method)
+
+# torch's Adam step without its decorator, whose other work is two torch._dynamo.graph_break() calls
 _PLAIN_ADAM_STEP = getattr(torch.optim.Adam.step, "__wrapped__", None)
 
 
-class EagerAdamW(torch.optim.AdamW):
-    """torch's AdamW, stepped without the graph breaks that keep ``torch.compile`` from fusing the step into a
-    training graph: they import torch._dynamo at the first step (1.2-1.5 s of a short run). Only used where
-    :func:`converge.lazy.defer_dynamo` took effect, i.e. nothing in the process compiles. The same update,
-    state and ``state_dict`` as ``torch.optim.AdamW``."""
+class EagerAdamW(WithoutDynamo, torch.optim.AdamW):
+    """torch's AdamW without the guards against ``torch.compile`` (see :class:`WithoutDynamo`), its step
+    included: the same update, state and ``state_dict`` as ``torch.optim.AdamW``."""
 
     def step(self, closure=None):
         with torch.set_grad_enabled(self.defaults["differentiable"]):
@@ -91,11 +108,10 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
         raise ValueError("the model has no trainable parameters")
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}")
-    preload_dynamo()  # the first optimizer imports it; see converge.lazy
     return OPTIMIZERS[name].build(groups, lr)
 
 
-class SGDW(torch.optim.SGD):
+class SGDW(WithoutDynamo, torch.optim.SGD):
     """SGD with Nesterov momentum 0.9 and *decoupled* weight decay (Loshchilov & Hutter): weights shrink
     by ``lr * weight_decay`` each step instead of the decay being added to the gradient, where momentum
     would amplify it and mix it into the update direction."""
@@ -113,7 +129,13 @@ class SGDW(torch.optim.SGD):
             params = [p for p in group["params"] if p.grad is not None]
             if decay and params:
                 torch._foreach_mul_(params, 1.0 - group["lr"] * decay)
-        return super().step(closure)
+        if _PLAIN_SGD_STEP is None:
+            return super().step(closure)
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return _PLAIN_SGD_STEP(self, closure)  # as EagerAdamW's: without torch._dynamo's import
+
+
+_PLAIN_SGD_STEP = getattr(torch.optim.SGD.step, "__wrapped__", None)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
