@@ -72,7 +72,9 @@ class RunRecorder:
         if self.folder is None:
             return
         # The end draws curves.png with matplotlib: imported beside training (0.3-0.7 s measured), not after it.
-        self.folder.prepare_later(_import_figure_modules)
+        # Not in a process group: a rank that fails while the import runs aborts at exit (seen with gloo).
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            self.folder.prepare_later(_import_figure_modules)
         if fresh:
             self.folder.events.rewrite(self.events)
         if self._tensorboard_wanted and self._tensorboard is None:
