@@ -10,7 +10,6 @@ only keeps the record in memory and prints.
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Callable
 
@@ -28,11 +27,6 @@ from converge.io.weights import write_weights
 
 FIGURE_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker", "matplotlib.legend",
                   "matplotlib.transforms")
-
-
-def _import_figure_modules() -> None:
-    for name in FIGURE_MODULES:
-        importlib.import_module(name)
 
 
 class RunRecorder:
@@ -71,10 +65,6 @@ class RunRecorder:
             self._start_mlflow(first_epoch - 1, step, params or {})
         if self.folder is None:
             return
-        # The end draws curves.png with matplotlib: imported beside training (0.3-0.7 s measured), not after it.
-        # Not in a process group: a rank that fails while the import runs aborts at exit (seen with gloo).
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            self.folder.prepare_later(_import_figure_modules)
         if fresh:
             self.folder.events.rewrite(self.events)
         if self._tensorboard_wanted and self._tensorboard is None:

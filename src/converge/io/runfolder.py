@@ -365,11 +365,6 @@ class RunFolder:
         self.flush()
         return ckpt.load_checkpoint(self.path, mmap=True)[0]
 
-    def prepare_later(self, work: Callable[[], None]) -> None:
-        """``work()`` on the background writer, ahead of a need (an import the end of the run will make): not
-        a write, so nothing waits for it and its failure is left to the need, which meets it again."""
-        self._background().submit(_ignoring_failure, work)
-
     def _background(self) -> ThreadPoolExecutor:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="converge-writer")
@@ -417,10 +412,3 @@ class RunFolder:
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self.path / name)
-
-
-def _ignoring_failure(work: Callable[[], None]) -> None:
-    try:
-        work()
-    except Exception:  # see RunFolder.prepare_later
-        pass
