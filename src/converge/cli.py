@@ -223,7 +223,10 @@ def entry() -> int:
     code = main()
     # At exit the interpreter's last collections walk every object torch, scikit-learn and matplotlib made
     # (0.8-1 s measured on 2 CPUs); frozen, they are skipped. Files, threads and atexit handlers end as usual.
-    gc.freeze()
+    # Only after a command that succeeded: what a failed write of torch's leaves behind must be collected at
+    # exit, or the process aborts (full-disk cases of the fault battery).
+    if code == 0:
+        gc.freeze()
     return code
 
 
