@@ -35,4 +35,3 @@ def preload(*names: str) -> None:
     thread.join()
     if failures:
         raise failures[0]
-

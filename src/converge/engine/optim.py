@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 
-
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices and kernels (ndim >= 2); leave biases and normalization scales/shifts (ndim < 2)
     alone: decaying them only pulls the network away from its own normalization."""
@@ -71,8 +70,14 @@ class EagerAdamW(WithoutDynamo, torch.optim.AdamW):
     included: the same update, state and ``state_dict`` as ``torch.optim.AdamW``."""
 
     def step(self, closure=None):
-        with torch.set_grad_enabled(self.defaults["differentiable"]):
-            return _PLAIN_ADAM_STEP(self, closure)
+        return _undecorated_step(self, _PLAIN_ADAM_STEP, closure)
+
+
+def _undecorated_step(optimizer: torch.optim.Optimizer, plain_step, closure):
+    """torch's step function without its decorator: what the decorator does, less the graph breaks that import
+    torch._dynamo."""
+    with torch.set_grad_enabled(optimizer.defaults["differentiable"]):
+        return plain_step(optimizer, closure)
 
 
 def _sgdw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -131,8 +136,7 @@ class SGDW(WithoutDynamo, torch.optim.SGD):
                 torch._foreach_mul_(params, 1.0 - group["lr"] * decay)
         if _PLAIN_SGD_STEP is None:
             return super().step(closure)
-        with torch.set_grad_enabled(self.defaults["differentiable"]):
-            return _PLAIN_SGD_STEP(self, closure)  # as EagerAdamW's: without torch._dynamo's import
+        return _undecorated_step(self, _PLAIN_SGD_STEP, closure)
 
 
 _PLAIN_SGD_STEP = getattr(torch.optim.SGD.step, "__wrapped__", None)

@@ -24,10 +24,6 @@ from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY,
 from converge.io.weights import write_weights
 
 
-FIGURE_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker", "matplotlib.legend",
-                  "matplotlib.transforms")
-
-
 class RunRecorder:
     def __init__(self, folder: RunFolder | None = None, console: Console | None = None, *,
                  run_info: dict | None = None, events: list[dict] | tuple = (),
@@ -175,7 +171,8 @@ class RunRecorder:
         """curves.png: the report's figure (loss, metrics and LR against epoch, every decision marked)."""
         from converge.report._figures import curves_png
 
-        preload(*FIGURE_MODULES)
+        preload("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker", "matplotlib.legend",
+                "matplotlib.transforms")
         png = curves_png(self.history, self.events, best_epoch=best_epoch, monitor=monitor)
         if png is not None:
             with self.folder.writing(CURVES):
