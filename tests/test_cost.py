@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 import converge
 from converge.assembly import Output, assemble, make_config
 from converge.data import make_splits
-from converge.decide.cadence import MAX_SHARE, NEGLIGIBLE_SECONDS, checkpoint_due
+from converge.decide.cadence import (ASSUMED_BYTES_PER_SECOND, MAX_SHARE, NEGLIGIBLE_SECONDS, checkpoint_due,
+                                     estimated_cost)
 from converge.decide.divergence import Alarm
 from converge.engine.guard import Incident
 from converge.engine.objective import constant_prediction_loss
@@ -338,3 +339,108 @@ def test_best_weights_written_tensor_by_tensor_read_back_the_same(tmp_path):
     back = load_file(str(tmp_path / "best.safetensors"))
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
+
+
+# --- what checkpoints cost the loop --------------------------------------------------------------------------
+MiB = 2**20
+
+
+@pytest.mark.parametrize("mib, since, due", [
+    (1, 0.0, True),                                   # a small model: every epoch, as before
+    (384, 2.0, False),                                # a 25M-parameter AdamW run after a 2 s epoch
+    (384, 384 * MiB / ASSUMED_BYTES_PER_SECOND / MAX_SHARE, True),
+])
+def test_the_first_checkpoint_costs_what_its_size_says(mib, since, due):
+    assert checkpoint_due(since, estimated_cost(mib * MiB)) is due
+
+
+def test_state_bytes_counts_each_storage_once():
+    shared = torch.zeros(10, 4)
+    state = {"model": {"w": shared, "tied": shared}, "best": [shared[:2], torch.zeros(3, dtype=torch.float64)],
+             "progress": {"epoch": 1}}
+    assert ckpt.state_bytes(state) == shared.nbytes + 3 * 8
+
+
+def _saves(monkeypatch) -> list[tuple[int, bool]]:
+    """(epoch, settled) of every checkpoint handed to the run folder."""
+    from converge.engine.recorder import RunRecorder
+
+    saves, original = [], RunRecorder.save_checkpoint
+
+    def spy(self, state, *, wait=False, settled=False):
+        written = original(self, state, wait=wait, settled=settled)
+        if written:
+            saves.append((state["progress"]["epoch"], settled))
+        return written
+
+    monkeypatch.setattr(RunRecorder, "save_checkpoint", spy)
+    return saves
+
+
+def test_the_last_epoch_is_checkpointed_once(tmp_path, monkeypatch):
+    saves = _saves(monkeypatch)
+    _run(out=tmp_path / "run", max_epochs=3)
+    assert saves[-1] == (3, True)                     # the final checkpoint, serialized in the background
+    assert [epoch for epoch, _ in saves].count(3) == 1
+
+
+def test_a_checkpoint_too_costly_for_its_epoch_waits_for_the_final_one(tmp_path, monkeypatch):
+    saves = _saves(monkeypatch)
+    monkeypatch.setattr("converge.engine.recorder.estimated_cost", lambda nbytes, per_byte=None: 1e9)
+    _run(out=tmp_path / "run", max_epochs=3, guard=False)
+    assert saves == [(3, True)]
+    assert not (tmp_path / "run" / ckpt.PREVIOUS).exists()
+
+
+def test_a_large_state_is_checkpointed_at_the_start_rather_than_copied_for_the_guard(tmp_path, monkeypatch):
+    from converge.engine.guard import DivergenceGuard
+
+    saves = _saves(monkeypatch)
+    for module in ("recorder", "loop"):
+        monkeypatch.setattr(f"converge.engine.{module}.estimated_cost", lambda nbytes, per_byte=None: 1e9)
+    copies = []
+    monkeypatch.setattr(DivergenceGuard, "remember_now", lambda self, **state: copies.append(state))
+    trainer, _ = _run(out=tmp_path / "run", max_epochs=3)
+    assert saves == [(0, False), (3, True)]
+    assert copies == [] and trainer.guard.good_folder is trainer.record.folder
+
+
+@pytest.mark.parametrize("nbytes, seconds_per_byte, cost", [
+    (2**30, None, 2**30 / ASSUMED_BYTES_PER_SECOND),   # before one has been timed: the guessed rate
+    (3 * 2**20, 1e-9, 3 * 2**20 * 1e-9),               # then at what the last one cost per byte: a small
+])                                                      # start checkpoint does not make a full one look cheap
+def test_a_checkpoint_costs_its_size_at_the_last_rate(nbytes, seconds_per_byte, cost):
+    assert estimated_cost(nbytes, seconds_per_byte) == pytest.approx(cost)
+
+
+def test_a_checkpoint_at_the_best_epoch_holds_the_weights_once(tmp_path):
+    trainer, _ = _run(out=tmp_path / "run", max_epochs=3)
+    assert trainer.tracker.best_epoch == trainer.epoch  # still improving: the last weights are the best
+    state = ckpt.load_checkpoint(tmp_path / "run")[0]
+    for name, tensor in state["model"].items():
+        best = state["best_model"][name]
+        assert tensor.untyped_storage().data_ptr() == best.untyped_storage().data_ptr(), name
+        assert torch.equal(tensor, trainer.best_state[name])
+
+
+def test_the_final_checkpoint_keeps_the_last_weights_while_the_best_are_restored(tmp_path):
+    trainer, _ = _run(out=tmp_path / "run", max_epochs=2)
+    last = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+    trainer.best_state = {name: torch.zeros_like(tensor) for name, tensor in last.items()}  # an earlier best
+    state = trainer._settled(trainer._checkpoint_state(), restoring=True)
+    trainer.model.load_state_dict(trainer.best_state)           # what the run's end does next
+    for name, tensor in state["model"].items():
+        assert torch.equal(tensor, last[name]), name
+    events = len(trainer.events)
+    trainer.add_event("later")
+    assert len(state["logs"]["events"]) == events              # a copy: events added later are not in it
+
+
+def test_settled_copies_containers_and_shares_tensors():
+    weights = torch.ones(3)
+    state = {"model": {"w": weights}, "logs": {"events": [{"event": "a"}]}}
+    copy = ckpt.settled(state)
+    state["logs"]["events"].append({"event": "b"})
+    state["logs"]["events"][0]["event"] = "changed"
+    assert copy["logs"]["events"] == [{"event": "a"}]
+    assert copy["model"]["w"] is weights

@@ -366,3 +366,49 @@ def test_a_range_test_that_never_left_the_constant_level_is_no_evidence():
         judged = _no_evidence_at_level(test, baseline)
         assert judged.ok is kept and (kept or "constant prediction" in judged.reason)
     assert C.never_learned([2.3, 2.29, math.nan], LN10) and not C.never_learned([2.3, 1.0], LN10)
+
+
+def test_the_reference_trained_beside_the_run_is_the_one_trained_at_the_end(monkeypatch):
+    """On the CPU, with a core idle, the reference trains in a thread beside the run: the same yardstick as when
+    it is trained at the end, and the run's own training (its random streams) unchanged."""
+    from sklearn.datasets import make_friedman1
+
+    from converge.assembly import Output, assemble, make_config
+    from converge.data import make_splits
+    from converge.engine.judge import RunJudge
+
+    x, y = make_friedman1(n_samples=1200, noise=1.0, random_state=0)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)[:, None]
+
+    def run():
+        torch.manual_seed(0)
+        config = make_config(optimizer="adamw", lr=3e-2, weight_decay=0.0, batch_size=32, max_epochs=6,
+                             device="cpu", seed=0)
+        assembled = assemble(nn.Linear(10, 1), make_splits((x[:900], y[:900]), (x[900:], y[900:])), config,
+                             output=Output(None), verbose=False)
+        return assembled.trainer, assembled.run()
+
+    monkeypatch.setattr("converge.engine.judge.core_to_spare", lambda: True)  # whatever the machine's load
+    beside, result = run()
+    assert beside.judge._reference is not None and not beside.judge._reference.stopped
+    monkeypatch.setattr(RunJudge, "start_reference", lambda self, model, device: None)
+    at_end, expected = run()
+    assert at_end.judge._reference is None
+    assert expected.summary["yardsticks"]["reference_val_loss"] is not None
+    assert result.summary["yardsticks"] == expected.summary["yardsticks"]
+    assert [(r["train_loss"], r["val_loss"]) for r in result.history] == \
+        [(r["train_loss"], r["val_loss"]) for r in expected.history]
+    for name, tensor in beside.model.state_dict().items():
+        assert torch.equal(tensor, at_end.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("cores, load, threads, beside", [
+    (2, 0.9, 1, True),     # one thread on two cores of a quiet machine (bench/memory.py)
+    (2, 1.6, 1, False),    # others use the second core
+    (2, 0.2, 2, False),    # the run's operations use both cores
+    (16, 3.0, 8, True),
+])
+def test_the_reference_trains_beside_the_run_only_on_an_idle_core(cores, load, threads, beside):
+    from converge.engine.judge import idle_beside
+
+    assert idle_beside(cores, load, threads) is beside

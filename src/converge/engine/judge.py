@@ -6,8 +6,11 @@ Two yardsticks, measured here so that the rules of `converge.decide.diagnosis` s
   targets when they are in memory, else summed batch by batch over the first training epoch
   (`TargetStats`, on the device, no sync). It is learned once the first epoch ends, because the
   divergence guard's collapse test and the plateau's negligible gain use it too;
-* the reference model's validation loss (`converge.engine.reference`), trained at the end only when the
-  underfitting rule could fire with it (`needs_reference`).
+* the reference model's validation loss (`converge.engine.reference`), used at the end only when the
+  underfitting rule could fire with it (`needs_reference`). While a run trains on the CPU with a core idle
+  beside it, it is trained there, in a thread of its own (`start_reference`: the run's end then finds it
+  ready, about a second sooner, and a run that does not want it stops it); otherwise it is trained at the
+  end, when wanted.
 
 At the end the kept weights are also scored on the training split, beside their validation values, for
 the generalization gap. The Trainer asks once (`conclude`); while it trains it only feeds the first epoch's
@@ -16,6 +19,8 @@ targets and asks for the live findings (overfitting, an LR too high) of each epo
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Callable
 
 import torch
@@ -25,7 +30,7 @@ from converge.decide.diagnosis import diagnose_run, live_findings, needs_referen
 from converge.decide.findings import Finding
 from converge.engine.distributed import World
 from converge.engine.objective import Objective, TargetStats, in_memory_constant_loss, targets_in_memory
-from converge.engine.reference import reference_loss
+from converge.engine.reference import applies as reference_applies, reference_loss, reference_width
 
 
 class RunJudge:
@@ -38,6 +43,26 @@ class RunJudge:
         streamed = targets_in_memory(splits["train"]) is None
         # The first epoch's targets make the baseline when they are not in memory.
         self.target_stats = TargetStats(objective) if streamed and objective.known_loss else None
+        self._reference: _Background | None = None   # the reference, training beside the run
+
+    def start_reference(self, model: nn.Module, device: torch.device) -> None:
+        """From the run's thread, before it trains: train the reference model in a thread of its own, when
+        there can be one, the data is on the CPU (on an accelerator it would take the run's memory) and a core
+        is idle beside the run (`core_to_spare`: on a busy machine it would slow the run by what it saves). ``model``: the user's, whose bottleneck bounds the
+        reference's width (run once here, between steps); ``device``: the run's. Once per run."""
+        if self._reference is not None and not self._reference.stopped:
+            return
+        if device.type != "cpu" or not reference_applies(self.splits, self.objective) or not core_to_spare():
+            return
+        width = reference_width(self.splits, model)
+        splits, objective, seed = self.splits, self.objective, self.seed
+        self._reference = _Background(lambda stop: reference_loss(splits, objective, seed=seed, width=width,
+                                                                  stop=stop))
+
+    def stop_reference(self) -> None:
+        """The run's end does not want the reference (or the run was interrupted): its thread stops."""
+        if self._reference is not None:
+            self._reference.stop()
 
     def learn_baseline(self, world: World | None = None) -> float | None:
         """After the first epoch (every rank: a collective under torchrun): the constant prediction's loss, or
@@ -65,7 +90,9 @@ class RunJudge:
             self.learn_baseline(world)  # targets in memory, a checkpoint from before the baseline was kept
         baseline = self.baseline_loss
         wanted = needs_reference(history, fit, baseline)
-        reference = reference_loss(self.splits, self.objective, seed=self.seed, model=model) if wanted else None
+        if not wanted:
+            self.stop_reference()
+        reference = self._reference_loss(model) if wanted else None
         if baseline is not None:
             judgement["yardsticks"] = {"constant_prediction_loss": baseline, "reference_val_loss": reference}
         findings = diagnose_run(history, events, status=status, monitor=monitor, mode=config.mode,
@@ -74,6 +101,12 @@ class RunJudge:
                                 reference_loss=reference)
         judgement["diagnosis"] = [f.to_dict() for f in findings]
         return judgement
+
+    def _reference_loss(self, model: nn.Module) -> float | None:
+        """The reference's loss: from its thread when it trains beside the run (waiting for it), else now."""
+        if self._reference is not None and not self._reference.stopped:
+            return self._reference.result()
+        return reference_loss(self.splits, self.objective, seed=self.seed, model=model)
 
     def _fit_values(self, evaluate: Callable[..., dict], best_record: dict) -> dict | None:
         """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
@@ -107,3 +140,57 @@ def new_live_findings(history: list[dict], events: list[dict], *, weight_decay: 
     told = {e.get("code") for e in events if e.get("event") == "diagnosis"}
     found = live_findings(history, events, weight_decay=weight_decay, monitor=monitor, mode=mode)
     return [f for f in found if f.code not in told]
+
+
+SPARE_CORE = 0.5   # idle cores (on average over the last minute) that make the reference train beside the run
+
+
+def core_to_spare() -> bool:
+    """Whether a core is idle beside the run: the usable cores exceed both torch's intra-op threads (what the
+    run's own operations use) and the machine's 1-minute load average by ``SPARE_CORE``. Unknown (no load
+    average on this system): no."""
+    try:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        load = os.getloadavg()[0]
+    except OSError:
+        return False
+    return idle_beside(cores, load, torch.get_num_threads())
+
+
+def idle_beside(cores: int, load: float, threads: int) -> bool:
+    """The rule of `core_to_spare`, on its numbers."""
+    return cores - max(load, threads) >= SPARE_CORE
+
+
+class _Background:
+    """``work(stop)`` in a daemon thread (a run that ends early does not wait for it at exit), with torch's
+    intra-op thread count of the thread that starts it; ``stop`` is a `threading.Event` it checks."""
+
+    def __init__(self, work: Callable[[threading.Event], float | None]) -> None:
+        self._stop = threading.Event()
+        self._value: float | None = None
+        self._failure: BaseException | None = None
+        threads = torch.get_num_threads()
+
+        def run() -> None:
+            torch.set_num_threads(threads)
+            try:
+                self._value = work(self._stop)
+            except BaseException as exc:  # raised again in the run's thread, by result()
+                self._failure = exc
+
+        self._thread = threading.Thread(target=run, name="converge-reference", daemon=True)
+        self._thread.start()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def result(self) -> float | None:
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        return self._value

@@ -16,10 +16,11 @@ from typing import Callable
 import torch
 
 from converge.console import Console
-from converge.decide.cadence import checkpoint_due
+from converge.decide.cadence import checkpoint_due, estimated_cost
 from converge.errors import StorageError
 from converge.lazy import preload
 from converge.io.atomic import atomic_write_bytes
+from converge.io.checkpoint import state_bytes
 from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY, TENSORBOARD_DIR, RunFolder
 from converge.io.weights import write_weights
 
@@ -44,7 +45,8 @@ class RunRecorder:
         self._mlflow_wanted = mlflow
         self._mlflow = None
         self._last_checkpoint = time.monotonic()
-        self._checkpoint_cost: float | None = None   # seconds the last checkpoint cost the training loop
+        self._seconds_per_byte: float | None = None  # what the last checkpoint cost the training loop, per byte
+        self._expected_cost: float | None = None     # seconds the next one will cost, from the last state seen
         self._checkpoints_written = 0                # by this process
 
     @property
@@ -111,24 +113,33 @@ class RunRecorder:
             self.folder.write_later(BEST_WEIGHTS, lambda path: write_weights(
                 path, export(best_state) if export is not None else best_state))
 
-    def checkpoint_due(self, *, floor: float = 0.0) -> bool:
+    def checkpoint_due(self, *, floor: float = 0.0, state: dict | None = None) -> bool:
         """Whether a checkpoint is due now: its cost is kept to a small share of the training time
-        (`converge.decide.cadence`); ``floor``: the fewest seconds since the last one."""
-        return checkpoint_due(time.monotonic() - self._last_checkpoint, self._checkpoint_cost, floor=floor)
+        (`converge.decide.cadence`); ``floor``: the fewest seconds since the last one. ``state``: the
+        checkpoint about to be written: its size at what the last one cost per byte is the cost expected
+        (kept: asks inside an epoch have no state)."""
+        if state is not None:
+            self._expected_cost = estimated_cost(state_bytes(state), self._seconds_per_byte)
+        return checkpoint_due(time.monotonic() - self._last_checkpoint, self._expected_cost, floor=floor)
 
-    def save_checkpoint(self, state: dict, *, wait: bool = False) -> bool:
-        """Hand ``state`` to the folder's writer (see `RunFolder.write_checkpoint_later`); False when it was
-        skipped because the previous checkpoint is still being written."""
+    def save_checkpoint(self, state: dict, *, wait: bool = False, settled: bool = False) -> bool:
+        """Hand ``state`` to the folder's writer (see `RunFolder.write_checkpoint_later`, and its ``settled``);
+        False when it was skipped because the previous checkpoint is still being written."""
         if self.folder is None:
             return False
         started = time.monotonic()
-        if not self.folder.write_checkpoint_later(state, wait=wait):
+        if not self.folder.write_checkpoint_later(state, wait=wait, settled=settled):
             return False
         self._last_checkpoint = time.monotonic()
-        # A process's first checkpoint also pays one-time costs (the pickler's per-class caches: 0.2 s of a
-        # 0.2 s checkpoint on a small model, measured), so its cost is no evidence of what the next will cost.
-        self._checkpoint_cost = self._last_checkpoint - started if self._checkpoints_written else None
-        self._checkpoints_written += 1
+        if not settled:  # a settled one costs the loop nothing: it says nothing of the next one's cost
+            # A process's first checkpoint also pays one-time costs (the pickler's per-class caches: 0.2 s of a
+            # 0.2 s checkpoint on a small model, measured), so its cost is no evidence of what the next will
+            # cost: until a second one, the size at the guessed rate stands.
+            if self._checkpoints_written:
+                nbytes = max(state_bytes(state), 1)
+                self._seconds_per_byte = (self._last_checkpoint - started) / nbytes
+                self._expected_cost = self._seconds_per_byte * nbytes
+            self._checkpoints_written += 1
         return True
 
     # --- resume --------------------------------------------------------------------------------------

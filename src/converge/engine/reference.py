@@ -15,12 +15,15 @@ A 64-unit reference can copy 64 inputs to 64 outputs; through an 8-unit code it 
 built so that it cannot (an 8-unit autoencoder on digits: 0.0262 validation MSE against 0.0011 for the
 64-unit reference, "24x worse"; against an 8-unit reference, 0.0257, it is as good as the yardstick).
 
-It is trained in a forked RNG state, so the run's random streams are untouched.
+Every random draw (its subset of rows, its initial weights, its batches) comes from a generator of its
+own, seeded from ``seed``: the run's random streams are untouched, and it may train in a thread beside the
+run's (`converge.engine.judge` starts it there while the run trains on the CPU).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import nn
@@ -103,17 +106,30 @@ def bottleneck_width(model: nn.Module | None, x: torch.Tensor) -> int | None:
     return narrowest if narrowest < min(x[0].numel(), output[0].numel()) else None
 
 
-def reference_loss(splits: dict, objective: Objective, *, seed: int = 0, model: nn.Module | None = None
-                   ) -> float | None:
-    """The reference model's best validation loss, or None when it does not apply (see the module text).
-    ``model``: the user's model, whose bottleneck (if any) bounds the reference's width."""
-    if not objective.known_loss or objective.kind not in KINDS or "val" not in splits:
+def applies(splits: dict, objective: Objective) -> bool:
+    """Whether there can be a reference for this task (see the module text; some cases are only known once
+    the data is looked at: then `reference_loss` says None)."""
+    return objective.known_loss and objective.kind in KINDS and "val" in splits and \
+        _tensors(splits["train"]) is not None and _tensors(splits["val"]) is not None
+
+
+def reference_width(splits: dict, model: nn.Module | None) -> int:
+    """The reference's hidden units: ``HIDDEN``, or fewer where ``model`` has a narrower bottleneck (it runs
+    ``model`` on two training rows: from the run's own thread, between its steps)."""
+    train = _tensors(splits["train"])
+    width = bottleneck_width(model, train[0][:2]) if train is not None else None
+    return min(HIDDEN, width or HIDDEN)
+
+
+def reference_loss(splits: dict, objective: Objective, *, seed: int = 0, model: nn.Module | None = None,
+                   width: int | None = None, stop: threading.Event | None = None) -> float | None:
+    """The reference model's best validation loss, or None when it does not apply (see the module text) or
+    ``stop`` was set while it trained. ``model``: the user's model, whose bottleneck (if any) bounds the
+    reference's width; or ``width``: that bound, found before (`reference_width`)."""
+    if not applies(splits, objective):
         return None
-    train, val = _tensors(splits["train"]), _tensors(splits["val"])
-    if train is None or val is None:
-        return None
-    (x, y), (vx, vy) = train, val
-    hidden = min(HIDDEN, bottleneck_width(model, x[:2]) or HIDDEN)
+    (x, y), (vx, vy) = _tensors(splits["train"]), _tensors(splits["val"])
+    hidden = width if width is not None else reference_width(splits, model)
     x, vx = x.reshape(len(x), -1).float(), vx.reshape(len(vx), -1).float()
     if x.shape[1] > MAX_FEATURES or x.shape[1] != vx.shape[1]:
         return None
@@ -137,20 +153,34 @@ def reference_loss(splits: dict, objective: Objective, *, seed: int = 0, model: 
             shift, scale = flat.mean(0), flat.std(0).clamp(min=1e-8)
         else:
             shift, scale = 0.0, 1.0
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        return _train(x, y, vx, vy, outputs, objective, shift, scale, hidden)
+    # A second generator for the weights and batches, as a seeded global stream was before (same numbers).
+    draws = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    with torch.enable_grad():
+        return _train(x, y, vx, vy, outputs, objective, shift, scale, hidden, draws, stop)
 
 
-def _train(x, y, vx, vy, outputs, objective, shift, scale, hidden=HIDDEN) -> float | None:
-    model = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, outputs)).to(x.device)
+def _linear(inputs: int, outputs: int, generator: torch.Generator) -> nn.Linear:
+    """nn.Linear with its default initialization drawn from ``generator`` (not the global one)."""
+    layer = nn.utils.skip_init(nn.Linear, inputs, outputs)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+        bound = 1 / math.sqrt(inputs)
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
+def _train(x, y, vx, vy, outputs, objective, shift, scale, hidden, generator, stop=None) -> float | None:
+    model = nn.Sequential(_linear(x.shape[1], hidden, generator), nn.ReLU(),
+                          _linear(hidden, outputs, generator)).to(x.device)
     optimizer = adamw(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     batch = max(32, min(256, len(y) // BATCH_DIV))
     steps_per_epoch = math.ceil(len(y) / batch)
     epochs = max(EVAL_EVERY, min(EPOCHS, MAX_STEPS // steps_per_epoch))
     best = math.inf
     for epoch in range(1, epochs + 1):
-        for rows in torch.randperm(len(y)).to(x.device).split(batch):
+        if stop is not None and stop.is_set():
+            return None
+        for rows in torch.randperm(len(y), generator=generator).to(x.device).split(batch):
             optimizer.zero_grad(set_to_none=True)
             objective.loss_fn(_predict(model, x[rows], shift, scale, y), y[rows]).backward()
             optimizer.step()

@@ -1,7 +1,7 @@
 """The run folder's files. Small text files are written in the loop (once per epoch); large binary
 writes (weights, checkpoints) go to one background thread so the loop never waits on a disk: a
 checkpoint is serialized into its temporary file in the loop (no copy in memory) and synced and renamed
-in the background; a checkpoint due while the previous one is still being written is skipped, and a
+in the background (the run's last one, whose state no longer changes, is serialized there too); a checkpoint due while the previous one is still being written is skipped, and a
 weights file waiting to be written is replaced by a newer one, so the loop never waits for the writer.
 
 Every write, in the loop or the background, first checks that the folder is still the one this run
@@ -312,10 +312,11 @@ class RunFolder:
                 (self.path / name).unlink(missing_ok=True)
                 self.check_still_here()
 
-    def write_checkpoint_later(self, state: dict, *, wait: bool = False) -> bool:
+    def write_checkpoint_later(self, state: dict, *, wait: bool = False, settled: bool = False) -> bool:
         """Serialize ``state`` into a temporary file now (its tensors may change as soon as this returns)
         and make it the checkpoint in the background. While the previous checkpoint is still being written
-        this one is skipped (returns False), unless ``wait``: then it waits for it."""
+        this one is skipped (returns False), unless ``wait``: then it waits for it. ``settled``: nothing in
+        ``state`` changes any more (the run's last checkpoint), so it is serialized in the background too."""
         job = self._checkpoint_job
         if job is not None and not job.done() and not wait:
             return False
@@ -325,9 +326,18 @@ class RunFolder:
                 if job in self._pending:
                     self._pending.remove(job)
                 job.result()  # surfaces a failed write
-            tmp = ckpt.write_temporary(self.path, state)
-            self._checkpoint_job = self._submit(self._commit_checkpoint, tmp, state.get("progress"))
+            if settled:
+                self._checkpoint_job = self._submit(self._write_checkpoint, state)
+            else:
+                tmp = ckpt.write_temporary(self.path, state)
+                self._checkpoint_job = self._submit(self._commit_checkpoint, tmp, state.get("progress"))
         return True
+
+    def _write_checkpoint(self, state: dict) -> None:
+        """In the background: ``state`` serialized and made the checkpoint."""
+        with self.writing(ckpt.CHECKPOINT, background=True):
+            tmp = ckpt.write_temporary(self.path, state)
+        self._commit_checkpoint(tmp, state.get("progress"))
 
     def _commit_checkpoint(self, tmp: Path, progress: dict | None) -> None:
         """In the background: ``tmp`` becomes the checkpoint (or, on any failure, is removed: the last
