@@ -163,8 +163,9 @@ def idle_beside(cores: int, load: float, threads: int) -> bool:
 
 
 class _Background:
-    """``work(stop)`` in a daemon thread (a run that ends early does not wait for it at exit), with torch's
-    intra-op thread count of the thread that starts it; ``stop`` is a `threading.Event` it checks."""
+    """``work(stop)`` in a thread of its own, with torch's intra-op thread count of the thread that starts
+    it; ``stop`` is a `threading.Event` it checks. Daemon, so that nothing waits for it unasked, but the run
+    always stops it (`RunJudge.stop_reference`) before it returns or raises."""
 
     def __init__(self, work: Callable[[threading.Event], float | None]) -> None:
         self._stop = threading.Event()
@@ -187,7 +188,11 @@ class _Background:
         return self._stop.is_set()
 
     def stop(self) -> None:
+        """Stop the work and wait for its thread (it checks between steps): a daemon thread still inside
+        torch when the interpreter exits aborts the process ("terminate called without an active
+        exception"), which a run failing early (a full disk at its first checkpoint) would otherwise do."""
         self._stop.set()
+        self._thread.join()
 
     def result(self) -> float | None:
         self._thread.join()

@@ -150,6 +150,7 @@ class Trainer:
                     self._end_epoch(train_loss)
             return self._finish()
         finally:
+            self.judge.stop_reference()  # a run that raised leaves no thread inside torch at exit
             self.clock.stop_loop()
             self.console.close()
             self.record.close()
