@@ -390,7 +390,8 @@ def test_the_reference_trained_beside_the_run_is_the_one_trained_at_the_end(monk
 
     monkeypatch.setattr("converge.engine.judge.core_to_spare", lambda: True)  # whatever the machine's load
     beside, result = run()
-    assert beside.judge._reference is not None and not beside.judge._reference.stopped
+    assert beside.judge._reference is not None  # it trained beside the run, and its value is the one used:
+    assert beside.judge._reference.result() == result.summary["yardsticks"]["reference_val_loss"]
     monkeypatch.setattr(RunJudge, "start_reference", lambda self, model, device: None)
     at_end, expected = run()
     assert at_end.judge._reference is None
@@ -412,3 +413,46 @@ def test_the_reference_trains_beside_the_run_only_on_an_idle_core(cores, load, t
     from converge.engine.judge import idle_beside
 
     assert idle_beside(cores, load, threads) is beside
+
+
+def test_a_run_that_raises_leaves_no_reference_thread_training(monkeypatch):
+    """A daemon thread still inside torch when the interpreter exits aborts the process ("terminate called
+    without an active exception"): a run that fails early (a full disk at its first checkpoint) must stop
+    the reference it started beside itself before the error leaves it."""
+    import threading
+
+    from sklearn.datasets import make_friedman1
+
+    from converge.assembly import Output, assemble, make_config
+    from converge.data import make_splits
+
+    x, y = make_friedman1(n_samples=4000, noise=1.0, random_state=0)
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)[:, None]
+
+    class FailsInItsSecondEpoch(nn.Linear):
+        calls = 0
+
+        def forward(self, inputs):
+            FailsInItsSecondEpoch.calls += 1
+            if FailsInItsSecondEpoch.calls > 120:
+                raise OSError(28, "No space left on device")
+            return super().forward(inputs)
+
+    monkeypatch.setattr("converge.engine.judge.core_to_spare", lambda: True)
+    started = []
+    real_thread_start = threading.Thread.start
+
+    def remember(thread):
+        started.append(thread)
+        real_thread_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", remember)
+    config = make_config(optimizer="adamw", lr=1e-2, weight_decay=0.0, batch_size=32, max_epochs=20,
+                         device="cpu", seed=0)
+    assembled = assemble(FailsInItsSecondEpoch(10, 1), make_splits((x[:3000], y[:3000]), (x[3000:], y[3000:])),
+                         config, output=Output(None), verbose=False)
+    with pytest.raises(OSError):
+        assembled.run()
+    references = [thread for thread in started if thread.name == "converge-reference"]
+    assert references, "the reference did not train beside the run: the test shows nothing"
+    assert not any(thread.is_alive() for thread in references)
