@@ -389,6 +389,7 @@ def test_the_reference_trained_beside_the_run_is_the_one_trained_at_the_end(monk
         return assembled.trainer, assembled.run()
 
     monkeypatch.setattr("converge.engine.judge.core_to_spare", lambda: True)  # whatever the machine's load
+    monkeypatch.setattr("converge.engine.judge.BESIDE_MIN_PARAMETERS", 1)  # and the model's size
     beside, result = run()
     assert beside.judge._reference is not None  # it trained beside the run, and its value is the one used:
     assert beside.judge._reference.result() == result.summary["yardsticks"]["reference_val_loss"]
@@ -415,6 +416,13 @@ def test_the_reference_trains_beside_the_run_only_on_an_idle_core(cores, load, t
     assert idle_beside(cores, load, threads) is beside
 
 
+def test_only_a_large_model_has_the_reference_beside_it():
+    from converge.engine.judge import heavy_enough
+
+    assert not heavy_enough(nn.LSTM(1, 32))   # the forecaster of bench/newuser: its steps hold the lock
+    assert heavy_enough(nn.Linear(1024, 1024))
+
+
 def test_a_run_that_raises_leaves_no_reference_thread_training(monkeypatch):
     """A daemon thread still inside torch when the interpreter exits aborts the process ("terminate called
     without an active exception"): a run that fails early (a full disk at its first checkpoint) must stop
@@ -439,6 +447,7 @@ def test_a_run_that_raises_leaves_no_reference_thread_training(monkeypatch):
             return super().forward(inputs)
 
     monkeypatch.setattr("converge.engine.judge.core_to_spare", lambda: True)
+    monkeypatch.setattr("converge.engine.judge.BESIDE_MIN_PARAMETERS", 1)
     started = []
     real_thread_start = threading.Thread.start
 

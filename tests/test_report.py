@@ -216,7 +216,8 @@ def test_curves_drawn_by_the_caller_are_embedded_as_given(tmp_path):
 
 
 def test_a_run_with_the_automatic_choice_embeds_its_range_test(tmp_path):
-    """lr_find.png is drawn in the background while training starts; the report still finds it."""
+    """lr_find.png is drawn at the run's end (not beside training, where it held the interpreter's lock
+    through the first epoch), before the report, which embeds it."""
     from converge import fit
 
     g = torch.Generator().manual_seed(0)
@@ -230,6 +231,27 @@ def test_a_run_with_the_automatic_choice_embeds_its_range_test(tmp_path):
     assert base64.b64encode(png).decode("ascii") in page
     curves = (tmp_path / "run" / "curves.png").read_bytes()
     assert base64.b64encode(curves).decode("ascii") in page
+
+
+def test_a_run_resumed_after_a_kill_still_draws_its_range_test(tmp_path):
+    """The figure is drawn at the end from tuning.json: a run killed before its end (here: its end undone,
+    the figure never written) gets it from the resume that finishes it."""
+    from converge import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    fit(torch.nn.Linear(4, 2), (x[:64], y[:64]), (x[64:], y[64:]), optimizer="adamw", max_epochs=1, seed=0,
+        out=run, verbose=False)
+    drawn = (run / "lr_find.png").read_bytes()
+    (run / "lr_find.png").unlink()
+    torch.manual_seed(0)
+    fit(torch.nn.Linear(4, 2), (x[:64], y[:64]), (x[64:], y[64:]), optimizer="adamw", max_epochs=2, seed=0,
+        out=run, resume=True, verbose=False)
+    assert (run / "lr_find.png").read_bytes() == drawn
+    assert base64.b64encode(drawn).decode("ascii") in (run / "report.html").read_text(encoding="utf-8")
 
 
 def test_a_range_test_that_cannot_be_drawn_costs_the_run_nothing(tmp_path, monkeypatch, capsys):

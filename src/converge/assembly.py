@@ -39,7 +39,6 @@ from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, monitor_key, resolve_objective
 from converge.engine.recorder import RunRecorder
 from converge.errors import ConvergeError
-from converge.io.atomic import atomic_write_bytes
 from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_checkpoint
 from converge.io.runfolder import (BEST_WEIGHTS, LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder,
                                    read_json_object)
@@ -48,7 +47,7 @@ from converge.rng import seed_everything
 from converge.status import Status, is_final
 from converge.task import Task, check_task_args
 from converge.choose.auto import StageLog, Tuning, choose_hyperparameters
-from converge.choose.lr_find import range_test_png
+from converge.choose.lr_find import RangeTest, range_test_png
 
 DOCTOR_OPTIONS = ("check", "fix", "drop_label_issues")
 
@@ -210,6 +209,8 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
             in_train.save(folder, prepared)
     recorder = RunRecorder(folder, console, run_info=info, events=events, export_state=export,
                            tensorboard=config.tensorboard, mlflow=config.mlflow and main)
+    if main and (tuning is not None or checkpoint is not None):
+        _range_test_figure(recorder, folder, config)
     trainer = Trainer(model, setup.splits, config, setup.objective, recorder=recorder, epoch_judge=epoch_judge,
                       tuning_epochs=tuning.epochs if tuning is not None else 0.0, started=started)
     if checkpoint is not None:
@@ -277,26 +278,24 @@ def _choose(model: nn.Module, setup: Setup, config: TrainConfig, console: Consol
         return Tuning(chosen, epochs, events)
     tuning = choose_hyperparameters(model, setup.splits, config, setup.objective, device=setup.device,
                                     console=console, log=_stage_log(folder, console))
-    chosen_test, lr = tuning.range_tests.get(tuning.config.optimizer), tuning.config.lr
-    if folder is not None and chosen_test is not None:
-        # Drawn on the run folder's writer thread while training starts: importing matplotlib and drawing
-        # took 0.5-4 s in front of the first epoch (bench/alternatives.py); the report waits for it.
-        folder.write_later(LR_FIND_PLOT, lambda path: _draw_range_test(path, chosen_test, lr, console))
     if world is not None:
         world.object_from_main((tuning.config, tuning.events, tuning.epochs))
     return tuning
 
 
-def _draw_range_test(path: Path, test, lr: float, console: Console) -> None:
-    """lr_find.png, on the writer thread. A figure that cannot be drawn must not cost the run (the curve is
-    in tuning.json and the report); a file that cannot be written fails like the run's other files."""
-    try:
-        png = range_test_png(test, lr)
-    except Exception as exc:  # matplotlib's own errors have no common base class
-        console.warning(f"could not draw {path.name} ({type(exc).__name__}: {exc}); the range test is in "
-                        f"{TUNING_STAGES}")
+def _range_test_figure(recorder: RunRecorder, folder: RunFolder | None, config: TrainConfig) -> None:
+    """lr_find.png, drawn at the run's end (`RunRecorder.draw_at_finish`) from the chosen optimizer's range
+    test in tuning.json: also for a run resumed after a kill, until the figure is in the folder."""
+    if folder is None or folder.exists(LR_FIND_PLOT) or not folder.exists(TUNING_STAGES):
         return
-    atomic_write_bytes(path, png)
+    saved = (read_json_object(folder.path / TUNING_STAGES) or {}).get(f"range_test_{config.optimizer}")
+    if not isinstance(saved, dict):
+        return
+    try:
+        test = RangeTest.from_dict({"optimizer": config.optimizer, **saved})
+    except (KeyError, TypeError, ValueError):  # a damaged stage: the figure is left out, the run goes on
+        return
+    recorder.draw_at_finish(LR_FIND_PLOT, lambda: range_test_png(test, config.lr))
 
 
 def _stage_log(folder: RunFolder | None, console: Console) -> StageLog:

@@ -45,7 +45,7 @@ from converge.config import TrainConfig
 from converge.data import STREAM_BATCH, epoch_samples
 from converge.console import Console
 from converge.decide.collapse import never_learned, no_better_than_constant
-from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr
+from converge.decide.lr_suggest import LrSuggestion, smooth
 from converge.decide.race import race_decided
 from converge.engine import device as dev
 from converge.engine.objective import Objective, in_memory_constant_loss
@@ -200,10 +200,7 @@ def _event(kind: str, **values) -> dict:
 def _range_test(log, model, train, objective, opt, decay, batch_size, device, config) -> RangeTest:
     saved = log.get(f"range_test_{opt}")
     if saved is not None:
-        losses = [math.nan if loss is None else loss for loss in saved["losses"]]  # JSON keeps NaN as null
-        test = RangeTest(opt, batch_size, list(saved["lrs"]), losses, int(saved["samples"]))
-        test.suggestion = suggest_lr(test.lrs, test.losses)
-        return test
+        return RangeTest.from_dict({**saved, "optimizer": opt, "batch_size": batch_size})
     test = lr_range_test(model, train, objective, optimizer=opt, weight_decay=decay, batch_size=batch_size,
                          device=device, amp=config.amp, seed=config.seed)
     log.put(f"range_test_{opt}", test.to_dict())

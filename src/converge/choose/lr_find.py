@@ -33,6 +33,14 @@ class RangeTest:
     samples: int = 0                 # training samples seen, for the tuning cost in epochs
     suggestion: LrSuggestion | None = None
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> "RangeTest":
+        """A test saved by `to_dict` (the run folder's tuning.json), its suggestion read again from its curve."""
+        losses = [math.nan if loss is None else loss for loss in saved["losses"]]  # JSON keeps NaN as null
+        test = cls(saved["optimizer"], int(saved["batch_size"]), list(saved["lrs"]), losses, int(saved["samples"]))
+        test.suggestion = suggest_lr(test.lrs, test.losses)
+        return test
+
     def to_dict(self) -> dict:
         s = self.suggestion
         return {"optimizer": self.optimizer, "batch_size": self.batch_size, "lrs": self.lrs, "losses": self.losses,

@@ -47,12 +47,14 @@ class RunJudge:
 
     def start_reference(self, model: nn.Module, device: torch.device) -> None:
         """From the run's thread, before it trains: train the reference model in a thread of its own, when
-        there can be one, the data is on the CPU (on an accelerator it would take the run's memory) and a core
+        there can be one, the data is on the CPU (on an accelerator it would take the run's memory), the
+        model is large (`heavy_enough`: a small one's steps would wait for the interpreter's lock) and a core
         is idle beside the run (`core_to_spare`: on a busy machine it would slow the run by what it saves). ``model``: the user's, whose bottleneck bounds the
         reference's width (run once here, between steps); ``device``: the run's. Once per run."""
         if self._reference is not None and not self._reference.stopped:
             return
-        if device.type != "cpu" or not reference_applies(self.splits, self.objective) or not core_to_spare():
+        if device.type != "cpu" or not reference_applies(self.splits, self.objective) or not heavy_enough(model) \
+                or not core_to_spare():
             return
         width = reference_width(self.splits, model)
         splits, objective, seed = self.splits, self.objective, self.seed
@@ -143,6 +145,11 @@ def new_live_findings(history: list[dict], events: list[dict], *, weight_decay: 
 
 
 SPARE_CORE = 0.5   # idle cores (on average over the last minute) that make the reference train beside the run
+# The reference trains beside a model at least this large. Two Python threads share one interpreter lock: a
+# small model's steps hold it for most of their time, and the reference slowed them by more than it saved
+# (a 4.4k-parameter LSTM forecaster, alternated side by side: 12.6-12.8 s beside, 11.6-11.8 s at the end),
+# while a large model's steps are long operations that release it (a 25M-parameter MLP saved about 0.8 s).
+BESIDE_MIN_PARAMETERS = 1_000_000
 
 
 def core_to_spare() -> bool:
@@ -155,6 +162,12 @@ def core_to_spare() -> bool:
     except OSError:
         return False
     return idle_beside(cores, load, torch.get_num_threads())
+
+
+def heavy_enough(model: nn.Module) -> bool:
+    """Whether ``model``'s steps leave the interpreter's lock free enough for the reference beside them
+    (``BESIDE_MIN_PARAMETERS``)."""
+    return sum(p.numel() for p in model.parameters()) >= BESIDE_MIN_PARAMETERS
 
 
 def idle_beside(cores: int, load: float, threads: int) -> bool:

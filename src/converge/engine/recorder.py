@@ -48,6 +48,7 @@ class RunRecorder:
         self._seconds_per_byte: float | None = None  # what the last checkpoint cost the training loop, per byte
         self._expected_cost: float | None = None     # seconds the next one will cost, from the last state seen
         self._checkpoints_written = 0                # by this process
+        self._end_figures: dict[str, Callable[[], bytes]] = {}  # file name -> its drawing, made at the finish
 
     @property
     def run_dir(self):
@@ -165,6 +166,7 @@ class RunRecorder:
             return summary
         if best_state is not None:
             self.save_best(best_state)
+        self._draw_end_figures()
         curves = self._draw_curves(summary.get("best_epoch"), monitor)
         self.folder.flush()
         self._write_report(summary, curves)
@@ -177,6 +179,27 @@ class RunRecorder:
             self._mlflow.finish(summary, self.folder.path if self.folder is not None else None,
                                 [SUMMARY, EVENTS, REPORT, CURVES, BEST_WEIGHTS])
             self._mlflow = None
+
+    def draw_at_finish(self, name: str, draw: Callable[[], bytes]) -> None:
+        """Have the run's end (a stop or an interruption, before the report) write the figure ``draw()``
+        makes as ``name``. Not sooner: on a writer thread beside training, importing matplotlib and drawing
+        held the interpreter's lock through the first epoch (an LSTM's first epoch 1.0 s instead of 0.15 s),
+        where the end imports matplotlib for curves.png anyway. A figure that cannot be drawn costs the run
+        nothing but a warning (its data is in the run folder's files); one that cannot be written fails
+        like the run's other files."""
+        if self.folder is not None:
+            self._end_figures[name] = draw
+
+    def _draw_end_figures(self) -> None:
+        for name, draw in self._end_figures.items():
+            try:
+                png = draw()
+            except Exception as exc:  # matplotlib's own errors have no common base class
+                self.console.warning(f"could not draw {name} ({type(exc).__name__}: {exc})")
+                continue
+            with self.folder.writing(name):
+                atomic_write_bytes(self.folder.path / name, png)
+        self._end_figures = {}
 
     def _draw_curves(self, best_epoch: int | None, monitor: str) -> bytes | None:
         """curves.png: the report's figure (loss, metrics and LR against epoch, every decision marked)."""
