@@ -187,6 +187,38 @@ def test_noisy_u_curve_stays_within_the_true_minimums_window(min_lr, seed):
     assert min_lr / 100 <= s.lr <= min_lr / 3, (s.lr, s.reason)
 
 
+# ---------------------------------------------------------------- synthetic: a loss that reaches its floor
+
+def floor_curve(reach_lr: float, noise: float = 0.0, seed: int = 0) -> list[float]:
+    """A cross-entropy that falls from 0.7 to 0 (within 1 % by ``reach_lr``) and lies there to the sweep's end,
+    as on separable data; ``noise``: a relative sd."""
+    rng = random.Random(seed)
+    return [0.7 * math.exp(-5 * lr / reach_lr) * (1 + noise * rng.gauss(0, 1)) for lr in LRS]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("reach_lr", [1e-3, 1e-2, 1e-1])
+def test_a_loss_at_its_floor_is_read_where_it_reached_the_floor_not_at_the_sweeps_end(reach_lr, seed):
+    """Along a floor the lowest point is wherever the last batches sat (here the sweep's end, LR 10): reading
+    it as the minimum made "minimum / 10" pick AdamW at LR 1 on a separable one-logit task."""
+    s = suggest_lr(LRS, floor_curve(reach_lr, noise=0.15, seed=seed))
+    check_clamp(s)
+    # The zero-phase smoothing spreads a fall this steep by a few points (12 a decade) each way.
+    assert reach_lr / 3 <= s.min_loss_lr <= 5 * reach_lr, (s.min_loss_lr, s.reason)
+    assert s.lr <= reach_lr / 2, (s.lr, s.reason)
+
+
+def test_a_floor_shorter_than_a_decade_is_still_the_minimum():
+    """A bottom that stays within the tolerance for less than a decade is a U-curve's bottom: unchanged."""
+    curve = floor_curve(1e-2)
+    reached = next(i for i, lr in enumerate(LRS) if lr >= 8e-3)
+    ends = next(i for i, lr in enumerate(LRS) if lr >= 5e-2)
+    curve = curve[:ends] + [0.05 * (i - ends + 1) for i in range(ends, N)]  # then climbs
+    s = suggest_lr(LRS, curve)
+    assert LRS[ends - 1] / LRS[reached] < 10
+    assert LRS[ends - 1] / 1.5 <= s.min_loss_lr <= LRS[ends - 1], s.reason   # the bottom's lowest point
+
+
 # ---------------------------------------------------------------- synthetic: NaN / inf
 
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])

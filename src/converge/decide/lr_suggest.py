@@ -16,6 +16,8 @@ flat stretch. So the suggestion combines evidence:
 3. Three rules propose, each only over the points up to the loss minimum and past the first
    ``skip_start`` of the sweep: the steepest descent, the valley (the longest stretch of falling
    loss, two thirds of the way along it), and the minimum's LR / 10.
+   A loss that reached its floor and lay there (a separable task's cross-entropy at 0) has no minimum:
+   where it reached the floor stands for it (`floor_start`).
 4. The suggestion is the largest proposal, clamped to [min LR / 100, min LR / 3] -- never at the edge
    of divergence, never orders of magnitude below where the loss actually moved. On recorded curves
    with an LR grid trained to find the truly good range (tests/data/lr_curves), the best LR sat at
@@ -36,6 +38,12 @@ NOISE_POINTS = 20           # the batch noise: from the first losses too; no reb
 REBOUND_DROP = 0.2          # a clear fall is at least this fraction of the start level...
 REBOUND_NOISE_SDS = 4.0     # ...and this many standard deviations (of a difference of two LEVEL_WINDOW medians)
 DIVERGE_NOISE_SDS = 6.0     # a divergence must also rise this many sds of a DIVERGE_WINDOW median (skewed losses)
+# The loss at its floor: a bottom within FLOOR_TOLERANCE of the fall's depth that spans more than FLOOR_DECADES of
+# LR is a floor the loss reached (a separable task's cross-entropy at 0), not a minimum; its start stands for the
+# minimum. The recorded U-shaped curves' bottoms span at most 1.75x at this tolerance; a one-logit binary task on
+# 93 separable rows sat at 0 from LR 0.4 to the sweep's end at 10, and "minimum / 10" chose AdamW at LR 1.
+FLOOR_TOLERANCE = 0.02
+FLOOR_DECADES = 1.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,7 @@ def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.8, dive
     if drop < min_drop:
         return LrSuggestion(None, False, f"the loss never fell by {min_drop:.0%} (best drop {drop:.1%})",
                             min_loss_lr=lrs[low], used_points=n)
+    low = floor_start(lrs, smoothed, low, head, start_loss)
     first = min(int(skip_start * n), max(low - 2, 0))
     logs = [math.log10(lr) for lr in lrs]
     candidates = {"min_over_10": lrs[low] / 10}
@@ -173,6 +182,15 @@ def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.8, dive
     reason = (f"largest of {len(candidates)} rules ({', '.join(f'{k} {v:.2g}' for k, v in candidates.items())}), "
               f"kept within [min-loss LR / 100, min-loss LR / 3] around {lrs[low]:.2g}")
     return LrSuggestion(suggestion, True, reason, min_loss_lr=lrs[low], candidates=candidates, used_points=n)
+
+
+def floor_start(lrs: list[float], smoothed: list[float], low: int, head: int, start_loss: float) -> int:
+    """The minimum's index ``low``, or where the loss reached its floor when it then lay there (within
+    ``FLOOR_TOLERANCE`` of the fall's depth) over more than ``FLOOR_DECADES`` of LR: along a floor the lowest
+    point is wherever the last batches happened to sit, up to the sweep's end."""
+    level = smoothed[low] + FLOOR_TOLERANCE * (start_loss - smoothed[low])
+    reached = next(i for i in range(head, low + 1) if smoothed[i] <= level)
+    return reached if math.log10(lrs[low] / lrs[reached]) > FLOOR_DECADES else low
 
 
 def _steepest(logs: list[float], smoothed: list[float], first: int, last: int) -> int | None:
