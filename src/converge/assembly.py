@@ -292,7 +292,7 @@ def _range_test_figure(recorder: RunRecorder, folder: RunFolder | None, config: 
     if not isinstance(saved, dict):
         return
     try:
-        test = RangeTest.from_dict({"optimizer": config.optimizer, **saved})
+        test = RangeTest.from_dict(saved)
     except (KeyError, TypeError, ValueError):  # a damaged stage: the figure is left out, the run goes on
         return
     recorder.draw_at_finish(LR_FIND_PLOT, lambda: range_test_png(test, config.lr))

@@ -223,8 +223,9 @@ def entry() -> int:
     code = main()
     # At exit the interpreter's last collections walk every object torch, scikit-learn and matplotlib made
     # (0.8-1 s measured on 2 CPUs); frozen, they are skipped. Files, threads and atexit handlers end as usual.
-    # Only after a command that succeeded: what a failed write of torch's leaves behind must be collected at
-    # exit, or the process aborts (full-disk cases of the fault battery).
+    # Only after a command that succeeded, where the exit's time counts. (The full-disk aborts once blamed on
+    # freezing after a failure were the reference model's thread, now joined by Trainer.run: with it joined,
+    # the battery's disk and tune cases hold with or without this condition.)
     if code == 0:
         gc.freeze()
     return code

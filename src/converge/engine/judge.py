@@ -49,8 +49,9 @@ class RunJudge:
         """From the run's thread, before it trains: train the reference model in a thread of its own, when
         there can be one, the data is on the CPU (on an accelerator it would take the run's memory), the
         model is large (`heavy_enough`: a small one's steps would wait for the interpreter's lock) and a core
-        is idle beside the run (`core_to_spare`: on a busy machine it would slow the run by what it saves). ``model``: the user's, whose bottleneck bounds the
-        reference's width (run once here, between steps); ``device``: the run's. Once per run."""
+        is idle beside the run (`core_to_spare`: on a busy machine it would slow the run by what it saves).
+        ``model``: the user's, whose bottleneck bounds the reference's width (run once here, between steps);
+        ``device``: the run's. Once per run; `Trainer.run` stops it on every way out."""
         if self._reference is not None and not self._reference.stopped:
             return
         if device.type != "cpu" or not reference_applies(self.splits, self.objective) or not heavy_enough(model) \

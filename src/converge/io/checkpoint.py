@@ -40,39 +40,35 @@ def save_checkpoint(folder: Path, state: dict | bytes) -> None:
         commit_checkpoint(folder, write_temporary(folder, state))
 
 
-def state_bytes(state) -> int:
-    """The bytes of the tensors in ``state`` (nested dicts, lists and tuples), each storage counted once:
-    about the size of its checkpoint."""
-    storages: dict[tuple, int] = {}
+def _tensors_in(state):
+    """Every tensor in ``state`` (nested dicts, lists and tuples)."""
     pending = [state]
     while pending:
         value = pending.pop()
         if isinstance(value, torch.Tensor):
-            try:
-                storage = value.untyped_storage()
-                storages[(value.device, storage.data_ptr())] = storage.nbytes()
-            except (RuntimeError, NotImplementedError):  # a sparse tensor has no single storage
-                storages[(value.device, id(value))] = value.element_size() * value.numel()
+            yield value
         elif isinstance(value, dict):
             pending.extend(value.values())
         elif isinstance(value, (list, tuple)):
             pending.extend(value)
+
+
+def state_bytes(state) -> int:
+    """The bytes of the tensors in ``state``, each storage counted once: about the size of its checkpoint."""
+    storages: dict[tuple, int] = {}
+    for tensor in _tensors_in(state):
+        try:
+            storage = tensor.untyped_storage()
+            storages[(tensor.device, storage.data_ptr())] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # a sparse tensor has no single storage
+            storages[(tensor.device, id(tensor))] = tensor.element_size() * tensor.numel()
     return sum(storages.values())
 
 
 def settled(state: dict) -> dict:
     """A copy of ``state``'s dicts, lists and plain values that shares its tensors: what a background writer
     may serialize while the caller goes on changing its own lists and dicts (not its tensors)."""
-    memo: dict[int, object] = {}
-    pending = [state]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, torch.Tensor):
-            memo[id(value)] = value  # deepcopy returns what its memo holds: the tensor itself
-        elif isinstance(value, dict):
-            pending.extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            pending.extend(value)
+    memo = {id(tensor): tensor for tensor in _tensors_in(state)}  # deepcopy returns what its memo holds
     return copy.deepcopy(state, memo)
 
 

@@ -1,8 +1,9 @@
 """The run folder's files. Small text files are written in the loop (once per epoch); large binary
 writes (weights, checkpoints) go to one background thread so the loop never waits on a disk: a
 checkpoint is serialized into its temporary file in the loop (no copy in memory) and synced and renamed
-in the background (the run's last one, whose state no longer changes, is serialized there too); a checkpoint due while the previous one is still being written is skipped, and a
-weights file waiting to be written is replaced by a newer one, so the loop never waits for the writer.
+in the background (the run's last one, whose state no longer changes, is serialized there too); a
+checkpoint due while the previous one is still being written is skipped, and a weights file waiting to be
+written is replaced by a newer one, so the loop never waits for the writer.
 
 Every write, in the loop or the background, first checks that the folder is still the one this run
 locked (`RunFolder.writing`: it may have been deleted or replaced under the run), and a write that fails
@@ -365,15 +366,11 @@ class RunFolder:
         self.flush()
         return ckpt.load_checkpoint(self.path, mmap=True)[0]
 
-    def _background(self) -> ThreadPoolExecutor:
+    def _submit(self, fn, *args) -> Future:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="converge-writer")
-        return self._writer
-
-    def _submit(self, fn, *args) -> Future:
-        writer = self._background()
         self._surface_failures()
-        future = writer.submit(fn, *args)
+        future = self._writer.submit(fn, *args)
         self._pending.append(future)
         return future
 
