@@ -40,6 +40,11 @@ def noisy_decline(n=300, start=2.0, end=0.05, noise=0.3, seed=0):
     ([1.0] * 10 + [1e-8] * 40 + [1e-6], None),
     # losses that touch zero blind the log statistics; the peak rule still sees a jump back up
     ([1.0] * 10 + [0.01, 0.0, 0.02, 0.0] * 30 + [1.5], (130, "spike")),
+    ([2.3] * 10 + [0.01, 0.0, 0.02, 0.0] * 30 + [1.2], (130, "spike")),
+    # ... but one wrong sample in a batch of a run that fits its data is a tenfold jump of a tiny loss:
+    # noise, far below where the run began (digits, 10 classes: 0.0099 at most, then 0.075)
+    ([2.3] * 10 + [0.004, 0.0099, 0.002, 0.006] * 30 + [0.075], None),
+    ([2.3] * 10 + [0.004, 0.0099, 0.002, 0.006] * 30 + [0.075, 0.06, 0.0599, 0.058], None),
 ])
 def test_scripted_losses(values, expected):
     assert first_alarm(values) == expected

@@ -16,8 +16,12 @@ The *outlier* test needs all of these:
 * at least ``warmup`` finite losses have been seen, so the statistics mean something.
 
 The *peak* test: the loss is more than ``peak_factor`` times the largest of the last ``peak_window``
-accepted losses. Log statistics go blind once a run's batch losses touch zero (classification that fits
-its data); the peak test, on the plain scale, still sees a jump back to a sizeable loss there.
+accepted losses, and at least ``peak_floor_share`` of the first losses' mean. Log statistics go blind once
+a run's batch losses touch zero (classification that fits its data); the peak test, on the plain scale,
+still sees a jump back to a sizeable loss there. "Sizeable" is measured against where the run began: once
+every batch is near zero, one sample the model gets wrong lifts its batch's loss tenfold (a 10-class
+cross-entropy near 0.005 jumps to 0.07 at batch 32), which is noise, not a blow-up -- and rolling it back
+cut a tune trial's LR five times in a row to 1e-7 (bench/tune.py, digits_mlp).
 
 A step has *exploded* when its loss is more than ``explode_factor`` times the run's first loss: whatever
 the noise, a loss a thousand times worse than at initialization is a blow-up (and the running statistics
@@ -55,6 +59,7 @@ class GuardPolicy:
     explode_factor: float = 1e3
     peak_factor: float = 6.0
     peak_window: int = 100
+    peak_floor_share: float = 0.5     # a peak must reach this share of the first losses' mean
     max_rollbacks: int = 5            # consecutive rollbacks without a new best before "diverged"
     lr_factor: float = 0.5            # the first rollback halves the LR; each further one in a row cuts harder
     baseline: float | None = None     # the constant prediction's loss (None: no collapse test)
@@ -128,7 +133,8 @@ class LossWatch:
                              f"loss spike: {loss:.4g} is {math.exp(jump):.3g}x the running mean {self.typical:.4g} "
                              f"({jump / spread if spread else math.inf:.3g} standard deviations of log-loss)")
             # max() only when the loss beats the last one by the factor: the peak is never below the last.
-            peak = max(self.recent) if loss > p.peak_factor * self.recent[-1] else math.inf
+            sizeable = loss >= p.peak_floor_share * self.first_sum / p.warmup
+            peak = max(self.recent) if sizeable and loss > p.peak_factor * self.recent[-1] else math.inf
             if loss > p.peak_factor * peak:
                 return Alarm("spike", loss, self.typical, f"loss spike: {loss:.4g} is {loss / peak:.3g}x the "
                              f"largest of the last {len(self.recent)} losses ({peak:.4g})")
