@@ -93,7 +93,7 @@ def make_task(name: str, split_seed: int = 0) -> "auto.Task":
 
 
 def run_tune(task_name: str, seed: int, trials: int, pruner: str, folder: Path, warm_start: bool = True,
-             split_seed: int = 0) -> dict:
+             split_seed: int = 0, strong_decay: bool = True) -> dict:
     from converge.tune.search import tune_task
 
     task_file = folder / f"{task_name}-split{split_seed}.py"
@@ -101,7 +101,8 @@ def run_tune(task_name: str, seed: int, trials: int, pruner: str, folder: Path, 
                                           split_seed=split_seed))
     start = time.perf_counter()
     result = tune_task(task_file, trials=trials, out=folder / f"{task_name}-{seed}", seed=seed, pruner=pruner,
-                       max_epochs=auto.MAX_EPOCHS, warm_start=warm_start, verbose=False)
+                       max_epochs=auto.MAX_EPOCHS, warm_start=warm_start, verbose=False,
+                       strong_decay=strong_decay)
     seconds = time.perf_counter() - start
     s = result.summary
     test = (s.get("best_summary") or {}).get("test") or {}
@@ -261,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pruner", choices=("hyperband", "asha", "none"), default="hyperband")
     parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                         help="converge tune without its warm start (trial 0 from TPE like the others)")
+    parser.add_argument("--no-strong-decay", dest="strong_decay", action="store_false",
+                        help="converge tune without trial 1 (the automatic choice with 10x its weight decay)")
     parser.add_argument("--quick", action="store_true", help="smoke run: first task, 1 seed, 4 + 4 trials")
     parser.add_argument("--json", metavar="PATH", help="save every number here")
     parser.add_argument("--reuse-tpe", metavar="PATH",
@@ -284,7 +287,8 @@ def main(argv=None) -> int:
             rows = []
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 split = seed if args.split == "seed" else 0
-                tune = run_tune(name, seed, args.trials, args.pruner, Path(tmp), args.warm_start, split)
+                tune = run_tune(name, seed, args.trials, args.pruner, Path(tmp), args.warm_start, split,
+                                args.strong_decay)
                 automatic = run_auto(name, seed, Path(tmp), split)
                 tpe = reused_tpe(reused, name, seed, split, args.tpe_trials) if reused else \
                     run_tpe(name, seed, args.tpe_trials, split)

@@ -23,6 +23,7 @@ from converge.tune import storage as st  # noqa: E402
 from converge.decide import laggard, reported_trial  # noqa: E402
 from converge.decide.laggard import Finished  # noqa: E402
 from converge.tune.export import reproduce_command  # noqa: E402
+from converge.engine.optim import OPTIMIZERS  # noqa: E402
 from converge.tune.search import EpochJudge, batch_choices, warm_start_params  # noqa: E402
 
 # Tiny tasks: the conftest header's 200 x 8 three-class data. SEARCHED adds a model knob and a data knob
@@ -167,6 +168,54 @@ def test_epoch_judge_stops_the_run_when_the_pruner_says_so():
     assert "pruned by the search at epoch 2" in judge({"epoch": 2, "val_accuracy": 0.4})
 
 
+def test_a_queued_starting_point_reports_but_is_never_pruned():
+    trial = _ScriptedTrial(prune_from=1, finished=[(0.1, 4)] * 3)   # the pruner and the laggard rule would stop it
+    judge = EpochJudge(trial, "val_loss", "min", prunable=False)
+    assert all(judge({"epoch": epoch, "val_loss": 0.9}) is None for epoch in range(1, 40))
+    assert len(trial.reports) == 39
+
+
+def _race_rung(*arms):
+    return {"event": "race_rung", "arms": [{"optimizer": o, "lr": lr, "best": best, "collapsed": collapsed}
+                                           for o, lr, best, collapsed in arms]}
+
+
+@pytest.mark.parametrize("events, expected", [
+    # each optimizer's best arm in the last rung it ran in; the chosen optimizer first
+    ([_race_rung(("adamw", 3e-3, 0.8, False), ("adamw", 1e-3, 0.85, False), ("sgd", 0.05, 0.9, False),
+                 ("sgd", 0.017, 1.0, False)),
+      _race_rung(("adamw", 1e-3, 0.6, False), ("adamw", 3e-3, 0.7, False)),
+      {"event": "chose_optimizer", "value": "adamw"}],
+     [("adamw", 1e-3), ("sgd", 0.05)]),
+    ([_race_rung(("sgd", 0.05, 0.8, False), ("adamw", 3e-3, 0.85, False), ("adamw", 1e-3, 0.9, False)),
+      {"event": "chose_optimizer", "value": "sgd"}],
+     [("sgd", 0.05), ("adamw", 3e-3)]),
+    # an optimizer whose arms all collapsed or blew up has no best arm
+    ([_race_rung(("adamw", 3e-3, 0.8, False), ("sgd", 0.5, None, False), ("sgd", 0.17, 2.3, True)),
+      {"event": "chose_optimizer", "value": "adamw"}],
+     [("adamw", 3e-3)]),
+    ([], []),   # no race (one arm): nothing
+])
+def test_best_arm_per_optimizer(events, expected):
+    from converge.choose.auto import best_arm_per_optimizer
+
+    assert list(best_arm_per_optimizer(events).items()) == expected
+
+
+def test_strong_decay_starts_follow_the_race_and_keep_a_weight_decay_the_user_set():
+    from converge.choose.auto import Tuning
+    from converge.config import TrainConfig
+    from converge.tune.search import strong_decay_starts
+
+    chosen = TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=1e-2, batch_size=32, warmup_steps=40)
+    arms = {"adamw": {"lr": 3e-3, "warmup_steps": 40}, "sgd": {"lr": 0.05, "warmup_steps": 0}}
+    automatic = Tuning(chosen, events=[{"event": "chose_weight_decay", "value": 1e-2}], best_arms=arms)
+    assert strong_decay_starts(automatic) == [
+        {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32, "weight_decay": 0.1, "warmup_steps": 40},
+        {"optimizer": "sgd", "lr": 0.05, "batch_size": 32, "weight_decay": 0.05, "warmup_steps": 0}]
+    assert strong_decay_starts(Tuning(chosen, events=[], best_arms=arms)) == []   # --weight-decay was given
+
+
 @pytest.mark.parametrize("chosen, expected", [
     ({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-2, "batch_size": 32},
      {"optimizer": "adamw", "lr_adamw": 3e-3, "weight_decay": 1e-2, "batch_size": 32}),
@@ -224,12 +273,22 @@ def test_tune_runs_the_study_and_exports_the_best_trial(tuned):
     assert first.user_attrs["warm_start"] and round(first.user_attrs["tuning_epochs"], 3) == summary["tuning_epochs"] > 0
     assert set(first.params) == {"optimizer", "lr_adamw", "weight_decay", "batch_size"} or \
         set(first.params) == {"optimizer", "lr_sgd", "weight_decay", "batch_size"}
-    assert all(set(t.params) >= {"optimizer", "weight_decay", "batch_size", "hidden", "noisy_labels"} for t in trials[1:])
+    # Then each raced optimizer's best arm with its strong weight decay, on the task's defaults too.
+    queued = [t for t in trials if t.user_attrs.get("queued")]
+    assert 1 <= len(queued) <= 2 and [t.number for t in queued] == list(range(1, len(queued) + 1))
+    for t in queued:
+        knobs = t.user_attrs["exact_knobs"]
+        assert knobs["weight_decay"] == OPTIMIZERS[knobs["optimizer"]].strong_weight_decay
+        assert knobs["batch_size"] == first.user_attrs["automatic"]["batch_size"]
+        assert t.user_attrs["knobs"] == knobs and t.user_attrs["task_args"] == {"model": {}, "data": {}}
+    assert queued[0].user_attrs["exact_knobs"]["optimizer"] == first.user_attrs["automatic"]["optimizer"]
+    searched = trials[len(queued) + 1:]
+    assert all(set(t.params) >= {"optimizer", "weight_decay", "batch_size", "hidden", "noisy_labels"} for t in searched)
     for t in trials:  # every complete trial's kept weights, scored on fixed parts of the validation split
         if t.state.name == "COMPLETE":
             parts = t.user_attrs["val_parts"]
             assert len(parts) >= 10 and min(parts) <= t.value <= max(parts)
-    searched = summary["best_trial"] != 0  # a searched trial reported carries its task arguments
+    searched = summary["best_trial"] > len(queued)  # a searched trial reported carries its task arguments
     assert set(summary["best_params"]) == set(trials[summary["best_trial"]].params)
     assert ("--task-args" in summary["reproduce"]) == searched
 

@@ -72,6 +72,9 @@ class Tuning:
     epochs: float = 0.0
     events: list[dict] = field(default_factory=list)
     range_tests: dict[str, RangeTest] = field(default_factory=dict)
+    # The best LR each optimizer reached in the race, with its warmup ({} when there was no race): where
+    # `converge tune` starts its search besides the choice itself.
+    best_arms: dict[str, dict] = field(default_factory=dict)
 
 
 class StageLog:
@@ -190,7 +193,27 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
     epochs = samples / n_train
     console.message(f"tuning: {opt} lr {lr:.3g} weight decay {decay[opt]:g} batch {batch_size}"
                     f"{f' warmup {warmup} steps' if warmup else ''} ({epochs:.1f} epochs spent choosing)")
-    return Tuning(chosen, epochs, events, tests)
+    best = {o: {"lr": a_lr, "warmup_steps": _warmup_steps(a_lr, tests.get(o), steps_per_epoch)[0]}
+            for o, a_lr in best_arm_per_optimizer(events).items()}
+    return Tuning(chosen, epochs, events, tests, best)
+
+
+def best_arm_per_optimizer(events: list[dict]) -> dict[str, float]:
+    """From the race's rungs: each optimizer's best-ranked LR in the last rung it ran in, the chosen optimizer
+    first. An optimizer whose arms there all collapsed or blew up has none."""
+    best: dict[str, float] = {}
+    for event in (e for e in events if e.get("event") == "race_rung"):
+        ranked = {}  # arms are listed best first
+        for arm in event["arms"]:
+            ranked.setdefault(arm["optimizer"], arm)
+        for optimizer, arm in ranked.items():
+            learned = arm["best"] is not None and not arm["collapsed"]
+            if learned:
+                best[optimizer] = arm["lr"]
+            else:
+                best.pop(optimizer, None)
+    winner = next((e["value"] for e in events if e.get("event") == "chose_optimizer"), None)
+    return dict(sorted(best.items(), key=lambda item: item[0] != winner))
 
 
 def _event(kind: str, **values) -> dict:

@@ -96,13 +96,19 @@ class OptimizerSpec:
     default_lr: float            # when the range test gives no usable evidence
     default_weight_decay: float  # "auto" weight decay (decoupled, on weights only)
     search_lr: tuple[float, float]   # `converge tune`: the log-uniform LR range searched
+    strong_weight_decay: float   # `converge tune`: the strong decay its queued starting points try
     description: str
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
+    # Strong decay: AdamW's 0.1 is the top of tune's range and a common strong setting; SGD's 0.05,
+    # decoupled, decays as much as a classic coupled 5e-3 under momentum 0.9 (lr x wd per step against
+    # lr x wd / (1 - momentum)), the strong end of the classic SGD recipes.
     "adamw": OptimizerSpec(_adamw, default_lr=1e-3, default_weight_decay=1e-2, search_lr=(1e-5, 1e-1),
+                           strong_weight_decay=1e-1,
                            description="AdamW (decoupled weight decay, fused kernel where available)"),
     "sgd": OptimizerSpec(_sgdw, default_lr=1e-2, default_weight_decay=5e-4, search_lr=(1e-4, 1.0),
+                         strong_weight_decay=5e-2,
                          description="SGD with Nesterov momentum 0.9 and decoupled weight decay"),
 }
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from converge.config import TrainConfig
 from converge.decide.laggard import Finished, lags_behind
 from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError, StorageError
@@ -111,6 +112,20 @@ def warm_start_params(chosen, batch_sizes: list[int]) -> dict:
             "batch_size": min(batch_sizes, key=lambda size: abs(math.log2(size / chosen.batch_size)))}
 
 
+def strong_decay_starts(tuning) -> list[dict]:
+    """The knobs of the trials queued after the automatic choice: each optimizer's best arm of the race (the
+    chosen one first; its LR, warmup and the chosen batch size) with that optimizer's strong weight decay.
+    Weight decay is the one knob a short race cannot choose (its effect shows over a whole run), and the one
+    in which the best configurations of a noisy tabular task differed from the automatic choice
+    (bench/README.md, "Why tabular_cls misses"). None when the choice did not choose the weight decay."""
+    chosen = tuning.config
+    if not any(e.get("event") == "chose_weight_decay" for e in tuning.events):
+        return []
+    return [{"optimizer": optimizer, "lr": float(arm["lr"]), "batch_size": int(chosen.batch_size),
+             "weight_decay": OPTIMIZERS[optimizer].strong_weight_decay, "warmup_steps": int(arm["warmup_steps"])}
+            for optimizer, arm in tuning.best_arms.items()]
+
+
 def automatic_knobs(chosen) -> dict:
     """The knobs the automatic choice ``chosen`` (a TrainConfig with every knob set) trains with, exactly."""
     return {"optimizer": chosen.optimizer, "lr": float(chosen.lr), "weight_decay": float(chosen.weight_decay),
@@ -162,10 +177,11 @@ def _groups(values: list[float], count: int) -> list[list[float]]:
 class EpochJudge:
     """The Trainer's epoch_judge for one trial: reports the best monitored value so far (the trial's
     objective if it stopped now) and asks the pruner whether the trial should stop, then (``laggards``)
-    whether it lags the finished trials for good (`converge.decide.laggard`)."""
+    whether it lags the finished trials for good (`converge.decide.laggard`). A trial that is not
+    ``prunable`` (the queued starting points, the yardsticks the others are reported against) only reports."""
 
-    def __init__(self, trial, key: str, mode: str, *, laggards: bool = True) -> None:
-        self.trial, self.key, self.mode, self.laggards = trial, key, mode, laggards
+    def __init__(self, trial, key: str, mode: str, *, laggards: bool = True, prunable: bool = True) -> None:
+        self.trial, self.key, self.mode, self.laggards, self.prunable = trial, key, mode, laggards, prunable
         self.best: float | None = None
 
     def __call__(self, record: dict) -> str | None:
@@ -175,6 +191,8 @@ class EpochJudge:
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best = value
         self.trial.report(self.best, step=record["epoch"])
+        if not self.prunable:
+            return None
         if self.trial.should_prune():
             return (f"pruned by the search at epoch {record['epoch']}: best {self.key} {self.best:.6g} is "
                     f"behind the trials that reached this epoch")
@@ -197,7 +215,8 @@ def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = No
               storage_file: str | Path | None = None, study: str | None = None, timeout: float | None = None,
               seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
               device: str | None = None, pruner: str = "hyperband", heartbeat: int = 20, warm_start: bool = True,
-              standardize: bool = True, verbose: bool = True, print_fn: Callable[[str], None] = print) -> TuneResult:
+              standardize: bool = True, verbose: bool = True, print_fn: Callable[[str], None] = print,
+              strong_decay: bool = True) -> TuneResult:
     """What `converge tune TASK --trials N` does. ``trials`` is the number of finished (complete or
     pruned) trials the study should hold: a second run with the same folder and study runs only the
     missing ones. Storage: ``storage`` (an SQLAlchemy URL), ``storage_file`` (a file holding one),
@@ -217,7 +236,8 @@ def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = No
     spec = st.resolve_storage(out, storage=storage, storage_file=storage_file)
     study_name = study or task.name
     worker = _Worker(task, base, out, spec, study_name, options=options, pruner=pruner, heartbeat=heartbeat,
-                     warm_start=warm_start, print_fn=print_fn if verbose else (lambda text: None))
+                     warm_start=warm_start, print_fn=print_fn if verbose else (lambda text: None),
+                     strong_decay=strong_decay)
     with _storage_errors_reported(spec, optuna):
         try:
             worker.start()
@@ -281,10 +301,11 @@ class _Worker:
     """One `converge tune` process: opens the study, runs trials until the study is done, exports."""
 
     def __init__(self, task, base, out: Path, spec: st.StorageSpec, study_name: str, *, options: dict,
-                 pruner: str, heartbeat: int, warm_start: bool, print_fn: Callable[[str], None]) -> None:
+                 pruner: str, heartbeat: int, warm_start: bool, print_fn: Callable[[str], None],
+                 strong_decay: bool = True) -> None:
         self.task, self.base, self.out, self.spec = task, base, out, spec
         self.study_name, self.options, self.pruner_name, self.heartbeat = study_name, options, pruner, heartbeat
-        self.warm_start, self.print = warm_start, print_fn
+        self.warm_start, self.strong_decay, self.print = warm_start, strong_decay, print_fn
         self.locks: st.WorkerLock | None = None
         self.folder_lock = None
         self.study = None
@@ -421,6 +442,12 @@ class _Worker:
         self.print(f"tune: trial 0 starts from converge's automatic choice: {tuning.config.optimizer} lr "
                    f"{tuning.config.lr:.3g} wd {tuning.config.weight_decay:g} batch {tuning.config.batch_size} "
                    f"({tuning.epochs:.1f} epochs spent choosing)")
+        for knobs in strong_decay_starts(tuning) if self.strong_decay else []:
+            trial_params = warm_start_params(TrainConfig(**knobs), self.batch_sizes)
+            self.study.enqueue_trial(trial_params, user_attrs={"queued": "strong weight decay", "exact_knobs": knobs},
+                                     skip_if_exists=True)
+            self.print(f"tune: then {knobs['optimizer']} lr {knobs['lr']:.3g} (its best in the race) with a strong "
+                       f"weight decay, {knobs['weight_decay']:g}")
 
     def _requeue_interrupted(self) -> None:
         """The trial stopped by Ctrl-C is failed by Optuna; queue it again so a re-run finishes it."""
@@ -468,16 +495,18 @@ class _Worker:
         self._check_surplus(trial, wanted)
         trial.set_user_attr("worker", self.locks.id)
         trial.set_user_attr("host", socket.gethostname())
-        automatic = trial.user_attrs.get("automatic")
-        knobs, task_args = suggest(trial, self.batch_sizes, None if automatic else self.task.search_space)
-        knobs = automatic or knobs
+        exact = trial.user_attrs.get("automatic") or trial.user_attrs.get("exact_knobs")
+        knobs, task_args = suggest(trial, self.batch_sizes, None if exact else self.task.search_space)
+        knobs = exact or knobs
         run_dir = self.out / TRIALS / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("task_args", task_args)
         trial.set_user_attr("knobs", knobs)
         config = self.base.with_values(**knobs)
+        # The queued starting points run to the end: a strong weight decay learns slower in its first epochs,
+        # and a pruned automatic trial leaves the report nothing to compare the others with.
         judge = EpochJudge(trial, f"val_{config.monitor.removeprefix('val_')}", config.mode,
-                           laggards=self.pruner_name != "none")
+                           laggards=self.pruner_name != "none", prunable=not exact)
         try:
             run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
                                 task_args=task_args, epoch_judge=judge)
