@@ -219,6 +219,38 @@ def test_a_floor_shorter_than_a_decade_is_still_the_minimum():
     assert LRS[ends - 1] / 1.5 <= s.min_loss_lr <= LRS[ends - 1], s.reason   # the bottom's lowest point
 
 
+def sudden_curve(fall_lr: float, noise: float = 0.02, seed: int = 0) -> list[float]:
+    """A task that learns suddenly (a GRU on running parity): the loss sits at ln 2 until the LR is large,
+    then falls in the sweep's last steps, where only the output's bias can move that fast."""
+    rng = random.Random(seed)
+    return [0.693 * (1 if lr < fall_lr else 0.9 ** math.log10(lr / fall_lr) * 0.85) * (1 + noise * rng.gauss(0, 1))
+            for lr in LRS]
+
+
+@pytest.mark.parametrize("optimizer, cap", [("adamw", 0.1), ("sgd", 1.0)])
+def test_a_suggestion_beyond_what_the_optimizer_can_use_is_capped_and_says_so(optimizer, cap):
+    """GRU on running parity, seed 0: AdamW's sweep fell only past LR 1; "minimum / 10" chose LR 1.0, the
+    race 0.33, and the run ended at 86 % token accuracy. Capped at 0.1 the race takes 0.033: 100 %."""
+    from converge.choose.lr_find import plausible_max_lr
+
+    curve = sudden_curve(3.0)
+    free = suggest_lr(LRS, curve)
+    capped = suggest_lr(LRS, curve, max_lr=plausible_max_lr(optimizer))
+    assert plausible_max_lr(optimizer) == cap
+    assert free.ok and free.lr > 0.1
+    assert capped.ok and capped.lr == min(free.lr, cap) and capped.min_loss_lr == free.min_loss_lr
+    assert ("capped at" in capped.reason) == (free.lr > cap)
+
+
+@pytest.mark.parametrize("name", [n for n in RECORDED if not n.endswith("__to_nan")])
+def test_the_cap_leaves_every_recorded_suggestion_as_it_was(name):
+    from converge.choose.lr_find import plausible_max_lr
+
+    data = load(name)
+    assert suggest_lr(data["lrs"], data["losses"], max_lr=plausible_max_lr(data["optimizer"])) == \
+        suggest_lr(data["lrs"], data["losses"])
+
+
 # ---------------------------------------------------------------- synthetic: NaN / inf
 
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])

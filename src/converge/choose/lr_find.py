@@ -16,7 +16,7 @@ from torch import nn
 from converge.data import epoch_seed, tensors_of
 from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr, usable_prefix
 from converge.engine import device as dev
-from converge.engine.optim import build_optimizer
+from converge.engine.optim import OPTIMIZERS, build_optimizer
 from converge.rng import seed_everything
 
 # Range tests draw their batches from epochs numbered far past any real run, so their data order
@@ -38,7 +38,7 @@ class RangeTest:
         """A test saved by `to_dict` (the run folder's tuning.json), its suggestion read again from its curve."""
         losses = [math.nan if loss is None else loss for loss in saved["losses"]]  # JSON keeps NaN as null
         test = cls(saved["optimizer"], int(saved["batch_size"]), list(saved["lrs"]), losses, int(saved["samples"]))
-        test.suggestion = suggest_lr(test.lrs, test.losses)
+        test.suggestion = suggest_lr(test.lrs, test.losses, max_lr=plausible_max_lr(test.optimizer))
         return test
 
     def to_dict(self) -> dict:
@@ -79,8 +79,17 @@ def lr_range_test(model: nn.Module, train_split, objective, *, optimizer: str, w
         # Stop once the rest of the sweep would tell nothing, or at the step budget.
         if usable_prefix(result.lrs, result.losses, diverge_factor) < len(result.lrs) or len(result.lrs) >= steps:
             break
-    result.suggestion = suggest_lr(result.lrs, result.losses, diverge_factor=diverge_factor)
+    result.suggestion = suggest_lr(result.lrs, result.losses, diverge_factor=diverge_factor,
+                                   max_lr=plausible_max_lr(optimizer))
     return result
+
+
+def plausible_max_lr(optimizer: str) -> float | None:
+    """The top of the LR range `converge tune` searches for ``optimizer`` (AdamW 0.1, SGD 1): above it a step
+    moves every weight by more than any training uses (Adam's steps are about the LR in size, whatever the
+    gradient's scale), so the range test never suggests more."""
+    spec = OPTIMIZERS.get(optimizer)
+    return spec.search_lr[1] if spec is not None else None
 
 
 def _endless_batches(split, batch_size: int, seed: int):

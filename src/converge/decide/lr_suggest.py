@@ -149,7 +149,10 @@ def _median(values: list[float]) -> float:
 
 
 def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.8, diverge_factor: float = 4.0,
-               min_drop: float = 0.05, skip_start: float = 0.1, min_points: int = 8) -> LrSuggestion:
+               min_drop: float = 0.05, skip_start: float = 0.1, min_points: int = 8,
+               max_lr: float | None = None) -> LrSuggestion:
+    """The LR to train with, read from a range test's curve (see the module's docstring). ``max_lr``: the
+    largest LR plausible for the optimizer; a suggestion above it is capped there, and says so."""
     if len(lrs) != len(losses):
         raise ValueError(f"lrs and losses differ in length: {len(lrs)} and {len(losses)}")
     n = usable_prefix(list(lrs), list(losses), diverge_factor)
@@ -181,6 +184,11 @@ def suggest_lr(lrs: list[float], losses: list[float], *, beta: float = 0.8, dive
     suggestion = min(max(10 ** votes[-1], lrs[low] / 100), lrs[low] / 3)
     reason = (f"largest of {len(candidates)} rules ({', '.join(f'{k} {v:.2g}' for k, v in candidates.items())}), "
               f"kept within [min-loss LR / 100, min-loss LR / 3] around {lrs[low]:.2g}")
+    if max_lr is not None and suggestion > max_lr:
+        # A loss that falls only at an LR no optimizer step can use (a task that learns suddenly, after
+        # a long flat start: at those LRs the sweep's last steps only move the output's bias).
+        suggestion = max_lr
+        reason += f"; capped at {max_lr:g}, the largest LR plausible for the optimizer"
     return LrSuggestion(suggestion, True, reason, min_loss_lr=lrs[low], candidates=candidates, used_points=n)
 
 
