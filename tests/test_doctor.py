@@ -134,6 +134,14 @@ def model():
 def model():
     return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))   # 3 classes in the labels
 ''',
+    "unscaled_targets": '''
+def data():
+    x, _ = _blobs()
+    return _split(x, 300.0 + 120.0 * x[:, :1] + 10.0 * x[:, 1:2] ** 2)   # a period in milliseconds, say
+
+def model():
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+''',
 }
 
 CLEAN_MODEL = '''
@@ -172,6 +180,24 @@ def test_planted_fault_is_found(tmp_path, code):
     assert finding.severity in ("warning", "error"), finding
     assert finding.message and finding.fix and finding.evidence
     json.dumps(finding.to_dict())  # JSON-ready
+
+
+def test_standardized_or_own_loss_regression_targets_are_not_called_unscaled(tmp_path):
+    """Only targets that `converge train` would standardize: float targets under the mean-squared error."""
+    scaled = '''
+def data():
+    x, _ = _blobs()
+    return _split(x, x[:, :1] * 0.8 + 0.1)
+
+def model():
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+'''
+    own_loss = PLANTED["unscaled_targets"] + '''
+def loss(outputs, targets):
+    return torch.nn.functional.l1_loss(outputs, targets)
+'''
+    for name, body in (("scaled", scaled), ("own_loss", own_loss)):
+        assert "unscaled_targets" not in _codes(run_doctor(_write(tmp_path, body, name), cheap=True)), name
 
 
 def test_clean_blobs_have_no_warnings(tmp_path):

@@ -17,7 +17,8 @@ from converge.doctor import data_checks as dc
 from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.doctor.run import check_all, class_labels, label_issues, matrix_columns, samples_from_splits
+from converge.doctor.run import (check_all, class_labels, label_issues, matrix_columns, raw_regression_targets,
+                                 samples_from_splits)
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -236,23 +237,6 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
         "mean": mean.tolist(), "std": std.tolist(), "finding": unscaled,
         "export": f"folded into layer {layer!r} of best.safetensors, which predicts in the targets' units",
         "turn_off": "converge train --no-standardize, fit(standardize=False)"})
-
-
-def raw_regression_targets(splits: dict, objective, loss: Callable | None) -> str | None:
-    """What is unscaled about a regression task's targets, when they are standardized by default (in-memory
-    floating-point targets in every split, the mean-squared error), else None."""
-    from converge.engine.objective import recognize_loss
-
-    if objective is None or objective.kind != "regression" or objective.model_loss or \
-            not (loss is None or recognize_loss(loss)[0] == "mse"):
-        return None
-    if not all(isinstance(s, TensorSplit) and isinstance(s.targets, torch.Tensor) and
-               s.targets.dtype.is_floating_point for s in splits.values()):
-        return None
-    targets = splits["train"].targets
-    found = dc.unscaled_features(targets.reshape(len(targets), -1).double())
-    message = found[0].message if found else None   # the inputs' rule, said of the target columns
-    return message.replace("inputs are", "targets are").replace("feature", "target column") if message else None
 
 
 def _apply_targets(prepared: Prepared, mean: torch.Tensor, std: torch.Tensor, layer: str) -> None:

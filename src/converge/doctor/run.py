@@ -20,12 +20,13 @@ from converge.doctor._sample import Sample, sample_of, sample_split
 from converge.doctor.label_noise import find_label_issues, label_noise_finding, out_of_sample_probs, proxy_error
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.engine.objective import Objective, resolve_objective
+from converge.engine.objective import Objective, recognize_loss, resolve_objective
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.standardize import standardization, standardize
 
-CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "constant_features", "outliers",
+CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "unscaled_targets", "constant_features",
+               "outliers",
                "train_val_overlap", "too_few_samples", "output_mismatch", "init_loss_off",
                "vanishing_gradients", "exploding_gradients", "dead_units")
 EXPENSIVE_CODES = ("label_noise", "cannot_overfit_batch")
@@ -196,6 +197,7 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
         findings = data_findings(samples, kind, objective.ignore_index if objective is not None else ignore_index,
                                  **_the_tasks_own(loss, metrics, monitor))
         findings += problems
+        findings += unscaled_targets(splits, objective, loss)
         train = samples["train"]
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         counted, unit = _counted(train, objective)
@@ -211,6 +213,44 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
     finally:
         restore_rng(saved)
     return ranked(findings), objective
+
+
+def raw_regression_targets(splits: dict, objective, loss: Callable | None) -> str | None:
+    """What is unscaled about a regression task's targets, when they are standardized by default (in-memory
+    floating-point targets in every split, the mean-squared error), else None."""
+    if objective is None or objective.kind != "regression" or objective.model_loss or \
+            not (loss is None or recognize_loss(loss)[0] == "mse"):
+        return None
+    if not all(isinstance(s, TensorSplit) and isinstance(s.targets, torch.Tensor) and
+               s.targets.dtype.is_floating_point for s in splits.values()):
+        return None
+    targets = splits["train"].targets
+    found = dc.unscaled_features(targets.reshape(len(targets), -1).double())
+    message = found[0].message if found else None   # the inputs' rule, said of the target columns
+    return message.replace("inputs are", "targets are").replace("feature", "target column") if message else None
+
+
+UNSCALED_TARGETS_FIX = ("converge train and converge.fit standardize them by default with training-split "
+                        "statistics and fold y = z * std + mean into the model's last nn.Linear (predictions, "
+                        "losses and metrics stay in the targets' units; unless --no-standardize / "
+                        "standardize=False); otherwise scale them in data()")
+
+
+def unscaled_targets(splits: dict, objective: Objective | None, loss: Callable | None) -> list[Finding]:
+    """Raw regression targets, as `converge train` would standardize them: what the model checks on them
+    (initial loss, gradients) then see is their scale, which training never does by default."""
+    message = raw_regression_targets(splits, objective, loss) if splits else None
+    if message is None:
+        return []
+    targets = splits["train"].targets.reshape(len(splits["train"].targets), -1).double()
+    mean, std = targets.mean(0), targets.std(0)
+    evidence = {"columns": int(targets.shape[1]), "mean_range": [_rounded(mean.min()), _rounded(mean.max())],
+                "std_range": [_rounded(std.min()), _rounded(std.max())]}
+    return [Finding("unscaled_targets", "warning", message, evidence, UNSCALED_TARGETS_FIX)]
+
+
+def _rounded(value: torch.Tensor) -> float:
+    return float(f"{float(value):.4g}")
 
 
 def matrix_columns(inputs: Any) -> int | None:
