@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import converge
-from converge.doctor.in_train import raw_regression_targets, recorded_target_standardization
+from converge.doctor.in_train import recorded_target_standardization
+from converge.doctor.run import unscaled_targets
 from converge.data import TensorSplit
 from converge.engine.objective import Objective, mean_squared_error
 from converge.standardize import fold_target_standardization, foldable_last_layer, standardization
@@ -95,7 +96,7 @@ def _split_objective(kind="regression", inferred=True):
 ])
 def test_which_targets_are_standardized(targets, kind, loss, standardized):
     splits = {name: TensorSplit(torch.randn(50, 4), targets, name) for name in ("train", "val")}
-    assert (raw_regression_targets(splits, _split_objective(kind), loss) is not None) == standardized
+    assert bool(unscaled_targets(splits, _split_objective(kind), loss)) == standardized
 
 
 def test_the_recorded_statistics_are_read_back_from_the_events():

@@ -225,9 +225,7 @@ def test_strong_decay_starts_follow_the_race_and_keep_a_weight_decay_the_user_se
      {"optimizer": "adamw", "lr_adamw": 1e-5, "weight_decay": 1e-1, "batch_size": 16}),
 ])
 def test_warm_start_params_are_the_automatic_choice_within_the_search_space(chosen, expected):
-    from converge.config import TrainConfig
-
-    assert warm_start_params(TrainConfig(**chosen), [16, 32, 64]) == expected
+    assert warm_start_params(chosen, [16, 32, 64]) == expected
 
 
 def test_reproduce_command_quotes_floats_exactly():

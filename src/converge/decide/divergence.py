@@ -125,7 +125,8 @@ class LossWatch:
         if self.first_loss > 0 and loss > p.explode_factor * self.first_loss:
             return Alarm("spike", loss, self.typical, f"the loss exploded: {loss:.4g} is "
                          f"{loss / self.first_loss:.3g}x the first loss of the run ({self.first_loss:.4g})")
-        if self.seen >= p.warmup and loss > p.floor_fraction * self.first_sum / p.warmup:
+        start = self.first_sum / p.warmup   # the first losses' mean (once warmed up)
+        if self.seen >= p.warmup and loss > p.floor_fraction * start:
             jump = log_loss - self.mean
             spread = math.sqrt(self.var)
             if jump > math.log(p.spike_factor) and jump > p.spike_zscore * spread:
@@ -133,8 +134,8 @@ class LossWatch:
                              f"loss spike: {loss:.4g} is {math.exp(jump):.3g}x the running mean {self.typical:.4g} "
                              f"({jump / spread if spread else math.inf:.3g} standard deviations of log-loss)")
             # max() only when the loss beats the last one by the factor: the peak is never below the last.
-            sizeable = loss >= p.peak_floor_share * self.first_sum / p.warmup
-            peak = max(self.recent) if sizeable and loss > p.peak_factor * self.recent[-1] else math.inf
+            candidate = loss > p.peak_factor * self.recent[-1] and loss >= p.peak_floor_share * start
+            peak = max(self.recent) if candidate else math.inf
             if loss > p.peak_factor * peak:
                 return Alarm("spike", loss, self.typical, f"loss spike: {loss:.4g} is {loss / peak:.3g}x the "
                              f"largest of the last {len(self.recent)} losses ({peak:.4g})")

@@ -17,8 +17,8 @@ from converge.doctor import data_checks as dc
 from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.doctor.run import (check_all, class_labels, label_issues, matrix_columns, raw_regression_targets,
-                                 samples_from_splits)
+from converge.doctor.run import (check_all, class_labels, label_issues, matrix_columns, samples_from_splits,
+                                 unscaled_targets)
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -219,9 +219,10 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
         std = torch.tensor(recorded["std"], dtype=train.targets.dtype)
         _apply_targets(prepared, mean, std, recorded["layer"])
         return rx.Remedy("standardize_targets", dict(recorded))
-    unscaled = raw_regression_targets(prepared.splits, objective, loss) if (by_default or prepared.explicit) else None
-    if unscaled is None:
+    found = unscaled_targets(prepared.splits, objective, loss) if (by_default or prepared.explicit) else []
+    if not found:
         return None
+    unscaled = found[0].message
     train = prepared.splits["train"]
     mean, std = rx.standardization(train.targets.reshape(len(train), -1))
     inputs, _ = train.probe(16)

@@ -215,21 +215,6 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
     return ranked(findings), objective
 
 
-def raw_regression_targets(splits: dict, objective, loss: Callable | None) -> str | None:
-    """What is unscaled about a regression task's targets, when they are standardized by default (in-memory
-    floating-point targets in every split, the mean-squared error), else None."""
-    if objective is None or objective.kind != "regression" or objective.model_loss or \
-            not (loss is None or recognize_loss(loss)[0] == "mse"):
-        return None
-    if not all(isinstance(s, TensorSplit) and isinstance(s.targets, torch.Tensor) and
-               s.targets.dtype.is_floating_point for s in splits.values()):
-        return None
-    targets = splits["train"].targets
-    found = dc.unscaled_features(targets.reshape(len(targets), -1).double())
-    message = found[0].message if found else None   # the inputs' rule, said of the target columns
-    return message.replace("inputs are", "targets are").replace("feature", "target column") if message else None
-
-
 UNSCALED_TARGETS_FIX = ("converge train and converge.fit standardize them by default with training-split "
                         "statistics and fold y = z * std + mean into the model's last nn.Linear (predictions, "
                         "losses and metrics stay in the targets' units; unless --no-standardize / "
@@ -237,20 +222,21 @@ UNSCALED_TARGETS_FIX = ("converge train and converge.fit standardize them by def
 
 
 def unscaled_targets(splits: dict, objective: Objective | None, loss: Callable | None) -> list[Finding]:
-    """Raw regression targets, as `converge train` would standardize them: what the model checks on them
-    (initial loss, gradients) then see is their scale, which training never does by default."""
-    message = raw_regression_targets(splits, objective, loss) if splits else None
-    if message is None:
+    """Regression targets far from standardized (the inputs' rule, `unscaled_features`, on the target
+    columns), for a task whose targets `converge train` standardizes by default: in-memory floating-point
+    targets in every split, under the mean-squared error. The model checks (initial loss, gradients) on raw
+    targets see a scale that training, by default, never does."""
+    if objective is None or objective.kind != "regression" or objective.model_loss or \
+            not (loss is None or recognize_loss(loss)[0] == "mse"):
         return []
-    targets = splits["train"].targets.reshape(len(splits["train"].targets), -1).double()
-    mean, std = targets.mean(0), targets.std(0)
-    evidence = {"columns": int(targets.shape[1]), "mean_range": [_rounded(mean.min()), _rounded(mean.max())],
-                "std_range": [_rounded(std.min()), _rounded(std.max())]}
-    return [Finding("unscaled_targets", "warning", message, evidence, UNSCALED_TARGETS_FIX)]
-
-
-def _rounded(value: torch.Tensor) -> float:
-    return float(f"{float(value):.4g}")
+    if not all(isinstance(s, TensorSplit) and isinstance(s.targets, torch.Tensor) and
+               s.targets.dtype.is_floating_point for s in splits.values()):
+        return []
+    targets = splits["train"].targets
+    return [Finding("unscaled_targets", f.severity,
+                    f.message.replace("inputs are", "targets are").replace("feature", "target column"),
+                    f.evidence, UNSCALED_TARGETS_FIX)
+            for f in dc.unscaled_features(targets.reshape(len(targets), -1).double())]
 
 
 def matrix_columns(inputs: Any) -> int | None:

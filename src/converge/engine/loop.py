@@ -412,15 +412,10 @@ class Trainer:
         after nothing that matters changes (a GRU on running parity, its own cross-entropy: 100 % token
         accuracy by epoch 5, then 360 epochs from 1e-4 to 1e-11)."""
         baseline = self.judge.learn_baseline(self.world)
-        if baseline is None:
-            if self.monitor_key == "val_loss" and math.isfinite(first_train_loss):
-                self._raise_min_delta(negligible_gain(abs(first_train_loss)))
-            return
-        if self.guard is not None:
+        if baseline is not None and self.guard is not None:
             self.guard.know_baseline(baseline)
-        self._raise_min_delta(negligible_gain(baseline) if self.monitor_key == "val_loss" else 0.0)
-
-    def _raise_min_delta(self, floor: float) -> None:
+        scale = baseline if baseline is not None else abs(first_train_loss)
+        floor = negligible_gain(scale) if self.monitor_key == "val_loss" else 0.0   # 0 for a non-finite scale
         if floor > self.tracker.policy.min_delta:  # the policy is checkpointed with the tracker
             self.tracker.policy = dataclasses.replace(self.tracker.policy, min_delta=floor)
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from converge.config import TrainConfig
 from converge.decide.laggard import Finished, lags_behind
 from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError, StorageError
@@ -101,15 +100,16 @@ def suggest(trial, batch_sizes: list[int], search_space: Callable | None) -> tup
     return knobs, task_args
 
 
-def warm_start_params(chosen, batch_sizes: list[int]) -> dict:
-    """The Optuna parameters of the automatic choice ``chosen`` (a TrainConfig with every knob set),
-    clipped to the search space: LR and weight decay to their ranges, the batch size to the nearest
-    choice on a log scale."""
-    low, high = OPTIMIZERS[chosen.optimizer].search_lr
-    return {"optimizer": chosen.optimizer,
-            f"lr_{chosen.optimizer}": min(max(float(chosen.lr), low), high),
-            "weight_decay": min(max(float(chosen.weight_decay), WEIGHT_DECAY[0]), WEIGHT_DECAY[1]),
-            "batch_size": min(batch_sizes, key=lambda size: abs(math.log2(size / chosen.batch_size)))}
+def warm_start_params(knobs: dict, batch_sizes: list[int]) -> dict:
+    """The Optuna parameters of a queued trial's exact ``knobs`` (optimizer, lr, weight_decay, batch_size),
+    clipped to the search space: LR and weight decay to their ranges, the batch size to the nearest choice on
+    a log scale."""
+    optimizer = knobs["optimizer"]
+    low, high = OPTIMIZERS[optimizer].search_lr
+    return {"optimizer": optimizer,
+            f"lr_{optimizer}": min(max(float(knobs["lr"]), low), high),
+            "weight_decay": min(max(float(knobs["weight_decay"]), WEIGHT_DECAY[0]), WEIGHT_DECAY[1]),
+            "batch_size": min(batch_sizes, key=lambda size: abs(math.log2(size / knobs["batch_size"])))}
 
 
 def strong_decay_starts(tuning) -> list[dict]:
@@ -118,10 +118,9 @@ def strong_decay_starts(tuning) -> list[dict]:
     Weight decay is the one knob a short race cannot choose (its effect shows over a whole run), and the one
     in which the best configurations of a noisy tabular task differed from the automatic choice
     (bench/README.md, "Why tabular_cls misses"). None when the choice did not choose the weight decay."""
-    chosen = tuning.config
     if not any(e.get("event") == "chose_weight_decay" for e in tuning.events):
         return []
-    return [{"optimizer": optimizer, "lr": float(arm["lr"]), "batch_size": int(chosen.batch_size),
+    return [{"optimizer": optimizer, "lr": float(arm["lr"]), "batch_size": int(tuning.config.batch_size),
              "weight_decay": OPTIMIZERS[optimizer].strong_weight_decay, "warmup_steps": int(arm["warmup_steps"])}
             for optimizer, arm in tuning.best_arms.items()]
 
@@ -432,19 +431,19 @@ class _Worker:
         if self.study.get_trials(deepcopy=False):
             return  # a study that has begun has had its start
         tuning = automatic_choice(self.task, self.base)
-        params = warm_start_params(tuning.config, self.batch_sizes)
+        automatic = automatic_knobs(tuning.config)
         # The trial trains with the choice exactly (LR, batch size and warmup as chosen, the task's own
         # defaults for its arguments), so that it is the run `converge train` makes; TPE sees the values
         # clipped to its space. skip_if_exists: two workers starting together queue one trial.
-        self.study.enqueue_trial(params, user_attrs={"warm_start": True, "tuning_epochs": tuning.epochs,
-                                                     "automatic": automatic_knobs(tuning.config)},
+        self.study.enqueue_trial(warm_start_params(automatic, self.batch_sizes),
+                                 user_attrs={"warm_start": True, "tuning_epochs": tuning.epochs, "automatic": automatic},
                                  skip_if_exists=True)
         self.print(f"tune: trial 0 starts from converge's automatic choice: {tuning.config.optimizer} lr "
                    f"{tuning.config.lr:.3g} wd {tuning.config.weight_decay:g} batch {tuning.config.batch_size} "
                    f"({tuning.epochs:.1f} epochs spent choosing)")
         for knobs in strong_decay_starts(tuning) if self.strong_decay else []:
-            trial_params = warm_start_params(TrainConfig(**knobs), self.batch_sizes)
-            self.study.enqueue_trial(trial_params, user_attrs={"queued": "strong weight decay", "exact_knobs": knobs},
+            self.study.enqueue_trial(warm_start_params(knobs, self.batch_sizes),
+                                     user_attrs={"queued": "strong weight decay", "exact_knobs": knobs},
                                      skip_if_exists=True)
             self.print(f"tune: then {knobs['optimizer']} lr {knobs['lr']:.3g} (its best in the race) with a strong "
                        f"weight decay, {knobs['weight_decay']:g}")
