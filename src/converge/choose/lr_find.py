@@ -5,7 +5,6 @@ the test runs on a deep copy, so there is nothing to restore afterwards."""
 from __future__ import annotations
 
 import copy
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from converge.data import epoch_seed, tensors_of
 from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr, usable_prefix
 from converge.engine import device as dev
 from converge.engine.optim import OPTIMIZERS, build_optimizer
+from converge.report._page import log_scale, png_bytes
 from converge.rng import seed_everything
 
 # Range tests draw their batches from epochs numbered far past any real run, so their data order
@@ -113,8 +113,9 @@ def plot_range_test(path, test: RangeTest, chosen_lr: float | None) -> None:
 def range_test_png(test: RangeTest, chosen_lr: float | None) -> bytes:
     """The PNG of :func:`plot_range_test`, for a caller that writes it atomically (or in the background)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
-    fig = Figure(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4), layout="constrained")  # tight_layout drew the figure twice: 0.17 s more
     ax = fig.subplots()
     finite = [(lr, loss) for lr, loss in zip(test.lrs, test.losses) if math.isfinite(loss)]
     if finite:
@@ -132,13 +133,11 @@ def range_test_png(test: RangeTest, chosen_lr: float | None) -> bytes:
     if test.suggestion and test.suggestion.min_loss_lr:
         ax.axvline(test.suggestion.min_loss_lr, color="#999999", linestyle=":",
                    label=f"loss minimum {test.suggestion.min_loss_lr:.2g}")
-    ax.set_xscale("log")
+    log_scale(ax, "x")
+    ax.xaxis.set_minor_locator(NullLocator())  # 8 decades: ~70 minor ticks, 0.2 s of drawing, say nothing more
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title(f"LR range test ({test.optimizer}, batch {test.batch_size})")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return png_bytes(fig)

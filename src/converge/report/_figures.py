@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from converge.report._page import png_bytes
+from converge.report._page import log_scale, png_bytes
 from converge.status import STOP_EVENTS
 
 # kind -> (label, colour, line style); the order is the legend's.
@@ -118,7 +118,7 @@ def _draw_panel(ax, epochs: list[float], series: dict[str, list[float]], title: 
             ax.plot(bad, [0.97] * len(bad), linestyle="none", marker="X", markersize=8, color=_NONFINITE,
                     transform=top, clip_on=False, label=f"{label} non-finite")
     if log:
-        ax.set_yscale("log")
+        log_scale(ax, "y")
         _label_values(ax, [v for values in series.values() for v in values])
     ax.set_ylabel(title)
     ax.grid(alpha=0.25)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from converge.io.atomic import atomic_write_text
-from converge.report._page import escape, img, number, png_bytes, table
+from converge.report._page import escape, img, log_scale, number, png_bytes, table
 
 _STATE_COLOURS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "fail": "#d62728"}
 
@@ -102,7 +102,7 @@ def _history_png(rows: list[dict], mode: str, monitor: str) -> bytes | None:
     points = [(r["number"], r["value"], r["state"]) for r in rows if r["value"] is not None]
     if not points:
         return None
-    fig = Figure(figsize=(8, 3.6))
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
     for state, colour in _STATE_COLOURS.items():
         chosen = [(n, v) for n, v, s in points if s == state]
@@ -120,9 +120,8 @@ def _history_png(rows: list[dict], mode: str, monitor: str) -> bytes | None:
     ax.set_xlabel("trial")
     ax.set_ylabel(monitor)
     if all(v > 0 for _, v, _ in points) and max(v for _, v, _ in points) / min(v for _, v, _ in points) > 20:
-        ax.set_yscale("log")
+        log_scale(ax, "y")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -131,7 +130,7 @@ def _curves_png(rows: list[dict], histories: dict[int, dict], monitor: str) -> b
 
     if not any(histories.values()):
         return None
-    fig = Figure(figsize=(8, 3.6))
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax = fig.subplots()
     states = {r["number"]: r["state"] for r in rows}
     for trial, history in histories.items():
@@ -142,8 +141,7 @@ def _curves_png(rows: list[dict], histories: dict[int, dict], monitor: str) -> b
     ax.set_ylabel(f"best {monitor} so far")
     values = [v for h in histories.values() for v in h.values()]
     if values and all(v > 0 for v in values) and max(values) / min(values) > 20:
-        ax.set_yscale("log")
-    fig.tight_layout()
+        log_scale(ax, "y")
     return _png(fig)
 
 
@@ -151,9 +149,8 @@ def _importance_png(found: dict) -> bytes:
     from matplotlib.figure import Figure
 
     names = list(found)[::-1]
-    fig = Figure(figsize=(6, 0.4 * len(names) + 1))
+    fig = Figure(figsize=(6, 0.4 * len(names) + 1), layout="constrained")
     ax = fig.subplots()
     ax.barh(names, [found[n] for n in names], color="#1f77b4")
     ax.set_xlabel("importance (share)")
-    fig.tight_layout()
     return _png(fig)
