@@ -255,13 +255,13 @@ def test_a_run_resumed_after_a_kill_still_draws_its_range_test(tmp_path):
 
 
 def test_a_range_test_that_cannot_be_drawn_costs_the_run_nothing(tmp_path, monkeypatch, capsys):
-    import converge.assembly
     from converge import fit
+    from converge.report import _figures
 
-    def broken(*args):
+    def broken(**args):
         raise ValueError("no figure today")
 
-    monkeypatch.setattr(converge.assembly, "range_test_png", broken)
+    monkeypatch.setitem(_figures._DRAWINGS, _figures.RANGE_TEST_FIGURE, broken)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 4, generator=g)
     y = (x[:, 0] > 0).long()

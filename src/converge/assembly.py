@@ -43,11 +43,12 @@ from converge.io.checkpoint import CHECKPOINT, PREVIOUS, CheckpointError, load_c
 from converge.io.runfolder import (BEST_WEIGHTS, LR_FIND_PLOT, RUN_INFO, SUMMARY, TUNING_STAGES, RunFolder,
                                    read_json_object)
 from converge.io.weights import weights_readable
+from converge.report._figures import RANGE_TEST_FIGURE
 from converge.rng import seed_everything
 from converge.status import Status, is_final
 from converge.task import Task, check_task_args
 from converge.choose.auto import StageLog, Tuning, choose_hyperparameters
-from converge.choose.lr_find import RangeTest, range_test_png
+from converge.choose.lr_find import RangeTest
 
 DOCTOR_OPTIONS = ("check", "fix", "drop_label_issues")
 
@@ -295,7 +296,7 @@ def _range_test_figure(recorder: RunRecorder, folder: RunFolder | None, config: 
         test = RangeTest.from_dict(saved)
     except (KeyError, TypeError, ValueError):  # a damaged stage: the figure is left out, the run goes on
         return
-    recorder.draw_at_finish(LR_FIND_PLOT, lambda: range_test_png(test, config.lr))
+    recorder.draw_at_finish(LR_FIND_PLOT, RANGE_TEST_FIGURE, test.figure_args(config.lr))
 
 
 def _stage_log(folder: RunFolder | None, console: Console) -> StageLog:

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from converge.data import epoch_seed, tensors_of
-from converge.decide.lr_suggest import LrSuggestion, smooth, suggest_lr, usable_prefix
+from converge.decide.lr_suggest import LrSuggestion, suggest_lr, usable_prefix
 from converge.engine import device as dev
 from converge.engine.optim import OPTIMIZERS, build_optimizer
-from converge.report._page import log_scale, png_bytes
+from converge.report._figures import RANGE_TEST_FIGURE, figure_png
 from converge.rng import seed_everything
 
 # Range tests draw their batches from epochs numbered far past any real run, so their data order
@@ -40,6 +40,13 @@ class RangeTest:
         test = cls(saved["optimizer"], int(saved["batch_size"]), list(saved["lrs"]), losses, int(saved["samples"]))
         test.suggestion = suggest_lr(test.lrs, test.losses, max_lr=plausible_max_lr(test.optimizer))
         return test
+
+    def figure_args(self, chosen_lr: float | None) -> dict:
+        """What lr_find.png is drawn from (`converge.report._figures.range_test_png`): plain values, so that
+        the figure can also be drawn by another process."""
+        return {"optimizer": self.optimizer, "batch_size": self.batch_size, "lrs": list(self.lrs),
+                "losses": list(self.losses), "chosen_lr": chosen_lr,
+                "min_loss_lr": self.suggestion.min_loss_lr if self.suggestion else None}
 
     def to_dict(self) -> dict:
         s = self.suggestion
@@ -112,32 +119,4 @@ def plot_range_test(path, test: RangeTest, chosen_lr: float | None) -> None:
 
 def range_test_png(test: RangeTest, chosen_lr: float | None) -> bytes:
     """The PNG of :func:`plot_range_test`, for a caller that writes it atomically (or in the background)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullLocator
-
-    fig = Figure(figsize=(7, 4), layout="constrained")  # tight_layout drew the figure twice: 0.17 s more
-    ax = fig.subplots()
-    finite = [(lr, loss) for lr, loss in zip(test.lrs, test.losses) if math.isfinite(loss)]
-    if finite:
-        ax.plot([p[0] for p in finite], [p[1] for p in finite], color="#bbbbbb", linewidth=1, label="loss")
-    smoothed = smooth(test.losses)
-    shown = [(lr, v) for lr, v in zip(test.lrs, smoothed) if math.isfinite(v)]
-    if shown:
-        ax.plot([p[0] for p in shown], [p[1] for p in shown], color="#1f77b4", label="smoothed loss")
-        low, high = min(v for _, v in shown), max(v for _, v in shown)
-        top = min(high, low + 3 * (shown[0][1] - low)) if shown[0][1] > low else high
-        pad = 0.05 * (top - low) if top > low else abs(low) * 0.05 + 1e-12
-        ax.set_ylim(low - pad, top + pad)
-    if chosen_lr:
-        ax.axvline(chosen_lr, color="#d62728", linestyle="--", label=f"chosen {chosen_lr:.2g}")
-    if test.suggestion and test.suggestion.min_loss_lr:
-        ax.axvline(test.suggestion.min_loss_lr, color="#999999", linestyle=":",
-                   label=f"loss minimum {test.suggestion.min_loss_lr:.2g}")
-    log_scale(ax, "x")
-    ax.xaxis.set_minor_locator(NullLocator())  # 8 decades: ~70 minor ticks, 0.2 s of drawing, say nothing more
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"LR range test ({test.optimizer}, batch {test.batch_size})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    return png_bytes(fig)
+    return figure_png(RANGE_TEST_FIGURE, test.figure_args(chosen_lr))

@@ -23,6 +23,13 @@ from converge.io.atomic import atomic_write_bytes
 from converge.io.checkpoint import state_bytes
 from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY, TENSORBOARD_DIR, RunFolder
 from converge.io.weights import write_weights
+from converge.report._figures import CURVES_FIGURE, figure_png
+from converge.report.figure_process import FigureProcess
+
+# The figure process starts once the run has trained this long: it is ready 0.6 s after (matplotlib's import,
+# on an idle core), and a run that ends sooner draws in its own process.
+FIGURE_PROCESS_AFTER = 1.0
+FIGURE_PROCESS_WAIT = 10.0  # seconds the end waits for the figure process's PNGs before drawing them itself
 
 
 class RunRecorder:
@@ -48,7 +55,11 @@ class RunRecorder:
         self._seconds_per_byte: float | None = None  # what the last checkpoint cost the training loop, per byte
         self._expected_cost: float | None = None     # seconds the next one will cost, from the last state seen
         self._checkpoints_written = 0                # by this process
-        self._end_figures: dict[str, Callable[[], bytes]] = {}  # file name -> its drawing, made at the finish
+        self._end_figures: dict[str, tuple[str, dict]] = {}  # file name -> (figure, its args), drawn by the end
+        self._figures_sent: set[str] = set()
+        self._figure_process: FigureProcess | None = None
+        self._figure_process_tried = False
+        self._trained_seconds = 0.0  # the epochs this process recorded
 
     @property
     def run_dir(self):
@@ -105,6 +116,23 @@ class RunRecorder:
                                                  or (epoch == 1 and e.get("epoch") == 0)])
         if self._mlflow is not None:
             self._mlflow.log_epoch(record)
+        self._trained_seconds += record.get("seconds") or 0.0
+        self._tend_figure_process()
+
+    def _tend_figure_process(self) -> None:
+        """Once the run has trained ``FIGURE_PROCESS_AFTER`` seconds, start the process that will draw its
+        figures (`converge.report.figure_process`); once it is ready, send it what can be drawn already.
+        A shorter run draws in its own process at the end: the worker would not be ready in time."""
+        if self.folder is None:
+            return
+        if self._figure_process is None:
+            if not self._figure_process_tried and self._trained_seconds >= FIGURE_PROCESS_AFTER:
+                self._figure_process_tried = True
+                self._figure_process = FigureProcess.start()
+            return
+        for name, (figure, args) in self._end_figures.items():
+            if name not in self._figures_sent and self._figure_process.submit(name, figure, args):
+                self._figures_sent.add(name)
 
     def save_best(self, best_state: dict[str, torch.Tensor]) -> None:
         """best.safetensors, made and written in the background (``best_state`` is a snapshot: never changed
@@ -166,8 +194,7 @@ class RunRecorder:
             return summary
         if best_state is not None:
             self.save_best(best_state)
-        self._draw_end_figures()
-        curves = self._draw_curves(summary.get("best_epoch"), monitor)
+        curves = self._draw_figures(summary.get("best_epoch"), monitor)
         self.folder.flush()
         self._write_report(summary, curves)
         self.folder.write_json(SUMMARY, summary)  # last: a final summary means every file is complete
@@ -180,38 +207,54 @@ class RunRecorder:
                                 [SUMMARY, EVENTS, REPORT, CURVES, BEST_WEIGHTS])
             self._mlflow = None
 
-    def draw_at_finish(self, name: str, draw: Callable[[], bytes]) -> None:
-        """Have the run's end (a stop or an interruption, before the report) write the figure ``draw()``
-        makes as ``name``. Not sooner: on a writer thread beside training, importing matplotlib and drawing
-        held the interpreter's lock through the first epoch (an LSTM's first epoch 1.0 s instead of 0.15 s),
-        where the end imports matplotlib for curves.png anyway. A figure that cannot be drawn costs the run
-        nothing but a warning (its data is in the run folder's files); one that cannot be written fails
-        like the run's other files."""
+    def draw_at_finish(self, name: str, figure: str, args: dict) -> None:
+        """Have the run write the figure ``figure`` drawn from ``args`` (`converge.report._figures.figure_png`)
+        as ``name`` by its end (a stop or an interruption, before the report). Not sooner in the run's own
+        process: on a writer thread beside training, importing matplotlib and drawing held the interpreter's
+        lock through the first epoch (an LSTM's first epoch 1.0 s instead of 0.15 s); the figure process, once
+        ready, draws it during training. A figure that cannot be drawn costs the run nothing but a warning (its
+        data is in the run folder's files); one that cannot be written fails like the run's other files."""
         if self.folder is not None:
-            self._end_figures[name] = draw
+            self._end_figures[name] = (figure, args)
 
-    def _draw_end_figures(self) -> None:
-        for name, draw in self._end_figures.items():
+    def _draw_figures(self, best_epoch: int | None, monitor: str) -> bytes | None:
+        """Write the end figures and curves.png, the report's figure (loss, metrics and LR against epoch, every
+        decision marked), and return the curves' PNG. The figure process draws what it can within
+        ``FIGURE_PROCESS_WAIT`` seconds; this process draws the rest."""
+        curves_args = {"history": self.history, "events": self.events, "best_epoch": best_epoch, "monitor": monitor}
+        drawn: dict[str, bytes | None] = {}
+        if self._figure_process is not None and self._figure_process.ready:
+            self._tend_figure_process()
+            if self._figure_process.submit(CURVES, CURVES_FIGURE, curves_args):
+                self._figures_sent.add(CURVES)
+            drawn = self._figure_process.collect(FIGURE_PROCESS_WAIT)
+        self._close_figure_process()
+        for name, (figure, args) in self._end_figures.items():
             try:
-                png = draw()
+                png = drawn[name] if name in drawn else figure_png(figure, args)
             except Exception as exc:  # matplotlib's own errors have no common base class
                 self.console.warning(f"could not draw {name} ({type(exc).__name__}: {exc})")
                 continue
+            self._write_png(name, png)
+        self._end_figures = {}
+        if CURVES in drawn:
+            curves = drawn[CURVES]
+        else:
+            preload("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker",
+                    "matplotlib.legend", "matplotlib.transforms")
+            curves = figure_png(CURVES_FIGURE, curves_args)
+        self._write_png(CURVES, curves)
+        return curves
+
+    def _write_png(self, name: str, png: bytes | None) -> None:
+        if png is not None:
             with self.folder.writing(name):
                 atomic_write_bytes(self.folder.path / name, png)
-        self._end_figures = {}
 
-    def _draw_curves(self, best_epoch: int | None, monitor: str) -> bytes | None:
-        """curves.png: the report's figure (loss, metrics and LR against epoch, every decision marked)."""
-        from converge.report._figures import curves_png
-
-        preload("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker", "matplotlib.legend",
-                "matplotlib.transforms")
-        png = curves_png(self.history, self.events, best_epoch=best_epoch, monitor=monitor)
-        if png is not None:
-            with self.folder.writing(CURVES):
-                atomic_write_bytes(self.folder.path / CURVES, png)
-        return png
+    def _close_figure_process(self) -> None:
+        if self._figure_process is not None:
+            self._figure_process.close()
+            self._figure_process = None
 
     def _write_report(self, summary: dict, curves: bytes | None = None) -> None:
         try:
@@ -226,6 +269,7 @@ class RunRecorder:
                                  f"try `converge report {self.folder.path}`")
 
     def close(self) -> None:
-        """Wait for the background writes (their errors surface here)."""
+        """End the figure process; wait for the background writes (their errors surface here)."""
+        self._close_figure_process()
         if self.folder is not None:
             self.folder.close()
