@@ -11,6 +11,18 @@ from converge.engine.metrics import SAMPLE_MEAN, STATEFUL, WHOLE_SPLIT, SplitSco
 from converge.engine.objective import Objective, is_sample_mean
 
 
+CPU_EVAL_BATCH_FACTOR = 4
+
+
+def evaluation_batch_size(train_batch_size: int, device: torch.device) -> int:
+    """The batch a split is scored in. On the CPU, 4x the training batch: scoring holds no activations for a
+    backward pass, and a small model's evaluation is mostly per-batch overhead (an LSTM forecaster's 57
+    evaluations took 0.80 s at its batch of 32, 0.54 s at 128, 0.52 s at 256; the same epochs and
+    decisions, the losses equal to 8 significant digits). On an accelerator, the training batch: it may have
+    been sized to fit its memory."""
+    return train_batch_size * CPU_EVAL_BATCH_FACTOR if device.type == "cpu" else train_batch_size
+
+
 def metric_ways(objective: Objective) -> dict[str, str]:
     """How each metric is scored over a split (`converge.engine.metrics`)."""
     return {name: STATEFUL if is_stateful(fn) else SAMPLE_MEAN if is_sample_mean(fn) else WHOLE_SPLIT

@@ -35,7 +35,7 @@ from converge.engine import device as dev
 from converge.engine.clock import RunClock
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
-from converge.engine.evaluation import evaluate
+from converge.engine.evaluation import evaluate, evaluation_batch_size
 from converge.engine.judge import RunJudge, new_live_findings
 from converge.engine.objective import Objective, in_memory_constant_loss, monitor_key, scores_of
 from converge.engine.progress import EpochProgress
@@ -304,8 +304,9 @@ class Trainer:
         """The loss and metrics over a split (`converge.engine.evaluation`); a metric that could not be
         scored on the whole split is said once, in a `metric_note` event."""
         notes = list(self.metric_notes)
-        values = evaluate(self.model, self.splits[split_name], self.objective, batch_size=self.config.batch_size,
-                          amp=self.config.amp, device=self.device, world=self.world, prefix=prefix, notes=notes)
+        values = evaluate(self.model, self.splits[split_name], self.objective,
+                          batch_size=evaluation_batch_size(self.config.batch_size, self.device), amp=self.config.amp,
+                          device=self.device, world=self.world, prefix=prefix, notes=notes)
         for note in notes[len(self.metric_notes):]:
             self.metric_notes.append(note)
             self._event("metric_note", split=split_name, note=note)
