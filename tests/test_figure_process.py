@@ -48,7 +48,7 @@ def test_the_worker_draws_what_this_process_draws_and_ends_when_closed():
     assert drawn["curves.png"] == _figures.figure_png(_figures.CURVES_FIGURE, CURVES_ARGS)
     assert drawn["lr_find.png"] == _figures.figure_png(_figures.RANGE_TEST_FIGURE, RANGE_ARGS)
     assert drawn["empty.png"] is None  # nothing to draw, as in this process
-    assert worker._process.returncode == 0  # it left when its input closed; it was not killed
+    assert worker.wait_ended(30) == 0  # it left when its input closed; it was not killed
 
 
 def test_a_figure_the_worker_cannot_draw_is_left_out_and_the_others_come_back():
@@ -71,6 +71,7 @@ def test_a_dead_worker_is_not_ready_and_takes_nothing():
     assert not worker.submit("curves.png", _figures.CURVES_FIGURE, CURVES_ARGS)
     assert worker.collect(5) == {}
     worker.close()
+    assert worker.wait_ended(30) is not None
 
 
 def classification(seed: int = 0):
@@ -109,8 +110,10 @@ def test_a_run_gets_the_same_figures_from_the_worker_or_without_it(tmp_path, mon
     monkeypatch.setattr(recorder, "figure_png", lambda figure, args: drawn_here.append(figure)
                         or _figures.figure_png(figure, args))
     assert run(tmp_path, "worker") == own
-    assert len(workers) == 1 and workers[0]._process.poll() is not None  # started once, gone by the end
+    assert len(workers) == 1  # started once
+    ended = workers[0].wait_ended(30)  # and closed by the run's end
+    assert ended is not None
     if failure == "none":
-        assert drawn_here == [] and workers[0]._process.returncode == 0
+        assert drawn_here == [] and ended == 0
     else:
         assert sorted(drawn_here) == [_figures.CURVES_FIGURE, _figures.RANGE_TEST_FIGURE]
