@@ -220,3 +220,33 @@ def test_torchmetrics_are_the_whole_splits_under_torchrun(tmp_path):
     assert [r["val_count"] for r in twos] == [200.0, 200.0]
     for a, b in zip(ones, twos):
         assert b["val_f1"] == pytest.approx(a["val_f1"], rel=TOLERANCE)
+
+
+# --- the batch a split is scored in ---------------------------------------------------------------------
+def test_a_mean_loss_is_scored_in_larger_batches_on_the_cpu_and_a_loss_of_ones_own_in_the_training_batch():
+    from converge.engine.evaluation import evaluation_batch_size
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    ours = Objective(cross_entropy, "multiclass", {})
+    recognized_own = Objective(nn.CrossEntropyLoss(), "multiclass", {}, inferred=False, known_loss=True)
+    summed_own = Objective(nn.MSELoss(reduction="sum"), "custom", {}, inferred=False, known_loss=False)
+    assert evaluation_batch_size(32, cpu, ours) == 128 and evaluation_batch_size(32, cpu, recognized_own) == 128
+    assert evaluation_batch_size(32, cpu, summed_own) == 32
+    assert evaluation_batch_size(32, cuda, ours) == 32  # an accelerator's batch may be sized to its memory
+
+
+def test_a_run_with_a_summed_loss_of_its_own_scores_validation_at_the_training_batch(tmp_path):
+    """A sum over the batch (a VAE's loss, often) grows with the batch: validation must be batched as training
+    is, or its loss would not be comparable with the training loss."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])
+    summed = nn.MSELoss(reduction="sum")
+    torch.manual_seed(0)
+    result = converge.fit(nn.Linear(4, 1), (x[:136], y[:136]), (x[136:], y[136:]), loss=summed, optimizer="adamw",
+                          lr=1e-2, batch_size=16, max_epochs=2, seed=0, out=None, verbose=False)
+    model = result.model.eval()
+    with torch.no_grad():  # the val split's 64 rows in batches of 16, each batch's sum weighted by its rows
+        expected = sum(float(summed(model(xb), yb)) * len(xb)
+                       for xb, yb in zip(x[136:].split(16), y[136:].split(16))) / 64
+    assert result.summary["best"]["val_loss"] == pytest.approx(expected, rel=1e-5)

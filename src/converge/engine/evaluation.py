@@ -14,13 +14,16 @@ from converge.engine.objective import Objective, is_sample_mean
 CPU_EVAL_BATCH_FACTOR = 4
 
 
-def evaluation_batch_size(train_batch_size: int, device: torch.device) -> int:
-    """The batch a split is scored in. On the CPU, 4x the training batch: scoring holds no activations for a
-    backward pass, and a small model's evaluation is mostly per-batch overhead (an LSTM forecaster's 57
-    evaluations took 0.80 s at its batch of 32, 0.54 s at 128, 0.52 s at 256; the same epochs and
-    decisions, the losses equal to 8 significant digits). On an accelerator, the training batch: it may have
-    been sized to fit its memory."""
-    return train_batch_size * CPU_EVAL_BATCH_FACTOR if device.type == "cpu" else train_batch_size
+def evaluation_batch_size(train_batch_size: int, device: torch.device, objective: Objective) -> int:
+    """The batch a split is scored in. On the CPU, 4x the training batch when the loss is a mean over the
+    samples: scoring keeps no activations for a backward pass, and a small model's evaluation is mostly
+    per-batch overhead (an LSTM forecaster's 57 evaluations took 0.80 s at its batch of 32, 0.54 s at 128,
+    0.52 s at 256; the same epochs and decisions, the losses equal to 8 significant digits). Otherwise the
+    training batch: on an accelerator it may have been sized to fit the memory, and a loss of the user's own
+    that sums over the batch is only comparable with training's at the batch it trains with."""
+    if device.type == "cpu" and objective.mean_over_samples:
+        return train_batch_size * CPU_EVAL_BATCH_FACTOR
+    return train_batch_size
 
 
 def metric_ways(objective: Objective) -> dict[str, str]:

@@ -305,8 +305,8 @@ class Trainer:
         scored on the whole split is said once, in a `metric_note` event."""
         notes = list(self.metric_notes)
         values = evaluate(self.model, self.splits[split_name], self.objective,
-                          batch_size=evaluation_batch_size(self.config.batch_size, self.device), amp=self.config.amp,
-                          device=self.device, world=self.world, prefix=prefix, notes=notes)
+                          batch_size=evaluation_batch_size(self.config.batch_size, self.device, self.objective),
+                          amp=self.config.amp, device=self.device, world=self.world, prefix=prefix, notes=notes)
         for note in notes[len(self.metric_notes):]:
             self.metric_notes.append(note)
             self._event("metric_note", split=split_name, note=note)

@@ -56,6 +56,13 @@ class Objective:
     # / std (`converge.doctor.in_train`): losses and metrics are reported on outputs and targets mapped back
     target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @property
+    def mean_over_samples(self) -> bool:
+        """Whether a batch's loss is a mean over what counts in it (converge's own losses; a task's standard
+        loss with the mean reduction), so that a split's loss does not depend on how the split is batched.
+        A loss of the user's own may be a sum over the batch (a VAE's often is)."""
+        return self.inferred or self.known_loss
+
     def forward(self, model: nn.Module, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
         """(the model's scores, the batch's loss)."""
         outputs = call_model(model, inputs, {self.target_key: targets} if self.target_key else None)
