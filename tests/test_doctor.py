@@ -465,6 +465,52 @@ def test_gradient_flow_relative_threshold(grad, weight, flagged):
     assert bool(mc.gradient_flow([("a", grad, weight), ("b", grad, weight)])) == flagged
 
 
+def test_gradient_flow_without_the_relative_test_reads_only_the_scale_free_ratio():
+    """A loss that may sum over the batch (relative=None) has gradients of any size; only the ratio between
+    the first and the last layer says anything."""
+    assert mc.gradient_flow([("a", 1e6, 1.0), ("b", 1e6, 1.0)], relative=None) == []
+    assert mc.gradient_flow([("a", 1.1e6, 1.0), ("b", 1e3, 1.0)], relative=None)[0].code == "exploding_gradients"
+
+
+VAE_TASK = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+class VAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.mu, self.logvar = nn.Linear(8, 32), nn.Linear(32, 2), nn.Linear(32, 2)
+        self.dec = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 8))
+
+    def forward(self, x):
+        h = F.relu(self.enc(x))
+        mu, logvar = self.mu(h), self.logvar(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return torch.sigmoid(self.dec(z)), mu, logvar
+
+def model():
+    return VAE()
+
+def loss(out, x):  # summed over the batch, as the PyTorch example's VAE
+    recon, mu, logvar = out
+    return F.binary_cross_entropy(recon, x, reduction="sum") - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.sigmoid(torch.randn(600, 2, generator=g) @ torch.randn(2, 8, generator=g))
+    return (x[:400], x[:400]), (x[400:500], x[400:500]), (x[500:], x[500:])
+"""
+
+
+def test_a_vae_with_its_own_summed_loss_is_not_called_exploding(tmp_path):
+    path = tmp_path / "vae.py"
+    path.write_text(VAE_TASK)
+    findings = run_doctor(path, cheap=True)
+    assert "exploding_gradients" not in _codes(findings), [f.to_dict() for f in findings]
+    assert "output_mismatch" not in _codes(findings)
+
+
 @pytest.mark.parametrize("activity, severity", [
     ({"1": (0, 32)}, None),
     ({"1": (3, 32)}, "info"),

@@ -291,3 +291,57 @@ def test_a_recognized_loss_still_refuses_shapes_that_do_not_match():
     y = (x[:, :3] > 0).float()                         # three labels against one output
     with pytest.raises(ConvergeError, match="the loss cannot compare|model scores|outputs"):
         converge.fit(_Head(1, (1,)), (x, y), (x, y), loss=nn.BCEWithLogitsLoss(), **QUICK)
+
+
+# --- a loss of the task's own on everything the model returns ---------------------------------------------
+class _Autoencoder(nn.Module):
+    """Returns (reconstruction, code), as an autoencoder with a penalty on its code does."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(6, 2), nn.Linear(2, 6)
+
+    def forward(self, x):
+        code = self.enc(x)
+        return self.dec(code), code
+
+
+def _reconstruction_and_penalty(out, x):
+    recon, code = out
+    return F.mse_loss(recon, x, reduction="sum") + 0.01 * code.pow(2).sum()
+
+
+def test_a_loss_written_for_the_models_tuple_gets_the_tuple():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(240, 2, generator=g) @ torch.randn(2, 6, generator=g)
+    torch.manual_seed(0)
+    result = converge.fit(_Autoencoder(), (x[:160], x[:160]), (x[160:], x[160:]), loss=_reconstruction_and_penalty,
+                          optimizer="adamw", lr=1e-2, batch_size=16, max_epochs=30, seed=0, out=None, verbose=False)
+    assert "on all the model returns" in result.summary["task_description"]
+    model = result.model.eval()
+    with torch.no_grad():  # the summed loss, in the training batch of 16, weighted by rows
+        expected = sum(float(_reconstruction_and_penalty(model(b), b)) * len(b) for b in x[160:].split(16)) / 80
+        start = float(_reconstruction_and_penalty(_Autoencoder()(x[160:176]), x[160:176]))
+    assert result.summary["best"]["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert expected < 0.1 * start  # it learned the two-dimensional structure
+
+
+def test_a_standard_loss_on_a_model_returning_a_tuple_still_gets_its_first_item():
+    """A recurrent model's (outputs, hidden state): torch's cross-entropy wants the scores alone."""
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.out = nn.GRU(3, 8, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x):
+            seq, hidden = self.rnn(x)
+            return self.out(seq[:, -1]), hidden
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, 3, generator=g)
+    y = (x[:, :, 0].sum(1) > 0).long()
+    splits = make_splits((x[:48], y[:48]), (x[48:], y[48:]))
+    objective = resolve_objective(Recurrent(), splits, nn.CrossEntropyLoss(), {}, amp="off",
+                                  device=torch.device("cpu"), probe_size=16)
+    assert not objective.loss_on_outputs and objective.known_loss and "accuracy" in objective.metric_fns

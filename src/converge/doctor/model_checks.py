@@ -133,10 +133,14 @@ def layer_gradient_norms(model: nn.Module, inputs, targets, loss_fn: Callable) -
 
 
 def gradient_flow(norms: list[tuple[str, float, float]], *, vanishing: float = T.VANISHING_RATIO,
-                  exploding: float = T.EXPLODING_RATIO, relative: float = T.EXPLODING_RELATIVE) -> list[Finding]:
+                  exploding: float = T.EXPLODING_RATIO, relative: float | None = T.EXPLODING_RELATIVE
+                  ) -> list[Finding]:
     """Vanishing or exploding gradients from per-layer norms: the first layer's gradient norm over the
     last layer's (below ``vanishing``: vanishing; above ``exploding``: exploding), or any layer whose
-    gradient norm is more than ``relative`` times its weights' norm (exploding everywhere at once)."""
+    gradient norm is more than ``relative`` times its weights' norm (exploding everywhere at once).
+    ``relative`` None leaves the second test out: it reads the loss's scale, which only a mean over the
+    samples fixes (a VAE's loss summed over a batch of images had gradients 400x its weights, and trained
+    well: Adam does not see the scale)."""
     if len(norms) < 2:
         return []
     evidence = {"layers": [{"name": n, "grad_norm": rounded(g, 3), "weight_norm": rounded(w, 3)} for n, g, w in norms]}
@@ -148,6 +152,8 @@ def gradient_flow(norms: list[tuple[str, float, float]], *, vanishing: float = T
     largest = max(g / w if w > 0 else 0.0 for _, g, w in norms)
     evidence.update(first_over_last=rounded(ratio, 3), max_grad_over_weight=rounded(largest, 3),
                     bounds={"vanishing": vanishing, "exploding": exploding, "relative": relative})
+    if relative is None:
+        relative = math.inf
     if ratio < vanishing:
         return [Finding("vanishing_gradients", "warning",
                         f"gradients shrink {1 / max(ratio, 1e-300):.3g}x from the last layer to the first at "

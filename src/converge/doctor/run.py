@@ -120,7 +120,8 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
         findings += mc.init_loss_off(model, inputs, targets, loss_fn, objective.kind, classes=objective.classes)
     else:
         findings.append(dc.skipped("init_loss_off", "the task's own loss has no known value at initialisation"))
-    findings += mc.gradient_flow(mc.layer_gradient_norms(model, inputs, targets, loss_fn))
+    findings += mc.gradient_flow(mc.layer_gradient_norms(model, inputs, targets, loss_fn),
+                                 relative=T.EXPLODING_RELATIVE if objective.mean_over_samples else None)
     findings += mc.dead_units(mc.relu_activity(model, inputs))
     if not cheap:
         progress(f"doctor: fitting one batch of {min(T.OVERFIT_BATCH, len(targets))} samples")

@@ -52,6 +52,8 @@ class Objective:
     derived: dict[str, Callable] = field(default_factory=dict)   # name -> fn({"loss": ..., ...}) after a pass
     target_key: str | None = None           # pass the targets to the model as this keyword (dict inputs)
     model_loss: bool = False                # the loss is the model's own output ``.loss``
+    loss_on_outputs: bool = False           # the task's loss takes what the model returned (a VAE's tuple), not
+                                            # the score tensor in it
     # (mean, std) per target column when the model trains on standardized regression targets z = (y - mean)
     # / std (`converge.doctor.in_train`): losses and metrics are reported on outputs and targets mapped back
     target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -67,7 +69,9 @@ class Objective:
         """(the model's scores, the batch's loss)."""
         outputs = call_model(model, inputs, {self.target_key: targets} if self.target_key else None)
         scores = scores_of(outputs)
-        return scores, own_loss(outputs) if self.model_loss else self.loss_fn(scores, targets)
+        if self.model_loss:
+            return scores, own_loss(outputs)
+        return scores, self.loss_fn(outputs if self.loss_on_outputs else scores, targets)
 
     def weight(self, targets: torch.Tensor):
         """How much a batch counts in an average: its samples, or the targets that are not padding."""
@@ -311,7 +315,14 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
         objective = Objective(loss, "custom", {}, inferred=False, known_loss=False, description="custom targets")
     else:
         objective = _decide(loss, scores, targets, splits, ignore_index)
-    check_outputs_fit(objective, scores, targets)
+    if loss is not None and outputs is not scores and _takes_outputs(loss, outputs, targets):
+        # The model returns several things and the task's loss reads them (a VAE's reconstruction, mean and
+        # log-variance): the loss is the task's alone, whatever the score tensor in them looks like.
+        objective = replace(objective, loss_fn=loss, loss_on_outputs=True, known_loss=False,
+                            derived={}, description=f"{objective.description.split('; loss')[0]}; loss: the "
+                            f"task's own ({getattr(loss, '__name__', type(loss).__name__)}), on all the model "
+                            f"returns")
+    check_outputs_fit(objective, outputs if objective.loss_on_outputs else scores, targets)
     metric_fns = {**objective.metric_fns, **imbalance_metrics(objective, splits["train"]), **metrics}
     for name in [*metric_fns, *objective.derived]:
         if name == "loss" or not name.isidentifier():
@@ -384,6 +395,17 @@ def _model_loss(outputs, scores, targets, splits: dict, metrics: dict, ignore_in
     if not same:
         objective = replace(objective, derived={})   # perplexity means exp(cross-entropy) only
     return replace(objective, metric_fns={**objective.metric_fns, **metrics})
+
+
+def _takes_outputs(loss: Callable, outputs: Any, targets: Any) -> bool:
+    """Whether the task's ``loss`` gives a scalar on everything the model returned (a tuple, a dict, an
+    object), as a loss written for that model does; a loss for the score tensor alone fails on the rest."""
+    try:
+        with torch.no_grad():
+            value = loss(outputs, targets)
+    except Exception:  # any failure says the loss wants the score tensor (checked next, with its own error)
+        return False
+    return isinstance(value, torch.Tensor) and value.numel() == 1
 
 
 def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra: dict | None = None) -> Any:
