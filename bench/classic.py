@@ -31,7 +31,8 @@ loss and the epochs. Binary and multilabel also report the accuracy / exact matc
 (``*_at_half``), which is what fits a model trained with MSE on 0/1 targets (outputs near 0 and 1, not
 logits); it is informative only. Batches may be (inputs, targets) pairs, tuples whose last item is the target
 (``model(*inputs)``), or dicts with the target under ``labels`` (``model(**inputs)``); outputs may be
-tensors, objects with ``.logits``, dicts with ``"logits"`` or tuples (first item).
+tensors, objects with ``.logits``, dicts with ``"logits"`` or tuples (first item); a task's own loss written
+for everything the model returns (a VAE's tuple) gets all of it.
 
 ``--evaluate WEIGHTS`` trains nothing: it builds the task's model and data with the seed, loads the
 weights (``converge.load_weights``: a converge run's ``best.safetensors``) and scores the test split
@@ -157,13 +158,17 @@ def unpack(batch: Any) -> tuple[Any, torch.Tensor]:
     raise TypeError(f"cannot tell inputs from targets in a batch of type {type(batch).__name__}")
 
 
-def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+def call(model: nn.Module, inputs: Any) -> Any:
+    """What the model returns for ``inputs``."""
     if isinstance(inputs, dict):
-        out = model(**inputs)
-    elif isinstance(inputs, (tuple, list)):
-        out = model(*inputs)
-    else:
-        out = model(inputs)
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def scores(out: Any) -> torch.Tensor:
+    """The score tensor in what a model returned."""
     if hasattr(out, "logits"):
         return out.logits
     if isinstance(out, dict):
@@ -245,11 +250,11 @@ def evaluate(model: nn.Module, batches, loss_fn: Callable, kind: str) -> dict[st
     total, seen, sums = 0.0, 0, {}
     for batch in batches:
         inputs, y = unpack(batch)
-        out = forward(model, inputs)
+        out = call(model, inputs)
         n = y.shape[0]
         total += float(loss_fn(out, y)) * n
         seen += n
-        for key, value in batch_counts(kind, out, y).items():
+        for key, value in batch_counts(kind, scores(out), y).items():
             sums[key] = sums.get(key, 0.0) + value
     model.train()
     return {"loss": total / seen, **finish(kind, sums)}
@@ -265,13 +270,25 @@ def build(task_path: str, seed: int):
 
 
 def probe_kind(task, model: nn.Module, train_batches) -> tuple[str, Callable]:
+    """The kind, and the loss as the loop calls it: on what the model returns. The task's own loss gets all of
+    it when it was written for that (a VAE's (reconstruction, mu, logvar)), as a hand loop would pass it;
+    any other loss gets the score tensor."""
     inputs, y = unpack(next(iter(train_batches)))
     with torch.no_grad():
         model.eval()
-        out = forward(model, inputs)
+        raw = call(model, inputs)
         model.train()
+        out = scores(raw)
+        if task.loss is not None and raw is not out:
+            try:
+                value = task.loss(raw, y)
+            except Exception:
+                value = None
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                return infer_kind(out, y), task.loss
     kind = infer_kind(out, y)
-    return kind, (task.loss if task.loss is not None else inferred_loss(kind))
+    base = task.loss if task.loss is not None else inferred_loss(kind)
+    return kind, lambda raw, y: base(scores(raw), y)
 
 
 def early_stopping_loop(model, train_b, val_b, loss_fn, kind: str, optimizer, scheduler, max_epochs: int,
@@ -288,7 +305,7 @@ def early_stopping_loop(model, train_b, val_b, loss_fn, kind: str, optimizer, sc
         to_train()
         for batch in train_b:
             inputs, y = unpack(batch)
-            loss = loss_fn(forward(model, inputs), y)
+            loss = loss_fn(call(model, inputs), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _interrupt import InterruptAt
 
 TASK = '''
 import torch
@@ -185,22 +186,6 @@ def test_repeated_random_kills_then_resume_is_bit_exact(tmp_path, splits):
     assert_same_run(tmp_path / "reference", out)
 
 
-class _InterruptAt:
-    """Cross-entropy that sends this process SIGINT at its ``at``-th training call, as Ctrl-C would."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.calls = at, 0
-
-    def __call__(self, outputs, targets):
-        import torch.nn.functional as F
-
-        if outputs.requires_grad:
-            self.calls += 1
-            if self.calls == self.at:
-                os.kill(os.getpid(), signal.SIGINT)
-        return F.cross_entropy(outputs, targets)
-
-
 @pytest.mark.parametrize("splits", ["tensors", "dataset", "loader"])
 def test_ctrl_c_inside_an_epoch_resumes_exactly_in_process(tmp_path, splits):
     """Interrupted at a known step in the middle of epoch 2, for each kind of split."""
@@ -220,13 +205,11 @@ def test_ctrl_c_inside_an_epoch_resumes_exactly_in_process(tmp_path, splits):
                             max_epochs=3, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=1e-2, seed=3,
                             device="cpu")
 
-    import torch.nn.functional as F
-
-    reference = run(tmp_path / "reference", F.cross_entropy)
-    stopped = run(tmp_path / "run", _InterruptAt(63 + 20))  # 63 steps per epoch: step 20 of epoch 2
+    reference = run(tmp_path / "reference", InterruptAt())
+    stopped = run(tmp_path / "run", InterruptAt(63 + 20))  # 63 steps per epoch: step 20 of epoch 2
     assert stopped.status == "interrupted"
     assert stopped.events[-1]["event"] == "interrupted" and stopped.events[-1]["batch"] == 20
-    resumed = run(tmp_path / "run", F.cross_entropy, resume=True)
+    resumed = run(tmp_path / "run", InterruptAt(), resume=True)
     assert resumed.status == "max_epochs"
     assert_same_run(tmp_path / "reference", tmp_path / "run")
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]

@@ -3,10 +3,9 @@ model), said in one console line and in remedies.json, turned off by --no-standa
 reapplied on resume; inputs that are not a plain float feature matrix are left alone."""
 
 import json
-import os
-import signal
 
 import pytest
+from _interrupt import InterruptAt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -220,30 +219,16 @@ def test_train_says_it_once_records_it_and_no_standardize_turns_it_off(tmp_path,
     assert json.loads((tmp_path / "off" / "run.json").read_text())["config"]["standardize"] is False
 
 
-class _InterruptAt:
-    """Cross-entropy that sends this process SIGINT at its ``at``-th training call, as Ctrl-C would."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.calls = at, 0
-
-    def __call__(self, outputs, targets):
-        if outputs.requires_grad:
-            self.calls += 1
-            if self.calls == self.at:
-                os.kill(os.getpid(), signal.SIGINT)
-        return F.cross_entropy(outputs, targets)
-
-
 def test_resume_reapplies_the_standardization_exactly(tmp_path):
     splits = raw_blobs()
 
     def run(out, loss, resume=False):
         return _fit(Net, splits, out=out, loss=loss, resume=resume, device="cpu")
 
-    reference = run(tmp_path / "reference", F.cross_entropy)
-    stopped = run(tmp_path / "run", _InterruptAt(6 + 3))     # 6 steps per epoch: step 3 of epoch 2
+    reference = run(tmp_path / "reference", InterruptAt())
+    stopped = run(tmp_path / "run", InterruptAt(6 + 3))     # 6 steps per epoch: step 3 of epoch 2
     assert stopped.status == "interrupted"
-    resumed = run(tmp_path / "run", F.cross_entropy, resume=True)
+    resumed = run(tmp_path / "run", InterruptAt(), resume=True)
     assert resumed.status == reference.status
     assert _strip(resumed.history) == _strip(reference.history)
     assert (tmp_path / "run" / "best.safetensors").read_bytes() == \
