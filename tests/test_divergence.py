@@ -119,3 +119,48 @@ def test_clip_after_rollback(current, typical, expected):
 def test_policy_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         GuardPolicy(**bad)
+
+
+# --- a loss that goes negative ------------------------------------------------------------------------------
+def through_zero(n=400, start=0.7, end=-0.2, noise=0.08, seed=0):
+    """Batch losses of a Gaussian negative log-likelihood: falling from 0.7 through zero to -0.2, with additive
+    batch noise (a NLL has no log scale)."""
+    rng = random.Random(seed)
+    return [start + (end - start) * min(1.0, i / (0.6 * n)) + rng.gauss(0, noise) for i in range(n)]
+
+
+@pytest.mark.parametrize("values, expected", [
+    # the noise of a loss around zero: a positive batch after a negative stretch is no spike (it was 1e28x
+    # the log-scale running mean before the plain scale)
+    (through_zero(), None),
+    (through_zero(noise=0.15, seed=1) + [0.1, 0.3], None),
+    # a real blow-up after going negative still is one: far above the running mean, on the run's own scale
+    (through_zero() + [5.0], (400, "spike")),
+    # and a loss that explodes against the first loss, whatever the scale
+    (through_zero() + [1000.0], (400, "spike")),
+    (through_zero() + [math.nan], (400, "nonfinite")),
+])
+def test_a_loss_that_goes_negative_is_judged_on_its_plain_scale(values, expected):
+    assert first_alarm(values) == expected
+
+
+def test_a_tiny_negative_rounding_of_a_positive_loss_keeps_the_log_scale():
+    """Cross-entropy near zero can round to -1e-8: that is no sign of a signed loss."""
+    watch = LossWatch()
+    for value in noisy_decline(50) + [-1e-8]:
+        watch.update(value)
+    assert not watch.signed and watch.update(50.0).kind == "spike"
+
+
+def test_the_plain_scale_survives_a_checkpoint_and_an_older_checkpoint_loads():
+    values = through_zero()
+    whole = LossWatch()
+    expected = [whole.update(v) is not None for v in values + [5.0]]
+    first = LossWatch()
+    for v in values[:300]:
+        first.update(v)
+    second = LossWatch()
+    second.load_state_dict(first.state_dict())
+    assert second.signed and [second.update(v) is not None for v in values[300:] + [5.0]] == expected[300:]
+    older = {k: v for k, v in LossWatch().state_dict().items() if k not in LossWatch._SIGNED_KEYS}
+    LossWatch().load_state_dict(older)  # a checkpoint from before the plain scale

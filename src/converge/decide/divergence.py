@@ -27,6 +27,15 @@ A step has *exploded* when its loss is more than ``explode_factor`` times the ru
 the noise, a loss a thousand times worse than at initialization is a blow-up (and the running statistics
 cannot see it when the run climbs there within its first steps).
 
+A loss that goes *negative* (a Gaussian negative log-likelihood, an ELBO's sign, a log-likelihood ratio) has
+no log scale: once a loss below ``-floor_fraction`` of the first losses' mean magnitude is seen, the watch
+judges the run on the plain scale. A step is then a spike when its loss is above the running (arithmetic)
+mean by more than ``spike_zscore`` running standard deviations *and* by more than ``spike_factor - 1``
+times the first losses' mean magnitude (a jump as large as that from 1 to ``spike_factor`` where the run
+began). Without this, the log statistics of a loss around zero took every positive batch loss after a
+negative stretch for a spike 1e28 times the running mean (a Gaussian NLL regression, rolled back five
+times and stopped as diverged while it improved). The peak test, a ratio of losses, is off there too.
+
 A *non-finite* loss or gradient norm (NaN, +-Inf) is always an alarm. Alarmed values never enter the statistics.
 
 A *collapse* (needs ``baseline``: the loss of the best constant prediction on the training targets, known
@@ -109,10 +118,16 @@ class LossWatch:
         self.first_loss = math.nan
         self.recent: deque[float] = deque(maxlen=self.policy.peak_window)   # the last accepted losses
         self.held: list[float] = []   # losses at the constant level, in a row, held back from the statistics
+        self.plain_mean = 0.0         # of the loss itself, for a loss that goes negative
+        self.plain_var = 0.0
+        self.first_abs_sum = 0.0      # sum of the first `warmup` losses' magnitudes
+        self.signed = False           # a clearly negative loss was seen: the plain scale rules
 
     @property
     def typical(self) -> float:
-        return math.exp(self.mean) if self.seen else math.nan
+        if not self.seen:
+            return math.nan
+        return self.plain_mean if self.signed else math.exp(self.mean)
 
     def update(self, loss: float, grad_norm: float | None = None) -> Alarm | None:
         """Judge one step. ``grad_norm`` is the step's gradient norm where it was measured."""
@@ -126,7 +141,17 @@ class LossWatch:
             return Alarm("spike", loss, self.typical, f"the loss exploded: {loss:.4g} is "
                          f"{loss / self.first_loss:.3g}x the first loss of the run ({self.first_loss:.4g})")
         start = self.first_sum / p.warmup   # the first losses' mean (once warmed up)
-        if self.seen >= p.warmup and loss > p.floor_fraction * start:
+        magnitude = self.first_abs_sum / p.warmup
+        if self.seen >= p.warmup and not self.signed and loss < -p.floor_fraction * magnitude:
+            self.signed = True
+        if self.signed:
+            jump, spread = loss - self.plain_mean, math.sqrt(self.plain_var)
+            if jump > (p.spike_factor - 1) * magnitude and jump > p.spike_zscore * spread:
+                return Alarm("spike", loss, self.typical,
+                             f"loss spike: {loss:.4g} is {jump:.3g} above the running mean {self.plain_mean:.4g} "
+                             f"({jump / spread if spread else math.inf:.3g} standard deviations; the loss takes "
+                             f"negative values, so it is judged on its plain scale)")
+        elif self.seen >= p.warmup and loss > p.floor_fraction * start:
             jump = log_loss - self.mean
             spread = math.sqrt(self.var)
             if jump > math.log(p.spike_factor) and jump > p.spike_zscore * spread:
@@ -172,23 +197,28 @@ class LossWatch:
             self.first_loss = loss
         if self.seen < self.policy.warmup:
             self.first_sum += loss
-            # Plain running mean and variance while warming up, so the first value does not dominate.
-            n = self.seen + 1
-            delta = log_loss - self.mean
-            self.mean += delta / n
-            self.var += (delta * (log_loss - self.mean) - self.var) / n
-        else:
-            a = self.policy.smoothing
-            delta = log_loss - self.mean
-            self.mean += a * delta
-            self.var = (1 - a) * (self.var + a * delta * delta)
+            self.first_abs_sum += abs(loss)
+        self.mean, self.var = self._moved(self.mean, self.var, log_loss)
+        self.plain_mean, self.plain_var = self._moved(self.plain_mean, self.plain_var, loss)
         self.seen += 1
         self.recent.append(loss)
 
+    def _moved(self, mean: float, var: float, value: float) -> tuple[float, float]:
+        """A running mean and variance with ``value`` added: plain while warming up, so that the first value does
+        not dominate; exponentially weighted after."""
+        delta = value - mean
+        if self.seen < self.policy.warmup:
+            n = self.seen + 1
+            mean += delta / n
+            return mean, var + (delta * (value - mean) - var) / n
+        a = self.policy.smoothing
+        return mean + a * delta, (1 - a) * (var + a * delta * delta)
+
     _STATE_KEYS = ("seen", "mean", "var", "first_sum", "first_loss", "recent")
+    _SIGNED_KEYS = ("plain_mean", "plain_var", "first_abs_sum", "signed")   # absent from older checkpoints
 
     def state_dict(self) -> dict:
-        state = {key: getattr(self, key) for key in self._STATE_KEYS}
+        state = {key: getattr(self, key) for key in (*self._STATE_KEYS, *self._SIGNED_KEYS)}
         return {**state, "recent": list(self.recent), "held": list(self.held), "policy": asdict(self.policy)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -201,6 +231,10 @@ class LossWatch:
         self.first_sum, self.first_loss = float(state["first_sum"]), float(state["first_loss"])
         self.recent = deque((float(v) for v in state["recent"]), maxlen=self.policy.peak_window)
         self.held = [float(v) for v in state.get("held", [])]   # absent in checkpoints from before the test
+        # Absent from checkpoints from before the plain scale: a run that had not gone negative goes on alike.
+        self.plain_mean, self.plain_var = float(state.get("plain_mean", 0.0)), float(state.get("plain_var", 0.0))
+        self.first_abs_sum = float(state.get("first_abs_sum", abs(self.first_sum)))
+        self.signed = bool(state.get("signed", False))
 
 
 @dataclass(frozen=True)
