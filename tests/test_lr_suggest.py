@@ -187,6 +187,20 @@ def test_noisy_u_curve_stays_within_the_true_minimums_window(min_lr, seed):
     assert min_lr / 100 <= s.lr <= min_lr / 3, (s.lr, s.reason)
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+@pytest.mark.parametrize("min_lr", [1e-3, 1e-1])
+def test_a_loss_that_falls_below_zero_is_read_as_the_same_curve_above_zero(min_lr, noise):
+    """A negative log-likelihood has no zero: the same curve moved down by 2 (from 5.25 through zero to -1 at
+    its minimum) must be read where the curve above zero is, and not be cut sooner. With a ratio test for
+    divergence (4 x a negative best is far below it), the sweep stopped at its first bump below zero."""
+    above = u_curve(min_lr)
+    rng = random.Random(1)
+    above = [v + noise * rng.gauss(0, 1) for v in above]
+    below = [v - 2.0 for v in above]
+    assert usable_prefix(LRS, below) >= usable_prefix(LRS, above)
+    assert suggest_lr(LRS, below).lr == pytest.approx(suggest_lr(LRS, above).lr)
+
+
 # ---------------------------------------------------------------- synthetic: a loss that reaches its floor
 
 def floor_curve(reach_lr: float, noise: float = 0.0, seed: int = 0) -> list[float]:

@@ -121,7 +121,8 @@ def usable_prefix(lrs: list[float], losses: list[float], diverge_factor: float =
     best = best_level = math.inf
     for i, (value, level) in enumerate(zip(medians, levels)):
         sigma = _batch_noise(losses[:min(i + 1, NOISE_POINTS)])
-        if i > 0 and value > diverge_factor * best and value - best > DIVERGE_NOISE_SDS * diverge_sd * sigma:
+        if i > 0 and _far_above(value, best, start, diverge_factor) and \
+                value - best > DIVERGE_NOISE_SDS * diverge_sd * sigma:
             return i
         if (i >= NOISE_POINTS and level > start and start - best_level > rebound_drop * abs(start)
                 and start - best_level > REBOUND_NOISE_SDS * rebound_sd * sigma):
@@ -130,6 +131,16 @@ def usable_prefix(lrs: list[float], losses: list[float], diverge_factor: float =
             best = min(best, value)
             best_level = min(best_level, level)
     return finite
+
+
+def _far_above(value: float, best: float, start: float, factor: float) -> bool:
+    """Whether the loss has risen ``factor`` x its best. A best at or below zero (a negative log-likelihood)
+    has no ratio: there a rise of ``factor - 1`` times the larger of the start's and the best's magnitude
+    counts, the same amount as ``factor`` x for a positive best (for which the test is the ratio, as ever).
+    With the ratio, a sweep whose loss went below zero stopped at its first bump (-0.25 is above 4 x -0.3)."""
+    if best > 0:
+        return value > factor * best
+    return value - best > (factor - 1) * max(abs(start), abs(best))
 
 
 def _batch_noise(losses: list[float]) -> float:
