@@ -229,6 +229,9 @@ class RunRecorder:
                 self._figures_sent.add(CURVES)
             drawn = self._figure_process.collect(FIGURE_PROCESS_WAIT)
         self._close_figure_process()
+        if not {*self._end_figures, CURVES} <= set(drawn):  # some are drawn here: import as `preload` says why
+            preload("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker",
+                    "matplotlib.legend", "matplotlib.transforms")
         for name, (figure, args) in self._end_figures.items():
             try:
                 png = drawn[name] if name in drawn else figure_png(figure, args)
@@ -237,12 +240,7 @@ class RunRecorder:
                 continue
             self._write_png(name, png)
         self._end_figures = {}
-        if CURVES in drawn:
-            curves = drawn[CURVES]
-        else:
-            preload("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker",
-                    "matplotlib.legend", "matplotlib.transforms")
-            curves = figure_png(CURVES_FIGURE, curves_args)
+        curves = drawn[CURVES] if CURVES in drawn else figure_png(CURVES_FIGURE, curves_args)
         self._write_png(CURVES, curves)
         return curves
 
