@@ -166,6 +166,25 @@ def test_a_recognized_loss_keeps_the_baseline_and_the_kind():
     summed = resolve_objective(model, splits, nn.CrossEntropyLoss(reduction="sum"), {}, amp="off",
                                device=torch.device("cpu"), probe_size=64)
     assert not summed.known_loss   # a summed loss has no comparable constant-prediction value
+    for weighted in (nn.CrossEntropyLoss(label_smoothing=0.1), nn.CrossEntropyLoss(weight=torch.tensor([1.0, 3.0]))):
+        # their constant prediction does not score the label entropy
+        assert not resolve_objective(model, splits, weighted, {}, amp="off", device=torch.device("cpu"),
+                                     probe_size=64).known_loss
+
+
+def test_a_positive_weight_is_not_the_plain_bce_whose_baseline_is_the_label_entropy():
+    """Rare tags weighted 8x: a constant prediction scores far above the label entropy, so the baseline, the
+    verdicts that read it ("collapsed") and the initial-loss check would be wrong."""
+    x, _ = blobs()
+    y = torch.stack([(x[:, 0] > 1.2), (x[:, 1] > 1.5)], 1).float()
+    splits = make_splits((x, y), (x, y))
+    model = nn.Sequential(nn.Linear(6, 2))
+    cpu = torch.device("cpu")
+    plain = resolve_objective(model, splits, nn.BCEWithLogitsLoss(), {}, amp="off", device=cpu, probe_size=64)
+    weighted = resolve_objective(model, splits, nn.BCEWithLogitsLoss(pos_weight=torch.full((2,), 8.0)), {},
+                                 amp="off", device=cpu, probe_size=64)
+    assert plain.known_loss and not weighted.known_loss
+    assert "label_accuracy" in weighted.metric_fns   # its logits still mean what BCE-with-logits says
 
 
 def test_regression_matches_n_and_n1_both_ways():

@@ -264,18 +264,31 @@ class AlignedLoss:
         return self.loss(outputs, align_targets(outputs, targets, self.elementwise))
 
 
+_STANDARD_MODULES = {nn.CrossEntropyLoss: "cross_entropy", nn.NLLLoss: "nll", nn.BCEWithLogitsLoss: "bce_logits",
+                     nn.BCELoss: "bce", nn.MSELoss: "mse"}
+_STANDARD_FUNCTIONS = {F.cross_entropy: "cross_entropy", F.nll_loss: "nll",
+                       F.binary_cross_entropy_with_logits: "bce_logits", F.binary_cross_entropy: "bce",
+                       F.mse_loss: "mse"}
+
+
+def loss_family(loss: Callable) -> str | None:
+    """Which standard loss ``loss`` is, whatever its options (weights, reduction, smoothing): what its outputs
+    mean (logits, probabilities) and how its targets align. None for anything else."""
+    return _STANDARD_MODULES.get(type(loss)) or _STANDARD_FUNCTIONS.get(loss)
+
+
 def recognize_loss(loss: Callable) -> tuple[str | None, int]:
-    """(which standard loss ``loss`` is, its ignore_index), or (None, -100) for anything else. Only the mean
-    reduction counts: the baseline and the initial-loss check compare means."""
-    modules = {nn.CrossEntropyLoss: "cross_entropy", nn.NLLLoss: "nll", nn.BCEWithLogitsLoss: "bce_logits",
-               nn.BCELoss: "bce", nn.MSELoss: "mse"}
-    for cls, name in modules.items():
-        if type(loss) is cls:
-            plain = getattr(loss, "reduction", "mean") == "mean" and getattr(loss, "weight", None) is None
-            return (name if plain else None), getattr(loss, "ignore_index", IGNORE_INDEX)
-    functions = {F.cross_entropy: "cross_entropy", F.nll_loss: "nll", F.binary_cross_entropy_with_logits: "bce_logits",
-                 F.binary_cross_entropy: "bce", F.mse_loss: "mse"}
-    return functions.get(loss), IGNORE_INDEX
+    """(which standard loss ``loss`` is, its ignore_index), or (None, -100) for anything else. Only the plain
+    loss counts: the mean reduction, no class weights, no positive weights, no label smoothing. The baseline
+    (the constant prediction's loss: the label entropy) and the initial-loss check are those of the plain
+    loss; a BCE with ``pos_weight`` 8 on rare tags scores a constant prediction far above the label entropy,
+    and a run that learned was called "collapsed" and its LR too high."""
+    family = loss_family(loss)
+    if type(loss) not in _STANDARD_MODULES:
+        return family, IGNORE_INDEX   # a torch function at its defaults
+    plain = getattr(loss, "reduction", "mean") == "mean" and getattr(loss, "weight", None) is None and \
+        getattr(loss, "pos_weight", None) is None and not getattr(loss, "label_smoothing", 0.0)
+    return (family if plain else None), getattr(loss, "ignore_index", IGNORE_INDEX)
 
 
 # --- deciding the objective ---------------------------------------------------------------------------
@@ -443,7 +456,7 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
             _check_other_split(split, kind, ignore)
     if loss is None:
         return _inferred(kind, ignore)
-    return _own(loss, recognized, kind, ignore)
+    return _own(loss, recognized, loss_family(loss), kind, ignore)
 
 
 def _check_other_split(split, kind: Kind, ignore: int) -> None:
@@ -480,9 +493,10 @@ def _inferred(kind: Kind, ignore: int) -> Objective:
     return Objective(mean_squared_error, kind.kind, {}, description=f"{kind.description}; loss MSE")
 
 
-def _own(loss: Callable, recognized: str | None, kind: Kind, ignore: int) -> Objective:
+def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind, ignore: int) -> Objective:
     """The task's loss with the kind's metrics where their meaning does not depend on it (argmax over class
-    scores) or the loss tells it (logits or probabilities)."""
+    scores) or the loss tells it (``family``: logits or probabilities, whatever its weights). ``recognized``:
+    the plain standard loss it is, whose constant prediction's value is known (`recognize_loss`)."""
     name = getattr(loss, "__name__", type(loss).__name__)
     base = dict(inferred=False, known_loss=recognized is not None and _fits(recognized, kind.kind),
                 classes=kind.classes, class_dim=kind.class_dim, description=f"{kind.description}; loss: the task's "
@@ -495,13 +509,13 @@ def _own(loss: Callable, recognized: str | None, kind: Kind, ignore: int) -> Obj
         metrics = {"token_accuracy": TokenAccuracy(kind.class_dim, ignore)}
         if recognized == "cross_entropy":
             derived = {"perplexity": perplexity}
-    elif kind.kind in ("binary", "multilabel") and recognized in ("bce_logits", "bce"):
-        threshold = 0.0 if recognized == "bce_logits" else 0.5
+    elif kind.kind in ("binary", "multilabel") and family in ("bce_logits", "bce"):
+        threshold = 0.0 if family == "bce_logits" else 0.5
         metrics = {"accuracy": ThresholdAccuracy(threshold)} if kind.kind == "binary" else \
             {"label_accuracy": ThresholdAccuracy(threshold), "exact_match": ExactMatch(threshold)}
     ignore_index = ignore if kind.kind in ("classification", "sequence") else None
-    if recognized is not None:
-        loss = AlignedLoss(loss, elementwise=recognized in _ELEMENTWISE)
+    if family is not None:
+        loss = AlignedLoss(loss, elementwise=family in _ELEMENTWISE)
     return Objective(loss, kind.kind, metrics, ignore_index=ignore_index, derived=derived, **base)
 
 
