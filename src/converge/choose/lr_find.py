@@ -114,9 +114,4 @@ def _endless_batches(split, batch_size: int, seed: int):
 
 def plot_range_test(path, test: RangeTest, chosen_lr: float | None) -> None:
     """lr_find.png: raw and smoothed loss against LR (log scale), the chosen LR marked."""
-    Path(path).write_bytes(range_test_png(test, chosen_lr))
-
-
-def range_test_png(test: RangeTest, chosen_lr: float | None) -> bytes:
-    """The PNG of :func:`plot_range_test`, for a caller that writes it atomically (or in the background)."""
-    return figure_png(RANGE_TEST_FIGURE, test.figure_args(chosen_lr))
+    Path(path).write_bytes(figure_png(RANGE_TEST_FIGURE, test.figure_args(chosen_lr)))
