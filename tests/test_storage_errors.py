@@ -213,3 +213,31 @@ def model():
     assert result.code == 2 and len(lines) == 1, result.err
     assert "the run folder was deleted" in lines[0] and "run the same `converge tune` command again" in lines[0]
     assert not (out / "trials" / "0000").exists()
+
+
+def test_a_folder_replaced_while_a_checkpoint_is_serialized_gets_no_file_of_this_run(tmp_path, monkeypatch):
+    """The race of the fault battery's disk/folder-replaced-mid-run: the folder passes the check, is
+    replaced, the temporary checkpoint is made in the new one, and a background write fails meanwhile (it
+    surfaces as the commit is handed to the writer thread). The temporary file must not stay behind."""
+    folder = _run_folder(tmp_path)
+    release = __import__("threading").Event()
+
+    def blocked(path):
+        release.wait(10)
+        path.write_bytes(b"x")   # the folder is the new one by then: the write's own check stops it
+
+    folder.write_later("best.safetensors", blocked)
+    serialize = ckpt.write_temporary
+
+    def replaced_then_serialized(path, state):
+        _replace(folder)
+        tmp = serialize(path, state)
+        release.set()
+        folder._pending[0].exception()  # the background write has failed by the time the commit is queued
+        return tmp
+
+    monkeypatch.setattr(ckpt, "write_temporary", replaced_then_serialized)
+    with pytest.raises(StorageError, match="another one made at its path"):
+        folder.write_checkpoint_later(_state(1.0))
+    folder.close()
+    assert sorted(p.name for p in folder.path.iterdir()) == []

@@ -331,7 +331,15 @@ class RunFolder:
                 self._checkpoint_job = self._submit(self._write_checkpoint, state)
             else:
                 tmp = ckpt.write_temporary(self.path, state)
-                self._checkpoint_job = self._submit(self._commit_checkpoint, tmp, state.get("progress"))
+                try:
+                    # Until the writer thread owns it, the temporary file is this call's to remove: the
+                    # folder may have been replaced while it was made (it would then lie in the new one),
+                    # and handing it over raises a background write's failure first.
+                    self.check_still_here()
+                    self._checkpoint_job = self._submit(self._commit_checkpoint, tmp, state.get("progress"))
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
         return True
 
     def _write_checkpoint(self, state: dict) -> None:
