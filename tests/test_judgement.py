@@ -465,3 +465,42 @@ def test_a_run_that_raises_leaves_no_reference_thread_training(monkeypatch):
     references = [thread for thread in started if thread.name == "converge-reference"]
     assert references, "the reference did not train beside the run: the test shows nothing"
     assert not any(thread.is_alive() for thread in references)
+
+
+@pytest.mark.parametrize("loss, head", [
+    (nn.BCELoss(), nn.Sigmoid()),                   # a model ending in a sigmoid: BCE on probabilities
+    (nn.NLLLoss(), nn.LogSoftmax(dim=1)),           # one ending in a log-softmax: NLL on log-probabilities
+], ids=["bce-probabilities", "nll-log-probabilities"])
+def test_the_reference_gives_the_tasks_loss_what_it_reads(loss, head):
+    """A new user's model ending in a sigmoid, with nn.BCELoss, lost its finished run at the end: the
+    reference fed raw scores to the loss ("all elements of input should be between 0 and 1"). With an NLL
+    loss raw scores have no floor, and the reference read as far better than any model could be."""
+    from converge.engine.objective import resolve_objective
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(900, 6, generator=g) * torch.logspace(-1, 2, 6)
+    binary = isinstance(loss, nn.BCELoss)
+    z = x[:, 0] * 10 + x[:, 1] / 10
+    y = (z > 0).float()[:, None] if binary else (z > 0).long() + (x[:, 2] > 0).long()
+    model = nn.Sequential(nn.Linear(6, 3 - binary * 2), head)
+    splits = {"train": TensorSplit(x[:600], y[:600], "train"), "val": TensorSplit(x[600:], y[600:], "val")}
+    objective = resolve_objective(model, splits, loss, {}, amp="off", device=torch.device("cpu"), probe_size=64)
+    assert objective.known_loss
+    ref = reference_loss(splits, objective, seed=0)
+    constant = constant_prediction_loss(y[:600], objective)
+    assert ref is not None and 0 < ref < 0.6 * constant
+
+
+def test_a_reference_that_fails_does_not_lose_the_finished_run(monkeypatch, tmp_path, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the yardstick broke\nsecond line")
+
+    monkeypatch.setattr("converge.engine.judge.reference_loss", broken)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    result = converge.fit(nn.Linear(4, 2), (x[:200], y[:200]), (x[200:], y[200:]), out=tmp_path / "run",
+                          max_epochs=3, lr=0.1, optimizer="adamw", batch_size=32, seed=0)
+    assert result.summary["yardsticks"]["reference_val_loss"] is None
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert "the reference model could not be trained (RuntimeError: the yardstick broke)" in capsys.readouterr().err

@@ -44,6 +44,7 @@ class RunJudge:
         # The first epoch's targets make the baseline when they are not in memory.
         self.target_stats = TargetStats(objective) if streamed and objective.known_loss else None
         self._reference: _Background | None = None   # the reference, training beside the run
+        self.reference_failure: str | None = None     # why the reference could not be trained, if it could not
 
     def start_reference(self, model: nn.Module, device: torch.device) -> None:
         """From the run's thread, before it trains: train the reference model in a thread of its own, when
@@ -106,10 +107,16 @@ class RunJudge:
         return judgement
 
     def _reference_loss(self, model: nn.Module) -> float | None:
-        """The reference's loss: from its thread when it trains beside the run (waiting for it), else now."""
-        if self._reference is not None and not self._reference.stopped:
-            return self._reference.result()
-        return reference_loss(self.splits, self.objective, seed=self.seed, model=model)
+        """The reference's loss: from its thread when it trains beside the run (waiting for it), else now.
+        None when it fails: it is a yardstick, and a finished run is never lost to it (what failed is kept
+        in ``reference_failure`` for the run to say)."""
+        try:
+            if self._reference is not None and not self._reference.stopped:
+                return self._reference.result()
+            return reference_loss(self.splits, self.objective, seed=self.seed, model=model)
+        except Exception as exc:
+            self.reference_failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return None
 
     def _fit_values(self, evaluate: Callable[..., dict], best_record: dict) -> dict | None:
         """The kept weights on the training split (eval mode: no dropout) beside their validation values, for

@@ -402,6 +402,9 @@ class Trainer:
             world=self.world) if finished else {"diagnosis": []})
         if not finished:
             self.judge.stop_reference()
+        if self.judge.reference_failure is not None:
+            self.console.warning(f"the reference model could not be trained ({self.judge.reference_failure}); "
+                                 f"the run is judged without it")
         summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)
         return FitResult(self.model, summary, list(self.history), list(self.events), self.record.run_dir)
 

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Callable
 
 import torch
 from torch import nn
 
 from converge.data import TensorSplit
-from converge.engine.objective import Objective
+from converge.engine.objective import Objective, loss_family
 from converge.engine.optim import adamw
 
 MAX_ROWS = 4000          # training rows the reference sees (a random subset beyond)
@@ -60,17 +61,32 @@ def _tensors(split) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 @torch.no_grad()
-def _val_loss(model, x, y, objective, shift, scale) -> float:
+def _val_loss(model, x, y, objective, shift, scale, link=None) -> float:
     model.eval()
-    losses = [objective.loss_fn(_predict(model, xb, shift, scale, y), yb).double() * len(yb)
+    losses = [objective.loss_fn(_predict(model, xb, shift, scale, y, link), yb).double() * len(yb)
               for xb, yb in zip(x.split(1024), y.split(1024))]
     model.train()
     return float(torch.stack(losses).sum() / len(y))
 
 
-def _predict(model, x, shift, scale, y_like):
+def _predict(model, x, shift, scale, y_like, link=None):
     out = model(x) * scale + shift
+    out = out if link is None else link(out)
     return out if y_like.ndim > 1 or out.shape[1] != 1 else out.squeeze(1)
+
+
+def output_link(objective: Objective) -> Callable | None:
+    """What turns the reference's raw scores into what the task's loss reads: probabilities for a BCE on
+    probabilities (a model ending in a sigmoid), log-probabilities for an NLL loss (one ending in a
+    log-softmax); None where the loss reads raw scores. A raw score is no probability: nn.BCELoss refuses it,
+    and an NLL loss on raw scores has no floor."""
+    loss = getattr(objective.loss_fn, "loss", objective.loss_fn)   # an AlignedLoss wraps the task's own
+    family = loss_family(loss)
+    if family == "bce":
+        return torch.sigmoid
+    if family == "nll":
+        return lambda scores: torch.log_softmax(scores, dim=1)
+    return None
 
 
 def bottleneck_width(model: nn.Module | None, x: torch.Tensor) -> int | None:
@@ -177,13 +193,14 @@ def _train(x, y, vx, vy, outputs, objective, shift, scale, hidden, generator, st
     steps_per_epoch = math.ceil(len(y) / batch)
     epochs = max(EVAL_EVERY, min(EPOCHS, MAX_STEPS // steps_per_epoch))
     best = math.inf
+    link = output_link(objective)
     for epoch in range(1, epochs + 1):
         if stop is not None and stop.is_set():
             return None
         for rows in torch.randperm(len(y), generator=generator).to(x.device).split(batch):
             optimizer.zero_grad(set_to_none=True)
-            objective.loss_fn(_predict(model, x[rows], shift, scale, y), y[rows]).backward()
+            objective.loss_fn(_predict(model, x[rows], shift, scale, y, link), y[rows]).backward()
             optimizer.step()
         if epoch % EVAL_EVERY == 0 or epoch == epochs:
-            best = min(best, _val_loss(model, vx, vy, objective, shift, scale))
+            best = min(best, _val_loss(model, vx, vy, objective, shift, scale, link))
     return best if math.isfinite(best) else None
