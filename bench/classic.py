@@ -215,7 +215,10 @@ def batch_counts(kind: str, out: torch.Tensor, y: torch.Tensor) -> dict[str, flo
         return {"correct": float((out.argmax(dim=1) == y).sum()), "n": y.shape[0]}
     if kind == "sequence":
         keep = y != -100
-        return {"correct": float((out.argmax(dim=-1)[keep] == y[keep]).sum()), "n": float(keep.sum())}
+        # [N, T, V] scores, or [N, V, T] as torch's cross-entropy wants them: the class dimension is the one
+        # the targets do not have
+        class_dim = -1 if out.shape[:-1] == y.shape else 1
+        return {"correct": float((out.argmax(dim=class_dim)[keep] == y[keep]).sum()), "n": float(keep.sum())}
     if kind == "binary":
         truth = y.reshape(-1) > 0.5
         return {"correct": float(((out.reshape(-1) > 0) == truth).sum()), "n": y.shape[0],

@@ -292,6 +292,7 @@ def _digits(train_rows=None, seed=0):
 
 
 def _mlp(inputs, width, outputs):
+    torch.manual_seed(0)   # the planted runs are chaotic (SGD at LR 8): their weights must not depend on what ran before
     return nn.Sequential(nn.Linear(inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
                          nn.Linear(width, outputs))
 
@@ -504,3 +505,37 @@ def test_a_reference_that_fails_does_not_lose_the_finished_run(monkeypatch, tmp_
     assert result.summary["yardsticks"]["reference_val_loss"] is None
     assert (tmp_path / "run" / "summary.json").exists()
     assert "the reference model could not be trained (RuntimeError: the yardstick broke)" in capsys.readouterr().err
+
+
+def test_overfitted_since_best_is_the_overfitting_rise():
+    overfit = rows([1.0, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15], [1.0, 0.7, 0.65, 0.7, 0.75, 0.8, 0.85])
+    drift = D.overfitted_since_best(overfit)
+    assert drift is not None and drift["val_rise"] > 0.1 and drift["train_fall"] > 0.1
+    plateau = rows([1.0, 0.6, 0.5, 0.45, 0.44, 0.44, 0.43], [1.0, 0.7, 0.65, 0.66, 0.65, 0.66, 0.66])
+    assert D.overfitted_since_best(plateau) is None          # noise around the best: go on from here
+    too_soon = rows([1.0, 0.6, 0.5, 0.3], [1.0, 0.7, 0.65, 0.9])
+    assert D.overfitted_since_best(too_soon) is None          # fewer than 3 epochs since the best
+
+
+def _overfitting_run(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(260, 20, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(260, generator=g) > 0).long()   # noisy labels: a wide MLP memorizes them
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 512), nn.ReLU(), nn.Linear(512, 2))
+    return converge.fit(model, (x[:60], y[:60]), (x[60:], y[60:]), out=tmp_path / "run", max_epochs=40,
+                        lr=3e-3, optimizer="adamw", batch_size=16, seed=0, patience=5, verbose=False)
+
+
+def test_an_lr_cut_after_overfitting_goes_on_from_the_best_weights(tmp_path):
+    result = _overfitting_run(tmp_path)
+    restarts = [e for e in result.events if e["event"] == "restarted_from_best"]
+    cuts = [e for e in result.events if e["event"] == "lr_reduced"]
+    assert restarts and cuts, "the planted run did not overfit before its first cut: the test shows nothing"
+    first = restarts[0]
+    assert first["epoch"] == cuts[0]["epoch"] and first["best_epoch"] < first["epoch"]
+    assert first["val_rise"] > 0.1 and first["train_fall"] > 0.1
+    # the weights the next epoch starts from are the best ones: its training loss is back near the best
+    # epoch's, far above the overfit epoch's
+    by_epoch = {r["epoch"]: r for r in result.history}
+    assert by_epoch[first["epoch"] + 1]["train_loss"] > 2 * by_epoch[first["epoch"]]["train_loss"]

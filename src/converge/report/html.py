@@ -308,6 +308,9 @@ _DESCRIBE = {
     "lr_reduced": lambda e: f"LR {_g(e['old_lr'])} -> {_g(e['new_lr'])}{_then(e.get('reason'))}",
     "restored_best": lambda e: (f"restored the best weights, of epoch {e['best_epoch']} ({e.get('monitor')} "
                                 f"{_g(e.get('value'))})"),
+    "restarted_from_best": lambda e: (f"went on from the best weights, of epoch {e['best_epoch']}, at the cut LR: "
+                                      f"validation loss had risen {e['val_rise']:.0%} since while training loss "
+                                      f"fell {e['train_fall']:.0%} (overfitting)"),
     "resumed": lambda e: (f"resumed from {e['checkpoint']} after epoch {e.get('epoch_done')}"
                           + (f", batch {e['batch']}" if e.get("batch") else "")),
     "checkpoint_fallback": lambda e: f"used {e['used']}: {e.get('problem')}",
@@ -335,7 +338,7 @@ def _tag_tone(kind: str) -> str:
         return _BAD
     if kind in ("lr_reduced", "diagnosis", "doctor_finding"):
         return _WARN
-    if kind in ("new_best", "restored_best"):
+    if kind in ("new_best", "restored_best", "restarted_from_best"):
         return _GOOD
     return "info" if kind.startswith(("chose_", "lr_range", "race", "warmup")) else "muted"
 
