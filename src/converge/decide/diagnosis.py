@@ -21,8 +21,9 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
   ``still_improving`` (tiny moves at the constant level are noise), nor ``underfitting`` unless the collapse
   has no such cause and the reference model does much better (the model cannot represent the task).
 * ``lr_too_high``     -- at least ``ROLLBACKS_FOR_LR`` rollbacks, or the training loss oscillated: it rose
-  by more than ``RISE`` from one epoch to the next in at least ``OSCILLATION_SHARE`` of the epochs before
-  the first LR cut (and at least twice); or a collapse whose history shows a blow-up (see above).
+  by more than ``RISE`` (and by more than ``RISE_OF_START`` of the first epoch's loss) from one epoch to
+  the next in at least ``OSCILLATION_SHARE`` of the epochs before the first LR cut (and at least twice);
+  or a collapse whose history shows a blow-up (see above).
 * ``overfitting``     -- (not judged while the training loss oscillates) either of:
   a *rise*: after its minimum the validation loss rose by more than ``OVERFIT_RISE`` while the training
   loss fell by more than ``TRAIN_FALL``, over at least ``MIN_EPOCHS_AFTER_BEST`` epochs, and the rise is
@@ -180,7 +181,12 @@ def _oscillation(history: list[dict], events: list[dict]) -> tuple[int, list, bo
     first_cut = next((e["epoch"] for e in events if e.get("event") == "lr_reduced"), None)
     losses = [r.get("train_loss") for r in history if first_cut is None or r["epoch"] <= first_cut]
     pairs = [(a, b) for a, b in zip(losses, losses[1:]) if _finite(a) and _finite(b) and a > 0]
-    rises = sum(1 for a, b in pairs if b > a * (1 + RISE))
+    # A rise counts when it is also more than RISE_OF_START of the first epoch's loss: a loss 1000x below
+    # its start wobbles by 10 % and more as noise (a Conv1d at 100 % accuracy, its loss 0.0006 -> 0.006,
+    # was called "LR too high").
+    start = next((loss for loss in losses if _finite(loss)), None)
+    floor = RISE_OF_START * abs(start) if start is not None else 0.0
+    rises = sum(1 for a, b in pairs if b > a * (1 + RISE) and b - a > floor)
     return rises, pairs, bool(rises >= 2 and pairs and rises / len(pairs) >= OSCILLATION_SHARE)
 
 
