@@ -61,9 +61,10 @@ def test_scripted_sequences(values, policy, expected):
 
 
 @pytest.mark.parametrize("values, window, expected", [
-    # one lucky epoch (0.5) amid a steady decline: the raw rule waits for the decline to beat 0.5, cuts
-    # the LR, then stops the run as converged; the median of 3 follows the trend and never cuts
-    ([1.0, 0.9, 0.8, 0.5, 0.78, 0.76, 0.74, 0.72, 0.70, 0.68, 0.66], 1, "++++..R..S"),
+    # one lucky epoch (0.5) amid a steady decline: the raw rule waits for the decline to beat 0.5 and cuts
+    # the LR (it would then stop the run as converged, but for the steady descent, which it does not stop:
+    # see test_a_steady_descent_is_not_a_plateau); the median of 3 follows the trend and never cuts
+    ([1.0, 0.9, 0.8, 0.5, 0.78, 0.76, 0.74, 0.72, 0.70, 0.68, 0.66], 1, "++++..R...."),
     ([1.0, 0.9, 0.8, 0.5, 0.78, 0.76, 0.74, 0.72, 0.70, 0.68, 0.66], 3, "++++++.++++"),
     # one bad epoch (a spike) costs at most one bad epoch either way
     ([1.0, 0.9, 0.8, 3.0, 0.7, 0.6, 0.5], 3, "+++.+++"),
@@ -304,3 +305,35 @@ def test_old_state_without_the_new_options_loads_with_defaults():
     assert tracker.policy.check_finite is False and tracker.policy.baseline is None
     assert tracker.recent == [1.0, 0.9]
     assert tracker.update(0.95).reduce_lr   # median (1.0, 0.9, 0.95) = 0.95: the second bad epoch
+
+
+@pytest.mark.parametrize("values, policy, expected", [
+    # drifted above the best, the LR cut, then a steady descent that has not reached the best yet: not
+    # stopped while each epoch beats the one before; the first epoch that does not ends the run
+    ([1.0, 0.8, 0.85, 0.86, 0.84, 0.83, 0.82, 0.81, 0.805, 0.81], dict(patience=3), "++..R....S"),
+    # ...and one that reaches the best is a new best, as always
+    ([1.0, 0.8, 0.85, 0.86, 0.84, 0.83, 0.82, 0.81, 0.79], dict(patience=3), "++..R...+"),
+    # noise around a plateau is no descent: stopped as before
+    ([1.0, 0.8, 0.85, 0.86, 0.84, 0.85, 0.83, 0.84], dict(patience=3), "++..R..S"),
+    # a descent by less than min_delta a step is a plateau
+    ([1.0, 0.8, 0.85, 0.86, 0.85999, 0.85998, 0.85997, 0.85996], dict(patience=3, min_delta=1e-3), "++..R..S"),
+    # max mode: a steady climb
+    ([0.5, 0.8, 0.7, 0.7, 0.72, 0.74, 0.76, 0.78, 0.77], dict(mode="max", patience=3), "++..R...S"),
+])
+def test_a_steady_descent_is_not_a_plateau(values, policy, expected):
+    letters, tracker = run(values, **policy)
+    assert letters == expected
+
+
+def test_the_descent_is_saved_and_an_older_state_starts_a_new_one():
+    values = [1.0, 0.8, 0.85, 0.86, 0.84, 0.83, 0.82, 0.81, 0.805, 0.81]
+    whole, _ = run(values, patience=3)
+    head, tracker = run(values[:7], patience=3)
+    resumed = ConvergenceTracker(ConvergencePolicy(patience=3, window=1))
+    resumed.load_state_dict(tracker.state_dict())
+    tail = [resumed.update(v) for v in values[7:]]
+    assert head + "".join("S" if v.stop else "." for v in tail) == whole
+    older = {k: v for k, v in tracker.state_dict().items() if k != "trail"}
+    before_descents = ConvergenceTracker()
+    before_descents.load_state_dict(older)
+    assert before_descents.trail == [] and not before_descents.still_descending()

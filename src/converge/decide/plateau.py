@@ -146,6 +146,7 @@ class Verdict:
     bad_epochs: int
     reason: str = ""
     rule: StopRule | None = None
+    descending: bool = False   # a plateau stop held back by a steady descent (`ConvergenceTracker.still_descending`)
 
     @property
     def diverged(self) -> bool:
@@ -167,6 +168,7 @@ class ConvergenceTracker:
         self.cuts_since_improvement = 0
         self.total_cuts = 0
         self.recent: list[float] = []
+        self.trail: list[float] = []   # the last patience + 1 values while each beat the one before (a descent)
 
     def smoothed(self, value: float) -> float:
         """The median of the last ``window`` finite values, ``value`` included. A non-finite ``value`` is
@@ -189,6 +191,7 @@ class ConvergenceTracker:
         if new_best:
             self.best, self.best_epoch = value, self.epochs
         significant = self._count(value)
+        self._follow_trail(value)
         hard_stop = self._hard_stop(value)
         if hard_stop is not None:
             return Verdict(new_best, significant, False, True, self.bad_epochs, *hard_stop)
@@ -196,6 +199,10 @@ class ConvergenceTracker:
             return Verdict(new_best, significant, False, False, self.bad_epochs)
         bad = self.bad_epochs
         if self.cuts_since_improvement >= p.unproductive_cuts or lr_at_minimum:
+            if self.still_descending():
+                return Verdict(new_best, significant, False, False, bad,
+                               f"not stopped: each of the last {p.patience} epochs improved on the one before, "
+                               f"though none significantly on the best ({self._best_text()})", descending=True)
             return Verdict(new_best, significant, False, True, bad, *self._plateau_stop(value, lr_at_minimum))
         self.cuts_since_improvement += 1
         self.total_cuts += 1
@@ -205,6 +212,21 @@ class ConvergenceTracker:
         return Verdict(new_best, significant, True, False, bad, reason)
 
     # --- the steps of update ----------------------------------------------------------------------
+    def still_descending(self) -> bool:
+        """Whether each of the last ``patience`` values beat the one before by more than ``min_delta``: a
+        steady descent that has not yet reached the best (an LR cut made after the run drifted above its
+        best, say) is progress, not a plateau, and does not end the run. The first noisy epoch ends it."""
+        return len(self.trail) > self.policy.patience
+
+    def _follow_trail(self, value: float) -> None:
+        p = self.policy
+        if not math.isfinite(value):
+            self.trail = []
+        elif self.trail and not is_improvement(value, self.trail[-1], mode=p.mode, min_delta=p.min_delta):
+            self.trail = [value]
+        else:
+            self.trail = [*self.trail, value][-(p.patience + 1):]
+
     def _warming_up(self, value: float) -> Verdict:
         """The first ``start_from_epoch`` values are not judged; only ``check_finite`` still applies."""
         if self.policy.check_finite and not math.isfinite(value):
@@ -278,6 +300,7 @@ class ConvergenceTracker:
         state = {key: getattr(self, key) for key in self._STATE_KEYS}
         state["policy"] = asdict(self.policy)
         state["recent"] = list(self.recent)
+        state["trail"] = list(self.trail)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -293,3 +316,5 @@ class ConvergenceTracker:
         # Older trackers kept non-finite values in the window; they are left out now.
         recent = [float(v) for v in state.get("recent", [])]
         self.recent = [v for v in recent if math.isfinite(v)][-self.policy.window:]
+        # Saved before the descent was followed: none is known, so the next values start one.
+        self.trail = [float(v) for v in state.get("trail", [])][-(self.policy.patience + 1):]

@@ -63,7 +63,8 @@ def decide_epoch(record: dict, *, monitor: str, tracker, model: nn.Module, optim
                  factor: float, min_lrs: float | Sequence[float], event: Callable[..., None],
                  eps: float = 0.0) -> EpochDecision:
     """The tracker's verdict on ``record[monitor]`` (the epoch's values, with its ``lr``), acted on by
-    `apply_verdict`; each decision is logged through ``event(kind, **values)``: ``new_best``, ``lr_reduced``.
+    `apply_verdict`; each decision is logged through ``event(kind, **values)``: ``new_best``, ``lr_reduced``,
+    ``still_descending`` (a plateau stop held back by a steady descent).
     The stop itself (converged, diverged) is returned for the caller to make, with its evidence."""
     value, previous_best, lr = record[monitor], tracker.best, record["lr"]
     at_minimum = lr_at_minimum(optimizer, factor=factor, min_lrs=min_lrs, eps=eps)
@@ -78,6 +79,10 @@ def decide_epoch(record: dict, *, monitor: str, tracker, model: nn.Module, optim
         event("lr_reduced", old_lr=lr, new_lr=applied.lrs_after[0], reason=verdict.reason,
               bad_epochs=verdict.bad_epochs, best=tracker.best, best_epoch=tracker.best_epoch)
         notes.append(f"lr -> {applied.lrs_after[0]:.3g}")
+    if verdict.descending:
+        event("still_descending", monitor=monitor, value=value, reason=verdict.reason,
+              bad_epochs=verdict.bad_epochs, best=tracker.best, best_epoch=tracker.best_epoch)
+        notes.append("still descending")
     if verdict.stop:
         status = Status.DIVERGED if verdict.diverged else Status.CONVERGED
         stop = (status, verdict.reason, {"bad_epochs": verdict.bad_epochs, "lr": lr, "best": tracker.best,

@@ -308,6 +308,7 @@ _DESCRIBE = {
     "lr_reduced": lambda e: f"LR {_g(e['old_lr'])} -> {_g(e['new_lr'])}{_then(e.get('reason'))}",
     "restored_best": lambda e: (f"restored the best weights, of epoch {e['best_epoch']} ({e.get('monitor')} "
                                 f"{_g(e.get('value'))})"),
+    "still_descending": lambda e: str(e["reason"]),
     "restarted_from_best": lambda e: (f"went on from the best weights, of epoch {e['best_epoch']}, at the cut LR: "
                                       f"validation loss had risen {e['val_rise']:.0%} since while training loss "
                                       f"fell {e['train_fall']:.0%} (overfitting)"),
