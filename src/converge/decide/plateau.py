@@ -213,16 +213,18 @@ class ConvergenceTracker:
 
     # --- the steps of update ----------------------------------------------------------------------
     def still_descending(self) -> bool:
-        """Whether each of the last ``patience`` values beat the one before by more than ``min_delta``: a
-        steady descent that has not yet reached the best (an LR cut made after the run drifted above its
-        best, say) is progress, not a plateau, and does not end the run. The first noisy epoch ends it."""
+        """Whether each of the last ``patience`` values beat the one before by the margin of a significant
+        improvement (``threshold``, ``min_delta``): a steady descent that has not yet reached the best (an
+        LR cut made after the run drifted above its best, say) is progress, not a plateau, and does not end
+        the run. The first epoch that is not such a step ends it."""
         return len(self.trail) > self.policy.patience
 
     def _follow_trail(self, value: float) -> None:
         p = self.policy
         if not math.isfinite(value):
             self.trail = []
-        elif self.trail and not is_improvement(value, self.trail[-1], mode=p.mode, min_delta=p.min_delta):
+        elif self.trail and not is_improvement(value, self.trail[-1], mode=p.mode, threshold=p.threshold,
+                                               threshold_mode=p.threshold_mode, min_delta=p.min_delta):
             self.trail = [value]
         else:
             self.trail = [*self.trail, value][-(p.patience + 1):]
