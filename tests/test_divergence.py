@@ -164,3 +164,30 @@ def test_the_plain_scale_survives_a_checkpoint_and_an_older_checkpoint_loads():
     assert second.signed and [second.update(v) is not None for v in values[300:] + [5.0]] == expected[300:]
     older = {k: v for k, v in LossWatch().state_dict().items() if k not in LossWatch._SIGNED_KEYS}
     LossWatch().load_state_dict(older)  # a checkpoint from before the plain scale
+
+
+def test_after_a_restart_from_the_best_weights_the_watch_learns_the_level_again():
+    """An LR cut after overfitting loads the best weights, whose training loss is far above the overfit one's
+    (0.3 against 0.002): that jump is intended, not a blow-up. After the new level settles, a real blow-up
+    is caught as before; the first loss's explode test is never off."""
+    steady = [2.3] * 10 + [0.002 * math.exp(0.1 * math.sin(i)) for i in range(200)]
+    back = [0.3 * math.exp(0.1 * math.sin(i)) for i in range(40)]
+    plain = LossWatch()
+    assert any(plain.update(v) is not None for v in steady + back)          # without the rebase: a "spike"
+    watch = LossWatch()
+    assert all(watch.update(v) is None for v in steady)
+    watch.rebase()
+    assert all(watch.update(v) is None for v in back)
+    assert watch.update(30.0).kind == "spike"                                # 100x the new level
+    rebased = LossWatch()
+    for v in steady:
+        rebased.update(v)
+    rebased.rebase()
+    assert rebased.update(5000.0).kind == "spike"                            # > 1000x the first loss, at once
+    again = LossWatch()
+    again.load_state_dict(watch.state_dict())
+    assert again.counted == watch.counted and again.update(30.0).kind == "spike"
+    older = {k: v for k, v in watch.state_dict().items() if k != "counted"}
+    before = LossWatch()
+    before.load_state_dict(older)
+    assert before.counted == before.seen

@@ -535,6 +535,7 @@ def test_an_lr_cut_after_overfitting_goes_on_from_the_best_weights(tmp_path):
     first = restarts[0]
     assert first["epoch"] == cuts[0]["epoch"] and first["best_epoch"] < first["epoch"]
     assert first["val_rise"] > 0.1 and first["train_fall"] > 0.1
+    assert not [e for e in result.events if e["event"] == "rollback"]   # the jump back up is no blow-up
     # the weights the next epoch starts from are the best ones: its training loss is back near the best
     # epoch's, far above the overfit epoch's
     by_epoch = {r["epoch"]: r for r in result.history}

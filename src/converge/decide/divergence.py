@@ -122,6 +122,7 @@ class LossWatch:
         self.plain_var = 0.0
         self.first_abs_sum = 0.0      # sum of the first `warmup` losses' magnitudes
         self.signed = False           # a clearly negative loss was seen: the plain scale rules
+        self.counted = 0              # losses in the running statistics since they (re)started (`rebase`)
 
     @property
     def typical(self) -> float:
@@ -144,14 +145,15 @@ class LossWatch:
         magnitude = self.first_abs_sum / p.warmup
         if self.seen >= p.warmup and not self.signed and loss < -p.floor_fraction * magnitude:
             self.signed = True
-        if self.signed:
+        settled = self.counted >= p.warmup   # the running statistics know the loss's level
+        if self.signed and settled:
             jump, spread = loss - self.plain_mean, math.sqrt(self.plain_var)
             if jump > (p.spike_factor - 1) * magnitude and jump > p.spike_zscore * spread:
                 return Alarm("spike", loss, self.typical,
                              f"loss spike: {loss:.4g} is {jump:.3g} above the running mean {self.plain_mean:.4g} "
                              f"({jump / spread if spread else math.inf:.3g} standard deviations; the loss takes "
                              f"negative values, so it is judged on its plain scale)")
-        elif self.seen >= p.warmup and loss > p.floor_fraction * start:
+        elif not self.signed and settled and loss > p.floor_fraction * start:
             jump = log_loss - self.mean
             spread = math.sqrt(self.var)
             if jump > math.log(p.spike_factor) and jump > p.spike_zscore * spread:
@@ -201,21 +203,31 @@ class LossWatch:
         self.mean, self.var = self._moved(self.mean, self.var, log_loss)
         self.plain_mean, self.plain_var = self._moved(self.plain_mean, self.plain_var, loss)
         self.seen += 1
+        self.counted += 1
         self.recent.append(loss)
+
+    def rebase(self) -> None:
+        """The run moved to other weights on purpose (it went on from its best weights after overfitting,
+        whose training loss is many times the overfit one's): the running statistics start again from the
+        next losses, and the spike tests wait ``warmup`` of them. What the first losses of the run set (the
+        explode test's reference, the floors, the scale) stays."""
+        self.counted = 0
+        self.recent.clear()
+        self.held = []
 
     def _moved(self, mean: float, var: float, value: float) -> tuple[float, float]:
         """A running mean and variance with ``value`` added: plain while warming up, so that the first value does
         not dominate; exponentially weighted after."""
         delta = value - mean
-        if self.seen < self.policy.warmup:
-            n = self.seen + 1
+        if self.counted < self.policy.warmup:
+            n = self.counted + 1
             mean += delta / n
             return mean, var + (delta * (value - mean) - var) / n
         a = self.policy.smoothing
         return mean + a * delta, (1 - a) * (var + a * delta * delta)
 
     _STATE_KEYS = ("seen", "mean", "var", "first_sum", "first_loss", "recent")
-    _SIGNED_KEYS = ("plain_mean", "plain_var", "first_abs_sum", "signed")   # absent from older checkpoints
+    _SIGNED_KEYS = ("plain_mean", "plain_var", "first_abs_sum", "signed", "counted")   # absent from older checkpoints
 
     def state_dict(self) -> dict:
         state = {key: getattr(self, key) for key in (*self._STATE_KEYS, *self._SIGNED_KEYS)}
@@ -235,6 +247,7 @@ class LossWatch:
         self.plain_mean, self.plain_var = float(state.get("plain_mean", 0.0)), float(state.get("plain_var", 0.0))
         self.first_abs_sum = float(state.get("first_abs_sum", abs(self.first_sum)))
         self.signed = bool(state.get("signed", False))
+        self.counted = int(state.get("counted", self.seen))   # before `rebase`: every loss seen was counted
 
 
 @dataclass(frozen=True)

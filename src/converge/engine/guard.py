@@ -246,6 +246,10 @@ class DivergenceGuard:
                       f"the validation {monitor[4:]} became {record[monitor]}")
         return Incident(alarm, None, step, None)
 
+    def rebase(self) -> None:
+        """The run went on from its best weights on purpose: the loss watch learns the loss's level again."""
+        self.watch.rebase()
+
     def new_best(self, clean: bool) -> None:
         """A new best value: progress that needed no rescue (``clean``) ends a streak of rollbacks."""
         if clean:

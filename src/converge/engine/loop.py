@@ -366,6 +366,8 @@ class Trainer:
             if drift is not None and self.tracker.best_epoch < self.tracker.epochs:
                 # The cut LR goes on from the best weights, not from where overfitting took them.
                 self.model.load_state_dict(self.best_state)
+                if self.guard is not None:
+                    self.guard.rebase()   # the best weights' training loss may be many times the overfit one's
                 self._event("restarted_from_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
                             value=self.tracker.best, **drift)
                 decision.notes.append(f"from epoch {self.tracker.best_epoch}'s weights")
