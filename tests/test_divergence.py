@@ -162,7 +162,7 @@ def test_the_plain_scale_survives_a_checkpoint_and_an_older_checkpoint_loads():
     second = LossWatch()
     second.load_state_dict(first.state_dict())
     assert second.signed and [second.update(v) is not None for v in values[300:] + [5.0]] == expected[300:]
-    older = {k: v for k, v in LossWatch().state_dict().items() if k not in LossWatch._SIGNED_KEYS}
+    older = {k: v for k, v in LossWatch().state_dict().items() if k not in LossWatch._LATER_KEYS}
     LossWatch().load_state_dict(older)  # a checkpoint from before the plain scale
 
 

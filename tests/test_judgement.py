@@ -517,18 +517,10 @@ def test_overfitted_since_best_is_the_overfitting_rise():
     assert D.overfitted_since_best(too_soon) is None          # fewer than 3 epochs since the best
 
 
-def _overfitting_run(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(260, 20, generator=g)
-    y = (x[:, 0] + 0.8 * torch.randn(260, generator=g) > 0).long()   # noisy labels: a wide MLP memorizes them
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 512), nn.ReLU(), nn.Linear(512, 2))
-    return converge.fit(model, (x[:60], y[:60]), (x[60:], y[60:]), out=tmp_path / "run", max_epochs=40,
-                        lr=3e-3, optimizer="adamw", batch_size=16, seed=0, patience=5, verbose=False)
-
-
 def test_an_lr_cut_after_overfitting_goes_on_from_the_best_weights(tmp_path):
-    result = _overfitting_run(tmp_path)
+    from _overfit import fit_overfitting
+
+    result = fit_overfitting(tmp_path / "run")
     restarts = [e for e in result.events if e["event"] == "restarted_from_best"]
     cuts = [e for e in result.events if e["event"] == "lr_reduced"]
     assert restarts and cuts, "the planted run did not overfit before its first cut: the test shows nothing"

@@ -241,21 +241,10 @@ def test_killed_while_tuning_resumes_to_the_same_run(tmp_path):
 def test_ctrl_c_after_a_restart_from_the_best_weights_resumes_exactly(tmp_path):
     """An LR cut after overfitting loads the best weights (restarted_from_best): the checkpoint of that
     epoch holds them, and a run stopped in the next epoch resumes to the same run."""
-    import torch
-    from torch import nn
-
-    import converge
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(260, 20, generator=g)
-    y = (x[:, 0] + 0.8 * torch.randn(260, generator=g) > 0).long()
+    from _overfit import fit_overfitting
 
     def run(out, loss, resume=False):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(20, 512), nn.ReLU(), nn.Linear(512, 2))
-        return converge.fit(model, (x[:60], y[:60]), (x[60:], y[60:]), out=out, loss=loss, resume=resume,
-                            verbose=False, max_epochs=14, lr=3e-3, optimizer="adamw", weight_decay=1e-2,
-                            batch_size=16, seed=0, patience=5, device="cpu")
+        return fit_overfitting(out, loss=loss, resume=resume, max_epochs=14, weight_decay=1e-2)
 
     reference = run(tmp_path / "reference", InterruptAt())
     restarts = [e["epoch"] for e in reference.events if e["event"] == "restarted_from_best"]

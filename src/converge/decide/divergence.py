@@ -227,10 +227,10 @@ class LossWatch:
         return mean + a * delta, (1 - a) * (var + a * delta * delta)
 
     _STATE_KEYS = ("seen", "mean", "var", "first_sum", "first_loss", "recent")
-    _SIGNED_KEYS = ("plain_mean", "plain_var", "first_abs_sum", "signed", "counted")   # absent from older checkpoints
+    _LATER_KEYS = ("plain_mean", "plain_var", "first_abs_sum", "signed", "counted")   # absent from older checkpoints
 
     def state_dict(self) -> dict:
-        state = {key: getattr(self, key) for key in (*self._STATE_KEYS, *self._SIGNED_KEYS)}
+        state = {key: getattr(self, key) for key in (*self._STATE_KEYS, *self._LATER_KEYS)}
         return {**state, "recent": list(self.recent), "held": list(self.held), "policy": asdict(self.policy)}
 
     def load_state_dict(self, state: dict) -> None:

@@ -362,19 +362,24 @@ class Trainer:
             self.best_record = {k: v for k, v in record.items() if k.startswith("val_")}
             self.record.save_best(self.best_state)
         if decision.applied.cut and self.restore_best:
-            drift = overfitted_since_best(self.history)
-            if drift is not None and self.tracker.best_epoch < self.tracker.epochs:
-                # The cut LR goes on from the best weights, not from where overfitting took them.
-                self.model.load_state_dict(self.best_state)
-                if self.guard is not None:
-                    self.guard.rebase()   # the best weights' training loss may be many times the overfit one's
-                self._event("restarted_from_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
-                            value=self.tracker.best, **drift)
-                decision.notes.append(f"from epoch {self.tracker.best_epoch}'s weights")
+            decision.notes.extend(self._restart_if_overfit())
         if decision.stop is not None:
             status, reason, evidence = decision.stop
             self._stop(status, reason, **evidence)
         return decision.notes
+
+    def _restart_if_overfit(self) -> list[str]:
+        """At an LR cut: when the run has overfit since its best epoch, the cut LR goes on from the best
+        weights, not from where overfitting took them (`decide.diagnosis.overfitted_since_best`)."""
+        drift = overfitted_since_best(self.history)
+        if drift is None or self.tracker.best_epoch == self.tracker.epochs:   # already at the best weights
+            return []
+        self.model.load_state_dict(self.best_state)
+        if self.guard is not None:
+            self.guard.rebase()   # the best weights' training loss may be many times the overfit one's
+        self._event("restarted_from_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
+                    value=self.tracker.best, **drift)
+        return [f"from epoch {self.tracker.best_epoch}'s weights"]
 
     def _min_lr(self) -> float:
         """The LR floor of plateau cuts; the guard's rollbacks move it down with their cuts."""

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from converge.data import TensorSplit
-from converge.engine.objective import Objective, loss_family
+from converge.engine.objective import AlignedLoss, Objective, loss_family
 from converge.engine.optim import adamw
 
 MAX_ROWS = 4000          # training rows the reference sees (a random subset beyond)
@@ -75,13 +75,13 @@ def _predict(model, x, shift, scale, y_like, link=None):
     return out if y_like.ndim > 1 or out.shape[1] != 1 else out.squeeze(1)
 
 
-def output_link(objective: Objective) -> Callable | None:
+def _output_link(objective: Objective) -> Callable | None:
     """What turns the reference's raw scores into what the task's loss reads: probabilities for a BCE on
     probabilities (a model ending in a sigmoid), log-probabilities for an NLL loss (one ending in a
     log-softmax); None where the loss reads raw scores. A raw score is no probability: nn.BCELoss refuses it,
     and an NLL loss on raw scores has no floor."""
-    loss = getattr(objective.loss_fn, "loss", objective.loss_fn)   # an AlignedLoss wraps the task's own
-    family = loss_family(loss)
+    loss = objective.loss_fn
+    family = loss_family(loss.loss if isinstance(loss, AlignedLoss) else loss)   # it wraps a task's standard loss
     if family == "bce":
         return torch.sigmoid
     if family == "nll":
@@ -193,7 +193,7 @@ def _train(x, y, vx, vy, outputs, objective, shift, scale, hidden, generator, st
     steps_per_epoch = math.ceil(len(y) / batch)
     epochs = max(EVAL_EVERY, min(EPOCHS, MAX_STEPS // steps_per_epoch))
     best = math.inf
-    link = output_link(objective)
+    link = _output_link(objective)
     for epoch in range(1, epochs + 1):
         if stop is not None and stop.is_set():
             return None
