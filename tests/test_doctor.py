@@ -921,3 +921,72 @@ def test_fit_names_too_little_data_without_the_checks(rows, named, capsys):
     found = [e for e in result.events if e["event"] == "doctor_finding"]
     assert [e["code"] for e in found] == (["too_few_samples"] if named else [])
     assert ("too_few_samples" in capsys.readouterr().err) == named
+
+
+# Next-token prediction on names from a small grammar: a batch of 32 shares its prefixes, so no model that reads
+# left to right can fit it below ~0.4 (from ln 13 = 2.6 at the start); 0.1x its start was out of reach.
+NAMES_TASK = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEADS, TAILS = ["br", "os", "ke", "as"], ["dale", "mere", "ford"]
+LETTERS = sorted(set("".join(HEADS + TAILS)))
+V = len(LETTERS) + 2   # 0 padding, 1 start
+
+
+def _make(n, g):
+    rows = []
+    for _ in range(n):
+        word = HEADS[int(torch.randint(4, (1,), generator=g))] + TAILS[int(torch.randint(3, (1,), generator=g))]
+        ids = [1] + [LETTERS.index(c) + 2 for c in word]
+        rows.append(ids + [0] * (8 - len(ids)))
+    ids = torch.tensor(rows)
+    return ids[:, :-1], ids[:, 1:]
+
+
+class CharRNN(nn.Module):
+    def __init__(self, ignore_inputs=False):
+        super().__init__()
+        self.ignore_inputs = ignore_inputs
+        self.emb, self.rnn, self.head = nn.Embedding(V, 16), nn.GRU(16, 32, batch_first=True), nn.Linear(32, V)
+
+    def forward(self, x):
+        h, _ = self.rnn(self.emb(x * 0 if self.ignore_inputs else x))
+        return self.head(h)
+
+
+def model():
+    return CharRNN(IGNORE)
+
+
+def loss(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=0)
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    return _make(400, g), _make(100, g)
+"""
+
+
+@pytest.mark.parametrize("ignore_inputs, flagged", [(False, False), (True, True)],
+                         ids=["a-char-model", "one-that-ignores-its-inputs"])
+def test_next_token_prediction_is_fitted_down_to_what_its_prefixes_allow(tmp_path, ignore_inputs, flagged):
+    path = tmp_path / "names.py"
+    path.write_text(f"IGNORE = {ignore_inputs}\n" + NAMES_TASK)
+    found = [f for f in run_doctor(path) if f.code == "cannot_overfit_batch"]
+    assert bool(found and found[0].severity == "error") == flagged, [f.to_dict() for f in found]
+    if found:
+        assert found[0].evidence["floor"] > 0.1 * found[0].evidence["tries"][0]["start_loss"]
+
+
+def test_next_token_floor_is_the_entropy_of_what_follows_each_shared_prefix():
+    from converge.engine.objective import Objective
+    objective = Objective(lambda s, t: nn.functional.cross_entropy(s.reshape(-1, 4), t.reshape(-1)), "sequence", {},
+                          inferred=False, known_loss=False, classes=4, class_dim=-1)
+    # two sequences share the prefix [1] and then go to 2 or 3: ln 2 at that position, 0 at the other
+    x, y = torch.tensor([[1, 2], [1, 3]]), torch.tensor([[2, 0], [3, 0]])
+    assert mc.next_token_floor(x, y, objective) == pytest.approx(math.log(2) / 2, rel=1e-6)
+    assert mc.next_token_floor(x, torch.tensor([[3, 0], [3, 0]]), objective) is None   # not the inputs shifted
+    assert mc.next_token_floor(x.float(), y, objective) is None

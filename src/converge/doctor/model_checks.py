@@ -69,31 +69,76 @@ def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: st
                               "the log class priors) and check the input scale")]
 
 
+def next_token_floor(inputs, targets, objective: Objective) -> float | None:
+    """The lowest loss a model that reads each sequence left to right can reach on this batch, when the batch
+    is next-token prediction (integer targets that are the inputs shifted by one): after a prefix that
+    several sequences of the batch share, it can only give the share of each next token among them. The
+    task's own loss scores those shares, as log-probabilities, so padding and reduction count as they do in
+    training. None for any other batch. Names drawn from a small grammar (two thirds of a batch of 32 starting
+    alike) cannot be fitted below 0.15x their start: the check called that a bug."""
+    if objective.kind != "sequence" or objective.model_loss or objective.loss_on_outputs or not (
+            isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
+        return None
+    if inputs.dtype.is_floating_point or targets.dtype.is_floating_point or inputs.ndim != 2 or \
+            inputs.shape != targets.shape or not torch.equal(targets[:, :-1], inputs[:, 1:]):
+        return None
+    classes = objective.classes
+    rows, cols = inputs.tolist(), targets.tolist()
+    after: dict[tuple, dict[int, int]] = {}
+    for row, nexts in zip(rows, cols):
+        for t, token in enumerate(nexts):
+            seen = after.setdefault(tuple(row[:t + 1]), {})
+            seen[token] = seen.get(token, 0) + 1
+    shares = torch.zeros(*inputs.shape, classes)
+    for n, (row, nexts) in enumerate(zip(rows, cols)):
+        for t in range(len(nexts)):
+            seen = after[tuple(row[:t + 1])]
+            total = sum(seen.values())
+            for token, count in seen.items():
+                if 0 <= token < classes:
+                    shares[n, t, token] = count / total
+    scores = shares.clamp_min(1e-12).log().to(inputs.device)
+    if objective.class_dim == 1:
+        scores = scores.transpose(1, 2)
+    with torch.no_grad():
+        floor = float(objective.loss_fn(scores, targets))
+    return floor if math.isfinite(floor) else None
+
+
 def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *, steps: int = T.OVERFIT_STEPS,
                          lrs: tuple = T.OVERFIT_LRS, ratio: float = T.OVERFIT_RATIO,
-                         seconds: float = T.OVERFIT_SECONDS) -> list[Finding]:
+                         seconds: float = T.OVERFIT_SECONDS, floor: float | None = None) -> list[Finding]:
     """Train copies of the model on this one batch with Adam (one LR after another); the loss (in eval
-    mode) must fall below ``ratio`` times its start. A model that cannot memorise one small batch has a
-    bug (inputs ignored, gradients cut) or too little capacity. Each LR gets at most ``seconds``: a slow
-    model that has not got there by then is not judged (said as information), never failed."""
+    mode) must fall below ``ratio`` times its start, or, above a ``floor`` no model can pass (the batch's
+    `next_token_floor`), to within ``ratio`` of the way from its start down to it. A model that cannot
+    memorise one small batch has a bug (inputs ignored, gradients cut) or too little capacity. Each LR gets
+    at most ``seconds``: a slow model that has not got there by then is not judged (said as information),
+    never failed."""
+    low = floor or 0.0
     tried = []
     for lr in lrs:
-        start, end, used = _overfit(copy.deepcopy(model), inputs, targets, loss_fn, lr, steps, ratio, seconds)
+        start, end, used = _overfit(copy.deepcopy(model), inputs, targets, loss_fn, lr, steps, ratio, seconds,
+                                    low)
         tried.append({"lr": lr, "start_loss": rounded(start), "end_loss": rounded(end), "steps": used})
-        if math.isfinite(end) and end <= ratio * start:
+        if math.isfinite(end) and end <= low + ratio * (start - low):
             return []
     evidence = {"batch_size": len(targets), "ratio_bound": ratio, "tries": tried, "seconds_per_lr": seconds}
+    bound = f"{ratio:g}x its start"
+    if floor is not None:
+        evidence["floor"] = rounded(floor)
+        bound = f"{ratio:g}x of the way from its start to {floor:.4g}, the least any left-to-right model can reach"
     if any(t["steps"] < steps for t in tried if t["end_loss"] is not None):
         return [Finding("cannot_overfit_batch", "info",
                         f"not judged: fitting one batch of {len(targets)} samples took longer than {seconds:g} s per "
-                        f"LR before the loss fell to {ratio:g}x its start", evidence, "")]
+                        f"LR before the loss fell to {bound}", evidence, "")]
     return [Finding("cannot_overfit_batch", "error",
                     f"the model cannot fit a single batch of {len(targets)} samples: the loss stays above "
-                    f"{ratio:g}x its start after {steps} Adam steps", evidence,
+                    f"{bound} after {steps} Adam steps", evidence,
                     "look for a bug (inputs detached or ignored, a wrong loss, frozen layers) or add capacity")]
 
 
-def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf) -> tuple[float, float, int]:
+def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf,
+             floor: float = 0.0) -> tuple[float, float, int]:
     def eval_loss() -> float:
         model.eval()
         with torch.no_grad():
@@ -117,7 +162,7 @@ def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf
         out_of_time = time.monotonic() > deadline
         if step % 25 == 0 or step == steps or out_of_time:  # an eval-mode loss (no dropout) every 25 steps
             end = eval_loss()
-            if end <= ratio * start or out_of_time:
+            if end <= floor + ratio * (start - floor) or out_of_time:
                 return start, end, step
     return start, end, steps
 

@@ -131,8 +131,9 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
             # a feature matrix is fitted standardized: this check asks for bugs and capacity; the inputs'
             # scale is unscaled_features' question (raw diabetes, std 0.05, failed it within 200 steps)
             batch = standardize(batch, *standardization(batch))
-        findings += mc.cannot_overfit_batch(model, batch, map_tensors(lambda t: t[:T.OVERFIT_BATCH], targets),
-                                            loss_fn)
+        batch_targets = map_tensors(lambda t: t[:T.OVERFIT_BATCH], targets)
+        findings += mc.cannot_overfit_batch(model, batch, batch_targets, loss_fn,
+                                            floor=mc.next_token_floor(batch, batch_targets, objective))
     return findings
 
 
