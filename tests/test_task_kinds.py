@@ -364,3 +364,37 @@ def test_a_standard_loss_on_a_model_returning_a_tuple_still_gets_its_first_item(
     objective = resolve_objective(Recurrent(), splits, nn.CrossEntropyLoss(), {}, amp="off",
                                   device=torch.device("cpu"), probe_size=16)
     assert not objective.loss_on_outputs and objective.known_loss and "accuracy" in objective.metric_fns
+
+
+@pytest.mark.parametrize("loss, task_ignore, expected", [
+    # the task's own loss says nothing of padding: the task's ignore_index does (it was dropped for -100)
+    (lambda s, t: F.cross_entropy(s.reshape(-1, 5), t.reshape(-1), ignore_index=0), 0, 0),
+    # a standard loss module carries its own
+    (nn.CrossEntropyLoss(ignore_index=4), 0, 4),
+    # a torch function is at its defaults
+    (F.cross_entropy, 0, -100),
+], ids=["own-function", "module", "torch-function"])
+def test_the_padding_label_of_a_tasks_own_loss_comes_from_the_task(loss, task_ignore, expected):
+    from converge.data import TensorSplit
+
+    own = not isinstance(loss, nn.Module) and loss is not F.cross_entropy
+    model = nn.Sequential(nn.Embedding(6, 8), nn.Linear(8, 5))           # [N, T, V] scores
+    if not own:
+        model.append(Transpose())                                          # [N, V, T], as torch's losses want
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(1, 6, (40, 7), generator=g), torch.randint(1, 4, (40, 7), generator=g)
+    y[:, 5:] = 0                                                           # padded with 0
+    splits = {"train": TensorSplit(x[:30], y[:30], "train"), "val": TensorSplit(x[30:], y[30:], "val")}
+    objective = resolve_objective(model, splits, loss, {}, amp="off", device=torch.device("cpu"), probe_size=16,
+                                  ignore_index=task_ignore)
+    assert objective.ignore_index == expected
+    # scores right on every real label and wrong on every padding position: the accuracy counts what is counted
+    scores = F.one_hot(torch.where(y == 0, 4, y), 5).float()
+    scores = scores if own else scores.transpose(1, 2)
+    accuracy = objective.metric_fns["token_accuracy"](scores, y).item()
+    assert accuracy == pytest.approx(1.0 if expected == 0 else 5 / 7)
+
+
+class Transpose(nn.Module):
+    def forward(self, scores):
+        return scores.transpose(1, 2)

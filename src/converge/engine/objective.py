@@ -277,15 +277,16 @@ def loss_family(loss: Callable) -> str | None:
     return _STANDARD_MODULES.get(type(loss)) or _STANDARD_FUNCTIONS.get(loss)
 
 
-def recognize_loss(loss: Callable) -> tuple[str | None, int]:
-    """(which standard loss ``loss`` is, its ignore_index), or (None, -100) for anything else. Only the plain
+def recognize_loss(loss: Callable) -> tuple[str | None, int | None]:
+    """(which standard loss ``loss`` is, its ignore_index), or (None, None) for anything else: a loss of the
+    task's own says nothing of its padding label, which the task's ``ignore_index`` then gives. Only the plain
     loss counts: the mean reduction, no class weights, no positive weights, no label smoothing. The baseline
     (the constant prediction's loss: the label entropy) and the initial-loss check are those of the plain
     loss; a BCE with ``pos_weight`` 8 on rare tags scores a constant prediction far above the label entropy,
     and a run that learned was called "collapsed" and its LR too high."""
     family = loss_family(loss)
     if type(loss) not in _STANDARD_MODULES:
-        return family, IGNORE_INDEX   # a torch function at its defaults
+        return family, (IGNORE_INDEX if family is not None else None)   # a torch function is at its defaults
     plain = getattr(loss, "reduction", "mean") == "mean" and getattr(loss, "weight", None) is None and \
         getattr(loss, "pos_weight", None) is None and not getattr(loss, "label_smoothing", 0.0)
     return (family if plain else None), getattr(loss, "ignore_index", IGNORE_INDEX)
@@ -435,8 +436,8 @@ def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra:
 
 
 def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: dict, ignore_index: int) -> Objective:
-    recognized, loss_ignore = recognize_loss(loss) if loss is not None else (None, ignore_index)
-    ignore = loss_ignore if loss is not None else ignore_index
+    recognized, loss_ignore = recognize_loss(loss) if loss is not None else (None, None)
+    ignore = loss_ignore if loss_ignore is not None else ignore_index
     facts = target_facts(splits["train"], targets, ignore)
     if not isinstance(scores, torch.Tensor):
         if loss is None:
