@@ -16,7 +16,8 @@ states the rule); a task's own ``loss`` and ``metrics`` are trusted.
 * A task's own loss that converge recognizes (``nn.CrossEntropyLoss``, ``nn.NLLLoss``,
   ``nn.BCEWithLogitsLoss``, ``nn.BCELoss``, ``nn.MSELoss`` with mean reduction, or the matching
   ``torch.nn.functional`` functions) keeps the kind's metrics, the underfitting baseline and the doctor's
-  initial-loss check; any other loss keeps only what does not depend on its meaning.
+  initial-loss check; any other loss keeps only what does not depend on its meaning, and what
+  `converge.engine.loss_probe` reads from its answers (its padding label; logits or probabilities).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import nn
 from converge.data import LoaderSplit, TensorSplit
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind
 from converge.engine import device as dev
+from converge.engine import loss_probe
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
                                      prepare_stateful)
 from converge.errors import ConvergeError
@@ -437,6 +439,12 @@ def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra:
 
 def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: dict, ignore_index: int) -> Objective:
     recognized, loss_ignore = recognize_loss(loss) if loss is not None else (None, None)
+    skipped = None
+    if loss is not None and loss_family(loss) is None and ignore_index == IGNORE_INDEX:
+        # A loss of the task's own that skips a label (its padding) says so only by not reading it; the
+        # task's explicit ignore_index wins over what the probe finds.
+        skipped = loss_probe.skipped_label(loss, scores, targets)
+        loss_ignore = skipped
     ignore = loss_ignore if loss_ignore is not None else ignore_index
     facts = target_facts(splits["train"], targets, ignore)
     if not isinstance(scores, torch.Tensor):
@@ -457,7 +465,14 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
             _check_other_split(split, kind, ignore)
     if loss is None:
         return _inferred(kind, ignore)
-    return _own(loss, recognized, loss_family(loss), kind, ignore)
+    family = loss_family(loss)
+    link = loss_probe.binary_link(loss, scores, targets) \
+        if family is None and kind.kind in ("binary", "multilabel") else None
+    objective = _own(loss, recognized, family, kind, ignore, link)
+    if skipped is not None:
+        objective = replace(objective, description=f"{objective.description} (targets {skipped} are padding: "
+                                                   f"the loss skips them)")
+    return objective
 
 
 def _check_other_split(split, kind: Kind, ignore: int) -> None:
@@ -494,10 +509,12 @@ def _inferred(kind: Kind, ignore: int) -> Objective:
     return Objective(mean_squared_error, kind.kind, {}, description=f"{kind.description}; loss MSE")
 
 
-def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind, ignore: int) -> Objective:
+def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind, ignore: int,
+         link: str | None = None) -> Objective:
     """The task's loss with the kind's metrics where their meaning does not depend on it (argmax over class
-    scores) or the loss tells it (``family``: logits or probabilities, whatever its weights). ``recognized``:
-    the plain standard loss it is, whose constant prediction's value is known (`recognize_loss`)."""
+    scores) or the loss tells it (``family``: logits or probabilities, whatever its weights; for a loss of
+    the task's own, ``link``: what `loss_probe.binary_link` read from it). ``recognized``: the plain standard
+    loss it is, whose constant prediction's value is known (`recognize_loss`)."""
     name = getattr(loss, "__name__", type(loss).__name__)
     base = dict(inferred=False, known_loss=recognized is not None and _fits(recognized, kind.kind),
                 classes=kind.classes, class_dim=kind.class_dim, description=f"{kind.description}; loss: the task's "
@@ -510,8 +527,10 @@ def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind,
         metrics = {"token_accuracy": TokenAccuracy(kind.class_dim, ignore)}
         if recognized == "cross_entropy":
             derived = {"perplexity": perplexity}
-    elif kind.kind in ("binary", "multilabel") and family in ("bce_logits", "bce"):
-        threshold = 0.0 if family == "bce_logits" else 0.5
+    elif kind.kind in ("binary", "multilabel") and (family in ("bce_logits", "bce") or link is not None):
+        threshold = 0.0 if family == "bce_logits" or link == "logits" else 0.5
+        if link is not None:
+            base["description"] += f" (it reads {link}: accuracy at {'logit 0' if link == 'logits' else '0.5'})"
         metrics = {"accuracy": ThresholdAccuracy(threshold)} if kind.kind == "binary" else \
             {"label_accuracy": ThresholdAccuracy(threshold), "exact_match": ExactMatch(threshold)}
     ignore_index = ignore if kind.kind in ("classification", "sequence") else None

@@ -1,0 +1,114 @@
+"""What a task's own loss means, read from how it answers on made-up outputs.
+
+converge recognizes the standard losses by type. A loss the task writes itself (a function that flattens
+``[N, T, V]`` logits, a focal loss, a BCE on a squeezed one-output head) says nothing of its meaning, so
+converge used to report no accuracy for it, or count its padding as tokens. Two questions are answered by
+calling it on a probe batch, a few times, without gradient and without touching the global RNG:
+
+* `skipped_label`: which integer label the loss never reads (its padding), so token accuracy and the
+  doctor leave those positions out as the loss does;
+* `binary_link`: whether a one-output (or multi-label) head's outputs are logits or probabilities to the
+  loss, so accuracy can threshold them where the loss puts its boundary (logit 0, or 0.5).
+
+Each answer comes only when the loss's behaviour leaves no doubt; otherwise None, and converge keeps to
+what does not depend on the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+# How far a perturbation must move the loss to count as read, and how little to count as not read: relative
+# to the loss's value, far apart so that rounding of a mean over a few thousand positions cannot decide.
+READ_CHANGE = 1e-4
+UNREAD_CHANGE = 1e-6
+LOGIT = 12.0                # a confident logit: BCE-with-logits is 6e-6 there, its mirror 12
+CONFIDENT_SHARE = 0.01      # a right answer's loss is at most this share of the mirror answer's
+_SEED = 20261207            # a generator of its own: the probe never moves the run's random stream
+
+
+def _loss_at(loss: Callable, outputs: torch.Tensor, targets) -> float:
+    try:
+        with torch.no_grad():
+            value = loss(outputs, targets)
+        return float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else math.nan
+    except Exception:   # a loss that refuses made-up outputs (BCE on a logit of 12) answers "not this one"
+        return math.nan
+
+
+def class_dim_of(scores: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """Where the class scores sit when ``scores`` hold one score vector per target position: -1 for
+    ``[N, T, V]`` against ``[N, T]``, 1 for ``[N, V, T]``; None for other shapes."""
+    if scores.ndim != targets.ndim + 1:
+        return None
+    if tuple(scores.shape[:-1]) == tuple(targets.shape):
+        return -1
+    if scores.shape[0] == targets.shape[0] and tuple(scores.shape[2:]) == tuple(targets.shape[1:]):
+        return 1
+    return None
+
+
+def _candidates(targets: torch.Tensor) -> list[int]:
+    """Labels that may be padding: negative labels, and the label most sequences end with."""
+    found = [int(v) for v in torch.unique(targets[targets < 0])[:2]]
+    if targets.ndim >= 2 and targets.shape[-1] > 1:
+        trailing = int(torch.mode(targets.reshape(targets.shape[0], -1)[:, -1].cpu()).values)
+        if trailing not in found:
+            found.append(trailing)
+    return found
+
+
+def skipped_label(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """The integer label whose positions ``loss`` does not read: moving the class scores there leaves the
+    loss as it was, while moving them anywhere else changes it. None when no candidate label is skipped
+    (or the shapes are not one score vector per target position)."""
+    if not isinstance(scores, torch.Tensor) or not isinstance(targets, torch.Tensor) or \
+            targets.dtype.is_floating_point or not scores.dtype.is_floating_point:
+        return None
+    class_dim = class_dim_of(scores, targets)
+    if class_dim is None:
+        return None
+    base = _loss_at(loss, scores, targets)
+    if not math.isfinite(base):
+        return None
+    generator = torch.Generator().manual_seed(_SEED)
+    noise = torch.randn(scores.shape, generator=generator, dtype=torch.float32).to(scores.device, scores.dtype) * 3
+    for label in _candidates(targets):
+        at_label = (targets == label).unsqueeze(class_dim)
+        if not bool(at_label.any()) or bool(at_label.all()):
+            continue
+        moved_there = _loss_at(loss, scores + noise * at_label, targets)
+        moved_elsewhere = _loss_at(loss, scores + noise * ~at_label, targets)
+        scale = max(1.0, abs(base))
+        if abs(moved_there - base) <= UNREAD_CHANGE * scale and abs(moved_elsewhere - base) > READ_CHANGE * scale:
+            return label
+    return None
+
+
+def binary_link(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> str | None:
+    """"logits" or "probabilities": what ``loss`` takes a one-output (or one-per-label) head's outputs to be,
+    for 0/1 targets with as many values as ``scores``. Logits: confident right logits (+-12) cost almost
+    nothing against their mirror; probabilities: the targets themselves do. None when neither or both hold
+    (a loss converge cannot read)."""
+    if not isinstance(scores, torch.Tensor) or not isinstance(targets, torch.Tensor) or \
+            scores.numel() != targets.numel() or not scores.dtype.is_floating_point:
+        return None
+    labels = targets.reshape(scores.shape).to(scores.dtype)
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        return None
+    positive = labels > 0.5
+
+    def confident(right: torch.Tensor, wrong: torch.Tensor) -> bool:
+        at_right, at_wrong = _loss_at(loss, right, targets), _loss_at(loss, wrong, targets)
+        return math.isfinite(at_right) and math.isfinite(at_wrong) and at_wrong > 0 and \
+            at_right <= CONFIDENT_SHARE * at_wrong
+
+    high, low = torch.full_like(labels, LOGIT), torch.full_like(labels, -LOGIT)
+    reads_logits = confident(torch.where(positive, high, low), torch.where(positive, low, high))
+    reads_probabilities = confident(labels, 1 - labels)
+    if reads_logits == reads_probabilities:
+        return None
+    return "logits" if reads_logits else "probabilities"

@@ -1,0 +1,133 @@
+"""Reading a task's own loss from how it answers (converge.engine.loss_probe): its padding label, and whether
+a one-output head's outputs are logits or probabilities to it. Each case is a loss a user writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from converge.data import TensorSplit
+from converge.engine.loss_probe import binary_link, class_dim_of, skipped_label
+from converge.engine.objective import ThresholdAccuracy, resolve_objective
+
+V = 7
+
+
+def padded(n=24, length=9, pad=0, seed=0):
+    """[N, T, V] scores and [N, T] labels in 1..V-1, every row ending in a run of ``pad``."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n, length, V, generator=g)
+    labels = torch.randint(1, V, (n, length), generator=g)
+    for row in range(n):
+        labels[row, 3 + row % (length - 3):] = pad
+    return scores, labels
+
+
+def flat_ce(ignore):
+    return lambda s, t: F.cross_entropy(s.reshape(-1, V), t.reshape(-1), ignore_index=ignore)
+
+
+def masked_nll(scores, labels):   # the hand-written masked mean
+    mask = labels != 0
+    picked = -F.log_softmax(scores, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("loss, pad, layout, expected", [
+    (flat_ce(0), 0, "ntv", 0),                                                 # flattens, skips 0
+    (masked_nll, 0, "ntv", 0),                                                 # its own mask
+    (lambda s, t: F.cross_entropy(s, t, ignore_index=0), 0, "nvt", 0),        # torch's layout, class dim 1
+    (flat_ce(-1), -1, "ntv", -1),                                              # padded with -1
+    (flat_ce(-100), 0, "ntv", None),                                           # reads its zeros: no padding
+    (lambda s, t: (s * 0).sum(), 0, "ntv", None),                             # reads nothing: cannot say
+], ids=["flatten-ignore-0", "hand-mask", "class-dim-1", "minus-one", "reads-its-zeros", "reads-nothing"])
+def test_the_label_a_loss_never_reads_is_its_padding(loss, pad, layout, expected):
+    scores, labels = padded(pad=pad)
+    if layout == "nvt":
+        scores = scores.transpose(1, 2)
+    assert skipped_label(loss, scores, labels) == expected
+
+
+def test_the_probe_leaves_the_random_stream_alone():
+    scores, labels = padded()
+    before = torch.random.get_rng_state()
+    assert skipped_label(flat_ce(0), scores, labels) == 0
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_where_the_class_scores_sit():
+    assert class_dim_of(torch.zeros(4, 9, V), torch.zeros(4, 9)) == -1
+    assert class_dim_of(torch.zeros(4, V, 9), torch.zeros(4, 9)) == 1
+    assert class_dim_of(torch.zeros(4, 3), torch.zeros(4, 9)) is None
+
+
+def focal(logits, y, gamma=2.0):
+    p = torch.sigmoid(logits.squeeze(1))
+    ce = F.binary_cross_entropy_with_logits(logits.squeeze(1), y, reduction="none")
+    return ((1 - torch.where(y > 0.5, p, 1 - p)) ** gamma * ce).mean()
+
+
+@pytest.mark.parametrize("loss, expected", [
+    (lambda o, y: F.binary_cross_entropy_with_logits(o.squeeze(1), y), "logits"),
+    (focal, "logits"),
+    (lambda o, y: F.binary_cross_entropy(torch.sigmoid(o.squeeze(1)), y), "logits"),   # the sigmoid inside
+    (lambda o, y: F.binary_cross_entropy(o.squeeze(1), y), "probabilities"),           # the model ends in one
+    (lambda o, y: F.mse_loss(o.squeeze(1), y), "probabilities"),
+    (lambda o, y: (o * 0).sum() + 1.0, None),
+], ids=["bce-logits", "focal", "sigmoid-inside", "bce-probabilities", "mse", "constant"])
+def test_a_one_output_heads_link_is_read_from_the_loss(loss, expected):
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    assert binary_link(loss, torch.zeros(6, 1), y) == expected
+
+
+def test_no_link_for_targets_that_are_not_zero_or_one():
+    loss = lambda o, y: F.mse_loss(o.squeeze(1), y)   # noqa: E731
+    assert binary_link(loss, torch.zeros(3, 1), torch.tensor([0.0, 0.5, 1.0])) is None
+
+
+def test_a_sequence_task_with_its_own_padded_loss_counts_only_real_tokens():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 6, (40, 7), generator=g)
+    y = torch.randint(1, V, (40, 7), generator=g)
+    y[:, 5:] = 0
+    splits = {"train": TensorSplit(x[:30], y[:30], "train"), "val": TensorSplit(x[30:], y[30:], "val")}
+    model = nn.Sequential(nn.Embedding(6, 8), nn.Linear(8, V))
+    objective = resolve_objective(model, splits, flat_ce(0), {}, amp="off", device=torch.device("cpu"),
+                                  probe_size=16)
+    assert objective.ignore_index == 0 and "targets 0 are padding" in objective.description
+    right_on_real_tokens = F.one_hot(torch.where(y == 0, 3, y), V).float()
+    assert objective.metric_fns["token_accuracy"](right_on_real_tokens, y).item() == pytest.approx(1.0)
+    # the task's own ignore_index wins over the probe
+    told = resolve_objective(model, splits, flat_ce(0), {}, amp="off", device=torch.device("cpu"), probe_size=16,
+                             ignore_index=6)
+    assert told.ignore_index == 6
+
+
+@pytest.mark.parametrize("loss, threshold", [
+    (lambda o, y: F.binary_cross_entropy_with_logits(o.squeeze(1), y), 0.0),
+    (lambda o, y: F.binary_cross_entropy(torch.sigmoid(o).squeeze(1), y), 0.0),
+], ids=["logits", "sigmoid-inside"])
+def test_a_binary_head_with_its_own_loss_gets_accuracy_at_the_losss_boundary(loss, threshold):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g)
+    y = (x[:, 0] > 0).float()
+    splits = {"train": TensorSplit(x[:40], y[:40], "train"), "val": TensorSplit(x[40:], y[40:], "val")}
+    objective = resolve_objective(nn.Linear(4, 1), splits, loss, {}, amp="off", device=torch.device("cpu"),
+                                  probe_size=16)
+    metric = objective.metric_fns["accuracy"]
+    assert isinstance(metric, ThresholdAccuracy) and metric.threshold == threshold
+    assert "it reads logits" in objective.description
+
+
+def test_a_binary_head_ending_in_a_sigmoid_is_scored_at_one_half():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g)
+    y = (x[:, 0] > 0).float()
+    splits = {"train": TensorSplit(x[:40], y[:40], "train"), "val": TensorSplit(x[40:], y[40:], "val")}
+    model = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())
+    objective = resolve_objective(model, splits, lambda o, t: F.binary_cross_entropy(o.squeeze(1), t), {},
+                                  amp="off", device=torch.device("cpu"), probe_size=16)
+    assert objective.metric_fns["accuracy"].threshold == 0.5
+
