@@ -149,6 +149,14 @@ class TestConvergeCallback:
         with pytest.raises(ValueError, match="'auto'"):
             ConvergeCallback(mode="auto")
 
+    @pytest.mark.parametrize("options, expected", [({}, True), ({"restore_best": False}, False),
+                                                   ({"restore_best": False, "restart_from_best": True}, True),
+                                                   ({"restart_from_best": False}, False)])
+    def test_the_restart_from_the_best_weights_follows_restore_best(self, tmp_path, options, expected):
+        callback = ConvergeCallback(**options)
+        fit(tmp_path, Regression(), callback, max_epochs=1)
+        assert callback.monitor_.restart_from_best is expected
+
     def test_its_state_continues_in_a_fresh_callback(self, tmp_path):
         first = ConvergeCallback(patience=3)
         fit(tmp_path / "a", Regression(), first, max_epochs=4)

@@ -332,3 +332,40 @@ def test_a_loop_that_ends_first_ends_as_max_epochs_and_loads_the_best_weights():
     result = monitor.finish(reason="my loop's 3 epochs are done")
     assert (result.status, result.summary["stop_reason"]) == ("max_epochs", "my loop's 3 epochs are done")
     assert torch.equal(model.state_dict()["weight"], monitor.best_state_["weight"])
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_an_lr_cut_after_overfitting_goes_on_from_the_best_weights(restart):
+    """As converge.fit does: validation rose after epoch 3 while training fell, so the cut at epoch 6 (patience
+    3) loads epoch 3's weights; with restart_from_best=False the cut goes on from the current ones."""
+    model, optimizer, monitor = setup(patience=3, window=1, restart_from_best=restart)
+    train = [1.0, 0.6, 0.5, 0.4, 0.3, 0.2]
+    val = [1.0, 0.7, 0.65, 0.7, 0.75, 0.8]
+    for t, v in zip(train, val):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        monitor.step(v, values={"train_loss": t, "val_loss": v})
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)            # the cut
+    restarts = [e for e in monitor.events if e["event"] == "restarted_from_best"]
+    at_best = torch.equal(model.weight, monitor.best_state_["weight"])
+    assert (len(restarts), at_best) == ((1, True) if restart else (0, False))
+    if restart:
+        assert restarts[0]["best_epoch"] == 3 and restarts[0]["val_rise"] > 0.1
+
+
+def test_a_plateau_cut_goes_on_from_the_current_weights():
+    model, optimizer, monitor = setup(patience=3, window=1)
+    for t, v in zip([1.0, 0.6, 0.5, 0.45, 0.44, 0.44], [1.0, 0.7, 0.65, 0.66, 0.65, 0.66]):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        monitor.step(v, values={"train_loss": t, "val_loss": v})
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert not any(e["event"] == "restarted_from_best" for e in monitor.events)
+    assert not torch.equal(model.weight, monitor.best_state_["weight"])
+
+
+def test_several_processes_never_restart_alone():
+    from converge.integrations._options import restart_option
+
+    assert restart_option({}, True, 1)["restart_from_best"] is True
+    assert restart_option({"patience": 3}, True, 2) == {"patience": 3, "restart_from_best": False}

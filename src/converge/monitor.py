@@ -29,7 +29,7 @@ from converge.engine.judge import new_live_findings
 from converge.engine.optim import current_lr, group_lrs
 from converge.engine.recorder import RunRecorder
 from converge.engine.result import FitResult, run_summary
-from converge.engine.verdict import Applied, decide_epoch
+from converge.engine.verdict import Applied, decide_epoch, restart_if_overfit
 from converge.io.runfolder import RUN_INFO, RunFolder
 from converge.status import Status
 
@@ -67,6 +67,10 @@ class Monitor:
     * ``stopping_threshold``: stop once a value beats it. ``divergence_threshold``: stop once a value is
       worse than it. ``baseline``: nothing counts as progress until a value beats it.
     * ``start_from_epoch``: the first ``start_from_epoch`` values are not judged (a warm-up).
+    * ``restart_from_best``: at an LR cut after overfitting (since the best epoch the validation loss rose
+      while the training loss fell: give both in ``values``), load the best weights into the model, so the
+      cut LR goes on from them and not from where overfitting took them, as `converge.fit` does (event
+      ``restarted_from_best``). Default on; the optimizer's state is kept.
 
     What the Trainer does beside the decisions, for a loop (or a framework's callback) that asks for it:
 
@@ -88,7 +92,8 @@ class Monitor:
                  cooldown: int = 0, min_lr: float | Sequence[float] | None = None, unproductive_cuts: int = 1,
                  eps: float = 1e-8, window: int = 3, check_finite: bool = True,
                  stopping_threshold: float | None = None, divergence_threshold: float | None = None,
-                 baseline: float | None = None, start_from_epoch: int = 0, monitor: str = "val_loss",
+                 baseline: float | None = None, start_from_epoch: int = 0, restart_from_best: bool = True,
+                 monitor: str = "val_loss",
                  guard: bool = False, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  out: str | Path | None = None, force: bool = False, run_info: dict | None = None,
                  console: Console | None = None) -> None:
@@ -100,7 +105,7 @@ class Monitor:
             raise ValueError(f"converge cuts the LR itself and can only ride on a LambdaLR schedule (its cuts scale "
                              f"the base LRs), got a {type(scheduler).__name__}: drop it, or use a LambdaLR")
         self.model, self.optimizer, self.factor, self.eps = model, optimizer, float(factor), float(eps)
-        self.scheduler, self.monitor = scheduler, str(monitor)
+        self.scheduler, self.monitor, self.restart_from_best = scheduler, str(monitor), bool(restart_from_best)
         # A schedule's LRs move under the floors: the floors follow the base LRs the schedule scales.
         self._floor_for_new_groups, self.min_lrs = _floors(min_lr, optimizer, scheduler)
         self.tracker = ConvergenceTracker(ConvergencePolicy(
@@ -194,6 +199,13 @@ class Monitor:
             self.best_record_ = {k: v for k, v in record.items() if k.startswith("val_") or k == self.monitor}
             if self._guard is not None:
                 self._guard.new_best(clean=self._epoch_rollbacks == 0)
+        if applied.cut and self.restart_from_best:
+            note = restart_if_overfit(self.history, self.tracker, model=self.model, best_state=self.best_state_,
+                                      event=self._event, monitor=self.monitor)
+            if note is not None:
+                decision.notes.append(note)
+                if self._guard is not None:
+                    self._guard.rebase()
         if decision.stop is not None:
             status, reason, evidence = decision.stop
             self._stop(status, reason, **evidence)

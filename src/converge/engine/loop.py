@@ -30,7 +30,6 @@ from converge.data import epoch_seed
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.divergence import GuardPolicy
 from converge.decide.cadence import estimated_cost, negligible
-from converge.decide.diagnosis import overfitted_since_best
 from converge.decide.plateau import negligible_gain
 from converge.engine import device as dev
 from converge.engine.clock import RunClock
@@ -44,7 +43,7 @@ from converge.engine.optim import build_optimizer, current_lr, optimizer_step, w
 from converge.engine.recorder import RunRecorder
 from converge.engine.result import FitResult, run_summary
 from converge.engine.signals import StopSignals
-from converge.engine.verdict import decide_epoch
+from converge.engine.verdict import decide_epoch, restart_if_overfit
 from converge.errors import ConvergeError
 from converge.io import checkpoint as ckpt
 from converge.io.weights import snapshot
@@ -369,17 +368,12 @@ class Trainer:
         return decision.notes
 
     def _restart_if_overfit(self) -> list[str]:
-        """At an LR cut: when the run has overfit since its best epoch, the cut LR goes on from the best
-        weights, not from where overfitting took them (`decide.diagnosis.overfitted_since_best`)."""
-        drift = overfitted_since_best(self.history)
-        if drift is None or self.tracker.best_epoch == self.tracker.epochs:   # already at the best weights
-            return []
-        self.model.load_state_dict(self.best_state)
-        if self.guard is not None:
+        """At an LR cut after overfitting, the cut LR goes on from the best weights (`restart_if_overfit`)."""
+        note = restart_if_overfit(self.history, self.tracker, model=self.model, best_state=self.best_state,
+                                  event=self._event, monitor=self.monitor_key)
+        if note is not None and self.guard is not None:
             self.guard.rebase()   # the best weights' training loss may be many times the overfit one's
-        self._event("restarted_from_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
-                    value=self.tracker.best, **drift)
-        return [f"from epoch {self.tracker.best_epoch}'s weights"]
+        return [note] if note is not None else []
 
     def _min_lr(self) -> float:
         """The LR floor of plateau cuts; the guard's rollbacks move it down with their cuts."""

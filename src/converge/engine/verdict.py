@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from converge.decide import Verdict
+from converge.decide.diagnosis import overfitted_since_best
 from converge.engine.optim import group_lrs, planned_lrs, scale_lr
 from converge.io.weights import snapshot
 from converge.status import Status
@@ -89,3 +90,17 @@ def decide_epoch(record: dict, *, monitor: str, tracker, model: nn.Module, optim
                                          "best_epoch": tracker.best_epoch})
         notes.append(status.value)
     return EpochDecision(verdict, applied, notes, stop)
+
+
+def restart_if_overfit(history: list[dict], tracker, *, model: nn.Module, best_state: dict | None,
+                       event: Callable[..., None], monitor: str) -> str | None:
+    """At an LR cut: when the run has overfit since its best epoch (`decide.diagnosis.overfitted_since_best`),
+    load the best weights, so the cut LR goes on from them and not from where overfitting took them, and log
+    ``restarted_from_best``. Returns the epoch line's note, or None when nothing was done (no overfitting, or
+    the current weights are the best). The caller's guard must learn the loss level again (``rebase``)."""
+    drift = overfitted_since_best(history)
+    if drift is None or best_state is None or tracker.best_epoch == tracker.epochs:
+        return None
+    model.load_state_dict(best_state)
+    event("restarted_from_best", best_epoch=tracker.best_epoch, monitor=monitor, value=tracker.best, **drift)
+    return f"from epoch {tracker.best_epoch}'s weights"

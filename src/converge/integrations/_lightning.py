@@ -23,7 +23,7 @@ import torch
 from converge.decide.lr_suggest import suggest_lr, usable_prefix
 from converge.engine.guard import copied
 from converge.errors import ConvergeError
-from converge.integrations._options import check_mode, decision_options, run_folder
+from converge.integrations._options import check_mode, decision_options, restart_option, run_folder
 from converge.monitor import Monitor
 from converge.status import Status
 
@@ -81,7 +81,8 @@ def make_callback(pl):
             self.monitor_ = Monitor(pl_module, optimizer, mode=self.mode, monitor=self.monitor, guard=guard,
                                     scheduler=scheduler, out=out if trainer.is_global_zero else None, force=force,
                                     run_info={"framework": pl.__name__.split(".")[0],
-                                              "name": type(pl_module).__name__}, **self.options)
+                                              "name": type(pl_module).__name__},
+                                    **restart_option(self.options, self.restore_best, trainer.world_size))
             if chosen is not None:
                 self.monitor_.add_event("chose_lr", value=chosen.lr, optimizer=type(optimizer).__name__,
                                         reason=chosen.reason)

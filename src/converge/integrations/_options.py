@@ -6,7 +6,8 @@ from pathlib import Path
 
 # The decision options a callback passes on to Monitor unchanged (Monitor's docstring says what each means).
 DECISION_OPTIONS = ("patience", "factor", "threshold", "threshold_mode", "cooldown", "min_lr", "unproductive_cuts",
-                    "eps", "window", "stopping_threshold", "divergence_threshold", "baseline", "start_from_epoch")
+                    "eps", "window", "stopping_threshold", "divergence_threshold", "baseline", "start_from_epoch",
+                    "restart_from_best")
 
 
 def decision_options(options: dict, callback: str) -> dict:
@@ -31,3 +32,11 @@ def run_folder(out: str | Path | None, force: bool, default: str | Path | None) 
     if out is not None:
         return Path(out), force
     return (Path(default), True) if default is not None else (None, False)
+
+
+def restart_option(options: dict, restore_best: bool, world_size: int) -> dict:
+    """``options`` with ``restart_from_best`` settled: as given, else on with ``restore_best``; and off with
+    several processes, where each judges its own values and a reload on one rank alone would leave the
+    ranks' weights apart."""
+    wanted = options.get("restart_from_best", restore_best)
+    return {**options, "restart_from_best": bool(wanted) and world_size == 1}

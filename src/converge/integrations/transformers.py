@@ -25,7 +25,7 @@ import torch
 import transformers
 
 from converge.errors import ConvergeError
-from converge.integrations._options import check_mode, decision_options, run_folder
+from converge.integrations._options import check_mode, decision_options, restart_option, run_folder
 from converge.monitor import Monitor
 
 # The Trainer's evaluation entries that are costs, not results.
@@ -71,7 +71,7 @@ class ConvergeCallback(transformers.TrainerCallback):
         self.monitor_ = Monitor(model, optimizer, mode=self.mode, monitor=self.monitor, guard=guard,
                                 scheduler=lr_scheduler, out=out if state.is_world_process_zero else None,
                                 force=force, run_info={"framework": "transformers", "name": type(model).__name__},
-                                **self.options)
+                                **restart_option(self.options, self.restore_best, args.world_size))
         self.result_ = None
         self._hook = model.register_forward_hook(self._keep_loss)
         self._loss_sum, self._loss_count, self._step_losses = None, 0, []
