@@ -515,6 +515,11 @@ def test_overfitted_since_best_is_the_overfitting_rise():
     assert D.overfitted_since_best(plateau) is None          # noise around the best: go on from here
     too_soon = rows([1.0, 0.6, 0.5, 0.3], [1.0, 0.7, 0.65, 0.9])
     assert D.overfitted_since_best(too_soon) is None          # fewer than 3 epochs since the best
+    # a drift too small for the "overfitting" diagnosis (10 %) still sends the cut back to the best weights
+    drifted = rows([1.0, 0.6, 0.5, 0.45, 0.42, 0.4, 0.38], [1.0, 0.7, 0.65, 0.66, 0.66, 0.67, 0.67])
+    assert D.overfitted_since_best(drifted) is not None and "overfitting" not in codes(drifted)
+    steady = rows([1.0, 0.6, 0.5, 0.49, 0.485, 0.48, 0.48], [1.0, 0.7, 0.65, 0.66, 0.67, 0.67, 0.67])
+    assert D.overfitted_since_best(steady) is None            # training no longer falls: a plateau, not a drift
 
 
 def test_an_lr_cut_after_overfitting_goes_on_from_the_best_weights(tmp_path):
