@@ -12,7 +12,7 @@ from torch import nn
 
 import converge
 from converge.decide.task_kind import TargetFacts, decide_kind
-from converge.engine.objective import constant_prediction_loss, resolve_objective
+from converge.engine.objective import TargetStats, constant_prediction_loss, resolve_objective
 from converge.data import make_splits
 from converge.errors import ConvergeError
 
@@ -398,3 +398,71 @@ def test_the_padding_label_of_a_tasks_own_loss_comes_from_the_task(loss, task_ig
 class Transpose(nn.Module):
     def forward(self, scores):
         return scores.transpose(1, 2)
+
+
+def soft_rows(n=300, classes=10, top=0.8, seed=0):
+    """A teacher's probabilities: ``top`` on the true class, the rest spread evenly."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 12, generator=g)
+    labels = (x[:, :classes] if classes <= 12 else x).argmax(dim=1) % classes
+    soft = torch.full((n, classes), (1 - top) / (classes - 1))
+    soft[torch.arange(n), labels] = top
+    return x, soft
+
+
+def test_soft_label_rows_under_a_cross_entropy_are_their_own_kind():
+    from converge.decide.task_kind import soft_labels
+
+    assert soft_labels((8, 10), (8, 10), True).kind == "soft_labels"
+    assert soft_labels((8, 10), (8, 10), True).classes == 10
+    assert soft_labels((8, 10), (8, 10), False) is None        # rows that are not probabilities
+    assert soft_labels((8, 10), (8, 5), True) is None          # scores of another width
+    assert soft_labels((8, 1), (8, 1), True) is None           # one column is no distribution over classes
+
+
+@pytest.mark.parametrize("loss, kind", [
+    (nn.CrossEntropyLoss(), "soft_labels"),
+    (F.cross_entropy, "soft_labels"),
+    (None, "regression"),                                      # no loss named: the inferred MSE, as before
+    (lambda o, t: -(t * F.log_softmax(o, 1)).sum(1).mean(), "regression"),   # a loss of the task's own
+], ids=["module", "function", "no-loss", "own-loss"])
+def test_soft_labels_need_the_tasks_cross_entropy(loss, kind):
+    from converge.data import TensorSplit
+
+    x, soft = soft_rows()
+    splits = {"train": TensorSplit(x[:200], soft[:200], "train"), "val": TensorSplit(x[200:], soft[200:], "val")}
+    objective = resolve_objective(nn.Linear(12, 10), splits, loss, {}, amp="off", device=torch.device("cpu"),
+                                  probe_size=32)
+    assert objective.kind == kind
+    if kind == "soft_labels":
+        assert objective.known_loss and "soft labels" in objective.description
+        right = soft[:5].log()                                  # scores ranking each row's classes as it does
+        assert objective.metric_fns["accuracy"](right, soft[:5]).item() == 1.0
+        mean_row = soft[:200].double().mean(0)
+        entropy = float(-(mean_row * mean_row.log()).sum())
+        assert constant_prediction_loss(soft[:200], objective) == pytest.approx(entropy)
+        stats = TargetStats(objective)
+        for rows in soft[:200].split(64):
+            stats.update(rows)
+        assert stats.loss() == pytest.approx(entropy)
+
+
+def test_the_doctor_judges_a_soft_label_batch_against_its_entropy():
+    """A teacher's 0.8 cannot be fitted below the rows' entropy (0.95 for ten classes): the overfit-one-batch
+    check called a working model a bug."""
+    from converge.doctor.model_checks import soft_label_floor
+    from converge.doctor.run import check_all, samples_from_splits
+    from converge.data import TensorSplit
+
+    x, soft = soft_rows(n=400)
+    splits = {"train": TensorSplit(x[:300], soft[:300], "train"), "val": TensorSplit(x[300:], soft[300:], "val")}
+    objective = resolve_objective(nn.Linear(12, 10), splits, nn.CrossEntropyLoss(), {}, amp="off",
+                                  device=torch.device("cpu"), probe_size=32)
+    row_entropy = float(-(soft[0] * soft[0].log()).sum())
+    assert soft_label_floor(soft[:32], objective) == pytest.approx(row_entropy, rel=1e-5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 10))
+    findings, _ = check_all(model, samples_from_splits(splits, seed=0), loss=nn.CrossEntropyLoss(), cheap=False,
+                            seed=0)
+    assert "cannot_overfit_batch" not in [f.code for f in findings]
+    assert "init_loss_off" not in [f.code for f in findings]   # ln 10 at the start, as for hard labels

@@ -10,6 +10,7 @@ The rule (``N`` samples; the model's outputs on a probe batch decide the class d
 | 0/1 values ``[N, L]``, L >= 2 | ``[N, L]`` | ``multilabel``: BCE-with-logits per label |
 | integer ``[N, T]`` (or ``[N, T1, T2, ...]``) | ``[N, T, V]`` or ``[N, V, T]`` | ``sequence``: cross-entropy per position over V |
 | float, anything else | as many values per sample | ``regression``: MSE |
+| float ``[N, C]`` rows of class probabilities, under the task's cross-entropy | ``[N, C]`` | ``soft_labels`` (`soft_labels`) |
 
 Integer labels equal to ``ignore_index`` (-100 by default, as torch) are padding: they count in no loss,
 metric or label check. A combination that fits no row is an error that names both shapes and says what
@@ -23,7 +24,7 @@ from math import prod
 
 from converge.errors import ConvergeError
 
-KINDS = ("classification", "binary", "multilabel", "sequence", "regression")
+KINDS = ("classification", "binary", "multilabel", "sequence", "regression", "soft_labels")
 IGNORE_INDEX = -100
 
 
@@ -121,3 +122,16 @@ def _check_range(targets: TargetFacts, classes: int, verb: str, what: str) -> No
 
 def _num(value) -> str:
     return "?" if value is None else f"{value:g}"
+
+
+def soft_labels(target_shape: tuple[int, ...], output_shape: tuple[int, ...], distributions: bool) -> Kind | None:
+    """Classification with soft labels: float targets ``[N, C]`` whose rows are class probabilities
+    (``distributions``: non-negative, summing to 1; a teacher's probabilities, smoothed or mixed labels)
+    against ``[N, C]`` scores. Only a cross-entropy the task names makes such targets this kind (torch's
+    takes probabilities as targets); without it they stay a regression, whose inferred loss is MSE. None
+    when the shapes or the values do not fit."""
+    y, o = tuple(target_shape), tuple(output_shape)
+    if not distributions or len(y) != 2 or y != o or y[1] < 2:
+        return None
+    return Kind("soft_labels", y[1], 1, f"classification with class probabilities as targets (soft labels), "
+                                        f"{y[1]} classes")

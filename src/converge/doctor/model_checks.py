@@ -36,7 +36,7 @@ def expected_init_loss(kind: str, targets: torch.Tensor, outputs: torch.Tensor,
     """The loss a freshly initialised model should start near, and why: ln C for C classes (uniform
     predictions; per position for sequences), ln 2 for each binary output (logits near 0), mean(y^2) for
     MSE (predictions near 0)."""
-    if kind in ("classification", "sequence") and (classes or outputs.ndim >= 2):
+    if kind in ("classification", "sequence", "soft_labels") and (classes or outputs.ndim >= 2):
         classes = classes or outputs.shape[1]
         where = " at every position" if kind == "sequence" else ""
         return math.log(classes), f"ln {classes} (uniform predictions over the classes{where})"
@@ -105,12 +105,24 @@ def next_token_floor(inputs, targets, objective: Objective) -> float | None:
     return floor if math.isfinite(floor) else None
 
 
+def soft_label_floor(targets, objective: Objective) -> float | None:
+    """The lowest loss any model can reach on a batch of soft labels: the task's loss at scores whose softmax
+    is each target row itself (for a cross-entropy, the rows' mean entropy). A teacher's probabilities of
+    0.8 for the right digit cannot be fitted below about 0.9 from a start of ln 10 = 2.3: the check called
+    that a bug. None for any other batch."""
+    if objective.kind != "soft_labels" or not isinstance(targets, torch.Tensor):
+        return None
+    with torch.no_grad():
+        floor = float(objective.loss_fn(targets.clamp_min(1e-12).log(), targets))
+    return floor if math.isfinite(floor) else None
+
+
 def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *, steps: int = T.OVERFIT_STEPS,
                          lrs: tuple = T.OVERFIT_LRS, ratio: float = T.OVERFIT_RATIO,
                          seconds: float = T.OVERFIT_SECONDS, floor: float | None = None) -> list[Finding]:
     """Train copies of the model on this one batch with Adam (one LR after another); the loss (in eval
     mode) must fall below ``ratio`` times its start, or, above a ``floor`` no model can pass (the batch's
-    `next_token_floor`), to within ``ratio`` of the way from its start down to it. A model that cannot
+    `next_token_floor` or `soft_label_floor`), to within ``ratio`` of the way from its start down to it. A model that cannot
     memorise one small batch has a bug (inputs ignored, gradients cut) or too little capacity. Each LR gets
     at most ``seconds``: a slow model that has not got there by then is not judged (said as information),
     never failed."""

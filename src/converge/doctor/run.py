@@ -133,7 +133,8 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
             batch = standardize(batch, *standardization(batch))
         batch_targets = map_tensors(lambda t: t[:T.OVERFIT_BATCH], targets)
         findings += mc.cannot_overfit_batch(model, batch, batch_targets, loss_fn,
-                                            floor=mc.next_token_floor(batch, batch_targets, objective))
+                                            floor=mc.next_token_floor(batch, batch_targets, objective) or
+                                            mc.soft_label_floor(batch_targets, objective))
     return findings
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from converge.data import LoaderSplit, TensorSplit
-from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind
+from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
@@ -216,10 +216,19 @@ class ExactMatch:
         return ((_rows(outputs) > self.threshold) == (_rows(targets) > 0.5)).all(dim=1).float().mean()
 
 
+@dataclass(frozen=True)
+class SoftLabelAccuracy:
+    """Soft labels: the share of samples whose highest score is the class their target row rates highest."""
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs.argmax(dim=1) == targets.argmax(dim=1)).float().mean()
+
+
 def is_sample_mean(metric: Callable) -> bool:
     """converge's accuracies: a mean over the samples (or tokens) that count, so a split's value is the
     batches' values weighted by what counts in them (`Objective.weight`)."""
-    return metric is accuracy or isinstance(metric, (TokenAccuracy, ThresholdAccuracy, ExactMatch))
+    return metric is accuracy or isinstance(metric, (TokenAccuracy, ThresholdAccuracy, ExactMatch,
+                                                     SoftLabelAccuracy))
 
 
 def _masked_mean(hits: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
@@ -460,6 +469,9 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
         # The task's own loss is trusted with shapes converge has no rule for: no metrics of its own.
         return Objective(loss, "custom", {}, inferred=False, known_loss=False,
                          description=f"targets {tuple(targets.shape)}, outputs {tuple(scores.shape)}")
+    if kind.kind == "regression" and loss is not None and loss_family(loss) == "cross_entropy":
+        kind = soft_labels(tuple(targets.shape), tuple(scores.shape), _probability_rows(splits["train"], targets)) \
+            or kind
     for split in splits.values():
         if split is not splits["train"] and kind.kind in ("classification", "sequence"):
             _check_other_split(split, kind, ignore)
@@ -473,6 +485,15 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
         objective = replace(objective, description=f"{objective.description} (targets {skipped} are padding: "
                                                    f"the loss skips them)")
     return objective
+
+
+def _probability_rows(split, probe_targets: torch.Tensor) -> bool:
+    """Whether float targets [N, C] (the whole split when in memory) are rows of class probabilities."""
+    targets = targets_in_memory(split, limit=None)
+    targets = targets if isinstance(targets, torch.Tensor) else probe_targets
+    if not targets.dtype.is_floating_point or targets.ndim != 2 or targets.numel() == 0:
+        return False
+    return bool((targets >= 0).all()) and bool(((targets.sum(dim=1) - 1).abs() <= 1e-3).all())
 
 
 def _check_other_split(split, kind: Kind, ignore: int) -> None:
@@ -523,6 +544,8 @@ def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind,
     derived: dict[str, Callable] = {}
     if kind.kind == "classification":
         metrics = {"accuracy": accuracy}
+    elif kind.kind == "soft_labels":
+        metrics = {"accuracy": SoftLabelAccuracy()}
     elif kind.kind == "sequence":
         metrics = {"token_accuracy": TokenAccuracy(kind.class_dim, ignore)}
         if recognized == "cross_entropy":
@@ -541,7 +564,7 @@ def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind,
 
 def _fits(recognized: str, kind: str) -> bool:
     family = _RECOGNIZED[recognized]
-    return {"classes": kind in ("classification", "sequence"), "binary": kind in ("binary", "multilabel"),
+    return {"classes": kind in ("classification", "sequence", "soft_labels"), "binary": kind in ("binary", "multilabel"),
             "regression": kind == "regression"}[family]
 
 
@@ -619,6 +642,8 @@ def constant_prediction_loss(targets: torch.Tensor, objective: Objective) -> flo
         return _entropy(counts / counts.sum())
     if objective.kind in ("binary", "multilabel"):
         return float(_binary_entropy(_rows(y).double().mean(dim=0)).mean())
+    if objective.kind == "soft_labels":   # the best constant prediction is the mean target row
+        return _entropy(_rows(y).double().mean(dim=0))
     if objective.kind == "regression":
         y = _rows(y).double()
         return float(y.var(dim=0, unbiased=False).mean()) if y.shape[0] > 1 else None
@@ -634,7 +659,7 @@ class TargetStats:
         self.objective = objective
         self.sums: torch.Tensor | None = None   # one row of statistics per kind; see update()
         self.usable = objective.known_loss and objective.kind in (
-            "classification", "sequence", "binary", "multilabel", "regression")
+            "classification", "sequence", "binary", "multilabel", "regression", "soft_labels")
 
     def update(self, targets, outputs=None) -> None:
         """Add a batch. ``outputs`` gives the number of classes (their last dimension) for classification."""
@@ -685,6 +710,8 @@ class TargetStats:
             counts = sums[:-1]
             return _entropy(counts / counts.sum()) if counts.sum() > 0 else None
         total, squares, n = sums[0], sums[1], sums[2]
+        if kind == "soft_labels":
+            return _entropy(total / n[0])
         if kind in ("binary", "multilabel"):
             return float(_binary_entropy(total / n).mean())
         if n[0] <= 1:
