@@ -466,3 +466,63 @@ def test_the_doctor_judges_a_soft_label_batch_against_its_entropy():
                             seed=0)
     assert "cannot_overfit_batch" not in [f.code for f in findings]
     assert "init_loss_off" not in [f.code for f in findings]   # ln 10 at the start, as for hard labels
+
+
+def _objective_for(loss, x, y, model):
+    from converge.data import TensorSplit
+
+    splits = {"train": TensorSplit(x[:300], y[:300], "train"), "val": TensorSplit(x[300:], y[300:], "val")}
+    return resolve_objective(model, splits, loss, {}, amp="off", device=torch.device("cpu"), probe_size=32)
+
+
+def test_a_weighted_cross_entropy_gets_the_best_constant_predictions_loss():
+    """No closed form with class weights: the best constant puts p_c in proportion to w_c n_c."""
+    from converge.engine.objective import in_memory_constant_loss, searched_constant_loss
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 6, generator=g), torch.randint(0, 3, (400,), generator=g)
+    weights = torch.tensor([1.0, 3.0, 8.0])
+    objective = _objective_for(nn.CrossEntropyLoss(weight=weights), x, y, nn.Linear(6, 3))
+    assert not objective.known_loss and objective.constant_by_search
+    mass = weights * torch.bincount(y[:300], minlength=3).float()
+    best = float(-(mass * (mass / mass.sum()).log()).sum() / mass.sum())
+    assert searched_constant_loss(y[:300], objective) == pytest.approx(best, rel=1e-4)
+    from converge.data import TensorSplit
+    assert in_memory_constant_loss(TensorSplit(x[:300], y[:300], "train"), objective) == pytest.approx(best, rel=1e-4)
+
+
+def test_a_positive_weight_bce_gets_the_best_constant_predictions_loss():
+    from converge.engine.objective import searched_constant_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g)
+    y = (torch.rand(400, generator=g) < 0.1).float()
+    objective = _objective_for(nn.BCEWithLogitsLoss(pos_weight=torch.tensor(5.0)), x, y, nn.Linear(6, 1))
+    share = float(y[:300].mean())
+    p = 5 * share / (5 * share + 1 - share)
+    best = -(5 * share * math.log(p) + (1 - share) * math.log(1 - p))
+    assert searched_constant_loss(y[:300], objective) == pytest.approx(best, rel=1e-4)
+
+
+def test_a_summed_loss_has_no_constant_baseline():
+    from converge.engine.objective import in_memory_constant_loss
+    from converge.data import TensorSplit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 6, generator=g), torch.randint(0, 3, (400,), generator=g)
+    objective = _objective_for(nn.CrossEntropyLoss(reduction="sum"), x, y, nn.Linear(6, 3))
+    assert not objective.constant_by_search
+    assert in_memory_constant_loss(TensorSplit(x[:300], y[:300], "train"), objective) is None
+
+
+def test_a_run_that_learned_nothing_under_a_weighted_loss_is_called_collapsed(tmp_path):
+    """Inputs that say nothing of the labels and a class-weighted loss: the run was "converged", with no
+    yardstick to tell it learned nothing."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(600, 8, generator=g), torch.randint(0, 3, (600,), generator=g)
+    torch.manual_seed(0)
+    result = converge.fit(nn.Linear(8, 3), (x[:400], y[:400]), (x[400:], y[400:]),
+                          loss=nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 4.0])), max_epochs=15,
+                          lr=0.01, optimizer="adamw", batch_size=32, seed=0, verbose=False, out=tmp_path / "run")
+    assert result.summary["yardsticks"]["constant_prediction_loss"] is not None
+    assert "collapsed" in [d["code"] for d in result.summary["diagnosis"]]

@@ -355,8 +355,8 @@ def _collapsed(found: Collapse, history: list[dict]) -> Finding:
                 f"{found.best_val_loss:.4g}) are from before")
     else:
         what = (f"collapsed: the model learned nothing -- its best validation loss {found.best_val_loss:.4g} is "
-                f"no better than predicting a constant ({found.baseline:.4g}: the label entropy or target "
-                f"variance)")
+                f"no better than predicting a constant ({found.baseline:.4g}: the loss of the best constant "
+                f"prediction)")
     fixes = []
     if "lr_too_high" in found.causes:
         fixes.append(f"lower the learning rate ({_lower_lr(history, found)}; or --lr auto)")

@@ -46,6 +46,10 @@ def finite_rows(inputs: Any, targets: Any) -> torch.Tensor | None:
     return mask
 
 
+SEVERAL_INPUTS_SCALE_FIX = ("standardize this input with training-split statistics in data(): converge "
+                            "standardizes a model's input only when it is the one input tensor, not one of several")
+
+
 def data_findings(samples: dict[str, Sample], kind: str | None = None, ignore_index: int | None = None, *,
                   own_loss: str | None = None, own_monitor: str | None = None) -> list[Finding]:
     """Every data check but label_noise and too_few_samples (which need the model). ``kind``: the task
@@ -63,8 +67,9 @@ def data_findings(samples: dict[str, Sample], kind: str | None = None, ignore_in
         sampled = {**train.evidence(), **({"features_sampled": len(kept)} if kept is not None else {})}
         for check in (dc.unscaled_features, dc.constant_features, dc.outliers):
             found = [_with(f, sampled) for f in check(x)]
-            if len(parts) > 1:   # several inputs: say which one
-                found = [replace(f, message=f"{role}: {f.message}", evidence={**f.evidence, "input": role})
+            if len(parts) > 1:   # several inputs: say which one (converge standardizes a single input tensor only)
+                found = [replace(f, message=f"{role}: {f.message}", evidence={**f.evidence, "input": role},
+                                 fix=SEVERAL_INPUTS_SCALE_FIX if f.code == "unscaled_features" else f.fix)
                          for f in found]
             findings += found
     others = {name: _joined(s.inputs) for name, s in samples.items() if name != "train"}

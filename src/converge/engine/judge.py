@@ -71,7 +71,7 @@ class RunJudge:
     def learn_baseline(self, world: World | None = None) -> float | None:
         """After the first epoch (every rank: a collective under torchrun): the constant prediction's loss, or
         None for a loss without a known meaning."""
-        if not self.objective.known_loss:
+        if not (self.objective.known_loss or self.objective.constant_by_search):
             return None
         if self.target_stats is None:
             self.baseline_loss = in_memory_constant_loss(self.splits["train"], self.objective)

@@ -47,6 +47,9 @@ class Objective:
     metric_fns: dict[str, Callable]         # name -> fn(scores, targets) or a stateful metric (engine.metrics)
     inferred: bool = True                   # the loss is converge's own (not the task's)
     known_loss: bool = True                 # a loss whose constant-prediction value is known (baseline, init check)
+    # a standard loss with options (class weights, a positive weight, label smoothing): its constant
+    # prediction's loss is found by minimizing it over one constant output (`searched_constant_loss`)
+    constant_by_search: bool = False
     classes: int | None = None              # C, 2 (binary), L labels, V (sequence)
     class_dim: int | None = None            # where the class scores are: 1 or -1
     ignore_index: int | None = None         # integer targets with this value are padding
@@ -537,7 +540,10 @@ def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind,
     the task's own, ``link``: what `loss_probe.binary_link` read from it). ``recognized``: the plain standard
     loss it is, whose constant prediction's value is known (`recognize_loss`)."""
     name = getattr(loss, "__name__", type(loss).__name__)
-    base = dict(inferred=False, known_loss=recognized is not None and _fits(recognized, kind.kind),
+    known = recognized is not None and _fits(recognized, kind.kind)
+    base = dict(inferred=False, known_loss=known,
+                constant_by_search=not known and family in _RECOGNIZED and _fits(family, kind.kind) and
+                getattr(loss, "reduction", "mean") == "mean",   # a sum's value depends on the batch's size
                 classes=kind.classes, class_dim=kind.class_dim, description=f"{kind.description}; loss: the task's "
                 f"own ({name})")
     metrics: dict[str, Callable] = {}
@@ -738,8 +744,58 @@ def targets_in_memory(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | No
 def in_memory_constant_loss(split, objective: "Objective") -> float | None:
     """The constant prediction's loss on a split's targets when they are held in memory (None: a loss of
     unknown meaning, or targets that only a pass over a Dataset would give)."""
-    targets = targets_in_memory(split) if objective.known_loss else None
-    return None if targets is None else constant_prediction_loss(targets, objective)
+    targets = targets_in_memory(split) if objective.known_loss or objective.constant_by_search else None
+    if targets is None:
+        return None
+    return constant_prediction_loss(targets, objective) if objective.known_loss else \
+        searched_constant_loss(targets, objective)
+
+
+SEARCH_STEPS = 100   # L-BFGS iterations for the best constant output (a convex problem in a few numbers)
+
+
+def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> float | None:
+    """The task's standard loss with options (class weights, ``pos_weight``, label smoothing) at its best
+    constant output: one score vector (one value per output, for element-wise losses) shared by every
+    sample, found by L-BFGS from zeros. There is no closed form with the options (a BCE with ``pos_weight``
+    8 is best at a logit above the log-odds of the labels), and without a baseline a run that learned
+    nothing was called "converged". None when the targets do not say the outputs' shape."""
+    if not isinstance(targets, torch.Tensor) or targets.numel() == 0 or objective.target_scale is not None:
+        return None
+    n = targets.shape[0]
+    if objective.kind in ("classification", "sequence", "soft_labels"):
+        if objective.classes is None:
+            return None
+        per_sample = (objective.classes,) if objective.kind != "sequence" else \
+            ((*targets.shape[1:], objective.classes) if objective.class_dim == -1 else
+             (objective.classes, *targets.shape[1:]))
+        constant = torch.zeros(objective.classes, dtype=torch.float32, device=targets.device, requires_grad=True)
+        where = [1] * len(per_sample)
+        where[-1 if objective.kind == "sequence" and objective.class_dim == -1 else 0] = objective.classes
+    else:
+        per_sample = tuple(targets.shape[1:])
+        constant = torch.zeros(per_sample, dtype=torch.float32, device=targets.device, requires_grad=True)
+        where = list(per_sample)
+
+    def outputs() -> torch.Tensor:
+        return constant.reshape(where).expand(n, *per_sample)
+
+    search = torch.optim.LBFGS([constant], lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
+
+    def closure():
+        search.zero_grad()
+        value = objective.loss_fn(outputs(), targets)
+        value.backward()
+        return value
+
+    try:
+        with torch.enable_grad():
+            search.step(closure)
+        with torch.no_grad():
+            value = float(objective.loss_fn(outputs(), targets))
+    except (RuntimeError, ValueError):   # shapes the loss does not take as given: no baseline, as before
+        return None
+    return value if math.isfinite(value) else None
 
 
 def gather_targets(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:
