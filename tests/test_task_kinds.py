@@ -526,3 +526,23 @@ def test_a_run_that_learned_nothing_under_a_weighted_loss_is_called_collapsed(tm
                           lr=0.01, optimizer="adamw", batch_size=32, seed=0, verbose=False, out=tmp_path / "run")
     assert result.summary["yardsticks"]["constant_prediction_loss"] is not None
     assert "collapsed" in [d["code"] for d in result.summary["diagnosis"]]
+
+
+@pytest.mark.parametrize("loss, head", [
+    (nn.NLLLoss(weight=torch.tensor([1.0, 3.0, 8.0])), nn.LogSoftmax(dim=1)),   # log-probabilities: bounded below
+    (nn.CrossEntropyLoss(label_smoothing=0.1), nn.Identity()),
+], ids=["weighted-nll", "label-smoothing"])
+def test_the_searched_constant_is_the_losss_own_floor_for_a_constant(loss, head):
+    """The searched constant's loss is what a constant output can reach: positive, and no constant the loss
+    reads (log-probabilities for an NLL loss) does better."""
+    from converge.engine.objective import searched_constant_loss
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 6, generator=g), torch.randint(0, 3, (400,), generator=g)
+    objective = _objective_for(loss, x, y, nn.Sequential(nn.Linear(6, 3), head))
+    assert objective.constant_by_search
+    found = searched_constant_loss(y[:300], objective)
+    assert found is not None and found > 0
+    for _ in range(20):
+        scores = torch.randn(3, generator=g).log_softmax(0)
+        assert float(loss(scores.expand(300, 3), y[:300])) >= found - 1e-5

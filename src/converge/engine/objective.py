@@ -777,8 +777,14 @@ def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> flo
         constant = torch.zeros(per_sample, dtype=torch.float32, device=targets.device, requires_grad=True)
         where = list(per_sample)
 
+    loss = objective.loss_fn.loss if isinstance(objective.loss_fn, AlignedLoss) else objective.loss_fn
+    family = loss_family(loss)
+    # what the loss reads: log-probabilities for an NLL loss, probabilities for a BCE on them (raw scores
+    # would let an NLL loss fall without bound, and a BCE refuse them)
+    link = {"nll": lambda c: torch.log_softmax(c, dim=0), "bce": torch.sigmoid}.get(family, lambda c: c)
+
     def outputs() -> torch.Tensor:
-        return constant.reshape(where).expand(n, *per_sample)
+        return link(constant).reshape(where).expand(n, *per_sample)
 
     search = torch.optim.LBFGS([constant], lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
 
