@@ -74,6 +74,22 @@ def test_converges_optimizers_never_import_dynamo(name):
     assert result.stdout.split() == ["False"]
 
 
+def test_the_searched_constant_baseline_never_imports_dynamo():
+    result = _python("""
+        import sys, torch
+        from converge.data import TensorSplit
+        from converge.engine.objective import in_memory_constant_loss, resolve_objective
+        x, y = torch.randn(200, 4), torch.randint(0, 3, (200,))
+        splits = {"train": TensorSplit(x, y, "train"), "val": TensorSplit(x[:50], y[:50], "val")}
+        loss = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 4.0]))
+        objective = resolve_objective(torch.nn.Linear(4, 3), splits, loss, {}, amp="off",
+                                      device=torch.device("cpu"), probe_size=32)
+        print(in_memory_constant_loss(splits["train"], objective) is not None, "torch._dynamo" in sys.modules)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
+
+
 def test_torchs_own_adamw_imports_dynamo_which_is_what_eager_adamw_spares():
     """The check above can fail: torch's AdamW, the same steps, imports it."""
     result = _python("""

@@ -35,6 +35,7 @@ from converge.data import LoaderSplit, TensorSplit
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
+from converge.engine.optim import EagerLBFGS
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
                                      prepare_stateful)
 from converge.errors import ConvergeError
@@ -752,6 +753,8 @@ def in_memory_constant_loss(split, objective: "Objective") -> float | None:
 
 
 SEARCH_STEPS = 100   # L-BFGS iterations for the best constant output (a convex problem in a few numbers)
+SEARCH_ELEMENTS = 1_000_000   # output values in the final evaluation: rows beyond them are left out
+SEARCH_ROWS = 2048            # rows the search itself reads (spread over the split): it only places the optimum
 
 
 def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> float | None:
@@ -777,28 +780,33 @@ def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> flo
         constant = torch.zeros(per_sample, dtype=torch.float32, device=targets.device, requires_grad=True)
         where = list(per_sample)
 
+    rows = min(n, SEARCH_ELEMENTS // max(1, math.prod(per_sample)))
+    if rows < 1:
+        return None   # one sample's outputs alone are too many (a language model's [T, V]): no baseline
+    scored = targets[:: max(1, n // rows)][:rows]
+    searched = scored[:: max(1, len(scored) // SEARCH_ROWS)][:SEARCH_ROWS]
     loss = objective.loss_fn.loss if isinstance(objective.loss_fn, AlignedLoss) else objective.loss_fn
     family = loss_family(loss)
     # what the loss reads: log-probabilities for an NLL loss, probabilities for a BCE on them (raw scores
     # would let an NLL loss fall without bound, and a BCE refuse them)
     link = {"nll": lambda c: torch.log_softmax(c, dim=0), "bce": torch.sigmoid}.get(family, lambda c: c)
 
-    def outputs() -> torch.Tensor:
-        return link(constant).reshape(where).expand(n, *per_sample)
+    def outputs(rows: int) -> torch.Tensor:
+        return link(constant).reshape(where).expand(rows, *per_sample)
 
-    search = torch.optim.LBFGS([constant], lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
+    search = EagerLBFGS([constant], lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
 
     def closure():
         search.zero_grad()
-        value = objective.loss_fn(outputs(), targets)
+        value = objective.loss_fn(outputs(len(searched)), searched)
         value.backward()
         return value
 
     try:
         with torch.enable_grad():
             search.step(closure)
-        with torch.no_grad():
-            value = float(objective.loss_fn(outputs(), targets))
+        with torch.no_grad():   # near its optimum the loss is flat: the sample's optimum scores the split
+            value = float(objective.loss_fn(outputs(len(scored)), scored))
     except (RuntimeError, ValueError):   # shapes the loss does not take as given: no baseline, as before
         return None
     return value if math.isfinite(value) else None

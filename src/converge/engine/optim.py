@@ -73,6 +73,12 @@ class EagerAdamW(WithoutDynamo, torch.optim.AdamW):
         return _undecorated_step(self, _PLAIN_ADAM_STEP, closure)
 
 
+class EagerLBFGS(WithoutDynamo, torch.optim.LBFGS):
+    """torch's L-BFGS without the guards against ``torch.compile`` (see :class:`WithoutDynamo`): for the few
+    numbers of a constant baseline (`converge.engine.objective.searched_constant_loss`), which must not cost
+    a short run torch._dynamo's import."""
+
+
 def _undecorated_step(optimizer: torch.optim.Optimizer, plain_step, closure):
     """torch's step function without its decorator: what the decorator does, less the graph breaks that import
     torch._dynamo."""
