@@ -214,9 +214,7 @@ def _kept_text(kept_epoch: int | None, monitor: str) -> str:
 
 
 def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = None,
-                      monitor: str = "val_loss", rise: float | None = None, fall: float | None = None) -> Finding | None:
-    rise = OVERFIT_RISE if rise is None else rise
-    fall = TRAIN_FALL if fall is None else fall
+                      monitor: str = "val_loss", rise: float = OVERFIT_RISE, fall: float = TRAIN_FALL) -> Finding | None:
     val = [(r["epoch"], r.get("val_loss"), r.get("train_loss")) for r in history]
     finite = [(e, v, t) for e, v, t in val if _finite(v) and _finite(t)]
     if len(finite) < MIN_EPOCHS_AFTER_BEST + 1:

@@ -138,7 +138,7 @@ def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *
     bound = f"{ratio:g}x its start"
     if floor is not None:
         evidence["floor"] = rounded(floor)
-        bound = f"{ratio:g}x of the way from its start to {floor:.4g}, the least any left-to-right model can reach"
+        bound = f"{ratio:g}x of the way from its start to {floor:.4g}, the least any model can reach on this batch"
     if any(t["steps"] < steps for t in tried if t["end_loss"] is not None):
         return [Finding("cannot_overfit_batch", "info",
                         f"not judged: fitting one batch of {len(targets)} samples took longer than {seconds:g} s per "

@@ -757,6 +757,20 @@ SEARCH_ELEMENTS = 1_000_000   # output values in the final evaluation: rows beyo
 SEARCH_ROWS = 2048            # rows the search itself reads (spread over the split): it only places the optimum
 
 
+def output_link(objective: "Objective") -> Callable | None:
+    """What turns raw scores into what the task's standard loss reads: probabilities for a BCE on
+    probabilities (a model ending in a sigmoid), log-probabilities over the class dimension for an NLL loss
+    (one ending in a log-softmax); None where the loss reads raw scores. A raw score is no probability:
+    nn.BCELoss refuses it, and an NLL loss on raw scores has no floor."""
+    loss = objective.loss_fn
+    family = loss_family(loss.loss if isinstance(loss, AlignedLoss) else loss)   # it wraps a task's standard loss
+    if family == "bce":
+        return torch.sigmoid
+    if family == "nll":
+        return lambda scores: torch.log_softmax(scores, dim=objective.class_dim or 1)
+    return None
+
+
 def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> float | None:
     """The task's standard loss with options (class weights, ``pos_weight``, label smoothing) at its best
     constant output: one score vector (one value per output, for element-wise losses) shared by every
@@ -785,14 +799,10 @@ def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> flo
         return None   # one sample's outputs alone are too many (a language model's [T, V]): no baseline
     scored = targets[:: max(1, n // rows)][:rows]
     searched = scored[:: max(1, len(scored) // SEARCH_ROWS)][:SEARCH_ROWS]
-    loss = objective.loss_fn.loss if isinstance(objective.loss_fn, AlignedLoss) else objective.loss_fn
-    family = loss_family(loss)
-    # what the loss reads: log-probabilities for an NLL loss, probabilities for a BCE on them (raw scores
-    # would let an NLL loss fall without bound, and a BCE refuse them)
-    link = {"nll": lambda c: torch.log_softmax(c, dim=0), "bce": torch.sigmoid}.get(family, lambda c: c)
+    link = output_link(objective) or (lambda scores: scores)
 
     def outputs(rows: int) -> torch.Tensor:
-        return link(constant).reshape(where).expand(rows, *per_sample)
+        return link(constant.reshape(where).expand(rows, *per_sample))
 
     search = EagerLBFGS([constant], lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
 

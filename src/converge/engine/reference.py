@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable
 
 import torch
 from torch import nn
 
 from converge.data import TensorSplit
-from converge.engine.objective import AlignedLoss, Objective, loss_family
+from converge.engine.objective import Objective, output_link
 from converge.engine.optim import adamw
 
 MAX_ROWS = 4000          # training rows the reference sees (a random subset beyond)
@@ -73,20 +72,6 @@ def _predict(model, x, shift, scale, y_like, link=None):
     out = model(x) * scale + shift
     out = out if link is None else link(out)
     return out if y_like.ndim > 1 or out.shape[1] != 1 else out.squeeze(1)
-
-
-def _output_link(objective: Objective) -> Callable | None:
-    """What turns the reference's raw scores into what the task's loss reads: probabilities for a BCE on
-    probabilities (a model ending in a sigmoid), log-probabilities for an NLL loss (one ending in a
-    log-softmax); None where the loss reads raw scores. A raw score is no probability: nn.BCELoss refuses it,
-    and an NLL loss on raw scores has no floor."""
-    loss = objective.loss_fn
-    family = loss_family(loss.loss if isinstance(loss, AlignedLoss) else loss)   # it wraps a task's standard loss
-    if family == "bce":
-        return torch.sigmoid
-    if family == "nll":
-        return lambda scores: torch.log_softmax(scores, dim=1)
-    return None
 
 
 def bottleneck_width(model: nn.Module | None, x: torch.Tensor) -> int | None:
@@ -193,7 +178,7 @@ def _train(x, y, vx, vy, outputs, objective, shift, scale, hidden, generator, st
     steps_per_epoch = math.ceil(len(y) / batch)
     epochs = max(EVAL_EVERY, min(EPOCHS, MAX_STEPS // steps_per_epoch))
     best = math.inf
-    link = _output_link(objective)
+    link = output_link(objective)
     for epoch in range(1, epochs + 1):
         if stop is not None and stop.is_set():
             return None
