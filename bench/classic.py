@@ -228,7 +228,9 @@ def batch_counts(kind: str, out: torch.Tensor, y: torch.Tensor) -> dict[str, flo
         right_half = (out.reshape(y.shape) > 0.5) == (y > 0.5)
         return {"exact": float(right.all(dim=1).sum()), "labels_right": float(right.sum()), "n": y.shape[0],
                 "labels": float(y.numel()), "exact_half": float(right_half.all(dim=1).sum())}
-    diff = out.reshape(y.shape).float() - y.float() if out.numel() == y.numel() else out.float() - y.float()
+    if out.numel() != y.numel():   # outputs that are not one prediction per target (quantiles [N, 3] of [N])
+        return {"n_other": float(y.shape[0])}
+    diff = out.reshape(y.shape).float() - y.float()
     return {"sq": float((diff ** 2).sum()), "n": float(diff.numel())}
 
 
@@ -244,7 +246,7 @@ def finish(kind: str, sums: dict[str, float]) -> dict[str, float]:
     if kind == "multilabel":
         return {"exact_match": sums["exact"] / sums["n"], "label_accuracy": sums["labels_right"] / sums["labels"],
                 "exact_match_at_half": sums["exact_half"] / sums["n"]}
-    return {"mse": sums["sq"] / sums["n"]}
+    return {"mse": sums["sq"] / sums["n"]} if "sq" in sums else {}
 
 
 @torch.no_grad()
@@ -347,7 +349,8 @@ def train_classic(task_path: str, seed: int, max_epochs: int = MAX_EPOCHS) -> di
               "own_loss": task.loss is not None, "seconds": time.perf_counter() - started}
     if test_b is not None:
         test_scores = evaluate(model, test_b, loss_fn, kind)
-        result.update(test=test_scores, primary=PRIMARY[kind], test_metric=test_scores[PRIMARY[kind]])
+        primary = primary_metric(kind, test_scores)
+        result.update(test=test_scores, primary=primary, test_metric=test_scores[primary])
     return result
 
 
@@ -362,8 +365,14 @@ def evaluate_weights(task_path: str, seed: int, weights: str) -> dict:
     load_weights(weights, model)
     kind, loss_fn = probe_kind(task, model, train_b)
     test_scores = evaluate(model, make_batches(test, False, seed), loss_fn, kind)
-    return {"seed": seed, "kind": kind, "weights": weights, "test": test_scores, "primary": PRIMARY[kind],
-            "test_metric": test_scores[PRIMARY[kind]]}
+    primary = primary_metric(kind, test_scores)
+    return {"seed": seed, "kind": kind, "weights": weights, "test": test_scores, "primary": primary,
+            "test_metric": test_scores[primary]}
+
+
+def primary_metric(kind: str, test_scores: dict) -> str:
+    """The kind's metric, or the loss when the outputs are not one prediction per target (no MSE)."""
+    return PRIMARY[kind] if PRIMARY[kind] in test_scores else "loss"
 
 
 def _fmt(result: dict) -> str:

@@ -990,3 +990,47 @@ def test_next_token_floor_is_the_entropy_of_what_follows_each_shared_prefix():
     assert mc.next_token_floor(x, y, objective) == pytest.approx(math.log(2) / 2, rel=1e-6)
     assert mc.next_token_floor(x, torch.tensor([[3, 0], [3, 0]]), objective) is None   # not the inputs shifted
     assert mc.next_token_floor(x.float(), y, objective) is None
+
+
+PRICE_TASK = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 2))
+
+    def forward(self, x):
+        return self.body(x * 0 if IGNORE else x)
+
+
+def _make(n, g):
+    x = torch.rand(n, 3, generator=g) * torch.tensor([3500.0, 5.0, 30.0]) + torch.tensor([500.0, 1.0, 0.0])
+    price = 50_000 + 180 * x[:, 0] + 15_000 * x[:, 1] - 6_000 * x[:, 2]
+    days = 20 + 0.004 * x[:, 0] + 1.5 * x[:, 2]
+    return x, torch.stack([price, days], 1)
+
+
+def model():
+    return Net()
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    return _make(400, g), _make(100, g)
+"""
+
+
+@pytest.mark.parametrize("ignore_inputs, flagged", [(False, False), (True, True)],
+                         ids=["a-price-model", "one-that-ignores-its-inputs"])
+def test_regression_targets_in_dollars_are_fitted_standardized_by_the_overfit_check(tmp_path, ignore_inputs, flagged):
+    # raw targets (a price with std ~2e5) kept the MSE at its start for 200 Adam steps: a capacity error that
+    # training, which standardizes them, never meets; the scale is unscaled_targets' warning
+    path = tmp_path / "house.py"
+    path.write_text(f"IGNORE = {ignore_inputs}\n" + PRICE_TASK)
+    findings = run_doctor(path)
+    found = [f for f in findings if f.code == "cannot_overfit_batch"]
+    assert bool(found and found[0].severity == "error") == flagged, [f.to_dict() for f in found]
+    assert "unscaled_targets" in [f.code for f in findings]
