@@ -242,13 +242,13 @@ def data():
 '''
 
 
-def test_regression_infers_mse_and_has_no_accuracy(cli, make_task, tmp_path):
+def test_regression_infers_mse_and_reports_r2_not_accuracy(cli, make_task, tmp_path):
     task = make_task(REGRESSION)
     out = tmp_path / "run"
     summary = _train(cli, task, out, "--max-epochs", "3")
     assert summary["task_kind"] == "regression"
-    assert set(summary["best"]) == {"val_loss"}
-    assert set(summary["test"]) == {"loss"}
+    assert set(summary["best"]) == {"val_loss", "val_r2"}
+    assert set(summary["test"]) == {"loss", "r2"}
     assert all("val_accuracy" not in r and "accuracy" not in r for r in _read_jsonl(out / "metrics.jsonl"))
     # The loss is the mean squared error: recompute it from the saved best weights.
     module = _load_module(task)
@@ -258,12 +258,16 @@ def test_regression_infers_mse_and_has_no_accuracy(cli, make_task, tmp_path):
     with torch.no_grad():
         assert F.mse_loss(model(x_val), y_val).item() == pytest.approx(summary["best"]["val_loss"], rel=1e-4)
         assert F.mse_loss(model(x_test), y_test).item() == pytest.approx(summary["test"]["loss"], rel=1e-4)
+        predicted = model(x_test)
+    # R2 is scikit-learn's, on the whole test split
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    assert sklearn_metrics.r2_score(y_test.numpy(), predicted.numpy()) == pytest.approx(summary["test"]["r2"], abs=1e-5)
 
 
 def test_regression_with_flat_targets(cli, make_task, tmp_path):
     task = make_task(REGRESSION.replace("x[:, :1] * 2.0 - x[:, 1:2]", "x[:, 0] * 2.0 - x[:, 1]"))
     summary = _train(cli, task, tmp_path / "run", "--max-epochs", "2")
-    assert summary["task_kind"] == "regression" and set(summary["test"]) == {"loss"}
+    assert summary["task_kind"] == "regression" and set(summary["test"]) == {"loss", "r2"}
 
 
 @pytest.mark.parametrize("wrap", [

@@ -14,7 +14,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 @pytest.mark.parametrize("name, kind, metrics", [
     ("digits", "classification", {"val_accuracy"}),
-    ("diabetes", "regression", set()),
+    ("diabetes", "regression", {"val_r2"}),
     ("binary", "binary", {"val_accuracy"}),
     ("multilabel", "multilabel", {"val_label_accuracy", "val_exact_match"}),
     ("sequence", "sequence", {"val_token_accuracy", "val_perplexity"}),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from converge.data import TensorSplit
-from converge.engine.loss_probe import binary_link, class_dim_of, skipped_label
+from converge.engine.loss_probe import binary_link, class_dim_of, predicts_targets, skipped_label
 from converge.engine.objective import ThresholdAccuracy, resolve_objective
 
 V = 7
@@ -131,3 +131,44 @@ def test_a_binary_head_ending_in_a_sigmoid_is_scored_at_one_half():
                                   amp="off", device=torch.device("cpu"), probe_size=16)
     assert objective.metric_fns["accuracy"].threshold == 0.5
 
+
+
+def _pinball(pred, y, q=0.9):
+    err = y - pred.reshape(y.shape)
+    return torch.maximum(q * err, (q - 1) * err).mean()
+
+
+@pytest.mark.parametrize("loss, expected", [
+    (F.mse_loss, True),
+    (lambda p, y: (p.view(-1) - y).abs().mean(), True),
+    (nn.HuberLoss(delta=0.1), True),
+    (_pinball, True),
+    (nn.PoissonNLLLoss(), False),                                  # log-rates, not counts
+    (lambda p, y: F.mse_loss(p.exp(), y), False),                  # log-predictions
+], ids=["mse", "own-l1", "huber", "pinball", "poisson-log-rate", "mse-of-exp"])
+def test_whether_a_regressions_outputs_predict_its_targets_is_read_from_the_loss(loss, expected):
+    g = torch.Generator().manual_seed(0)
+    y = torch.poisson(torch.rand(32, generator=g) * 8 + 1)
+    assert predicts_targets(loss, torch.zeros(32), y) is expected
+    if expected:   # a one-output head [N, 1] read by a loss that lines it up with the targets itself
+        assert predicts_targets(lambda p, t: loss(p.squeeze(1), t), torch.zeros(32, 1), y)
+
+
+def test_outputs_that_are_not_one_per_target_predict_nothing():
+    y = torch.rand(32)
+    assert predicts_targets(lambda p, t: (p - t[:, None]).abs().mean(), torch.zeros(32, 3), y) is False
+    assert predicts_targets(F.mse_loss, torch.zeros(32), torch.ones(32, dtype=torch.long)) is False
+
+
+@pytest.mark.parametrize("loss, reported", [
+    (nn.L1Loss(), {"r2"}), (nn.PoissonNLLLoss(), set()), (None, {"r2", "r2_0", "r2_1"}),
+], ids=["l1", "poisson", "inferred-two-columns"])
+def test_a_regression_gets_r2_when_its_outputs_predict_its_targets(loss, reported):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g)
+    columns = 2 if loss is None else 1
+    y = (x[:, :columns] * 3 + 10).abs().round().squeeze(1)
+    splits = {"train": TensorSplit(x[:40], y[:40], "train"), "val": TensorSplit(x[40:], y[40:], "val")}
+    objective = resolve_objective(nn.Linear(4, columns), splits, loss, {}, amp="off", device=torch.device("cpu"),
+                                  probe_size=16)
+    assert set(objective.metric_fns) == reported

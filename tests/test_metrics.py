@@ -8,14 +8,14 @@ import sys
 
 import pytest
 import torch
-from sklearn.metrics import balanced_accuracy_score, f1_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, r2_score
 from torch import nn
 
 import converge
 from converge.data import TensorSplit
 from converge.engine.evaluation import evaluate, metric_ways
 from converge.engine.metrics import (IMBALANCED_RATIO, SAMPLE_MEAN, STATEFUL, WHOLE_SPLIT, BalancedAccuracy,
-                                     MacroF1, SplitScores)
+                                     MacroF1, R2Score, SplitScores, regression_metrics)
 from converge.engine.objective import Objective, ThresholdAccuracy, accuracy, cross_entropy
 
 
@@ -46,6 +46,40 @@ def test_confusion_metrics_over_batches_equal_scikit_learn_on_the_whole(seed, cl
     predicted = outputs.argmax(1).numpy()
     assert float(f1.compute()) == pytest.approx(f1_score(targets.numpy(), predicted, average="macro"))
     assert float(balanced.compute()) == pytest.approx(balanced_accuracy_score(targets.numpy(), predicted))
+
+
+@pytest.mark.parametrize("shape, batches", [((300,), 1), ((300, 1), 5), ((300, 3), 7)], ids=["flat", "column", "three"])
+def test_r2_over_batches_equals_scikit_learn_on_the_whole(shape, batches):
+    g = torch.Generator().manual_seed(0)
+    # columns in very different units: a price in dollars, a count of days, a share
+    scale = torch.tensor([2e5, 23.0, 0.1])[: (shape[1] if len(shape) > 1 else 1)]
+    targets = (torch.randn(300, len(scale), generator=g) * scale + scale * 3).reshape(shape)
+    outputs = targets + torch.randn(shape, generator=g) * scale.reshape(-1 if len(shape) > 1 else 1) * 0.6
+    whole, per_column = R2Score(), [R2Score(c) for c in range(len(scale))]
+    for metric in (whole, *per_column):
+        metric.reset()
+        for out, tgt in zip(outputs.chunk(batches), targets.chunk(batches)):
+            metric.update(out, tgt)
+    y, p = targets.reshape(300, -1).numpy(), outputs.reshape(300, -1).numpy()
+    y, p = y.astype("float64"), p.astype("float64")
+    assert float(whole.compute()) == pytest.approx(r2_score(y, p), abs=1e-9)
+    for column, metric in enumerate(per_column):
+        assert float(metric.compute()) == pytest.approx(r2_score(y[:, column], p[:, column]), abs=1e-9)
+
+
+def test_r2_leaves_out_a_constant_column_and_is_nan_with_none_left():
+    targets = torch.stack([torch.arange(10.0), torch.full((10,), 5.0)], 1)
+    outputs = targets + 0.5
+    r2 = R2Score()
+    r2.update(outputs, targets)
+    assert float(r2.compute()) == pytest.approx(r2_score(targets[:, 0].numpy(), outputs[:, 0].numpy()))
+    assert torch.isnan(R2Score(1)(outputs, targets)) and torch.isnan(R2Score()(outputs[:, 1:], targets[:, 1:]))
+
+
+def test_regression_reports_r2_per_column_only_for_a_few_columns():
+    assert set(regression_metrics(1)) == {"r2"}
+    assert set(regression_metrics(2)) == {"r2", "r2_0", "r2_1"}
+    assert set(regression_metrics(64)) == {"r2"}   # an autoencoder's pixels: the mean alone
 
 
 def test_binary_confusion_metrics_use_the_threshold_and_leave_out_padding():

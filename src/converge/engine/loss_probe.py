@@ -8,7 +8,10 @@ calling it on a probe batch, a few times, without gradient and without touching 
 * `skipped_label`: which integer label the loss never reads (its padding), so token accuracy and the
   doctor leave those positions out as the loss does;
 * `binary_link`: whether a one-output (or multi-label) head's outputs are logits or probabilities to the
-  loss, so accuracy can threshold them where the loss puts its boundary (logit 0, or 0.5).
+  loss, so accuracy can threshold them where the loss puts its boundary (logit 0, or 0.5);
+* `predicts_targets`: whether a regression's outputs are predictions in the targets' units to the loss
+  (an L1, a Huber, a pinball loss: smallest where the outputs equal the targets), so R2 can score them;
+  a Poisson loss on log-rates is not.
 
 Each answer comes only when the loss's behaviour leaves no doubt; otherwise None, and converge keeps to
 what does not depend on the loss.
@@ -112,3 +115,23 @@ def binary_link(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> 
     if reads_logits == reads_probabilities:
         return None
     return "logits" if reads_logits else "probabilities"
+
+
+def predicts_targets(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether ``loss`` is smallest where the outputs equal the float targets (as many values as ``scores``):
+    moving them away by half the targets' spread, up, down or at random per value, costs more. Then the
+    outputs are predictions in the targets' units and a regression metric can compare the two."""
+    if not isinstance(scores, torch.Tensor) or not isinstance(targets, torch.Tensor) or \
+            scores.numel() != targets.numel() or not scores.dtype.is_floating_point or \
+            not targets.dtype.is_floating_point or targets.numel() < 2:
+        return False
+    exact = targets.reshape(scores.shape).to(scores.dtype)
+    spread = float(exact.std())
+    step = 0.5 * (spread if math.isfinite(spread) and spread > 0 else 1.0)
+    noise = torch.randn(exact.shape, generator=torch.Generator().manual_seed(_SEED)).to(exact.device, exact.dtype)
+    at = _loss_at(loss, exact, targets)
+    if not math.isfinite(at):
+        return False
+    away = [_loss_at(loss, exact + step, targets), _loss_at(loss, exact - step, targets),
+            _loss_at(loss, exact + step * noise, targets)]
+    return all(math.isfinite(value) and value - at > READ_CHANGE * max(abs(at), abs(value)) for value in away)

@@ -132,6 +132,61 @@ class BalancedAccuracy(ConfusionMetric):
         return recall[present].mean() if bool(present.any()) else torch.tensor(float("nan"))
 
 
+# --- regression ------------------------------------------------------------------------------------------
+# Target columns that get an R2 of their own besides the mean over them: a handful of quantities a person reads
+# one by one (a price and a number of days); a wide output (an autoencoder's 64 pixels) gets the mean alone.
+R2_COLUMNS_MAX = 8
+
+
+class R2Score:
+    """The coefficient of determination of the whole split, 1 - SSE / SST per target column with the split's
+    own column means (scikit-learn's ``r2_score``), averaged over the columns (``column=None``) or of one
+    column. Unit-free, so it reads the same for a price in dollars and a count of days, where the MSE of
+    several columns is that of the largest. Columns whose targets are constant on the split are left out
+    (their R2 is undefined); none left: NaN. Sums are kept per column in float64 on the device."""
+
+    def __init__(self, column: int | None = None) -> None:
+        self.column = column
+        self.sums: torch.Tensor | None = None   # [4, columns]: count, sum y, sum y^2, sum (y - prediction)^2
+
+    def reset(self) -> None:
+        self.sums = None
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        y = targets.reshape(len(targets), -1).double()
+        predicted = outputs.reshape(y.shape).double()
+        batch = torch.stack([torch.full_like(y[0], len(y)), y.sum(0), y.pow(2).sum(0), (y - predicted).pow(2).sum(0)])
+        self.sums = batch if self.sums is None else self.sums + batch
+
+    def compute(self) -> torch.Tensor:
+        if self.sums is None:
+            return torch.tensor(float("nan"))
+        count, total, squares, errors = self.sums
+        spread = squares - total.pow(2) / count
+        varying = spread > 1e-12 * squares.clamp(min=1e-300)
+        r2 = 1 - errors / spread.where(varying, torch.ones_like(spread))
+        if self.column is not None:
+            return r2[self.column] if bool(varying[self.column]) else torch.tensor(float("nan"))
+        return r2[varying].mean() if bool(varying.any()) else torch.tensor(float("nan"))
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The value on one batch alone (what a plain metric function would give)."""
+        sums, self.sums = self.sums, None
+        try:
+            self.update(outputs, targets)
+            return self.compute()
+        finally:
+            self.sums = sums
+
+
+def regression_metrics(columns: int) -> dict[str, R2Score]:
+    """``r2`` (the mean over the target columns) and, for 2 to ``R2_COLUMNS_MAX`` columns, ``r2_0``, ``r2_1``..."""
+    metrics = {"r2": R2Score()}
+    if 2 <= columns <= R2_COLUMNS_MAX:
+        metrics.update({f"r2_{column}": R2Score(column) for column in range(columns)})
+    return metrics
+
+
 def imbalance_ratio(targets: torch.Tensor, kind: str, ignore_index: int | None) -> float | None:
     """Largest over smallest count of the classes present in training labels (multi-class integer labels
     or binary 0/1 targets); None when it does not apply."""

@@ -37,7 +37,7 @@ from converge.engine import device as dev
 from converge.engine import loss_probe
 from converge.engine.optim import EagerLBFGS
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
-                                     prepare_stateful)
+                                     prepare_stateful, regression_metrics)
 from converge.errors import ConvergeError
 
 
@@ -479,12 +479,14 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
     for split in splits.values():
         if split is not splits["train"] and kind.kind in ("classification", "sequence"):
             _check_other_split(split, kind, ignore)
+    columns = targets[0].numel() if len(targets) else 1
     if loss is None:
-        return _inferred(kind, ignore)
+        return _inferred(kind, ignore, columns)
     family = loss_family(loss)
     link = loss_probe.binary_link(loss, scores, targets) \
         if family is None and kind.kind in ("binary", "multilabel") else None
-    objective = _own(loss, recognized, family, kind, ignore, link)
+    predicts = kind.kind == "regression" and (family == "mse" or loss_probe.predicts_targets(loss, scores, targets))
+    objective = _own(loss, recognized, family, kind, ignore, link, r2_columns=columns if predicts else None)
     if skipped is not None:
         objective = replace(objective, description=f"{objective.description} (targets {skipped} are padding: "
                                                    f"the loss skips them)")
@@ -513,7 +515,7 @@ def _check_other_split(split, kind: Kind, ignore: int) -> None:
                             f"model scores {kind.classes} classes, so labels must lie in [0, {kind.classes - 1}]")
 
 
-def _inferred(kind: Kind, ignore: int) -> Objective:
+def _inferred(kind: Kind, ignore: int, columns: int = 1) -> Objective:
     base = dict(classes=kind.classes, class_dim=kind.class_dim)
     if kind.kind == "classification":
         return Objective(cross_entropy, kind.kind, {"accuracy": accuracy}, ignore_index=ignore,
@@ -531,15 +533,17 @@ def _inferred(kind: Kind, ignore: int) -> Objective:
                          derived={"perplexity": perplexity},
                          description=f"{kind.description}; loss cross-entropy per position "
                                      f"(targets {ignore} are padding)", **base)
-    return Objective(mean_squared_error, kind.kind, {}, description=f"{kind.description}; loss MSE")
+    return Objective(mean_squared_error, kind.kind, regression_metrics(columns),
+                     description=f"{kind.description}; loss MSE")
 
 
 def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind, ignore: int,
-         link: str | None = None) -> Objective:
+         link: str | None = None, r2_columns: int | None = None) -> Objective:
     """The task's loss with the kind's metrics where their meaning does not depend on it (argmax over class
     scores) or the loss tells it (``family``: logits or probabilities, whatever its weights; for a loss of
-    the task's own, ``link``: what `loss_probe.binary_link` read from it). ``recognized``: the plain standard
-    loss it is, whose constant prediction's value is known (`recognize_loss`)."""
+    the task's own, ``link``: what `loss_probe.binary_link` read from it; ``r2_columns``: a regression whose
+    outputs predict its targets, with this many values per sample). ``recognized``: the plain standard loss
+    it is, whose constant prediction's value is known (`recognize_loss`)."""
     name = getattr(loss, "__name__", type(loss).__name__)
     known = recognized is not None and _fits(recognized, kind.kind)
     base = dict(inferred=False, known_loss=known,
@@ -553,6 +557,8 @@ def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind,
         metrics = {"accuracy": accuracy}
     elif kind.kind == "soft_labels":
         metrics = {"accuracy": SoftLabelAccuracy()}
+    elif kind.kind == "regression" and r2_columns is not None:
+        metrics = dict(regression_metrics(r2_columns))
     elif kind.kind == "sequence":
         metrics = {"token_accuracy": TokenAccuracy(kind.class_dim, ignore)}
         if recognized == "cross_entropy":
