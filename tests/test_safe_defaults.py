@@ -1,6 +1,7 @@
-"""Safe defaults on raw data: unscaled feature matrices are standardized by default (folded into the exported
-model), said in one console line and in remedies.json, turned off by --no-standardize / fit(standardize=False),
-reapplied on resume; inputs that are not a plain float feature matrix are left alone."""
+"""Safe defaults on raw data: unscaled feature matrices, and sequences of feature vectors read by an nn.Linear
+or a recurrent layer, are standardized by default (folded into the exported model), said in one console line
+and in remedies.json, turned off by --no-standardize / fit(standardize=False), reapplied on resume; other
+inputs are left alone."""
 
 import json
 
@@ -12,7 +13,8 @@ from torch import nn
 
 import converge
 from converge.decide.findings import Finding
-from converge.doctor.in_train import _remedies, plain_features, recorded_standardization, scale_findings
+from converge.doctor.in_train import (_remedies, feature_sequences, plain_features, recorded_standardization,
+                                      scale_findings)
 from converge.data import TensorSplit
 from converge.standardize import foldable_layer, fold_standardization, standardization, standardize
 
@@ -73,13 +75,15 @@ def test_foldable_layer_is_found_by_probe_and_checked_numerically(model_class, e
         assert torch.allclose(model(x), want, rtol=1e-4, atol=1e-4)
 
 
-def test_only_plain_float_feature_matrices_count():
+def test_only_float_feature_matrices_and_sequences_count():
     x = torch.randn(20, 8) * 1e3
     assert plain_features(TensorSplit(x, torch.zeros(20), "train"))
     assert scale_findings(TensorSplit(x, torch.zeros(20), "train"), 0)[0].code == "unscaled_features"
-    for inputs in (x.reshape(20, 2, 4), x.long(), (x, x), {"x": x}):   # images/sequences, ids, several, dict
+    sequences = TensorSplit(x.reshape(20, 2, 4), torch.zeros(20), "train")
+    assert feature_sequences(sequences) and scale_findings(sequences, 0)[0].code == "unscaled_features"
+    for inputs in (x.reshape(20, 2, 2, 2), x.long(), (x, x), {"x": x}):   # images, ids, several, dict
         split = TensorSplit(inputs, torch.zeros(20), "train")
-        assert not plain_features(split) and scale_findings(split, 0) == []
+        assert not plain_features(split) and not feature_sequences(split) and scale_findings(split, 0) == []
     assert scale_findings(TensorSplit(torch.randn(20, 8), torch.zeros(20), "train"), 0) == []   # already scaled
 
 
@@ -254,3 +258,92 @@ def test_lr_find_and_the_tune_warm_start_see_the_standardized_inputs(tmp_path):
             assert torch.allclose(x.mean(0), torch.zeros(8), atol=1e-4) and float(x.std(0).max()) < 1.01
         else:
             assert torch.equal(x, raw)
+
+
+# --- sequences of feature vectors [N, T, F] --------------------------------------------------------------
+def raw_readings(n=240, steps=24, seed=0):
+    """Load-like readings around 450 with std ~90 (kW); the target, the next value, already scaled (so that only
+    the inputs are standardized)."""
+    g = torch.Generator().manual_seed(seed)
+    phase = torch.rand(n, 1, generator=g) * 6.28
+    t = torch.arange(steps + 1).float()
+    series = 450 + 90 * torch.sin(phase + t / 3) + 5 * torch.randn(n, steps + 1, generator=g)
+    x, y = series[:, :steps].unsqueeze(-1), (series[:, steps:] - 450) / 90
+    return (x[:160], y[:160]), (x[160:200], y[160:200]), (x[200:], y[200:])
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell=nn.GRU, **options):
+        super().__init__()
+        self.rnn = cell(1, 16, batch_first=True, **options)
+        self.head = nn.Linear(16 * (2 if options.get("bidirectional") else 1), 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+class PerStep(nn.Module):
+    """A per-step nn.Linear on [N, T, F], as a transformer's input projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.head = nn.Linear(1, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.proj(x)).mean(1))
+
+
+class RawSkip(Recurrent):
+    """The raw readings also reach the output: no layer can absorb their standardization."""
+
+    def forward(self, x):
+        return super().forward(x) + x[:, -1]
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: Recurrent(nn.GRU), "rnn"), (lambda: Recurrent(nn.LSTM, bidirectional=True), "rnn"),
+    (lambda: Recurrent(nn.RNN), "rnn"), (lambda: Recurrent(nn.GRU, bias=False), None),
+    (PerStep, "proj"), (RawSkip, None),
+], ids=["gru", "bidirectional-lstm", "rnn", "gru-without-bias", "per-step-linear", "raw-skip"])
+def test_a_sequences_standardization_folds_into_the_layer_that_reads_each_step(make, expected):
+    torch.manual_seed(0)
+    model = make().eval()
+    (x, _), _, _ = raw_readings()
+    mean, std = standardization(x, per_position=False)
+    assert mean.shape == (1,) and float(mean) == pytest.approx(float(x.mean()), rel=1e-4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert foldable_layer(model, x[:16], mean, std) == expected
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # the check changes nothing
+    if expected:
+        with torch.no_grad():
+            want = model(standardize(x, mean, std))
+            fold_standardization(model, mean, std, expected)
+            assert torch.allclose(model(x), want, rtol=1e-4, atol=1e-3)
+
+
+def test_per_feature_statistics_of_a_sequence_broadcast_over_its_steps_and_per_position_ones_still_apply():
+    x = torch.randn(5, 3, 2) * torch.tensor([10.0, 0.1]) + torch.tensor([100.0, -1.0])
+    mean, std = standardization(x, per_position=False)
+    assert torch.allclose(standardize(x, mean, std), (x - mean) / std)
+    z = standardize(x, *standardization(x))   # a standardize.json of per-position statistics, as --fix wrote
+    assert torch.allclose(z.reshape(5, -1).mean(0), torch.zeros(6), atol=1e-5)
+
+
+def test_fit_standardizes_raw_sequences_for_a_recurrent_model_and_the_model_takes_raw_readings(tmp_path):
+    splits = raw_readings()
+    options = {"loss": None, "max_epochs": 6, "lr": 3e-3}
+    result = _fit(Recurrent, splits, out=tmp_path / "run", **options)
+    remedy = next(e for e in result.events if e["event"] == "remedy" and e["remedy"] == "standardize_features")
+    assert remedy["detail"]["applied"] and remedy["detail"]["layer"] == "rnn"
+    assert remedy["detail"]["features"] == 1 and "[N, 24, 1]" in remedy["detail"]["over"]
+    assert not (tmp_path / "run" / "standardize.json").exists()
+    (_, _), _, (x_test, y_test) = splits
+    exported = Recurrent()
+    converge.load_weights(tmp_path / "run" / "best.safetensors", exported)
+    with torch.no_grad():
+        assert float(F.mse_loss(exported.eval()(x_test), y_test)) == pytest.approx(result.summary["test"]["loss"],
+                                                                                   rel=1e-4)
+    off = _fit(Recurrent, splits, standardize=False, **options)
+    assert result.summary["best"]["val_loss"] < 0.5 * off.summary["best"]["val_loss"], \
+        (result.summary["best"], off.summary["best"])

@@ -1,13 +1,16 @@
-"""Input standardization, z = (x - mean) / std per flattened feature, and how a trained model keeps taking
-raw inputs afterwards: folded into its first nn.Linear (W' = W / std per input column, b' = b - W' mean),
-or, when the first layer is not an nn.Linear, applied by a forward pre-hook from statistics saved beside
-the weights (``standardize.json``, read by `converge.load_weights`). Regression targets the same way,
+"""Input standardization, z = (x - mean) / std per flattened feature (per feature over every position for
+sequences [N, T, F]), and how a trained model keeps taking raw inputs afterwards: folded into the layer
+that reads them first, an nn.Linear (W' = W / std per input column, b' = b - W' mean) or a recurrent
+layer's input projection (the same on ``weight_ih_l0``, ``bias_ih_l0``, both directions), or, when there is
+no such layer, applied by a forward pre-hook from statistics saved beside the weights
+(``standardize.json``, read by `converge.load_weights`). Regression targets the same way,
 z = (y - mean) / std per target column, folded into the model's last nn.Linear (y = z std + mean).
 
 Plain tensor functions: `converge doctor`'s remedies use them, and so does loading weights."""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,16 +18,22 @@ import torch
 from torch import nn
 
 
-def standardization(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and std of the (flattened) training inputs; a constant feature gets std 1."""
-    x = inputs.reshape(inputs.shape[0], -1).double()
+def standardization(inputs: torch.Tensor, per_position: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std of the (flattened) training inputs; with ``per_position=False``, of the last
+    dimension over every other (a sequence's F features over all N x T steps, which a recurrent layer or a
+    per-step nn.Linear reads with the same weights at every step). A constant feature gets std 1."""
+    x = (inputs.reshape(inputs.shape[0], -1) if per_position else inputs.reshape(-1, inputs.shape[-1])).double()
     mean, std = x.mean(0), x.std(0) if x.shape[0] > 1 else torch.ones(x.shape[1], dtype=torch.float64)
     std = torch.where(std > 0, std, torch.ones_like(std))
     return mean.to(inputs.dtype), std.to(inputs.dtype)
 
 
 def standardize(inputs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """z = (x - mean) / std, with statistics per flattened feature, or per last-dimension feature (one value
+    per feature of a sequence, `standardization(per_position=False)`)."""
     shape = inputs.shape
+    if inputs.ndim > 2 and mean.numel() == shape[-1] != math.prod(shape[1:]):
+        return (inputs - mean.to(inputs.device)) / std.to(inputs.device)
     flat = inputs.reshape(shape[0], -1)
     return ((flat - mean.to(flat.device)) / std.to(flat.device)).reshape(shape)
 
@@ -45,24 +54,42 @@ def first_linear(model: nn.Module, features: int) -> tuple[str, nn.Linear] | Non
     return None
 
 
-def _folded(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W / std, b - (W / std) mean): the layer's parameters that take raw inputs."""
-    scale = (1.0 / std).to(layer.weight.device, layer.weight.dtype)
-    weight = layer.weight * scale
-    bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features, device=layer.weight.device,
-                                                                 dtype=layer.weight.dtype)
-    return weight, bias - weight @ mean.to(layer.weight.device, layer.weight.dtype)
+def _absorbs(layer: nn.Module, features: int) -> bool:
+    """Whether ``layer`` can take a standardization of its ``features`` inputs into its parameters: an
+    nn.Linear, or a recurrent layer (nn.RNN, nn.GRU, nn.LSTM) with biases, whose first layer projects each
+    step's inputs with ``weight_ih_l0`` and ``bias_ih_l0``."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features == features
+    return isinstance(layer, nn.RNNBase) and layer.input_size == features and bool(layer.bias)
+
+
+def _projections(layer: nn.Module) -> list[tuple[str, str]]:
+    """The (weight, bias) parameter names that read the layer's inputs."""
+    if isinstance(layer, nn.Linear):
+        return [("weight", "bias")]
+    return [(f"weight_ih_l0{s}", f"bias_ih_l0{s}") for s in ("", "_reverse")[: 2 if layer.bidirectional else 1]]
+
+
+@torch.no_grad()
+def _fold_into(layer: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """W' = W / std per input column, b' = b - W' mean, in place (an nn.Linear without a bias gets one)."""
+    if isinstance(layer, nn.Linear) and layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(layer.out_features, device=layer.weight.device, dtype=layer.weight.dtype))
+    for weight_name, bias_name in _projections(layer):
+        weight, bias = getattr(layer, weight_name), getattr(layer, bias_name)
+        weight.mul_((1.0 / std).to(weight.device, weight.dtype))
+        bias.sub_(weight @ mean.to(weight.device, weight.dtype))
 
 
 @torch.no_grad()
 def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                    tolerance: float = 1e-3) -> str | None:
-    """The name of the nn.Linear into which z = (x - mean) / std can be folded, for any model (not only
-    nn.Sequential): the first nn.Linear called on the raw input itself, on a forward of ``probe`` (a few
-    raw rows), and only when the folded model on raw rows gives what the model gives on standardized rows
-    (largest difference at most ``tolerance`` x (largest output + 1); this rules out inputs that also
-    reach the model another way). None when there is no such layer. Neither the model nor its train/eval
-    modes change."""
+    """The name of the layer into which z = (x - mean) / std can be folded, for any model (not only
+    nn.Sequential): the first nn.Linear or recurrent layer called on the raw input itself, on a forward of
+    ``probe`` (a few raw rows), and only when the folded model on raw rows gives what the model gives on
+    standardized rows (largest difference at most ``tolerance`` x (largest output + 1); this rules out inputs
+    that also reach the model another way). None when there is no such layer. Neither the model (its
+    parameters are folded for the check and put back) nor its train/eval modes change."""
     device = next((p.device for p in model.parameters()), probe.device)
     probe = probe.to(device)
     found = first_linear(model, mean.numel())
@@ -70,21 +97,23 @@ def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, st
     if name is None:
         return None
     layer = model if name == "(model)" else model.get_submodule(name)
-    if not isinstance(layer, nn.Linear) or layer.in_features != mean.numel():
+    if not _absorbs(layer, mean.numel()):
         return None
     modes = {module: module.training for module in model.modules()}
+    saved = {key: value.detach().clone() for key, value in layer.named_parameters(recurse=False)}
+    had_bias = not isinstance(layer, nn.Linear) or layer.bias is not None
     model.eval()
     try:
         expected = model(standardize(probe, mean.to(probe.dtype), std.to(probe.dtype)))
-        weight, bias = _folded(layer, mean, std)
-        handle = layer.register_forward_hook(lambda module, args, out: nn.functional.linear(args[0], weight, bias))
-        try:
-            folded = model(probe)
-        finally:
-            handle.remove()
+        _fold_into(layer, mean, std)
+        folded = model(probe)
     except Exception:   # a model whose output is not one tensor: not judged, not folded  # noqa: BLE001
         return None
     finally:
+        for key, value in saved.items():
+            getattr(layer, key).copy_(value)
+        if not had_bias:
+            layer.bias = None
         for module, training in modes.items():
             module.training = training
     if not isinstance(expected, torch.Tensor) or not isinstance(folded, torch.Tensor) or \
@@ -95,8 +124,9 @@ def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, st
 
 
 def _first_linear_called(model: nn.Module, probe: torch.Tensor) -> str | None:
-    """The first nn.Linear a forward of ``probe`` calls with the probe itself (same shape and values)."""
-    names = {module: name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    """The first nn.Linear or recurrent layer a forward of ``probe`` calls with the probe itself (same shape
+    and values)."""
+    names = {module: name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.RNNBase))}
     calls: list[str] = []
 
     def record(module, args):
@@ -131,8 +161,8 @@ def _probing(model: nn.Module, handles: list):
 @torch.no_grad()
 def fold_standardization(model: nn.Module, mean: torch.Tensor, std: torch.Tensor,
                          layer_name: str | None = None) -> str | None:
-    """Fold z = (x - mean) / std into an nn.Linear, in place: ``layer_name`` (from `foldable_layer`), else
-    the first layer of an nn.Sequential; the layer's name, or None when there is no such layer (then
+    """Fold z = (x - mean) / std into a layer, in place: ``layer_name`` (from `foldable_layer`), else the
+    first nn.Linear of an nn.Sequential; the layer's name, or None when there is no such layer (then
     nothing changes)."""
     if layer_name is not None:
         found = (layer_name, model if layer_name == "(model)" else model.get_submodule(layer_name))
@@ -141,13 +171,7 @@ def fold_standardization(model: nn.Module, mean: torch.Tensor, std: torch.Tensor
     if found is None:
         return None
     name, layer = found
-    scale = (1.0 / std).to(layer.weight.device, layer.weight.dtype)
-    shift = mean.to(layer.weight.device, layer.weight.dtype)
-    layer.weight.mul_(scale)                       # W' = W / std
-    if layer.bias is None:
-        layer.bias = nn.Parameter(torch.zeros(layer.out_features, device=layer.weight.device,
-                                              dtype=layer.weight.dtype))
-    layer.bias.sub_(layer.weight @ shift)          # b' = b - W' mean
+    _fold_into(layer, mean, std)
     return name
 
 

@@ -315,7 +315,7 @@ def _underfitting(history: list[dict], baseline_loss: float | None, fit: dict | 
                        f"model reaches on the same data ({reference_loss:.4g}), and training is no better",
                        evidence, "the model is too small or too constrained for this task: use a larger or "
                        "nonlinear model (more units or layers), lower --weight-decay, train longer; the reference "
-                       "sees standardized inputs (converge standardizes a plain feature matrix by default; other "
+                       "sees standardized inputs (converge standardizes a feature matrix, or feature sequences, by default; other "
                        "inputs are yours to scale, or --fix's: `converge doctor TASK` tells)")
     if not known or reference_only:
         return None

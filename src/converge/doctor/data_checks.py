@@ -151,9 +151,9 @@ def unscaled_features(x: torch.Tensor, *, std_high: float = T.SCALE_STD_HIGH, me
 # What converge does about unscaled inputs today (see `converge.doctor.remedies`): said the same way wherever
 # the finding is shown (converge doctor, the checks at the start of converge train).
 UNSCALED_FIX = ("standardize each feature with training-split statistics: converge train and converge.fit do it "
-                "by default for one feature matrix [N, F] whose first nn.Linear can absorb it (unless "
-                "--no-standardize / standardize=False), and --fix does it for other float inputs too (images, "
-                "sequences); otherwise scale the inputs in data()")
+                "by default for one feature matrix [N, F], or sequences of feature vectors [N, T, F], whose first "
+                "nn.Linear or recurrent layer can absorb it (unless --no-standardize / standardize=False), and "
+                "--fix does it for other float inputs too (images); otherwise scale the inputs in data()")
 
 
 def constant_features(x: torch.Tensor, *, warn_fraction: float = T.CONSTANT_WARN_FRACTION) -> list[Finding]:

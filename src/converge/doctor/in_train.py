@@ -113,10 +113,21 @@ def _remedies(findings: list[Finding], fix: bool, drop: bool, standardize: bool,
 
 
 def plain_features(split) -> bool:
-    """A split whose inputs are one in-memory float feature matrix [N, F]: what is standardized by default
-    (token ids, images, sequences, several inputs, dicts, Datasets and streams are left alone)."""
+    """A split whose inputs are one in-memory float feature matrix [N, F]: what is standardized by default,
+    with `feature_sequences` (token ids, images, several inputs, dicts, Datasets and streams are left alone)."""
+    return _float_inputs(split, 2)
+
+
+def feature_sequences(split) -> bool:
+    """A split whose inputs are one in-memory float tensor [N, T, F] (a sequence of feature vectors: raw sensor
+    readings for a recurrent layer): standardized by default, per feature over every step, when the layer
+    that reads them first can absorb it."""
+    return _float_inputs(split, 3)
+
+
+def _float_inputs(split, ndim: int) -> bool:
     return isinstance(split, TensorSplit) and isinstance(split.inputs, torch.Tensor) and \
-        split.inputs.dtype.is_floating_point and split.inputs.ndim == 2 and split.inputs.shape[1] > 0
+        split.inputs.dtype.is_floating_point and split.inputs.ndim == ndim and split.inputs.shape[-1] > 0
 
 
 def size_findings(model: nn.Module, train) -> list[Finding]:
@@ -135,7 +146,7 @@ def size_findings(model: nn.Module, train) -> list[Finding]:
 def scale_findings(train, seed: int) -> list[Finding]:
     """The unscaled_features check alone, on at most TRAIN_MAX_ROWS rows (a seeded sample) of a plain feature
     matrix: the cheap decision behind the default standardization (one pass over a bounded sample)."""
-    if not plain_features(train):
+    if not (plain_features(train) or feature_sequences(train)):
         return []
     x = train.inputs
     if x.shape[0] > TRAIN_MAX_ROWS:
@@ -162,7 +173,8 @@ def _line(remedy: rx.Remedy) -> str:
         return f"standardize: inputs left as they are: {detail.get('reason', '')}"
     low, high = detail["std_range"]
     tail = "; --no-standardize turns this off" if detail.get("by") == "default" else ""
-    return (f"standardize: {detail['features']} input features standardized with training-split statistics "
+    over = f" over {detail['over']}" if detail.get("over") else ""
+    return (f"standardize: {detail['features']} input features standardized{over} with training-split statistics "
             f"(feature std {low:.3g} to {high:.3g}), {detail['export']}{tail}")
 
 
@@ -178,11 +190,18 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> 
     if not in_memory or not train.inputs.dtype.is_floating_point:
         return _not_standardized("only one in-memory floating-point input tensor (in every split) is "
                                  "standardized", prepared)
-    if not prepared.explicit and not plain_features(train):
-        return _not_standardized("by default only plain feature matrices [N, F] are standardized (not images or "
-                                 "sequences); converge train --fix standardizes these too", prepared)
-    mean, std = rx.standardization(train.inputs)
+    sequences = feature_sequences(train)
+    if not prepared.explicit and not (plain_features(train) or sequences):
+        return _not_standardized("by default only feature matrices [N, F] and sequences of feature vectors "
+                                 "[N, T, F] are standardized (not images); converge train --fix standardizes "
+                                 "these too", prepared)
+    # a sequence: per feature over every step, which the layer that reads each step can absorb
+    mean, std = rx.standardization(train.inputs, per_position=not sequences)
     layer = rx.foldable_layer(model, train.inputs[:16], mean, std)
+    if layer is None and sequences and prepared.explicit:   # --fix on another layout: per position, hooked
+        sequences = False
+        mean, std = rx.standardization(train.inputs)
+        layer = rx.foldable_layer(model, train.inputs[:16], mean, std)
     if layer is None and not prepared.explicit:
         return _not_standardized("the model's first layer cannot absorb the standardization, so the exported "
                                  "weights would not take raw inputs; standardize the inputs in data(), or pass "
@@ -196,6 +215,8 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> 
     return rx.Remedy("standardize_features", {
         "applied": True, "by": "--fix" if prepared.explicit else "default", "statistics": "training split",
         "features": mean.numel(), "export": export, "layer": layer,
+        **({"over": f"every step of the [N, {train.inputs.shape[1]}, {train.inputs.shape[2]}] sequences"}
+           if sequences else {}),
         "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())],
         **({"finding": found.message} if found is not None else {}),
         **({} if prepared.explicit else {"turn_off": "converge train --no-standardize, fit(standardize=False)"})})

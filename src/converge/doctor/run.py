@@ -133,10 +133,11 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
         progress(f"doctor: fitting one batch of {min(T.OVERFIT_BATCH, len(targets))} samples")
         seed_everything(seed)
         batch = map_tensors(lambda t: t[:T.OVERFIT_BATCH], inputs)
-        if isinstance(batch, torch.Tensor) and batch.dtype.is_floating_point and batch.ndim == 2:
-            # a feature matrix is fitted standardized: this check asks for bugs and capacity; the inputs'
+        if isinstance(batch, torch.Tensor) and batch.dtype.is_floating_point and batch.ndim in (2, 3):
+            # a feature matrix (or sequences of feature vectors, per feature over every step, as training
+            # standardizes them) is fitted standardized: this check asks for bugs and capacity; the inputs'
             # scale is unscaled_features' question (raw diabetes, std 0.05, failed it within 200 steps)
-            batch = standardize(batch, *standardization(batch))
+            batch = standardize(batch, *standardization(batch, per_position=batch.ndim == 2))
         batch_targets = map_tensors(lambda t: t[:T.OVERFIT_BATCH], targets)
         if scale_targets and isinstance(batch_targets, torch.Tensor):
             # the same for regression targets that `unscaled_targets` flags: on a price in dollars (std 2e5)
