@@ -222,6 +222,20 @@ def test_label_noise_evidence_points_at_flipped_rows(tmp_path):
     assert hits >= 0.8 * len(noise.evidence["worst_indices"])
 
 
+def test_label_noise_on_token_ids_says_it_was_not_checked():
+    # the proxy reads numeric features; on token ids it used to say nothing, which read as "the labels are clean"
+    from converge.doctor import diagnose
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 50, (300, 12), generator=g)
+    labels = ((tokens <= 10).sum(1) > (tokens > 40).sum(1)).long()
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(96, 2))
+    findings = diagnose(model, (tokens[:200], labels[:200]), (tokens[200:], labels[200:]))
+    noise = [f for f in findings if f.code == "label_noise"]
+    assert len(noise) == 1 and noise[0].severity == "info" and noise[0].evidence.get("skipped"), \
+        [f.to_dict() for f in noise]
+
+
 def test_diagnose_leaves_the_model_and_global_rng_alone():
     from converge.doctor import diagnose
 

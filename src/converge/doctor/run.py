@@ -165,7 +165,10 @@ def label_issues(sample: Sample, classes: int, *, seed: int, progress: Callable[
         return [dc.skipped("label_noise", "the proxy model reads one feature tensor; these inputs are several")], none
     x, _ = dc.feature_matrix(sample.inputs[mask])
     labels = sample.targets[mask].cpu()
-    if x is None or len(labels) < 10 * T.NOISE_FOLDS or int(labels.max()) >= classes:
+    if x is None:   # silence would read as "the labels are clean"
+        return [dc.skipped("label_noise", "the proxy model reads numeric features; these inputs are not floating "
+                                          "point (token ids?)")], none
+    if len(labels) < 10 * T.NOISE_FOLDS or int(labels.max()) >= classes:
         return [], none
     positions = sample.indices[mask] if sample.indices is not None else torch.nonzero(mask).reshape(-1)
     if len(labels) > T.NOISE_MAX_ROWS:
