@@ -987,10 +987,7 @@ def data():
 @pytest.mark.parametrize("ignore_inputs, flagged", [(False, False), (True, True)],
                          ids=["a-char-model", "one-that-ignores-its-inputs"])
 def test_next_token_prediction_is_fitted_down_to_what_its_prefixes_allow(tmp_path, ignore_inputs, flagged):
-    path = tmp_path / "names.py"
-    path.write_text(f"IGNORE = {ignore_inputs}\n" + NAMES_TASK)
-    found = [f for f in run_doctor(path) if f.code == "cannot_overfit_batch"]
-    assert bool(found and found[0].severity == "error") == flagged, [f.to_dict() for f in found]
+    _, found = _overfit_verdict(tmp_path / "names.py", NAMES_TASK, ignore_inputs, flagged)
     if found:
         assert found[0].evidence["floor"] > 0.1 * found[0].evidence["tries"][0]["start_loss"]
 
@@ -1042,9 +1039,15 @@ def data():
 def test_regression_targets_in_dollars_are_fitted_standardized_by_the_overfit_check(tmp_path, ignore_inputs, flagged):
     # raw targets (a price with std ~2e5) kept the MSE at its start for 200 Adam steps: a capacity error that
     # training, which standardizes them, never meets; the scale is unscaled_targets' warning
-    path = tmp_path / "house.py"
-    path.write_text(f"IGNORE = {ignore_inputs}\n" + PRICE_TASK)
+    findings, _ = _overfit_verdict(tmp_path / "house.py", PRICE_TASK, ignore_inputs, flagged)
+    assert "unscaled_targets" in [f.code for f in findings]
+
+
+def _overfit_verdict(path, task: str, ignore_inputs: bool, flagged: bool):
+    """The doctor on ``task`` with its model told to ignore its inputs or not: (all findings, the overfit check's),
+    the check being an error exactly when ``flagged``."""
+    path.write_text(f"IGNORE = {ignore_inputs}\n" + task)
     findings = run_doctor(path)
     found = [f for f in findings if f.code == "cannot_overfit_batch"]
     assert bool(found and found[0].severity == "error") == flagged, [f.to_dict() for f in found]
-    assert "unscaled_targets" in [f.code for f in findings]
+    return findings, found

@@ -61,11 +61,29 @@ def _not_distributed() -> bool:
     return False
 
 
+class OneBatchValue:
+    """For a stateful metric whose running state is the attribute ``STATE`` (None when reset): calling it gives
+    the value on one batch alone (what a plain metric function would give), its running state untouched."""
+
+    STATE = ""
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        saved = getattr(self, self.STATE)
+        setattr(self, self.STATE, None)
+        try:
+            self.update(outputs, targets)
+            return self.compute()
+        finally:
+            setattr(self, self.STATE, saved)
+
+
 # --- converge's own stateful metrics: from a confusion matrix ---------------------------------------------
-class ConfusionMetric:
+class ConfusionMetric(OneBatchValue):
     """A metric of the confusion matrix of the whole split, summed batch by batch on the device. Predictions
     are the argmax over ``class_dim`` (multi-class) or a score above ``threshold`` (binary, one output);
     labels equal to ``ignore_index`` are left out."""
+
+    STATE = "counts"
 
     def __init__(self, classes: int, *, threshold: float | None = None, ignore_index: int | None = None) -> None:
         self.classes, self.threshold, self.ignore_index = int(classes), threshold, ignore_index
@@ -97,14 +115,6 @@ class ConfusionMetric:
     def of_counts(counts: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The value on one batch alone (what a plain metric function would give)."""
-        counts, self.counts = self.counts, None
-        try:
-            self.update(outputs, targets)
-            return self.compute()
-        finally:
-            self.counts = counts
 
 
 class MacroF1(ConfusionMetric):
@@ -138,12 +148,14 @@ class BalancedAccuracy(ConfusionMetric):
 R2_COLUMNS_MAX = 8
 
 
-class R2Score:
+class R2Score(OneBatchValue):
     """The coefficient of determination of the whole split, 1 - SSE / SST per target column with the split's
     own column means (scikit-learn's ``r2_score``), averaged over the columns (``column=None``) or of one
     column. Unit-free, so it reads the same for a price in dollars and a count of days, where the MSE of
     several columns is that of the largest. Columns whose targets are constant on the split are left out
     (their R2 is undefined); none left: NaN. Sums are kept per column in float64 on the device."""
+
+    STATE = "sums"
 
     def __init__(self, column: int | None = None) -> None:
         self.column = column
@@ -169,14 +181,6 @@ class R2Score:
             return r2[self.column] if bool(varying[self.column]) else torch.tensor(float("nan"))
         return r2[varying].mean() if bool(varying.any()) else torch.tensor(float("nan"))
 
-    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The value on one batch alone (what a plain metric function would give)."""
-        sums, self.sums = self.sums, None
-        try:
-            self.update(outputs, targets)
-            return self.compute()
-        finally:
-            self.sums = sums
 
 
 def regression_metrics(columns: int) -> dict[str, R2Score]:
