@@ -307,6 +307,7 @@ def loss(outputs, targets):
 '''
 
 
+@pytest.mark.slow   # 15-30 s (processes started and killed): the slow CI step
 def test_data_parallel_rollback_restores_rank_zeros_checkpoint_on_every_rank(tmp_path):
     from test_distributed import TOLERANCE, logged, run_ok, train_command
 

@@ -88,6 +88,7 @@ def test_under_the_users_own_torchrun_it_trains_the_same(single_and_two, tmp_pat
     assert strip(logged(tmp_path / "run")) == strip(logged(two))
 
 
+@pytest.mark.slow   # 15-30 s (processes started and killed): the slow CI step
 def test_a_dataloader_split_is_refused_with_one_line(tmp_path):
     task = tmp_path / "task.py"
     task.write_text(TASK + '''
@@ -166,6 +167,7 @@ def test_a_collective_failing_for_a_lost_peer_is_told_apart(monkeypatch, exc, ex
     assert distributed.lost_peer(exc) == expected
 
 
+@pytest.mark.slow   # 15-30 s (processes started and killed): the slow CI step
 def test_a_run_folder_deleted_under_a_data_parallel_run_is_one_line_and_status_2(tmp_path):
     """The first process writes the folder and notices; the others lost contact with it and say nothing
     more; the launcher does not stumble on the missing folder (docs/storage-errors.md)."""

@@ -240,6 +240,7 @@ metrics = {"count": Count(), "f1": torchmetrics.classification.MulticlassF1Score
 '''
 
 
+@pytest.mark.slow   # 15-30 s (processes started and killed): the slow CI step
 def test_torchmetrics_are_the_whole_splits_under_torchrun(tmp_path):
     """Every rank scores the whole split, so a torchmetrics Metric is computed without a sync (which would
     count each sample once per rank: 400 for 200) and rank 0's value is the one decided on."""

@@ -215,6 +215,7 @@ def test_ctrl_c_inside_an_epoch_resumes_exactly_in_process(tmp_path, splits):
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
 
 
+@pytest.mark.slow   # 15-30 s (processes started and killed): the slow CI step
 def test_killed_while_tuning_resumes_to_the_same_run(tmp_path):
     """Auto mode: a run killed during the tuning phase keeps its finished stages (tuning.json) and, resumed,
     ends exactly as an uninterrupted auto run."""

@@ -223,16 +223,19 @@ def test_train_says_it_once_records_it_and_no_standardize_turns_it_off(tmp_path,
     assert json.loads((tmp_path / "off" / "run.json").read_text())["config"]["standardize"] is False
 
 
-def test_resume_reapplies_the_standardization_exactly(tmp_path):
-    splits = raw_blobs()
+@pytest.mark.parametrize("model_class, make_splits, loss, steps_per_epoch", [
+    ("Net", "raw_blobs", F.cross_entropy, 6), ("Recurrent", "raw_readings", F.mse_loss, 5),
+], ids=["feature-matrix", "sequences"])
+def test_resume_reapplies_the_standardization_exactly(tmp_path, model_class, make_splits, loss, steps_per_epoch):
+    splits, model_class = globals()[make_splits](), globals()[model_class]
 
     def run(out, loss, resume=False):
-        return _fit(Net, splits, out=out, loss=loss, resume=resume, device="cpu")
+        return _fit(model_class, splits, out=out, loss=loss, resume=resume, device="cpu")
 
-    reference = run(tmp_path / "reference", InterruptAt())
-    stopped = run(tmp_path / "run", InterruptAt(6 + 3))     # 6 steps per epoch: step 3 of epoch 2
+    reference = run(tmp_path / "reference", InterruptAt(None, loss))
+    stopped = run(tmp_path / "run", InterruptAt(steps_per_epoch + 3, loss))     # step 3 of epoch 2
     assert stopped.status == "interrupted"
-    resumed = run(tmp_path / "run", InterruptAt(), resume=True)
+    resumed = run(tmp_path / "run", InterruptAt(None, loss), resume=True)
     assert resumed.status == reference.status
     assert _strip(resumed.history) == _strip(reference.history)
     assert (tmp_path / "run" / "best.safetensors").read_bytes() == \

@@ -335,6 +335,7 @@ def test_a_second_run_with_more_trials_runs_only_the_missing_ones(tuned, cli):
 
 
 # --- a worker killed mid-trial ------------------------------------------------------------------------
+@pytest.mark.slow   # 15-30 s (processes started and killed): the slow CI step
 def test_a_killed_tune_continues_where_it_stopped(make_task, tmp_path):
     task = make_task(SLOW)
     out = tmp_path / "out"
