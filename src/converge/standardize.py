@@ -28,6 +28,16 @@ def standardization(inputs: torch.Tensor, per_position: bool = True) -> tuple[to
     return mean.to(inputs.dtype), std.to(inputs.dtype)
 
 
+def default_layout(inputs: Any) -> str | None:
+    """What converge standardizes by default (when unscaled, and when it folds): "matrix" for one float feature
+    matrix [N, F], statistics per feature; "sequences" for one float tensor [N, T, F], statistics per feature
+    over every step; None for anything else (token ids, images, several inputs, dicts)."""
+    if not isinstance(inputs, torch.Tensor) or not inputs.dtype.is_floating_point or inputs.ndim not in (2, 3) \
+            or inputs.shape[-1] == 0:
+        return None
+    return "matrix" if inputs.ndim == 2 else "sequences"
+
+
 def standardize(inputs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """z = (x - mean) / std, with statistics per flattened feature, or per last-dimension feature (one value
     per feature of a sequence, `standardization(per_position=False)`)."""
@@ -93,7 +103,7 @@ def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, st
     device = next((p.device for p in model.parameters()), probe.device)
     probe = probe.to(device)
     found = first_linear(model, mean.numel())
-    name = found[0] if found is not None else _first_linear_called(model, probe)
+    name = found[0] if found is not None else _first_reader_called(model, probe)
     if name is None:
         return None
     layer = model if name == "(model)" else model.get_submodule(name)
@@ -123,7 +133,7 @@ def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, st
     return name if gap <= tolerance * (float(expected.float().abs().max()) + 1.0) else None
 
 
-def _first_linear_called(model: nn.Module, probe: torch.Tensor) -> str | None:
+def _first_reader_called(model: nn.Module, probe: torch.Tensor) -> str | None:
     """The first nn.Linear or recurrent layer a forward of ``probe`` calls with the probe itself (same shape
     and values)."""
     names = {module: name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.RNNBase))}

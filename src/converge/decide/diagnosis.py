@@ -214,7 +214,8 @@ def _kept_text(kept_epoch: int | None, monitor: str) -> str:
 
 
 def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = None,
-                      monitor: str = "val_loss", rise: float = OVERFIT_RISE, fall: float = TRAIN_FALL) -> Finding | None:
+                      monitor: str = "val_loss", rise: float = OVERFIT_RISE,
+                      fall: float = TRAIN_FALL) -> Finding | None:
     val = [(r["epoch"], r.get("val_loss"), r.get("train_loss")) for r in history]
     finite = [(e, v, t) for e, v, t in val if _finite(v) and _finite(t)]
     if len(finite) < MIN_EPOCHS_AFTER_BEST + 1:
@@ -315,8 +316,8 @@ def _underfitting(history: list[dict], baseline_loss: float | None, fit: dict | 
                        f"model reaches on the same data ({reference_loss:.4g}), and training is no better",
                        evidence, "the model is too small or too constrained for this task: use a larger or "
                        "nonlinear model (more units or layers), lower --weight-decay, train longer; the reference "
-                       "sees standardized inputs (converge standardizes a feature matrix, or feature sequences, by default; other "
-                       "inputs are yours to scale, or --fix's: `converge doctor TASK` tells)")
+                       "sees standardized inputs (converge standardizes a feature matrix, or feature sequences, by "
+                       "default; other inputs are yours to scale, or --fix's: `converge doctor TASK` tells)")
     if not known or reference_only:
         return None
     share = train / baseline_loss

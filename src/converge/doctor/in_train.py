@@ -115,19 +115,14 @@ def _remedies(findings: list[Finding], fix: bool, drop: bool, standardize: bool,
 def plain_features(split) -> bool:
     """A split whose inputs are one in-memory float feature matrix [N, F]: what is standardized by default,
     with `feature_sequences` (token ids, images, several inputs, dicts, Datasets and streams are left alone)."""
-    return _float_inputs(split, 2)
+    return isinstance(split, TensorSplit) and rx.default_layout(split.inputs) == "matrix"
 
 
 def feature_sequences(split) -> bool:
     """A split whose inputs are one in-memory float tensor [N, T, F] (a sequence of feature vectors: raw sensor
     readings for a recurrent layer): standardized by default, per feature over every step, when the layer
     that reads them first can absorb it."""
-    return _float_inputs(split, 3)
-
-
-def _float_inputs(split, ndim: int) -> bool:
-    return isinstance(split, TensorSplit) and isinstance(split.inputs, torch.Tensor) and \
-        split.inputs.dtype.is_floating_point and split.inputs.ndim == ndim and split.inputs.shape[-1] > 0
+    return isinstance(split, TensorSplit) and rx.default_layout(split.inputs) == "sequences"
 
 
 def size_findings(model: nn.Module, train) -> list[Finding]:

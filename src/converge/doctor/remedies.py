@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from converge.decide.findings import Finding, severity_rank
-from converge.standardize import (add_standardize_hook, first_linear, fold_standardization,  # noqa: F401
-                                  fold_target_standardization, foldable_last_layer, foldable_layer,
-                                  standardization, standardize)
+from converge.standardize import (add_standardize_hook, default_layout, first_linear,  # noqa: F401
+                                  fold_standardization, fold_target_standardization, foldable_last_layer,
+                                  foldable_layer, standardization, standardize)
 
 
 

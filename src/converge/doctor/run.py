@@ -23,7 +23,7 @@ from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, recognize_loss, resolve_objective
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
-from converge.standardize import standardization, standardize
+from converge.standardize import default_layout, standardization, standardize
 
 CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "unscaled_targets", "constant_features",
                "outliers",
@@ -133,18 +133,18 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
         progress(f"doctor: fitting one batch of {min(T.OVERFIT_BATCH, len(targets))} samples")
         seed_everything(seed)
         batch = map_tensors(lambda t: t[:T.OVERFIT_BATCH], inputs)
-        if isinstance(batch, torch.Tensor) and batch.dtype.is_floating_point and batch.ndim in (2, 3):
-            # a feature matrix (or sequences of feature vectors, per feature over every step, as training
-            # standardizes them) is fitted standardized: this check asks for bugs and capacity; the inputs'
-            # scale is unscaled_features' question (raw diabetes, std 0.05, failed it within 200 steps)
-            batch = standardize(batch, *standardization(batch, per_position=batch.ndim == 2))
+        layout = default_layout(batch)
+        if layout is not None:
+            # what training standardizes by default is fitted standardized: this check asks for bugs and
+            # capacity; the inputs' scale is unscaled_features' question (raw diabetes, std 0.05, failed it
+            # within 200 steps)
+            batch = standardize(batch, *standardization(batch, per_position=layout == "matrix"))
         batch_targets = map_tensors(lambda t: t[:T.OVERFIT_BATCH], targets)
         if scale_targets and isinstance(batch_targets, torch.Tensor):
             # the same for regression targets that `unscaled_targets` flags: on a price in dollars (std 2e5)
             # the mean-squared error stayed at its start for 200 Adam steps, a capacity "error" training
             # never meets (it standardizes them); the scale is unscaled_targets' question
-            flat = batch_targets.reshape(len(batch_targets), -1)
-            batch_targets = standardize(flat, *standardization(flat)).reshape(batch_targets.shape)
+            batch_targets = standardize(batch_targets, *standardization(batch_targets))
         findings += mc.cannot_overfit_batch(model, batch, batch_targets, loss_fn,
                                             floor=mc.next_token_floor(batch, batch_targets, objective) or
                                             mc.soft_label_floor(batch_targets, objective))

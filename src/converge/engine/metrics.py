@@ -182,7 +182,6 @@ class R2Score(OneBatchValue):
         return r2[varying].mean() if bool(varying.any()) else torch.tensor(float("nan"))
 
 
-
 def regression_metrics(columns: int) -> dict[str, R2Score]:
     """``r2`` (the mean over the target columns) and, for 2 to ``R2_COLUMNS_MAX`` columns, ``r2_0``, ``r2_1``..."""
     metrics = {"r2": R2Score()}

@@ -558,7 +558,7 @@ def _own(loss: Callable, recognized: str | None, family: str | None, kind: Kind,
     elif kind.kind == "soft_labels":
         metrics = {"accuracy": SoftLabelAccuracy()}
     elif kind.kind == "regression" and r2_columns is not None:
-        metrics = dict(regression_metrics(r2_columns))
+        metrics = regression_metrics(r2_columns)
     elif kind.kind == "sequence":
         metrics = {"token_accuracy": TokenAccuracy(kind.class_dim, ignore)}
         if recognized == "cross_entropy":
