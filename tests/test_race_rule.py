@@ -7,7 +7,7 @@ import pytest
 
 from converge.choose import StageLog, auto
 from converge.config import TrainConfig
-from converge.decide.race import CLEAR_MARGIN, race_decided
+from converge.decide.race import CLEAR_MARGIN, race_decided, race_order
 from test_tune import task
 
 INF = math.inf
@@ -33,19 +33,42 @@ def test_race_decided(scores, collapsed, decided):
 def test_lengths_must_match():
     with pytest.raises(ValueError, match="differ in length"):
         race_decided([1.0, 2.0], [False])
+    with pytest.raises(ValueError, match="differ in length"):
+        race_order([1.0, 2.0], [False, False], [1.0], 1.0)
 
 
-@pytest.mark.parametrize("scores, rungs, winner", [
-    ({0.1: 1.0, 0.03: 9.0, 0.01: 8.0, 0.003: 7.0}, 1, 0.1),      # far ahead after the first rung
-    ({0.1: 1.0, 0.03: 1.1, 0.01: 8.0, 0.003: 7.0}, 2, 0.1),      # a close runner-up: the second rung decides
+N, Y = False, True
+B = 6001.0  # the constant prediction's loss
+
+
+@pytest.mark.parametrize("scores, learned_nothing, losses, order", [
+    ([2.0, 1.0, 3.0], [N, N, N], [2.0, 1.0, 3.0], [1, 0, 2]),             # every arm learned: by score
+    ([6100.0, 6050.0], [Y, Y], [6100.0, 6050.0], [0, 1]),                 # both at the constant: as proposed
+    ([6545.0, 6521.0], [Y, Y], [6545.0, 6521.0], [0, 1]),                 # above it, but within noise of each other
+    ([6100.0, 6050.0, 3000.0], [Y, Y, N], [6100.0, 6050.0, 3000.0], [2, 0, 1]),  # the one that learned first
+    ([6460.0, 6052.0], [Y, Y], [6460.0, 6052.0], [1, 0]),                 # clearly worse than the other: by score
+    ([9e4, 7e4, 6052.0, 6030.0], [Y, Y, Y, Y], [9e4, 7e4, 6052.0, 6030.0], [2, 3, 1, 0]),
+    ([INF, 34251.0], [Y, Y], [None, 34251.0], [1, 0]),                    # a blow-up last
+    ([INF, 6000.0, 1.0], [Y, Y, N], [None, 6000.0, 1.0], [2, 1, 0]),
+    ([-0.51, -0.55], [Y, Y], [6100.0, 6050.0], [0, 1]),                   # monitored accuracy: ties by loss
 ])
-def test_a_decided_rung_ends_the_race(monkeypatch, scores, rungs, winner):
-    trained = []
-    race = scripted_race(monkeypatch, scores, {}, trained)
-    (opt, lr), samples, events = race
-    assert lr == winner and len(events) == rungs
-    assert events[0]["decided"] is (rungs == 1) and len(trained) == 4 + 2 * (rungs - 1)
-    assert samples == 10 * 32 * len(trained)
+def test_race_order(scores, learned_nothing, losses, order):
+    assert race_order(scores, learned_nothing, losses, B) == order
+
+
+def test_race_order_without_a_constant_loss_ranks_by_score():
+    assert race_order([6100.0, 6050.0], [Y, Y], [6100.0, 6050.0], None) == [1, 0]
+
+
+def test_arms_at_the_constant_level_keep_the_order_proposed(monkeypatch):
+    """An LSTM on token ids learns only after some 200 steps: after the first rung every arm sits at the
+    constant's loss, and the small differences between them are noise. The race keeps the arms proposed first
+    (the larger LR) instead of the one that happens to score lowest."""
+    scores = {0.01: 6001.5, 0.003: 6000.9, 0.001: 6000.2, 0.0003: 6000.1}
+    (opt, lr), _, events = scripted_race(monkeypatch, scores, {lr: True for lr in scores}, [])
+    rungs = [e for e in events if e["event"] == "race_rung"]
+    assert [arm["lr"] for arm in rungs[0]["arms"]] == [0.01, 0.003, 0.001, 0.0003]
+    assert [arm["lr"] for arm in rungs[0]["kept"]] == [0.01, 0.003] and lr == 0.01
 
 
 def test_an_arm_that_blew_up_ranks_after_one_that_learned_nothing(monkeypatch):
@@ -58,12 +81,13 @@ def test_an_arm_that_blew_up_ranks_after_one_that_learned_nothing(monkeypatch):
 
 
 def scripted_race(monkeypatch, scores: dict, collapsed: dict, trained: list):
-    """auto._race over arms ("adamw", lr) whose scores (and collapse) are scripted by LR."""
+    """auto._race over arms ("adamw", lr) whose scores (validation losses; and collapse) are scripted by LR."""
     model, splits, objective = task()
 
     def scripted_arm(model, splits, config, objective, arm, *args, **kwargs):
         trained.append(arm)
-        return scores[arm[1]], 10, "val_loss", collapsed.get(arm[1], False)
+        score = scores[arm[1]]
+        return score, 10, "val_loss", score if math.isfinite(score) else None, collapsed.get(arm[1], False)
 
     monkeypatch.setattr(auto, "_race_arm", scripted_arm)
     arms = [("adamw", lr) for lr in scores]

@@ -18,8 +18,8 @@ The steps, each recorded as an event with its evidence:
    there "auto" tries AdamW alone (one range test, not two) and the first rung is at most
    ``RUNG_MAX_EPOCHS`` epochs, so that choosing costs about what the run it serves does. An arm
    whose validation loss is no better than a constant prediction's (it collapsed: one class for every
-   row; or it is worse still) ranks after every arm that learned; when none learned, the race says so
-   (a ``race_all_collapsed`` event and a console warning).
+   row; or it is worse still) ranks after every arm that learned, and such arms within noise of each
+   other rank in the order proposed (`converge.decide.race.race_order`); when none learned, the race says so (a ``race_all_collapsed`` event and a console warning).
 4. **Weight decay**: the budget of a short race cannot tell weight decays apart (their effect shows
    over a whole run), so an explicit value is kept and "auto" takes the standard decoupled value
    for the optimizer (AdamW 1e-2, SGD 5e-4), recorded as such.
@@ -46,7 +46,7 @@ from converge.data import STREAM_BATCH, epoch_samples
 from converge.console import Console
 from converge.decide.collapse import never_learned, no_better_than_constant
 from converge.decide.lr_suggest import LrSuggestion, smooth
-from converge.decide.race import race_decided
+from converge.decide.race import race_decided, race_order
 from converge.engine import device as dev
 from converge.engine.objective import Objective, in_memory_constant_loss
 from converge.engine.optim import OPTIMIZERS
@@ -306,10 +306,10 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
     while len(alive) > 1:
         rung += 1
         budget = rung_steps(rung, steps_per_epoch)
-        scores, collapsed = {}, set()
+        scores, collapsed, last_losses = {}, set(), {}
         for arm in alive:
-            score, steps, monitor, arm_collapsed = _race_arm(model, splits, config, objective, arm, decay,
-                                                             batch_size, steps_per_epoch, tests, budget, baseline)
+            score, steps, monitor, last_losses[arm], arm_collapsed = _race_arm(
+                model, splits, config, objective, arm, decay, batch_size, steps_per_epoch, tests, budget, baseline)
             samples += steps * batch_size
             scores[arm] = sign * score if math.isfinite(score) else math.inf
             if arm_collapsed:
@@ -317,13 +317,19 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
         # An arm that blew up (no finite score) learned nothing either: it must not outrank one that sits
         # at, or above, the constant prediction's loss (raw diabetes, seed 2: SGD diverged, AdamW collapsed).
         learned_nothing = {arm for arm in alive if arm in collapsed or not math.isfinite(scores[arm])}
-        ranked = sorted(alive, key=lambda arm: (arm in learned_nothing, scores[arm]))
+        proposed = sorted(alive, key=arms.index)  # a later rung's arms come ranked: the tie-break is the proposal
+        ranked = [proposed[i] for i in race_order([scores[arm] for arm in proposed],
+                                                  [arm in learned_nothing for arm in proposed],
+                                                  [last_losses[arm] for arm in proposed], baseline)]
         if collapsed and len(learned_nothing) == len(alive):
             events.append(_event("race_all_collapsed", rung=rung, constant_prediction_loss=baseline, reason=(
-                "every arm's validation loss sits at a constant prediction's: none learned; the best score goes "
-                "on (check the inputs' scale with `converge doctor TASK`, or set --lr)")))
+                "every arm's validation loss sits at a constant prediction's: none learned yet; arms within "
+                "noise of each other go on in the order proposed. A model that learns only "
+                "after more steps than a rung is fine (the run's diagnosis says); otherwise check the inputs' "
+                "scale with `converge doctor TASK`, or set --lr")))
             console.warning(f"tuning: every arm of race rung {rung} predicts no better than a constant "
-                            f"(loss {baseline:.4g}); check the inputs (converge doctor) or set --lr")
+                            f"(loss {baseline:.4g}); if the run learns nothing either, check the inputs "
+                            f"(converge doctor) or set --lr")
         decided = race_decided([scores[arm] for arm in ranked], [arm in collapsed for arm in ranked])
         keep = ranked[:1] if decided else ranked[: max(1, len(alive) // 2)]
         events.append(_event("race_rung", rung=rung, steps=budget, epochs=round(budget / steps_per_epoch, 3),
@@ -344,8 +350,8 @@ def _race(log, model, splits, config, objective, arms, decay, batch_size, steps_
 def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_per_epoch, tests, budget,
               baseline=None):
     """One arm trained ``budget`` steps from ``model``'s weights: (its best monitored value, or inf when its
-    training loss blew up; the steps it trained; the monitored key; whether its last validation loss sits at
-    the constant prediction's ``baseline``). Nothing of it is kept."""
+    training loss blew up; the steps it trained; the monitored key; its last validation loss; whether that
+    loss is no better than the constant prediction's ``baseline``). Nothing of it is kept."""
     from converge.engine.loop import Trainer
 
     opt, lr = arm
@@ -365,4 +371,4 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
     finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED
     last = trainer.history[-1].get("val_loss") if trainer.history else None
     collapsed = trainer.status is not Status.DIVERGED and no_better_than_constant(last, baseline)
-    return (trainer.tracker.best if finite else math.inf), trainer.step, trainer.monitor_key, collapsed
+    return (trainer.tracker.best if finite else math.inf), trainer.step, trainer.monitor_key, last, collapsed

@@ -31,8 +31,8 @@ The automatic choice (`converge.choose.auto`) asks two smaller questions with th
 
 * :func:`no_better_than_constant`: a race arm whose validation loss is at the level (it predicts what a
   constant would: one class for every row, the mean target) or above it learned nothing: it ranks after
-  every arm that did, and among those that did not by its score (an arm worse than a constant must not
-  outrank one that merely sits at it: raw diabetes, bench/alternatives.py);
+  every arm that did (among those that did not, `converge.decide.race.race_order` ties the arms whose losses
+  lie within ``1 - COLLAPSE_SHARE`` of the constant loss of each other);
 * :func:`never_learned`: an LR range test whose smoothed loss never fell below the level gives no evidence
   of where the model learns: its suggestion is not used.
 
