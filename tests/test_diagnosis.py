@@ -154,3 +154,23 @@ def test_the_converged_text_counts_the_cuts_after_the_best_epoch(cut_epochs, sai
                      patience=3, max_epochs=100)
     assert found[0]["code"] == "converged" and found[0]["message"].endswith(said)
     assert found[0]["evidence"]["lr_cuts"] == len(cut_epochs) and "epoch 5" in found[0]["fix"]
+
+
+def test_overfitting_that_restarts_from_the_best_weights_hid_is_still_named():
+    """An LSTM (bench/newuser/lstm_reviews.py, seed 2): its validation loss rose 28 % while the training loss
+    fell 69 %, and the LR cut went on from the best weights; so did the next two. The last epoch ends 2 % above
+    the best, so the rise from the best to the last epoch no longer shows it; the history at a restart does."""
+    train = [0.690, 0.680, 0.659, 0.609, 0.534, 0.454, 0.395, 0.316, 0.251, 0.188, 0.159, 0.124,
+             0.302, 0.271, 0.246, 0.226, 0.204, 0.184, 0.168, 0.271, 0.264, 0.256, 0.248, 0.251]
+    val = [0.689, 0.686, 0.671, 0.637, 0.606, 0.586, 0.562, 0.631, 0.601, 0.626, 0.756, 0.721,
+           0.548, 0.574, 0.579, 0.618, 0.616, 0.676, 0.677, 0.553, 0.552, 0.559, 0.566, 0.560]
+    restarts = [{"event": "restarted_from_best", "epoch": 12, "best_epoch": 7},
+                {"event": "restarted_from_best", "epoch": 19, "best_epoch": 13}]
+    assert codes(train, val, events=restarts, baseline=0.689) == ["converged", "overfitting"]
+    found = diagnose(history(train, val), restarts, status="converged", monitor="val_loss", mode="min", patience=5,
+                     max_epochs=100, weight_decay=0.01, baseline_loss=0.689)
+    evidence = next(f for f in found if f["code"] == "overfitting")["evidence"]
+    # the larger of the two rises: up to epoch 12, from epoch 7's 0.562 to 0.721
+    assert (evidence["best_val_epoch"], evidence["val_loss_last"], evidence["val_rise"]) == (7, 0.721, 0.2829)
+    # without the restarts' record the same history ends near its best: the end alone says nothing
+    assert codes(train, val, baseline=0.689) == ["converged"]

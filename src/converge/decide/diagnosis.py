@@ -27,7 +27,8 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
 * ``overfitting``     -- (not judged while the training loss oscillates) either of:
   a *rise*: after its minimum the validation loss rose by more than ``OVERFIT_RISE`` while the training
   loss fell by more than ``TRAIN_FALL``, over at least ``MIN_EPOCHS_AFTER_BEST`` epochs, and the rise is
-  more than ``RISE_OF_START`` of the first epoch's loss (a loss near zero wobbles by 10 % as noise);
+  more than ``RISE_OF_START`` of the first epoch's loss (a loss near zero wobbles by 10 % as noise), at
+  the last epoch or at an LR cut that went on from the best weights (the history as it stood then);
   a *gap* at the best epoch: the validation loss is at least ``GAP_RATIO`` times the training loss and
   above it by at least ``GAP_OF_SCALE`` of the constant-prediction loss (the first epoch's loss when that
   is unknown), and, when an accuracy is measured on both splits, the training accuracy is above the
@@ -205,7 +206,25 @@ def _overfitting(history: list[dict], events: list[dict], weight_decay: float | 
         return None  # a training loss that jumps about says nothing about generalization
     decay = f"raise --weight-decay (e.g. to {max(weight_decay or 0, 1e-3) * 10:.3g})"
     return _overfitting_rise(history, decay, kept_epoch, monitor) or \
+        _overfitting_before_restart(history, events, decay, kept_epoch, monitor) or \
         _overfitting_gap(history, fit, baseline_loss, decay, kept_epoch)
+
+
+def _overfitting_before_restart(history: list[dict], events: list[dict], decay: str, kept_epoch: int | None,
+                                monitor: str) -> Finding | None:
+    """The rise as the history stood at an LR cut that went on from the best weights (``restarted_from_best``):
+    the restart takes the run back near its best, so the rise from the best to the *last* epoch no longer
+    shows what the run went through (an LSTM whose validation loss rose 28 % while its training loss fell
+    69 %, three times, ended 2 % above its best and was called only "converged", after the live diagnosis had
+    named the overfitting at epoch 10). The largest such rise."""
+    found = []
+    for event in events:
+        if event.get("event") == "restarted_from_best" and isinstance(event.get("epoch"), int):
+            before = [row for row in history if row.get("epoch", 0) <= event["epoch"]]
+            rise = _overfitting_rise(before, decay, kept_epoch, monitor)
+            if rise is not None:
+                found.append(rise)
+    return max(found, key=lambda f: f.evidence["val_rise"], default=None)
 
 
 def _kept_text(kept_epoch: int | None, monitor: str) -> str:
