@@ -350,3 +350,36 @@ def test_fit_standardizes_raw_sequences_for_a_recurrent_model_and_the_model_take
     off = _fit(Recurrent, splits, standardize=False, **options)
     assert result.summary["best"]["val_loss"] < 0.5 * off.summary["best"]["val_loss"], \
         (result.summary["best"], off.summary["best"])
+
+
+# --- a feature with rare large values is not blown up (raw digits: a pixel lit in 2 of 1078 images) ----------
+def test_a_bell_shaped_feature_keeps_its_std_and_a_rare_spike_is_capped():
+    g = torch.Generator().manual_seed(0)
+    bell = torch.randn(1000, generator=g) * 3 + 7
+    rare = torch.zeros(1000)
+    rare[[4, 500]] = torch.tensor([1.0, 2.0])   # nearly constant: std 0.07
+    flag = (torch.rand(1000, generator=g) < 0.2).float()
+    x = torch.stack([bell, rare, flag], 1)
+    mean, scale = standardization(x)
+    assert torch.allclose(scale[[0, 2]], x[:, [0, 2]].std(0))             # untouched: their |z| stays below 10
+    assert float(((x[:, 1] - mean[1]).abs().max() / scale[1])) == pytest.approx(10.0)
+    assert scale[1] > 2 * x[:, 1].std()
+    # a validation value of 16 (the pixel's full range) gets z 80, not the ~230 of dividing by the std
+    assert float((16 - mean[1]) / scale[1]) < 81 < float((16 - mean[1]) / x[:, 1].std())
+    from converge.standardize import capped_features
+    assert capped_features(x, mean, scale) == 1
+    # regression targets keep the plain std (their scale is the loss's, and y = z * std + mean is folded)
+    assert torch.allclose(standardization(x, max_score=None)[1], x.std(0))
+
+
+def test_the_capped_scale_folds_exactly_into_the_first_layer():
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(64, 3)
+    x[:, 0] = torch.randn(64, generator=g) * 50 + 300
+    x[7, 1] = 16.0
+    x[:, 2] = torch.rand(64, generator=g)
+    mean, scale = standardization(x)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    expected = model(standardize(x, mean, scale))
+    fold_standardization(model, mean, scale, "0")
+    assert torch.allclose(model(x), expected, atol=1e-4)

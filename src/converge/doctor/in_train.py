@@ -169,8 +169,11 @@ def _line(remedy: rx.Remedy) -> str:
     low, high = detail["std_range"]
     tail = "; --no-standardize turns this off" if detail.get("by") == "default" else ""
     over = f" over {detail['over']}" if detail.get("over") else ""
+    capped = detail.get("scaled_by_range") or 0
+    rare = (f"; {capped} with rare large values scaled by their largest deviation / {rx.MAX_STANDARD_SCORE:g} "
+            f"instead") if capped else ""
     return (f"standardize: {detail['features']} input features standardized{over} with training-split statistics "
-            f"(feature std {low:.3g} to {high:.3g}), {detail['export']}{tail}")
+            f"(feature std {low:.3g} to {high:.3g}{rare}), {detail['export']}{tail}")
 
 
 def _not_standardized(reason: str, prepared: Prepared) -> rx.Remedy:
@@ -213,6 +216,7 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> 
         **({"over": f"every step of the [N, {train.inputs.shape[1]}, {train.inputs.shape[2]}] sequences"}
            if sequences else {}),
         "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())],
+        "scaled_by_range": rx.capped_features(train.inputs, mean, std, per_position=not sequences),
         **({"finding": found.message} if found is not None else {}),
         **({} if prepared.explicit else {"turn_off": "converge train --no-standardize, fit(standardize=False)"})})
 
@@ -240,7 +244,7 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
         return None
     unscaled = found[0].message
     train = prepared.splits["train"]
-    mean, std = rx.standardization(train.targets.reshape(len(train), -1))
+    mean, std = rx.standardization(train.targets.reshape(len(train), -1), max_score=None)
     inputs, _ = train.probe(16)
     layer = rx.foldable_last_layer(model, inputs, mean, std)
     if layer is None:
