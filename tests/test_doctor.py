@@ -1051,3 +1051,44 @@ def _overfit_verdict(path, task: str, ignore_inputs: bool, flagged: bool):
     found = [f for f in findings if f.code == "cannot_overfit_batch"]
     assert bool(found and found[0].severity == "error") == flagged, [f.to_dict() for f in found]
     return findings, found
+
+
+class _SquaresFirst(nn.Module):
+    """Transforms its input before the first nn.Linear: a standardization cannot be folded into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def forward(self, x):
+        return self.net(x * x.abs().sqrt())
+
+
+def _power_plant(n=600, seed=0):
+    """Raw readings (a temperature in °C, a vacuum in cm Hg, a pressure in mbar, humidity in %) to a plant's
+    output in MW: what converge train standardizes by default, inputs and targets."""
+    g = torch.Generator().manual_seed(seed)
+    temp = 5 + 30 * torch.rand(n, generator=g)
+    x = torch.stack([temp, 25 + 0.9 * temp + 8 * torch.randn(n, generator=g), 1013 + 6 * torch.randn(n, generator=g),
+                     (80 - 1.2 * temp).clamp(20, 100)], 1)
+    y = (495 - 1.8 * temp + 4 * torch.randn(n, generator=g)).unsqueeze(1)
+    return (x[:400], y[:400]), (x[400:], y[400:])
+
+
+def test_the_model_checks_judge_what_converge_train_trains_on():
+    """A model reading pressures in mbar has gradients ~1e5 times its input layer's at initialisation on the
+    raw readings; converge train standardizes them (and the MW targets) by default and never sees that, so the
+    doctor judges the gradients, dead units and initial loss on the standardized splits and says so. The
+    scale itself stays unscaled_features' and unscaled_targets' finding."""
+    torch.manual_seed(0)
+    train, val = _power_plant()
+    plain = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    found = converge.diagnose(plain, train, val, cheap=True)
+    codes = _codes(found, "warning")
+    assert {"unscaled_features", "unscaled_targets"} <= set(codes) and "exploding_gradients" not in codes, codes
+    judged = [f for f in found if f.code in ("dead_units", "init_loss_off", "exploding_gradients")]
+    assert judged and all("standardized" in f.evidence["judged_on"] for f in judged)
+    # no fold, no default standardization: the raw inputs are what training sees, and what is judged
+    raw = converge.diagnose(_SquaresFirst(), train, val, cheap=True)
+    assert "exploding_gradients" in _codes(raw, "warning"), [f.to_dict() for f in raw]
+    assert not any("judged_on" in f.evidence and "inputs" in f.evidence["judged_on"] for f in raw)

@@ -23,7 +23,8 @@ from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, recognize_loss, resolve_objective
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
-from converge.standardize import default_layout, standardization, standardize
+from converge.standardize import (default_layout, foldable_last_layer, foldable_layer, standardization,
+                                  standardize)
 
 CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "unscaled_targets", "constant_features",
                "outliers",
@@ -198,14 +199,19 @@ def run_checks(model: nn.Module, samples: dict[str, Sample], *, loss: Callable |
     The model is not changed and the global RNG state is put back afterwards. ``monitor``: the value the
     run will monitor (the advice takes it in)."""
     return check_all(model, samples, loss=loss, metrics=metrics, cheap=cheap, seed=seed, device=device,
-                     progress=progress, ignore_index=ignore_index, target_key=target_key, monitor=monitor)[0]
+                     progress=progress, ignore_index=ignore_index, target_key=target_key, monitor=monitor,
+                     like_training=True)[0]
 
 
 def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | None = None,
               metrics: dict | None = None, cheap: bool = False, seed: int = 0, device: str | None = None,
               progress: Callable[[str], None] | None = None, ignore_index: int = IGNORE_INDEX,
-              target_key: str = TARGET_KEY, monitor: str | None = None) -> tuple[list[Finding], Objective | None]:
-    """:func:`run_checks`, and the objective the checks resolved (None when it could not be)."""
+              target_key: str = TARGET_KEY, monitor: str | None = None,
+              like_training: bool = False) -> tuple[list[Finding], Objective | None]:
+    """:func:`run_checks`, and the objective the checks resolved (None when it could not be). With
+    ``like_training`` the model checks see what `converge train` trains on by default: inputs and regression
+    targets standardized where training would standardize them (`converge.doctor.in_train` runs the checks
+    on the splits it has standardized itself)."""
     progress = progress or (lambda text: None)
     saved = capture_rng()
     try:
@@ -224,8 +230,13 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
         classes = objective.classes if kind in ("classification", "binary") else None
         findings += dc.too_few_samples(counted, params, classes, unit=unit, features=matrix_columns(train.inputs))
         if objective is not None:
-            findings += model_findings(model_copy, splits, objective, cheap=cheap, seed=seed, progress=progress,
-                                       scale_targets=bool(target_scale))
+            scaled = [f for f in findings if f.code == "unscaled_features"]
+            trained_on, said = _as_trained(model_copy, splits, inputs=bool(scaled), targets=bool(target_scale)) \
+                if like_training else (splits, "")
+            model_found = model_findings(model_copy, trained_on, objective, cheap=cheap, seed=seed,
+                                         progress=progress, scale_targets=bool(target_scale))
+            findings += [replace(f, evidence={**f.evidence, "judged_on": said}) if said and f.code in _ON_INPUTS
+                         else f for f in model_found]
             if not cheap and kind in ("classification", "binary"):
                 findings += noise_findings(class_labels(train, kind), objective.classes, seed=seed, progress=progress)
             elif not cheap:
@@ -234,6 +245,45 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
     finally:
         restore_rng(saved)
     return ranked(findings), objective
+
+
+_ON_INPUTS = ("init_loss_off", "vanishing_gradients", "exploding_gradients", "dead_units")
+
+
+def _as_trained(model: nn.Module, splits: dict, *, inputs: bool, targets: bool) -> tuple[dict, str]:
+    """The splits as `converge train` trains on them by default, and a note saying so ("" when unchanged):
+    flagged inputs standardized when they are one feature matrix [N, F] or one tensor of feature sequences
+    [N, T, F] that the model's first layer absorbs, and flagged regression targets standardized when its
+    last nn.Linear absorbs them, with the training split's statistics. A model that reads raw gauge
+    pressures in mbar has gradients a million times its input layer's at initialisation, which training
+    never sees."""
+    if not all(isinstance(s, TensorSplit) and isinstance(s.inputs, torch.Tensor) for s in splits.values()):
+        return splits, ""
+    train, notes = splits["train"], []
+    x_stats = y_stats = None
+    layout = default_layout(train.inputs) if inputs else None
+    if layout is not None:
+        stats = standardization(train.inputs, per_position=layout == "matrix")
+        if foldable_layer(model, train.inputs[:16], *stats) is not None:
+            x_stats = stats
+            notes.append("inputs")
+    if targets and isinstance(train.targets, torch.Tensor):
+        flat = train.targets.reshape(len(train.targets), -1)
+        stats = standardization(flat, max_score=None)
+        if foldable_last_layer(model, train.inputs[:16], *stats) is not None:
+            y_stats = stats
+            notes.append("regression targets")
+    if not notes:
+        return splits, ""
+    scaled = {}
+    for name, split in splits.items():
+        x = standardize(split.inputs, *x_stats) if x_stats is not None else split.inputs
+        y = split.targets
+        if y_stats is not None:
+            y = standardize(y.reshape(len(y), -1), *y_stats).reshape(y.shape)
+        scaled[name] = TensorSplit(x, y, name)
+    return scaled, (f"{' and '.join(notes)} standardized with training-split statistics, as converge train does "
+                    f"by default")
 
 
 UNSCALED_TARGETS_FIX = ("converge train and converge.fit standardize them by default with training-split "
