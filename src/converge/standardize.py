@@ -39,7 +39,7 @@ def standardization(inputs: torch.Tensor, per_position: bool = True,
     mean, std = x.mean(0), x.std(0) if x.shape[0] > 1 else torch.ones(x.shape[1], dtype=torch.float64)
     std = torch.where(std > 0, std, torch.ones_like(std))
     if max_score is not None:
-        std = torch.maximum(std, (x - mean).abs().amax(0) / max_score)
+        std = torch.maximum(std, _largest_deviation(x, mean) / max_score)
     return mean.to(inputs.dtype), std.to(inputs.dtype)
 
 
@@ -47,12 +47,17 @@ def capped_features(inputs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                     max_score: float = MAX_STANDARD_SCORE) -> int:
     """How many features `standardization` scaled by their largest deviation rather than their std."""
     x = _features(inputs, per_position).double()
-    largest = (x - mean.double()).abs().amax(0) / std.double()
+    largest = _largest_deviation(x, mean.double()) / std.double()
     return int((largest >= max_score * (1 - 1e-6)).sum()) if x.shape[0] > 1 else 0
 
 
 def _features(inputs: torch.Tensor, per_position: bool) -> torch.Tensor:
     return inputs.reshape(inputs.shape[0], -1) if per_position else inputs.reshape(-1, inputs.shape[-1])
+
+
+def _largest_deviation(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """max |x - mean| per column, from the column's extremes (no copy of the data the size of ``x``)."""
+    return torch.maximum(x.amax(0) - mean, mean - x.amin(0))
 
 
 def default_layout(inputs: Any) -> str | None:
