@@ -206,6 +206,7 @@ FLAG_CASES = [
     (["--device", "cuda:99"], ["--device", "cuda:99"]),
     (["--amp", "fp32"], ["--amp", "fp32"]),
     (["--monitor", "accuracy"], ["--mode", "accuracy"]),
+    (["--monitor", "val_f1"], ["--mode", "val_f1"]),     # a task's own metric: converge cannot know its direction
     (["--monitor", "f1", "--mode", "max"], ["--monitor", "f1"]),
     (["--mode", "up"], ["--mode", "up"]),
     (["--lr-factor", "1.5"], ["--lr-factor", "1.5"]),
@@ -430,3 +431,22 @@ def test_main_reads_sys_argv(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(sys, "argv", ["converge", "train", str(tmp_path / "nope.py")])
     assert main() == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("monitor, mode", [
+    ("val_loss", "min"), ("val_accuracy", "max"), ("val_balanced_accuracy", "max"), ("val_macro_f1", "max"),
+    ("val_token_accuracy", "max"), ("val_label_accuracy", "max"), ("val_exact_match", "max"), ("val_r2", "max"),
+    ("val_r2_1", "max"), ("val_r2_x", None), ("val_f1", None), ("accuracy", None), ("val_mae", None),
+])
+def test_the_direction_of_converges_own_metrics_is_known(monitor, mode):
+    """converge computes these itself, all higher-is-better: monitoring one needs no --mode (as Keras infers
+    it from the name); a task's own metric, or a name converge does not compute, still needs it."""
+    from converge.config import TrainConfig, inferred_mode
+    from converge.errors import ConvergeError
+    assert inferred_mode(monitor) == mode
+    if mode is None:
+        with pytest.raises(ConvergeError, match="needs an explicit direction"):
+            TrainConfig(monitor=monitor)
+    else:
+        assert TrainConfig(monitor=monitor).mode == mode
+        assert TrainConfig(monitor=monitor, mode="min").mode == "min"   # an explicit one is kept

@@ -21,6 +21,23 @@ OPTIMIZER_NAMES = ("adamw", "sgd")
 LR_FACTOR = 0.3
 
 
+# converge's own metrics (`converge.engine.objective`), all higher-is-better: monitoring one needs no --mode.
+# A task's own metric, whose direction converge cannot know, still does.
+MAXIMIZED_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "token_accuracy", "label_accuracy", "exact_match",
+                     "r2")
+
+
+def inferred_mode(monitor: str) -> str | None:
+    """The direction of a monitored validation value converge computes itself ("val_loss": "min", "val_r2_1":
+    "max"); None for any other."""
+    name = monitor[len("val_"):] if monitor.startswith("val_") else None
+    if name == "loss":
+        return "min"
+    if name in MAXIMIZED_METRICS or (name or "").startswith("r2_") and name[3:].isdigit():
+        return "max"
+    return None
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides how a run trains. Flags of `converge train` map 1:1 onto these fields, and so
@@ -91,9 +108,9 @@ class TrainConfig:
         _check(_positive(self.checkpoint_seconds), "checkpoint-seconds", self.checkpoint_seconds,
                "a positive number")
         if self.mode is None:
-            _check(self.monitor == "val_loss", "mode", self.mode,
+            self.mode = inferred_mode(self.monitor)
+            _check(self.mode is not None, "mode", None,
                    f"'min' or 'max' (monitor {self.monitor!r} needs an explicit direction)")
-            self.mode = "min"
         _check(self.mode in ("min", "max"), "mode", self.mode, "'min' or 'max'")
 
     @property
