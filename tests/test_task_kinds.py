@@ -282,18 +282,26 @@ class _Head(nn.Module):
         return out.sigmoid() if self.squash else out
 
 
-@pytest.mark.parametrize("loss, head, targets_of, reference", [
+@pytest.mark.parametrize("loss, head, targets_of, reference, said", [
     # BCE with logits: a one-output head [N, 1] against [N] float targets, and the reverse
-    (nn.BCEWithLogitsLoss(), _Head(1, (1,)), lambda y: y.float(), F.binary_cross_entropy_with_logits),
-    (nn.BCEWithLogitsLoss(), _Head(1, ()), lambda y: y.float()[:, None], F.binary_cross_entropy_with_logits),
-    (F.binary_cross_entropy_with_logits, _Head(1, (1,)), lambda y: y.float(), F.binary_cross_entropy_with_logits),
-    (nn.BCELoss(), _Head(1, (1,), squash=True), lambda y: y.float(), F.binary_cross_entropy),
+    (nn.BCEWithLogitsLoss(), _Head(1, (1,)), lambda y: y.float(), F.binary_cross_entropy_with_logits,
+     "targets [N] reshaped to [N, 1] for the outputs [N, 1] (your BCEWithLogitsLoss alone would refuse them)"),
+    (nn.BCEWithLogitsLoss(), _Head(1, ()), lambda y: y.float()[:, None], F.binary_cross_entropy_with_logits,
+     "targets [N, 1] reshaped to [N] for the outputs [N] (your BCEWithLogitsLoss alone would refuse them)"),
+    (F.binary_cross_entropy_with_logits, _Head(1, (1,)), lambda y: y.float(), F.binary_cross_entropy_with_logits,
+     "your binary_cross_entropy_with_logits alone would refuse them"),
+    (nn.BCELoss(), _Head(1, (1,), squash=True), lambda y: y.float(), F.binary_cross_entropy, "would refuse them"),
     # MSE: [N, 1] against [N] would broadcast to [N, N] in torch (a warning and a wrong loss)
-    (nn.MSELoss(), _Head(1, (1,)), lambda y: y.float() * 3, F.mse_loss),
+    (nn.MSELoss(), _Head(1, (1,)), lambda y: y.float() * 3, F.mse_loss,
+     "your MSELoss alone would broadcast them against each other, with only a warning"),
     # class labels as a column [N, 1] against [N, C] scores
-    (nn.CrossEntropyLoss(), _Head(2, (2,)), lambda y: y[:, None], F.cross_entropy),
+    (nn.CrossEntropyLoss(), _Head(2, (2,)), lambda y: y[:, None], F.cross_entropy,
+     "targets [N, 1] reshaped to [N] for the outputs [N, 2] (your CrossEntropyLoss alone would refuse them)"),
+    # nothing to align: nothing said
+    (nn.MSELoss(), _Head(1, ()), lambda y: y.float() * 3, F.mse_loss, None),
 ])
-def test_a_recognized_loss_aligns_n_and_n1_as_an_inferred_one_does(loss, head, targets_of, reference):
+def test_a_recognized_loss_aligns_n_and_n1_as_an_inferred_one_does(loss, head, targets_of, reference, said):
+    """...and the task's description says so: in a loop of the user's own, the same loss would not."""
     x, _ = blobs()
     y = targets_of((x[:, 0] > 0).long())
     objective = resolve_objective(head, make_splits((x, y), (x, y)), loss, {}, amp="off",
@@ -303,6 +311,10 @@ def test_a_recognized_loss_aligns_n_and_n1_as_an_inferred_one_does(loss, head, t
     expected = reference(out, y.reshape(out.shape) if y.numel() == out.numel() else y.reshape(-1))
     assert float(objective.loss_fn(out, y)) == pytest.approx(float(expected), rel=1e-6)
     assert objective.known_loss and not objective.inferred
+    if said is None:
+        assert "reshaped" not in objective.description
+    else:
+        assert said in objective.description, objective.description
 
 
 def test_a_recognized_loss_still_refuses_shapes_that_do_not_match():

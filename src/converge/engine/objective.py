@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -267,6 +268,33 @@ def align_targets(outputs: Any, targets: Any, elementwise: bool) -> Any:
     return targets
 
 
+def alignment_note(loss_fn: Callable, outputs: Any, targets: Any) -> str:
+    """What `AlignedLoss` does to this task's targets, said in the task's description ("" when nothing): the
+    task's own loss gets them reshaped, which its loss alone would not do. A user who trains the model in a
+    loop of their own with the same loss should know: nn.MSELoss broadcasts [N, 1] outputs against [N]
+    targets to [N, N] with only a warning (a rent model, test MSE about 302,000 in such a loop against 22,800
+    through converge), and most other losses refuse such shapes."""
+    if not (isinstance(loss_fn, AlignedLoss) and isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
+        return ""
+    aligned = align_targets(outputs, targets, loss_fn.elementwise)
+    if aligned.shape == targets.shape:
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = loss_fn.loss(outputs, targets)
+        would = "refuse them" if not isinstance(value, torch.Tensor) else \
+            "broadcast them against each other, with only a warning"
+    except Exception:  # noqa: BLE001 -- whatever the loss raises, it refuses these shapes
+        would = "refuse them"
+    name = getattr(loss_fn.loss, "__name__", type(loss_fn.loss).__name__)
+
+    def shape(tensor: torch.Tensor) -> str:
+        return "[" + ", ".join(["N", *(str(d) for d in tensor.shape[1:])]) + "]"
+    return (f"; targets {shape(targets)} reshaped to {shape(aligned)} for the outputs {shape(outputs)} "
+            f"(your {name} alone would {would})")
+
+
 @dataclass(frozen=True)
 class AlignedLoss:
     """A task's own standard loss (recognized by `recognize_loss`), given targets aligned by `align_targets`:
@@ -352,6 +380,8 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
                             f"task's own ({getattr(loss, '__name__', type(loss).__name__)}), on all the model "
                             f"returns")
     check_outputs_fit(objective, outputs if objective.loss_on_outputs else scores, targets)
+    objective = replace(objective, description=objective.description + alignment_note(objective.loss_fn, scores,
+                                                                                        targets))
     metric_fns = {**objective.metric_fns, **imbalance_metrics(objective, splits["train"]), **metrics}
     for name in [*metric_fns, *objective.derived]:
         if name == "loss" or not name.isidentifier():
