@@ -33,7 +33,7 @@ def inferred_mode(monitor: str) -> str | None:
     name = monitor[len("val_"):] if monitor.startswith("val_") else None
     if name == "loss":
         return "min"
-    if name in MAXIMIZED_METRICS or (name or "").startswith("r2_") and name[3:].isdigit():
+    if name is not None and (name in MAXIMIZED_METRICS or (name.startswith("r2_") and name[3:].isdigit())):
         return "max"
     return None
 

@@ -46,9 +46,11 @@ def standardization(inputs: torch.Tensor, per_position: bool = True,
 def capped_features(inputs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, per_position: bool = True,
                     max_score: float = MAX_STANDARD_SCORE) -> int:
     """How many features `standardization` scaled by their largest deviation rather than their std."""
-    x = _features(inputs, per_position).double()
-    largest = _largest_deviation(x, mean.double()) / std.double()
-    return int((largest >= max_score * (1 - 1e-6)).sum()) if x.shape[0] > 1 else 0
+    x = _features(inputs, per_position)   # the extremes in the inputs' own dtype: no float64 copy of the data
+    if x.shape[0] < 2:
+        return 0
+    largest = torch.maximum(x.amax(0).double() - mean.double(), mean.double() - x.amin(0).double()) / std.double()
+    return int((largest >= max_score * (1 - 1e-6)).sum())
 
 
 def _features(inputs: torch.Tensor, per_position: bool) -> torch.Tensor:

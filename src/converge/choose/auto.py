@@ -19,7 +19,8 @@ The steps, each recorded as an event with its evidence:
    ``RUNG_MAX_EPOCHS`` epochs, so that choosing costs about what the run it serves does. An arm
    whose validation loss is no better than a constant prediction's (it collapsed: one class for every
    row; or it is worse still) ranks after every arm that learned, and such arms within noise of each
-   other rank in the order proposed (`converge.decide.race.race_order`); when none learned, the race says so (a ``race_all_collapsed`` event and a console warning).
+   other rank in the order proposed (`converge.decide.race.race_order`); when none learned, the race
+   says so (a ``race_all_collapsed`` event and a console warning).
 4. **Weight decay**: the budget of a short race cannot tell weight decays apart (their effect shows
    over a whole run), so an explicit value is kept and "auto" takes the standard decoupled value
    for the optimizer (AdamW 1e-2, SGD 5e-4), recorded as such.

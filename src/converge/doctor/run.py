@@ -268,8 +268,7 @@ def _as_trained(model: nn.Module, splits: dict, *, inputs: bool, targets: bool) 
             x_stats = stats
             notes.append("inputs")
     if targets and isinstance(train.targets, torch.Tensor):
-        flat = train.targets.reshape(len(train.targets), -1)
-        stats = standardization(flat, max_score=None)
+        stats = standardization(train.targets, max_score=None)
         if foldable_last_layer(model, train.inputs[:16], *stats) is not None:
             y_stats = stats
             notes.append("regression targets")
@@ -278,9 +277,7 @@ def _as_trained(model: nn.Module, splits: dict, *, inputs: bool, targets: bool) 
     scaled = {}
     for name, split in splits.items():
         x = standardize(split.inputs, *x_stats) if x_stats is not None else split.inputs
-        y = split.targets
-        if y_stats is not None:
-            y = standardize(y.reshape(len(y), -1), *y_stats).reshape(y.shape)
+        y = standardize(split.targets, *y_stats) if y_stats is not None else split.targets
         scaled[name] = TensorSplit(x, y, name)
     return scaled, (f"{' and '.join(notes)} standardized with training-split statistics, as converge train does "
                     f"by default")
