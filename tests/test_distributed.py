@@ -150,6 +150,41 @@ def test_ctrl_c_stops_every_process_at_the_same_step_and_resumes_exactly(dropout
     assert_same_run(reference, out)
 
 
+class _TwoRanks:
+    """A world whose collective combines this rank's flags with the other rank's, and where a Ctrl-C may be
+    handled just as it returns (where Python runs a handler that arrived during a blocking call)."""
+    def __init__(self, signals, other_rank, *, signal_lands=False):
+        self.signals, self.other_rank, self.signal_lands = signals, other_rank, signal_lands
+
+    def any_flags(self, flags, device):
+        agreed = [a or b for a, b in zip(flags, self.other_rank)]
+        if self.signal_lands:
+            self.signals._handle(signal.SIGINT, None)
+        return agreed
+
+
+def test_a_stop_is_what_the_ranks_agreed_not_a_signal_that_landed_after_the_collective():
+    import torch
+    from converge.engine.signals import StopSignals
+
+    signals = StopSignals()
+    world = _TwoRanks(signals, [False, True], signal_lands=True)
+    stop, (due,) = signals.agree(world, torch.device("cpu"), [False])
+    assert (stop, due) == (False, True)  # this rank goes on with the other; both stop at the next agreement
+    assert signals.requested == "SIGINT"
+    assert signals.agree(_TwoRanks(signals, [False, False]), torch.device("cpu"), [False]) == (True, [False])
+
+
+def test_a_stop_asked_of_another_rank_stops_this_one_too():
+    import torch
+    from converge.engine.signals import StopSignals
+
+    signals = StopSignals()
+    assert signals.agree(_TwoRanks(signals, [True, False]), torch.device("cpu"), [False]) == (True, [False])
+    assert signals.requested == "a stop request to another process"
+    assert StopSignals().agree(None, torch.device("cpu"), [True]) == (False, [True])
+
+
 @pytest.mark.parametrize("exc, expected", [
     (RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.0.0.2]:40312: "
                   "Connection reset by peer. This is typically caused by a remote worker hanging"),

@@ -269,8 +269,8 @@ class Trainer:
         if self.world is not None and index is not None and (index + 1) % CHECK_EVERY:
             return False, False
         due = index is not None and self.record.checkpoint_due(floor=self.config.checkpoint_seconds)
-        (due,) = signals.agree(self.world, self.device, [due])
-        return signals.requested is not None, due
+        stop, (due,) = signals.agree(self.world, self.device, [due])
+        return stop, due
 
     # --- the divergence guard -------------------------------------------------------------------------
     def _guard_check(self) -> str | None:

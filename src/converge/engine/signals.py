@@ -31,12 +31,16 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def agree(self, world, device: torch.device, flags: list[bool]) -> list[bool]:
-        """Under torchrun every rank must stop (or checkpoint) after the same step: each flag is true when it is
-        on any rank (a collective); a stop asked of another process counts as requested here too."""
+    def agree(self, world, device: torch.device, flags: list[bool]) -> tuple[bool, list[bool]]:
+        """(stop, flags): whether to stop now, and each flag true when it is on any rank. Under torchrun every
+        rank must stop (or checkpoint) after the same step, so both come from one collective; a stop asked of
+        another process counts as requested here too. The answer is what the ranks agreed on, never
+        ``requested`` read afterwards: a signal handled just after the collective (Python runs handlers as a
+        blocking call returns, so that is when one lands) would stop this rank alone, and the others would
+        wait in their next collective for it until torchrun killed them all."""
         if world is None:
-            return flags
+            return self.requested is not None, flags
         agreed = world.any_flags([self.requested is not None, *flags], device)
         if agreed[0] and self.requested is None:
             self.requested = "a stop request to another process"
-        return agreed[1:]
+        return agreed[0], agreed[1:]
