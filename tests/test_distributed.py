@@ -185,6 +185,30 @@ def test_a_stop_asked_of_another_rank_stops_this_one_too():
     assert StopSignals().agree(None, torch.device("cpu"), [True]) == (False, [True])
 
 
+def test_the_launcher_passes_on_our_lines_and_leaves_out_torchrun_and_the_peers_last_words(capsys):
+    from converge.engine.distributed import _pass_on_own_lines
+
+    ended = []
+    stream = iter([
+        "a warning of the user's code\n",
+        "W1207 10:00:00.000000 123 torch/distributed/run.py:1] OMP_NUM_THREADS set\n",   # torchrun's log
+        "error: cannot write 'run': its .converge.lock was deleted\n",
+        "terminate called without an active exception\n",   # a peer torn down after the first process ended
+        "warning: still passed on\n",
+    ])
+
+    def lines():
+        for line in stream:
+            if line.startswith("terminate"):
+                ended.append(True)   # the first process has left its exit status by now
+            yield line
+
+    _pass_on_own_lines(lines(), first_ended=lambda: bool(ended))
+    assert capsys.readouterr().err.splitlines() == [
+        "a warning of the user's code", "error: cannot write 'run': its .converge.lock was deleted",
+        "warning: still passed on"]
+
+
 @pytest.mark.parametrize("exc, expected", [
     (RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.0.0.2]:40312: "
                   "Connection reset by peer. This is typically caused by a remote worker hanging"),

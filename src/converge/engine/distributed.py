@@ -137,22 +137,26 @@ def run_torchrun(arguments: list[str], nproc: int, *, debug: bool = False, env: 
             env = {"OMP_NUM_THREADS": "1", **os.environ, **(env or {}), _EXIT_FILE: str(exit_file)}
             process = subprocess.Popen(command, env=env, stderr=None if debug else subprocess.PIPE, text=True)
             if process.stderr is not None:
-                _pass_on_own_lines(process.stderr)
+                _pass_on_own_lines(process.stderr, first_ended=exit_file.exists)
             returncode = process.wait()
         finally:
             signal.signal(signal.SIGINT, previous)
         return int(exit_file.read_text()) if exit_file.exists() else returncode
 
 
-def _pass_on_own_lines(stream) -> None:
+def _pass_on_own_lines(stream, first_ended=lambda: False) -> None:
     """Copy the processes' stderr through, leaving out torchrun's own log lines and tracebacks (it prints
-    both when told to stop); our one-line errors and warnings pass unchanged."""
+    both when told to stop); our one-line errors and warnings pass unchanged. Once the first process has
+    ended with a status of its own (``first_ended()``: it left its exit status, after printing what it had to
+    say), the others have lost contact with it and only their own dying words are left: a C++ runtime's
+    "terminate called without an active exception" from a peer torn down inside a collective, left out
+    like the rest (the command's status and error line are the first process's)."""
     torchrun_failed = False
     for line in stream:
         # torchrun's traceback and failure report come last, when it stops; only our lines pass after it.
         torchrun_failed = torchrun_failed or line.startswith("Traceback (most recent call last):")
         ours = line.startswith(("error: ", "warning: "))
-        if ours or not (torchrun_failed or _TORCHRUN_LOG.match(line)):
+        if ours or not (torchrun_failed or _TORCHRUN_LOG.match(line) or first_ended()):
             sys.stderr.write(line)
             sys.stderr.flush()
 
