@@ -46,6 +46,17 @@ DECLINE = [1.0, 0.7, 0.5, 0.4, 0.35, 0.33, 0.32, 0.32, 0.32]
      None, ["converged"]),
     # validation rising but training flat too: not overfitting
     ([1.0, 0.6, 0.5, 0.5, 0.5, 0.5], [1.0, 0.8, 0.7, 0.8, 0.9, 1.0], [], "converged", None, ["converged"]),
+    # a Gaussian NLL below zero: its rise and fall are shares of what it gained from the first epoch (a
+    # heteroscedastic MLP on 300 rows: validation -0.43 -> +0.24 while training fell -0.55 -> -1.10)
+    ([0.38, -0.22, -0.38, -0.55, -0.62, -0.69, -0.73, -0.9, -1.1], [0.08, -0.27, -0.36, -0.43, -0.28, -0.1, 0.1,
+                                                                    0.27, 0.24], [], "converged", None,
+     ["converged", "overfitting"]),
+    # ... a wobble of 1 % of that fall is noise
+    ([1.0, -0.5, -0.8, -0.9, -1.0, -1.05, -1.1], [1.0, -0.5, -0.8, -0.85, -0.83, -0.82, -0.83], [], "converged",
+     None, ["converged"]),
+    # ... and a rise while the training loss stays where it was is not overfitting
+    ([1.0, -0.5, -0.8, -0.9, -0.9, -0.9, -0.9], [1.0, -0.5, -0.8, -0.85, -0.6, -0.4, -0.3], [], "converged", None,
+     ["converged"]),
     # training loss stuck at the constant-prediction loss: it learned nothing, and is never called converged
     # (issue 12: was "underfitting")
     ([0.70, 0.69, 0.69, 0.69, 0.69], [0.70, 0.69, 0.69, 0.69, 0.69], [], "converged", math.log(2),
@@ -185,3 +196,17 @@ def test_a_small_rise_before_a_restart_is_noise_at_the_larger_lr():
            1.70, 1.658, 1.397, 1.493, 1.469, 1.423]
     restart = [{"event": "restarted_from_best", "epoch": 18, "best_epoch": 11}]
     assert codes(train, val, events=restart) == ["converged"]
+
+
+def test_a_negative_loss_that_overfits_says_from_where_to_where():
+    train = [0.38, -0.22, -0.38, -0.55, -0.62, -0.69, -0.73]
+    val = [0.08, -0.27, -0.36, -0.43, -0.28, -0.1, 0.1]
+    found = diagnose(history(train, val), [], status="converged", monitor="val_loss", mode="min", patience=3,
+                     max_epochs=100, weight_decay=0.01, baseline_loss=None)
+    overfit = next(f for f in found if f["code"] == "overfitting")
+    assert "from -0.43 to 0.1 after epoch 4" in overfit["message"]
+    assert overfit["evidence"]["val_rise"] == pytest.approx(0.53 / 0.81, abs=1e-4)      # of 0.38 - (-0.43)
+    assert overfit["evidence"]["train_fall"] == pytest.approx(0.18 / 0.93, abs=1e-4)    # of 0.38 - (-0.55)
+    assert "measured_as" in overfit["evidence"]
+    # an LR cut goes on from the weights it has, as before (restarts measured worse on such a loss)
+    assert diagnosis.overfitted_since_best(history(train, val)) is None
