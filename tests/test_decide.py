@@ -337,3 +337,35 @@ def test_the_descent_is_saved_and_an_older_state_starts_a_new_one():
     before_descents = ConvergenceTracker()
     before_descents.load_state_dict(older)
     assert before_descents.trail == [] and not before_descents.still_descending()
+
+
+def _after_a_restart(back_to_best: bool) -> str:
+    """A run that overfit after its best (epoch 4), was cut, went back to the best weights, and then only
+    came back near the best: the letters of the epochs after the cut."""
+    tracker = ConvergenceTracker(ConvergencePolicy(patience=3, window=3))
+    for value in [1.0, 0.7, 0.5, 0.40, 0.6, 0.7, 0.8]:
+        verdict = tracker.update(value)
+    assert verdict.reduce_lr and tracker.best == 0.40 and tracker.reference == 0.5   # the median of 0.7, 0.5, 0.4
+    if back_to_best:
+        tracker.went_back_to_best()
+    letters = ""
+    for value in [0.42, 0.41, 0.405, 0.41, 0.41, 0.41]:
+        verdict = tracker.update(value)
+        letters += "S" if verdict.stop else "R" if verdict.reduce_lr else "+" if verdict.significant else "."
+        if verdict.stop:
+            break
+    return letters
+
+
+def test_after_going_back_to_the_best_weights_progress_is_measured_from_the_best():
+    assert _after_a_restart(back_to_best=True) == "...S"      # no new best: the cut was unproductive, the run ends
+    assert _after_a_restart(back_to_best=False) == ".++..R"   # the smoothed return read as a significant gain
+
+
+def test_going_back_to_the_best_never_lowers_the_bar():
+    tracker = ConvergenceTracker(ConvergencePolicy(mode="max", window=1))
+    for value in [0.5, 0.8, 0.7]:
+        tracker.update(value)
+    assert tracker.reference == tracker.best == 0.8
+    tracker.went_back_to_best()
+    assert tracker.reference == 0.8

@@ -96,11 +96,14 @@ def restart_if_overfit(history: list[dict], tracker, *, model: nn.Module, best_s
                        event: Callable[..., None], monitor: str) -> str | None:
     """At an LR cut: when the run has overfit since its best epoch (`decide.diagnosis.overfitted_since_best`),
     load the best weights, so the cut LR goes on from them and not from where overfitting took them, and log
-    ``restarted_from_best``. Returns the epoch line's note, or None when nothing was done (no overfitting, or
-    the current weights are the best). The caller's guard must learn the loss level again (``rebase``)."""
+    ``restarted_from_best``; the tracker measures progress from the best value from then on
+    (`ConvergenceTracker.went_back_to_best`). Returns the epoch line's note, or None when nothing was done (no
+    overfitting, or the current weights are the best). The caller's guard must learn the loss level again
+    (``rebase``)."""
     drift = overfitted_since_best(history)
     if drift is None or best_state is None or tracker.best_epoch == tracker.epochs:
         return None
     model.load_state_dict(best_state)
+    tracker.went_back_to_best()
     event("restarted_from_best", best_epoch=tracker.best_epoch, monitor=monitor, value=tracker.best, **drift)
     return f"from epoch {tracker.best_epoch}'s weights"
