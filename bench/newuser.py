@@ -88,7 +88,8 @@ class Expect:
 CASES = [Case(stem, stem) for stem in (
     "binary_breast_cancer", "binary_no_loss", "multilabel", "char_lm", "tagger_own_loss", "raw_wine",
     "tiny_wide", "linear_friedman", "scaled_regression", "clean_digits", "two_input", "dict_batches",
-    "raw_load_forecast", "house_two_targets", "lstm_reviews", "digits_numpy")]
+    "raw_load_forecast", "house_two_targets", "lstm_reviews", "digits_numpy", "next_char", "pos_bigru",
+    "ner_tagger")]
 CASES += [Case("hf_bert", "hf_bert", needs="transformers"), Case("stream", "stream"),
           Case("clean_digits_lr8", "clean_digits", args=("--optimizer", "sgd", "--lr", "8"))]
 CASE_BY_NAME = {case.name: case for case in CASES}
@@ -112,6 +113,9 @@ EXPECTED = {
     "house_two_targets": Expect(exact=("converged",), why="a price in dollars and days on market, raw columns"),
     "lstm_reviews": Expect(exact=("converged", "overfitting"), why="an LSTM that learns after ~200 steps, then overfits"),
     "digits_numpy": Expect(any_of=("converged",), why="float64 numpy pixels 0-16, some nearly constant"),
+    "next_char": Expect(exact=("converged",), why="a GRU over token ids, [N, T, V] logits, the user's loss"),
+    "pos_bigru": Expect(any_of=("converged",), why="a BiGRU tagger that overfits after a few epochs at a high LR"),
+    "ner_tagger": Expect(any_of=("converged",), why="a BiLSTM name tagger, [N, T, 3], 5 % wrong tags"),
     "stream": Expect(exact=("converged",), why="an endless IterableDataset"),
     "clean_digits_lr8": Expect(any_of=("lr_too_high", "collapsed"), reach=False,
                                why="SGD at LR 8: far too high"),
