@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import converge
-from converge.choose.auto import _lr_arms, _lr_from, recurrent_on_token_ids
+from converge.choose.auto import _race_lrs, recurrent_on_token_ids
 from converge.data import make_split
 from converge.decide.lr_suggest import LrSuggestion
 
@@ -75,10 +75,10 @@ SUGGESTION = LrSuggestion(lr=8.5e-3, ok=True, reason="largest of 3 rules", min_l
     (LrSuggestion(lr=None, ok=False, reason="never fell"), True, 1e-3, [1e-3]),   # no evidence: the standard
 ])
 def test_the_lr_raced_for_a_recurrent_model_on_token_ids(suggestion, valley, lr, arms):
-    chosen, reason = _lr_from(suggestion, "adamw", valley=valley)
+    chosen, reason, raced = _race_lrs(suggestion, "adamw", fixed=False, valley=valley)
     assert chosen == pytest.approx(lr)
     assert ("valley rule" in reason) is (valley and suggestion.ok and chosen != suggestion.lr)
-    assert _lr_arms(chosen, suggestion, fixed=False, valley=valley) == pytest.approx(arms)
+    assert raced == pytest.approx(arms)
 
 
 def test_train_races_each_optimizer_at_its_valley_on_a_gru_over_token_ids():

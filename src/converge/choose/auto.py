@@ -164,13 +164,12 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
         tests[opt] = test
         samples += test.samples
         test.suggestion = _no_evidence_at_level(test, baseline)
-        lr, note = _lr_from(test.suggestion, opt, valley=token_recurrent)
+        lr, note, candidates = _race_lrs(test.suggestion, opt, fixed=len(optimizers) == 1, valley=token_recurrent)
         events.append(_event("lr_range_test", optimizer=opt, batch_size=batch_size, steps=len(test.lrs),
                              suggested_lr=lr, min_loss_lr=test.suggestion.min_loss_lr, ok=test.suggestion.ok,
                              candidates=dict(test.suggestion.candidates), reason=note))
         console.message(f"tuning: {opt} range test over {len(test.lrs)} steps -> LR {lr:.3g} ({note})")
-        arms += [(opt, candidate) for candidate in _lr_arms(lr, test.suggestion, fixed=len(optimizers) == 1,
-                                                            valley=token_recurrent)]
+        arms += [(opt, candidate) for candidate in candidates]
 
     if len(arms) > 1:
         (opt, lr), race_samples, race_events = _race(log, model, splits, config, objective, arms, decay,
@@ -272,14 +271,19 @@ def recurrent_on_token_ids(model: nn.Module, split) -> bool:
     return any(not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool) for t in tensors_of(inputs))
 
 
-def _lr_from(suggestion: LrSuggestion, opt: str, *, valley: bool = False) -> tuple[float, str]:
-    """The LR to race, and why. ``valley``: a recurrent model on token ids takes the range test's valley
-    rule (see `_valley_lr`) rather than the largest of its rules."""
+def _race_lrs(suggestion: LrSuggestion, opt: str, *, fixed: bool, valley: bool) -> tuple[float, str, list[float]]:
+    """The range test's LR for ``opt``, why, and the LRs to race for it. ``valley``: a recurrent model on token
+    ids, whose valley LR races alone (`_valley_lr`); ``fixed``: the optimizer was given (`_lr_arms`)."""
+    chosen = _valley_lr(suggestion) if valley and suggestion.ok else None
+    if chosen is not None:
+        return chosen, (f"a recurrent model on token ids: the valley rule's {chosen:.2g}, not the largest rule's "
+                        f"{suggestion.lr:.2g}, which such models overfit at within a few epochs"), [chosen]
+    lr, note = _lr_from(suggestion, opt)
+    return lr, note, _lr_arms(lr, suggestion, fixed)
+
+
+def _lr_from(suggestion: LrSuggestion, opt: str) -> tuple[float, str]:
     if suggestion.ok:
-        chosen = _valley_lr(suggestion) if valley else None
-        if chosen is not None:
-            return chosen, (f"a recurrent model on token ids: the valley rule's {chosen:.2g}, not the largest "
-                            f"rule's {suggestion.lr:.2g}, which such models overfit at within a few epochs")
         return suggestion.lr, suggestion.reason
     default = OPTIMIZERS[opt].default_lr
     return default, f"no usable evidence ({suggestion.reason}); the standard {default:g} for {opt}"
@@ -291,23 +295,22 @@ def _valley_lr(suggestion: LrSuggestion) -> float | None:
 
     For a recurrent model on token ids the largest rule overshoots: the race's 40-80 steps favour the larger
     LR, which then reaches its best validation loss within a few epochs and overfits (the embedding and the
-    recurrent weights memorize sequences). Measured over 3 seeds against the classic loop (AdamW 1e-3):
-    a GRU next-character model 2.2377 -> 2.2165 (classic 2.2225), a bidirectional GRU tagger 0.5638 ->
-    0.5588 (0.5580), a character LSTM language model 2.7008 -> 2.7202 (2.7132, seeds 0.03 apart); a held-out
-    LSTM name tagger 0.1891 -> 0.1894; models whose range test gave no evidence keep the standard LR."""
+    recurrent weights memorize sequences); a larger arm beside it would win the short race and lose the run.
+    Measured over 3 seeds against the classic loop (AdamW 1e-3): a GRU next-character model 2.2377 -> 2.2165
+    (classic 2.2225), a bidirectional GRU tagger 0.5638 -> 0.5588 (0.5580), a character LSTM language model
+    2.7008 -> 2.7202 (2.7132, seeds 0.03 apart); a held-out LSTM name tagger 0.1891 -> 0.1894; models whose
+    range test gave no evidence keep the standard LR."""
     valley = suggestion.candidates.get("valley")
     if not valley or not suggestion.min_loss_lr:
         return None
     return max(valley, suggestion.min_loss_lr / 100)
 
 
-def _lr_arms(lr: float, suggestion: LrSuggestion, fixed: bool, *, valley: bool = False) -> list[float]:
+def _lr_arms(lr: float, suggestion: LrSuggestion, fixed: bool) -> list[float]:
     """LRs to check on validation: the suggestion and a third of it; with one optimizer, also 3x (never
     past half the loss minimum's LR). Chosen by bench/auto.py over 10 seeds and 4 tasks: racing a third
-    and a tenth of the suggestion instead (with 100-step rungs) did worse on all four. The valley LR of a
-    recurrent model on token ids (``valley``) races alone: a larger one would win the short race and lose
-    the run (`_valley_lr`)."""
-    if not suggestion.ok or (valley and _valley_lr(suggestion) is not None):
+    and a tenth of the suggestion instead (with 100-step rungs) did worse on all four."""
+    if not suggestion.ok:
         return [lr]
     arms = [lr, lr / 3]
     if fixed and suggestion.min_loss_lr and 3 * lr <= suggestion.min_loss_lr / 2:

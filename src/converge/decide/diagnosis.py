@@ -256,9 +256,9 @@ def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = 
         return None
     start = max(finite[0][1], finite[0][2])
     signed = best_val <= 0 or train_at_best <= 0
-    if signed and not judge_signed:
-        return None
     if signed:
+        if not judge_signed:
+            return None
         # A loss that reaches zero or below (the negative log-likelihood of real values) has no ratio to
         # its best; its rise and fall are shares of what it had gained from the first epoch until then.
         val_gain, train_gain = start - best_val, start - train_at_best
@@ -296,8 +296,8 @@ def overfitted_since_best(history: list[dict]) -> dict | None:
     0.2499, a multi-label MLP 0.7525 -> 0.7462. On bench/auto.py's 12 runs it acted on 5: validation loss as
     good or better on each; the other 7 did not change."""
     # Not for a loss that reached zero or below: on a Gaussian-NLL MLP (300 rows, 3 seeds) going on from the
-    # best weights after each cut kept the same best on one seed over 44 epochs instead of 16 (each restart
-    # reads as a significant gain on the smoothed value) and ended 0.011 worse on another.
+    # best weights ended 0.011 worse on one seed and the same on two (measured again once progress after a
+    # restart was judged from the best, `ConvergenceTracker.went_back_to_best`).
     found = _overfitting_rise(history, "", rise=RESTART_RISE, fall=RESTART_FALL, judge_signed=False)
     if found is None:
         return None

@@ -151,12 +151,13 @@ def _pass_on_own_lines(stream, first_ended=lambda: False) -> None:
     say), the others have lost contact with it and only their own dying words are left: a C++ runtime's
     "terminate called without an active exception" from a peer torn down inside a collective, left out
     like the rest (the command's status and error line are the first process's)."""
-    torchrun_failed = False
+    torchrun_failed = ended = False
     for line in stream:
         # torchrun's traceback and failure report come last, when it stops; only our lines pass after it.
         torchrun_failed = torchrun_failed or line.startswith("Traceback (most recent call last):")
+        ended = ended or first_ended()
         ours = line.startswith(("error: ", "warning: "))
-        if ours or not (torchrun_failed or _TORCHRUN_LOG.match(line) or first_ended()):
+        if ours or not (torchrun_failed or _TORCHRUN_LOG.match(line) or ended):
             sys.stderr.write(line)
             sys.stderr.flush()
 
