@@ -23,6 +23,8 @@ these defaults; tests/test_doctor.py pins them with tables.
 | NOISE_MIN_PER_CLASS | 50 | fewer labelled rows per class (on average) and the noise estimate is only `info`: the proxy's own out-of-fold errors are as large as the noise it would find (clean digits with 12 rows per class: 11-15 % "noise") |
 | NOISE_FOLDS / NOISE_MAX_ROWS | 4 / 5000 | k-fold trainings of the proxy and the rows they use |
 | NOISE_PROXY_SHARE | 0.5 | a noise estimate that would warn is only `info` when the proxy, trained again on the rows it did not flag, errs on more than this share of the estimated rate there: its flags are its own errors (digits, 1350 rows: 10 % / 30 % flipped labels 0.22 / 0.16; clean digits shifted up to 2 px or with pixel noise 0.84 / 1.04; both shifted-noisy and 10 % flipped 0.52) |
+| NOISE_OVERLAP_RANK / NOISE_OVERLAP_TOP_SHARE | 0.46 / 0.5 | a noise estimate is only `info` (and flags no rows) when the flagged rows gather where the proxy is unsure: their confidence rank within their predicted class below the first *and* their share of the most confident quarter of rows, over their share of all rows, below the second (overlapping classes, not wrong labels). Measured, 3 data seeds each: labels drawn from a logistic or softmax model (15 cases, 400-2000 rows) rank 0.31-0.45, top share 0.00-0.41 (one 0.66, a weak signal: labels near coin flips everywhere); flipped labels (5-30 %, symmetric or from one class only; two-class, digits, breast cancer; 24 cases) rank 0.44-0.67, top share 0.67-1.55 (one-class flips 0.0, but rank 0.64-0.67); 18 held-out cases set after the thresholds (docs/doctor.md), all read right |
+| NOISE_OVERLAP_MIN_FLAGGED | 20 | fewer flagged (or unflagged) rows and where they sit is not judged |
 | INIT_LOSS_RATIO | 2.0 | initial loss above this multiple of its expected value |
 | OVERFIT_BATCH / OVERFIT_STEPS | 32 / 200 | one batch this big, Adam for at most this many steps (per LR) |
 | OVERFIT_LRS | (1e-3, 1e-2) | the learning rates tried in turn |
@@ -56,6 +58,9 @@ NOISE_MIN_PER_CLASS = 50
 NOISE_FOLDS = 4
 NOISE_MAX_ROWS = 5000
 NOISE_PROXY_SHARE = 0.5
+NOISE_OVERLAP_RANK = 0.46
+NOISE_OVERLAP_TOP_SHARE = 0.5
+NOISE_OVERLAP_MIN_FLAGGED = 20
 INIT_LOSS_RATIO = 2.0
 OVERFIT_BATCH = 32
 OVERFIT_STEPS = 200
