@@ -1126,7 +1126,7 @@ def test_where_flagged_reads_an_even_spread_and_a_gathering_at_low_confidence():
     assert even["confidence_rank"] == pytest.approx(0.5, abs=0.02)
     assert even["top_quarter_share"] == pytest.approx(1.0, abs=0.05)
     assert low["confidence_rank"] == 0.0 and low["top_quarter_share"] == 0.0
-    assert where_flagged(probs, torch.arange(400) < 19) is None   # too few flagged rows to say (NOISE_OVERLAP_MIN_FLAGGED)
+    assert where_flagged(probs, torch.arange(400) < 19) is None   # too few to say (NOISE_OVERLAP_MIN_FLAGGED)
 
 
 @pytest.mark.parametrize("rank, top_share, overlap", [

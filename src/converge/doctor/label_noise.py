@@ -148,7 +148,8 @@ def where_flagged(probs: torch.Tensor, issues: torch.Tensor, *, min_flagged: int
         mine, others = confidence[issues & same], confidence[~issues & same]
         if len(others) == 0:
             continue
-        above = (mine[:, None] > others[None, :]).double().mean() + 0.5 * (mine[:, None] == others[None, :]).double().mean()
+        higher = (mine[:, None] > others[None, :]).double().mean()
+        above = higher + 0.5 * (mine[:, None] == others[None, :]).double().mean()
         weighted += float(above) * len(mine)
         counted += len(mine)
     if counted == 0:
