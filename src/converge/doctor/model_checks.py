@@ -71,38 +71,68 @@ def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: st
 
 def next_token_floor(inputs, targets, objective: Objective) -> float | None:
     """The lowest loss a model that reads each sequence left to right can reach on this batch, when the batch
-    is next-token prediction (integer targets that are the inputs shifted by one): after a prefix that
-    several sequences of the batch share, it can only give the share of each next token among them. The
-    task's own loss scores those shares, as log-probabilities, so padding and reduction count as they do in
-    training. None for any other batch. Names drawn from a small grammar (two thirds of a batch of 32 starting
-    alike) cannot be fitted below 0.15x their start: the check called that a bug."""
+    is next-token prediction: integer targets that are the inputs shifted by one, or the inputs themselves
+    with the task's own loss doing the shift (``logits[:, :-1]`` against ``ids[:, 1:]``, the GPT habit).
+    After a prefix that several sequences of the batch share, it can only give the share of each next token
+    among them. The task's own loss scores those shares, as log-probabilities, so padding and reduction count
+    as they do in training. None for any other batch. Names drawn from a small grammar (two thirds of a batch
+    of 32 starting alike) cannot be fitted below 0.15x their start: the check called that a bug; so it did a
+    tiny Transformer LM whose loss shifts (0.54 from 3.79, every sentence after one start token)."""
     if objective.kind != "sequence" or objective.model_loss or objective.loss_on_outputs or not (
             isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
         return None
     if inputs.dtype.is_floating_point or targets.dtype.is_floating_point or inputs.ndim != 2 or \
-            inputs.shape != targets.shape or not torch.equal(targets[:, :-1], inputs[:, 1:]):
+            inputs.shape != targets.shape:
         return None
+    if torch.equal(targets[:, :-1], inputs[:, 1:]):
+        floor = _shares_loss(inputs, targets.tolist(), targets, objective)
+    elif torch.equal(targets, inputs) and inputs.shape[1] > 1:
+        # the loss may shift, or the task may be to copy each token (floor 0): the shares of the *next* token
+        # score below a uniform guess only under a loss that shifts, so anything else is not this batch
+        nexts = [row[1:] + [None] for row in inputs.tolist()]
+        floor = _shares_loss(inputs, nexts, targets, objective)
+        with torch.no_grad():
+            uniform = float(objective.loss_fn(_scores_layout(torch.zeros(*inputs.shape, objective.classes),
+                                                             objective).to(inputs.device), targets))
+        if not (floor is not None and math.isfinite(uniform) and floor < uniform):
+            return None
+    else:
+        return None
+    return floor
+
+
+def _shares_loss(inputs, nexts: list[list], targets, objective: Objective) -> float | None:
+    """The task's loss at scores that give, after each prefix, the share of each next token among the rows of
+    the batch that share it (``nexts[n][t]``: the token after ``inputs[n, :t + 1]``; None: none, a uniform
+    guess)."""
     classes = objective.classes
-    rows, cols = inputs.tolist(), targets.tolist()
+    rows = inputs.tolist()
     after: dict[tuple, dict[int, int]] = {}
-    for row, nexts in zip(rows, cols):
-        for t, token in enumerate(nexts):
-            seen = after.setdefault(tuple(row[:t + 1]), {})
-            seen[token] = seen.get(token, 0) + 1
-    shares = torch.zeros(*inputs.shape, classes)
-    for n, (row, nexts) in enumerate(zip(rows, cols)):
-        for t in range(len(nexts)):
+    for row, following in zip(rows, nexts):
+        for t, token in enumerate(following):
+            if token is not None:
+                seen = after.setdefault(tuple(row[:t + 1]), {})
+                seen[token] = seen.get(token, 0) + 1
+    shares = torch.full((*inputs.shape, classes), 1.0 / classes)
+    for n, (row, following) in enumerate(zip(rows, nexts)):
+        for t, token in enumerate(following):
+            if token is None:
+                continue
             seen = after[tuple(row[:t + 1])]
             total = sum(seen.values())
-            for token, count in seen.items():
-                if 0 <= token < classes:
-                    shares[n, t, token] = count / total
-    scores = shares.clamp_min(1e-12).log().to(inputs.device)
-    if objective.class_dim == 1:
-        scores = scores.transpose(1, 2)
+            shares[n, t] = 0.0
+            for nxt, count in seen.items():
+                if 0 <= nxt < classes:
+                    shares[n, t, nxt] = count / total
+    scores = _scores_layout(shares.clamp_min(1e-12).log(), objective).to(inputs.device)
     with torch.no_grad():
         floor = float(objective.loss_fn(scores, targets))
     return floor if math.isfinite(floor) else None
+
+
+def _scores_layout(scores: torch.Tensor, objective: Objective) -> torch.Tensor:
+    """[N, T, C] scores as the task's model gives them ([N, C, T] when its classes are dimension 1)."""
+    return scores.transpose(1, 2) if objective.class_dim == 1 else scores
 
 
 def soft_label_floor(targets, objective: Objective) -> float | None:
