@@ -179,6 +179,20 @@ def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *
                     "look for a bug (inputs detached or ignored, a wrong loss, frozen layers) or add capacity")]
 
 
+class AtTargetScale(nn.Module):
+    """The model with its output mapped to ``output * std + mean``: the same functions, started at the targets'
+    scale instead of near 0 (for the overfit check on raw regression targets that training leaves raw)."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs) * self.std + self.mean
+
+
 def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf,
              floor: float = 0.0) -> tuple[float, float, int]:
     def eval_loss() -> float:

@@ -4,6 +4,7 @@ printing and writing them is the caller's business."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from dataclasses import replace
 from typing import Any, Callable
@@ -146,10 +147,37 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
             # the mean-squared error stayed at its start for 200 Adam steps, a capacity "error" training
             # never meets (it standardizes them); the scale is unscaled_targets' question
             batch_targets = standardize(batch_targets, *standardization(batch_targets, max_score=None))
-        findings += mc.cannot_overfit_batch(model, batch, batch_targets, loss_fn,
-                                            floor=mc.next_token_floor(batch, batch_targets, objective) or
-                                            mc.soft_label_floor(batch_targets, objective))
+        overfit = mc.cannot_overfit_batch(model, batch, batch_targets, loss_fn,
+                                          floor=mc.next_token_floor(batch, batch_targets, objective) or
+                                          mc.soft_label_floor(batch_targets, objective))
+        if overfit and overfit[0].severity == "error" and objective.kind == "regression":
+            overfit = _at_target_scale(model, batch, batch_targets, loss_fn, overfit)
+        findings += overfit
     return findings
+
+
+def _at_target_scale(model: nn.Module, batch, targets, loss_fn, failed: list[Finding]) -> list[Finding]:
+    """The overfit check again, with the model's output put at the targets' scale, for raw regression targets
+    that training leaves raw (the task's own loss, such as a Huber loss with its delta in kWh). From outputs
+    near 0, Adam's steps of about the LR need far more than 200 to reach targets in the hundreds (daily energy
+    use: 199,000 -> 71,000 at LR 1e-2, "cannot fit"); training gets there with its own LR and epochs. Where
+    the check passes this way, the trouble was the scale (training's LR search meets it), not a bug. A model
+    that ignores its inputs still fails: from the targets' mean it cannot go lower."""
+    if not (isinstance(targets, torch.Tensor) and targets.dtype.is_floating_point and len(targets) > 1):
+        return failed
+    columns = targets.reshape(len(targets), -1).double()
+    if not dc.unscaled_features(columns):
+        return failed
+    mean, std = (targets.mean(0), targets.std(0)) if targets.ndim == 2 else (targets.mean(), targets.std())
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    try:
+        again = mc.cannot_overfit_batch(mc.AtTargetScale(copy.deepcopy(model), mean, std), batch, targets, loss_fn)
+    except (RuntimeError, TypeError, ValueError):   # an output the mapping does not fit: the first answer stands
+        return failed
+    if not again:
+        return []
+    again[0].evidence["first_from_outputs_near_0"] = failed[0].evidence["tries"]
+    return again
 
 
 def noise_findings(sample: Sample, classes: int, *, seed: int, progress: Callable[[str], None]) -> list[Finding]:
