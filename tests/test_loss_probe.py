@@ -172,3 +172,46 @@ def test_a_regression_gets_r2_when_its_outputs_predict_its_targets(loss, reporte
     objective = resolve_objective(nn.Linear(4, columns), splits, loss, {}, amp="off", device=torch.device("cpu"),
                                   probe_size=16)
     assert set(objective.metric_fns) == reported
+
+
+# --- a language model's loss that shifts its targets ---------------------------------------------------------
+
+def shifted_ce(ignore):
+    """The GPT habit: the targets are the inputs, the loss compares logits[:, :-1] with ids[:, 1:]."""
+    return lambda s, t: F.cross_entropy(s[:, :-1].reshape(-1, V), t[:, 1:].reshape(-1), ignore_index=ignore)
+
+
+@pytest.mark.parametrize("loss, layout, expected", [
+    (shifted_ce(0), "ntv", 1),
+    (lambda s, t: F.cross_entropy(s[:, :, :-1], t[:, 1:], ignore_index=0), "nvt", 1),   # torch's layout
+    (flat_ce(0), "ntv", 0),                                                             # no shift
+    (lambda s, t: (s * 0).sum(), "ntv", None),                                          # reads nothing
+], ids=["shifted", "shifted-class-dim-1", "aligned", "reads-nothing"])
+def test_whether_a_sequence_loss_shifts_its_targets_is_read_from_it(loss, layout, expected):
+    from converge.engine.loss_probe import target_shift
+
+    scores, labels = padded()
+    if layout == "nvt":
+        scores = scores.transpose(1, 2)
+    assert target_shift(loss, scores, labels) == expected
+    assert target_shift(loss, scores, torch.full_like(labels, 3)) is None   # one token repeated: cannot tell
+
+
+def test_a_language_model_whose_loss_shifts_gets_token_accuracy_on_the_same_pairs():
+    """A tiny Transformer LM (targets = inputs, loss on logits[:, :-1] against ids[:, 1:]) reported a token
+    accuracy of 0.07 % next to a loss of 1.54: argmax at t was compared with token t, the one it reads. The
+    padding (0) is found through the shift too."""
+    _, ids = padded(n=40)
+    ids[:, 0] = 1
+    splits = {"train": TensorSplit(ids[:30], ids[:30], "train"), "val": TensorSplit(ids[30:], ids[30:], "val")}
+    model = nn.Sequential(nn.Embedding(V, 8), nn.Linear(8, V))
+    objective = resolve_objective(model, splits, shifted_ce(0), {}, amp="off", device=torch.device("cpu"),
+                                  probe_size=16)
+    assert objective.target_shift == 1 and objective.ignore_index == 0
+    assert "target t + 1" in objective.description
+    predicts_next = F.one_hot(torch.cat([ids[:, 1:], ids[:, :1]], dim=1), V).float()   # right on every next token
+    predicts_same = F.one_hot(ids, V).float()
+    accuracy = objective.metric_fns["token_accuracy"]
+    assert accuracy(predicts_next, ids).item() == pytest.approx(1.0)
+    assert accuracy(predicts_same, ids).item() < 0.5
+    assert int(objective.weight(ids)) == int((ids[:, 1:] != 0).sum())    # the tokens the loss scores

@@ -11,7 +11,10 @@ calling it on a probe batch, a few times, without gradient and without touching 
   loss, so accuracy can threshold them where the loss puts its boundary (logit 0, or 0.5);
 * `predicts_targets`: whether a regression's outputs are predictions in the targets' units to the loss
   (an L1, a Huber, a pinball loss: smallest where the outputs equal the targets), so R2 can score them;
-  a Poisson loss on log-rates is not.
+  a Poisson loss on log-rates is not;
+* `target_shift`: whether the loss compares position t's scores with target t + 1, as a language model's
+  loss does that takes its inputs as targets (``logits[:, :-1]`` against ``ids[:, 1:]``), so token
+  accuracy compares the same pairs (it scored a tiny Transformer LM at 0.07 %).
 
 Each answer comes only when the loss's behaviour leaves no doubt; otherwise None, and converge keeps to
 what does not depend on the loss.
@@ -29,6 +32,8 @@ import torch
 READ_CHANGE = 1e-4
 UNREAD_CHANGE = 1e-6
 LOGIT = 12.0                # a confident logit: BCE-with-logits is 6e-6 there, its mirror 12
+CLASS_LOGIT = 30.0          # a confident class score: cross-entropy over 50,000 classes is 5e-9 there
+WRONG_COSTS = 1e-6          # a confidently wrong alignment costs at least this (cross-entropy: about 30 a token)
 CONFIDENT_SHARE = 0.01      # a right answer's loss is at most this share of the mirror answer's
 _SEED = 20261207            # a generator of its own: the probe never moves the run's random stream
 
@@ -64,10 +69,42 @@ def _candidates(targets: torch.Tensor) -> list[int]:
     return found
 
 
-def skipped_label(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> int | None:
+def target_shift(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """1 when ``loss`` scores position t's class scores against target t + 1 (the targets are the inputs
+    and the loss shifts them), 0 when against target t. Confident made-up scores, right at one alignment:
+    the loss's own alignment costs almost nothing, the other a lot. None when neither or both do (a loss
+    converge cannot read, or sequences that repeat one token), or for shapes other than integer targets
+    [N, T] with one score vector per position."""
+    if not isinstance(scores, torch.Tensor) or not isinstance(targets, torch.Tensor) or \
+            targets.dtype.is_floating_point or not scores.dtype.is_floating_point or targets.ndim != 2 or \
+            targets.shape[1] < 2:
+        return None
+    class_dim = class_dim_of(scores, targets)
+    if class_dim is None:
+        return None
+    classes = scores.shape[class_dim]
+
+    def right_at(shift: int) -> float:
+        labels = torch.cat([targets[:, shift:], targets[:, targets.shape[1] - shift:]], dim=1) if shift else targets
+        labels = torch.where((labels >= 0) & (labels < classes), labels, torch.zeros_like(labels))
+        made_up = torch.nn.functional.one_hot(labels.long(), classes).to(torch.float32) * CLASS_LOGIT
+        return _loss_at(loss, made_up.movedim(-1, 1) if class_dim == 1 else made_up, targets)
+
+    same, next_one = right_at(0), right_at(1)
+    if not (math.isfinite(same) and math.isfinite(next_one)) or max(same, next_one) < WRONG_COSTS:
+        return None   # neither alignment costs anything: sequences of one repeated token cannot tell
+    if next_one <= CONFIDENT_SHARE * same:
+        return 1
+    if same <= CONFIDENT_SHARE * next_one:
+        return 0
+    return None
+
+
+def skipped_label(loss: Callable, scores: torch.Tensor, targets: torch.Tensor, shift: int = 0) -> int | None:
     """The integer label whose positions ``loss`` does not read: moving the class scores there leaves the
     loss as it was, while moving them anywhere else changes it. None when no candidate label is skipped
-    (or the shapes are not one score vector per target position)."""
+    (or the shapes are not one score vector per target position). ``shift``: the loss compares position t
+    with target t + shift (`target_shift`); its last ``shift`` positions are read by nothing."""
     if not isinstance(scores, torch.Tensor) or not isinstance(targets, torch.Tensor) or \
             targets.dtype.is_floating_point or not scores.dtype.is_floating_point:
         return None
@@ -80,7 +117,9 @@ def skipped_label(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -
     generator = torch.Generator().manual_seed(_SEED)
     noise = torch.randn(scores.shape, generator=generator, dtype=torch.float32).to(scores.device, scores.dtype) * 3
     for label in _candidates(targets):
-        at_label = (targets == label).unsqueeze(class_dim)
+        aligned = torch.cat([targets[:, shift:], torch.full_like(targets[:, :shift], label)], dim=1) \
+            if shift else targets
+        at_label = (aligned == label).unsqueeze(class_dim)
         if not bool(at_label.any()) or bool(at_label.all()):
             continue
         moved_there = _loss_at(loss, scores + noise * at_label, targets)

@@ -64,6 +64,9 @@ class Objective:
     # (mean, std) per target column when the model trains on standardized regression targets z = (y - mean)
     # / std (`converge.doctor.in_train`): losses and metrics are reported on outputs and targets mapped back
     target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the task's own sequence loss compares position t with target t + target_shift (a language model's
+    # loss on its inputs, `loss_probe.target_shift`): token accuracy and the token count compare the same
+    target_shift: int = 0
 
     @property
     def mean_over_samples(self) -> bool:
@@ -84,6 +87,8 @@ class Objective:
         """How much a batch counts in an average: its samples, or the targets that are not padding."""
         if self.ignore_index is None or not isinstance(targets, torch.Tensor):
             return targets.shape[0] if isinstance(targets, torch.Tensor) else 1
+        if self.target_shift:
+            targets = targets[:, self.target_shift:]
         return (targets != self.ignore_index).sum()
 
     def user_units(self, values: Any) -> Any:
@@ -196,9 +201,13 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class TokenAccuracy:
     class_dim: int
     ignore_index: int = IGNORE_INDEX
+    shift: int = 0      # position t's scores predict target t + shift (`Objective.target_shift`)
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _masked_mean(outputs.argmax(dim=self.class_dim) == targets, targets != self.ignore_index)
+        predicted = outputs.argmax(dim=self.class_dim)
+        if self.shift:
+            predicted, targets = predicted[:, :-self.shift], targets[:, self.shift:]
+        return _masked_mean(predicted == targets, targets != self.ignore_index)
 
 
 @dataclass(frozen=True)
@@ -483,10 +492,12 @@ def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra:
 def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: dict, ignore_index: int) -> Objective:
     recognized, loss_ignore = recognize_loss(loss) if loss is not None else (None, None)
     skipped = None
-    if loss is not None and loss_family(loss) is None and ignore_index == IGNORE_INDEX:
+    own = loss is not None and loss_family(loss) is None
+    shift = (loss_probe.target_shift(loss, scores, targets) or 0) if own else 0
+    if own and ignore_index == IGNORE_INDEX:
         # A loss of the task's own that skips a label (its padding) says so only by not reading it; the
         # task's explicit ignore_index wins over what the probe finds.
-        skipped = loss_probe.skipped_label(loss, scores, targets)
+        skipped = loss_probe.skipped_label(loss, scores, targets, shift)
         loss_ignore = skipped
     ignore = loss_ignore if loss_ignore is not None else ignore_index
     facts = target_facts(splits["train"], targets, ignore)
@@ -517,6 +528,12 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
         if family is None and kind.kind in ("binary", "multilabel") else None
     predicts = kind.kind == "regression" and (family == "mse" or loss_probe.predicts_targets(loss, scores, targets))
     objective = _own(loss, recognized, family, kind, ignore, link, r2_columns=columns if predicts else None)
+    if shift and kind.kind == "sequence":
+        objective = replace(objective, target_shift=shift,
+                            metric_fns={**objective.metric_fns,
+                                        "token_accuracy": TokenAccuracy(kind.class_dim, ignore, shift)},
+                            description=f"{objective.description} (it scores position t against target t + "
+                                        f"{shift}: token accuracy so)")
     if skipped is not None:
         objective = replace(objective, description=f"{objective.description} (targets {skipped} are padding: "
                                                    f"the loss skips them)")
