@@ -215,3 +215,46 @@ def test_a_language_model_whose_loss_shifts_gets_token_accuracy_on_the_same_pair
     assert accuracy(predicts_next, ids).item() == pytest.approx(1.0)
     assert accuracy(predicts_same, ids).item() < 0.5
     assert int(objective.weight(ids)) == int((ids[:, 1:] != 0).sum())    # the tokens the loss scores
+
+
+# --- outputs that are not class scores to the loss -----------------------------------------------------------
+
+def triplet(embedding, labels, margin=0.3):
+    """Batch-hard triplet loss on normalized embeddings: it compares samples, not classes."""
+    z = F.normalize(embedding, dim=1)
+    dist = torch.cdist(z, z)
+    same = labels[:, None] == labels[None, :]
+    return F.relu((dist * same).max(dim=1).values - (dist + 4.0 * same).min(dim=1).values + margin).mean()
+
+
+@pytest.mark.parametrize("loss, expected", [
+    (lambda o, y: F.cross_entropy(o, y), True),
+    (lambda o, y: F.cross_entropy(o, y, label_smoothing=0.1), True),   # confident right answers cost a little
+    (lambda o, y: F.multi_margin_loss(o, y), True),                     # a hinge on class scores
+    (lambda o, y: F.nll_loss(o, y), True),                               # log-probabilities: right is -30
+    (triplet, False),                                                    # any relabelling is as good
+    (lambda o, y: (o * 0).sum(), False),                                 # reads nothing
+], ids=["ce", "smoothed", "hinge", "nll", "triplet", "reads-nothing"])
+def test_whether_outputs_are_class_scores_is_read_from_the_loss(loss, expected):
+    from converge.engine.loss_probe import reads_class_scores
+
+    g = torch.Generator().manual_seed(0)
+    scores, labels = torch.randn(32, 16, generator=g), torch.arange(32) % 10
+    assert reads_class_scores(loss, scores, labels) is expected
+    assert reads_class_scores(loss, scores[:, :1], labels) is None   # one output: not this question
+
+
+def test_an_embedding_trained_with_a_triplet_loss_reports_no_accuracy():
+    """A 16-d embedding of digits under the user's triplet loss reported "accuracy 0.0115": the argmax of an
+    embedding is no class. A cross-entropy on the same shapes keeps its accuracy."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 8, generator=g), torch.arange(60) % 10
+    splits = {"train": TensorSplit(x[:40], y[:40], "train"), "val": TensorSplit(x[40:], y[40:], "val")}
+    model = nn.Linear(8, 16)
+
+    def resolve(loss):
+        return resolve_objective(model, splits, loss, {}, amp="off", device=torch.device("cpu"), probe_size=32)
+
+    embedding = resolve(triplet)
+    assert embedding.metric_fns == {} and "no accuracy" in embedding.description
+    assert "accuracy" in resolve(lambda o, t: F.cross_entropy(o, t)).metric_fns

@@ -12,6 +12,9 @@ calling it on a probe batch, a few times, without gradient and without touching 
 * `predicts_targets`: whether a regression's outputs are predictions in the targets' units to the loss
   (an L1, a Huber, a pinball loss: smallest where the outputs equal the targets), so R2 can score them;
   a Poisson loss on log-rates is not;
+* `reads_class_scores`: whether a classifier's outputs are class scores to the loss at all (a
+  cross-entropy, a focal or hinge loss) or something it compares among samples (a triplet or contrastive
+  loss on embeddings), so accuracy (an argmax over them) is reported only where it means something;
 * `target_shift`: whether the loss compares position t's scores with target t + 1, as a language model's
   loss does that takes its inputs as targets (``logits[:, :-1]`` against ``ids[:, 1:]``), so token
   accuracy compares the same pairs (it scored a tiny Transformer LM at 0.07 %).
@@ -67,6 +70,30 @@ def _candidates(targets: torch.Tensor) -> list[int]:
         if trailing not in found:
             found.append(trailing)
     return found
+
+
+def reads_class_scores(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> bool | None:
+    """Whether ``loss`` takes ``[N, C]`` outputs as class scores for integer labels ``[N]``: confident scores
+    on each sample's own label cost clearly less (by more than half the other's value) than the same scores
+    on the next label. A loss that compares samples with each other (a triplet loss on embeddings) costs the
+    same either way: any relabelling of the classes is as good to it, and an argmax over its outputs is no
+    prediction. None when the loss refuses such outputs or the shapes differ (nothing read)."""
+    if not isinstance(scores, torch.Tensor) or not isinstance(targets, torch.Tensor) or scores.ndim != 2 or \
+            targets.ndim != 1 or targets.dtype.is_floating_point or not scores.dtype.is_floating_point or \
+            scores.shape[0] != targets.shape[0] or scores.shape[1] < 2:
+        return None
+    classes = scores.shape[1]
+    labels = targets.long()
+    if bool(((labels < 0) | (labels >= classes)).any()):
+        return None
+
+    def confident_on(chosen: torch.Tensor) -> float:
+        return _loss_at(loss, torch.nn.functional.one_hot(chosen, classes).to(torch.float32) * CLASS_LOGIT, targets)
+
+    right, wrong = confident_on(labels), confident_on((labels + 1) % classes)
+    if not (math.isfinite(right) and math.isfinite(wrong)):
+        return None
+    return wrong - right > max(WRONG_COSTS, 0.5 * abs(wrong))
 
 
 def target_shift(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> int | None:

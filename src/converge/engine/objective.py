@@ -528,6 +528,10 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
         if family is None and kind.kind in ("binary", "multilabel") else None
     predicts = kind.kind == "regression" and (family == "mse" or loss_probe.predicts_targets(loss, scores, targets))
     objective = _own(loss, recognized, family, kind, ignore, link, r2_columns=columns if predicts else None)
+    if kind.kind == "classification" and family is None and \
+            loss_probe.reads_class_scores(loss, scores, targets) is False:
+        objective = replace(objective, metric_fns={}, description=f"{objective.description} (its outputs are not "
+                                                                  f"class scores to it: no accuracy)")
     if shift and kind.kind == "sequence":
         objective = replace(objective, target_shift=shift,
                             metric_fns={**objective.metric_fns,
