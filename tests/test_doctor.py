@@ -400,6 +400,47 @@ def test_outliers_skip_sparse_features():
     assert dc.outliers(x) == []
 
 
+
+
+class _WithEmbedding(nn.Module):
+    """Numeric columns beside a categorical one through an embedding: the usual tabular network."""
+
+    def __init__(self):
+        super().__init__()
+        self.district = nn.Embedding(25, 8)
+        self.mlp = nn.Sequential(nn.Linear(4 + 8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def forward(self, numeric, district):
+        return self.mlp(torch.cat([numeric, self.district(district)], 1)).squeeze(1)
+
+
+def test_gradient_flow_leaves_embedding_tables_out():
+    """Raw numeric columns (sq ft, meters) beside a district embedding: the table's gradient, on the few rows
+    a batch touches, was read as the first layer's, 47,000x below the last: "vanishing", whose advice (He
+    initialisation, residual connections) does not apply. The first layer is the first nn.Linear, and the
+    raw columns' gradients read as what they are."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    numeric = torch.rand(256, 4, generator=g) * torch.tensor([1800.0, 100.0, 30.0, 2500.0])
+    district = torch.randint(0, 25, (256,), generator=g)
+    rent = 1.6 * numeric[:, 0] - 0.25 * numeric[:, 3] + 800
+    norms = mc.layer_gradient_norms(_WithEmbedding(), (numeric, district), rent, nn.functional.mse_loss)
+    assert [name for name, _, _ in norms] == ["mlp.0.weight", "mlp.2.weight", "mlp.4.weight"]
+    assert [f.code for f in mc.gradient_flow(norms)] == ["exploding_gradients"]
+
+def test_outliers_in_padded_columns_are_judged_on_their_real_values():
+    """Sensor traces padded with 0 after their end: at late steps 40-50 % of a column is padding, its MAD
+    over the whole column a sliver, and the doctor warned of outliers on 40 % of the rows."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 6, generator=g) * 0.5
+    for column, share in enumerate((0.0, 0.3, 0.4, 0.45, 0.48, 0.6)):
+        x[:int(share * 2000), column] = 0.0
+    assert dc.outliers(x) == []
+    x[:600, 0] = 0.0        # a price column with missing values entered as 0 is still told
+    x[:, 0] = torch.where(x[:, 0] == 0, x[:, 0], 1000 + 10 * x[:, 0])
+    (found,) = dc.outliers(x)
+    assert found.severity == "warning" and found.evidence["rows"] == 600
+
 def test_nonfinite_values_counts_per_split():
     x = _standard(20, 3)
     x[0, 0], x[1, 1], x[1, 2] = float("nan"), float("inf"), float("-inf")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
@@ -175,15 +176,22 @@ def constant_features(x: torch.Tensor, *, warn_fraction: float = T.CONSTANT_WARN
 
 
 def outliers(x: torch.Tensor, *, z: float = T.OUTLIER_Z, warn_fraction: float = T.OUTLIER_WARN_FRACTION,
-             warn_z: float = T.OUTLIER_WARN_Z, worst: int = 10) -> list[Finding]:
+             warn_z: float = T.OUTLIER_WARN_Z, zero_share: float = T.OUTLIER_ZERO_SHARE,
+             worst: int = 10) -> list[Finding]:
     """Rows holding a value whose robust z-score abs(x - median) / (1.4826 MAD) exceeds ``z``. Features
-    whose MAD is 0 (mostly one value, e.g. sparse pixels) are skipped. A `warning` needs ``warn_fraction``
-    of the rows and a value beyond ``warn_z`` (a gross error, not a heavy tail); else `info`."""
+    whose MAD is 0 (mostly one value, e.g. sparse pixels) are skipped. In a feature that is 0 in at least
+    ``zero_share`` of the rows (padding after the end of shorter sequences, sparse counts), the median and
+    MAD come from its other values: with 40-50 % zeros the MAD of the whole column is a sliver, and every
+    real value looked like an outlier (padded sensor traces: 40 % of rows, a warning). A `warning` needs
+    ``warn_fraction`` of the rows and a value beyond ``warn_z`` (a gross error, not a heavy tail); else
+    `info`."""
     if x is None or x.shape[0] < 10:
         return []
-    median = x.median(dim=0).values
-    mad = (x - median).abs().median(dim=0).values * 1.4826
-    usable = mad > 0
+    zero_heavy = (x == 0).double().mean(dim=0) >= zero_share
+    spread = torch.where(zero_heavy & (x == 0), torch.full_like(x, math.nan), x)
+    median = spread.nanmedian(dim=0).values
+    mad = (spread - median).abs().nanmedian(dim=0).values * 1.4826
+    usable = torch.isfinite(mad) & (mad > 0)
     if not bool(usable.any()):
         return []
     scores = ((x[:, usable] - median[usable]) / mad[usable]).abs()

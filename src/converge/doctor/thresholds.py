@@ -14,6 +14,7 @@ these defaults; tests/test_doctor.py pins them with tables.
 | OUTLIER_Z | 20.0 | robust z-score abs(x - median) / (1.4826 MAD) above this is an outlier value |
 | OUTLIER_WARN_FRACTION | 0.001 | rows holding an outlier value: `warning` at or above this fraction (and OUTLIER_WARN_Z), else `info` |
 | OUTLIER_WARN_Z | 50.0 | a `warning` also needs a value this many robust sds out: entry and unit errors are gross, while natural heavy tails reach 20-40 (clean breast cancer: 35) |
+| OUTLIER_ZERO_SHARE | 0.25 | a feature that is 0 in at least this share of the rows (padding, sparse counts) takes its median and MAD from its other values |
 | OVERLAP_WARN_ROWS | 3 | validation/test rows identical to training rows: `warning` from this many in one split; fewer is `info` (low-resolution data repeats rows by chance: iris, 1 row) |
 | MIN_PER_CLASS | 20 | fewer training samples per class is too few |
 | MIN_SAMPLES | 50 | fewer training samples (regression) is too few |
@@ -48,6 +49,7 @@ CONSTANT_WARN_FRACTION = 0.5
 OUTLIER_Z = 20.0
 OUTLIER_WARN_FRACTION = 0.001
 OUTLIER_WARN_Z = 50.0
+OUTLIER_ZERO_SHARE = 0.25
 OVERLAP_WARN_ROWS = 3
 MIN_PER_CLASS = 20
 MIN_SAMPLES = 50
