@@ -115,14 +115,17 @@ def _projections(layer: nn.Module) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def _fold_into(layer: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """W' = W / std per input column, b' = b - W' mean, in place (an nn.Linear without a bias gets one)."""
+def _fold_into(layer: nn.Module, mean: torch.Tensor, std: torch.Tensor, offset: int = 0) -> None:
+    """W' = W / std per input column, b' = b - W' mean, in place (an nn.Linear without a bias gets one).
+    ``offset``: the standardized features are the layer's input columns from there on (an nn.Linear that
+    reads them concatenated with others)."""
     if isinstance(layer, nn.Linear) and layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(layer.out_features, device=layer.weight.device, dtype=layer.weight.dtype))
     for weight_name, bias_name in _projections(layer):
         weight, bias = getattr(layer, weight_name), getattr(layer, bias_name)
-        weight.mul_((1.0 / std).to(weight.device, weight.dtype))
-        bias.sub_(weight @ mean.to(weight.device, weight.dtype))
+        columns = weight[:, offset:offset + mean.numel()]
+        columns.mul_((1.0 / std).to(weight.device, weight.dtype))
+        bias.sub_(columns @ mean.to(weight.device, weight.dtype))
 
 
 @torch.no_grad()
@@ -187,6 +190,95 @@ def _first_reader_called(model: nn.Module, probe: torch.Tensor) -> str | None:
     return calls[0] if calls else None
 
 
+def matrix_parts(inputs: Any) -> list:
+    """The keys (positions of a tuple or list, names of a dict) of the float feature matrices [N, F] among
+    several inputs: the numeric columns beside the category ids of a tabular network. [] for one tensor."""
+    if isinstance(inputs, dict):
+        items = list(inputs.items())
+    elif isinstance(inputs, (tuple, list)):
+        items = list(enumerate(inputs))
+    else:
+        return []
+    return [key for key, value in items if default_layout(value) == "matrix"]
+
+
+def numeric_part(inputs: Any):
+    """Of several inputs (a tuple, list or dict), the key of the one float feature matrix [N, F]: the numeric
+    columns beside category ids, standardized by default like a feature matrix alone when the model's first
+    nn.Linear reads them unchanged (`foldable_part`). None otherwise (one input tensor, or several float
+    matrices: which to fold would be a guess)."""
+    parts = matrix_parts(inputs)
+    return parts[0] if len(parts) == 1 else None
+
+
+def with_part(inputs: Any, key, value: torch.Tensor) -> Any:
+    """``inputs`` (a tuple, list or dict) with the part at ``key`` replaced."""
+    if isinstance(inputs, dict):
+        return {**inputs, key: value}
+    return type(inputs)(value if i == key else part for i, part in enumerate(inputs))
+
+
+@torch.no_grad()
+def foldable_part(model: nn.Module, probe: Any, key, mean: torch.Tensor, std: torch.Tensor,
+                  tolerance: float = 1e-3) -> tuple[str, int] | None:
+    """Where z = (x - mean) / std of one part of several inputs (``probe[key]``, a float matrix [n, F]) can
+    be folded: (the name of the first nn.Linear a forward of ``probe`` calls on an input that holds the part's
+    columns unchanged, side by side from some column on, and that column). The usual tabular network
+    concatenates its numeric columns with its categories' embeddings before its first nn.Linear, so the fold
+    is W' = W / std and b' = b - W' mean on those columns alone. Only when the folded model on raw inputs
+    gives what the model gives with the part standardized (as `foldable_layer`); None otherwise. Neither
+    the model nor its train/eval modes change."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe = _moved(probe, device)
+    part = probe[key]
+    features = part.shape[1]
+    names = {module: name or "(model)" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    seen: list[tuple[str, int]] = []
+
+    def record(module, args):
+        if seen or not args or not isinstance(args[0], torch.Tensor) or args[0].ndim != 2 or \
+                args[0].shape[0] != part.shape[0] or args[0].shape[1] < features:
+            return
+        given = args[0]
+        for offset in range(given.shape[1] - features + 1):
+            if torch.equal(given[:, offset:offset + features], part.to(given.dtype)):
+                seen.append((names[module], offset))
+                return
+
+    handles = [module.register_forward_pre_hook(record) for module in names]
+    try:
+        with _probing(model, handles):
+            _call(model, probe)
+    except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
+        return None
+    if not seen:
+        return None
+    name, offset = seen[0]
+    layer = model if name == "(model)" else model.get_submodule(name)
+    modes = {module: module.training for module in model.modules()}
+    saved = {k: v.detach().clone() for k, v in layer.named_parameters(recurse=False)}
+    had_bias = layer.bias is not None
+    model.eval()
+    try:
+        expected = _call(model, with_part(probe, key, standardize(part, mean.to(part.dtype), std.to(part.dtype))))
+        _fold_into(layer, mean, std, offset)
+        folded = _call(model, probe)
+    except Exception:   # noqa: BLE001 -- outputs that are not one tensor: not judged, not folded
+        return None
+    finally:
+        for k, value in saved.items():
+            getattr(layer, k).copy_(value)
+        if not had_bias:
+            layer.bias = None
+        for module, training in modes.items():
+            module.training = training
+    if not isinstance(expected, torch.Tensor) or not isinstance(folded, torch.Tensor) or \
+            expected.shape != folded.shape or not bool(torch.isfinite(expected).all()):
+        return None
+    gap = float((folded.float() - expected.float()).abs().max()) if expected.numel() else 0.0
+    return (name, offset) if gap <= tolerance * (float(expected.float().abs().max()) + 1.0) else None
+
+
 @contextmanager
 def _probing(model: nn.Module, handles: list):
     """A probe's forward in eval mode with ``handles``' hooks; afterwards, also when it fails, the hooks are
@@ -204,10 +296,10 @@ def _probing(model: nn.Module, handles: list):
 
 @torch.no_grad()
 def fold_standardization(model: nn.Module, mean: torch.Tensor, std: torch.Tensor,
-                         layer_name: str | None = None) -> str | None:
-    """Fold z = (x - mean) / std into a layer, in place: ``layer_name`` (from `foldable_layer`), else the
-    first nn.Linear of an nn.Sequential; the layer's name, or None when there is no such layer (then
-    nothing changes)."""
+                         layer_name: str | None = None, offset: int = 0) -> str | None:
+    """Fold z = (x - mean) / std into a layer, in place: ``layer_name`` (from `foldable_layer`, or with its
+    column ``offset`` from `foldable_part`), else the first nn.Linear of an nn.Sequential; the layer's name,
+    or None when there is no such layer (then nothing changes)."""
     if layer_name is not None:
         found = (layer_name, model if layer_name == "(model)" else model.get_submodule(layer_name))
     else:
@@ -215,7 +307,7 @@ def fold_standardization(model: nn.Module, mean: torch.Tensor, std: torch.Tensor
     if found is None:
         return None
     name, layer = found
-    _fold_into(layer, mean, std)
+    _fold_into(layer, mean, std, offset)
     return name
 
 

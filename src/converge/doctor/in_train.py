@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from converge.data import TensorSplit
+from converge.data import TensorSplit, map_tensors
 from converge.doctor import data_checks as dc
 from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
@@ -35,6 +35,8 @@ class Prepared:
     remedies: list[rx.Remedy] = field(default_factory=list)
     standardization: tuple[torch.Tensor, torch.Tensor] | None = None
     layer: str | None = None        # the nn.Linear the standardization is folded into (None: a hook)
+    part: int | str | None = None   # of several inputs, the one standardized (None: the one input tensor)
+    offset: int = 0                 # its first column among the inputs of ``layer``
     checked: bool = False           # the quick checks ran: doctor.json is written
     explicit: bool = False          # --fix asked for the remedies (else the standardization is the default)
     unscaled: Finding | None = None  # what the standardization answers
@@ -125,6 +127,11 @@ def feature_sequences(split) -> bool:
     return isinstance(split, TensorSplit) and rx.default_layout(split.inputs) == "sequences"
 
 
+def numeric_part(split) -> int | str | None:
+    """`standardize.numeric_part` of an in-memory split's inputs."""
+    return rx.numeric_part(split.inputs) if isinstance(split, TensorSplit) else None
+
+
 def size_findings(model: nn.Module, train) -> list[Finding]:
     """The doctor's too_few_samples from counts alone (no model run), for in-memory class labels [N] or float
     targets: what a run without the doctor's checks (`converge.fit`) still says before training."""
@@ -140,10 +147,12 @@ def size_findings(model: nn.Module, train) -> list[Finding]:
 
 def scale_findings(train, seed: int) -> list[Finding]:
     """The unscaled_features check alone, on at most TRAIN_MAX_ROWS rows (a seeded sample) of a plain feature
-    matrix: the cheap decision behind the default standardization (one pass over a bounded sample)."""
-    if not (plain_features(train) or feature_sequences(train)):
+    matrix, or of the one feature matrix among several inputs: the cheap decision behind the default
+    standardization (one pass over a bounded sample)."""
+    part = numeric_part(train)
+    if not (plain_features(train) or feature_sequences(train) or part is not None):
         return []
-    x = train.inputs
+    x = train.inputs if part is None else train.inputs[part]
     if x.shape[0] > TRAIN_MAX_ROWS:
         rows = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:TRAIN_MAX_ROWS]
         x = x[rows.sort().values.to(x.device)]
@@ -184,6 +193,9 @@ def _not_standardized(reason: str, prepared: Prepared) -> rx.Remedy:
 def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
     splits = prepared.splits
     train = splits["train"]
+    part = numeric_part(train)
+    if part is not None and all(numeric_part(split) == part for split in splits.values()):
+        return _standardize_part(prepared, model, part)
     in_memory = all(isinstance(s, TensorSplit) and isinstance(s.inputs, torch.Tensor) for s in splits.values())
     if not in_memory or not train.inputs.dtype.is_floating_point:
         return _not_standardized("only one in-memory floating-point input tensor (in every split) is "
@@ -218,6 +230,35 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> 
         "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())],
         "scaled_by_range": rx.capped_features(train.inputs, mean, std, per_position=not sequences),
         **({"finding": found.message} if found is not None else {}),
+        **({} if prepared.explicit else {"turn_off": "converge train --no-standardize, fit(standardize=False)"})})
+
+
+def _standardize_part(prepared: Prepared, model: nn.Module, part: int | str) -> rx.Remedy:
+    """The one feature matrix among several inputs (numeric columns beside category ids), standardized when
+    the model's first nn.Linear reads its columns unchanged, so the fold reaches exactly them (a rent model
+    on raw square feet and meters beside district embeddings: test MSE 489,864 with them raw, the race's
+    SGD at LR 1e-7; the classic loop's AdamW 16,712)."""
+    splits = prepared.splits
+    x = splits["train"].inputs[part]
+    mean, std = rx.standardization(x)
+    found = rx.foldable_part(model, map_tensors(lambda t: t[:16], splits["train"].inputs), part, mean, std)
+    if found is None:
+        return _not_standardized(f"input {part!r} is not read unchanged by the model's first nn.Linear, so the "
+                                 f"standardization could not be folded into the exported weights; standardize it "
+                                 f"in data()", prepared)
+    layer, offset = found
+    prepared.splits = {name: TensorSplit(rx.with_part(split.inputs, part, rx.standardize(split.inputs[part], mean, std)),
+                                         split.targets, name) for name, split in splits.items()}
+    prepared.standardization, prepared.layer, prepared.part, prepared.offset = (mean, std), layer, part, offset
+    unscaled = prepared.unscaled
+    return rx.Remedy("standardize_features", {
+        "applied": True, "by": "--fix" if prepared.explicit else "default", "statistics": "training split",
+        "input": part, "features": mean.numel(), "layer": layer, "columns": [offset, offset + mean.numel()],
+        "export": f"folded into columns {offset}-{offset + mean.numel() - 1} of layer {layer!r} of "
+                  f"best.safetensors, which takes raw inputs",
+        "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())],
+        "scaled_by_range": rx.capped_features(x, mean, std),
+        **({"finding": unscaled.message} if unscaled is not None else {}),
         **({} if prepared.explicit else {"turn_off": "converge train --no-standardize, fit(standardize=False)"})})
 
 
@@ -376,7 +417,7 @@ def exporter(model: nn.Module, prepared: Prepared) -> Callable[[dict], dict] | N
 def _fold(model: nn.Module, prepared: Prepared, *, inputs: bool) -> None:
     """Fold the standardizations into ``model`` (the two folds commute: one nn.Linear may take both)."""
     if inputs:
-        rx.fold_standardization(model, *prepared.standardization, prepared.layer)
+        rx.fold_standardization(model, *prepared.standardization, prepared.layer, prepared.offset)
     if prepared.target_standardization is not None:
         rx.fold_target_standardization(model, *prepared.target_standardization, prepared.target_layer)
 
@@ -394,7 +435,8 @@ def after_training(result, prepared: Prepared | None):
 
     mean, std = prepared.standardization
     with torch.no_grad():
-        folded = rx.fold_standardization(result.model, mean, std, prepared.layer) if prepared.layer else None
+        folded = rx.fold_standardization(result.model, mean, std, prepared.layer, prepared.offset) \
+            if prepared.layer else None
     if folded is None:
         rx.add_standardize_hook(result.model, mean, std)
         if result.run_dir is not None:

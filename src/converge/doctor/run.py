@@ -24,8 +24,8 @@ from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, recognize_loss, resolve_objective
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
-from converge.standardize import (default_layout, foldable_last_layer, foldable_layer, standardization,
-                                  standardize)
+from converge.standardize import (default_layout, foldable_last_layer, foldable_layer, foldable_part,
+                                  numeric_part, standardization, standardize, with_part)
 
 CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "unscaled_targets", "constant_features",
                "outliers",
@@ -48,8 +48,11 @@ def finite_rows(inputs: Any, targets: Any) -> torch.Tensor | None:
     return mask
 
 
-SEVERAL_INPUTS_SCALE_FIX = ("standardize this input with training-split statistics in data(): converge "
-                            "standardizes a model's input only when it is the one input tensor, not one of several")
+SEVERAL_INPUTS_SCALE_FIX = ("converge train and converge.fit standardize it by default when it is the one float "
+                            "feature matrix [N, F] among the inputs and the model's first nn.Linear reads its columns "
+                            "unchanged (beside category embeddings: the fold reaches those columns alone; unless "
+                            "--no-standardize / standardize=False); otherwise standardize it with training-split "
+                            "statistics in data()")
 
 
 def data_findings(samples: dict[str, Sample], kind: str | None = None, ignore_index: int | None = None, *,
@@ -69,7 +72,7 @@ def data_findings(samples: dict[str, Sample], kind: str | None = None, ignore_in
         sampled = {**train.evidence(), **({"features_sampled": len(kept)} if kept is not None else {})}
         for check in (dc.unscaled_features, dc.constant_features, dc.outliers):
             found = [_with(f, sampled) for f in check(x)]
-            if len(parts) > 1:   # several inputs: say which one (converge standardizes a single input tensor only)
+            if len(parts) > 1:   # several inputs: say which one
                 found = [replace(f, message=f"{role}: {f.message}", evidence={**f.evidence, "input": role},
                                  fix=SEVERAL_INPUTS_SCALE_FIX if f.code == "unscaled_features" else f.fix)
                          for f in found]
@@ -281,34 +284,51 @@ _ON_INPUTS = ("init_loss_off", "vanishing_gradients", "exploding_gradients", "de
 def _as_trained(model: nn.Module, splits: dict, *, inputs: bool, targets: bool) -> tuple[dict, str]:
     """The splits as `converge train` trains on them by default, and a note saying so ("" when unchanged):
     flagged inputs standardized when they are one feature matrix [N, F] or one tensor of feature sequences
-    [N, T, F] that the model's first layer absorbs, and flagged regression targets standardized when its
+    [N, T, F] that the model's first layer absorbs (or the one feature matrix among several inputs whose
+    columns the first nn.Linear reads unchanged), and flagged regression targets standardized when its
     last nn.Linear absorbs them, with the training split's statistics. A model that reads raw gauge
     pressures in mbar has gradients a million times its input layer's at initialisation, which training
     never sees."""
-    if not all(isinstance(s, TensorSplit) and isinstance(s.inputs, torch.Tensor) for s in splits.values()):
+    if not all(isinstance(s, TensorSplit) for s in splits.values()):
         return splits, ""
     train, notes = splits["train"], []
+    probe = map_tensors(lambda t: t[:16], train.inputs)
+    part = _numeric_part(splits)
     x_stats = y_stats = None
     layout = default_layout(train.inputs) if inputs else None
     if layout is not None:
         stats = standardization(train.inputs, per_position=layout == "matrix")
-        if foldable_layer(model, train.inputs[:16], *stats) is not None:
+        if foldable_layer(model, probe, *stats) is not None:
             x_stats = stats
             notes.append("inputs")
+    elif inputs and part is not None:
+        stats = standardization(train.inputs[part])
+        if foldable_part(model, probe, part, *stats) is not None:
+            x_stats = stats
+            notes.append(f"input {part!r}")
     if targets and isinstance(train.targets, torch.Tensor):
         stats = standardization(train.targets, max_score=None)
-        if foldable_last_layer(model, train.inputs[:16], *stats) is not None:
+        if foldable_last_layer(model, probe, *stats) is not None:
             y_stats = stats
             notes.append("regression targets")
     if not notes:
         return splits, ""
     scaled = {}
     for name, split in splits.items():
-        x = standardize(split.inputs, *x_stats) if x_stats is not None else split.inputs
+        x = split.inputs
+        if x_stats is not None:
+            x = standardize(x, *x_stats) if part is None or layout is not None else \
+                with_part(x, part, standardize(x[part], *x_stats))
         y = standardize(split.targets, *y_stats) if y_stats is not None else split.targets
         scaled[name] = TensorSplit(x, y, name)
     return scaled, (f"{' and '.join(notes)} standardized with training-split statistics, as converge train does "
                     f"by default")
+
+
+def _numeric_part(splits: dict):
+    """The key of the one float feature matrix among every split's several inputs (None: not that case)."""
+    keys = {numeric_part(split.inputs) for split in splits.values()}
+    return keys.pop() if len(keys) == 1 else None
 
 
 UNSCALED_TARGETS_FIX = ("converge train and converge.fit standardize them by default with training-split "
