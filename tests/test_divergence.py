@@ -45,6 +45,10 @@ def noisy_decline(n=300, start=2.0, end=0.05, noise=0.3, seed=0):
     # noise, far below where the run began (digits, 10 classes: 0.0099 at most, then 0.075)
     ([2.3] * 10 + [0.004, 0.0099, 0.002, 0.006] * 30 + [0.075], None),
     ([2.3] * 10 + [0.004, 0.0099, 0.002, 0.006] * 30 + [0.075, 0.06, 0.0599, 0.058], None),
+    # a hinge (a triplet loss) exactly 0 once every triplet meets its margin: a batch at 0.2 % of the start
+    # is "9e25x the running mean" in log statistics, which mean nothing there; a real jump still alarms
+    ([0.18] * 10 + [0.02, 0.01] * 10 + [0.0] * 200 + [0.00036, 0.001, 0.0011, 0.003], None),
+    ([0.18] * 10 + [0.02, 0.01] * 10 + [0.0] * 200 + [0.5], (230, "spike")),
 ])
 def test_scripted_losses(values, expected):
     assert first_alarm(values) == expected
