@@ -394,7 +394,8 @@ def raw_with_categories(n=300, seed=0):
     """(raw numeric columns in their units, category ids) -> a rent in dollars: the usual tabular network's
     inputs."""
     g = torch.Generator().manual_seed(seed)
-    numeric = torch.rand(n, 4, generator=g) * torch.tensor([1800.0, 100.0, 30.0, 2500.0]) + torch.tensor([350.0, 0, 1, 0])
+    scale, shift = torch.tensor([1800.0, 100.0, 30.0, 2500.0]), torch.tensor([350.0, 0, 1, 0])
+    numeric = torch.rand(n, 4, generator=g) * scale + shift
     district = torch.randint(0, 6, (n,), generator=g)
     rent = 800 + 1.6 * numeric[:, 0] - 6 * numeric[:, 1] - 0.25 * numeric[:, 3] + 150.0 * district
     parts = [((numeric[a:b], district[a:b]), rent[a:b]) for a, b in ((0, 180), (180, 240), (240, n))]

@@ -247,8 +247,9 @@ def _standardize_part(prepared: Prepared, model: nn.Module, part: int | str) -> 
                                  f"standardization could not be folded into the exported weights; standardize it "
                                  f"in data()", prepared)
     layer, offset = found
-    prepared.splits = {name: TensorSplit(rx.with_part(split.inputs, part, rx.standardize(split.inputs[part], mean, std)),
-                                         split.targets, name) for name, split in splits.items()}
+    prepared.splits = {name: TensorSplit(rx.with_part(split.inputs, part, rx.standardize(split.inputs[part], mean,
+                                                                                      std)), split.targets, name)
+                       for name, split in splits.items()}
     prepared.standardization, prepared.layer, prepared.part, prepared.offset = (mean, std), layer, part, offset
     unscaled = prepared.unscaled
     return rx.Remedy("standardize_features", {
