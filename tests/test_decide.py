@@ -369,3 +369,28 @@ def test_going_back_to_the_best_never_lowers_the_bar():
     assert tracker.reference == tracker.best == 0.8
     tracker.went_back_to_best()
     assert tracker.reference == 0.8
+
+
+def test_patience_is_longer_while_the_run_sits_at_the_constant_level():
+    """A GRU over padded traces sat at the constant prediction's loss (0.693) for 9 epochs, then learned
+    (0.45): patience 5 cut the LR at epoch 6 and stopped at 11, "collapsed". At the constant level patience
+    is three times longer; once the run has left it, patience is the usual."""
+    recorded = [0.6932, 0.6929, 0.6928, 0.6929, 0.6928, 0.6928, 0.6927, 0.6928, 0.6927, 0.6926, 0.6927]
+    plain, _ = run(recorded, patience=5, min_delta=0.0007)
+    assert plain.replace("b", ".") == "+....R....S"        # cut at 6, stop at 11, before it could learn
+    waited, tracker = run(recorded, patience=5, min_delta=0.0007, constant_level=0.6928)
+    assert "R" not in waited and "S" not in waited and tracker.not_learning_yet()
+    escaped = [0.6932, 0.6929, 0.6928, 0.6929, 0.6928, 0.6928, 0.6927, 0.6928, 0.6915, 0.681, 0.56, 0.51]
+    waited, tracker = run(escaped, patience=5, min_delta=0.0007, constant_level=0.6928)
+    assert waited.endswith("++") and "R" not in waited and not tracker.not_learning_yet()
+    never, _ = run([0.6932] + [0.693] * 40, patience=5, constant_level=0.6928)
+    assert never.replace("b", ".") == "+" + "." * 14 + "R" + "." * 14 + "S"   # one that never learns still ends
+    learned, _ = run([0.69, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3], patience=5, constant_level=0.6928)
+    assert learned == "++....R"                     # below the level: patience as usual
+
+
+def test_the_stop_at_the_constant_level_says_so():
+    tracker = ConvergenceTracker(ConvergencePolicy(patience=1, unlearned_factor=1, constant_level=1.0, window=1))
+    for value in (1.0, 1.0, 1.0):
+        verdict = tracker.update(value)
+    assert verdict.stop and "never left the level of a constant prediction" in verdict.reason

@@ -432,6 +432,8 @@ class Trainer:
         floor = negligible_gain(scale) if self.monitor_key == "val_loss" else 0.0   # 0 for a non-finite scale
         if floor > self.tracker.policy.min_delta:  # the policy is checkpointed with the tracker
             self.tracker.policy = dataclasses.replace(self.tracker.policy, min_delta=floor)
+        if baseline is not None and self.monitor_key == "val_loss" and self.tracker.policy.constant_level is None:
+            self.tracker.policy = dataclasses.replace(self.tracker.policy, constant_level=baseline)
 
     def _summary(self, test: dict | None) -> dict:
         cfg = self.config
