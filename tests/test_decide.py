@@ -387,6 +387,8 @@ def test_patience_is_longer_while_the_run_sits_at_the_constant_level():
     assert never.replace("b", ".") == "+" + "." * 14 + "R" + "." * 14 + "S"   # one that never learns still ends
     learned, _ = run([0.69, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3], patience=5, constant_level=0.6928)
     assert learned == "++....R"                     # below the level: patience as usual
+    above, _ = run([2.9, 2.83, 3.2, 4.3, 2.9, 3.3, 3.1, 3.3], patience=5, constant_level=2.3)
+    assert above.replace("b", ".") == "++....R."    # well above it: an LR too high, cut as usual
 
 
 def test_the_stop_at_the_constant_level_says_so():

@@ -235,13 +235,15 @@ class ConvergenceTracker:
             self.reference = self.best
 
     def not_learning_yet(self) -> bool:
-        """Whether the best value is still no better than a constant prediction's (``constant_level``, a loss
-        in mode "min"): the run has not started learning. Some models sit there for a while and then learn
-        (a GRU over padded traces: 9 epochs at the constant level, then 0.45); a cut there slows the escape
-        and a stop calls a model that would have learned "collapsed"."""
+        """Whether the best value still sits at a constant prediction's (``constant_level``, a loss in mode
+        "min"; within COLLAPSE_SHARE either way): the run has not started learning. Some models sit there for
+        a while and then learn (a GRU over padded traces: 9 epochs at the constant level, then 0.45); a cut
+        there slows the escape and a stop calls a model that would have learned "collapsed". A best value
+        well *above* that level is no wait but an LR too high (a network at LR 4: 2.8 against 2.3), and the
+        cut is the answer there."""
         level = self.policy.constant_level
         return level is not None and self.policy.mode == "min" and level > 0 and math.isfinite(self.best) and \
-            self.best >= COLLAPSE_SHARE * level
+            COLLAPSE_SHARE * level <= self.best <= level / COLLAPSE_SHARE
 
     def patience_now(self) -> int:
         """``patience``, or ``unlearned_factor`` times it while the run has not started learning."""
