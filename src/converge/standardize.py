@@ -351,7 +351,9 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
                 return None
             name = calls[-1]
             layer = model if name == "(model)" else model.get_submodule(name)
-            if layer.out_features != mean.numel() or expected.numel() != expected.shape[0] * mean.numel():
+            per_row = expected.numel() == expected.shape[0] * mean.numel()
+            per_step = expected.ndim >= 3 and expected.shape[-1] == mean.numel()   # a per-step nn.Linear
+            if layer.out_features != mean.numel() or not (per_row or per_step):
                 return None
             weight, bias = _target_folded(layer, mean, std)
             folding = layer.register_forward_hook(
@@ -365,10 +367,20 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
     if not isinstance(folded, torch.Tensor) or folded.shape != expected.shape or \
             not bool(torch.isfinite(expected).all()):
         return None
-    rows = expected.reshape(expected.shape[0], -1).float()
-    wanted = (rows * std.to(rows) + mean.to(rows)).reshape(expected.shape)
+    wanted = target_units(expected.float(), mean, std)
     gap = float((folded.float() - wanted).abs().max())
     return name if gap <= tolerance * (float(wanted.abs().max()) + 1.0) else None
+
+
+def target_units(values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, inverse: bool = False
+                 ) -> torch.Tensor:
+    """y = z * std + mean (``inverse``: z = (y - mean) / std) per target column: over each row's flattened
+    values when the statistics hold one per value ([N, K] targets), else along the last dimension (per-step
+    targets [N, T, K], statistics per K over every step, which one per-step nn.Linear absorbs)."""
+    rows = values.reshape(values.shape[0], -1)
+    shaped = rows if rows.shape[1] == mean.numel() else values
+    mean, std = mean.to(shaped), std.to(shaped)
+    return ((shaped - mean) / std if inverse else shaped * std + mean).reshape(values.shape)
 
 
 def _moved(inputs: Any, device: torch.device) -> Any:

@@ -286,7 +286,11 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
         return None
     unscaled = found[0].message
     train = prepared.splits["train"]
-    mean, std = rx.standardization(train.targets.reshape(len(train), -1), max_score=None)
+    # per-step targets [N, T, K] (a forecast of every hour): statistics per K over every step, as one
+    # per-step nn.Linear makes them; [N, K] (or [N]): per column
+    per_step = train.targets.ndim >= 3
+    mean, std = rx.standardization(train.targets if per_step else train.targets.reshape(len(train), -1),
+                                   per_position=not per_step, max_score=None)
     inputs, _ = train.probe(16)
     layer = rx.foldable_last_layer(model, inputs, mean, std)
     if layer is None:
@@ -297,6 +301,7 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
     _apply_targets(prepared, mean, std, layer)
     return rx.Remedy("standardize_targets", {
         "applied": True, "by": by, "statistics": "training split", "columns": mean.numel(), "layer": layer,
+        **({"over": f"every step of the {list(train.targets.shape[1:])} targets"} if per_step else {}),
         "mean": mean.tolist(), "std": std.tolist(), "finding": unscaled,
         "export": f"folded into layer {layer!r} of best.safetensors, which predicts in the targets' units",
         "turn_off": "converge train --no-standardize, fit(standardize=False)"})
@@ -304,8 +309,7 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
 
 def _apply_targets(prepared: Prepared, mean: torch.Tensor, std: torch.Tensor, layer: str) -> None:
     def scaled(targets: torch.Tensor) -> torch.Tensor:
-        rows = targets.reshape(targets.shape[0], -1)
-        return ((rows - mean.to(rows)) / std.to(rows)).reshape(targets.shape)
+        return rx.target_units(targets, mean, std, inverse=True)
 
     prepared.splits = {name: TensorSplit(split.inputs, scaled(split.targets), name)
                        for name, split in prepared.splits.items()}

@@ -307,7 +307,7 @@ def _as_trained(model: nn.Module, splits: dict, *, inputs: bool, targets: bool) 
             x_stats = stats
             notes.append(f"input {part!r}")
     if targets and isinstance(train.targets, torch.Tensor):
-        stats = standardization(train.targets, max_score=None)
+        stats = standardization(train.targets, per_position=train.targets.ndim < 3, max_score=None)
         if foldable_last_layer(model, probe, *stats) is not None:
             y_stats = stats
             notes.append("regression targets")

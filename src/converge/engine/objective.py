@@ -40,6 +40,7 @@ from converge.engine.optim import EagerLBFGS
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
                                      prepare_stateful, regression_metrics)
 from converge.errors import ConvergeError
+from converge.standardize import target_units
 
 
 @dataclass
@@ -92,14 +93,13 @@ class Objective:
         return (targets != self.ignore_index).sum()
 
     def user_units(self, values: Any) -> Any:
-        """Outputs or targets in the user's units: z * std + mean per target column (as they are when the
-        targets are not standardized)."""
+        """Outputs or targets in the user's units: z * std + mean per target column, or per feature of
+        per-step targets (as they are when the targets are not standardized)."""
         if self.target_scale is None or not isinstance(values, torch.Tensor):
             return values
         mean, std = self.target_scale
-        rows = values.reshape(values.shape[0], -1)
-        rows = rows.to(torch.promote_types(rows.dtype, torch.float32))   # half precision: mapped back in float32
-        return (rows * std.to(rows) + mean.to(rows)).reshape(values.shape)
+        values = values.to(torch.promote_types(values.dtype, torch.float32))   # half precision: mapped in float32
+        return target_units(values, mean, std)
 
     def reported_loss(self, scores: Any, targets: Any, loss: torch.Tensor) -> torch.Tensor:
         """A training batch's loss as reported (detached): in the user's units when the targets are
