@@ -236,6 +236,19 @@ def test_label_noise_on_token_ids_says_it_was_not_checked():
         [f.to_dict() for f in noise]
 
 
+
+def test_label_noise_reads_raw_image_bytes_as_pixels():
+    """Digits as uint8 images, a CNN that converts them itself: the check said "not checked ... (token
+    ids?)"; bytes are pixels, and 10 % flipped labels are found in them."""
+    from converge.doctor._sample import Sample
+    from converge.doctor.run import label_issues
+
+    sample, truth = _digits_for_noise(flipped=0.10)
+    images = Sample("train", (sample.inputs * 16).round().to(torch.uint8), sample.targets, len(sample.targets), None)
+    (finding,), flagged = label_issues(images, 10, seed=0, progress=lambda text: None)
+    assert finding.severity == "warning" and not finding.evidence.get("skipped")
+    assert len(set(flagged.tolist()) & set(truth.tolist())) >= 0.8 * len(truth)
+
 def test_diagnose_leaves_the_model_and_global_rng_alone():
     from converge.doctor import diagnose
 

@@ -195,7 +195,9 @@ def label_issues(sample: Sample, classes: int, *, seed: int, progress: Callable[
     mask = finite_rows(sample.inputs, sample.targets)
     if not isinstance(sample.inputs, torch.Tensor):
         return [dc.skipped("label_noise", "the proxy model reads one feature tensor; these inputs are several")], none
-    x, _ = dc.feature_matrix(sample.inputs[mask])
+    inputs = sample.inputs[mask]
+    # raw image bytes are pixels, not token ids: the proxy standardizes them like any numeric feature
+    x, _ = dc.feature_matrix(inputs.float() if inputs.dtype == torch.uint8 else inputs)
     labels = sample.targets[mask].cpu()
     if x is None:   # silence would read as "the labels are clean"
         return [dc.skipped("label_noise", "the proxy model reads numeric features; these inputs are not floating "
