@@ -256,3 +256,25 @@ def test_plateau_rule_in_fit_with_two_parameter_groups_and_a_non_finite_validati
     groups = checkpoint["optimizer"]["param_groups"]
     assert len(groups) == 2 and {g["weight_decay"] for g in groups} == {1e-2, 0.0}
     assert groups[0]["lr"] == groups[1]["lr"] == result.summary["final_lr"] >= 1e-3 * 0.5 ** result.summary["rollbacks"]
+
+
+def test_a_compiled_models_weights_load_into_the_plain_model_and_back(tmp_path):
+    """model() returning torch.compile(net), as the PyTorch 2 docs suggest: best.safetensors named every
+    tensor `_orig_mod.<name>`, and the plain network (served without compiling) refused it."""
+    import converge
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    result = converge.fit(torch.compile(net, backend="eager"), (x[:80], y[:80]), (x[80:], y[80:]),
+                          out=tmp_path / "run", max_epochs=2, optimizer="adamw", lr=1e-2, batch_size=16, verbose=False)
+    state = converge.load_weights(tmp_path / "run" / "best.safetensors")
+    assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    converge.load_weights(tmp_path / "run" / "best.safetensors", plain)
+    compiled = torch.compile(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), backend="eager")
+    converge.load_weights(tmp_path / "run" / "best.safetensors", compiled)
+    with torch.no_grad():
+        assert torch.equal(plain(x), compiled(x)) and torch.allclose(plain(x), result.model(x))
