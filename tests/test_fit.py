@@ -278,3 +278,67 @@ def test_a_compiled_models_weights_load_into_the_plain_model_and_back(tmp_path):
     converge.load_weights(tmp_path / "run" / "best.safetensors", compiled)
     with torch.no_grad():
         assert torch.equal(plain(x), compiled(x)) and torch.allclose(plain(x), result.model(x))
+
+
+# --- targets not measured (NaN) under a loss that masks them ------------------------------------------------
+def _labs(n=400, seed=0, missing=0.3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = torch.tanh(x @ torch.randn(6, 3, generator=g)) + 0.1 * torch.randn(n, 3, generator=g)
+    y[torch.rand(n, 3, generator=g) < missing] = float("nan")
+    return (x[:300], y[:300]), (x[300:], y[300:])
+
+
+def masked_mse(pred, target):
+    measured = ~torch.isnan(target)
+    return ((pred - torch.nan_to_num(target)) ** 2)[measured].mean()
+
+
+def test_targets_not_measured_train_under_a_loss_that_masks_them():
+    """Three lab values per patient, 30 % not measured (NaN), the user's loss averaging over the measured
+    ones: converge refused the task ("clean or impute them first"). R² leaves the missing values out."""
+    from converge.engine.metrics import R2Score
+
+    train, val = _labs()
+    torch.manual_seed(0)
+    result = converge.fit(nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3)), train, val, val,
+                          loss=masked_mse, max_epochs=5, optimizer="adamw", lr=1e-2, batch_size=32, verbose=False)
+    assert math.isfinite(result.summary["best"]["val_loss"]) and math.isfinite(result.summary["test"]["r2"])
+    with torch.no_grad():
+        predicted = result.model(val[0])
+    by_hand = []
+    for column in range(3):
+        known = ~torch.isnan(val[1][:, column])
+        y, p = val[1][known, column].double(), predicted[known, column].double()
+        by_hand.append(1 - float(((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum()))
+    assert result.summary["test"]["r2"] == pytest.approx(sum(by_hand) / 3, abs=1e-4)
+    metric = R2Score()
+    metric.update(predicted, val[1])
+    assert float(metric.compute()) == pytest.approx(sum(by_hand) / 3, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss, says", [
+    (None, "give a loss of your own that masks them"),                       # the inferred MSE cannot
+    (nn.functional.mse_loss, "mask them in the loss"),                       # a loss that reads them: NaN
+], ids=["inferred-loss", "own-loss-unmasked"])
+def test_targets_not_measured_need_a_loss_that_masks_them(loss, says):
+    train, val = _labs()
+    with pytest.raises(converge.ConvergeError, match=says):
+        converge.fit(nn.Linear(6, 3), train, val, loss=loss, max_epochs=1, verbose=False)
+
+
+def test_infinite_targets_are_refused_whatever_the_loss():
+    train, val = _labs(missing=0.0)
+    train[1][0, 0] = float("inf")
+    with pytest.raises(converge.ConvergeError, match="NaN or Inf"):
+        converge.fit(nn.Linear(6, 3), train, val, loss=masked_mse, max_epochs=1, verbose=False)
+
+
+def test_the_doctor_reads_masked_missing_targets_as_information():
+    from converge.doctor.run import diagnose
+
+    train, val = _labs()
+    codes = {f.code: f for f in diagnose(nn.Linear(6, 3), train, val, loss=masked_mse, cheap=True)}
+    assert codes["nonfinite_values"].severity == "info" and "masks" in codes["nonfinite_values"].message
+    unmasked = {f.code: f for f in diagnose(nn.Linear(6, 3), train, val, cheap=True)}
+    assert unmasked["nonfinite_values"].severity == "error"

@@ -79,7 +79,7 @@ def fit(model: nn.Module, train: Any, val: Any, test: Any = None, *,
                          steps_per_epoch=steps_per_epoch, guard=guard, max_rollbacks=max_rollbacks,
                          tensorboard=tensorboard, mlflow=mlflow, standardize=standardize)
     splits = make_splits(train, val, test, config.num_workers, target_key=target_key,
-                         steps_per_epoch=config.steps_per_epoch)
+                         steps_per_epoch=config.steps_per_epoch, missing_targets=loss is not None)
     if resume and out is None:
         raise ConvergeError("resume=True needs the run folder: pass out=...")
     held = RunFolder.open_existing(out, lock=writes_run_folder()) \

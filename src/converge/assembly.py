@@ -324,7 +324,8 @@ def build_task(task: Task, config: TrainConfig, task_args: dict | None = None) -
     seed_everything(config.seed)
     model = task.build_model(**task_args["model"])
     splits = make_splits(*task.build_data(**task_args["data"]), num_workers=config.num_workers,
-                         target_key=task.target_key, steps_per_epoch=config.steps_per_epoch)
+                         target_key=task.target_key, steps_per_epoch=config.steps_per_epoch,
+                         missing_targets=task.loss is not None)
     return model, splits, task_args
 
 

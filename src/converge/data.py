@@ -95,11 +95,18 @@ def _prepare_targets(targets: torch.Tensor) -> torch.Tensor:
     return targets.long()
 
 
-def check_finite(tensor: Any, what: str) -> None:
+def check_finite(tensor: Any, what: str, *, missing: bool = False, targets: bool = False) -> None:
+    """Raise on NaN or Inf values; with ``missing``, NaN passes (a target not measured, which the task's own
+    loss masks: `converge.engine.objective.check_missing_targets` then asks the loss). ``targets``: the
+    message names that way out for NaN targets."""
     for part in tensors_of(tensor):
         if part.dtype.is_floating_point and part.numel() and not bool(torch.isfinite(part).all()):
+            nan_only = not bool(torch.isinf(part).any())
+            if missing and nan_only:
+                continue
             bad = int((~torch.isfinite(part)).sum())
-            raise ConvergeError(f"{what} contain {bad} NaN or Inf value(s); clean or impute them first")
+            way_out = ", or give a loss of your own that masks them (missing targets)" if targets and nan_only else ""
+            raise ConvergeError(f"{what} contain {bad} NaN or Inf value(s); clean or impute them first{way_out}")
 
 
 def _several_inputs(value: Any, n: int) -> bool:
@@ -358,9 +365,11 @@ def split_batch(batch: Any, name: str, target_key: str = TARGET_KEY):
 
 # --- checking what was handed over ----------------------------------------------------------------------
 def make_split(data: Any, name: str, num_workers: int = 0, *, target_key: str = TARGET_KEY,
-               steps_per_epoch: int | None = None, check_values: bool = True) -> TensorSplit | LoaderSplit:
+               steps_per_epoch: int | None = None, check_values: bool = True,
+               missing_targets: bool = False) -> TensorSplit | LoaderSplit:
     """Check one split as handed over and wrap it. ``check_values`` False lets NaN and Inf through (the
-    doctor reports them instead)."""
+    doctor reports them instead); ``missing_targets`` lets NaN targets through (the task has a loss of its
+    own, which may mask them: `converge.engine.objective.check_missing_targets` asks it)."""
     if data is None:
         raise ConvergeError(f"the {name} split is missing (got None)")
     if isinstance(data, (DataLoader, Dataset)):
@@ -370,14 +379,15 @@ def make_split(data: Any, name: str, num_workers: int = 0, *, target_key: str = 
             raise ConvergeError(f"the {name} split is a dict without a {target_key!r} entry (keys: "
                                 f"{', '.join(map(str, data))}); set `target_key` in the task")
         inputs = {k: v for k, v in data.items() if k != target_key}
-        return _tensor_split(inputs, data[target_key], name, check_values)
+        return _tensor_split(inputs, data[target_key], name, check_values, missing_targets)
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return _tensor_split(data[0], data[1], name, check_values)
+        return _tensor_split(data[0], data[1], name, check_values, missing_targets)
     raise ConvergeError(f"the {name} split must be an (inputs, targets) pair, a dict of tensors, a Dataset or a "
                         f"DataLoader, got {type(data).__name__}")
 
 
-def _tensor_split(inputs: Any, targets: Any, name: str, check_values: bool = True) -> TensorSplit:
+def _tensor_split(inputs: Any, targets: Any, name: str, check_values: bool = True,
+                  missing_targets: bool = False) -> TensorSplit:
     targets = _prepare_targets(_as_tensor(targets, name, "targets"))
     if targets.ndim == 0 or (isinstance(inputs, (torch.Tensor, np.ndarray)) and inputs.ndim == 0):
         raise ConvergeError(f"{name} inputs and targets must have a sample dimension, got shapes "
@@ -399,7 +409,7 @@ def _tensor_split(inputs: Any, targets: Any, name: str, check_values: bool = Tru
         raise ConvergeError(f"the {name} split is empty")
     if check_values:
         check_finite(inputs, f"{name} inputs")
-        check_finite(targets, f"{name} targets")
+        check_finite(targets, f"{name} targets", missing=missing_targets, targets=True)
     return TensorSplit(inputs, targets, name)
 
 
@@ -429,8 +439,8 @@ def _loader_split(data, name: str, num_workers: int, target_key: str, steps_per_
 
 
 def make_splits(train: Any, val: Any, test: Any = None, num_workers: int = 0, *, target_key: str = TARGET_KEY,
-                steps_per_epoch: int | None = None) -> dict:
-    options = dict(target_key=target_key)
+                steps_per_epoch: int | None = None, missing_targets: bool = False) -> dict:
+    options = dict(target_key=target_key, missing_targets=missing_targets)
     splits = {"train": make_split(train, "train", num_workers, steps_per_epoch=steps_per_epoch, **options),
               "val": make_split(val, "val", num_workers, **options)}
     if test is not None:

@@ -255,6 +255,8 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
         findings = data_findings(samples, kind, objective.ignore_index if objective is not None else ignore_index,
                                  **_the_tasks_own(loss, metrics, monitor))
         findings += problems
+        if objective is not None and not (objective.inferred or objective.model_loss):
+            findings = [_masked_targets(f) if f.code == "nonfinite_values" else f for f in findings]
         target_scale = unscaled_targets(splits, objective, loss)
         findings += target_scale
         train = samples["train"]
@@ -278,6 +280,18 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
     finally:
         restore_rng(saved)
     return ranked(findings), objective
+
+
+def _masked_targets(finding: Finding) -> Finding:
+    """NaN targets alone (no Inf, no input), under a loss of the task's own that is finite on rows holding
+    them (resolving the objective asked it): values not measured, which the loss masks, and training takes."""
+    counts = finding.evidence
+    if not counts or any(not key.endswith("_targets") or value.get("inf") for key, value in counts.items()):
+        return finding
+    where = ", ".join(f"{key.replace('_', ' ')} ({value['nan']})" for key, value in counts.items())
+    return replace(finding, severity="info", fix="",
+                   message=f"missing targets (NaN) in {where}, which the task's own loss masks: it is finite on "
+                           f"rows that hold them, so training takes them")
 
 
 _ON_INPUTS = ("init_loss_off", "vanishing_gradients", "exploding_gradients", "dead_units")

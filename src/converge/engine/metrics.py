@@ -153,7 +153,8 @@ class R2Score(OneBatchValue):
     own column means (scikit-learn's ``r2_score``), averaged over the columns (``column=None``) or of one
     column. Unit-free, so it reads the same for a price in dollars and a count of days, where the MSE of
     several columns is that of the largest. Columns whose targets are constant on the split are left out
-    (their R2 is undefined); none left: NaN. Sums are kept per column in float64 on the device."""
+    (their R2 is undefined); none left: NaN. Missing targets (NaN) are left out of their column's sums.
+    Sums are kept per column in float64 on the device."""
 
     STATE = "sums"
 
@@ -167,7 +168,10 @@ class R2Score(OneBatchValue):
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         y = targets.reshape(len(targets), -1).double()
         predicted = outputs.reshape(y.shape).double()
-        batch = torch.stack([torch.full_like(y[0], len(y)), y.sum(0), y.pow(2).sum(0), (y - predicted).pow(2).sum(0)])
+        # a target not measured (NaN, which the task's own loss masks) counts in no sum of its column
+        known = ~torch.isnan(y)
+        y, errors = y.where(known, 0.0), (y - predicted).where(known, 0.0)
+        batch = torch.stack([known.sum(0).double(), y.sum(0), y.pow(2).sum(0), errors.pow(2).sum(0)])
         self.sums = batch if self.sums is None else self.sums + batch
 
     def compute(self) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converge.data import LoaderSplit, TensorSplit
+from converge.data import LoaderSplit, TensorSplit, map_tensors
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
@@ -396,7 +396,38 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
         if name == "loss" or not name.isidentifier():
             raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
     check_metrics(metrics, scores, targets)
-    return replace(objective, metric_fns=metric_fns)
+    objective = replace(objective, metric_fns=metric_fns)
+    check_missing_targets(model, splits, objective, amp=amp, device=device)
+    return objective
+
+
+def check_missing_targets(model: nn.Module, splits: dict, objective: Objective, *, amp: str,
+                          device: torch.device) -> None:
+    """NaN targets in memory (values not measured: a lab test not taken, one of several tasks not labelled)
+    train only under a loss of the task's own that masks them: its value on rows that hold them must be
+    finite. Otherwise the one-line error says what to do."""
+    for name, split in splits.items():
+        targets = getattr(split, "targets", None)
+        if not isinstance(targets, torch.Tensor) or not targets.dtype.is_floating_point:
+            continue
+        missing = torch.isnan(targets.reshape(len(targets), -1)).any(dim=1)
+        count = int(torch.isnan(targets).sum())
+        if not count:
+            continue
+        if objective.inferred or objective.model_loss:
+            raise ConvergeError(f"{name} targets contain {count} NaN value(s); clean or impute them first, or give "
+                                f"a loss of your own that masks them (missing targets)")
+        rows = torch.nonzero(missing).reshape(-1)[:32]
+        inputs = map_tensors(lambda t: t[rows.to(t.device)], split.inputs)
+        outputs = _probe(model, _to(inputs, device), amp, device)
+        with torch.no_grad():
+            value = objective.loss_fn(outputs if objective.loss_on_outputs else scores_of(outputs),
+                                      _to(targets[rows.to(targets.device)], device))
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1 and bool(torch.isfinite(value))):
+            raise ConvergeError(f"{name} targets contain {count} NaN value(s), and the task's loss gives "
+                                f"{float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value} "
+                                f"on rows that hold them; mask them in the loss (measured = ~torch.isnan(target)) "
+                                f"or impute them")
 
 
 def check_metrics(metrics: dict[str, Callable], scores, targets) -> None:

@@ -321,7 +321,8 @@ class _Worker:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # converge prints one line per trial itself
         seed_everything(self.base.seed)
         train = make_splits(*self.task.build_data(), target_key=self.task.target_key,
-                            steps_per_epoch=self.base.steps_per_epoch).get("train")
+                            steps_per_epoch=self.base.steps_per_epoch,
+                            missing_targets=self.task.loss is not None).get("train")
         # A stream has no size to cap the batch by: every size is a choice.
         self.batch_sizes = list(BATCH_SIZES) if getattr(train, "stream", False) else batch_choices(len(train))
         self._check_search_space()
