@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -146,16 +146,28 @@ def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, st
     layer = model if name == "(model)" else model.get_submodule(name)
     if not _absorbs(layer, mean.numel()):
         return None
+    standardized = standardize(probe, mean.to(probe.dtype), std.to(probe.dtype))
+    return name if _fold_matches(model, layer, mean, std, 0, lambda: model(standardized), lambda: model(probe),
+                                 tolerance) else None
+
+
+@torch.no_grad()
+def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: torch.Tensor, offset: int,
+                  on_standardized: Callable[[], Any], on_raw: Callable[[], Any], tolerance: float) -> bool:
+    """Whether, with the standardization folded into ``layer`` (from input column ``offset``), the model on
+    raw inputs (``on_raw``) gives what it gives on standardized ones (``on_standardized``): largest
+    difference at most ``tolerance`` x (largest output + 1). The layer's parameters and every module's
+    train/eval mode are put back."""
     modes = {module: module.training for module in model.modules()}
     saved = {key: value.detach().clone() for key, value in layer.named_parameters(recurse=False)}
     had_bias = not isinstance(layer, nn.Linear) or layer.bias is not None
     model.eval()
     try:
-        expected = model(standardize(probe, mean.to(probe.dtype), std.to(probe.dtype)))
-        _fold_into(layer, mean, std)
-        folded = model(probe)
+        expected = on_standardized()
+        _fold_into(layer, mean, std, offset)
+        folded = on_raw()
     except Exception:   # a model whose output is not one tensor: not judged, not folded  # noqa: BLE001
-        return None
+        return False
     finally:
         for key, value in saved.items():
             getattr(layer, key).copy_(value)
@@ -165,9 +177,9 @@ def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, st
             module.training = training
     if not isinstance(expected, torch.Tensor) or not isinstance(folded, torch.Tensor) or \
             expected.shape != folded.shape or not bool(torch.isfinite(expected).all()):
-        return None
+        return False
     gap = float((folded.float() - expected.float()).abs().max()) if expected.numel() else 0.0
-    return name if gap <= tolerance * (float(expected.float().abs().max()) + 1.0) else None
+    return gap <= tolerance * (float(expected.float().abs().max()) + 1.0)
 
 
 def _first_reader_called(model: nn.Module, probe: torch.Tensor) -> str | None:
@@ -255,28 +267,9 @@ def foldable_part(model: nn.Module, probe: Any, key, mean: torch.Tensor, std: to
         return None
     name, offset = seen[0]
     layer = model if name == "(model)" else model.get_submodule(name)
-    modes = {module: module.training for module in model.modules()}
-    saved = {k: v.detach().clone() for k, v in layer.named_parameters(recurse=False)}
-    had_bias = layer.bias is not None
-    model.eval()
-    try:
-        expected = _call(model, with_part(probe, key, standardize(part, mean.to(part.dtype), std.to(part.dtype))))
-        _fold_into(layer, mean, std, offset)
-        folded = _call(model, probe)
-    except Exception:   # noqa: BLE001 -- outputs that are not one tensor: not judged, not folded
-        return None
-    finally:
-        for k, value in saved.items():
-            getattr(layer, k).copy_(value)
-        if not had_bias:
-            layer.bias = None
-        for module, training in modes.items():
-            module.training = training
-    if not isinstance(expected, torch.Tensor) or not isinstance(folded, torch.Tensor) or \
-            expected.shape != folded.shape or not bool(torch.isfinite(expected).all()):
-        return None
-    gap = float((folded.float() - expected.float()).abs().max()) if expected.numel() else 0.0
-    return (name, offset) if gap <= tolerance * (float(expected.float().abs().max()) + 1.0) else None
+    standardized = with_part(probe, key, standardize(part, mean.to(part.dtype), std.to(part.dtype)))
+    return (name, offset) if _fold_matches(model, layer, mean, std, offset, lambda: _call(model, standardized),
+                                           lambda: _call(model, probe), tolerance) else None
 
 
 @contextmanager
