@@ -258,3 +258,8 @@ def test_an_embedding_trained_with_a_triplet_loss_reports_no_accuracy():
     embedding = resolve(triplet)
     assert embedding.metric_fns == {} and "no accuracy" in embedding.description
     assert "accuracy" in resolve(lambda o, t: F.cross_entropy(o, t)).metric_fns
+    imbalanced = torch.where(torch.arange(60) % 6 == 0, 1, 0)   # 5x more of class 0: no balanced accuracy either
+    splits["train"] = TensorSplit(x[:40], imbalanced[:40], "train")
+    splits["val"] = TensorSplit(x[40:], imbalanced[40:], "val")
+    assert resolve(triplet).metric_fns == {}
+    assert "balanced_accuracy" in resolve(lambda o, t: F.cross_entropy(o, t)).metric_fns

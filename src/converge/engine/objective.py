@@ -457,6 +457,8 @@ def imbalance_metrics(objective: Objective, train) -> dict[str, Callable]:
     if targets is None or objective.kind not in ("classification", "binary"):
         return {}
     accuracy_fn = objective.metric_fns.get("accuracy")
+    if accuracy_fn is None:   # no prediction to count (outputs that are not class scores to the loss)
+        return {}
     threshold = accuracy_fn.threshold if isinstance(accuracy_fn, ThresholdAccuracy) else None
     if objective.kind == "binary" and threshold is None:
         return {}
