@@ -342,3 +342,71 @@ def test_the_doctor_reads_masked_missing_targets_as_information():
     assert codes["nonfinite_values"].severity == "info" and "masks" in codes["nonfinite_values"].message
     unmasked = {f.code: f for f in diagnose(nn.Linear(6, 3), train, val, cheap=True)}
     assert unmasked["nonfinite_values"].severity == "error"
+
+
+# --- batches whose inputs are not one row per sample (nn.EmbeddingBag with offsets) ---------------------------
+class _Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(50, 8)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, text, offsets):
+        return self.fc(self.embedding(text, offsets))
+
+
+def _bag_loader(n, seed, shuffle):
+    """The PyTorch text tutorial's batches: ((token ids of the batch concatenated, offsets), labels)."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for _ in range(n):
+        label = int(torch.randint(0, 2, (1,), generator=g))
+        length = int(torch.randint(3, 12, (1,), generator=g))
+        items.append((torch.randint(label * 25, label * 25 + 25, (length,), generator=g), label))
+
+    def collate(batch):
+        texts = [text for text, _ in batch]
+        offsets = torch.tensor([0] + [len(t) for t in texts[:-1]]).cumsum(0)
+        return (torch.cat(texts), offsets), torch.tensor([label for _, label in batch])
+
+    return DataLoader(items, batch_size=16, shuffle=shuffle, collate_fn=collate)
+
+
+def test_embedding_bag_batches_are_never_cut():
+    """converge train refused the PyTorch text tutorial's model: the doctor's sample and the probe cut every
+    input tensor to the first rows, and offsets then pointed past the cut token ids."""
+    from converge.data import first_rows
+    from converge.doctor.run import diagnose
+
+    (text, offsets), labels = next(iter(_bag_loader(40, 0, False)))
+    assert first_rows((text, offsets), labels, 4)[0][0] is text          # not one row per sample: whole
+    x, y = torch.zeros(10, 3), torch.zeros(10)
+    assert first_rows(x, y, 4)[0].shape[0] == 4 and first_rows(x, y, 4)[1].shape[0] == 4
+    findings = diagnose(_Bag(), _bag_loader(200, 0, True), _bag_loader(60, 1, False))
+    assert not [f for f in findings if f.severity == "error"], [f.to_dict() for f in findings]
+
+
+BAG_TASK = """
+import sys
+sys.path.insert(0, {here!r})
+from test_fit import _Bag, _bag_loader
+
+
+def model():
+    return _Bag()
+
+
+def data():
+    return _bag_loader(200, 0, True), _bag_loader(60, 1, False)
+"""
+
+
+def test_converge_train_takes_the_text_tutorials_embedding_bag(tmp_path):
+    """The whole command (its doctor's checks first): it stopped with "offsets[-1] can not be greater than
+    input's length" before."""
+    from converge.api import train_task
+
+    task = tmp_path / "bag.py"
+    task.write_text(BAG_TASK.format(here=str(Path(__file__).parent)))
+    result = train_task(task, out=tmp_path / "run", max_epochs=3, verbose=False, optimizer="adamw", lr=1e-2)
+    assert result.summary["best"]["val_accuracy"] > 0.8

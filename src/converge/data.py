@@ -41,6 +41,22 @@ def _shuffle_seed(seed: int) -> int:
 
 
 # --- structures of tensors -------------------------------------------------------------------------------
+def one_row_per_sample(inputs: Any, targets: Any) -> bool:
+    """Whether every input tensor of a batch holds one row per sample, as its targets do. An nn.EmbeddingBag's
+    inputs do not: the token ids of the whole batch, concatenated, and the offset where each text starts
+    (the PyTorch text tutorial's batches)."""
+    samples = [t.shape[0] for t in tensors_of(targets) if t.ndim]
+    return not samples or all(t.ndim and t.shape[0] == samples[0] for t in tensors_of(inputs))
+
+
+def first_rows(inputs: Any, targets: Any, rows: int) -> tuple[Any, Any]:
+    """The first ``rows`` samples of a batch; a batch whose inputs are not one row per sample cannot be cut,
+    and comes whole."""
+    if not one_row_per_sample(inputs, targets):
+        return inputs, targets
+    return map_tensors(lambda t: t[:rows], inputs), map_tensors(lambda t: t[:rows], targets)
+
+
 def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
     """``fn`` applied to every tensor of a tensor, tuple/list or dict of them (other values kept)."""
     if isinstance(value, torch.Tensor):
@@ -156,7 +172,7 @@ class TensorSplit:
             yield map_tensors(lambda t: t[lo:hi], inputs), map_tensors(lambda t: t[lo:hi], targets)
 
     def probe(self, size: int) -> tuple[Any, Any]:
-        return map_tensors(lambda t: t[:size], self.inputs), map_tensors(lambda t: t[:size], self.targets)
+        return first_rows(self.inputs, self.targets, size)
 
 
 def _keep_remainder(remainder: int, train: bool) -> int:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from converge.data import TARGET_KEY, LoaderSplit, TensorSplit, _prepare_targets, make_split, map_tensors, tensors_of
+from converge.data import (TARGET_KEY, LoaderSplit, TensorSplit, _prepare_targets, first_rows, make_split,
+                           map_tensors, one_row_per_sample, tensors_of)
 from converge.errors import ConvergeError
 from converge.doctor.thresholds import MAX_ROWS
 
@@ -83,13 +84,14 @@ def _read(split: LoaderSplit, max_rows: int) -> Sample:
     if not targets:
         raise ConvergeError(f"the {split.name} split is empty")
     try:
-        x, y = _concat(inputs), _concat(targets)
+        # inputs that are not one row per sample (token ids of a batch concatenated, with offsets) are one
+        # batch that cannot be joined with others or cut: the first is kept as it is
+        x, y = (_concat(inputs), _concat(targets)) if one_row_per_sample(inputs[0], targets[0]) else \
+            (inputs[0], targets[0])
     except (RuntimeError, TypeError):   # batches of different widths (padded per batch): keep the first
         x, y = inputs[0], targets[0]
-    cut = (lambda t: t[:max_rows])
-    y = map_tensors(cut, y)
-    return Sample(split.name, map_tensors(cut, x), _prepare_targets(y) if isinstance(y, torch.Tensor) else y,
-                  None, None)
+    x, y = first_rows(x, y, max_rows)
+    return Sample(split.name, x, _prepare_targets(y) if isinstance(y, torch.Tensor) else y, None, None)
 
 
 def _concat(parts: list) -> Any:

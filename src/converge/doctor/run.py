@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from converge.data import TARGET_KEY, TensorSplit, is_classification, map_tensors, tensors_of
+from converge.data import TARGET_KEY, TensorSplit, first_rows, is_classification, map_tensors, tensors_of
 from converge.doctor import data_checks as dc
 from converge.doctor import model_checks as mc
 from converge.doctor import thresholds as T
@@ -137,14 +137,13 @@ def model_findings(model: nn.Module, splits: dict, objective: Objective, *, chea
     if not cheap:
         progress(f"doctor: fitting one batch of {min(T.OVERFIT_BATCH, len(targets))} samples")
         seed_everything(seed)
-        batch = map_tensors(lambda t: t[:T.OVERFIT_BATCH], inputs)
+        batch, batch_targets = first_rows(inputs, targets, T.OVERFIT_BATCH)
         layout = default_layout(batch)
         if layout is not None:
             # what training standardizes by default is fitted standardized: this check asks for bugs and
             # capacity; the inputs' scale is unscaled_features' question (raw diabetes, std 0.05, failed it
             # within 200 steps)
             batch = standardize(batch, *standardization(batch, per_position=layout == "matrix"))
-        batch_targets = map_tensors(lambda t: t[:T.OVERFIT_BATCH], targets)
         if scale_targets and isinstance(batch_targets, torch.Tensor):
             # the same for regression targets that `unscaled_targets` flags: on a price in dollars (std 2e5)
             # the mean-squared error stayed at its start for 200 Adam steps, a capacity "error" training
