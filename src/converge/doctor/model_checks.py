@@ -47,6 +47,38 @@ def expected_init_loss(kind: str, targets: torch.Tensor, outputs: torch.Tensor,
     return None
 
 
+@torch.no_grad()
+def probabilities_into_cross_entropy(model: nn.Module, inputs, class_dim: int | None) -> list[Finding]:
+    """A model whose class scores are already probabilities (each in [0, 1], each row summing to 1: it ends
+    in a softmax) trained with a cross-entropy, which applies a softmax of its own. Its outputs then move
+    within [0, 1] as logits: the loss cannot fall below about 1.46 for 10 classes, and the model is
+    confidently right on nothing (digits: accuracy 0.885 against 0.97 without the softmax, where the run's
+    verdict said `underfitting` and advised a larger model). ``class_dim``: where the class scores are."""
+    was_training = model.training
+    model.eval()
+    try:
+        scores = forward(model, inputs)
+    except Exception:   # noqa: BLE001 -- the other checks report a model that fails
+        return []
+    finally:
+        model.train(was_training)
+    if not isinstance(scores, torch.Tensor) or not scores.dtype.is_floating_point or scores.ndim < 2 or \
+            class_dim is None or scores.shape[class_dim] < 2 or not bool(torch.isfinite(scores).all()):
+        return []
+    scores = scores.float()
+    sums = scores.sum(dim=class_dim)
+    if not (bool((scores >= 0).all()) and bool((scores <= 1).all()) and bool(((sums - 1).abs() < 1e-3).all())):
+        return []
+    return [Finding("probabilities_into_cross_entropy", "error",
+                    "the model's outputs are already probabilities (each row sums to 1: it ends in a softmax), and "
+                    "the cross-entropy applies a softmax of its own: the loss cannot get near 0 and the model "
+                    "learns slowly and badly",
+                    {"row_sum_min": rounded(float(sums.min())), "row_sum_max": rounded(float(sums.max())),
+                     "classes": int(scores.shape[class_dim])},
+                    "remove the final nn.Softmax (nn.CrossEntropyLoss takes raw scores, logits), or end in "
+                    "nn.LogSoftmax with nn.NLLLoss; take a softmax of the outputs when you want probabilities")]
+
+
 def init_loss_off(model: nn.Module, inputs, targets, loss_fn: Callable, kind: str, *, classes: int | None = None,
                   ratio: float = T.INIT_LOSS_RATIO) -> list[Finding]:
     """The loss at initialisation, against its expected value (for a loss whose expected value is known:

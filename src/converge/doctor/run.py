@@ -21,7 +21,7 @@ from converge.doctor._sample import Sample, sample_of, sample_split
 from converge.doctor.label_noise import find_label_issues, label_noise_finding, out_of_sample_probs, proxy_error
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.engine.objective import Objective, recognize_loss, resolve_objective
+from converge.engine.objective import Objective, loss_family, recognize_loss, resolve_objective
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.standardize import (default_layout, foldable_last_layer, foldable_layer, foldable_part,
@@ -122,11 +122,15 @@ def resolve(model: nn.Module, samples: dict[str, Sample], loss, metrics, device,
 
 
 def model_findings(model: nn.Module, splits: dict, objective: Objective, *, cheap: bool, seed: int,
-                   progress: Callable[[str], None], scale_targets: bool = False) -> list[Finding]:
+                   progress: Callable[[str], None], scale_targets: bool = False,
+                   cross_entropy: bool = False) -> list[Finding]:
     """The model checks on one batch; with ``cheap=False`` also the overfit-one-batch check, which fits a
-    feature matrix, and with ``scale_targets`` regression targets, standardized."""
+    feature matrix, and with ``scale_targets`` regression targets, standardized. ``cross_entropy``: the loss
+    is a cross-entropy on logits (inferred, or the task's standard one)."""
     inputs, targets = splits["train"].probe(T.MODEL_BATCH)
     loss_fn, findings = objective, []   # the objective computes a batch's loss the way training will
+    if cross_entropy and objective.kind in ("classification", "sequence") and not objective.loss_on_outputs:
+        findings += mc.probabilities_into_cross_entropy(model, inputs, objective.class_dim)
     if objective.known_loss:
         findings += mc.init_loss_off(model, inputs, targets, loss_fn, objective.kind, classes=objective.classes)
     else:
@@ -267,8 +271,10 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
             scaled = [f for f in findings if f.code == "unscaled_features"]
             trained_on, said = _as_trained(model_copy, splits, inputs=bool(scaled), targets=bool(target_scale)) \
                 if like_training else (splits, "")
+            cross_entropy = objective.inferred if loss is None else loss_family(loss) == "cross_entropy"
             model_found = model_findings(model_copy, trained_on, objective, cheap=cheap, seed=seed,
-                                         progress=progress, scale_targets=bool(target_scale))
+                                         progress=progress, scale_targets=bool(target_scale),
+                                         cross_entropy=cross_entropy)
             findings += [replace(f, evidence={**f.evidence, "judged_on": said}) if said and f.code in _ON_INPUTS
                          else f for f in model_found]
             if not cheap and kind in ("classification", "binary"):
