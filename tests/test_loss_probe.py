@@ -263,3 +263,17 @@ def test_an_embedding_trained_with_a_triplet_loss_reports_no_accuracy():
     splits["val"] = TensorSplit(x[40:], imbalanced[40:], "val")
     assert resolve(triplet).metric_fns == {}
     assert "balanced_accuracy" in resolve(lambda o, t: F.cross_entropy(o, t)).metric_fns
+
+
+def test_a_margin_loss_on_minus_one_plus_one_labels_does_not_predict_its_targets():
+    """A hinge loss on labels -1 / +1 (an SVM course's habit): its outputs are scores, and R² on them was
+    reported as -102."""
+    labels = torch.tensor([-1.0, 1.0] * 20)
+    scores = torch.randn(40, 1)
+
+    def hinge(score, y):
+        return torch.clamp(1 - y * score.squeeze(1), min=0).mean()
+
+    assert not predicts_targets(hinge, scores, labels)
+    assert predicts_targets(lambda o, y: F.l1_loss(o.squeeze(1), y), scores, labels)
+    assert predicts_targets(lambda o, y: F.huber_loss(o.squeeze(1), y), scores, labels)

@@ -185,8 +185,9 @@ def binary_link(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> 
 
 def predicts_targets(loss: Callable, scores: torch.Tensor, targets: torch.Tensor) -> bool:
     """Whether ``loss`` is smallest where the outputs equal the float targets (as many values as ``scores``):
-    moving them away by half the targets' spread, up, down or at random per value, costs more. Then the
-    outputs are predictions in the targets' units and a regression metric can compare the two."""
+    moving them away by half the targets' spread, up, down or at random per value, or out to 1.5 times the
+    targets, costs more. Then the outputs are predictions in the targets' units and a regression metric can
+    compare the two."""
     if not isinstance(scores, torch.Tensor) or not isinstance(targets, torch.Tensor) or \
             scores.numel() != targets.numel() or not scores.dtype.is_floating_point or \
             not targets.dtype.is_floating_point or targets.numel() < 2:
@@ -198,6 +199,8 @@ def predicts_targets(loss: Callable, scores: torch.Tensor, targets: torch.Tensor
     at = _loss_at(loss, exact, targets)
     if not math.isfinite(at):
         return False
+    # ... and 1.5 times the targets: a margin loss on labels -1 / +1 (a hinge) is as pleased there as at the
+    # targets, since its outputs are scores, not predictions (R² -102 was reported for one)
     away = [_loss_at(loss, exact + step, targets), _loss_at(loss, exact - step, targets),
-            _loss_at(loss, exact + step * noise, targets)]
+            _loss_at(loss, exact + step * noise, targets), _loss_at(loss, exact * 1.5, targets)]
     return all(math.isfinite(value) and value - at > READ_CHANGE * max(abs(at), abs(value)) for value in away)
