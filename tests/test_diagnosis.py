@@ -211,5 +211,7 @@ def test_a_negative_loss_that_overfits_says_from_where_to_where():
     assert overfit["evidence"]["val_rise"] == pytest.approx(0.53 / 0.81, abs=1e-4)      # of 0.38 - (-0.43)
     assert overfit["evidence"]["train_fall"] == pytest.approx(0.18 / 0.93, abs=1e-4)    # of 0.38 - (-0.55)
     assert "measured_as" in overfit["evidence"]
-    # an LR cut goes on from the weights it has, as before (restarts measured worse on such a loss)
-    assert diagnosis.overfitted_since_best(history(train, val)) is None
+    # an LR cut goes on from the best weights, as for any loss (a Gaussian NLL, 6 seeds: -0.3666 against
+    # -0.3579 going on from where it was)
+    drift = diagnosis.overfitted_since_best(history(train, val))
+    assert drift is not None and drift["val_rise"] == pytest.approx(0.53 / 0.81, abs=1e-4)
