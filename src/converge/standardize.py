@@ -202,24 +202,14 @@ def _first_reader_called(model: nn.Module, probe: torch.Tensor) -> str | None:
     return calls[0] if calls else None
 
 
-def matrix_parts(inputs: Any) -> list:
-    """The keys (positions of a tuple or list, names of a dict) of the float feature matrices [N, F] among
-    several inputs: the numeric columns beside the category ids of a tabular network. [] for one tensor."""
-    if isinstance(inputs, dict):
-        items = list(inputs.items())
-    elif isinstance(inputs, (tuple, list)):
-        items = list(enumerate(inputs))
-    else:
-        return []
-    return [key for key, value in items if default_layout(value) == "matrix"]
-
-
 def numeric_part(inputs: Any):
     """Of several inputs (a tuple, list or dict), the key of the one float feature matrix [N, F]: the numeric
     columns beside category ids, standardized by default like a feature matrix alone when the model's first
     nn.Linear reads them unchanged (`foldable_part`). None otherwise (one input tensor, or several float
     matrices: which to fold would be a guess)."""
-    parts = matrix_parts(inputs)
+    items = inputs.items() if isinstance(inputs, dict) else enumerate(inputs) if isinstance(inputs, (tuple, list)) \
+        else ()
+    parts = [key for key, value in items if default_layout(value) == "matrix"]
     return parts[0] if len(parts) == 1 else None
 
 
@@ -363,6 +353,15 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
     wanted = target_units(expected.float(), mean, std)
     gap = float((folded.float() - wanted).abs().max())
     return name if gap <= tolerance * (float(wanted.abs().max()) + 1.0) else None
+
+
+def target_standardization(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of regression targets, their plain std (no cap): per column of [N] or [N, K] targets, or per
+    K over every step of per-step targets [N, T, K] (a forecast of every hour, made by one per-step nn.Linear
+    that absorbs K statistics and not T x K). A constant column gets std 1."""
+    per_step = targets.ndim >= 3
+    return standardization(targets if per_step else targets.reshape(len(targets), -1), per_position=not per_step,
+                           max_score=None)
 
 
 def target_units(values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, inverse: bool = False

@@ -82,13 +82,10 @@ class ConvergencePolicy:
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if self.threshold_mode not in _THRESHOLD_MODES:
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {self.threshold_mode!r}")
-        for name in ("patience", "window"):
+        for name in ("patience", "window", "unlearned_factor"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.unlearned_factor, int) and not isinstance(self.unlearned_factor, bool) and
-                self.unlearned_factor >= 1):
-            raise ValueError(f"unlearned_factor must be an integer >= 1, got {self.unlearned_factor!r}")
         for name in ("cooldown", "unproductive_cuts", "start_from_epoch"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):

@@ -17,8 +17,8 @@ from converge.doctor import data_checks as dc
 from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.doctor.run import (check_all, class_labels, label_issues, matrix_columns, samples_from_splits,
-                                 unscaled_targets)
+from converge.doctor.run import (check_all, class_labels, common_numeric_part, label_issues, matrix_columns,
+                                 samples_from_splits, unscaled_targets)
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -35,8 +35,7 @@ class Prepared:
     remedies: list[rx.Remedy] = field(default_factory=list)
     standardization: tuple[torch.Tensor, torch.Tensor] | None = None
     layer: str | None = None        # the nn.Linear the standardization is folded into (None: a hook)
-    part: int | str | None = None   # of several inputs, the one standardized (None: the one input tensor)
-    offset: int = 0                 # its first column among the inputs of ``layer``
+    offset: int = 0                 # the standardized features' first column among the inputs of ``layer``
     checked: bool = False           # the quick checks ran: doctor.json is written
     explicit: bool = False          # --fix asked for the remedies (else the standardization is the default)
     unscaled: Finding | None = None  # what the standardization answers
@@ -193,8 +192,8 @@ def _not_standardized(reason: str, prepared: Prepared) -> rx.Remedy:
 def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> rx.Remedy:
     splits = prepared.splits
     train = splits["train"]
-    part = numeric_part(train)
-    if part is not None and all(numeric_part(split) == part for split in splits.values()):
+    part = common_numeric_part(splits)
+    if part is not None:
         return _standardize_part(prepared, model, part)
     in_memory = all(isinstance(s, TensorSplit) and isinstance(s.inputs, torch.Tensor) for s in splits.values())
     if not in_memory or not train.inputs.dtype.is_floating_point:
@@ -221,14 +220,22 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> 
     prepared.standardization, prepared.layer = (mean, std), layer
     export = (f"folded into layer {layer!r} of best.safetensors, which takes raw inputs" if layer else
               f"kept in {STANDARDIZE}, applied by converge.load_weights")
+    over = {"over": f"every step of the [N, {train.inputs.shape[1]}, {train.inputs.shape[2]}] sequences"} \
+        if sequences else {}
+    return _standardized(prepared, train.inputs, not sequences, features=mean.numel(), export=export, layer=layer,
+                         **over)
+
+
+def _standardized(prepared: Prepared, x: torch.Tensor, per_position: bool, **specific) -> rx.Remedy:
+    """The remedy of an applied input standardization: what is particular to it (``specific``) between what
+    every one says (who asked, the statistics' ranges, the finding it answers, how to turn it off)."""
+    mean, std = prepared.standardization
     found = prepared.unscaled
     return rx.Remedy("standardize_features", {
         "applied": True, "by": "--fix" if prepared.explicit else "default", "statistics": "training split",
-        "features": mean.numel(), "export": export, "layer": layer,
-        **({"over": f"every step of the [N, {train.inputs.shape[1]}, {train.inputs.shape[2]}] sequences"}
-           if sequences else {}),
+        **specific,
         "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())],
-        "scaled_by_range": rx.capped_features(train.inputs, mean, std, per_position=not sequences),
+        "scaled_by_range": rx.capped_features(x, mean, std, per_position=per_position),
         **({"finding": found.message} if found is not None else {}),
         **({} if prepared.explicit else {"turn_off": "converge train --no-standardize, fit(standardize=False)"})})
 
@@ -250,17 +257,11 @@ def _standardize_part(prepared: Prepared, model: nn.Module, part: int | str) -> 
     prepared.splits = {name: TensorSplit(rx.with_part(split.inputs, part, rx.standardize(split.inputs[part], mean,
                                                                                       std)), split.targets, name)
                        for name, split in splits.items()}
-    prepared.standardization, prepared.layer, prepared.part, prepared.offset = (mean, std), layer, part, offset
-    unscaled = prepared.unscaled
-    return rx.Remedy("standardize_features", {
-        "applied": True, "by": "--fix" if prepared.explicit else "default", "statistics": "training split",
-        "input": part, "features": mean.numel(), "layer": layer, "columns": [offset, offset + mean.numel()],
-        "export": f"folded into columns {offset}-{offset + mean.numel() - 1} of layer {layer!r} of "
-                  f"best.safetensors, which takes raw inputs",
-        "mean_range": [float(mean.min()), float(mean.max())], "std_range": [float(std.min()), float(std.max())],
-        "scaled_by_range": rx.capped_features(x, mean, std),
-        **({"finding": unscaled.message} if unscaled is not None else {}),
-        **({} if prepared.explicit else {"turn_off": "converge train --no-standardize, fit(standardize=False)"})})
+    prepared.standardization, prepared.layer, prepared.offset = (mean, std), layer, offset
+    return _standardized(prepared, x, True, input=part, features=mean.numel(), layer=layer,
+                         columns=[offset, offset + mean.numel()],
+                         export=f"folded into columns {offset}-{offset + mean.numel() - 1} of layer {layer!r} of "
+                                f"best.safetensors, which takes raw inputs")
 
 
 def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: Callable | None, *,
@@ -286,11 +287,8 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
         return None
     unscaled = found[0].message
     train = prepared.splits["train"]
-    # per-step targets [N, T, K] (a forecast of every hour): statistics per K over every step, as one
-    # per-step nn.Linear makes them; [N, K] (or [N]): per column
     per_step = train.targets.ndim >= 3
-    mean, std = rx.standardization(train.targets if per_step else train.targets.reshape(len(train), -1),
-                                   per_position=not per_step, max_score=None)
+    mean, std = rx.target_standardization(train.targets)
     inputs, _ = train.probe(16)
     layer = rx.foldable_last_layer(model, inputs, mean, std)
     if layer is None:

@@ -16,6 +16,7 @@ from converge.doctor import thresholds as T
 from converge.decide.findings import Finding, rounded
 from converge.engine.objective import Objective, call_model, scores_of
 from converge.engine.optim import adamw
+from converge.standardize import target_units
 
 
 def forward(model: nn.Module, inputs):
@@ -222,7 +223,7 @@ class AtTargetScale(nn.Module):
         self.register_buffer("std", std)
 
     def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs) * self.std + self.mean
+        return target_units(self.model(*args, **kwargs), self.mean, self.std)
 
 
 def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf,

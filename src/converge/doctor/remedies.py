@@ -29,7 +29,8 @@ from converge.decide.findings import Finding, severity_rank
 from converge.standardize import (MAX_STANDARD_SCORE, add_standardize_hook, capped_features,  # noqa: F401
                                   default_layout, first_linear, fold_standardization, fold_target_standardization,
                                   foldable_last_layer, foldable_layer, foldable_part, numeric_part,
-                                  standardization, standardize, target_units, with_part)
+                                  standardization, standardize, target_standardization, target_units,
+                                  with_part)
 
 
 

@@ -25,7 +25,8 @@ from converge.engine.objective import Objective, loss_family, recognize_loss, re
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.standardize import (default_layout, foldable_last_layer, foldable_layer, foldable_part,
-                                  numeric_part, standardization, standardize, with_part)
+                                  numeric_part, standardization, standardize, target_standardization,
+                                  with_part)
 
 CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "unscaled_targets", "constant_features",
                "outliers",
@@ -174,8 +175,7 @@ def _at_target_scale(model: nn.Module, batch, targets, loss_fn, failed: list[Fin
     columns = targets.reshape(len(targets), -1).double()
     if not dc.unscaled_features(columns):
         return failed
-    mean, std = (targets.mean(0), targets.std(0)) if targets.ndim == 2 else (targets.mean(), targets.std())
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    mean, std = target_standardization(targets)
     try:
         again = mc.cannot_overfit_batch(mc.AtTargetScale(copy.deepcopy(model), mean, std), batch, targets, loss_fn)
     except (RuntimeError, TypeError, ValueError):   # an output the mapping does not fit: the first answer stands
@@ -314,7 +314,7 @@ def _as_trained(model: nn.Module, splits: dict, *, inputs: bool, targets: bool) 
         return splits, ""
     train, notes = splits["train"], []
     probe = map_tensors(lambda t: t[:16], train.inputs)
-    part = _numeric_part(splits)
+    part = common_numeric_part(splits)
     x_stats = y_stats = None
     layout = default_layout(train.inputs) if inputs else None
     if layout is not None:
@@ -328,7 +328,7 @@ def _as_trained(model: nn.Module, splits: dict, *, inputs: bool, targets: bool) 
             x_stats = stats
             notes.append(f"input {part!r}")
     if targets and isinstance(train.targets, torch.Tensor):
-        stats = standardization(train.targets, per_position=train.targets.ndim < 3, max_score=None)
+        stats = target_standardization(train.targets)
         if foldable_last_layer(model, probe, *stats) is not None:
             y_stats = stats
             notes.append("regression targets")
@@ -346,8 +346,11 @@ def _as_trained(model: nn.Module, splits: dict, *, inputs: bool, targets: bool) 
                     f"by default")
 
 
-def _numeric_part(splits: dict):
-    """The key of the one float feature matrix among every split's several inputs (None: not that case)."""
+def common_numeric_part(splits: dict):
+    """The key of the one float feature matrix among every split's several inputs, the same in each (None:
+    not that case, or splits that are not in memory)."""
+    if not all(isinstance(split, TensorSplit) for split in splits.values()):
+        return None
     keys = {numeric_part(split.inputs) for split in splits.values()}
     return keys.pop() if len(keys) == 1 else None
 

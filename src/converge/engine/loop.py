@@ -430,10 +430,11 @@ class Trainer:
             self.guard.know_baseline(baseline)
         scale = baseline if baseline is not None else abs(first_train_loss)
         floor = negligible_gain(scale) if self.monitor_key == "val_loss" else 0.0   # 0 for a non-finite scale
-        if floor > self.tracker.policy.min_delta:  # the policy is checkpointed with the tracker
-            self.tracker.policy = dataclasses.replace(self.tracker.policy, min_delta=floor)
-        if baseline is not None and self.monitor_key == "val_loss" and self.tracker.policy.constant_level is None:
-            self.tracker.policy = dataclasses.replace(self.tracker.policy, constant_level=baseline)
+        policy = self.tracker.policy   # checkpointed with the tracker
+        self.tracker.policy = dataclasses.replace(
+            policy, min_delta=max(floor, policy.min_delta),
+            constant_level=baseline if policy.constant_level is None and self.monitor_key == "val_loss" else
+            policy.constant_level)
 
     def _summary(self, test: dict | None) -> dict:
         cfg = self.config
