@@ -66,7 +66,7 @@ STREAM_STEPS = 100                       # steps per "epoch" on an endless strea
 LABEL_KEYS = ("labels", "label", "targets", "target", "y")
 HIGHER_IS_BETTER = {"multiclass": True, "binary": True, "multilabel": True, "sequence": True, "regression": False}
 PRIMARY = {"multiclass": "accuracy", "binary": "accuracy", "multilabel": "exact_match",
-           "sequence": "token_accuracy", "regression": "mse"}
+           "sequence": "token_accuracy", "regression": "mse", "custom": "loss"}
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -171,8 +171,8 @@ def scores(out: Any) -> torch.Tensor:
     """The score tensor in what a model returned."""
     if hasattr(out, "logits"):
         return out.logits
-    if isinstance(out, dict):
-        return out["logits"]
+    if isinstance(out, dict):   # a dict of heads without "logits": the first head
+        return out["logits"] if "logits" in out else next(iter(out.values()))
     if isinstance(out, (tuple, list)):
         return out[0]
     return out
@@ -185,7 +185,9 @@ def _is_01(targets: torch.Tensor) -> bool:
     return targets.dtype.is_floating_point and bool(((targets == 0) | (targets == 1)).all())
 
 
-def infer_kind(outputs: torch.Tensor, targets: torch.Tensor) -> str:
+def infer_kind(outputs: torch.Tensor, targets: Any) -> str:
+    if not isinstance(targets, torch.Tensor):   # a tuple or dict of targets, one per head: the task's own loss
+        return "custom"
     if not targets.dtype.is_floating_point and targets.dtype != torch.bool:
         if targets.ndim == 2 and outputs.ndim == 3:
             return "sequence"
@@ -211,6 +213,8 @@ def inferred_loss(kind: str) -> Callable:
 @torch.no_grad()
 def batch_counts(kind: str, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Sums for one batch; divided by their counts at the end."""
+    if kind == "custom":
+        return {}
     if kind == "multiclass":
         return {"correct": float((out.argmax(dim=1) == y).sum()), "n": y.shape[0]}
     if kind == "sequence":
@@ -256,7 +260,7 @@ def evaluate(model: nn.Module, batches, loss_fn: Callable, kind: str) -> dict[st
     for batch in batches:
         inputs, y = unpack(batch)
         out = call(model, inputs)
-        n = y.shape[0]
+        n = _length(y)
         total += float(loss_fn(out, y)) * n
         seen += n
         for key, value in batch_counts(kind, scores(out), y).items():

@@ -89,7 +89,8 @@ CASES = [Case(stem, stem) for stem in (
     "binary_breast_cancer", "binary_no_loss", "multilabel", "char_lm", "tagger_own_loss", "raw_wine",
     "tiny_wide", "linear_friedman", "scaled_regression", "clean_digits", "two_input", "dict_batches",
     "raw_load_forecast", "house_two_targets", "lstm_reviews", "digits_numpy", "next_char", "pos_bigru",
-    "ner_tagger", "churn_raw", "energy_huber", "rent_mixed", "lengths_gru")]
+    "ner_tagger", "churn_raw", "energy_huber", "rent_mixed", "lengths_gru", "digit_dict_heads",
+    "digit_ink_heads")]
 CASES += [Case("hf_bert", "hf_bert", needs="transformers"), Case("stream", "stream"),
           Case("clean_digits_lr8", "clean_digits", args=("--optimizer", "sgd", "--lr", "8"))]
 CASE_BY_NAME = {case.name: case for case in CASES}
@@ -122,6 +123,11 @@ EXPECTED = {
                          why="raw numeric columns beside category embeddings; the classic loop's raw columns "
                              "regularize (16,712 against 19,332)"),
     "lengths_gru": Expect(any_of=("converged",), why="a GRU over traces packed with their lengths; learns late"),
+    "digit_dict_heads": Expect(exact=("converged",),
+                               why="raw digits, a dict of two class heads, the user's loss on both"),
+    "digit_ink_heads": Expect(exact=("converged",), reach=False,
+                              why="a class head and a raw amount head (~300) under one loss of the user's: the "
+                                  "race's 40 steps favour the arm that fits the amount's scale"),
     "stream": Expect(exact=("converged",), why="an endless IterableDataset"),
     "clean_digits_lr8": Expect(any_of=("lr_too_high", "collapsed"), reach=False,
                                why="SGD at LR 8: far too high"),

@@ -160,6 +160,57 @@ def test_several_inputs_in_memory_and_from_a_dataset():
     assert scaled.evidence["input"] == "input 0"   # the doctor checks each input on its own
 
 
+class ClassAndAmount(nn.Module):
+    """Two heads: three class scores and one amount."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.cls, self.amount = nn.Linear(3, 16), nn.Linear(16, 3), nn.Linear(16, 1)
+
+    def forward(self, image, metadata):
+        h = torch.relu(self.body(metadata))
+        return self.cls(h), self.amount(h).squeeze(-1)
+
+
+def two_heads_loss(outputs, targets):
+    scores, amount = outputs
+    if isinstance(targets, dict):
+        targets = targets["label"], targets["amount"]
+    return F.cross_entropy(scores, targets[0]) + F.mse_loss(amount, targets[1])
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict"])
+def test_targets_for_several_heads_in_memory_reach_the_loss_as_given(form):
+    """(inputs, (labels, amounts)): one target per head, as in a Dataset yielding them. They used to be
+    stacked into one [2, N] tensor and refused as "2 targets"."""
+    image, meta, y = two_inputs()
+    amount = meta[:, 1] * 2 + 1
+
+    def split(rows):
+        targets = (y[rows], amount[rows]) if form == "tuple" else {"label": y[rows], "amount": amount[rows]}
+        return (image[rows], meta[rows]), targets
+
+    train, val = split(slice(0, 300)), split(slice(300, None))
+    torch.manual_seed(0)
+    result = converge.fit(ClassAndAmount(), train, val, loss=two_heads_loss, max_epochs=30, **QUICK)
+    assert result.summary["task_kind"] == "custom"
+    model = result.model.eval()
+    with torch.no_grad():
+        best = two_heads_loss(model(image[300:], meta[300:]), split(slice(300, None))[1]).item()
+    assert result.summary["best"]["val_loss"] == pytest.approx(best, rel=1e-4)
+    assert best < 0.5 * two_heads_loss(ClassAndAmount()(image[300:], meta[300:]), split(slice(300, None))[1]).item()
+
+
+def test_targets_for_several_heads_must_agree_in_length_and_need_a_loss():
+    image, meta, y = two_inputs()
+    amount = meta[:, 1]
+    with pytest.raises(ConvergeError, match="targets disagree in length"):
+        converge.fit(ClassAndAmount(), ((image, meta), (y, amount[:-1])), ((image, meta), (y, amount)),
+                     loss=two_heads_loss, **QUICK)
+    with pytest.raises(ConvergeError, match="cannot infer a loss"):
+        converge.fit(ClassAndAmount(), ((image, meta), (y, amount)), ((image, meta), (y, amount)), **QUICK)
+
+
 class Stream(IterableDataset):
     """An endless stream drawing from the global RNG (the hardest case for exact resume)."""
 
@@ -245,6 +296,50 @@ class Model(nn.Module):
 
 def model():
     return Model()
+
+
+def data():
+    return Items(2000, 0), Items(300, 1)
+''',
+    "two_heads_dataset": '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class Items(Dataset):
+    """(features, (class, amount in raw units)): targets per head, not held in memory."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = 4 * torch.rand(n, 6, generator=g)
+        self.label = (self.x[:, 0] > self.x[:, 1]).long()
+        self.amount = 50 + 3 * self.x[:, 2] + 0.1 * torch.randn(n, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], (self.label[i], self.amount[i])
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.scores, self.amount = nn.Linear(6, 16), nn.Linear(16, 2), nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.scores(h), self.amount(h).squeeze(-1)
+
+
+def model():
+    return Model()
+
+
+def loss(outputs, targets):
+    return F.cross_entropy(outputs[0], targets[0]) + F.mse_loss(outputs[1], targets[1])
 
 
 def data():

@@ -54,6 +54,8 @@ def test_the_kind_rule(targets, outputs, kind, classes):
     (facts([8], True, False, 0, 4), [8, 1], ["one output per class"]),
     (facts([8, 3], False, False, -1, 1), [8, 2], ["(8, 3)", "(8, 2)"]),
     (facts([8], True, False, 0, 1), [4, 2], ["batch of 8"]),
+    # float labels 0..9 (a habit of casting everything to float32) against ten scores: named, and the fix
+    (TargetFacts((8,), False, False, 0.0, 9.0, whole=True), [8, 10], ["whole numbers 0 to 9", "targets.long()"]),
 ])
 def test_bad_combinations_name_the_shapes(targets, outputs, needles):
     with pytest.raises(ConvergeError) as error:
@@ -558,3 +560,11 @@ def test_the_searched_constant_is_the_losss_own_floor_for_a_constant(loss, head)
     for _ in range(20):
         scores = torch.randn(3, generator=g).log_softmax(0)
         assert float(loss(scores.expand(300, 3), y[:300])) >= found - 1e-5
+
+
+def test_float_values_that_are_not_labels_get_no_label_hint():
+    for targets in (TargetFacts((8,), False, False, 0.0, 9.0, whole=False),    # fractions: a regression
+                    TargetFacts((8,), False, False, 0.0, 12.0, whole=True)):   # 12 is past ten scores
+        with pytest.raises(ConvergeError) as error:
+            decide_kind(targets, (8, 10))
+        assert "targets.long()" not in str(error.value)

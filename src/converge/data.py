@@ -125,6 +125,36 @@ def check_finite(tensor: Any, what: str, *, missing: bool = False, targets: bool
             raise ConvergeError(f"{what} contain {bad} NaN or Inf value(s); clean or impute them first{way_out}")
 
 
+def _targets_as_tensors(targets: Any, inputs: Any, name: str) -> Any:
+    """The targets as one tensor, or, for a model with several heads, as the tuple or dict of per-sample
+    tensors they were given as (each then reaches the task's own loss in that form)."""
+    if isinstance(targets, dict):
+        if not targets:
+            raise ConvergeError(f"{name} targets are an empty dict")
+        return {key: _prepare_targets(_as_tensor(value, name, f"targets {key!r}")) for key, value in targets.items()}
+    rows = _rows_of(inputs)
+    if rows is not None and _per_head(targets, rows):
+        return tuple(_prepare_targets(_as_tensor(value, name, f"targets {i}")) for i, value in enumerate(targets))
+    return _prepare_targets(_as_tensor(targets, name, "targets"))
+
+
+def _per_head(targets: Any, rows: int) -> bool:
+    """Whether ``targets`` is a tuple/list of separate target tensors (one per head; their lengths are
+    checked after), rather than one target given as a list of rows."""
+    return isinstance(targets, (tuple, list)) and 1 < len(targets) < rows and all(
+        isinstance(t, (torch.Tensor, np.ndarray)) and t.ndim >= 1 for t in targets)
+
+
+def _rows_of(inputs: Any) -> int | None:
+    """How many samples the inputs hold, read before they are converted (None: cannot tell)."""
+    if isinstance(inputs, dict):
+        inputs = next(iter(inputs.values()), None)
+    elif isinstance(inputs, (tuple, list)) and inputs and isinstance(inputs[0], (torch.Tensor, np.ndarray)):
+        inputs = inputs[0]
+    shape = getattr(inputs, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) else None
+
+
 def _several_inputs(value: Any, n: int) -> bool:
     """Whether ``value`` is a tuple/list of separate inputs (each with one row per sample), rather than
     one input given as a list of rows."""
@@ -404,11 +434,16 @@ def make_split(data: Any, name: str, num_workers: int = 0, *, target_key: str = 
 
 def _tensor_split(inputs: Any, targets: Any, name: str, check_values: bool = True,
                   missing_targets: bool = False) -> TensorSplit:
-    targets = _prepare_targets(_as_tensor(targets, name, "targets"))
-    if targets.ndim == 0 or (isinstance(inputs, (torch.Tensor, np.ndarray)) and inputs.ndim == 0):
+    targets = _targets_as_tensors(targets, inputs, name)
+    first = tensors_of(targets)[0]
+    if first.ndim == 0 or (isinstance(inputs, (torch.Tensor, np.ndarray)) and inputs.ndim == 0):
         raise ConvergeError(f"{name} inputs and targets must have a sample dimension, got shapes "
-                            f"{tuple(np.shape(inputs))} and {tuple(targets.shape)}")
-    n = targets.shape[0]
+                            f"{tuple(np.shape(inputs))} and {tuple(first.shape)}")
+    n = first.shape[0]
+    for part in tensors_of(targets):
+        if part.ndim == 0 or part.shape[0] != n:
+            raise ConvergeError(f"{name} targets disagree in length: {n} and "
+                                f"{part.shape[0] if part.ndim else 'no'} rows")
     if isinstance(inputs, dict):
         inputs = {key: _as_tensor(value, name, f"input {key!r}") for key, value in inputs.items()}
     elif _several_inputs(inputs, n):

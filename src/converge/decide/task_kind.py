@@ -38,6 +38,7 @@ class TargetFacts:
     low: float | None = None        # smallest counted value (None: none counted)
     high: float | None = None       # largest counted value
     split: str = "train"            # where they come from (for messages)
+    whole: bool = False             # every counted value is a whole number (float class labels, say)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,12 @@ def decide_kind(targets: TargetFacts, outputs: tuple[int, ...]) -> Kind:
                             f"converge expected outputs (N, C) for labels (N,), or logits (N, T, V) or (N, V, T) "
                             f"for labels (N, T); for regression give float targets; or define `loss`")
     if prod(o[1:]) != prod(y[1:]):
+        labels = targets.whole and _single_column(y) and len(o) == 2 and targets.low is not None and \
+            targets.low >= 0 and targets.high is not None and targets.high < o[1]
+        hint = (f"; they hold whole numbers {_num(targets.low)} to {_num(targets.high)}: if they are class labels, "
+                f"give them as integers (targets.long())") if labels else ""
         raise ConvergeError(f"float targets of shape {_shape(y)} (regression) need as many outputs per sample, "
-                            f"but the model returns {_shape(o)}; or define `loss`")
+                            f"but the model returns {_shape(o)}{hint}; or define `loss`")
     return Kind("regression", None, None, f"regression, {prod(y[1:])} value(s) per sample (float targets)")
 
 

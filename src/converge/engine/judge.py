@@ -29,7 +29,8 @@ from torch import nn
 from converge.decide.diagnosis import diagnose_run, live_findings, needs_reference
 from converge.decide.findings import Finding
 from converge.engine.distributed import World
-from converge.engine.objective import Objective, TargetStats, in_memory_constant_loss, targets_in_memory
+from converge.engine.objective import (Objective, TargetSample, TargetStats, in_memory_constant_loss,
+                                      own_constant_loss, targets_in_memory)
 from converge.engine.reference import applies as reference_applies, reference_loss, reference_width
 
 
@@ -41,8 +42,13 @@ class RunJudge:
         self.splits, self.objective, self.seed = splits, objective, seed
         self.baseline_loss: float | None = None
         streamed = targets_in_memory(splits["train"]) is None
-        # The first epoch's targets make the baseline when they are not in memory.
-        self.target_stats = TargetStats(objective) if streamed and objective.known_loss else None
+        # The first epoch's targets make the baseline when they are not in memory; for a loss of the task's own,
+        # a sample of them gives the scale of a negligible gain (`gain_scale`). The loop feeds either.
+        self.target_stats: TargetStats | TargetSample | None = None
+        if streamed and objective.known_loss:
+            self.target_stats = TargetStats(objective)
+        elif streamed and objective.output_template is not None:
+            self.target_stats = TargetSample()
         self._reference: _Background | None = None   # the reference, training beside the run
         self.reference_failure: str | None = None     # why the reference could not be trained, if it could not
 
@@ -73,12 +79,24 @@ class RunJudge:
         None for a loss without a known meaning."""
         if not (self.objective.known_loss or self.objective.constant_by_search):
             return None
-        if self.target_stats is None:
+        if not isinstance(self.target_stats, TargetStats):
             self.baseline_loss = in_memory_constant_loss(self.splits["train"], self.objective)
         else:
             self.baseline_loss = self.target_stats.loss(world)
             self.target_stats = None  # its job is done; the value is kept (and checkpointed)
         return self.baseline_loss
+
+    def gain_scale(self, first_train_loss: float) -> float:
+        """The scale of the plateau's negligible gain for a loss whose constant prediction is not known: the
+        first epoch's mean training loss, or the task's own loss at its best constant output when that is
+        lower (a model that starts far from its targets' scale). A constant that scores zero or below (a
+        loss with a sign) says nothing of the scale and is not used."""
+        first = abs(first_train_loss)
+        sample = self.target_stats.targets() if isinstance(self.target_stats, TargetSample) else None
+        if isinstance(self.target_stats, TargetSample):
+            self.target_stats = None   # its job is done
+        constant = own_constant_loss(self.splits["train"], self.objective, sample)
+        return min(first, constant) if constant is not None and constant > 0 else first
 
     def conclude(self, *, evaluate: Callable[..., dict], model: nn.Module, history: list[dict], events: list[dict],
                  status, config, monitor: str, best_record: dict, epoch: int, world: World | None = None) -> dict:
@@ -137,10 +155,12 @@ class RunJudge:
         self.baseline_loss = state.get("loss")
         if self.target_stats is not None and state.get("targets") is not None:
             self.target_stats.load_state_dict(state["targets"])
-            sums = self.target_stats.sums
-            self.target_stats.sums = sums.to(device) if sums is not None else None
-        elif self.target_stats is not None and self.baseline_loss is not None:
-            self.target_stats = None
+            if isinstance(self.target_stats, TargetStats):
+                sums = self.target_stats.sums
+                self.target_stats.sums = sums.to(device) if sums is not None else None
+        elif self.target_stats is not None and (self.baseline_loss is not None or
+                                                isinstance(self.target_stats, TargetSample)):
+            self.target_stats = None   # a checkpoint from after the first epoch: its job was done
 
 
 def new_live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None, monitor: str,

@@ -421,15 +421,16 @@ class Trainer:
     def _learn_baseline(self, first_train_loss: float) -> None:
         """After the first epoch (every rank): the constant prediction's loss, which the guard's collapse test
         and the plateau's negligible gain also use. A loss of the user's whose constant prediction is unknown
-        measures its negligible gain against the first epoch's mean training loss instead (the same scale:
-        where training began), so that a loss heading for zero does not train for hundreds of epochs
-        after nothing that matters changes (a GRU on running parity, its own cross-entropy: 100 % token
-        accuracy by epoch 5, then 360 epochs from 1e-4 to 1e-11)."""
+        measures its negligible gain against its own best constant output's, or the first epoch's mean
+        training loss where that is lower (`Judge.gain_scale`), so that a loss heading for zero does not train
+        for hundreds of epochs after nothing that matters changes (a GRU on running parity, its own
+        cross-entropy: 100 % token accuracy by epoch 5, then 360 epochs from 1e-4 to 1e-11)."""
         baseline = self.judge.learn_baseline(self.world)
         if baseline is not None and self.guard is not None:
             self.guard.know_baseline(baseline)
-        scale = baseline if baseline is not None else abs(first_train_loss)
-        floor = negligible_gain(scale) if self.monitor_key == "val_loss" else 0.0   # 0 for a non-finite scale
+        floor = 0.0
+        if self.monitor_key == "val_loss":   # 0 for a non-finite scale
+            floor = negligible_gain(baseline if baseline is not None else self.judge.gain_scale(first_train_loss))
         policy = self.tracker.policy   # checkpointed with the tracker
         self.tracker.policy = dataclasses.replace(
             policy, min_delta=max(floor, policy.min_delta),

@@ -22,6 +22,7 @@ states the rule); a task's own ``loss`` and ``metrics`` are trusted.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import warnings
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converge.data import LoaderSplit, TensorSplit, map_tensors
+from converge.data import LoaderSplit, TensorSplit, map_tensors, tensors_of
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
@@ -40,6 +41,7 @@ from converge.engine.optim import EagerLBFGS
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
                                      prepare_stateful, regression_metrics)
 from converge.errors import ConvergeError
+from converge.rng import capture_rng, restore_rng
 from converge.standardize import target_units
 
 
@@ -68,6 +70,9 @@ class Objective:
     # the task's own sequence loss compares position t with target t + target_shift (a language model's
     # loss on its inputs, `loss_probe.target_shift`): token accuracy and the token count compare the same
     target_shift: int = 0
+    # what the loss is given, one row of it on the CPU (tensors of the probe's outputs, in their structure),
+    # for a task's own loss of unknown meaning: `own_constant_loss` searches its best constant output
+    output_template: Any = None
 
     @property
     def mean_over_samples(self) -> bool:
@@ -85,9 +90,13 @@ class Objective:
         return scores, self.loss_fn(outputs if self.loss_on_outputs else scores, targets)
 
     def weight(self, targets: torch.Tensor):
-        """How much a batch counts in an average: its samples, or the targets that are not padding."""
-        if self.ignore_index is None or not isinstance(targets, torch.Tensor):
-            return targets.shape[0] if isinstance(targets, torch.Tensor) else 1
+        """How much a batch counts in an average: its samples, or the targets that are not padding. Targets
+        given per head (a tuple or dict of tensors) count their samples, the rows of the first."""
+        if not isinstance(targets, torch.Tensor):
+            parts = tensors_of(targets)
+            return parts[0].shape[0] if parts and parts[0].ndim else 1
+        if self.ignore_index is None:
+            return targets.shape[0]
         if self.target_shift:
             targets = targets[:, self.target_shift:]
         return (targets != self.ignore_index).sum()
@@ -358,7 +367,9 @@ def target_facts(split: TensorSplit | LoaderSplit, probe_targets: torch.Tensor,
     if counted.numel() == 0:
         return TargetFacts(tuple(probe_targets.shape), integer, False)
     zero_one = bool(((counted == 0) | (counted == 1)).all())
-    return TargetFacts(tuple(probe_targets.shape), integer, zero_one, float(counted.min()), float(counted.max()))
+    whole = integer or bool((counted == counted.round()).all())
+    return TargetFacts(tuple(probe_targets.shape), integer, zero_one, float(counted.min()), float(counted.max()),
+                       whole=whole)
 
 
 def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, metrics: dict[str, Callable], *,
@@ -389,6 +400,8 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
                             f"task's own ({getattr(loss, '__name__', type(loss).__name__)}), on all the model "
                             f"returns")
     check_outputs_fit(objective, outputs if objective.loss_on_outputs else scores, targets)
+    if not (objective.known_loss or objective.constant_by_search or objective.model_loss):
+        objective = replace(objective, output_template=_one_row(outputs if objective.loss_on_outputs else scores))
     objective = replace(objective, description=objective.description + alignment_note(objective.loss_fn, scores,
                                                                                         targets))
     metric_fns = {**objective.metric_fns, **imbalance_metrics(objective, splits["train"]), **metrics}
@@ -823,13 +836,68 @@ class TargetStats:
         self.sums, self.usable = state["sums"], bool(state["usable"])
 
 
+class TargetSample:
+    """Up to SEARCH_ROWS rows of the first epoch's training targets (a tensor, or a tuple or dict of them), kept
+    as the loop feeds them (shuffled batches: a random sample), for `own_constant_loss` when the targets are
+    not in memory (a Dataset). At most SEARCH_ELEMENTS target values are kept; nothing is synced."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.rows = 0
+        self.full = False
+
+    def update(self, targets, outputs=None) -> None:
+        if self.full:
+            return
+        leaves = tensors_of(targets)
+        if not leaves or any(t.ndim == 0 for t in leaves):
+            self.full = True   # nothing a row can be taken from: no sample
+            return
+        per_row = sum(math.prod(t.shape[1:]) for t in leaves)
+        wanted = min(SEARCH_ROWS, SEARCH_ELEMENTS // max(1, per_row))
+        take = min(leaves[0].shape[0], wanted - self.rows)
+        if take > 0:
+            self.parts.append(map_tensors(lambda t: t[:take].detach().clone(), targets))
+            self.rows += take
+        self.full = self.rows >= wanted
+
+    def targets(self) -> Any:
+        """The rows kept, joined, on the CPU (None: none)."""
+        if not self.parts:
+            return None
+        try:
+            return _joined(self.parts)
+        except (RuntimeError, TypeError):   # batches whose targets change shape: no sample
+            return None
+
+    def state_dict(self) -> dict:
+        return {"parts": [map_tensors(lambda t: t.cpu(), part) for part in self.parts], "rows": self.rows,
+                "full": self.full}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.parts, self.rows, self.full = list(state["parts"]), int(state["rows"]), bool(state["full"])
+
+
+def _joined(parts: list) -> Any:
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat([p.cpu() for p in parts])
+    if isinstance(first, dict):
+        return {key: _joined([p[key] for p in parts]) for key in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_joined([p[i] for p in parts]) for i in range(len(first)))
+    raise TypeError(f"cannot join targets of type {type(first).__name__}")
+
+
 def targets_in_memory(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:
-    """Up to ``limit`` targets of a split held in memory as tensors, None for others (nothing is loaded)."""
+    """Up to ``limit`` targets of a split held in memory as one tensor, None for others (nothing is loaded;
+    targets given as a tuple or dict, one per head, are left to the task's own loss)."""
+    targets = None
     if isinstance(split, TensorSplit):
-        return split.targets[:limit]
-    if isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
-        return split.whole_tensors()[1][:limit]
-    return None
+        targets = split.targets
+    elif isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
+        targets = split.whole_tensors()[1]
+    return targets[:limit] if isinstance(targets, torch.Tensor) else None
 
 
 def in_memory_constant_loss(split, objective: "Objective") -> float | None:
@@ -912,18 +980,86 @@ def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> flo
     return value if math.isfinite(value) else None
 
 
-def gather_targets(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:
-    """Up to ``limit`` targets of a split (for the baseline), without reading inputs when in memory."""
+def _one_row(given: Any) -> Any:
+    """The first row of every tensor in ``given`` on the CPU in float32, or None when one is not floating point
+    (no constant of it to search) or has no rows."""
+    parts = tensors_of(given)
+    if not parts or any(not t.is_floating_point() or t.ndim == 0 or t.shape[0] == 0 for t in parts):
+        return None
+    return map_tensors(lambda t: t[:1].detach().to("cpu", torch.float32), given)
+
+
+def _target_rows(split, limit: int) -> Any:
+    """Up to ``limit`` rows of a split's targets held in memory (a tensor, or a tuple or dict of them, one per
+    head), spread over the split, on the CPU; None when only a pass over a Dataset would give them."""
     if isinstance(split, TensorSplit):
-        return split.targets[:limit]
-    if isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
-        return split.whole_tensors()[1][:limit]
-    parts, seen = [], 0
-    for _, batch_targets in split.batches(4096):
-        if not isinstance(batch_targets, torch.Tensor):
-            return None
-        parts.append(batch_targets.detach().cpu())
-        seen += batch_targets.shape[0]
-        if seen >= limit:
-            break
-    return torch.cat(parts)[:limit] if parts else None
+        targets = split.targets
+    elif isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
+        targets = split.whole_tensors()[1]
+    else:
+        return None
+    parts = tensors_of(targets)
+    if not parts or parts[0].ndim == 0:
+        return None
+    n = parts[0].shape[0]
+    rows = torch.arange(0, n, max(1, n // limit))[:limit]
+    return map_tensors(lambda t: t.index_select(0, rows.to(t.device)).cpu(), targets)
+
+
+def _isolated(loss: Callable) -> Callable | None:
+    """A copy of a task's loss for the constant search, whose hundred-odd calls there then leave the task's own
+    loss as it was (one that counts its calls: an annealing schedule, a fault injected at its n-th call).
+    None for a loss that holds parameters, itself or as a bound method of a module (a network such as a
+    perceptual loss: costly to copy and to search through), or that cannot be copied."""
+    inner = loss.loss if isinstance(loss, AlignedLoss) else loss
+    owner = inner if isinstance(inner, nn.Module) else getattr(inner, "__self__", None)
+    if isinstance(owner, nn.Module) and next(owner.parameters(), None) is not None:
+        return None
+    try:
+        return copy.deepcopy(loss)
+    except Exception:   # noqa: BLE001 -- a loss that cannot be copied gets no searched scale
+        return None
+
+
+@torch.no_grad()
+def own_constant_loss(split, objective: "Objective", sample: Any = None) -> float | None:
+    """A task's own loss of unknown meaning at its best constant output: one value per output element shared by
+    every sample (each tensor the loss is given, in its structure), found by L-BFGS from zeros on up to
+    SEARCH_ROWS training targets held in memory. The scale "what the task allows to gain" for the plateau's
+    negligible gain when no constant prediction is known: the first epoch's mean training loss stands in
+    for it otherwise, and a model that starts far from its targets' scale (raw amounts under a loss of the
+    task's own: 8e4 there against 1.6e3 for the constant) made every later gain look negligible. Computed on
+    the CPU with the random state put back: every rank gets the same number and a run the same trajectory.
+    ``sample``: the first epoch's targets (`TargetSample.targets`) for targets not held in memory. None when
+    there is no template, no targets, or the loss refuses constants."""
+    template = objective.output_template
+    targets = None if template is None else sample if sample is not None else _target_rows(split, SEARCH_ROWS)
+    loss_fn = _isolated(objective.loss_fn) if targets is not None else None
+    if loss_fn is None:
+        return None
+    n = tensors_of(targets)[0].shape[0]
+    constants = [torch.zeros(t.shape[1:], requires_grad=True) for t in tensors_of(template)]
+
+    def outputs():
+        given = iter(constants)
+        return map_tensors(lambda t: next(given).expand(n, *t.shape[1:]), template)
+
+    search = EagerLBFGS(constants, lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
+
+    def closure():
+        search.zero_grad()
+        value = loss_fn(outputs(), targets)
+        value.backward()
+        return value
+
+    state = capture_rng()
+    try:
+        with torch.enable_grad():
+            search.step(closure)
+        value = loss_fn(outputs(), targets)
+        value = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else math.nan
+    except Exception:   # a loss that does not take constants (shapes, devices, types): no scale  # noqa: BLE001
+        return None
+    finally:
+        restore_rng(state)
+    return value if math.isfinite(value) else None
