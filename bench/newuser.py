@@ -49,6 +49,7 @@ TASK_DIR = HERE / "newuser"
 RESULTS = HERE / "results"
 PYTHON = sys.executable
 ACC_MARGIN, MSE_MARGIN = 0.005, 0.05      # "reaches classic": within 0.5 points / 5 % MSE of its mean
+LOWER_IS_BETTER = ("mse", "loss")         # the metrics judged by lower values (a loss: tasks without another)
 TIE = 1e-6
 
 
@@ -239,7 +240,7 @@ def judge(case: Case, entry: dict) -> dict:
     expect = EXPECTED[case.name]
     runs, classic = entry["converge"], entry["classic"]
     primary = next((r.get("primary") for r in runs + classic if r.get("primary")), None)
-    higher = primary != "mse"
+    higher = primary not in LOWER_IS_BETTER
     conv = _mean([r.get("test_metric") for r in runs])
     # A seed without converge weights (refused, crashed) counts as missing, never as a score.
     scored_all = all(r.get("test_metric") is not None for r in runs)
@@ -271,11 +272,11 @@ def _counts(values: list[str]) -> str:
 def _metric(value: float, primary: str | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.4f}" if primary == "mse" else f"{100 * value:.2f}"
+    return f"{value:.4f}" if primary in LOWER_IS_BETTER else f"{100 * value:.2f}"
 
 
 def print_table(report: dict) -> None:
-    print("\n== converge vs classic (test metric: accuracy % / exact match % / token accuracy % / MSE; "
+    print("\n== converge vs classic (test metric: accuracy % / exact match % / token accuracy % / MSE / loss; "
           "means over seeds)")
     header = (f"{'case':<21} {'converge status':<22} {'diagnosis codes':<36} {'metric':<15} {'converge':>9} "
               f"{'classic':>9} {'>=cl':>5}  {'expected':<32} {'verdict'}")
