@@ -388,3 +388,20 @@ def test_sigkill_then_resume_is_bit_exact(name, tmp_path):
     assert_same_run(tmp_path / "reference", out)
     events = [json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()]
     assert "resumed" in events or code == 0
+
+
+def test_a_model_made_double_trains_on_float64_numpy_data_and_is_diagnosed():
+    """float64 NumPy splits become float32 tensors, which a model made .double() refused at its first layer
+    ("mat1 and mat2 must have the same dtype"): for such a model they stay float64."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.1 * rng.normal(size=400)).reshape(-1, 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    result = converge.fit(model, (x[:300], y[:300]), (x[300:], y[300:]), max_epochs=20, **QUICK)
+    assert result.summary["best"]["val_r2"] > 0.9
+    assert next(result.model.parameters()).dtype == torch.float64
+    findings = converge.diagnose(model, (x[:300], y[:300]), (x[300:], y[300:]), cheap=True)
+    assert not [f for f in findings if f.severity == "error"], findings

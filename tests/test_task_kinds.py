@@ -54,6 +54,7 @@ def test_the_kind_rule(targets, outputs, kind, classes):
     (facts([8], True, False, 0, 4), [8, 1], ["one output per class"]),
     (facts([8, 3], False, False, -1, 1), [8, 2], ["(8, 3)", "(8, 2)"]),
     (facts([8], True, False, 0, 1), [4, 2], ["batch of 8"]),
+    (facts([8], True, False, 1, 3), [8, 3], ["[1, 3]", "numbered from 1"]),   # a CSV's classes 1, 2, 3
     # float labels 0..9 (a habit of casting everything to float32) against ten scores: named, and the fix
     (TargetFacts((8,), False, False, 0.0, 9.0, whole=True), [8, 10], ["whole numbers 0 to 9", "targets.long()"]),
 ])

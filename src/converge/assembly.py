@@ -30,7 +30,7 @@ from torch import nn
 from converge._version import __version__
 from converge.config import TrainConfig
 from converge.console import Console, make_console
-from converge.data import TARGET_KEY, make_splits
+from converge.data import TARGET_KEY, in_model_precision, make_splits
 from converge.engine import device as dev
 from converge.engine.distributed import World, current_world
 from converge.engine.loop import Trainer
@@ -185,6 +185,7 @@ def assemble(model: nn.Module, splits: dict, config: TrainConfig, *, loss: Calla
     if world is not None and getattr(splits["train"], "stream", False):
         raise ConvergeError("data-parallel training cannot cut a stream (an IterableDataset) into one part per "
                             "process; give a map-style Dataset or tensors, or train in one process")
+    splits = in_model_precision(model, splits)
     setup = checked_setup(model, splits, config, loss, metrics, ignore_index, target_key)
     prepared = _prepare(model, splits, config, doctor, checkpoint, loss=loss, metrics=metrics, console=console,
                         ignore_index=ignore_index, target_key=target_key, objective=setup.objective)

@@ -409,6 +409,27 @@ def split_batch(batch: Any, name: str, target_key: str = TARGET_KEY):
                         f"got {type(batch).__name__}")
 
 
+def in_model_precision(model: Any, splits: dict) -> dict:
+    """The in-memory splits with their float32 tensors made float64 when the model's floating-point
+    parameters all are (a model made ``.double()`` beside float64 NumPy data, which the splits turned into
+    float32): without it the first forward fails on "mat1 and mat2 must have the same dtype". Other splits,
+    and splits for any other model, are returned as they are."""
+    if not wants_float64(model):
+        return splits
+    return {name: TensorSplit(as_float64(split.inputs), as_float64(split.targets), split.name)
+            if isinstance(split, TensorSplit) else split for name, split in splits.items()}
+
+
+def wants_float64(model: Any) -> bool:
+    """Whether every floating-point parameter of the model is float64."""
+    return {p.dtype for p in model.parameters() if p.is_floating_point()} == {torch.float64}
+
+
+def as_float64(value: Any) -> Any:
+    """The float32 tensors of a structure made float64 (others kept)."""
+    return map_tensors(lambda t: t.double() if t.dtype == torch.float32 else t, value)
+
+
 # --- checking what was handed over ----------------------------------------------------------------------
 def make_split(data: Any, name: str, num_workers: int = 0, *, target_key: str = TARGET_KEY,
                steps_per_epoch: int | None = None, check_values: bool = True,

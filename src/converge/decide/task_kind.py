@@ -120,9 +120,11 @@ def _check_range(targets: TargetFacts, classes: int, verb: str, what: str) -> No
     if targets.low is None:
         return
     if targets.low < 0 or targets.high >= classes:
+        numbered_from_one = targets.low == 1 and targets.high == classes
+        hint = "; they look numbered from 1: give labels - 1" if numbered_from_one else ""
         raise ConvergeError(f"{targets.split} labels range over [{_num(targets.low)}, {_num(targets.high)}] but "
                             f"{verb} {what}, so "
-                            f"labels must lie in [0, {classes - 1}] (or be {IGNORE_INDEX}, the padding label)")
+                            f"labels must lie in [0, {classes - 1}] (or be {IGNORE_INDEX}, the padding label){hint}")
 
 
 def _num(value) -> str:

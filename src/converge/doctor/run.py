@@ -12,7 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from converge.data import TARGET_KEY, TensorSplit, first_rows, is_classification, map_tensors, tensors_of
+from converge.data import (TARGET_KEY, TensorSplit, as_float64, first_rows, is_classification, map_tensors, tensors_of,
+                           wants_float64)
 from converge.doctor import data_checks as dc
 from converge.doctor import model_checks as mc
 from converge.doctor import thresholds as T
@@ -249,6 +250,9 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
     targets standardized where training would standardize them (`converge.doctor.in_train` runs the checks
     on the splits it has standardized itself)."""
     progress = progress or (lambda text: None)
+    if wants_float64(model):   # as `converge train` gives a model made .double() its data (in_model_precision)
+        samples = {name: replace(sample, inputs=as_float64(sample.inputs),
+                                 targets=as_float64(sample.targets)) for name, sample in samples.items()}
     saved = capture_rng()
     try:
         device_ = dev.pick_device(device)
