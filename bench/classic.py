@@ -76,7 +76,12 @@ def _tensor(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _tensor(v) for k, v in value.items()}
     tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-    return tensor.float() if tensor.dtype == torch.float64 else tensor
+    return tensor.to(FLOAT_DTYPE) if tensor.dtype == torch.float64 else tensor
+
+
+# float64 data becomes float32, as for the usual float32 model; a task whose model is made .double() keeps it
+# float64, as the user's own loop would (set by build)
+FLOAT_DTYPE = torch.float32
 
 
 def _index(value: Any, idx: torch.Tensor) -> Any:
@@ -275,6 +280,9 @@ def build(task_path: str, seed: int):
     seed_everything(seed)              # before model() and data(), as converge does
     model = task.build_model()
     train, val, test = task.build_data()
+    global FLOAT_DTYPE
+    floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    FLOAT_DTYPE = torch.float64 if floats == {torch.float64} else torch.float32
     return task, model, train, val, test
 
 

@@ -405,3 +405,41 @@ def test_a_model_made_double_trains_on_float64_numpy_data_and_is_diagnosed():
     assert next(result.model.parameters()).dtype == torch.float64
     findings = converge.diagnose(model, (x[:300], y[:300]), (x[300:], y[300:]), cheap=True)
     assert not [f for f in findings if f.severity == "error"], findings
+
+
+def test_a_dataloader_keeps_its_batches_and_a_resampling_one_is_known():
+    from torch.utils.data import WeightedRandomSampler
+
+    from converge.data import make_split
+
+    x, y = torch.randn(600, 4), (torch.rand(600) < 0.1).long()
+    plain = make_split(DataLoader(TensorDataset(x, y), batch_size=48, shuffle=True), "train")
+    assert plain.own_batch_size == 48 and not plain.resampled
+    weights = torch.where(y == 1, 9.0, 1.0)
+    balanced = make_split(DataLoader(TensorDataset(x, y), batch_size=50,
+                                     sampler=WeightedRandomSampler(weights, 600)), "train")
+    assert balanced.own_batch_size == 50 and balanced.resampled
+    assert make_split(TensorDataset(x, y), "train").own_batch_size is None   # a Dataset: converge batches it
+
+
+def test_auto_mode_reports_a_dataloaders_own_batch_size_and_no_constant_for_a_resampling_one():
+    """The chosen batch size of a user's DataLoader was reported (and counted in steps per epoch) although the
+    loader's own batches were used; and the constant of the dataset's label mix was held against batches a
+    WeightedRandomSampler balanced, so both range tests found "no usable evidence"."""
+    from torch.utils.data import WeightedRandomSampler
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 6, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] + 0.3 * torch.randn(3000, generator=g) > 1.6).long()   # about 7 % positives
+    weights = (1.0 / torch.bincount(y[:2400]).float())[y[:2400]]
+    train = DataLoader(TensorDataset(x[:2400], y[:2400]), batch_size=64,
+                       sampler=WeightedRandomSampler(weights, 2400, generator=torch.Generator().manual_seed(1)))
+    val = DataLoader(TensorDataset(x[2400:], y[2400:]), batch_size=256)
+    torch.manual_seed(0)
+    result = converge.fit(nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2)), train, val, max_epochs=3,
+                          verbose=False)
+    events = {e["event"]: e for e in result.events}
+    assert events["chose_batch_size"]["value"] == 64
+    assert "DataLoader's own" in events["chose_batch_size"]["reason"]
+    tests = [e for e in result.events if e["event"] == "lr_range_test"]
+    assert tests and not any("constant prediction" in e["reason"] for e in tests), [e["reason"] for e in tests]

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler,
+                              SequentialSampler, TensorDataset)
 
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
@@ -376,6 +377,29 @@ class LoaderSplit:
         finally:
             restore_rng(saved)
         return iterator
+
+    @property
+    def own_batch_size(self) -> int | None:
+        """The batch size of a user's DataLoader, whose batches are used as they are (None: not one, or a
+        stream): its ``batch_size``, or for a batch sampler of its own the mean batch it gives."""
+        if not self.user_loader or self.stream:
+            return None
+        if self.source.batch_size is not None:
+            return int(self.source.batch_size)
+        try:
+            return max(1, round(len(self) / len(self.source)))
+        except (TypeError, ZeroDivisionError):
+            return None
+
+    @property
+    def resampled(self) -> bool:
+        """Whether a user's DataLoader draws its samples other than once each in turn or at random (a
+        WeightedRandomSampler that balances classes, a sampler or batch sampler of its own): its batches'
+        mix of targets is then not the dataset's."""
+        if not self.user_loader or self.stream:
+            return False
+        plain = isinstance(self.source.sampler, (SequentialSampler, RandomSampler))
+        return not plain or type(self.source.batch_sampler) is not BatchSampler
 
     def whole_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The (inputs, targets) tensors behind a TensorDataset of two tensors, else None."""

@@ -138,6 +138,9 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
     if batch_size == "auto":
         if stream:
             chosen = [STREAM_BATCH, f"a stream has no size to divide into steps: {STREAM_BATCH}, the usual default"]
+        elif getattr(train, "own_batch_size", None) is not None:
+            chosen = [train.own_batch_size, "the DataLoader's own: converge uses a DataLoader's batches as they "
+                                            "come (give a Dataset for converge to choose)"]
         else:
             chosen = log.get("batch_size") or choose_batch_size(len(train), model, train, objective, device,
                                                                 config.amp)
@@ -154,7 +157,9 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
              for opt in optimizers}
     tests: dict[str, RangeTest] = {}
     arms: list[tuple[str, float]] = []
-    baseline = in_memory_constant_loss(train, objective)  # a Dataset's would cost a pass: not for tuning
+    # A Dataset's would cost a pass: not for tuning. A DataLoader that resamples (a WeightedRandomSampler
+    # balancing the classes) trains on another mix of targets than the dataset's: its constant is unknown.
+    baseline = None if getattr(train, "resampled", False) else in_memory_constant_loss(train, objective)
     token_recurrent = recurrent_on_token_ids(model, train)
     for opt in optimizers:
         if config.lr != "auto":
