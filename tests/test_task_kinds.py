@@ -462,6 +462,21 @@ def test_soft_labels_need_the_tasks_cross_entropy(loss, kind):
         assert stats.loss() == pytest.approx(entropy)
 
 
+@pytest.mark.parametrize("loss", [nn.KLDivLoss(reduction="batchmean"), F.kl_div], ids=["module", "function"])
+def test_a_kl_divergence_on_log_probabilities_against_soft_labels_is_distillation(loss):
+    """A student's log-probabilities against a teacher's probabilities under a KL divergence: the soft-label
+    kind, so its accuracy is reported (it was a regression of ten values with no metric). Its constant is
+    not the label entropy's (KL subtracts the rows' own entropy): not a known loss."""
+    from converge.data import TensorSplit
+
+    x, soft = soft_rows()
+    splits = {"train": TensorSplit(x[:200], soft[:200], "train"), "val": TensorSplit(x[200:], soft[200:], "val")}
+    model = nn.Sequential(nn.Linear(12, 10), nn.LogSoftmax(dim=1))
+    objective = resolve_objective(model, splits, loss, {}, amp="off", device=torch.device("cpu"), probe_size=32)
+    assert objective.kind == "soft_labels" and not objective.known_loss and not objective.constant_by_search
+    assert objective.metric_fns["accuracy"](soft[:5].log(), soft[:5]).item() == 1.0
+
+
 def test_the_doctor_judges_a_soft_label_batch_against_its_entropy():
     """A teacher's 0.8 cannot be fitted below the rows' entropy (0.95 for ten classes): the overfit-one-batch
     check called a working model a bug."""

@@ -325,11 +325,13 @@ class AlignedLoss:
         return self.loss(outputs, align_targets(outputs, targets, self.elementwise))
 
 
+# "kl_div": a distillation loss on log-probabilities against a teacher's probabilities; it tells the soft-label
+# kind (an accuracy), but its constant prediction is not the label entropy's, so it is not "recognized"
 _STANDARD_MODULES = {nn.CrossEntropyLoss: "cross_entropy", nn.NLLLoss: "nll", nn.BCEWithLogitsLoss: "bce_logits",
-                     nn.BCELoss: "bce", nn.MSELoss: "mse"}
+                     nn.BCELoss: "bce", nn.MSELoss: "mse", nn.KLDivLoss: "kl_div"}
 _STANDARD_FUNCTIONS = {F.cross_entropy: "cross_entropy", F.nll_loss: "nll",
                        F.binary_cross_entropy_with_logits: "bce_logits", F.binary_cross_entropy: "bce",
-                       F.mse_loss: "mse"}
+                       F.mse_loss: "mse", F.kl_div: "kl_div"}
 
 
 def loss_family(loss: Callable) -> str | None:
@@ -346,8 +348,10 @@ def recognize_loss(loss: Callable) -> tuple[str | None, int | None]:
     loss; a BCE with ``pos_weight`` 8 on rare tags scores a constant prediction far above the label entropy,
     and a run that learned was called "collapsed" and its LR too high."""
     family = loss_family(loss)
+    if family not in _RECOGNIZED:
+        return None, None
     if type(loss) not in _STANDARD_MODULES:
-        return family, (IGNORE_INDEX if family is not None else None)   # a torch function is at its defaults
+        return family, IGNORE_INDEX   # a torch function is at its defaults
     plain = getattr(loss, "reduction", "mean") == "mean" and getattr(loss, "weight", None) is None and \
         getattr(loss, "pos_weight", None) is None and not getattr(loss, "label_smoothing", 0.0)
     return (family if plain else None), getattr(loss, "ignore_index", IGNORE_INDEX)
@@ -560,7 +564,7 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
         # The task's own loss is trusted with shapes converge has no rule for: no metrics of its own.
         return Objective(loss, "custom", {}, inferred=False, known_loss=False,
                          description=f"targets {tuple(targets.shape)}, outputs {tuple(scores.shape)}")
-    if kind.kind == "regression" and loss is not None and loss_family(loss) == "cross_entropy":
+    if kind.kind == "regression" and loss is not None and loss_family(loss) in ("cross_entropy", "kl_div"):
         kind = soft_labels(tuple(targets.shape), tuple(scores.shape), _probability_rows(splits["train"], targets)) \
             or kind
     for split in splits.values():
