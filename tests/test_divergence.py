@@ -49,6 +49,14 @@ def noisy_decline(n=300, start=2.0, end=0.05, noise=0.3, seed=0):
     # is "9e25x the running mean" in log statistics, which mean nothing there; a real jump still alarms
     ([0.18] * 10 + [0.02, 0.01] * 10 + [0.0] * 200 + [0.00036, 0.001, 0.0011, 0.003], None),
     ([0.18] * 10 + [0.02, 0.01] * 10 + [0.0] * 200 + [0.5], (230, "spike")),
+    # a classifier at 100 % accuracy (running mean 6e-4 on a start of 0.69): a batch whose one wrong sample
+    # costs 0.17 is that sample, not a blow-up (it was "267x the running mean" in log statistics) ...
+    ([0.69] * 10 + noisy_decline(200, start=0.3, end=6e-4, noise=0.4) + [6e-4, 5e-4, 7e-4] * 20 + [0.17], None),
+    # ... a jump to a sizeable share of where the run began still is one
+    ([0.69] * 10 + noisy_decline(200, start=0.3, end=6e-4, noise=0.4) + [6e-4, 5e-4, 7e-4] * 20 + [0.5],
+     (270, "spike")),
+    # and above 1 % of the start the outlier test judges as before: 0.3 from a running 0.02
+    ([0.69] * 10 + noisy_decline(200, start=0.3, end=0.02, noise=0.2) + [0.02] * 20 + [0.3], (230, "spike")),
 ])
 def test_scripted_losses(values, expected):
     assert first_alarm(values) == expected
@@ -172,17 +180,17 @@ def test_the_plain_scale_survives_a_checkpoint_and_an_older_checkpoint_loads():
 
 def test_after_a_restart_from_the_best_weights_the_watch_learns_the_level_again():
     """An LR cut after overfitting loads the best weights, whose training loss is far above the overfit one's
-    (0.3 against 0.002): that jump is intended, not a blow-up. After the new level settles, a real blow-up
+    (0.8 against 0.05): that jump is intended, not a blow-up. After the new level settles, a real blow-up
     is caught as before; the first loss's explode test is never off."""
-    steady = [2.3] * 10 + [0.002 * math.exp(0.1 * math.sin(i)) for i in range(200)]
-    back = [0.3 * math.exp(0.1 * math.sin(i)) for i in range(40)]
+    steady = [2.3] * 10 + [0.05 * math.exp(0.1 * math.sin(i)) for i in range(200)]
+    back = [0.8 * math.exp(0.1 * math.sin(i)) for i in range(40)]
     plain = LossWatch()
     assert any(plain.update(v) is not None for v in steady + back)          # without the rebase: a "spike"
     watch = LossWatch()
     assert all(watch.update(v) is None for v in steady)
     watch.rebase()
     assert all(watch.update(v) is None for v in back)
-    assert watch.update(30.0).kind == "spike"                                # 100x the new level
+    assert watch.update(30.0).kind == "spike"                                # 37x the new level
     rebased = LossWatch()
     for v in steady:
         rebased.update(v)

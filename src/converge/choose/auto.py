@@ -52,7 +52,7 @@ from converge.decide.collapse import never_learned, no_better_than_constant
 from converge.decide.lr_suggest import LrSuggestion, smooth
 from converge.decide.race import race_decided, race_order
 from converge.engine import device as dev
-from converge.engine.objective import Objective, in_memory_constant_loss
+from converge.engine.objective import Objective, in_memory_constant_loss, sampled_constant_loss
 from converge.engine.optim import OPTIMIZERS
 from converge.status import Status
 from converge.choose.lr_find import RangeTest, lr_range_test
@@ -157,9 +157,13 @@ def choose_hyperparameters(model: nn.Module, splits: dict, config: TrainConfig, 
              for opt in optimizers}
     tests: dict[str, RangeTest] = {}
     arms: list[tuple[str, float]] = []
-    # A Dataset's would cost a pass: not for tuning. A DataLoader that resamples (a WeightedRandomSampler
-    # balancing the classes) trains on another mix of targets than the dataset's: its constant is unknown.
-    baseline = None if getattr(train, "resampled", False) else in_memory_constant_loss(train, objective)
+    # A Dataset's is estimated on a sample of it (a whole pass would cost an epoch of reading). A DataLoader
+    # that resamples (a WeightedRandomSampler balancing the classes) trains on another mix of targets than
+    # the dataset's: its constant is unknown.
+    baseline = None
+    if not getattr(train, "resampled", False):
+        baseline = in_memory_constant_loss(train, objective)
+        baseline = baseline if baseline is not None else sampled_constant_loss(train, objective)
     token_recurrent = recurrent_on_token_ids(model, train)
     for opt in optimizers:
         if config.lr != "auto":
