@@ -443,3 +443,19 @@ def test_auto_mode_reports_a_dataloaders_own_batch_size_and_no_constant_for_a_re
     assert "DataLoader's own" in events["chose_batch_size"]["reason"]
     tests = [e for e in result.events if e["event"] == "lr_range_test"]
     assert tests and not any("constant prediction" in e["reason"] for e in tests), [e["reason"] for e in tests]
+
+
+def test_a_dataloaders_one_sample_last_training_batch_is_dropped_as_converges_own_is():
+    """385 rows in batches of 64 end each epoch with one sample, which BatchNorm refuses in training: the run
+    stopped on "Expected more than 1 value per channel". Evaluation still sees every sample."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(477, 6, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    train = DataLoader(TensorDataset(x[:385], y[:385]), batch_size=64, shuffle=True)
+    val = DataLoader(TensorDataset(x[385:], y[385:]), batch_size=64)   # 92 rows: a last batch of 28
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+    result = converge.fit(model, train, val, max_epochs=4, **QUICK)
+    assert result.summary["epochs"] == 4 and result.summary["steps"] == 4 * 6   # six full batches an epoch
+    from converge.data import make_split
+    assert make_split(train, "train").num_batches(64, train=True) == 6
+    assert make_split(train, "train").num_batches(64, train=False) == 7

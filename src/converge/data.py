@@ -206,6 +206,11 @@ class TensorSplit:
         return first_rows(self.inputs, self.targets, size)
 
 
+def _rows_of_batch(targets: Any) -> int | None:
+    parts = tensors_of(targets)
+    return int(parts[0].shape[0]) if parts and parts[0].ndim else None
+
+
 def _keep_remainder(remainder: int, train: bool) -> int:
     # A one-sample training batch breaks BatchNorm and is mostly noise: it is dropped (a different sample
     # each epoch). Evaluation always sees every sample.
@@ -284,7 +289,7 @@ class LoaderSplit:
             return self.steps_per_epoch if train else None
         if self.user_loader:
             try:
-                return len(self.source)
+                return len(self.source) - int(train and self._single_last_batch())
             except TypeError:
                 return None
         n = len(self)
@@ -315,9 +320,21 @@ class LoaderSplit:
             iterator = iter(DataLoader(self.source, **batching, num_workers=self.num_workers, generator=generator,
                                        pin_memory=self.device.type == "cuda"))
         non_blocking = self.device.type == "cuda"
+        # A user's DataLoader whose last training batch holds one sample: dropped, as converge's own batching
+        # drops it (BatchNorm refuses it: "Expected more than 1 value per channel when training"). Only for
+        # its standard batching, where such a batch can only come last (a resumed epoch replays by count).
+        single_dropped = train and self.user_loader and (getattr(self.source, "batch_size", None) or 1) > 1
         for batch in iterator:
             inputs, targets = split_batch(batch, self.name, self.target_key)
+            if single_dropped and _rows_of_batch(targets) == 1:
+                continue
             yield move_to(inputs, self.device, non_blocking), move_to(targets, self.device, non_blocking)
+
+    def _single_last_batch(self) -> bool:
+        """Whether a user's DataLoader of plain batches ends each epoch with a batch of one sample."""
+        loader, size = self.source, self.own_batch_size
+        return size is not None and size > 1 and loader.batch_size is not None and not loader.drop_last and \
+            not self.resampled and len(self) % size == 1
 
     def _loader(self, batch_size: int) -> DataLoader:
         if self.user_loader:
