@@ -80,6 +80,13 @@ def tensors_of(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def rows_in(value: Any) -> int | None:
+    """Samples in a batch or split of targets (a tensor, or a tuple or dict of them, one per head): the first
+    dimension of its first tensor; None when it has no tensor with one."""
+    parts = tensors_of(value)
+    return int(parts[0].shape[0]) if parts and parts[0].ndim else None
+
+
 def move_to(value: Any, device: torch.device, non_blocking: bool = False) -> Any:
     return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), value)
 
@@ -104,7 +111,7 @@ def _as_tensor(array: Any, name: str, role: str) -> torch.Tensor:
     return tensor
 
 
-def _prepare_targets(targets: torch.Tensor) -> torch.Tensor:
+def prepare_targets(targets: torch.Tensor) -> torch.Tensor:
     if targets.dtype.is_floating_point:
         return targets.to(torch.get_default_dtype())
     if targets.dtype == torch.bool:
@@ -132,11 +139,11 @@ def _targets_as_tensors(targets: Any, inputs: Any, name: str) -> Any:
     if isinstance(targets, dict):
         if not targets:
             raise ConvergeError(f"{name} targets are an empty dict")
-        return {key: _prepare_targets(_as_tensor(value, name, f"targets {key!r}")) for key, value in targets.items()}
+        return {key: prepare_targets(_as_tensor(value, name, f"targets {key!r}")) for key, value in targets.items()}
     rows = _rows_of(inputs)
     if rows is not None and _per_head(targets, rows):
-        return tuple(_prepare_targets(_as_tensor(value, name, f"targets {i}")) for i, value in enumerate(targets))
-    return _prepare_targets(_as_tensor(targets, name, "targets"))
+        return tuple(prepare_targets(_as_tensor(value, name, f"targets {i}")) for i, value in enumerate(targets))
+    return prepare_targets(_as_tensor(targets, name, "targets"))
 
 
 def _per_head(targets: Any, rows: int) -> bool:
@@ -204,11 +211,6 @@ class TensorSplit:
 
     def probe(self, size: int) -> tuple[Any, Any]:
         return first_rows(self.inputs, self.targets, size)
-
-
-def _rows_of_batch(targets: Any) -> int | None:
-    parts = tensors_of(targets)
-    return int(parts[0].shape[0]) if parts and parts[0].ndim else None
 
 
 def _keep_remainder(remainder: int, train: bool) -> int:
@@ -323,18 +325,21 @@ class LoaderSplit:
         # A user's DataLoader whose last training batch holds one sample: dropped, as converge's own batching
         # drops it (BatchNorm refuses it: "Expected more than 1 value per channel when training"). Only for
         # its standard batching, where such a batch can only come last (a resumed epoch replays by count).
-        single_dropped = train and self.user_loader and (getattr(self.source, "batch_size", None) or 1) > 1
+        single_dropped = train and self._standard_batches()
         for batch in iterator:
             inputs, targets = split_batch(batch, self.name, self.target_key)
-            if single_dropped and _rows_of_batch(targets) == 1:
+            if single_dropped and rows_in(targets) == 1:
                 continue
             yield move_to(inputs, self.device, non_blocking), move_to(targets, self.device, non_blocking)
 
+    def _standard_batches(self) -> bool:
+        """Whether this is a user's DataLoader batching with torch's BatchSampler, more than one sample a batch."""
+        return self.user_loader and not self.stream and (self.source.batch_size or 1) > 1
+
     def _single_last_batch(self) -> bool:
-        """Whether a user's DataLoader of plain batches ends each epoch with a batch of one sample."""
-        loader, size = self.source, self.own_batch_size
-        return size is not None and size > 1 and loader.batch_size is not None and not loader.drop_last and \
-            not self.resampled and len(self) % size == 1
+        """Whether a user's DataLoader of standard batches ends each epoch with a batch of one sample."""
+        loader = self.source
+        return self._standard_batches() and not loader.drop_last and len(loader.sampler) % loader.batch_size == 1
 
     def _loader(self, batch_size: int) -> DataLoader:
         if self.user_loader:

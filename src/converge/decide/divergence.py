@@ -170,14 +170,15 @@ class LossWatch:
             spread = math.sqrt(self.var)
             # the run's losses sit at zero, where their logs mean nothing (see the module text)
             blind = self.typical < p.zero_share * start
+            sizeable = loss >= p.peak_floor_share * start   # measured against where the run began
             # near zero, a batch's loss is one sample the model still gets wrong unless it is sizeable
-            sizeable = self.typical >= p.near_zero_share * start or loss >= p.peak_floor_share * start
-            if not blind and sizeable and jump > math.log(p.spike_factor) and jump > p.spike_zscore * spread:
+            judged = not blind and (sizeable or self.typical >= p.near_zero_share * start)
+            if judged and jump > math.log(p.spike_factor) and jump > p.spike_zscore * spread:
                 return Alarm("spike", loss, self.typical,
                              f"loss spike: {loss:.4g} is {math.exp(jump):.3g}x the running mean {self.typical:.4g} "
                              f"({jump / spread if spread else math.inf:.3g} standard deviations of log-loss)")
             # max() only when the loss beats the last one by the factor: the peak is never below the last.
-            candidate = loss > p.peak_factor * self.recent[-1] and loss >= p.peak_floor_share * start
+            candidate = loss > p.peak_factor * self.recent[-1] and sizeable
             peak = max(self.recent) if candidate else math.inf
             if loss > p.peak_factor * peak:
                 times = f"{loss / peak:.3g}x" if peak > 0 else "above all"   # every recent loss exactly 0

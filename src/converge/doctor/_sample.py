@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from converge.data import (TARGET_KEY, LoaderSplit, TensorSplit, _prepare_targets, first_rows, make_split,
+from converge.data import (TARGET_KEY, LoaderSplit, TensorSplit, prepare_targets, first_rows, make_split,
                            map_tensors, one_row_per_sample, tensors_of)
 from converge.errors import ConvergeError
 from converge.doctor.thresholds import MAX_ROWS
@@ -91,7 +91,7 @@ def _read(split: LoaderSplit, max_rows: int) -> Sample:
     except (RuntimeError, TypeError):   # batches of different widths (padded per batch): keep the first
         x, y = inputs[0], targets[0]
     x, y = first_rows(x, y, max_rows)
-    return Sample(split.name, x, _prepare_targets(y) if isinstance(y, torch.Tensor) else y, None, None)
+    return Sample(split.name, x, prepare_targets(y) if isinstance(y, torch.Tensor) else y, None, None)
 
 
 def _concat(parts: list) -> Any:

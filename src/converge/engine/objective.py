@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converge.data import LoaderSplit, TensorSplit, map_tensors, split_batch, tensors_of
+from converge.data import LoaderSplit, TensorSplit, map_tensors, prepare_targets, rows_in, split_batch, tensors_of
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
@@ -93,8 +93,7 @@ class Objective:
         """How much a batch counts in an average: its samples, or the targets that are not padding. Targets
         given per head (a tuple or dict of tensors) count their samples, the rows of the first."""
         if not isinstance(targets, torch.Tensor):
-            parts = tensors_of(targets)
-            return parts[0].shape[0] if parts and parts[0].ndim else 1
+            return rows_in(targets) or 1
         if self.ignore_index is None:
             return targets.shape[0]
         if self.target_shift:
@@ -896,20 +895,28 @@ def _joined(parts: list) -> Any:
 def targets_in_memory(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:
     """Up to ``limit`` targets of a split held in memory as one tensor, None for others (nothing is loaded;
     targets given as a tuple or dict, one per head, are left to the task's own loss)."""
-    targets = None
-    if isinstance(split, TensorSplit):
-        targets = split.targets
-    elif isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
-        targets = split.whole_tensors()[1]
+    targets = _held_targets(split)
     return targets[:limit] if isinstance(targets, torch.Tensor) else None
+
+
+def _held_targets(split) -> Any:
+    """A split's targets when they are held in memory (a tensor, or a tuple or dict of them), else None."""
+    if isinstance(split, TensorSplit):
+        return split.targets
+    if isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
+        return split.whole_tensors()[1]
+    return None
 
 
 def in_memory_constant_loss(split, objective: "Objective") -> float | None:
     """The constant prediction's loss on a split's targets when they are held in memory (None: a loss of
     unknown meaning, or targets that only a pass over a Dataset would give)."""
     targets = targets_in_memory(split) if objective.known_loss or objective.constant_by_search else None
-    if targets is None:
-        return None
+    return _constant_loss(targets, objective) if targets is not None else None
+
+
+def _constant_loss(targets: torch.Tensor, objective: "Objective") -> float | None:
+    """The constant prediction's loss on these targets: known in closed form, or searched."""
     return constant_prediction_loss(targets, objective) if objective.known_loss else \
         searched_constant_loss(targets, objective)
 
@@ -934,17 +941,12 @@ def sampled_constant_loss(split, objective: "Objective", rows: int = TUNING_SAMP
         n = len(dataset)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:rows].tolist()
         parts = [split_batch(dataset[i], split.name, split.target_key)[1] for i in order]
-        targets = torch.stack([torch.as_tensor(t) for t in parts])
+        targets = prepare_targets(torch.stack([torch.as_tensor(t) for t in parts]))
     except Exception:   # noqa: BLE001 -- a Dataset that cannot be read this way: no estimate, as before
         return None
     finally:
         restore_rng(state)
-    if targets.dtype.is_floating_point:
-        targets = targets.to(torch.get_default_dtype())
-    elif targets.dtype != torch.bool:
-        targets = targets.long()
-    return constant_prediction_loss(targets, objective) if objective.known_loss else \
-        searched_constant_loss(targets, objective)
+    return _constant_loss(targets, objective)
 
 
 SEARCH_STEPS = 100   # L-BFGS iterations for the best constant output (a convex problem in a few numbers)
@@ -999,22 +1001,27 @@ def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> flo
     def outputs(rows: int) -> torch.Tensor:
         return link(constant.reshape(where).expand(rows, *per_sample))
 
-    search = EagerLBFGS([constant], lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
-
-    def closure():
-        search.zero_grad()
-        value = objective.loss_fn(outputs(len(searched)), searched)
-        value.backward()
-        return value
-
     try:
-        with torch.enable_grad():
-            search.step(closure)
+        _minimize([constant], lambda: objective.loss_fn(outputs(len(searched)), searched))
         with torch.no_grad():   # near its optimum the loss is flat: the sample's optimum scores the split
             value = float(objective.loss_fn(outputs(len(scored)), scored))
     except (RuntimeError, ValueError):   # shapes the loss does not take as given: no baseline, as before
         return None
     return value if math.isfinite(value) else None
+
+
+def _minimize(constants: list[torch.Tensor], loss_at: Callable[[], torch.Tensor]) -> None:
+    """``constants`` moved to the minimum of ``loss_at()`` by L-BFGS (a convex problem in a few numbers)."""
+    search = EagerLBFGS(constants, lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
+
+    def closure():
+        search.zero_grad()
+        value = loss_at()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        search.step(closure)
 
 
 def _one_row(given: Any) -> Any:
@@ -1029,16 +1036,10 @@ def _one_row(given: Any) -> Any:
 def _target_rows(split, limit: int) -> Any:
     """Up to ``limit`` rows of a split's targets held in memory (a tensor, or a tuple or dict of them, one per
     head), spread over the split, on the CPU; None when only a pass over a Dataset would give them."""
-    if isinstance(split, TensorSplit):
-        targets = split.targets
-    elif isinstance(split, LoaderSplit) and split.whole_tensors() is not None:
-        targets = split.whole_tensors()[1]
-    else:
+    targets = _held_targets(split)
+    n = rows_in(targets)
+    if n is None:
         return None
-    parts = tensors_of(targets)
-    if not parts or parts[0].ndim == 0:
-        return None
-    n = parts[0].shape[0]
     rows = torch.arange(0, n, max(1, n // limit))[:limit]
     return map_tensors(lambda t: t.index_select(0, rows.to(t.device)).cpu(), targets)
 
@@ -1081,18 +1082,9 @@ def own_constant_loss(split, objective: "Objective", sample: Any = None) -> floa
         given = iter(constants)
         return map_tensors(lambda t: next(given).expand(n, *t.shape[1:]), template)
 
-    search = EagerLBFGS(constants, lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
-
-    def closure():
-        search.zero_grad()
-        value = loss_fn(outputs(), targets)
-        value.backward()
-        return value
-
     state = capture_rng()
     try:
-        with torch.enable_grad():
-            search.step(closure)
+        _minimize(constants, lambda: loss_fn(outputs(), targets))
         value = loss_fn(outputs(), targets)
         value = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else math.nan
     except Exception:   # a loss that does not take constants (shapes, devices, types): no scale  # noqa: BLE001
