@@ -459,3 +459,14 @@ def test_a_dataloaders_one_sample_last_training_batch_is_dropped_as_converges_ow
     from converge.data import make_split
     assert make_split(train, "train").num_batches(64, train=True) == 6
     assert make_split(train, "train").num_batches(64, train=False) == 7
+
+
+def test_a_batch_of_targets_per_head_counts_its_samples_in_the_training_loss():
+    """The epoch's training loss weighs each batch by its samples; targets per head were counted as the number
+    of heads (2), so a last batch of 4 rows weighed as much as one of 32, as the validation loss once did."""
+    from converge.data import rows_in
+    from converge.engine.loop import _rows
+
+    labels, amounts = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    assert _rows((labels, amounts)) == 4 and _rows({"label": labels, "amount": amounts}) == 4
+    assert _rows(labels) == 4 and rows_in((labels, amounts)) == 4 and rows_in(("not", "tensors")) is None

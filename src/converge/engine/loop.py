@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from converge.config import TrainConfig
-from converge.data import epoch_seed
+from converge.data import epoch_seed, rows_in
 from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.divergence import GuardPolicy
 from converge.decide.cadence import estimated_cost, negligible
@@ -597,5 +597,8 @@ class Trainer:
 
 
 def _rows(targets) -> int:
-    """Samples in a batch (the first dimension of its targets)."""
-    return targets.shape[0] if isinstance(targets, torch.Tensor) else len(targets)
+    """Samples in a batch (the first dimension of its targets; of the first of targets given per head)."""
+    if isinstance(targets, torch.Tensor):
+        return targets.shape[0]
+    rows = rows_in(targets)
+    return rows if rows is not None else len(targets)
