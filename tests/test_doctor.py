@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import converge
@@ -354,6 +355,28 @@ def test_the_checks_learn_the_tasks_own_loss_and_monitored_metric():
 def test_unscaled_features_advice_says_what_converge_does_by_default():
     found = dc.unscaled_features(torch.randn(100, 4) * 100)[0]
     assert "by default" in found.fix and "--no-standardize" in found.fix
+
+
+def test_raw_features_a_batch_norm_reads_first_are_information_and_its_initial_loss_is_as_training_sees_it():
+    """A BatchNorm1d first on raw features (scales 1e-3 to 1e3) standardizes them itself in training: the
+    doctor warned "inputs are far from standardized" and "the loss at initialisation is 5.1, more than 2x the
+    expected 0.69" (its running statistics, untrained, leave raw inputs raw in eval mode)."""
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.logspace(-3, 3, 8)
+    x = torch.randn(400, 8, generator=generator) * scales + 5 * scales
+    y = (x[:, 7] / scales[7] + x[:, 0] / scales[0] > 10).long()
+    torch.manual_seed(0)
+    normed = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    plain = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    found = {f.code: f for f in converge.diagnose(normed, (x, y), (x, y), cheap=True)}
+    assert found["unscaled_features"].severity == "info"
+    assert found["unscaled_features"].evidence["normalized_by"] == "0"
+    assert "init_loss_off" not in found
+    with torch.no_grad():
+        raw = mc.init_loss_off(normed, x[:64], y[:64], lambda o, t: F.cross_entropy(o, t), "classification")
+    assert raw == []
+    found = {f.code: f for f in converge.diagnose(plain, (x, y), (x, y), cheap=True)}
+    assert found["unscaled_features"].severity == "warning"
 
 
 def _standard(n=500, d=6, seed=0):

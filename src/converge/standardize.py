@@ -182,10 +182,11 @@ def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: t
     return gap <= tolerance * (float(expected.float().abs().max()) + 1.0)
 
 
-def _first_reader_called(model: nn.Module, probe: torch.Tensor) -> str | None:
-    """The first nn.Linear or recurrent layer a forward of ``probe`` calls with the probe itself (same shape
-    and values)."""
-    names = {module: name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.RNNBase))}
+def _first_reader_called(model: nn.Module, probe: torch.Tensor,
+                         kinds: tuple[type, ...] = (nn.Linear, nn.RNNBase)) -> str | None:
+    """The first module of ``kinds`` (by default an nn.Linear or a recurrent layer) a forward of ``probe``
+    calls with the probe itself (same shape and values)."""
+    names = {module: name for name, module in model.named_modules() if isinstance(module, kinds)}
     calls: list[str] = []
 
     def record(module, args):
@@ -260,6 +261,20 @@ def foldable_part(model: nn.Module, probe: Any, key, mean: torch.Tensor, std: to
     standardized = with_part(probe, key, standardize(part, mean.to(part.dtype), std.to(part.dtype)))
     return (name, offset) if _fold_matches(model, layer, mean, std, offset, lambda: _call(model, standardized),
                                            lambda: _call(model, probe), tolerance) else None
+
+
+def first_batch_norm(model: nn.Module, probe: Any) -> str | None:
+    """The name of the batch normalization a model applies to its raw input before any other layer reads it
+    (an nn.BatchNorm1d over a feature matrix): such a model standardizes each feature itself, per batch in
+    training. None otherwise, or for inputs that are not one tensor."""
+    if not isinstance(probe, torch.Tensor) or not probe.is_floating_point():
+        return None
+    readers = (nn.Linear, nn.RNNBase, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.LayerNorm,
+               nn.GroupNorm, nn.Embedding)
+    name = _first_reader_called(model, probe, readers)
+    if name is None:
+        return None
+    return name if isinstance(model.get_submodule(name), nn.modules.batchnorm._BatchNorm) else None
 
 
 @contextmanager

@@ -25,8 +25,8 @@ from converge.decide.task_kind import IGNORE_INDEX
 from converge.engine.objective import Objective, loss_family, recognize_loss, resolve_objective
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
-from converge.standardize import (default_layout, foldable_last_layer, foldable_layer, foldable_part,
-                                  numeric_part, standardization, standardize, target_standardization,
+from converge.standardize import (default_layout, first_batch_norm, foldable_last_layer, foldable_layer,
+                                  foldable_part, numeric_part, standardization, standardize, target_standardization,
                                   with_part)
 
 CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "unscaled_targets", "constant_features",
@@ -262,6 +262,7 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
         findings = data_findings(samples, kind, objective.ignore_index if objective is not None else ignore_index,
                                  **_the_tasks_own(loss, metrics, monitor))
         findings += problems
+        findings = _normalized_by_the_model(findings, model_copy, splits)
         if objective is not None and not (objective.inferred or objective.model_loss):
             findings = [_masked_targets(f) if f.code == "nonfinite_values" else f for f in findings]
         target_scale = unscaled_targets(splits, objective, loss)
@@ -289,6 +290,20 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
     finally:
         restore_rng(saved)
     return ranked(findings), objective
+
+
+def _normalized_by_the_model(findings: list[Finding], model: nn.Module, splits: dict) -> list[Finding]:
+    """Inputs far from standardized that the model's first layer standardizes itself (an nn.BatchNorm1d over
+    the raw features): said as information, not as a problem (a BatchNorm1d first on raw breast-cancer
+    features was warned about, and trained as well as on standardized ones)."""
+    if not splits or not any(f.code == "unscaled_features" and f.severity == "warning" for f in findings):
+        return findings
+    layer = first_batch_norm(model, splits["train"].probe(T.MODEL_BATCH)[0])
+    if layer is None:
+        return findings
+    return [replace(f, severity="info", message=f"{f.message}; the model's first layer ({layer!r}, a batch "
+                    f"normalization) standardizes each feature itself", fix="", evidence={**f.evidence,
+                    "normalized_by": layer}) if f.code == "unscaled_features" else f for f in findings]
 
 
 def _masked_targets(finding: Finding) -> Finding:
