@@ -78,6 +78,39 @@ def test_the_run_folder_is_written_once_and_looks_like_a_single_process_one(sing
     assert events.count("restored_best") == 1 and events.count("max_epochs") == 1  # one writer, no duplicates
 
 
+# A loss with a parameter of its own, built at import with a different value on each rank (as a task file's
+# random draw before the seed is set): rank 0's value goes to every rank, and its gradient is averaged as
+# DDP averages the model's, so two processes still train as one.
+LOSS_TASK = TASK + '''
+import os
+
+class Temperature(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(1) + 0.5 * int(os.environ.get("RANK", "0")))
+
+    def forward(self, logits, y):
+        return nn.functional.cross_entropy(logits * self.log_scale.exp(), y)
+
+loss = Temperature()
+'''
+
+
+def test_a_loss_with_parameters_trains_as_in_one_process(tmp_path):
+    task = tmp_path / "task.py"
+    task.write_text(LOSS_TASK)
+    run_ok(train_command(task, tmp_path / "one"))
+    run_ok(train_command(task, tmp_path / "two", "--nproc", "2"))
+    ones, twos = logged(tmp_path / "one"), logged(tmp_path / "two")
+    for a, b in zip(ones, twos):
+        for key in ("train_loss", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=TOLERANCE), (a["epoch"], key)
+    from safetensors.torch import load_file
+    one, two = (load_file(tmp_path / f / "loss_parameters.safetensors") for f in ("one", "two"))
+    assert float(one["Temperature.log_scale"]) != 0.0
+    assert float(two["Temperature.log_scale"]) == pytest.approx(float(one["Temperature.log_scale"]), rel=1e-4)
+
+
 def test_under_the_users_own_torchrun_it_trains_the_same(single_and_two, tmp_path):
     _, two = single_and_two
     task = two.parent / "task.py"

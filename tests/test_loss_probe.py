@@ -257,6 +257,9 @@ def test_an_embedding_trained_with_a_triplet_loss_reports_no_accuracy():
 
     embedding = resolve(triplet)
     assert embedding.metric_fns == {} and "no accuracy" in embedding.description
+    # its width is no number of classes (the line said "16 classes")
+    assert embedding.description.startswith("integer labels, outputs of 16 values per sample; loss: the task's own")
+    assert "classes" not in embedding.description
     assert "accuracy" in resolve(lambda o, t: F.cross_entropy(o, t)).metric_fns
     imbalanced = torch.where(torch.arange(60) % 6 == 0, 1, 0)   # 5x more of class 0: no balanced accuracy either
     splits["train"] = TensorSplit(x[:40], imbalanced[:40], "train")

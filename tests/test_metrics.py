@@ -149,6 +149,86 @@ def test_outputs_whose_shape_changes_fall_back_to_batch_means():
     assert scores.values()[1] == pytest.approx(0.5) and "shape changes" in scores.notes[0]
 
 
+def _worst_head_error(outputs, targets):
+    """Not a mean over samples: the largest error of either head over the whole split."""
+    scores, amount = outputs
+    labels, true_amount = targets
+    wrong = (scores.argmax(1) != labels).float()
+    return torch.maximum(wrong.max(), (amount - true_amount).abs().max())
+
+
+def test_heads_and_targets_per_head_are_kept_and_scored_on_the_whole_split():
+    generator = torch.Generator().manual_seed(0)
+    outputs = (torch.randn(40, 3, generator=generator), torch.randn(40, generator=generator))
+    targets = (torch.randint(0, 3, (40,), generator=generator), torch.randn(40, generator=generator))
+    scores = SplitScores({"worst": _worst_head_error}, {"worst": WHOLE_SPLIT}, torch.device("cpu"),
+                         on_outputs=frozenset({"worst"}))
+    for rows in torch.arange(40).split(16):
+        scores.add(tuple(o[rows] for o in outputs), tuple(t[rows] for t in targets), torch.tensor(0.0), len(rows))
+    assert scores.values()[1] == pytest.approx(float(_worst_head_error(outputs, targets)))
+    assert scores.notes == []
+
+
+def test_a_dict_of_targets_is_kept_whole_and_a_metric_on_scores_gets_the_first_head():
+    def first_head_mean(scores, targets):
+        return scores.mean() + 0 * targets["a"].sum()
+
+    generator = torch.Generator().manual_seed(1)
+    outputs = (torch.randn(30, 2, generator=generator), torch.randn(30, 4, generator=generator))
+    targets = {"a": torch.randn(30, generator=generator), "b": torch.randn(30, generator=generator)}
+    scores = SplitScores({"m": first_head_mean}, {"m": WHOLE_SPLIT}, torch.device("cpu"))
+    for rows in torch.arange(30).split(8):
+        scores.add(tuple(o[rows] for o in outputs), {k: t[rows] for k, t in targets.items()}, torch.tensor(0.0),
+                   len(rows))
+    assert scores.values()[1] == pytest.approx(float(outputs[0].mean()))
+    assert scores.notes == []
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(5, 16)
+        self.scores, self.amount = nn.Linear(16, 3), nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.scores(h), self.amount(h).squeeze(1)
+
+
+def _two_head_loss(outputs, targets):
+    return nn.functional.cross_entropy(outputs[0], targets[0]) + nn.functional.mse_loss(outputs[1], targets[1])
+
+
+def test_a_metric_written_like_the_loss_gets_everything_the_model_returns():
+    """The loss takes the model's tuple of heads; a metric of the task written the same way was given the
+    first head alone, and failed before training ("Dimension out of range")."""
+    def head_accuracy(outputs, targets):
+        return (outputs[0].argmax(1) == targets[0]).float().mean()
+
+    def amount_error(outputs, targets):
+        return (outputs[1] - targets[1]).abs().mean()
+
+    def first_head_confidence(scores, targets):   # written for the score tensor: still given it
+        return scores.softmax(1).max(1).values.mean()
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=generator)
+    data = x, (x[:, :3].argmax(1), x[:, 3] * 2)
+    torch.manual_seed(0)
+    model = _TwoHeads()
+    result = converge.fit(model, data, data, loss=_two_head_loss, metrics={
+        "head_accuracy": head_accuracy, "amount_error": amount_error, "confidence": first_head_confidence},
+        **{**FIXED, "max_epochs": 5})
+    best = result.summary["best"]
+    with torch.no_grad():
+        result.model.eval()
+        outputs = result.model(x)
+    assert best["val_head_accuracy"] == pytest.approx(float(head_accuracy(outputs, data[1])), abs=1e-6)
+    assert best["val_amount_error"] == pytest.approx(float(amount_error(outputs, data[1])), rel=1e-5)
+    assert best["val_confidence"] == pytest.approx(float(first_head_confidence(outputs[0], data[1])), rel=1e-5)
+    assert not any(event.get("event") == "metric_note" for event in result.events)
+
+
 # --- defaults and torchmetrics in a run ---------------------------------------------------------------------
 FIXED = {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0, "batch_size": 32, "seed": 0, "verbose": False,
          "max_epochs": 3}

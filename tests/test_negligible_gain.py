@@ -215,3 +215,23 @@ def test_the_search_leaves_the_tasks_loss_as_it_was_and_skips_losses_with_parame
 
     splits, objective = _objective_for(nn.Linear(3, 1), (x, y), Learned())
     assert own_constant_loss(splits["train"], objective) is None
+
+
+def test_the_first_validation_loss_is_the_scale_where_it_is_the_lowest():
+    """A loss adding parts on different scales (a raw amount's MSE beside a cross-entropy): the amount is
+    learned within the first epoch, and what is left to gain lives on the cross-entropy's scale, which the
+    first validation loss shows and the constant's loss (the amount's variance) does not."""
+    import math
+
+    from converge.engine.judge import RunJudge
+
+    train, _ = _digits_and_ink()
+    torch.manual_seed(0)
+    splits, objective = _objective_for(_DigitAndInk(), train, _digit_and_ink_loss)
+    judge = RunJudge(splits, objective, seed=0)
+    constant = judge.gain_scale(8e4)
+    assert 300 < constant < 5000   # the constant's loss, below the first epoch's training loss
+    assert judge.gain_scale(8e4, 17.0) == 17.0
+    assert judge.gain_scale(8e4, math.nan) == pytest.approx(constant)
+    assert judge.gain_scale(8e4, 1e5) == pytest.approx(constant)
+    assert judge.gain_scale(math.inf, 17.0) == 17.0

@@ -80,6 +80,30 @@ def tensors_of(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def is_tensor_tree(value: Any) -> bool:
+    """A tensor, or a tuple/list or dict of them at any depth, and nothing else (no None, no object)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(is_tensor_tree(v) for v in value)
+    if isinstance(value, dict):
+        return bool(value) and all(is_tensor_tree(v) for v in value.values())
+    return False
+
+
+def joined(parts: list) -> Any:
+    """Batches of one structure (`is_tensor_tree`) joined along their first dimension, leaf by leaf, where
+    they lie."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {key: joined([p[key] for p in parts]) for key in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(joined([p[i] for p in parts]) for i in range(len(first)))
+    raise TypeError(f"cannot join batches of type {type(first).__name__}")
+
+
 def rows_in(value: Any) -> int | None:
     """Samples in a batch or split of targets (a tensor, or a tuple or dict of them, one per head): the first
     dimension of its first tensor; None when it has no tensor with one."""

@@ -404,6 +404,7 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
     training loss blew up; the steps it trained; the monitored key; its last validation loss; whether that
     loss is no better than the constant prediction's ``baseline``). Nothing of it is kept."""
     from converge.engine.loop import Trainer
+    from converge.engine.loss_parameters import left_as_they_are, loss_parameters
 
     opt, lr = arm
     warmup, _ = _warmup_steps(lr, tests.get(opt), steps_per_epoch)
@@ -414,9 +415,10 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
     race_splits = {name: split for name, split in splits.items() if name != "test"}
     # An arm's own end-of-run diagnosis is never read: no constant-prediction baseline for it.
     arm_objective = dataclasses.replace(objective, known_loss=False)
-    trainer = Trainer(copy.deepcopy(model), race_splits, arm_config, arm_objective, restore_best=False,
-                      max_steps=budget)
-    trainer.run()
+    arm_model = copy.deepcopy(model)
+    with left_as_they_are(loss_parameters(objective.loss_fn, arm_model)):  # a loss's own: trained, then put back
+        trainer = Trainer(arm_model, race_splits, arm_config, arm_objective, restore_best=False, max_steps=budget)
+        trainer.run()
     if trainer.status is Status.INTERRUPTED:  # Ctrl-C: stop tuning; finished stages are saved
         raise KeyboardInterrupt
     finite = math.isfinite(trainer.tracker.best) and trainer.status is not Status.DIVERGED

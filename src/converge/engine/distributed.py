@@ -51,6 +51,22 @@ class World:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's values, in place, on every rank."""
+        dist.broadcast(tensor, src=0)
+        return tensor
+
+    def average_grads(self, params: list) -> None:
+        """Average the gradients of ``params`` over the ranks in one collective (a missing one counts as zero,
+        so every rank sends the same shape)."""
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.size
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
     def any_flags(self, flags: list[bool], device: torch.device) -> list[bool]:
         """True for a flag that is true on any rank."""
         values = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=device)

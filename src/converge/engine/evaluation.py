@@ -43,7 +43,8 @@ def evaluate(model: nn.Module, split, objective: Objective, *, batch_size: int, 
     whole split and returns rank 0's numbers, since decisions read them."""
     was_training = model.training
     model.eval()
-    scores = SplitScores(objective.metric_fns, metric_ways(objective), device)
+    scores = SplitScores(objective.metric_fns, metric_ways(objective), device,
+                         on_outputs=objective.metrics_on_outputs)
     for inputs, targets in split.batches(batch_size):
         with dev.autocast(amp, device):
             outputs, loss = objective.forward(model, inputs, targets)

@@ -39,6 +39,7 @@ from converge.engine.evaluation import evaluate, evaluation_batch_size
 from converge.engine.judge import RunJudge, new_live_findings
 from converge.engine.objective import Objective, in_memory_constant_loss, monitor_key, scores_of
 from converge.engine.progress import EpochProgress
+from converge.engine.loss_parameters import WithLossParameters, loss_parameters
 from converge.engine.optim import build_optimizer, current_lr, optimizer_step, warm_up
 from converge.engine.recorder import RunRecorder
 from converge.engine.result import FitResult, run_summary
@@ -80,11 +81,16 @@ class Trainer:
         self.world = current_world(self.device)
         self.train_model = self.model if self.world is None else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # A loss with trainable parameters of its own trains them with the model's, and they are kept and
+        # restored with the weights (`weights` for everything that snapshots, restores or clips them).
+        self.loss_params = {} if objective.model_loss else loss_parameters(objective.loss_fn, self.model)
+        self._place_loss_parameters()
+        self.weights = WithLossParameters(self.model, self.loss_params) if self.loss_params else self.model
         self.splits = {name: split.to(self.device) for name, split in splits.items()}
         if getattr(self.splits["train"], "stream", False):
             self.splits["train"].stream_seed(config.seed)  # a stream's data depends on the seed, not on the run
         self.monitor_key = monitor_key(config.monitor, objective)
-        self.optimizer = build_optimizer(self.model, config.optimizer, config.lr, config.weight_decay)
+        self.optimizer = build_optimizer(self.weights, config.optimizer, config.lr, config.weight_decay)
         self.scaler = dev.make_grad_scaler(config.amp, self.device)
         self.tracker = ConvergenceTracker(ConvergencePolicy(
             mode=config.mode, patience=config.patience, threshold=config.threshold,
@@ -98,7 +104,7 @@ class Trainer:
         self.epoch = 0            # finished epochs
         self.step = 0             # optimizer steps
         self.in_epoch = EpochProgress(self.device, self.world)  # the next batch, the loss summed so far
-        self.best_state = snapshot(self.model.state_dict())
+        self.best_state = snapshot(self.weights.state_dict())
         self.best_record: dict = {}
         self.status: Status | None = None
         self.stop_reason = ""
@@ -107,6 +113,17 @@ class Trainer:
         self._main_writes = False  # this process, or rank 0, writes a run folder (set by run())
         self.judge = RunJudge(self.splits, objective, seed=config.seed)  # the yardsticks and the diagnosis
         self.metric_notes: list[str] = []  # metrics that are batch means, not the whole split's (said once)
+
+    def _place_loss_parameters(self) -> None:
+        """The loss's parameters on the run's device, with no gradient left by the set-up's trial runs (the LR
+        range test's, the doctor's), and, under torchrun, rank 0's values on every rank (a loss built when the
+        task file was imported drew them before the seed was set)."""
+        with torch.no_grad():
+            for param in self.loss_params.values():
+                param.data = param.data.to(self.device)
+                param.grad = None
+                if self.world is not None:
+                    self.world.broadcast_(param.data)
 
     @property
     def history(self) -> list[dict]:
@@ -256,7 +273,9 @@ class Trainer:
         if self.step < cfg.warmup_steps:
             warm_up(self.optimizer, self.step, cfg.warmup_steps)
         wants_norm = guard is not None and clip is None and self.scaler is None and guard.wants_grad_norm(self.step)
-        grad_norm = optimizer_step(self.model, self.optimizer, self.scaler, clip=clip, measure_norm=wants_norm)
+        if self.world is not None and self.loss_params:   # DDP averages the model's gradients, not the loss's
+            self.world.average_grads(list(self.loss_params.values()))
+        grad_norm = optimizer_step(self.weights, self.optimizer, self.scaler, clip=clip, measure_norm=wants_norm)
         self.step += 1
         if guard is not None:
             guard.record_step(self.step, grad_norm)
@@ -282,7 +301,7 @@ class Trainer:
 
     def _roll_back(self, incident: Incident) -> bool:
         """Undo a blow-up and go on past the offending batch; False when the guard gives up (diverged)."""
-        done = self.guard.roll_back(incident, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
+        done = self.guard.roll_back(incident, model=self.weights, optimizer=self.optimizer, scaler=self.scaler,
                                     min_lr=self.config.min_lr, epoch=self.epoch, in_epoch=self.in_epoch)
         self.step = done.progress["step"]
         alarm = incident.alarm
@@ -315,12 +334,12 @@ class Trainer:
 
     def _end_epoch(self, train_loss: float) -> None:
         self.epoch += 1
-        if self.epoch == 1:
-            self._learn_baseline(train_loss)
         lr = current_lr(self.optimizer)
         record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": train_loss,
                   **self.evaluate("val", prefix="val_"), "rollbacks": self.in_epoch.rollbacks,
                   "seconds": round(time.monotonic() - self._epoch_started, 4)}
+        if self.epoch == 1:
+            self._learn_baseline(train_loss, record.get("val_loss", math.nan))
         self.record.add_epoch(record)
         notes = []
         incident = self.guard.validation_incident(record, self.monitor_key, self.step) if self.guard else None
@@ -351,7 +370,7 @@ class Trainer:
                                         f"the best weights (epoch {self.tracker.best_epoch}) are kept",
                        train_loss=record["train_loss"], lr=lr)
             return ["diverged"]
-        decision = decide_epoch(record, monitor=self.monitor_key, tracker=self.tracker, model=self.model,
+        decision = decide_epoch(record, monitor=self.monitor_key, tracker=self.tracker, model=self.weights,
                                 optimizer=self.optimizer, factor=self.config.lr_factor, min_lrs=self._min_lr(),
                                 event=self._event)
         if decision.applied.best_state is not None:
@@ -369,7 +388,7 @@ class Trainer:
 
     def _restart_if_overfit(self) -> list[str]:
         """At an LR cut after overfitting, the cut LR goes on from the best weights (`restart_if_overfit`)."""
-        note = restart_if_overfit(self.history, self.tracker, model=self.model, best_state=self.best_state,
+        note = restart_if_overfit(self.history, self.tracker, model=self.weights, best_state=self.best_state,
                                   event=self._event, monitor=self.monitor_key)
         if note is not None and self.guard is not None:
             self.guard.rebase()   # the best weights' training loss may be many times the overfit one's
@@ -401,7 +420,7 @@ class Trainer:
         # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
         self._checkpoint(final=True, restoring=finished and self.restore_best)
         if finished and self.restore_best:
-            self.model.load_state_dict(self.best_state)
+            self.weights.load_state_dict(self.best_state)
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
                         value=self.tracker.best)
         test = self.evaluate("test") if "test" in self.splits and finished else None
@@ -418,19 +437,20 @@ class Trainer:
         summary = self.record.finish(summary, self.best_state if finished else None, self.monitor_key)
         return FitResult(self.model, summary, list(self.history), list(self.events), self.record.run_dir)
 
-    def _learn_baseline(self, first_train_loss: float) -> None:
+    def _learn_baseline(self, first_train_loss: float, first_val_loss: float) -> None:
         """After the first epoch (every rank): the constant prediction's loss, which the guard's collapse test
         and the plateau's negligible gain also use. A loss of the user's whose constant prediction is unknown
         measures its negligible gain against its own best constant output's, or the first epoch's mean
-        training loss where that is lower (`Judge.gain_scale`), so that a loss heading for zero does not train
-        for hundreds of epochs after nothing that matters changes (a GRU on running parity, its own
-        cross-entropy: 100 % token accuracy by epoch 5, then 360 epochs from 1e-4 to 1e-11)."""
+        training or validation loss where that is lower (`Judge.gain_scale`), so that a loss heading for zero
+        does not train for hundreds of epochs after nothing that matters changes (a GRU on running parity, its
+        own cross-entropy: 100 % token accuracy by epoch 5, then 360 epochs from 1e-4 to 1e-11)."""
         baseline = self.judge.learn_baseline(self.world)
         if baseline is not None and self.guard is not None:
             self.guard.know_baseline(baseline)
         floor = 0.0
         if self.monitor_key == "val_loss":   # 0 for a non-finite scale
-            floor = negligible_gain(baseline if baseline is not None else self.judge.gain_scale(first_train_loss))
+            floor = negligible_gain(baseline if baseline is not None else self.judge.gain_scale(first_train_loss,
+                                                                                              first_val_loss))
         policy = self.tracker.policy   # checkpointed with the tracker
         self.tracker.policy = dataclasses.replace(
             policy, min_delta=max(floor, policy.min_delta),
@@ -456,7 +476,7 @@ class Trainer:
         """Everything needed to continue the run exactly: one checkpoint dict."""
         return {
             "format": ckpt.FORMAT_VERSION,
-            "model": self.model.state_dict(),
+            "model": self.weights.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "tracker": self.tracker.state_dict(),
@@ -481,7 +501,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint. A run that stopped for good keeps its status (its end is written
         again); one that was interrupted, or stopped at a lower epoch cap, goes on."""
-        self.model.load_state_dict(state["model"])
+        self.weights.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
@@ -591,7 +611,7 @@ class Trainer:
 
     def _remember_copy(self) -> None:
         """Make the state as it is now the guard's rollback target (a copy on the CPU)."""
-        self.guard.remember_now(model=self.model, optimizer=self.optimizer, scaler=self.scaler, epoch=self.epoch,
+        self.guard.remember_now(model=self.weights, optimizer=self.optimizer, scaler=self.scaler, epoch=self.epoch,
                                 step=self.step, in_epoch=self.in_epoch,
                                 start_weights=self.best_state if self.step == 0 else None)
 

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import torch
 
+from converge.data import is_tensor_tree, joined, map_tensors, tensors_of
+
 # Outputs and targets kept per evaluation for whole-split metrics: 256 MiB holds 5.6M rows of 10-class float32
 # scores with int64 labels. Measured on the loaded 2-core CPU of the issue-20 session
 # (scripts/issue20/measure_metric_memory.py): keeping, concatenating and scoring them with scikit-learn's
@@ -39,6 +41,18 @@ METRIC_MEMORY_BYTES = 256 * 2**20
 IMBALANCED_RATIO = 3.0
 
 STATEFUL, SAMPLE_MEAN, WHOLE_SPLIT = "stateful", "per-sample mean", "whole split"
+
+
+def scores_of(outputs: Any) -> Any:
+    """The score tensor in what a model returned: itself, ``.logits`` / ``["logits"]``, or a tuple's first item."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    return outputs
 
 
 def is_stateful(metric: Any) -> bool:
@@ -214,11 +228,15 @@ def imbalance_ratio(targets: torch.Tensor, kind: str, ignore_index: int | None) 
 class SplitScores:
     """The loss and the metrics of one pass over a split: fed batch by batch (`add`), read once (`values`).
     ``ways``: name -> one of STATEFUL, SAMPLE_MEAN, WHOLE_SPLIT; ``budget``: bytes of outputs and targets
-    kept for the whole-split metrics."""
+    kept for the whole-split metrics. ``on_outputs``: the metrics given everything the model returned (a
+    tuple or dict of tensors), as the task's loss is (`Objective.metrics_on_outputs`); the others get the
+    score tensor in it (`scores_of`). Outputs and targets may be tuples or dicts of tensors (one per head):
+    they are kept and joined leaf by leaf."""
 
     def __init__(self, metric_fns: dict[str, Callable], ways: dict[str, str], device: torch.device,
-                 budget: int = METRIC_MEMORY_BYTES) -> None:
+                 budget: int = METRIC_MEMORY_BYTES, on_outputs: frozenset[str] = frozenset()) -> None:
         self.metric_fns, self.ways, self.device, self.budget = metric_fns, ways, device, budget
+        self.on_outputs = on_outputs
         self.names = ["loss", *metric_fns]
         self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
         self.seen: Any = 0
@@ -230,14 +248,18 @@ class SplitScores:
                 prepare_stateful(fn, device)
                 fn.reset()
 
+    def _given(self, name: str, outputs: Any, scores: Any) -> Any:
+        return outputs if name in self.on_outputs else scores
+
     def add(self, outputs: Any, targets: Any, loss: torch.Tensor, weight: Any) -> None:
         values = [loss]
+        scores = scores_of(outputs)
         for name, fn in self.metric_fns.items():
             way = self.ways[name]
             if way == STATEFUL:
-                fn.update(outputs, targets)
+                fn.update(self._given(name, outputs, scores), targets)
             if way == SAMPLE_MEAN or (way == WHOLE_SPLIT and self.kept is None):
-                values.append(fn(outputs, targets))
+                values.append(fn(self._given(name, outputs, scores), targets))
             else:
                 values.append(0.0)
         self.sums += torch.stack([_scalar(v, self.device) for v in values]) * weight
@@ -248,15 +270,15 @@ class SplitScores:
     def _keep(self, outputs: Any, targets: Any, weight: Any) -> None:
         """Keep a batch for the whole-split metrics, or give up keeping (batch means from here on)."""
         reason = None
-        if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
+        if not (is_tensor_tree(outputs) and is_tensor_tree(targets)):
             reason = "the outputs or targets are not tensors"
-        elif self.kept and (outputs.shape[1:] != self.kept[0][0].shape[1:] or
-                            targets.shape[1:] != self.kept[0][1].shape[1:]):
+        elif self.kept and not (_same_rows(outputs, self.kept[0][0]) and _same_rows(targets, self.kept[0][1])):
             reason = "the outputs' shape changes between batches"
         elif self.kept_bytes + _nbytes(outputs) + _nbytes(targets) > self.budget:
             reason = f"the split's outputs and targets exceed METRIC_MEMORY_BYTES ({self.budget / 2**20:g} MiB)"
         if reason is None:
-            self.kept.append((outputs.detach(), targets.detach(), weight))
+            self.kept.append((map_tensors(torch.Tensor.detach, outputs), map_tensors(torch.Tensor.detach, targets),
+                              weight))
             self.kept_bytes += _nbytes(outputs) + _nbytes(targets)
             return
         kept, self.kept = self.kept, None
@@ -268,9 +290,10 @@ class SplitScores:
                           f"the whole split ({reason})")
 
     def _add_batch_values(self, outputs: Any, targets: Any, weight: Any) -> None:
+        scores = scores_of(outputs)
         for index, (name, fn) in enumerate(self.metric_fns.items(), start=1):
             if self.ways[name] == WHOLE_SPLIT:
-                value = _scalar(fn(outputs, targets), self.device)
+                value = _scalar(fn(self._given(name, outputs, scores), targets), self.device)
                 self.sums[index] += value * weight
 
     def values(self) -> list[float]:
@@ -278,15 +301,16 @@ class SplitScores:
         counts) and every metric, in ``["loss", *metric_fns]`` order. The pass's sync point."""
         total = self.seen.clamp(min=1) if isinstance(self.seen, torch.Tensor) else max(self.seen, 1)
         means = self.sums / total
+        if self.kept:
+            outputs, targets = joined([part[0] for part in self.kept]), joined([part[1] for part in self.kept])
+            scores = scores_of(outputs)
         for index, (name, fn) in enumerate(self.metric_fns.items(), start=1):
             way = self.ways[name]
             if way == STATEFUL:
                 means[index] = _scalar(fn.compute(), self.device)
                 fn.reset()
             elif way == WHOLE_SPLIT and self.kept:
-                outputs = torch.cat([part[0] for part in self.kept])
-                targets = torch.cat([part[1] for part in self.kept])
-                means[index] = _scalar(fn(outputs, targets), self.device)
+                means[index] = _scalar(fn(self._given(name, outputs, scores), targets), self.device)
         self.kept = None
         return means.tolist()
 
@@ -298,5 +322,11 @@ def _scalar(value: Any, device: torch.device) -> torch.Tensor:
     return torch.tensor(float(value), dtype=torch.float64, device=device)
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
+def _nbytes(value: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors_of(value))
+
+
+def _same_rows(value: Any, kept: Any) -> bool:
+    """Whether a batch has the structure and the per-row shapes of the first batch kept."""
+    leaves, first = tensors_of(value), tensors_of(kept)
+    return len(leaves) == len(first) and all(a.shape[1:] == b.shape[1:] for a, b in zip(leaves, first))

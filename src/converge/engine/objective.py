@@ -33,13 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converge.data import LoaderSplit, TensorSplit, map_tensors, prepare_targets, rows_in, split_batch, tensors_of
+from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, prepare_targets, rows_in, split_batch,
+                           tensors_of)
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
+from converge.engine.loss_parameters import loss_parameters, trained_with_model
 from converge.engine.optim import EagerLBFGS
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
-                                     prepare_stateful, regression_metrics)
+                                     prepare_stateful, regression_metrics, scores_of)
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng
 from converge.standardize import target_units
@@ -64,6 +66,9 @@ class Objective:
     model_loss: bool = False                # the loss is the model's own output ``.loss``
     loss_on_outputs: bool = False           # the task's loss takes what the model returned (a VAE's tuple), not
                                             # the score tensor in it
+    # the task's own metrics that take what the model returned, as its loss does (a tuple of heads): the
+    # others are given the score tensor in it
+    metrics_on_outputs: frozenset[str] = frozenset()
     # (mean, std) per target column when the model trains on standardized regression targets z = (y - mean)
     # / std (`converge.doctor.in_train`): losses and metrics are reported on outputs and targets mapped back
     target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -82,12 +87,14 @@ class Objective:
         return self.inferred or self.known_loss
 
     def forward(self, model: nn.Module, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
-        """(the model's scores, the batch's loss)."""
+        """(the model's scores, the batch's loss); everything the model returned instead of its scores when a
+        metric takes it (`metrics_on_outputs`)."""
         outputs = call_model(model, inputs, {self.target_key: targets} if self.target_key else None)
         scores = scores_of(outputs)
         if self.model_loss:
             return scores, own_loss(outputs)
-        return scores, self.loss_fn(outputs if self.loss_on_outputs else scores, targets)
+        loss = self.loss_fn(outputs if self.loss_on_outputs else scores, targets)
+        return (outputs if self.metrics_on_outputs else scores), loss
 
     def weight(self, targets: torch.Tensor):
         """How much a batch counts in an average: its samples, or the targets that are not padding. Targets
@@ -146,18 +153,6 @@ def takes_keyword(model: nn.Module, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
-def scores_of(outputs: Any) -> Any:
-    """The score tensor in what a model returned: itself, ``.logits`` / ``["logits"]``, or a tuple's first item."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
-        return outputs[0]
-    return outputs
 
 
 # --- losses and metrics per kind -----------------------------------------------------------------------
@@ -407,12 +402,16 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
         objective = replace(objective, output_template=_one_row(outputs if objective.loss_on_outputs else scores))
     objective = replace(objective, description=objective.description + alignment_note(objective.loss_fn, scores,
                                                                                         targets))
+    if owned := loss_parameters(loss, model):
+        objective = replace(objective, description=f"{objective.description}; {trained_with_model(owned)}")
     metric_fns = {**objective.metric_fns, **imbalance_metrics(objective, splits["train"]), **metrics}
     for name in [*metric_fns, *objective.derived]:
         if name == "loss" or not name.isidentifier():
             raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
-    check_metrics(metrics, scores, targets)
-    objective = replace(objective, metric_fns=metric_fns)
+    on_outputs = frozenset(name for name, fn in metrics.items() if objective.loss_on_outputs and not is_stateful(fn)
+                           and _gives_number(fn, outputs, targets))
+    check_metrics({name: fn for name, fn in metrics.items() if name not in on_outputs}, scores, targets)
+    objective = replace(objective, metric_fns=metric_fns, metrics_on_outputs=on_outputs)
     check_missing_targets(model, splits, objective, amp=amp, device=device)
     return objective
 
@@ -525,6 +524,16 @@ def _takes_outputs(loss: Callable, outputs: Any, targets: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.numel() == 1
 
 
+def _gives_number(metric: Callable, outputs: Any, targets: Any) -> bool:
+    """Whether a task's metric gives one number on everything the model returned (a tuple of heads)."""
+    try:
+        with torch.no_grad():
+            float(torch.as_tensor(metric(outputs, targets)).reshape(()))
+    except Exception:  # any failure says the metric wants the score tensor (checked next, with its own error)
+        return False
+    return True
+
+
 def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra: dict | None = None) -> Any:
     was_training = model.training
     model.eval()
@@ -579,8 +588,10 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
     objective = _own(loss, recognized, family, kind, ignore, link, r2_columns=columns if predicts else None)
     if kind.kind == "classification" and family is None and \
             loss_probe.reads_class_scores(loss, scores, targets) is False:
-        objective = replace(objective, metric_fns={}, description=f"{objective.description} (its outputs are not "
-                                                                  f"class scores to it: no accuracy)")
+        # The outputs' width is no number of classes either (an embedding's): the line says what was seen.
+        _, _, rest = objective.description.partition(";")
+        objective = replace(objective, metric_fns={}, description=f"integer labels, outputs of {scores.shape[1]} "
+                            f"values per sample;{rest} (its outputs are not class scores to it: no accuracy)")
     if shift and kind.kind == "sequence":
         objective = replace(objective, target_shift=shift,
                             metric_fns={**objective.metric_fns,
@@ -869,7 +880,7 @@ class TargetSample:
         if not self.parts:
             return None
         try:
-            return _joined(self.parts)
+            return joined([map_tensors(torch.Tensor.cpu, part) for part in self.parts])
         except (RuntimeError, TypeError):   # batches whose targets change shape: no sample
             return None
 
@@ -879,17 +890,6 @@ class TargetSample:
 
     def load_state_dict(self, state: dict) -> None:
         self.parts, self.rows, self.full = list(state["parts"]), int(state["rows"]), bool(state["full"])
-
-
-def _joined(parts: list) -> Any:
-    first = parts[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat([p.cpu() for p in parts])
-    if isinstance(first, dict):
-        return {key: _joined([p[key] for p in parts]) for key in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(_joined([p[i] for p in parts]) for i in range(len(first)))
-    raise TypeError(f"cannot join targets of type {type(first).__name__}")
 
 
 def targets_in_memory(split, limit: int = BASELINE_SAMPLES) -> torch.Tensor | None:

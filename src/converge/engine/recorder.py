@@ -21,7 +21,9 @@ from converge.errors import StorageError
 from converge.lazy import preload
 from converge.io.atomic import atomic_write_bytes
 from converge.io.checkpoint import state_bytes
-from converge.io.runfolder import BEST_WEIGHTS, CURVES, EVENTS, REPORT, SUMMARY, TENSORBOARD_DIR, RunFolder
+from converge.engine.loss_parameters import loss_part, model_part
+from converge.io.runfolder import (BEST_WEIGHTS, CURVES, EVENTS, LOSS_PARAMETERS, REPORT, SUMMARY, TENSORBOARD_DIR,
+                                   RunFolder)
 from converge.io.weights import write_weights
 from converge.report._figures import CURVES_FIGURE, figure_png
 from converge.report.figure_process import FigureProcess
@@ -136,11 +138,15 @@ class RunRecorder:
 
     def save_best(self, best_state: dict[str, torch.Tensor]) -> None:
         """best.safetensors, made and written in the background (``best_state`` is a snapshot: never changed
-        in place, so the writer may read it later)."""
+        in place, so the writer may read it later); the parameters of a loss that holds some go to
+        loss_parameters.safetensors."""
         if self.folder is not None:
             export = self.export_state
+            weights, loss = model_part(best_state), loss_part(best_state)
             self.folder.write_later(BEST_WEIGHTS, lambda path: write_weights(
-                path, export(best_state) if export is not None else best_state))
+                path, export(weights) if export is not None else weights))
+            if loss:
+                self.folder.write_later(LOSS_PARAMETERS, lambda path: write_weights(path, loss))
 
     def checkpoint_due(self, *, floor: float = 0.0, state: dict | None = None) -> bool:
         """Whether a checkpoint is due now: its cost is kept to a small share of the training time

@@ -33,6 +33,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
 BEST_WEIGHTS = "best.safetensors"
+LOSS_PARAMETERS = "loss_parameters.safetensors"  # a loss with parameters of its own: theirs, at the best epoch
 CURVES = "curves.png"
 RUN_INFO = "run.json"
 TUNING_STAGES = "tuning.json"

@@ -14,7 +14,7 @@ from typing import Callable
 from converge.decide.reported_trial import Scored, reported_trial
 from converge.engine.optim import OPTIMIZERS
 from converge.io.atomic import atomic_write_bytes
-from converge.io.runfolder import BEST_WEIGHTS, SUMMARY, TUNE_REPORT, RunFolder
+from converge.io.runfolder import BEST_WEIGHTS, LOSS_PARAMETERS, SUMMARY, TUNE_REPORT, RunFolder
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -128,6 +128,9 @@ def _best_fields(best, out: Path, *, task, base, options: dict) -> dict:
     if best.user_attrs.get("host") == socket.gethostname() and weights.is_file():
         atomic_write_bytes(out / BEST_WEIGHTS, weights.read_bytes())
         fields["best_weights"] = BEST_WEIGHTS
+        if (run_dir / LOSS_PARAMETERS).is_file():   # a loss with parameters of its own: they go with the weights
+            atomic_write_bytes(out / LOSS_PARAMETERS, (run_dir / LOSS_PARAMETERS).read_bytes())
+            fields["best_loss_parameters"] = LOSS_PARAMETERS
     summary_path = run_dir / SUMMARY
     if summary_path.is_file():
         trial_summary = RunFolder(run_dir).read_json(SUMMARY)

@@ -490,6 +490,7 @@ class _Worker:
         import optuna
 
         from converge.assembly import Output, assemble_task
+        from converge.engine.loss_parameters import left_as_they_are, loss_parameters
 
         self.current = trial._trial_id
         self._check_surplus(trial, wanted)
@@ -508,10 +509,12 @@ class _Worker:
         judge = EpochJudge(trial, f"val_{config.monitor.removeprefix('val_')}", config.mode,
                            laggards=self.pruner_name != "none", prunable=not exact)
         try:
-            run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
-                                task_args=task_args, epoch_judge=judge)
-            parts: list = []
-            summary = run.run(on_trained=lambda trainer: parts.append(self._validation_parts(trainer))).summary
+            # A loss with parameters of its own (the task file's one object) starts every trial as it was built.
+            with left_as_they_are(loss_parameters(self.task.loss)):
+                run = assemble_task(self.task, config, output=Output(run_dir, force=True), verbose=False,
+                                    task_args=task_args, epoch_judge=judge)
+                parts: list = []
+                summary = run.run(on_trained=lambda trainer: parts.append(self._validation_parts(trainer))).summary
         except StorageError as exc:  # the trial failed; the study is whole, and a rerun goes on with it
             raise exc.with_advice(state=f"trial {trial.number} failed, the study's finished trials are kept",
                                   then="run the same `converge tune` command again") from None
