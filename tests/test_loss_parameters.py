@@ -229,3 +229,24 @@ def test_every_tune_trial_starts_from_them_as_the_task_file_built_them(tmp_path)
     trained = [load_file(path)["Temperature.log_scale"] for path in out.glob("trials/*/loss_parameters.safetensors")]
     assert len(trained) == 3 and all(float(value) != 0.0 for value in trained)
     assert (out / "loss_parameters.safetensors").is_file()
+
+
+def test_the_modules_of_a_loss_go_to_the_runs_device():
+    """A task file does not know the device: a class-weighted cross-entropy built on the CPU refused CUDA logits
+    (a loop written by hand calls criterion.to(device)). Checked here by the call; bench/gpu_check.py runs it on
+    CUDA."""
+    from converge.data import make_splits
+    from converge.engine.objective import resolve_objective
+
+    moved = []
+
+    class Weighted(nn.CrossEntropyLoss):
+        def to(self, *args, **kwargs):
+            moved.append(args[0])
+            return super().to(*args, **kwargs)
+
+    x, y = _data(64)
+    splits = make_splits((x, y), (x, y))
+    resolve_objective(nn.Linear(6, 3), splits, Weighted(weight=torch.tensor([1.0, 2.0, 3.0])), {}, amp="off",
+                      device=torch.device("cpu"), probe_size=32)
+    assert moved == [torch.device("cpu")]

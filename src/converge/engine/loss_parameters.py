@@ -69,6 +69,16 @@ def loss_parameters(loss: Callable | None, model: nn.Module | None = None) -> di
     return found
 
 
+def place_loss(loss: Callable | None, device: torch.device) -> None:
+    """The modules behind a task's loss on the run's device, as a loop written by hand puts its criterion
+    there (``criterion.to(device)``): a task file does not know the device converge picks, and a class-weighted
+    ``nn.CrossEntropyLoss`` built on the CPU refuses CUDA logits."""
+    if loss is None or inspect.isclass(loss):
+        return
+    for owner in _owners(loss):
+        owner.to(device)
+
+
 def trained_with_model(params: dict[str, nn.Parameter]) -> str:
     """What the task line says of them."""
     count = sum(p.numel() for p in params.values())

@@ -38,7 +38,7 @@ from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, prepar
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
-from converge.engine.loss_parameters import loss_parameters, trained_with_model
+from converge.engine.loss_parameters import loss_parameters, place_loss, trained_with_model
 from converge.engine.optim import EagerLBFGS
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
                                      prepare_stateful, regression_metrics, scores_of)
@@ -375,6 +375,7 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
                       ignore_index: int = IGNORE_INDEX, target_key: str = "labels") -> Objective:
     """Run the model once on a probe batch (eval mode, no gradient: no side effects), decide the kind, build
     the loss and metrics, and check labels and shapes against the outputs before any training."""
+    place_loss(loss, device)
     size = probe_size if isinstance(probe_size, int) else 64
     inputs, targets = splits["train"].probe(min(size, 256))
     inputs, targets = _to(inputs, device), _to(targets, device)
@@ -1054,9 +1055,13 @@ def _isolated(loss: Callable) -> Callable | None:
     if isinstance(owner, nn.Module) and next(owner.parameters(), None) is not None:
         return None
     try:
-        return copy.deepcopy(loss)
+        copied = copy.deepcopy(loss)
     except Exception:   # noqa: BLE001 -- a loss that cannot be copied gets no searched scale
         return None
+    module = copied.loss if isinstance(copied, AlignedLoss) else copied
+    if isinstance(module, nn.Module):   # its own copy: to the CPU, where the search runs
+        module.to("cpu")
+    return copied
 
 
 @torch.no_grad()
