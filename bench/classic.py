@@ -221,7 +221,8 @@ def batch_counts(kind: str, out: torch.Tensor, y: torch.Tensor) -> dict[str, flo
     if kind == "custom":
         return {}
     if kind == "multiclass":
-        return {"correct": float((out.argmax(dim=1) == y).sum()), "n": y.shape[0]}
+        # per sample, or per position for [N, C, ...] scores against [N, ...] labels (a segmentation's pixels)
+        return {"correct": float((out.argmax(dim=1) == y).sum()), "n": y.numel()}
     if kind == "sequence":
         keep = y != -100
         # [N, T, V] scores, or [N, V, T] as torch's cross-entropy wants them: the class dimension is the one
