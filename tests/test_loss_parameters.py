@@ -91,6 +91,9 @@ def test_the_joint_state_round_trips_and_keeps_the_models_keys_as_they_are():
     assert torch.equal(loss.centres, state[LOSS_KEY + "Centres.centres"])
     assert torch.equal(model[0].weight, state["0.weight"])
     assert len(list(joint.parameters())) == len(list(model.parameters())) + 1
+    before = loss.centres.detach().clone()
+    joint.load_state_dict(model_part(state))   # a checkpoint from before they were trained: left as they are
+    assert torch.equal(loss.centres, before)
 
 
 def test_a_trial_run_leaves_them_as_they_were():
