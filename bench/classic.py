@@ -6,7 +6,8 @@
 What a competent user writes by hand, the same for every task:
 
 * the seed (``random``, NumPy, ``torch.manual_seed``) is set before ``model()`` and ``data()`` are called;
-* AdamW, LR 1e-3, weight decay 1e-2 (on every parameter, as ``AdamW(model.parameters())`` does);
+* AdamW, LR 1e-3, weight decay 1e-2 (on every parameter, as ``AdamW(model.parameters())`` does; a loss with
+  parameters of its own has them trained too, and kept with the best weights);
 * batch size 64 for in-memory splits and Datasets; a DataLoader the task returns is used as it is;
 * ReduceLROnPlateau(factor 0.1, patience 5) on the validation loss, early stopping with patience 10 on
   the validation loss, the best weights restored; at most 300 epochs;
@@ -57,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from converge.engine.loss_parameters import WithLossParameters, loss_parameters
 from converge.rng import seed_everything
 from converge.task import load_task
 
@@ -303,21 +305,35 @@ def probe_kind(task, model: nn.Module, train_batches) -> tuple[str, Callable]:
             except Exception:
                 value = None
             if isinstance(value, torch.Tensor) and value.numel() == 1:
-                return infer_kind(out, y), task.loss
-    kind = infer_kind(out, y)
+                return _own_kind(task.loss, out, y), task.loss
+    kind = _own_kind(task.loss, out, y) if task.loss is not None else infer_kind(out, y)
     base = task.loss if task.loss is not None else inferred_loss(kind)
     return kind, lambda raw, y: base(scores(raw), y)
 
 
+def _own_kind(loss: Callable, out: torch.Tensor, y: Any) -> str:
+    """The kind under the task's own loss: not multi-class when its outputs are not class scores to it (an
+    embedding under a margin loss) or are fewer than the labels (CORAL's threshold logits), whose argmax is no
+    prediction: scored by the loss."""
+    kind = infer_kind(out, y)
+    if kind == "multiclass" and out.ndim == 2:
+        from converge.engine.loss_probe import reads_class_scores
+        if int(y.max()) >= out.shape[1] or reads_class_scores(loss, out, y) is False:
+            return "custom"
+    return kind
+
+
 def early_stopping_loop(model, train_b, val_b, loss_fn, kind: str, optimizer, scheduler, max_epochs: int,
-                        on_epoch=None) -> tuple[float, int, int]:
+                        on_epoch=None, weights=None) -> tuple[float, int, int]:
     """The recipe's loop: train an epoch, validate, step ``scheduler`` (if any) on the validation loss, keep
     the best weights, stop after STOP_PATIENCE epochs without a better one; the best weights are loaded at
     the end. An optimizer with train()/eval() (schedule-free AdamW keeps averaged weights) is switched to
-    eval around each validation. ``on_epoch(val_loss)`` after each validation. Returns (best validation
-    loss, its epoch, the epochs run)."""
+    eval around each validation. ``on_epoch(val_loss)`` after each validation. ``weights``: what the best
+    state is kept of (the model, or the model and a loss's own parameters). Returns (best validation loss, its
+    epoch, the epochs run)."""
     to_train, to_eval = getattr(optimizer, "train", lambda: None), getattr(optimizer, "eval", lambda: None)
-    best, best_state, best_epoch, bad, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0, 0
+    weights = weights if weights is not None else model
+    best, best_state, best_epoch, bad, epoch = math.inf, copy.deepcopy(weights.state_dict()), 0, 0, 0
     for epoch in range(1, max_epochs + 1):
         model.train()
         to_train()
@@ -334,12 +350,12 @@ def early_stopping_loop(model, train_b, val_b, loss_fn, kind: str, optimizer, sc
         if scheduler is not None:
             scheduler.step(val_loss)
         if val_loss < best:
-            best, best_state, best_epoch, bad = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+            best, best_state, best_epoch, bad = val_loss, copy.deepcopy(weights.state_dict()), epoch, 0
         else:
             bad += 1
             if bad >= STOP_PATIENCE:
                 break
-    model.load_state_dict(best_state)
+    weights.load_state_dict(best_state)
     return best, best_epoch, epoch
 
 
@@ -353,11 +369,15 @@ def train_classic(task_path: str, seed: int, max_epochs: int = MAX_EPOCHS) -> di
                                                            else train, batch_size=BATCH_SIZE))
     else:
         kind, loss_fn = probe_kind(task, model, train_b)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    # A loss with parameters of its own (ArcFace centres, learned loss weights): a hand loop hands them to the
+    # optimizer beside the model's, and keeps them with the best weights.
+    own = loss_parameters(task.loss, model)
+    weights = WithLossParameters(model, own) if own else model
+    optimizer = torch.optim.AdamW([*model.parameters(), *own.values()], lr=LR, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=PLATEAU_FACTOR,
                                                            patience=PLATEAU_PATIENCE)
     best, best_epoch, epoch = early_stopping_loop(model, train_b, val_b, loss_fn, kind, optimizer, scheduler,
-                                                  max_epochs)
+                                                  max_epochs, weights=weights)
     result = {"seed": seed, "kind": kind, "epochs": epoch, "best_epoch": best_epoch, "best_val_loss": best,
               "own_loss": task.loss is not None, "seconds": time.perf_counter() - started}
     if test_b is not None:
@@ -376,6 +396,13 @@ def evaluate_weights(task_path: str, seed: int, weights: str) -> dict:
     if isinstance(train_b, Endless):
         train_b = DataLoader(train.dataset if isinstance(train, DataLoader) else train, batch_size=BATCH_SIZE)
     load_weights(weights, model)
+    beside = Path(weights).with_name("loss_parameters.safetensors")   # a loss with parameters of its own
+    if beside.is_file():
+        from safetensors.torch import load_file
+        saved = load_file(str(beside))
+        with torch.no_grad():
+            for name, param in loss_parameters(task.loss, model).items():
+                param.copy_(saved[name])
     kind, loss_fn = probe_kind(task, model, train_b)
     test_scores = evaluate(model, make_batches(test, False, seed), loss_fn, kind)
     primary = primary_metric(kind, test_scores)

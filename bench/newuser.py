@@ -91,7 +91,7 @@ CASES = [Case(stem, stem) for stem in (
     "tiny_wide", "linear_friedman", "scaled_regression", "clean_digits", "two_input", "dict_batches",
     "raw_load_forecast", "house_two_targets", "lstm_reviews", "digits_numpy", "next_char", "pos_bigru",
     "ner_tagger", "churn_raw", "energy_huber", "rent_mixed", "lengths_gru", "digit_dict_heads",
-    "digit_ink_heads")]
+    "digit_ink_heads", "arcface_digits", "digit_ink_uncertainty", "coral_ordinal")]
 CASES += [Case("hf_bert", "hf_bert", needs="transformers"), Case("stream", "stream"),
           Case("clean_digits_lr8", "clean_digits", args=("--optimizer", "sgd", "--lr", "8"))]
 CASE_BY_NAME = {case.name: case for case in CASES}
@@ -129,6 +129,12 @@ EXPECTED = {
     "digit_ink_heads": Expect(exact=("converged",), reach=False,
                               why="a class head and a raw amount head (~300) under one loss of the user's: the "
                                   "race's 40 steps favour the arm that fits the amount's scale"),
+    "arcface_digits": Expect(any_of=("converged",),
+                             why="an embedding under an ArcFace loss that holds the class centres (its parameters)"),
+    "digit_ink_uncertainty": Expect(exact=("converged",),
+                                    why="a class head and a raw ink head under learned uncertainty weights (the "
+                                        "loss's parameters), metrics on the tuple of heads"),
+    "coral_ordinal": Expect(exact=("converged",), why="CORAL threshold logits, the user's BCE and monitored MAE"),
     "stream": Expect(exact=("converged",), why="an endless IterableDataset"),
     "clean_digits_lr8": Expect(any_of=("lr_too_high", "collapsed"), reach=False,
                                why="SGD at LR 8: far too high"),
