@@ -160,6 +160,57 @@ def test_several_inputs_in_memory_and_from_a_dataset():
     assert scaled.evidence["input"] == "input 0"   # the doctor checks each input on its own
 
 
+class BatchDict(nn.Module):
+    """A forward that takes the batch dict whole and reads its entries itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(4, 3), nn.Linear(3 + 3, 3)
+
+    def forward(self, batch):
+        return self.head(torch.cat([batch["metadata"], self.emb(batch["kind"])], 1))
+
+
+def test_a_forward_taking_the_batch_dict_whole_gets_it_whole_and_a_named_one_gets_its_entries():
+    """`forward(self, batch)` on dict inputs was refused: "unexpected keyword argument 'metadata'"."""
+    from converge.data import takes_dict_whole
+
+    _, meta, _ = two_inputs()
+    kind = torch.arange(len(meta)) % 4
+    y = (meta[:, 0] > 0).long() + (kind >= 2).long()
+    inputs = {"metadata": meta, "kind": kind}
+    split = ({k: v[:300] for k, v in inputs.items()}, y[:300]), ({k: v[300:] for k, v in inputs.items()}, y[300:])
+    torch.manual_seed(0)
+    result = converge.fit(BatchDict(), *split, max_epochs=20, **QUICK)
+    assert result.summary["best"]["val_accuracy"] > 0.85
+    keys = frozenset(inputs)
+    assert takes_dict_whole(BatchDict(), keys)
+
+    class Named(nn.Module):
+        def forward(self, metadata, kind):
+            return metadata
+
+    class Keywords(nn.Module):
+        def forward(self, input_ids=None, **kwargs):
+            return input_ids
+
+    class Optional(nn.Module):   # a Hugging Face style forward: the keys are among its parameters
+        def forward(self, metadata, kind=None, labels=None):
+            return metadata
+
+    assert not takes_dict_whole(Named(), keys) and not takes_dict_whole(Keywords(), keys)
+    assert not takes_dict_whole(Optional(), keys)
+    class Compiled(nn.Module):   # as torch.compile's wrapper: forward(*args, **kwargs), the model in _orig_mod
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+        def forward(self, *args, **kwargs):
+            return self._orig_mod(*args, **kwargs)
+
+    assert takes_dict_whole(Compiled(BatchDict()), keys)   # the wrapped module's forward is read
+
+
 class ClassAndAmount(nn.Module):
     """Two heads: three class scores and one amount."""
 

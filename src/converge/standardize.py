@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from converge.data import call_model
+
 
 # The largest standard score a training value may get. A feature that is nearly constant with rare large
 # values (a pixel lit in 2 of 1078 digits) has a tiny std: divided by it, a value it takes in validation
@@ -399,10 +401,8 @@ def _moved(inputs: Any, device: torch.device) -> Any:
 
 
 def _call(model: nn.Module, inputs: Any):
-    """``model(x)``, ``model(*x)`` or ``model(**x)``, as the objective calls it."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+    """The model on ``inputs`` as the objective calls it (`converge.data.call_model`)."""
+    return call_model(model, inputs)
 
 
 def _target_folded(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

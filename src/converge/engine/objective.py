@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, prepare_targets, rows_in, split_batch,
-                           tensors_of)
+from converge.data import (LoaderSplit, TensorSplit, call_model, joined, map_tensors, prepare_targets, rows_in,
+                           split_batch, tensors_of)
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
@@ -130,16 +130,6 @@ class Objective:
 
 
 # --- calling the model ---------------------------------------------------------------------------------
-def call_model(model: nn.Module, inputs: Any, extra: dict | None = None):
-    """``model(x)``, ``model(*x)`` for a tuple or list of inputs, ``model(**x)`` for a dict (with the
-    ``extra`` keywords: the targets, for a model that computes its own loss)."""
-    if isinstance(inputs, dict):
-        return model(**inputs, **(extra or {}))
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def own_loss(outputs: Any) -> torch.Tensor | None:
     """The loss a model returned itself (``.loss`` or ``["loss"]``), or None."""
     loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
