@@ -91,7 +91,7 @@ def test_a_dict_of_tensors_is_a_split_and_target_key_names_the_targets():
     val = {"input_ids": ids[300:], "attention_mask": mask[300:], "y": labels[300:]}
     result = converge.fit(Bag(), train, val, target_key="y", max_epochs=12, **QUICK)
     assert result.summary["best"]["val_accuracy"] > 0.8
-    with pytest.raises(ConvergeError, match="without a 'labels' entry"):
+    with pytest.raises(ConvergeError, match="without a 'labels' entry.*set `target_key = 'y'`"):
         converge.fit(Bag(), train, val, **QUICK)
 
 

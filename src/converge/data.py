@@ -501,6 +501,17 @@ class LoaderSplit:
         return split_batch(batch, self.name, self.target_key)
 
 
+# Entry names that hold targets in datasets people write: a dict without `target_key` naming one is told so.
+_TARGET_NAMES = ("label", "labels", "target", "targets", "y", "class", "category")
+
+
+def _target_key_advice(entries: dict) -> str:
+    likely = next((key for key in entries if str(key).lower() in _TARGET_NAMES), None)
+    if likely is None:
+        return "set `target_key` in the task to the entry that holds the targets"
+    return f"set `target_key = {likely!r}` in the task (or fit(target_key={likely!r}))"
+
+
 def split_batch(batch: Any, name: str, target_key: str = TARGET_KEY):
     """(inputs, targets) of one batch: a pair; several inputs then the targets; or a dict whose
     ``target_key`` entry is the targets (the rest are the inputs, passed by name)."""
@@ -514,8 +525,7 @@ def split_batch(batch: Any, name: str, target_key: str = TARGET_KEY):
         if target_key in batch:
             return {k: v for k, v in batch.items() if k != target_key}, batch[target_key]
         raise ConvergeError(f"{name} data yields dicts without a {target_key!r} entry (keys: "
-                            f"{', '.join(map(str, batch))}); set `target_key` in the task to the entry that "
-                            f"holds the targets")
+                            f"{', '.join(map(str, batch))}); {_target_key_advice(batch)}")
     raise ConvergeError(f"{name} data must yield (inputs, targets) pairs or dicts with a {target_key!r} entry, "
                         f"got {type(batch).__name__}")
 
@@ -555,7 +565,7 @@ def make_split(data: Any, name: str, num_workers: int = 0, *, target_key: str = 
     if isinstance(data, dict):
         if target_key not in data:
             raise ConvergeError(f"the {name} split is a dict without a {target_key!r} entry (keys: "
-                                f"{', '.join(map(str, data))}); set `target_key` in the task")
+                                f"{', '.join(map(str, data))}); {_target_key_advice(data)}")
         inputs = {k: v for k, v in data.items() if k != target_key}
         return _tensor_split(inputs, data[target_key], name, check_values, missing_targets)
     if isinstance(data, (tuple, list)) and len(data) == 2:
