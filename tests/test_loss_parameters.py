@@ -116,6 +116,8 @@ def test_a_run_trains_them_restores_the_best_epochs_and_writes_them(tmp_path):
     assert not torch.equal(loss.centres.detach(), before)   # trained in place, as a hand loop does
     saved = load_file(tmp_path / "run" / "loss_parameters.safetensors")
     assert torch.equal(saved["Centres.centres"], loss.centres.detach())   # the best epoch's, restored
+    from converge.io.runfolder import LOSS_PARAMETERS, OWN_FILES
+    assert LOSS_PARAMETERS in OWN_FILES   # --force replaces it with the folder's other files
     weights = load_file(tmp_path / "run" / "best.safetensors")
     assert weights.keys() == result.model.state_dict().keys()   # best.safetensors: the model's alone
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
