@@ -173,7 +173,7 @@ class BatchDict(nn.Module):
 
 def test_a_forward_taking_the_batch_dict_whole_gets_it_whole_and_a_named_one_gets_its_entries():
     """`forward(self, batch)` on dict inputs was refused: "unexpected keyword argument 'metadata'"."""
-    from converge.data import takes_dict_whole
+    from converge.calling import takes_dict_whole
 
     _, meta, _ = two_inputs()
     kind = torch.arange(len(meta)) % 4

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from converge.data import call_model
+from converge.calling import call_model
 
 
 # The largest standard score a training value may get. A feature that is nearly constant with rare large
@@ -401,7 +401,7 @@ def _moved(inputs: Any, device: torch.device) -> Any:
 
 
 def _call(model: nn.Module, inputs: Any):
-    """The model on ``inputs`` as the objective calls it (`converge.data.call_model`)."""
+    """The model on ``inputs`` as the objective calls it (`converge.calling.call_model`)."""
     return call_model(model, inputs)
 
 
