@@ -749,10 +749,16 @@ def test_plan_ignores_info_findings():
     assert rx.plan([Finding("class_imbalance", "info", "m")], fix=True, drop_label_issues=False) == []
 
 
+def _weight_normed():
+    from torch.nn.utils.parametrizations import weight_norm
+    return nn.Sequential(weight_norm(nn.Linear(5, 7)), nn.ReLU(), nn.Linear(7, 2))
+
+
 @pytest.mark.parametrize("make_model", [
     lambda: nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 2)),
     lambda: nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(5, 7, bias=False), nn.Tanh()), nn.Linear(7, 2)),
     lambda: nn.Linear(5, 2),
+    _weight_normed,   # a parametrized weight: folded through its right_inverse
 ])
 def test_folded_standardization_takes_raw_inputs(make_model):
     torch.manual_seed(0)
@@ -764,6 +770,22 @@ def test_folded_standardization_takes_raw_inputs(make_model):
     expected = model(rx.standardize(x, mean, std))
     assert rx.fold_standardization(model, mean, std) is not None
     assert torch.allclose(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_checking_a_fold_leaves_a_parametrized_layer_as_it_was():
+    """The check folds the layer and puts it back: a weight_norm layer's weight lives in its parametrizations,
+    which the put-back missed, so training began on standardized inputs through a layer folded for raw ones
+    (the range test's first loss 36.7 against a constant's 0.66)."""
+    from converge.standardize import foldable_layer
+
+    torch.manual_seed(0)
+    model = _weight_normed()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(50, 5) * torch.tensor([1e-2, 1.0, 1e3, 5.0, 1.0]) + 10
+    mean, std = rx.standardization(x)
+    assert foldable_layer(model, x[:8], mean, std) == "0"
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def test_unfoldable_model_gets_a_hook_once():

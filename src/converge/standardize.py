@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from converge.calling import call_model
 
@@ -125,9 +126,16 @@ def _fold_into(layer: nn.Module, mean: torch.Tensor, std: torch.Tensor, offset: 
         layer.bias = nn.Parameter(torch.zeros(layer.out_features, device=layer.weight.device, dtype=layer.weight.dtype))
     for weight_name, bias_name in _projections(layer):
         weight, bias = getattr(layer, weight_name), getattr(layer, bias_name)
+        # A parametrized weight (weight_norm, spectral_norm) is computed on each read: changed as a copy, then
+        # assigned, which goes through the parametrization's right_inverse (one without it cannot take a fold).
+        parametrized = parametrize.is_parametrized(layer, weight_name)
+        if parametrized:
+            weight = weight.detach().clone()
         columns = weight[:, offset:offset + mean.numel()]
         columns.mul_((1.0 / std).to(weight.device, weight.dtype))
         bias.sub_(columns @ mean.to(weight.device, weight.dtype))
+        if parametrized:
+            setattr(layer, weight_name, weight)
 
 
 @torch.no_grad()
@@ -161,7 +169,8 @@ def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: t
     difference at most ``tolerance`` x (largest output + 1). The layer's parameters and every module's
     train/eval mode are put back."""
     modes = {module: module.training for module in model.modules()}
-    saved = {key: value.detach().clone() for key, value in layer.named_parameters(recurse=False)}
+    # its whole state: a parametrized weight lives in the layer's parametrizations (weight_norm's g and v)
+    saved = {key: value.detach().clone() for key, value in layer.state_dict().items()}
     had_bias = not isinstance(layer, nn.Linear) or layer.bias is not None
     model.eval()
     try:
@@ -171,10 +180,9 @@ def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: t
     except Exception:   # a model whose output is not one tensor: not judged, not folded  # noqa: BLE001
         return False
     finally:
-        for key, value in saved.items():
-            getattr(layer, key).copy_(value)
         if not had_bias:
             layer.bias = None
+        layer.load_state_dict(saved)
         for module, training in modes.items():
             module.training = training
     if not isinstance(expected, torch.Tensor) or not isinstance(folded, torch.Tensor) or \
