@@ -427,7 +427,10 @@ def fold_target_standardization(model: nn.Module, mean: torch.Tensor, std: torch
     """Fold y = z * std + mean into the nn.Linear ``layer_name`` (from `foldable_last_layer`), in place."""
     layer = model if layer_name == "(model)" else model.get_submodule(layer_name)
     weight, bias = _target_folded(layer, mean, std)
-    layer.weight.copy_(weight)
+    if parametrize.is_parametrized(layer, "weight"):   # computed on each read: set through its right_inverse
+        layer.weight = weight.detach().clone()
+    else:
+        layer.weight.copy_(weight)
     if layer.bias is None:
         layer.bias = nn.Parameter(bias.clone())
     else:
