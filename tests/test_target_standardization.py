@@ -70,6 +70,19 @@ def test_the_last_layer_is_found_by_probe_and_checked_numerically(model_class, e
     assert foldable_last_layer(model_class(), x[:16], mean, std) == expected
 
 
+def test_a_last_layer_whose_parametrization_undoes_a_fold_is_not_folded_into():
+    """spectral_norm divides the weight by its largest singular value on every read: a folded weight comes out
+    renormalized, so the check, which now folds a copy for real, refuses the layer."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    torch.manual_seed(0)
+    (x, y), _, _ = raw_regression()
+    mean, std = standardization(y)
+    model = Net()
+    model.layers[2] = spectral_norm(model.layers[2])
+    assert foldable_last_layer(model, x[:16], mean, std) is None
+    assert foldable_last_layer(_weight_normed_net(1), x[:16], mean, std) == "layers.2"
+
+
 def _weight_normed_net(columns):
     from torch.nn.utils.parametrizations import weight_norm
     model = Net(columns)

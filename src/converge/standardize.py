@@ -10,6 +10,7 @@ Plain tensor functions: `converge doctor`'s remedies use them, and so does loadi
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -363,9 +364,11 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
             per_step = expected.ndim >= 3 and expected.shape[-1] == mean.numel()   # a per-step nn.Linear
             if layer.out_features != mean.numel() or not (per_row or per_step):
                 return None
-            weight, bias = _target_folded(layer, mean, std)
-            folding = layer.register_forward_hook(
-                lambda module, args, out: nn.functional.linear(args[0], weight, bias))
+            # The fold itself, on a copy of the layer: a parametrized weight (weight_norm) takes it through its
+            # right_inverse, and one whose forward would undo it (spectral_norm) fails the check below.
+            folded_layer = copy.deepcopy(layer)
+            fold_target_standardization(folded_layer, mean, std, "(model)")
+            folding = layer.register_forward_hook(lambda module, args, out: folded_layer(args[0]))
             try:
                 folded = _call(model, probe)
             finally:
