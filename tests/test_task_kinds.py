@@ -88,6 +88,39 @@ def test_binary_with_one_output_trains_and_reports_accuracy():
     assert result.summary["best"]["val_loss"] == pytest.approx(expected, rel=1e-4)
 
 
+class _SigmoidOut(nn.Module):
+    """Ends in torch.sigmoid inside forward, then a squeeze: the outputs are probabilities all the same."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(x)).squeeze(1)
+
+
+@pytest.mark.parametrize("make_model, on_probabilities", [
+    (lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1), nn.Sigmoid()), True),
+    (_SigmoidOut, True),
+    (lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1)), False),   # logits
+])
+def test_a_model_ending_in_a_sigmoid_with_no_loss_gets_the_bce_on_probabilities(make_model, on_probabilities):
+    """A BCE-with-logits took its probabilities for logits: every output above logit 0, so the accuracy was the
+    share of positives (breast cancer: 0.614, "underfitting"); now 0.965."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0.8).float()   # about 28 % positives
+    torch.manual_seed(0)
+    splits = make_splits((x[:200], y[:200]), (x[200:], y[200:]))
+    objective = resolve_objective(make_model(), splits, None, {}, amp="off", device=torch.device("cpu"),
+                                  probe_size=64)
+    assert objective.kind == "binary"
+    assert ("BCE on probabilities" in objective.description) is on_probabilities
+    torch.manual_seed(0)
+    result = converge.fit(make_model(), (x[:200], y[:200]), (x[200:], y[200:]), max_epochs=30, **QUICK)
+    assert result.summary["best"]["val_accuracy"] > 0.85   # the positives' share is about 0.28
+
+
 def test_multilabel_reports_label_accuracy_and_exact_match():
     x, g = blobs()
     y = torch.stack([x[:, 0] > 0, x[:, 1] > 0, x[:, 0] + x[:, 2] > 0], dim=1).float()

@@ -382,6 +382,9 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
         objective = Objective(loss, "custom", {}, inferred=False, known_loss=False, description="custom targets")
     else:
         objective = _decide(loss, scores, targets, splits, ignore_index)
+        if loss is None and objective.kind in ("binary", "multilabel") and _ends_in_sigmoid(model, inputs, amp,
+                                                                                            device):
+            objective = _on_probabilities(_decide(nn.BCELoss(), scores, targets, splits, ignore_index))
     if loss is not None and outputs is not scores and _takes_outputs(loss, outputs, targets):
         # The model returns several things and the task's loss reads them (a VAE's reconstruction, mean and
         # log-variance): the loss is the task's alone, whatever the score tensor in them looks like.
@@ -392,8 +395,9 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
     check_outputs_fit(objective, outputs if objective.loss_on_outputs else scores, targets)
     if not (objective.known_loss or objective.constant_by_search or objective.model_loss):
         objective = replace(objective, output_template=_one_row(outputs if objective.loss_on_outputs else scores))
-    objective = replace(objective, description=objective.description + alignment_note(objective.loss_fn, scores,
-                                                                                        targets))
+    if loss is not None:   # a loss converge chose aligns its targets as it likes: nothing to tell
+        objective = replace(objective, description=objective.description + alignment_note(objective.loss_fn,
+                                                                                            scores, targets))
     if owned := loss_parameters(loss, model):
         objective = replace(objective, description=f"{objective.description}; {trained_with_model(owned)}")
     metric_fns = {**objective.metric_fns, **imbalance_metrics(objective, splits["train"]), **metrics}
@@ -514,6 +518,37 @@ def _takes_outputs(loss: Callable, outputs: Any, targets: Any) -> bool:
     except Exception:  # any failure says the loss wants the score tensor (checked next, with its own error)
         return False
     return isinstance(value, torch.Tensor) and value.numel() == 1
+
+
+# Operations that pass a tensor on unchanged in its values: the sigmoid behind them is still the model's last.
+_VIEWS = ("View", "Reshape", "Squeeze", "Unsqueeze", "Permute", "Transpose", "Clone", "Flatten", "Unsafe")
+
+
+def _ends_in_sigmoid(model: nn.Module, inputs: Any, amp: str, device: torch.device) -> bool:
+    """Whether the model's scores come out of a sigmoid (an nn.Sigmoid last, or torch.sigmoid in forward,
+    then at most reshapes): read from the autograd graph of a forward on two rows."""
+    rows = map_tensors(lambda t: t[:2], inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), dev.autocast(amp, device):
+            node = getattr(scores_of(call_model(model, rows)), "grad_fn", None)
+    except Exception:  # noqa: BLE001 -- the probe's own error is reported elsewhere
+        return False
+    finally:
+        model.train(was_training)
+    while node is not None and node.name().startswith(_VIEWS):
+        node = next((fn for fn, _ in node.next_functions if fn is not None), None)
+    return node is not None and node.name().startswith("Sigmoid")
+
+
+def _on_probabilities(objective: Objective) -> Objective:
+    """The objective of a model that ends in a sigmoid when no loss is given: the BCE on its probabilities (as
+    nn.BCELoss), accuracy at 0.5. A BCE-with-logits would take the probabilities for logits: every output
+    above logit 0, the accuracy the share of positives (breast cancer: 0.614), the verdict "underfitting"."""
+    kind = objective.description.partition("; loss")[0]
+    return replace(objective, inferred=True, description=f"{kind}; loss BCE on probabilities (the model ends in "
+                   f"a sigmoid: accuracy at 0.5)")
 
 
 def _gives_number(metric: Callable, outputs: Any, targets: Any) -> bool:
