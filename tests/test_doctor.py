@@ -1365,3 +1365,24 @@ def test_a_softmax_before_a_cross_entropy_is_an_error(head, loss, found):
     if found:
         assert codes["probabilities_into_cross_entropy"].severity == "error"
         assert "remove the final nn.Softmax" in codes["probabilities_into_cross_entropy"].fix
+
+
+def test_a_model_that_draws_new_views_on_every_call_is_not_called_a_bug():
+    """Random views inside forward, even in eval mode (a SimCLR-style model): one batch has no fixed answer, and
+    the overfit check, which was an error for it, is information now. The same model without the noise, but
+    ignoring its inputs, still fails."""
+    torch.manual_seed(0)
+
+    class Noisy(nn.Module):
+        def __init__(self, ignore=False):
+            super().__init__()
+            self.net, self.ignore = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)), ignore
+
+        def forward(self, x):
+            return self.net(x * 0) if self.ignore else self.net(x + 3.0 * torch.randn_like(x))
+
+    x, y = torch.randn(32, 8), torch.arange(32) % 3
+    found = mc.cannot_overfit_batch(Noisy(), x, y, F.cross_entropy, steps=60, lrs=(1e-3,))
+    assert [f.severity for f in found] == ["info"] and "changes from one call to the next" in found[0].message
+    found = mc.cannot_overfit_batch(Noisy(ignore=True), x, y, F.cross_entropy, steps=60, lrs=(1e-3,))
+    assert [f.severity for f in found] == ["error"]

@@ -212,10 +212,27 @@ def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *
         return [Finding("cannot_overfit_batch", "info",
                         f"not judged: fitting one batch of {len(targets)} samples took longer than {seconds:g} s per "
                         f"LR before the loss fell to {bound}", evidence, "")]
+    if _draws_at_random(model, inputs, targets, loss_fn):
+        return [Finding("cannot_overfit_batch", "info",
+                        f"not judged: the loss on one batch of {len(targets)} samples changes from one call to the "
+                        f"next in eval mode (random views or noise inside forward, or a loss that samples): such "
+                        f"a batch has no fixed answer to memorise", evidence, "")]
     return [Finding("cannot_overfit_batch", "error",
                     f"the model cannot fit a single batch of {len(targets)} samples: the loss stays above "
                     f"{bound} after {steps} Adam steps", evidence,
                     "look for a bug (inputs detached or ignored, a wrong loss, frozen layers) or add capacity")]
+
+
+def _draws_at_random(model: nn.Module, inputs, targets, loss_fn) -> bool:
+    """Whether the loss on the same batch, in eval mode, differs between two calls (a model that augments its
+    inputs inside forward: a SimCLR-style model's two noisy views, under an NT-Xent loss, was called a bug)."""
+    model = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            first, second = (float(batch_loss(model, inputs, targets, loss_fn)) for _ in range(2))
+    except Exception:   # noqa: BLE001 -- the other checks report a model or loss that fails
+        return False
+    return math.isfinite(first) and math.isfinite(second) and abs(first - second) > 1e-6 * (abs(first) + 1e-12)
 
 
 class AtTargetScale(nn.Module):
