@@ -126,17 +126,21 @@ def _fold_into(layer: nn.Module, mean: torch.Tensor, std: torch.Tensor, offset: 
     if isinstance(layer, nn.Linear) and layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(layer.out_features, device=layer.weight.device, dtype=layer.weight.dtype))
     for weight_name, bias_name in _projections(layer):
-        weight, bias = getattr(layer, weight_name), getattr(layer, bias_name)
-        # A parametrized weight (weight_norm, spectral_norm) is computed on each read: changed as a copy, then
-        # assigned, which goes through the parametrization's right_inverse (one without it cannot take a fold).
-        parametrized = parametrize.is_parametrized(layer, weight_name)
-        if parametrized:
-            weight = weight.detach().clone()
+        weight, bias = getattr(layer, weight_name).detach().clone(), getattr(layer, bias_name)
         columns = weight[:, offset:offset + mean.numel()]
         columns.mul_((1.0 / std).to(weight.device, weight.dtype))
         bias.sub_(columns @ mean.to(weight.device, weight.dtype))
-        if parametrized:
-            setattr(layer, weight_name, weight)
+        _set_weight(layer, weight_name, weight)
+
+
+def _set_weight(layer: nn.Module, name: str, value: torch.Tensor) -> None:
+    """``layer.<name> = value`` in place. A parametrized weight (weight_norm, spectral_norm) is computed on
+    each read, so writing into what a read returns changes nothing: it is assigned, which goes through the
+    parametrization's right_inverse (one without it cannot take a fold)."""
+    if parametrize.is_parametrized(layer, name):
+        setattr(layer, name, value)
+    else:
+        getattr(layer, name).copy_(value)
 
 
 @torch.no_grad()
@@ -262,7 +266,7 @@ def foldable_part(model: nn.Module, probe: Any, key, mean: torch.Tensor, std: to
     handles = [module.register_forward_pre_hook(record) for module in names]
     try:
         with _probing(model, handles):
-            _call(model, probe)
+            call_model(model, probe)
     except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
         return None
     if not seen:
@@ -270,8 +274,8 @@ def foldable_part(model: nn.Module, probe: Any, key, mean: torch.Tensor, std: to
     name, offset = seen[0]
     layer = model if name == "(model)" else model.get_submodule(name)
     standardized = with_part(probe, key, standardize(part, mean.to(part.dtype), std.to(part.dtype)))
-    return (name, offset) if _fold_matches(model, layer, mean, std, offset, lambda: _call(model, standardized),
-                                           lambda: _call(model, probe), tolerance) else None
+    return (name, offset) if _fold_matches(model, layer, mean, std, offset, lambda: call_model(model, standardized),
+                                           lambda: call_model(model, probe), tolerance) else None
 
 
 def first_batch_norm(model: nn.Module, probe: Any) -> str | None:
@@ -353,7 +357,7 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
                for module in names]
     try:
         with _probing(model, handles):
-            expected = _call(model, probe)
+            expected = call_model(model, probe)
             for handle in handles:
                 handle.remove()
             if not calls or not isinstance(expected, torch.Tensor) or expected.shape[0] == 0:
@@ -370,7 +374,7 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
             fold_target_standardization(folded_layer, mean, std, "(model)")
             folding = layer.register_forward_hook(lambda module, args, out: folded_layer(args[0]))
             try:
-                folded = _call(model, probe)
+                folded = call_model(model, probe)
             finally:
                 folding.remove()
     except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
@@ -411,11 +415,6 @@ def _moved(inputs: Any, device: torch.device) -> Any:
     return inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
 
 
-def _call(model: nn.Module, inputs: Any):
-    """The model on ``inputs`` as the objective calls it (`converge.calling.call_model`)."""
-    return call_model(model, inputs)
-
-
 def _target_folded(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(std W, std b + mean): the layer's parameters that predict in the user's units."""
     scale = std.to(layer.weight.device, layer.weight.dtype).reshape(-1)
@@ -430,10 +429,7 @@ def fold_target_standardization(model: nn.Module, mean: torch.Tensor, std: torch
     """Fold y = z * std + mean into the nn.Linear ``layer_name`` (from `foldable_last_layer`), in place."""
     layer = model if layer_name == "(model)" else model.get_submodule(layer_name)
     weight, bias = _target_folded(layer, mean, std)
-    if parametrize.is_parametrized(layer, "weight"):   # computed on each read: set through its right_inverse
-        layer.weight = weight.detach().clone()
-    else:
-        layer.weight.copy_(weight)
+    _set_weight(layer, "weight", weight.detach().clone())
     if layer.bias is None:
         layer.bias = nn.Parameter(bias.clone())
     else:

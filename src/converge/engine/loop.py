@@ -115,12 +115,12 @@ class Trainer:
         self.metric_notes: list[str] = []  # metrics that are batch means, not the whole split's (said once)
 
     def _place_loss_parameters(self) -> None:
-        """The loss's parameters on the run's device, with no gradient left by the set-up's trial runs (the LR
-        range test's, the doctor's), and, under torchrun, rank 0's values on every rank (a loss built when the
-        task file was imported drew them before the seed was set)."""
+        """The loss's parameters (on the run's device since the objective was resolved, `place_loss`) with no
+        gradient left by the set-up's trial runs (the LR range test's, the doctor's), and, under torchrun, rank
+        0's values on every rank (a loss built when the task file was imported drew them before the seed was
+        set)."""
         with torch.no_grad():
             for param in self.loss_params.values():
-                param.data = param.data.to(self.device)
                 param.grad = None
                 if self.world is not None:
                     self.world.broadcast_(param.data)

@@ -23,10 +23,17 @@ from torch import nn
 LOSS_KEY = "[loss]."
 
 
-def _owners(loss: Callable) -> list[nn.Module]:
-    """The modules behind a task's loss: the loss itself, a bound method's module, the loss a wrapper holds in
-    ``.loss`` (`AlignedLoss`) or a ``functools.partial`` wraps; for a plain function, the modules it names as
-    globals or closes over (``centres = ArcFace(); def loss(e, y): return centres(e, y)``)."""
+def loss_module(loss: Callable) -> nn.Module | None:
+    """The module a task's loss is: the loss itself, or a bound method's module, seen through the loss a wrapper
+    holds in ``.loss`` (`AlignedLoss`) or a ``functools.partial`` wraps. None for a plain function."""
+    inner = _unwrapped(loss)
+    if isinstance(inner, nn.Module):
+        return inner
+    owner = getattr(inner, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def _unwrapped(loss: Callable) -> Any:
     inner = loss
     while True:
         if isinstance(inner, functools.partial):
@@ -34,12 +41,16 @@ def _owners(loss: Callable) -> list[nn.Module]:
         elif not isinstance(inner, nn.Module) and callable(getattr(inner, "loss", None)):
             inner = inner.loss
         else:
-            break
-    if isinstance(inner, nn.Module):
-        return [inner]
-    owner = getattr(inner, "__self__", None)
-    if isinstance(owner, nn.Module):
-        return [owner]
+            return inner
+
+
+def _owners(loss: Callable) -> list[nn.Module]:
+    """The modules behind a task's loss: its own (`loss_module`), or, for a plain function, the modules it names
+    as globals or closes over (``centres = ArcFace(); def loss(e, y): return centres(e, y)``)."""
+    module = loss_module(loss)
+    if module is not None:
+        return [module]
+    inner = _unwrapped(loss)
     code = getattr(inner, "__code__", None)
     if code is None:
         return []

@@ -39,7 +39,7 @@ from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, prepar
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
-from converge.engine.loss_parameters import loss_parameters, place_loss, trained_with_model
+from converge.engine.loss_parameters import loss_module, loss_parameters, place_loss, trained_with_model
 from converge.engine.optim import EagerLBFGS
 from converge.engine.metrics import (IMBALANCED_RATIO, BalancedAccuracy, MacroF1, imbalance_ratio, is_stateful,
                                      prepare_stateful, regression_metrics, scores_of)
@@ -509,14 +509,21 @@ def _model_loss(outputs, scores, targets, splits: dict, metrics: dict, ignore_in
     return replace(objective, metric_fns={**objective.metric_fns, **metrics})
 
 
-def _takes_outputs(loss: Callable, outputs: Any, targets: Any) -> bool:
-    """Whether the task's ``loss`` gives a scalar on everything the model returned (a tuple, a dict, an
-    object), as a loss written for that model does; a loss for the score tensor alone fails on the rest."""
+def _on_all_outputs(fn: Callable, outputs: Any, targets: Any) -> Any:
+    """``fn(outputs, targets)`` on everything the model returned (a tuple, a dict, an object), without
+    gradient; None when it fails: a loss or metric written for the score tensor alone fails on the rest (and
+    is checked next on the scores, with its own error)."""
     try:
         with torch.no_grad():
-            value = loss(outputs, targets)
-    except Exception:  # any failure says the loss wants the score tensor (checked next, with its own error)
-        return False
+            return fn(outputs, targets)
+    except Exception:  # noqa: BLE001 -- any failure says it wants the score tensor
+        return None
+
+
+def _takes_outputs(loss: Callable, outputs: Any, targets: Any) -> bool:
+    """Whether the task's ``loss`` gives a scalar tensor on everything the model returned, as a loss written
+    for that model does."""
+    value = _on_all_outputs(loss, outputs, targets)
     return isinstance(value, torch.Tensor) and value.numel() == 1
 
 
@@ -527,16 +534,8 @@ _VIEWS = ("View", "Reshape", "Squeeze", "Unsqueeze", "Permute", "Transpose", "Cl
 def _ends_in_sigmoid(model: nn.Module, inputs: Any, amp: str, device: torch.device) -> bool:
     """Whether the model's scores come out of a sigmoid (an nn.Sigmoid last, or torch.sigmoid in forward,
     then at most reshapes): read from the autograd graph of a forward on two rows."""
-    rows = map_tensors(lambda t: t[:2], inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad(), dev.autocast(amp, device):
-            node = getattr(scores_of(call_model(model, rows)), "grad_fn", None)
-    except Exception:  # noqa: BLE001 -- the probe's own error is reported elsewhere
-        return False
-    finally:
-        model.train(was_training)
+    node = getattr(scores_of(_probe(model, map_tensors(lambda t: t[:2], inputs), amp, device, grad=True)),
+                   "grad_fn", None)
     while node is not None and node.name().startswith(_VIEWS):
         node = next((fn for fn, _ in node.next_functions if fn is not None), None)
     return node is not None and node.name().startswith("Sigmoid")
@@ -554,18 +553,20 @@ def _on_probabilities(objective: Objective) -> Objective:
 def _gives_number(metric: Callable, outputs: Any, targets: Any) -> bool:
     """Whether a task's metric gives one number on everything the model returned (a tuple of heads)."""
     try:
-        with torch.no_grad():
-            float(torch.as_tensor(metric(outputs, targets)).reshape(()))
-    except Exception:  # any failure says the metric wants the score tensor (checked next, with its own error)
+        float(torch.as_tensor(_on_all_outputs(metric, outputs, targets)).reshape(()))
+    except Exception:  # noqa: BLE001 -- None (it failed), or not one number
         return False
     return True
 
 
-def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra: dict | None = None) -> Any:
+def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra: dict | None = None, *,
+           grad: bool = False) -> Any:
+    """The model's outputs on ``inputs`` in eval mode (its own mode put back); without gradient unless
+    ``grad`` (to read the autograd graph of what it returns)."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), dev.autocast(amp, device):
+        with torch.set_grad_enabled(grad), dev.autocast(amp, device):
             return call_model(model, inputs, extra)
     except Exception as exc:
         raise ConvergeError(f"the model fails on a batch of inputs {describe(inputs)}: "
@@ -1076,16 +1077,15 @@ def _isolated(loss: Callable) -> Callable | None:
     loss as it was (one that counts its calls: an annealing schedule, a fault injected at its n-th call).
     None for a loss that holds parameters, itself or as a bound method of a module (a network such as a
     perceptual loss: costly to copy and to search through), or that cannot be copied."""
-    inner = loss.loss if isinstance(loss, AlignedLoss) else loss
-    owner = inner if isinstance(inner, nn.Module) else getattr(inner, "__self__", None)
-    if isinstance(owner, nn.Module) and next(owner.parameters(), None) is not None:
+    owner = loss_module(loss)
+    if owner is not None and next(owner.parameters(), None) is not None:
         return None
     try:
         copied = copy.deepcopy(loss)
     except Exception:   # noqa: BLE001 -- a loss that cannot be copied gets no searched scale
         return None
-    module = copied.loss if isinstance(copied, AlignedLoss) else copied
-    if isinstance(module, nn.Module):   # its own copy: to the CPU, where the search runs
+    module = loss_module(copied)
+    if module is not None:   # its own copy: to the CPU, where the search runs
         module.to("cpu")
     return copied
 
