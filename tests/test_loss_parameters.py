@@ -255,3 +255,43 @@ def test_the_modules_of_a_loss_go_to_the_runs_device():
     resolve_objective(nn.Linear(6, 3), splits, Weighted(weight=torch.tensor([1.0, 2.0, 3.0])), {}, amp="off",
                       device=torch.device("cpu"), probe_size=32)
     assert moved == [torch.device("cpu")]
+
+
+DRAWN_AT_IMPORT = '''
+import torch
+from torch import nn
+
+class Centres(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.centres = nn.Parameter(torch.randn(3, 8))   # drawn when the file is imported
+
+    def forward(self, e, y):
+        return nn.functional.cross_entropy(10 * nn.functional.normalize(e) @ nn.functional.normalize(self.centres).T, y)
+
+loss = Centres()
+
+def model():
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8))
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    return (x[:150], x[:150, :3].argmax(1)), (x[150:], x[150:, :3].argmax(1))
+'''
+
+
+def test_what_a_task_file_draws_when_imported_is_the_same_in_every_run_of_a_seed(tmp_path):
+    """An ArcFace loss built at module level drew its centres from an unseeded generator: two runs of the same
+    seed trained 26 and 194 epochs. The task file is now imported with the generators seeded."""
+    from converge.api import train_task
+    from converge.task import load_task
+
+    task = tmp_path / "task.py"
+    task.write_text(DRAWN_AT_IMPORT)
+    first, again, other = (load_task(task, seed=s).loss.centres.detach().clone() for s in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    torch.manual_seed(123)   # whatever the process drew before
+    runs = [train_task(task, out=tmp_path / f"run{i}", verbose=False, max_epochs=3, seed=0, **{
+        k: v for k, v in FIXED.items() if k not in ("seed", "verbose")}).summary for i in range(2)]
+    assert runs[0]["best"] == runs[1]["best"] and runs[0]["epochs"] == runs[1]["epochs"]

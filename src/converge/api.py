@@ -108,7 +108,7 @@ def train_task(task_path: str | Path, *, out: str | Path | None = None, force: b
     unscaled features and re-weight imbalanced classes; ``drop_label_issues``: leave out the training rows
     confident learning flags (see docs/doctor.md)."""
     started = time.monotonic()
-    task = load_task(task_path)
+    task = load_task(task_path, seed=options.get("seed", 0))
     options.setdefault("monitor", task.monitor)
     options.setdefault("mode", task.mode)
     config = make_config(**options)
@@ -139,8 +139,8 @@ def _resume(folder: RunFolder, run_dir, started: float, *, max_epochs: int | Non
         raise ConvergeError(f"{str(run_dir)!r} was written by converge.fit(); resume it from Python with "
                             "fit(..., out=..., resume=True)")
     checkpoint = read_checkpoint(folder)
-    task = load_task(info["task"])
     config = TrainConfig.from_dict(checkpoint.state["config"] if checkpoint else info["config"])
+    task = load_task(info["task"], seed=config.seed)
     if max_epochs is not None:
         config = config.with_values(max_epochs=max_epochs)
     if checkpoint is not None:
@@ -163,7 +163,7 @@ def find_lr(task_path: str | Path, *, optimizer: str = "auto", batch_size: int |
     from converge.choose.auto import choose_batch_size
     from converge.choose.lr_find import lr_range_test, plot_range_test
 
-    task = load_task(task_path)
+    task = load_task(task_path, seed=seed)
     config = make_config(optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                          device=device, amp=amp, monitor=task.monitor, mode=task.mode, standardize=standardize)
     model, splits, _ = build_task(task, config)

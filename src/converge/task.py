@@ -15,6 +15,7 @@ from typing import Any, Callable
 from torch import nn
 
 from converge.errors import ConvergeError
+from converge.rng import seed_everything
 
 
 @dataclass
@@ -72,7 +73,10 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def load_task(path: str | Path) -> Task:
+def load_task(path: str | Path, seed: int = 0) -> Task:
+    """The task file at ``path``, imported with the random generators seeded with ``seed``: what it builds
+    when it is imported (a loss holding parameters drawn at random, a data set drawn at module level) is the
+    same in every run of that seed, as what ``model()`` and ``data()`` build is."""
     path = Path(path)
     if not path.exists():
         raise ConvergeError(f"task file {str(path)!r} does not exist")
@@ -91,6 +95,7 @@ def load_task(path: str | Path) -> Task:
     except SyntaxError as exc:
         where = f"line {exc.lineno}: " if exc.lineno else ""
         raise ConvergeError(f"task file {str(path)!r} does not parse: {where}{exc.msg}") from None
+    seed_everything(seed)
     module = _import(path.resolve())
     for required in ("model", "data"):
         if not callable(getattr(module, required, None)):

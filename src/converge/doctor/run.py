@@ -484,5 +484,5 @@ def run_doctor(task_path: str | Path, *, cheap: bool = False, seed: int = 0, dev
     (``{"model": {...}, "data": {...}}``) are keyword arguments for the task's ``model()`` and ``data()``."""
     from converge.task import load_task
 
-    return diagnose_task(load_task(task_path), task_args=task_args, cheap=cheap, seed=seed, device=device,
+    return diagnose_task(load_task(task_path, seed=seed), task_args=task_args, cheap=cheap, seed=seed, device=device,
                          progress=progress)

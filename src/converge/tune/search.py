@@ -227,7 +227,7 @@ def tune_task(task_path: str | Path, *, trials: int, out: str | Path | None = No
     from converge.task import load_task
 
     _check_options(trials=trials, timeout=timeout, pruner=pruner, heartbeat=heartbeat)
-    task = load_task(task_path)
+    task = load_task(task_path, seed=seed)
     options = {"max_epochs": max_epochs, "patience": patience, "device": device,
                "standardize": None if standardize else False}
     base = make_config(seed=seed, monitor=task.monitor, mode=task.mode, **options)
