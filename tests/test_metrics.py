@@ -3,6 +3,7 @@ torchmetrics, Keras and the HF Trainer compute it), for stateful metrics (torchm
 converge's accuracies (exact weighted means) and for plain fn(outputs, targets) functions (called once on the
 split's outputs, within a memory budget; past it, the weighted batch mean and a note)."""
 
+import math
 import subprocess
 import sys
 
@@ -365,3 +366,47 @@ def test_a_run_with_a_summed_loss_of_its_own_scores_validation_at_the_training_b
         expected = sum(float(summed(model(xb), yb)) * len(xb)
                        for xb, yb in zip(x[136:].split(16), y[136:].split(16))) / 64
     assert result.summary["best"]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("rows, parts, fewest, count", [
+    (200, 16, None, 16),     # enough rows: the parts asked for
+    (20, 16, None, None),    # fewer than 2 x 16 rows: no parts, unless fewer may do
+    (20, 16, 4, 10),         # parts of two rows
+    (7, 16, 4, None),        # 3 parts of two rows: fewer than asked at least
+])
+def test_a_split_scored_in_parts_pairs_up_and_averages_to_the_whole(rows, parts, fewest, count):
+    from converge.engine.evaluation import scored_in_parts
+
+    torch.manual_seed(0)
+    x, y = torch.randn(rows, 5), torch.randint(0, 3, (rows,))
+    split, model = TensorSplit(x, y, "val"), nn.Sequential(nn.Linear(5, 3))
+    objective = Objective(cross_entropy, "classification", {}, classes=3, class_dim=1)
+    found = scored_in_parts(model, split, objective, "loss", amp="off", device=torch.device("cpu"), parts=parts,
+                            fewest=fewest)
+    if count is None:
+        assert found is None
+        return
+    assert len(found) == count and all(math.isfinite(v) for v in found)
+    whole = evaluate(model, split, objective, batch_size=rows, amp="off", device=torch.device("cpu"))["loss"]
+    if rows % count == 0:   # parts of equal size: their mean is the whole split's loss
+        assert sum(found) / count == pytest.approx(whole, rel=1e-5)
+
+
+def test_a_large_part_is_scored_in_pieces_no_larger_than_the_batch():
+    """A part larger than the evaluation batch (a large validation split) is scored in pieces, whose mean is
+    the part's: the same values as scoring each part whole, without a forward of the whole part."""
+    from converge.engine.evaluation import scored_in_parts
+
+    torch.manual_seed(0)
+    x, y = torch.randn(320, 5), torch.randint(0, 3, (320,))
+    split, model = TensorSplit(x, y, "val"), nn.Sequential(nn.Linear(5, 3))
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    objective = Objective(cross_entropy, "classification", {}, classes=3, class_dim=1)
+    cpu = torch.device("cpu")
+    whole = scored_in_parts(model, split, objective, "loss", amp="off", device=cpu)
+    assert max(seen) == 20
+    seen.clear()
+    pieces = scored_in_parts(model, split, objective, "loss", amp="off", device=cpu, batch_size=5)
+    assert max(seen) == 5 and len(pieces) == 16
+    assert pieces == pytest.approx(whole, rel=1e-5)

@@ -552,18 +552,6 @@ def test_the_reported_trial_says_why_and_checks_its_arguments():
         reported_trial.reported_trial([], None, "min", z=-1)
 
 
-@pytest.mark.parametrize("a, b, expected", [
-    ((1.0, 2.0, 3.0), (1.0, 2.0, 3.0), 0.0),             # the same parts: no noise
-    ((1.0, 2.0), (0.0, 2.0), 0.5),                       # differences 1, 0: stdev 0.707 / sqrt(2)
-    ((1.0,), (0.0,), None),                              # one part: no spread to measure
-    ((1.0, 2.0), (1.0,), None),                          # parts that do not pair up
-    ((1.0, float("nan")), (1.0, 2.0), None),
-])
-def test_paired_standard_error(a, b, expected):
-    found = reported_trial.paired_standard_error(a, b)
-    assert found == (None if expected is None else pytest.approx(expected))
-
-
 def test_the_warm_start_trial_is_the_run_converge_train_makes(cli, task_file, tmp_path):
     """Trial 0 trains with the automatic choice exactly (LR, batch size, warmup, the task's defaults), so its
     result is `converge train`'s, number for number; and its reproduce command gives it again."""

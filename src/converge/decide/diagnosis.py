@@ -31,7 +31,12 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
   the last epoch, or by more than ``RESTART_PREFIX_RISE`` at an LR cut that went on from the best weights
   (the history as it stood then). For a loss that reaches zero or below (a negative log-likelihood) the
   rise and the fall are shares of the fall from the first epoch's loss (the larger of training and
-  validation) to the best epoch's;
+  validation) to the best epoch's. Where the run can score weights (the Trainer; not `Monitor`), the rise
+  must also be more than the validation split's noise: the weights that rose and the kept ones are scored
+  on the same fixed parts of the split, and the mean part-by-part rise must pass a one-sided t-test at the
+  5 % level (``rise_test``, `converge.decide.significance`; at a restart the test is kept in its event). A
+  few validation samples growing confident the wrong way raise a small split's loss by 30 % and more while
+  the test loss does not move;
   a *gap* at the best epoch: the validation loss is at least ``GAP_RATIO`` times the training loss and
   above it by at least ``GAP_OF_SCALE`` of the constant-prediction loss (the first epoch's loss when that
   is unknown), and, when an accuracy is measured on both splits, the training accuracy is above the
@@ -55,6 +60,7 @@ import math
 
 from converge.decide.collapse import Collapse, collapse
 from converge.decide.findings import Finding
+from converge.decide.significance import PairedRise
 from converge.status import Status
 
 ROLLBACKS_FOR_LR = 2
@@ -100,11 +106,12 @@ def finding(code: str, message: str, evidence: dict, fix: str, severity: str | N
 def diagnose_run(history: list[dict], events: list[dict], *, status: str | None, monitor: str, mode: str,
              patience: int, max_epochs: int, weight_decay: float | None = None,
              baseline_loss: float | None = None, fit: dict | None = None,
-             reference_loss: float | None = None) -> list[Finding]:
+             reference_loss: float | None = None, rise_test: PairedRise | None = None) -> list[Finding]:
     """All findings for a run. ``status`` None means the run is still going (only problem codes apply).
     ``baseline_loss``: the loss of the best constant prediction on the training targets; ``fit``: the kept
     weights' values on the training split (``train_loss``, ``train_accuracy``, ...) and on validation
-    (``val_...``); ``reference_loss``: the validation loss a small proxy model reaches on the same data."""
+    (``val_...``); ``reference_loss``: the validation loss a small proxy model reaches on the same data;
+    ``rise_test``: the last weights' validation loss against the kept ones', part by part (`rise_since_best`)."""
     collapsed = collapse(history, events, baseline_loss) if status is not None else None
     status_finding = _status_finding(history, events, status, monitor, mode, patience, max_epochs)
     if collapsed is not None and not collapsed.late and status_finding is not None and \
@@ -119,7 +126,8 @@ def diagnose_run(history: list[dict], events: list[dict], *, status: str | None,
     lr_high = _lr_too_high(history, events) or (_collapse_lr(history, collapsed) if collapsed else None)
     kept = _best(history, monitor, mode)[0]
     for rule in (_collapsed(collapsed, history) if collapsed else None, lr_high,
-                 _overfitting(history, events, weight_decay, fit, baseline_loss, kept_epoch=kept, monitor=monitor),
+                 _overfitting(history, events, weight_decay, fit, baseline_loss, kept_epoch=kept, monitor=monitor,
+                              rise_test=rise_test),
                  _underfitting(history, baseline_loss, fit, reference_loss, reference_only=collapsed is not None)
                  if status is not None and (collapsed is None or not collapsed.causes) else None):
         if rule is not None:
@@ -133,12 +141,20 @@ def diagnose_run(history: list[dict], events: list[dict], *, status: str | None,
 
 
 def live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None = None,
-                  monitor: str = "val_loss", mode: str = "min") -> list[Finding]:
+                  monitor: str = "val_loss", mode: str = "min", rise_test: PairedRise | None = None) -> list[Finding]:
     """The problems worth telling while the run still trains. ``monitor``/``mode`` say which epoch's weights
-    are kept, so that a fix can name it."""
+    are kept, so that a fix can name it; ``rise_test`` as for `diagnose_run`, with the current weights."""
     kept = _best(history, monitor, mode)[0]
     return [f for f in (_lr_too_high(history, events),
-                        _overfitting(history, events, weight_decay, kept_epoch=kept, monitor=monitor)) if f]
+                        _overfitting(history, events, weight_decay, kept_epoch=kept, monitor=monitor,
+                                     rise_test=rise_test)) if f]
+
+
+def rise_since_best(history: list[dict]) -> bool:
+    """Whether the validation loss has risen since its best epoch as the overfitting *rise* asks (the module
+    text): then the weights that made it are worth scoring against the kept ones, part by part of the
+    validation split (``rise_test``), to tell overfitting from a few samples' noise."""
+    return _overfitting_rise(history, "") is not None
 
 
 # --- status ------------------------------------------------------------------------------------------
@@ -216,12 +232,14 @@ def _oscillation(history: list[dict], events: list[dict], key: str = "train_loss
 
 def _overfitting(history: list[dict], events: list[dict], weight_decay: float | None, fit: dict | None = None,
                  baseline_loss: float | None = None, *, kept_epoch: int | None = None,
-                 monitor: str = "val_loss") -> Finding | None:
-    """``kept_epoch``: the epoch whose weights the run keeps (the best ``monitor``), named in the fix."""
+                 monitor: str = "val_loss", rise_test: PairedRise | None = None) -> Finding | None:
+    """``kept_epoch``: the epoch whose weights the run keeps (the best ``monitor``), named in the fix;
+    ``rise_test``: the rise to the last epoch measured part by part (None: not measured, the rise stands on
+    the thresholds alone)."""
     if _oscillation(history, events)[2]:
         return None  # a training loss that jumps about says nothing about generalization
     decay = f"raise --weight-decay (e.g. to {max(weight_decay or 0, 1e-3) * 10:.3g})"
-    return _overfitting_rise(history, decay, kept_epoch, monitor) or \
+    return _overfitting_rise(history, decay, kept_epoch, monitor, rise_test=rise_test) or \
         _overfitting_before_restart(history, events, decay, kept_epoch, monitor) or \
         _overfitting_gap(history, fit, baseline_loss, decay, kept_epoch)
 
@@ -241,10 +259,12 @@ def _overfitting_before_restart(history: list[dict], events: list[dict], decay: 
     27 %, 386 %) and left out four of 10-14 %."""
     found = []
     for event in events:
-        if event.get("event") == "restarted_from_best" and isinstance(event.get("epoch"), int):
+        if event.get("event") == "restarted_from_best" and isinstance(event.get("epoch"), int) and \
+                event.get("rise_significant", True):   # measured at the cut as within the noise: not evidence
             before = [row for row in history if row.get("epoch", 0) <= event["epoch"]]
             rise = _overfitting_rise(before, decay, kept_epoch, monitor, rise=RESTART_PREFIX_RISE)
             if rise is not None:
+                rise.evidence.update({k: v for k, v in event.items() if k.startswith("rise_")})
                 found.append(rise)
     return max(found, key=lambda f: f.evidence["val_rise"], default=None)
 
@@ -256,8 +276,9 @@ def _kept_text(kept_epoch: int | None, monitor: str) -> str:
 
 def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = None,
                       monitor: str = "val_loss", rise: float = OVERFIT_RISE,
-                      fall: float = TRAIN_FALL) -> Finding | None:
-    """The overfitting *rise* (module text)."""
+                      fall: float = TRAIN_FALL, rise_test: PairedRise | None = None) -> Finding | None:
+    """The overfitting *rise* (module text); none when ``rise_test`` (the last weights against the kept ones,
+    part by part of the validation split) says the rise is within the split's noise."""
     val = [(r["epoch"], r.get("val_loss"), r.get("train_loss")) for r in history]
     finite = [(e, v, t) for e, v, t in val if _finite(v) and _finite(t)]
     if len(finite) < MIN_EPOCHS_AFTER_BEST + 1:
@@ -279,10 +300,13 @@ def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = 
         val_rise, train_fall = last_val / best_val - 1, 1 - last_train / train_at_best
     if val_rise <= rise or train_fall <= fall or (not signed and last_val - best_val <= RISE_OF_START * start):
         return None
+    if rise_test is not None and not rise_test.significant:
+        return None
     evidence = {"best_val_epoch": best_epoch, "val_loss_at_best": best_val, "val_loss_last": last_val,
                 "train_loss_at_best": train_at_best, "train_loss_last": last_train,
                 "val_rise": round(val_rise, 4), "train_fall": round(train_fall, 4),
-                "gap_last": last_val / last_train if last_train > 0 else None, "kept_epoch": kept_epoch}
+                "gap_last": last_val / last_train if last_train > 0 else None, "kept_epoch": kept_epoch,
+                **(rise_test.evidence() if rise_test is not None else {})}
     if signed:
         evidence["measured_as"] = "shares of the fall from the first epoch's loss to the best epoch's"
         said = (f"validation loss rose from {best_val:.4g} to {last_val:.4g} after epoch {best_epoch} ({val_rise:.0%} "

@@ -19,8 +19,9 @@ converge), the best value is reported, as before. Directions are explicit (``mod
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
+
+from converge.decide.significance import paired_standard_error
 
 MARGIN_Z = 2.0   # standard errors of the paired difference another trial must beat the automatic one by
 
@@ -39,16 +40,6 @@ class Scored:
 class Reported:
     number: int
     reason: str
-
-
-def paired_standard_error(a: tuple[float, ...], b: tuple[float, ...]) -> float | None:
-    """The standard error of the mean part-by-part difference of two trials (None: too few parts to say)."""
-    if len(a) != len(b) or len(a) < 2:
-        return None
-    differences = [x - y for x, y in zip(a, b)]
-    if not all(math.isfinite(d) for d in differences):
-        return None
-    return statistics.stdev(differences) / math.sqrt(len(differences))
 
 
 def reported_trial(trials: list[Scored], automatic: int | None, mode: str, *, z: float = MARGIN_Z) -> Reported | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import torch
 from torch import nn
 
@@ -61,3 +64,50 @@ def evaluate(model: nn.Module, split, objective: Objective, *, batch_size: int, 
     values = dict(zip(["loss", *objective.metric_fns], means))
     values.update({name: fn(values) for name, fn in objective.derived.items()})
     return {f"{prefix}{name}": value for name, value in values.items()}
+
+
+SPLIT_PARTS = 16   # fixed parts a split is cut into to measure how much a value moves with its samples
+
+
+class _OneBatch:
+    """One batch posing as a split, for `evaluate`."""
+
+    def __init__(self, inputs, targets) -> None:
+        self.inputs, self.targets = inputs, targets
+
+    def batches(self, batch_size: int):
+        yield self.inputs, self.targets
+
+
+def scored_in_parts(model: nn.Module, split, objective: Objective, key: str, *, amp: str, device: torch.device,
+                    parts: int = SPLIT_PARTS, fewest: int | None = None, batch_size: int | None = None,
+                    world: World | None = None) -> list[float] | None:
+    """The value ``key`` (a name `evaluate` returns, without prefix) of ``model`` on ``split`` cut in order into
+    ``parts`` parts of equal size (a user's DataLoader: its own batches, grouped into ``parts`` runs of
+    neighbours); two sets of weights scored this way pair up part by part (`converge.decide.significance`).
+    A split of fewer than 2 x ``parts`` samples is cut into parts of two samples, when that still makes at
+    least ``fewest`` parts (default: ``parts``, no fewer). ``batch_size``: the most samples scored in one
+    forward (a part of a large split is scored in pieces, averaged). None when the split has no size or too
+    few samples, or a part is not finite."""
+    try:
+        size = len(split)
+    except TypeError:
+        return None
+    wanted = parts
+    parts = min(parts, size // 2)
+    if parts < max(2, fewest if fewest is not None else wanted):
+        return None
+    values = []
+    piece = math.ceil(size / parts) if batch_size is None else min(math.ceil(size / parts), batch_size)
+    for inputs, targets in split.batches(piece):
+        scored = evaluate(model, _OneBatch(inputs, targets), objective, batch_size=size, amp=amp, device=device,
+                          world=world)
+        values.append(float(scored[key]))
+    if len(values) > parts:  # pieces, or a DataLoader's own batches: neighbours averaged together
+        values = [statistics.fmean(group) for group in _groups(values, parts)]
+    return values if len(values) >= 2 and all(math.isfinite(v) for v in values) else None
+
+
+def _groups(values: list[float], count: int) -> list[list[float]]:
+    cuts = [round(i * len(values) / count) for i in range(count + 1)]
+    return [values[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]

@@ -30,6 +30,7 @@ from torch import nn
 
 from converge.decide.diagnosis import diagnose_run, live_findings, needs_reference
 from converge.decide.findings import Finding
+from converge.decide.significance import PairedRise
 from converge.engine.distributed import World
 from converge.engine.objective import (Objective, TargetSample, TargetStats, in_memory_constant_loss,
                                       own_constant_loss, targets_in_memory)
@@ -107,11 +108,13 @@ class RunJudge:
         return min(first, constant) if constant is not None and constant > 0 else first
 
     def conclude(self, *, evaluate: Callable[..., dict], model: nn.Module, history: list[dict], events: list[dict],
-                 status, config, monitor: str, best_record: dict, epoch: int, world: World | None = None) -> dict:
+                 status, config, monitor: str, best_record: dict, epoch: int, world: World | None = None,
+                 rise_test: PairedRise | None = None) -> dict:
         """The summary's judgement of a finished run, with the kept weights loaded: ``train`` (their values on
         the training split, when measured), ``yardsticks`` (what the findings were judged against, when the
         baseline is known) and ``diagnosis``. ``evaluate(split_name, prefix=...)`` scores ``model``, whose
-        bottleneck (if any) also bounds the reference model's width."""
+        bottleneck (if any) also bounds the reference model's width. ``rise_test``: the last weights'
+        validation loss against the kept ones', part by part, when it rose after its best epoch."""
         fit = self._fit_values(evaluate, best_record)
         judgement = {}
         if fit is not None:
@@ -128,7 +131,7 @@ class RunJudge:
         findings = diagnose_run(history, events, status=status, monitor=monitor, mode=config.mode,
                                 patience=config.patience, max_epochs=config.max_epochs,
                                 weight_decay=config.weight_decay, baseline_loss=baseline, fit=fit,
-                                reference_loss=reference)
+                                reference_loss=reference, rise_test=rise_test)
         judgement["diagnosis"] = [f.to_dict() for f in findings]
         return judgement
 
@@ -172,11 +175,14 @@ class RunJudge:
 
 
 def new_live_findings(history: list[dict], events: list[dict], *, weight_decay: float | None, monitor: str,
-                      mode: str | None) -> list[Finding]:
+                      mode: str | None, rise_test: PairedRise | None = None) -> list[Finding]:
     """The problems a run shows now (overfitting, an LR too high) that its events have not told yet: every
-    front door (the Trainer, `Monitor`, the callbacks) tells each one once, the first epoch it shows."""
+    front door (the Trainer, `Monitor`, the callbacks) tells each one once, the first epoch it shows.
+    ``rise_test``: the current weights' validation loss against the kept ones', part by part (the Trainer's;
+    a front door that cannot score weights tells the rise on its thresholds alone)."""
     told = {e.get("code") for e in events if e.get("event") == "diagnosis"}
-    found = live_findings(history, events, weight_decay=weight_decay, monitor=monitor, mode=mode)
+    found = live_findings(history, events, weight_decay=weight_decay, monitor=monitor, mode=mode,
+                          rise_test=rise_test)
     return [f for f in found if f.code not in told]
 
 

@@ -31,11 +31,13 @@ from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.divergence import GuardPolicy
 from converge.decide.cadence import estimated_cost, negligible
 from converge.decide.plateau import negligible_gain
+from converge.decide.diagnosis import rise_since_best
+from converge.decide.significance import PairedRise, paired_rise
 from converge.engine import device as dev
 from converge.engine.clock import RunClock
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
-from converge.engine.evaluation import evaluate, evaluation_batch_size
+from converge.engine.evaluation import evaluate, evaluation_batch_size, scored_in_parts
 from converge.engine.judge import RunJudge, new_live_findings
 from converge.engine.objective import Objective, in_memory_constant_loss, monitor_key, scores_of
 from converge.engine.progress import EpochProgress
@@ -52,6 +54,9 @@ from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.status import Status, is_final
 
 PROGRESS_UPDATES_PER_EPOCH = 25
+# A rise of the validation loss is tested on at least this many parts of the split (two samples each at least);
+# with fewer, a one-sided t needs 2.35 standard errors and more, and the test says little.
+RISE_TEST_FEWEST_PARTS = 4
 
 
 class Trainer:
@@ -113,6 +118,7 @@ class Trainer:
         self._main_writes = False  # this process, or rank 0, writes a run folder (set by run())
         self.judge = RunJudge(self.splits, objective, seed=config.seed)  # the yardsticks and the diagnosis
         self.metric_notes: list[str] = []  # metrics that are batch means, not the whole split's (said once)
+        self._best_parts: tuple[int | None, list[float] | None] | None = None  # (best epoch, its validation parts)
 
     def _place_loss_parameters(self) -> None:
         """The loss's parameters (on the run's device since the objective was resolved, `place_loss`) with no
@@ -389,22 +395,68 @@ class Trainer:
     def _restart_if_overfit(self) -> list[str]:
         """At an LR cut after overfitting, the cut LR goes on from the best weights (`restart_if_overfit`)."""
         note = restart_if_overfit(self.history, self.tracker, model=self.weights, best_state=self.best_state,
-                                  event=self._event, monitor=self.monitor_key)
+                                  event=self._event, monitor=self.monitor_key,
+                                  rise_test=self._rise_test if self._rise_testable() else None)
         if note is not None and self.guard is not None:
             self.guard.rebase()   # the best weights' training loss may be many times the overfit one's
         return [note] if note is not None else []
+
+    # --- is a rise of the validation loss more than its noise? -----------------------------------------
+    def _rise_testable(self) -> bool:
+        """The kept weights are the lowest validation loss's (the rise's best epoch), and other weights than
+        them are being trained."""
+        return self.monitor_key == "val_loss" and self.restore_best and self.tracker.best_epoch is not None \
+            and self.tracker.best_epoch != self.epoch
+
+    def _val_parts(self) -> list[float] | None:
+        """The model's validation loss on fixed parts of the split (`scored_in_parts`), leaving the random
+        generators as they were: a model that draws at random while it is scored must not shift the run."""
+        rng = capture_rng()
+        try:
+            return scored_in_parts(self.model, self.splits["val"], self.objective, "loss", amp=self.config.amp,
+                                   device=self.device, fewest=RISE_TEST_FEWEST_PARTS, world=self.world,
+                                   batch_size=evaluation_batch_size(self.config.batch_size, self.device,
+                                                                    self.objective))
+        finally:
+            restore_rng(rng)
+
+    def _rise_test(self) -> PairedRise | None:
+        """The current weights' validation loss against the kept ones', part by part (None: cannot say)."""
+        return self._rise_from(self._val_parts(), swap=True)
+
+    def _rise_from(self, current: list[float] | None, *, swap: bool) -> PairedRise | None:
+        """``current``: the parts of the weights that rose. The kept weights' parts are scored once per best
+        epoch; ``swap``: the model holds other weights, loaded back afterwards (else it holds the kept ones)."""
+        if current is None:
+            return None
+        best_epoch = self.tracker.best_epoch
+        if self._best_parts is None or self._best_parts[0] != best_epoch:
+            held = {k: v.to("cpu", copy=True) for k, v in self.weights.state_dict().items()} if swap else None
+            if swap:
+                self.weights.load_state_dict(self.best_state)
+            try:
+                self._best_parts = (best_epoch, self._val_parts())
+            finally:
+                if held is not None:
+                    self.weights.load_state_dict(held)
+        return paired_rise(current, self._best_parts[1])
 
     def _min_lr(self) -> float:
         """The LR floor of plateau cuts; the guard's rollbacks move it down with their cuts."""
         return self.config.min_lr * (self.guard.lr_scale if self.guard is not None else 1.0)
 
     def _live_diagnosis(self) -> list[str]:
-        """Tell a problem (overfitting, an LR too high) the first epoch it shows, not only at the end."""
+        """Tell a problem (overfitting, an LR too high) the first epoch it shows, not only at the end. A rise of
+        the validation loss is told once the current weights' is measured above the kept ones' by more than
+        the validation split's noise (`_rise_test`)."""
         notes = []
-        for found in new_live_findings(self.history, self.events, weight_decay=self.config.weight_decay,
-                                       monitor=self.monitor_key, mode=self.config.mode):
-            self._event("diagnosis", code=found.code, message=found.message, fix=found.fix)
-            notes.append(found.code)
+        live = dict(weight_decay=self.config.weight_decay, monitor=self.monitor_key, mode=self.config.mode)
+        found = new_live_findings(self.history, self.events, **live)
+        if any(f.code == "overfitting" for f in found) and rise_since_best(self.history) and self._rise_testable():
+            found = new_live_findings(self.history, self.events, rise_test=self._rise_test(), **live)
+        for finding in found:
+            self._event("diagnosis", code=finding.code, message=finding.message, fix=finding.fix)
+            notes.append(finding.code)
         return notes
 
     def add_event(self, kind: str, /, **values) -> None:
@@ -419,6 +471,8 @@ class Trainer:
         finished = self.status is not Status.INTERRUPTED
         # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
         self._checkpoint(final=True, restoring=finished and self.restore_best)
+        rising = self._val_parts() if finished and rise_since_best(self.history) and self._rise_testable() \
+            else None
         if finished and self.restore_best:
             self.weights.load_state_dict(self.best_state)
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
@@ -428,7 +482,7 @@ class Trainer:
         summary.update(self.judge.conclude(
             evaluate=self.evaluate, model=self.model, history=self.history, events=self.events, status=self.status,
             config=self.config, monitor=self.monitor_key, best_record=self.best_record, epoch=self.epoch,
-            world=self.world) if finished else {"diagnosis": []})
+            world=self.world, rise_test=self._rise_from(rising, swap=False)) if finished else {"diagnosis": []})
         if not finished:
             self.judge.stop_reference()
         if self.judge.reference_failure is not None:

@@ -26,7 +26,6 @@ import contextlib
 import json
 import math
 import socket
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from converge.decide.laggard import Finished, lags_behind
+from converge.engine.evaluation import scored_in_parts
 from converge.engine.optim import OPTIMIZERS
 from converge.errors import ConvergeError, StorageError
 from converge.io.lock import lock_folder
@@ -129,48 +129,6 @@ def automatic_knobs(chosen) -> dict:
     """The knobs the automatic choice ``chosen`` (a TrainConfig with every knob set) trains with, exactly."""
     return {"optimizer": chosen.optimizer, "lr": float(chosen.lr), "weight_decay": float(chosen.weight_decay),
             "batch_size": int(chosen.batch_size), "warmup_steps": int(chosen.warmup_steps)}
-
-
-VALIDATION_PARTS = 16   # fixed parts of the validation split each complete trial is scored on
-
-
-class _OneBatch:
-    """One batch posing as a split, for `converge.engine.evaluation.evaluate`."""
-
-    def __init__(self, inputs, targets) -> None:
-        self.inputs, self.targets = inputs, targets
-
-    def batches(self, batch_size: int):
-        yield self.inputs, self.targets
-
-
-def validation_parts(trainer, key: str, parts: int = VALIDATION_PARTS) -> list[float] | None:
-    """The monitored value ``key`` of the trainer's model (its kept weights, at the end of a run) on the
-    validation split cut in order into ``parts`` parts of equal size (a user's DataLoader: its own batches,
-    grouped into ``parts`` runs of neighbours). None when the split has no size or too few samples."""
-    from converge.engine.evaluation import evaluate
-
-    split = trainer.splits.get("val")
-    try:
-        size = len(split)
-    except TypeError:
-        return None
-    if size < 2 * parts:
-        return None
-    name = key.removeprefix("val_")
-    values = []
-    for inputs, targets in split.batches(math.ceil(size / parts)):
-        scored = evaluate(trainer.model, _OneBatch(inputs, targets), trainer.objective, batch_size=size,
-                          amp=trainer.config.amp, device=trainer.device)
-        values.append(float(scored[name]))
-    if len(values) > parts:  # a DataLoader with its own batch size: neighbouring batches averaged together
-        values = [statistics.fmean(group) for group in _groups(values, parts)]
-    return values if len(values) >= 2 and all(math.isfinite(v) for v in values) else None
-
-
-def _groups(values: list[float], count: int) -> list[list[float]]:
-    cuts = [round(i * len(values) / count) for i in range(count + 1)]
-    return [values[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 class EpochJudge:
@@ -537,7 +495,8 @@ class _Worker:
         that finished, and on the inputs it trained on (before a standardization is folded into the model)."""
         if trainer.status not in (Status.CONVERGED, Status.MAX_EPOCHS):
             return None
-        return validation_parts(trainer, trainer.monitor_key)
+        return scored_in_parts(trainer.model, trainer.splits.get("val"), trainer.objective,
+                               trainer.monitor_key.removeprefix("val_"), amp=trainer.config.amp, device=trainer.device)
 
     def _check_surplus(self, trial, wanted: int) -> None:
         """Only the first ``wanted`` trials that have not failed are run (by trial number)."""
