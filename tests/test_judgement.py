@@ -564,3 +564,15 @@ def test_the_rise_is_measured_against_the_validation_noise_without_changing_the_
     noise = fit_overfitting(tmp_path / "noise")
     assert "overfitting" not in [f["code"] for f in noise.summary["diagnosis"]]
     assert not [e for e in noise.events if e["event"] == "diagnosis" and e["code"] == "overfitting"]
+
+
+def test_a_run_monitoring_a_metric_tests_the_rise_against_the_weights_it_keeps(tmp_path):
+    """Monitored on accuracy, the planted run keeps epoch 6's weights; the rise at its restart is scored against
+    them (the weights the user gets), is beyond the noise, and the finding carries the test."""
+    from _overfit import fit_overfitting
+
+    result = fit_overfitting(tmp_path / "run", monitor="val_accuracy", mode="max")
+    restart = next(e for e in result.events if e["event"] == "restarted_from_best")
+    assert restart["monitor"] == "val_accuracy" and restart["rise_significant"] is True
+    overfit = next(f for f in result.summary["diagnosis"] if f["code"] == "overfitting")
+    assert overfit["evidence"]["rise_t"] == restart["rise_t"]

@@ -32,8 +32,8 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
   (the history as it stood then). For a loss that reaches zero or below (a negative log-likelihood) the
   rise and the fall are shares of the fall from the first epoch's loss (the larger of training and
   validation) to the best epoch's. Where the run can score weights (the Trainer; not `Monitor`), the rise
-  must also be more than the validation split's noise: the weights that rose and the kept ones are scored
-  on the same fixed parts of the split, and the mean part-by-part rise must pass a one-sided t-test at the
+  must also be more than the validation split's noise: the weights that rose and the kept ones (the best
+  monitored value's) are scored on the same fixed parts of the split, and the mean part-by-part rise must pass a one-sided t-test at the
   5 % level (``rise_test``, `converge.decide.significance`; at a restart the test is kept in its event). A
   few validation samples growing confident the wrong way raise a small split's loss by 30 % and more while
   the test loss does not move;

@@ -403,10 +403,12 @@ class Trainer:
 
     # --- is a rise of the validation loss more than its noise? -----------------------------------------
     def _rise_testable(self) -> bool:
-        """The kept weights are the lowest validation loss's (the rise's best epoch), and other weights than
-        them are being trained."""
-        return self.monitor_key == "val_loss" and self.restore_best and self.tracker.best_epoch is not None \
-            and self.tracker.best_epoch != self.epoch
+        """The run keeps its best weights and trains others. They are compared with the kept weights, which
+        are the lowest validation loss's when that is monitored, else the monitored metric's best: what the
+        test asks is whether training past the weights the user gets made validation worse (a hinge-loss
+        model monitored on accuracy was called overfitting on a 10 % rise from the epoch after its kept one;
+        scored against the kept weights the rise was 0.3 standard errors, and the test loss fell)."""
+        return self.restore_best and self.tracker.best_epoch is not None and self.tracker.best_epoch != self.epoch
 
     def _val_parts(self) -> list[float] | None:
         """The model's validation loss on fixed parts of the split (`scored_in_parts`), leaving the random
