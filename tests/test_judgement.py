@@ -540,10 +540,11 @@ def test_an_lr_cut_after_overfitting_goes_on_from_the_best_weights(tmp_path):
 
 
 def test_the_rise_is_measured_against_the_validation_noise_without_changing_the_run(tmp_path, monkeypatch):
-    """The planted run's rise is scored part by part while it trains and at its restart (whose event keeps the
-    test), it is beyond the noise of 200 validation rows, and scoring it changes nothing in the run: the same
-    epochs with the test as without it. Parts that say the rise is noise take the live finding away."""
+    """The planted run's rise is measured part by part while it trains and at its restart (whose event keeps the
+    test), it is beyond the noise of 200 validation rows, and the test changes nothing in the run: the same
+    epochs with it as without it. Parts that say the rise is noise take the live finding away."""
     from _overfit import fit_overfitting
+    from converge.decide import significance
     from converge.engine import loop
 
     result = fit_overfitting(tmp_path / "run")
@@ -552,15 +553,14 @@ def test_the_rise_is_measured_against_the_validation_noise_without_changing_the_
     assert restart["rise_t"] > restart["rise_t_needed"] == 1.753
     assert [e for e in result.events if e["event"] == "diagnosis" and e["code"] == "overfitting"]
 
-    monkeypatch.setattr(loop.Trainer, "_rise_testable", lambda self: False)
+    monkeypatch.setattr(loop.Trainer, "_rise_test", lambda self: None)
     untested = fit_overfitting(tmp_path / "untested")
-    assert untested.history == result.history or \
-        [{k: v for k, v in r.items() if k != "seconds"} for r in untested.history] == \
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in untested.history] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in result.history]
     assert "rise_t" not in next(e for e in untested.events if e["event"] == "restarted_from_best")
 
-    monkeypatch.setattr(loop.Trainer, "_rise_testable", lambda self: True)
-    monkeypatch.setattr(loop.Trainer, "_val_parts", lambda self: [0.5, 0.7, 0.6, 0.4, 0.5, 0.6])  # no rise
+    monkeypatch.setattr(loop.Trainer, "_rise_test", lambda self: significance.paired_rise([0.5, 0.7, 0.6, 0.4],
+                                                                                         [0.4, 0.8, 0.5, 0.5]))
     noise = fit_overfitting(tmp_path / "noise")
     assert "overfitting" not in [f["code"] for f in noise.summary["diagnosis"]]
     assert not [e for e in noise.events if e["event"] == "diagnosis" and e["code"] == "overfitting"]

@@ -368,45 +368,45 @@ def test_a_run_with_a_summed_loss_of_its_own_scores_validation_at_the_training_b
     assert result.summary["best"]["val_loss"] == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("rows, parts, fewest, count", [
-    (200, 16, None, 16),     # enough rows: the parts asked for
-    (20, 16, None, None),    # fewer than 2 x 16 rows: no parts, unless fewer may do
-    (20, 16, 4, 10),         # parts of two rows
-    (7, 16, 4, None),        # 3 parts of two rows: fewer than asked at least
+@pytest.mark.parametrize("rows, batch, count, forwards", [
+    (200, 64, 16, 16),      # parts of 13 rows: batches no larger than a part (the last part is 5 rows)
+    (4000, 64, 16, 63),     # parts of 250 rows: the evaluation's own batches, grouped into 16 runs
+    (20, 64, 10, 10),       # two rows a part: fewer parts
+    (1, 64, 1, 1),
 ])
-def test_a_split_scored_in_parts_pairs_up_and_averages_to_the_whole(rows, parts, fewest, count):
-    from converge.engine.evaluation import scored_in_parts
-
+def test_a_split_scored_with_its_parts_gives_them_for_free(rows, batch, count, forwards):
+    """evaluate(parts=...) gives the loss on fixed parts of the split from the same pass: batches no larger
+    than a part, the part a weighted mean of its batches, the whole split's loss unchanged."""
     torch.manual_seed(0)
     x, y = torch.randn(rows, 5), torch.randint(0, 3, (rows,))
-    split, model = TensorSplit(x, y, "val"), nn.Sequential(nn.Linear(5, 3))
-    objective = Objective(cross_entropy, "classification", {}, classes=3, class_dim=1)
-    found = scored_in_parts(model, split, objective, "loss", amp="off", device=torch.device("cpu"), parts=parts,
-                            fewest=fewest)
-    if count is None:
-        assert found is None
-        return
-    assert len(found) == count and all(math.isfinite(v) for v in found)
-    whole = evaluate(model, split, objective, batch_size=rows, amp="off", device=torch.device("cpu"))["loss"]
-    if rows % count == 0:   # parts of equal size: their mean is the whole split's loss
-        assert sum(found) / count == pytest.approx(whole, rel=1e-5)
-
-
-def test_a_large_part_is_scored_in_pieces_no_larger_than_the_batch():
-    """A part larger than the evaluation batch (a large validation split) is scored in pieces, whose mean is
-    the part's: the same values as scoring each part whole, without a forward of the whole part."""
-    from converge.engine.evaluation import scored_in_parts
-
-    torch.manual_seed(0)
-    x, y = torch.randn(320, 5), torch.randint(0, 3, (320,))
     split, model = TensorSplit(x, y, "val"), nn.Sequential(nn.Linear(5, 3))
     seen = []
     model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
     objective = Objective(cross_entropy, "classification", {}, classes=3, class_dim=1)
     cpu = torch.device("cpu")
-    whole = scored_in_parts(model, split, objective, "loss", amp="off", device=cpu)
-    assert max(seen) == 20
+    plain = evaluate(model, split, objective, batch_size=batch, amp="off", device=cpu)["loss"]
     seen.clear()
-    pieces = scored_in_parts(model, split, objective, "loss", amp="off", device=cpu, batch_size=5)
-    assert max(seen) == 5 and len(pieces) == 16
-    assert pieces == pytest.approx(whole, rel=1e-5)
+    parts: list[float] = []
+    whole = evaluate(model, split, objective, batch_size=batch, amp="off", device=cpu, parts=parts)["loss"]
+    assert whole == pytest.approx(plain, rel=1e-6) and len(parts) == count and len(seen) == forwards
+    cuts = [round(i * rows / count) for i in range(count + 1)] if rows <= count * batch else None
+    if cuts is not None and rows % count == 0:   # equal parts: each is the loss of its rows
+        for part, (a, b) in zip(parts, zip(cuts, cuts[1:])):
+            alone = evaluate(model, TensorSplit(x[a:b], y[a:b], "val"), objective, batch_size=rows, amp="off",
+                             device=cpu)["loss"]
+            assert part == pytest.approx(alone, rel=1e-5)
+
+
+def test_a_loss_summed_over_the_batch_keeps_its_batch_when_parts_are_asked():
+    """A loss that is not a mean over the samples depends on the batch it is scored at: asking for parts must
+    not change the split's value."""
+    torch.manual_seed(0)
+    x, y = torch.randn(200, 5), torch.randint(0, 3, (200,))
+    split, model = TensorSplit(x, y, "val"), nn.Sequential(nn.Linear(5, 3))
+    summed = Objective(lambda out, t: nn.functional.cross_entropy(out, t, reduction="sum"), "custom", {},
+                       inferred=False, known_loss=False)
+    cpu = torch.device("cpu")
+    plain = evaluate(model, split, summed, batch_size=64, amp="off", device=cpu)["loss"]
+    parts: list[float] = []
+    assert evaluate(model, split, summed, batch_size=64, amp="off", device=cpu, parts=parts)["loss"] == plain
+    assert len(parts) == 4

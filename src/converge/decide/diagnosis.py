@@ -31,12 +31,13 @@ Each finding is a `converge.decide.findings.Finding` (code, severity, message, e
   the last epoch, or by more than ``RESTART_PREFIX_RISE`` at an LR cut that went on from the best weights
   (the history as it stood then). For a loss that reaches zero or below (a negative log-likelihood) the
   rise and the fall are shares of the fall from the first epoch's loss (the larger of training and
-  validation) to the best epoch's. Where the run can score weights (the Trainer; not `Monitor`), the rise
-  must also be more than the validation split's noise: the weights that rose and the kept ones (the best
-  monitored value's) are scored on the same fixed parts of the split, and the mean part-by-part rise must pass a one-sided t-test at the
-  5 % level (``rise_test``, `converge.decide.significance`; at a restart the test is kept in its event). A
-  few validation samples growing confident the wrong way raise a small split's loss by 30 % and more while
-  the test loss does not move;
+  validation) to the best epoch's. Where the run scores the validation split itself (the Trainer; not
+  `Monitor`), the rise must also be more than the split's noise: the validation loss of the weights that
+  rose and of the kept ones (the best monitored value's), on the same fixed parts of the split, must rise
+  part by part by more than a one-sided t-test at the 5 % level allows (``rise_test``,
+  `converge.decide.significance`; at a restart the test is kept in its event). A few validation samples
+  growing confident the wrong way raise a small split's loss by 30 % and more while the test loss does not
+  move;
   a *gap* at the best epoch: the validation loss is at least ``GAP_RATIO`` times the training loss and
   above it by at least ``GAP_OF_SCALE`` of the constant-prediction loss (the first epoch's loss when that
   is unknown), and, when an accuracy is measured on both splits, the training accuracy is above the

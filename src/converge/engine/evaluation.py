@@ -35,19 +35,30 @@ def metric_ways(objective: Objective) -> dict[str, str]:
             for name, fn in objective.metric_fns.items()}
 
 
+SPLIT_PARTS = 16   # fixed parts a split's loss is also given on, to measure how much it moves with the samples
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split, objective: Objective, *, batch_size: int, amp: str, device: torch.device,
-             world: World | None = None, prefix: str = "", notes: list[str] | None = None) -> dict[str, float]:
+             world: World | None = None, prefix: str = "", notes: list[str] | None = None,
+             parts: list[float] | None = None) -> dict[str, float]:
     """The loss and metrics over ``split`` in eval mode: the loss is each batch's loss weighted by what counts
     in it (its samples, or its tokens that are not padding), which is the loss of the whole split for a loss
     that is a mean over them; each metric is the metric of the whole split (`converge.engine.metrics`;
     ``notes`` receives what is not); then the values derived from these (perplexity). With standardized
     regression targets, everything is scored in the user's units. Under torchrun every rank scores the
-    whole split and returns rank 0's numbers, since decisions read them."""
+    whole split and returns rank 0's numbers, since decisions read them.
+
+    ``parts``: receives the loss on (up to) `SPLIT_PARTS` fixed parts of the split, runs of neighbouring
+    batches, for free: the split is then scored in batches no larger than a part (a user's DataLoader in its
+    own; a loss that is not a mean over the samples at the batch it has, whose value depends on it). Two sets
+    of weights scored this way pair up part by part (`converge.decide.significance`)."""
+    if parts is not None and objective.mean_over_samples:   # a loss summed over a batch keeps its batch
+        batch_size = min(batch_size, _part_size(split, batch_size))
     was_training = model.training
     model.eval()
     scores = SplitScores(objective.metric_fns, metric_ways(objective), device,
-                         on_outputs=objective.metrics_on_outputs)
+                         on_outputs=objective.metrics_on_outputs, batch_losses=parts is not None)
     for inputs, targets in split.batches(batch_size):
         with dev.autocast(amp, device):
             outputs, loss = objective.forward(model, inputs, targets)
@@ -57,8 +68,13 @@ def evaluate(model: nn.Module, split, objective: Objective, *, batch_size: int, 
             scores.add(outputs, targets, loss, objective.weight(targets))
     model.train(was_training)
     means = scores.values()  # sync point: once per evaluation
+    batch_losses = scores.read_batch_losses
     if world is not None:
-        means = world.from_main(means, device)
+        flat = world.from_main(means + [v for pair in batch_losses for v in pair], device)
+        means, rest = flat[:len(means)], flat[len(means):]
+        batch_losses = list(zip(rest[0::2], rest[1::2]))
+    if parts is not None:
+        parts.extend(_parts_of(batch_losses, SPLIT_PARTS))
     if notes is not None:
         notes.extend(note for note in scores.notes if note not in notes)
     values = dict(zip(["loss", *objective.metric_fns], means))
@@ -66,7 +82,20 @@ def evaluate(model: nn.Module, split, objective: Objective, *, batch_size: int, 
     return {f"{prefix}{name}": value for name, value in values.items()}
 
 
-SPLIT_PARTS = 16   # fixed parts a split is cut into to measure how much a value moves with its samples
+def _part_size(split, batch_size: int) -> int:
+    """The batch that cuts ``split`` into `SPLIT_PARTS` parts (``batch_size`` when its size is unknown)."""
+    try:
+        return max(1, math.ceil(len(split) / SPLIT_PARTS))
+    except TypeError:
+        return batch_size
+
+
+def _parts_of(batch_losses: list[tuple[float, float]], count: int) -> list[float]:
+    """The loss of ``count`` runs of neighbouring batches (fewer with fewer batches), each the weighted mean of
+    its batches' losses; ``batch_losses``: (loss x weight, weight) per batch."""
+    cuts = [round(i * len(batch_losses) / count) for i in range(count + 1)]
+    runs = [batch_losses[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [sum(s for s, _ in run) / w for run in runs if (w := sum(w for _, w in run)) > 0]
 
 
 class _OneBatch:
@@ -80,34 +109,24 @@ class _OneBatch:
 
 
 def scored_in_parts(model: nn.Module, split, objective: Objective, key: str, *, amp: str, device: torch.device,
-                    parts: int = SPLIT_PARTS, fewest: int | None = None, batch_size: int | None = None,
-                    world: World | None = None) -> list[float] | None:
-    """The value ``key`` (a name `evaluate` returns, without prefix) of ``model`` on ``split`` cut in order into
-    ``parts`` parts of equal size (a user's DataLoader: its own batches, grouped into ``parts`` runs of
-    neighbours); two sets of weights scored this way pair up part by part (`converge.decide.significance`).
-    A split of fewer than 2 x ``parts`` samples is cut into parts of two samples, when that still makes at
-    least ``fewest`` parts (default: ``parts``, no fewer). ``batch_size``: the most samples scored in one
-    forward (a part of a large split is scored in pieces, averaged). None when the split has no size or too
-    few samples, or a part is not finite."""
+                    parts: int = SPLIT_PARTS) -> list[float] | None:
+    """The value ``key`` (a name `evaluate` returns, without prefix: the loss or any metric) of ``model`` on
+    ``split`` cut in order into ``parts`` parts of equal size (a user's DataLoader: its own batches, grouped
+    into ``parts`` runs of neighbours), each scored whole. What `converge tune` reports a trial by (the
+    monitored value of its kept weights, once); a run's validation loss comes in parts for free
+    (`evaluate`'s ``parts``). None when the split has no size or fewer than 2 x ``parts`` samples, or a part
+    is not finite."""
     try:
         size = len(split)
     except TypeError:
         return None
-    wanted = parts
-    parts = min(parts, size // 2)
-    if parts < max(2, fewest if fewest is not None else wanted):
+    if size < 2 * parts:
         return None
     values = []
-    piece = math.ceil(size / parts) if batch_size is None else min(math.ceil(size / parts), batch_size)
-    for inputs, targets in split.batches(piece):
-        scored = evaluate(model, _OneBatch(inputs, targets), objective, batch_size=size, amp=amp, device=device,
-                          world=world)
+    for inputs, targets in split.batches(math.ceil(size / parts)):
+        scored = evaluate(model, _OneBatch(inputs, targets), objective, batch_size=size, amp=amp, device=device)
         values.append(float(scored[key]))
-    if len(values) > parts:  # pieces, or a DataLoader's own batches: neighbours averaged together
-        values = [statistics.fmean(group) for group in _groups(values, parts)]
+    if len(values) > parts:  # a DataLoader with its own batch size: neighbouring batches averaged together
+        cuts = [round(i * len(values) / parts) for i in range(parts + 1)]
+        values = [statistics.fmean(values[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
     return values if len(values) >= 2 and all(math.isfinite(v) for v in values) else None
-
-
-def _groups(values: list[float], count: int) -> list[list[float]]:
-    cuts = [round(i * len(values) / count) for i in range(count + 1)]
-    return [values[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]

@@ -37,7 +37,7 @@ from converge.engine import device as dev
 from converge.engine.clock import RunClock
 from converge.engine.distributed import current_world
 from converge.engine.guard import CHECK_EVERY, DivergenceGuard, Incident
-from converge.engine.evaluation import evaluate, evaluation_batch_size, scored_in_parts
+from converge.engine.evaluation import evaluate, evaluation_batch_size
 from converge.engine.judge import RunJudge, new_live_findings
 from converge.engine.objective import Objective, in_memory_constant_loss, monitor_key, scores_of
 from converge.engine.progress import EpochProgress
@@ -54,8 +54,8 @@ from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.status import Status, is_final
 
 PROGRESS_UPDATES_PER_EPOCH = 25
-# A rise of the validation loss is tested on at least this many parts of the split (two samples each at least);
-# with fewer, a one-sided t needs 2.35 standard errors and more, and the test says little.
+# A rise of the validation loss is tested on at least this many parts of the split; with fewer, a one-sided t
+# needs 2.35 standard errors and more, and the test says little.
 RISE_TEST_FEWEST_PARTS = 4
 
 
@@ -118,7 +118,10 @@ class Trainer:
         self._main_writes = False  # this process, or rank 0, writes a run folder (set by run())
         self.judge = RunJudge(self.splits, objective, seed=config.seed)  # the yardsticks and the diagnosis
         self.metric_notes: list[str] = []  # metrics that are batch means, not the whole split's (said once)
-        self._best_parts: tuple[int | None, list[float] | None] | None = None  # (best epoch, its validation parts)
+        # The validation loss on fixed parts of the split, of the weights now and of the kept ones: whether a rise
+        # of the validation loss is more than the split's noise (`_rise_test`).
+        self._val_parts: list[float] | None = None
+        self._best_val_parts: list[float] | None = None
 
     def _place_loss_parameters(self) -> None:
         """The loss's parameters (on the run's device since the objective was resolved, `place_loss`) with no
@@ -310,6 +313,7 @@ class Trainer:
         done = self.guard.roll_back(incident, model=self.weights, optimizer=self.optimizer, scaler=self.scaler,
                                     min_lr=self.config.min_lr, epoch=self.epoch, in_epoch=self.in_epoch)
         self.step = done.progress["step"]
+        self._val_parts = None   # those of the weights rolled back from
         alarm = incident.alarm
         if done.gave_up:
             self._stop(Status.DIVERGED, f"{alarm.reason} at step {incident.step} and the guard {done.reason}; "
@@ -325,13 +329,15 @@ class Trainer:
         return True
 
     # --- the end of an epoch --------------------------------------------------------------------------
-    def evaluate(self, split_name: str, prefix: str = "") -> dict[str, float]:
-        """The loss and metrics over a split (`converge.engine.evaluation`); a metric that could not be
-        scored on the whole split is said once, in a `metric_note` event."""
+    def evaluate(self, split_name: str, prefix: str = "", parts: list[float] | None = None) -> dict[str, float]:
+        """The loss and metrics over a split (`converge.engine.evaluation`; ``parts`` receives the loss on fixed
+        parts of it); a metric that could not be scored on the whole split is said once, in a `metric_note`
+        event."""
         notes = list(self.metric_notes)
         values = evaluate(self.model, self.splits[split_name], self.objective,
                           batch_size=evaluation_batch_size(self.config.batch_size, self.device, self.objective),
-                          amp=self.config.amp, device=self.device, world=self.world, prefix=prefix, notes=notes)
+                          amp=self.config.amp, device=self.device, world=self.world, prefix=prefix, notes=notes,
+                          parts=parts)
         for note in notes[len(self.metric_notes):]:
             self.metric_notes.append(note)
             self._event("metric_note", split=split_name, note=note)
@@ -341,9 +347,11 @@ class Trainer:
     def _end_epoch(self, train_loss: float) -> None:
         self.epoch += 1
         lr = current_lr(self.optimizer)
+        parts: list[float] | None = [] if self.restore_best else None
         record = {"epoch": self.epoch, "step": self.step, "lr": lr, "train_loss": train_loss,
-                  **self.evaluate("val", prefix="val_"), "rollbacks": self.in_epoch.rollbacks,
+                  **self.evaluate("val", prefix="val_", parts=parts), "rollbacks": self.in_epoch.rollbacks,
                   "seconds": round(time.monotonic() - self._epoch_started, 4)}
+        self._val_parts = parts if parts is not None and len(parts) >= RISE_TEST_FEWEST_PARTS else None
         if self.epoch == 1:
             self._learn_baseline(train_loss, record.get("val_loss", math.nan))
         self.record.add_epoch(record)
@@ -384,6 +392,7 @@ class Trainer:
                 self.guard.new_best(clean=self.in_epoch.rollbacks == 0)
             self.best_state = decision.applied.best_state
             self.best_record = {k: v for k, v in record.items() if k.startswith("val_")}
+            self._best_val_parts = self._val_parts
             self.record.save_best(self.best_state)
         if decision.applied.cut and self.restore_best:
             decision.notes.extend(self._restart_if_overfit())
@@ -395,53 +404,24 @@ class Trainer:
     def _restart_if_overfit(self) -> list[str]:
         """At an LR cut after overfitting, the cut LR goes on from the best weights (`restart_if_overfit`)."""
         note = restart_if_overfit(self.history, self.tracker, model=self.weights, best_state=self.best_state,
-                                  event=self._event, monitor=self.monitor_key,
-                                  rise_test=self._rise_test if self._rise_testable() else None)
-        if note is not None and self.guard is not None:
-            self.guard.rebase()   # the best weights' training loss may be many times the overfit one's
+                                  event=self._event, monitor=self.monitor_key, rise_test=self._rise_test)
+        if note is not None:
+            self._val_parts = self._best_val_parts   # the weights are the kept ones again
+            if self.guard is not None:
+                self.guard.rebase()   # the best weights' training loss may be many times the overfit one's
         return [note] if note is not None else []
 
     # --- is a rise of the validation loss more than its noise? -----------------------------------------
-    def _rise_testable(self) -> bool:
-        """The run keeps its best weights and trains others. They are compared with the kept weights, which
-        are the lowest validation loss's when that is monitored, else the monitored metric's best: what the
-        test asks is whether training past the weights the user gets made validation worse (a hinge-loss
-        model monitored on accuracy was called overfitting on a 10 % rise from the epoch after its kept one;
-        scored against the kept weights the rise was 0.3 standard errors, and the test loss fell)."""
-        return self.restore_best and self.tracker.best_epoch is not None and self.tracker.best_epoch != self.epoch
-
-    def _val_parts(self) -> list[float] | None:
-        """The model's validation loss on fixed parts of the split (`scored_in_parts`), leaving the random
-        generators as they were: a model that draws at random while it is scored must not shift the run."""
-        rng = capture_rng()
-        try:
-            return scored_in_parts(self.model, self.splits["val"], self.objective, "loss", amp=self.config.amp,
-                                   device=self.device, fewest=RISE_TEST_FEWEST_PARTS, world=self.world,
-                                   batch_size=evaluation_batch_size(self.config.batch_size, self.device,
-                                                                    self.objective))
-        finally:
-            restore_rng(rng)
-
     def _rise_test(self) -> PairedRise | None:
-        """The current weights' validation loss against the kept ones', part by part (None: cannot say)."""
-        return self._rise_from(self._val_parts(), swap=True)
-
-    def _rise_from(self, current: list[float] | None, *, swap: bool) -> PairedRise | None:
-        """``current``: the parts of the weights that rose. The kept weights' parts are scored once per best
-        epoch; ``swap``: the model holds other weights, loaded back afterwards (else it holds the kept ones)."""
-        if current is None:
+        """The current weights' validation loss against the kept ones', part by part, both from their own
+        epoch's validation (None: cannot say). The kept weights are the best monitored value's: the lowest
+        validation loss, or the monitored metric's best. What is asked is whether training past the weights the
+        user gets made validation worse (a hinge-loss model monitored on accuracy was called overfitting on a
+        10 % rise from the epoch after its kept one; against the kept weights the rise was 0.3 standard
+        errors, and the test loss fell)."""
+        if not self.restore_best or self.tracker.best_epoch in (None, self.epoch):
             return None
-        best_epoch = self.tracker.best_epoch
-        if self._best_parts is None or self._best_parts[0] != best_epoch:
-            held = {k: v.to("cpu", copy=True) for k, v in self.weights.state_dict().items()} if swap else None
-            if swap:
-                self.weights.load_state_dict(self.best_state)
-            try:
-                self._best_parts = (best_epoch, self._val_parts())
-            finally:
-                if held is not None:
-                    self.weights.load_state_dict(held)
-        return paired_rise(current, self._best_parts[1])
+        return paired_rise(self._val_parts, self._best_val_parts)
 
     def _min_lr(self) -> float:
         """The LR floor of plateau cuts; the guard's rollbacks move it down with their cuts."""
@@ -454,7 +434,7 @@ class Trainer:
         notes = []
         live = dict(weight_decay=self.config.weight_decay, monitor=self.monitor_key, mode=self.config.mode)
         found = new_live_findings(self.history, self.events, **live)
-        if any(f.code == "overfitting" for f in found) and rise_since_best(self.history) and self._rise_testable():
+        if any(f.code == "overfitting" for f in found) and rise_since_best(self.history):
             found = new_live_findings(self.history, self.events, rise_test=self._rise_test(), **live)
         for finding in found:
             self._event("diagnosis", code=finding.code, message=finding.message, fix=finding.fix)
@@ -473,8 +453,7 @@ class Trainer:
         finished = self.status is not Status.INTERRUPTED
         # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
         self._checkpoint(final=True, restoring=finished and self.restore_best)
-        rising = self._val_parts() if finished and rise_since_best(self.history) and self._rise_testable() \
-            else None
+        rise = self._rise_test() if finished and rise_since_best(self.history) else None
         if finished and self.restore_best:
             self.weights.load_state_dict(self.best_state)
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,
@@ -484,7 +463,7 @@ class Trainer:
         summary.update(self.judge.conclude(
             evaluate=self.evaluate, model=self.model, history=self.history, events=self.events, status=self.status,
             config=self.config, monitor=self.monitor_key, best_record=self.best_record, epoch=self.epoch,
-            world=self.world, rise_test=self._rise_from(rising, swap=False)) if finished else {"diagnosis": []})
+            world=self.world, rise_test=rise) if finished else {"diagnosis": []})
         if not finished:
             self.judge.stop_reference()
         if self.judge.reference_failure is not None:
@@ -551,6 +530,7 @@ class Trainer:
             "rng": capture_rng(),
             "history": self.history,
             "logs": {"events": self.events},
+            "val_parts": {"last": self._val_parts, "best": self._best_val_parts},
             "config": self.config.to_dict(),
         }
 
@@ -580,6 +560,8 @@ class Trainer:
         self.clock.load(progress["wall_seconds"], progress.get("train_seconds"))
         self.record.load(state["history"], state["logs"]["events"])
         self.metric_notes = [e["note"] for e in self.events if e.get("event") == "metric_note"]
+        parts = state.get("val_parts") or {}   # none in a checkpoint from before they were kept: no rise test
+        self._val_parts, self._best_val_parts = parts.get("last"), parts.get("best")
         restore_rng(state["rng"])
         self._resumed = True
 

@@ -231,12 +231,16 @@ class SplitScores:
     kept for the whole-split metrics. ``on_outputs``: the metrics given everything the model returned (a
     tuple or dict of tensors), as the task's loss is (`Objective.metrics_on_outputs`); the others get the
     score tensor in it (`scores_of`). Outputs and targets may be tuples or dicts of tensors (one per head):
-    they are kept and joined leaf by leaf."""
+    they are kept and joined leaf by leaf. ``batch_losses``: also keep each batch's weighted loss and weight
+    (read with the rest, at the one sync)."""
 
     def __init__(self, metric_fns: dict[str, Callable], ways: dict[str, str], device: torch.device,
-                 budget: int = METRIC_MEMORY_BYTES, on_outputs: frozenset[str] = frozenset()) -> None:
+                 budget: int = METRIC_MEMORY_BYTES, on_outputs: frozenset[str] = frozenset(),
+                 batch_losses: bool = False) -> None:
         self.metric_fns, self.ways, self.device, self.budget = metric_fns, ways, device, budget
         self.on_outputs = on_outputs
+        self.batch_losses: list[torch.Tensor] | None = [] if batch_losses else None
+        self.read_batch_losses: list[tuple[float, float]] = []
         self.names = ["loss", *metric_fns]
         self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
         self.seen: Any = 0
@@ -262,8 +266,11 @@ class SplitScores:
                 values.append(fn(self._given(name, outputs, scores), targets))
             else:
                 values.append(0.0)
-        self.sums += torch.stack([_scalar(v, self.device) for v in values]) * weight
+        weighted = torch.stack([_scalar(v, self.device) for v in values]) * weight
+        self.sums += weighted
         self.seen = self.seen + weight
+        if self.batch_losses is not None:
+            self.batch_losses.append(torch.stack([weighted[0], _scalar(weight, self.device)]))
         if self.kept is not None:
             self._keep(outputs, targets, weight)
 
@@ -298,7 +305,8 @@ class SplitScores:
 
     def values(self) -> list[float]:
         """The loss (the weighted mean of the batches' losses: exact for a loss that is a mean over what
-        counts) and every metric, in ``["loss", *metric_fns]`` order. The pass's sync point."""
+        counts) and every metric, in ``["loss", *metric_fns]`` order; each batch's (loss x weight, weight),
+        when kept, is read with them into ``read_batch_losses``. The pass's sync point."""
         total = self.seen.clamp(min=1) if isinstance(self.seen, torch.Tensor) else max(self.seen, 1)
         means = self.sums / total
         if self.kept:
@@ -312,7 +320,12 @@ class SplitScores:
             elif way == WHOLE_SPLIT and self.kept:
                 means[index] = _scalar(fn(self._given(name, outputs, scores), targets), self.device)
         self.kept = None
-        return means.tolist()
+        if not self.batch_losses:
+            return means.tolist()
+        flat = torch.cat([means, torch.stack(self.batch_losses).flatten()]).tolist()
+        count = len(self.names)
+        self.read_batch_losses = list(zip(flat[count::2], flat[count + 1::2]))
+        return flat[:count]
 
 
 def _scalar(value: Any, device: torch.device) -> torch.Tensor:
