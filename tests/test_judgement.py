@@ -552,6 +552,10 @@ def test_the_rise_is_measured_against_the_validation_noise_without_changing_the_
     assert restart["rise_significant"] is True and restart["rise_parts"] == 16
     assert restart["rise_t"] > restart["rise_t_needed"] == 1.753
     assert [e for e in result.events if e["event"] == "diagnosis" and e["code"] == "overfitting"]
+    # the kept epoch's parts travel in the checkpoint: a resumed run tests as the uninterrupted one
+    import torch
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert len(state["val_parts"]["best"]) == 16 and len(state["val_parts"]["last"]) == 16
 
     monkeypatch.setattr(loop.Trainer, "_rise_test", lambda self: None)
     untested = fit_overfitting(tmp_path / "untested")
