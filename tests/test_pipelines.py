@@ -252,14 +252,58 @@ def test_targets_for_several_heads_in_memory_reach_the_loss_as_given(form):
     assert best < 0.5 * two_heads_loss(ClassAndAmount()(image[300:], meta[300:]), split(slice(300, None))[1]).item()
 
 
-def test_targets_for_several_heads_must_agree_in_length_and_need_a_loss():
+def test_targets_for_several_heads_must_agree_in_length_and_pair_up_with_the_outputs():
     image, meta, y = two_inputs()
     amount = meta[:, 1]
     with pytest.raises(ConvergeError, match="targets disagree in length"):
         converge.fit(ClassAndAmount(), ((image, meta), (y, amount[:-1])), ((image, meta), (y, amount)),
                      loss=two_heads_loss, **QUICK)
-    with pytest.raises(ConvergeError, match="cannot infer a loss"):
-        converge.fit(ClassAndAmount(), ((image, meta), (y, amount)), ((image, meta), (y, amount)), **QUICK)
+    with pytest.raises(ConvergeError, match="cannot infer a loss for targets of type tuple and outputs"):
+        converge.fit(ImageAndMeta(), ((image, meta), (y, amount)), ((image, meta), (y, amount)), **QUICK)
+    with pytest.raises(ConvergeError, match="head0: .*labels must lie in"):   # the head is named
+        converge.fit(ClassAndAmount(), ((image, meta), (y + 5, amount)), ((image, meta), (y, amount)), **QUICK)
+
+
+class NamedHeads(ClassAndAmount):
+    """The same two heads, returned in a dict."""
+
+    def forward(self, image, metadata):
+        scores, amount = super().forward(image, metadata)
+        return {"kind": scores, "amount": amount}
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict"])
+def test_targets_per_head_without_a_loss_get_one_inferred_loss_per_head(form):
+    """No loss, one target per output: each head's loss is inferred as for one head and the losses summed, a
+    regression head's MSE divided by its training targets' variance (an amount in raw units, about 1000 here,
+    would be all the sum sees); each head has its metrics, named after it, in the targets' units."""
+    image, meta, _ = two_inputs()
+    y = (meta[:, 0] > 0).long() + (meta[:, 2] > 0).long()   # what the heads read: the metadata
+    amount = 1000 + 40 * meta[:, 1] + 10 * meta[:, 0]
+    torch.manual_seed(0)
+    model = ClassAndAmount() if form == "tuple" else NamedHeads()
+
+    def split(rows):
+        targets = (y[rows], amount[rows]) if form == "tuple" else {"kind": y[rows], "amount": amount[rows]}
+        return (image[rows], meta[rows]), targets
+
+    result = converge.fit(model, split(slice(0, 300)), split(slice(300, None)), max_epochs=100, verbose=False)
+    summary = result.summary
+    cls, amt = ("head0", "head1") if form == "tuple" else ("kind", "amount")
+    assert summary["task_kind"] == "custom"
+    assert f"{amt}: regression" in summary["task_description"] and "training targets' variance" in \
+        summary["task_description"]
+    best = summary["best"]
+    assert set(best) == {"val_loss", f"val_{cls}_accuracy", f"val_{amt}_mse", f"val_{amt}_r2"}
+    assert best[f"val_{cls}_accuracy"] > 0.9 and best[f"val_{amt}_r2"] > 0.9
+    with torch.no_grad():
+        out = result.model.eval()(image[300:], meta[300:])
+    amount_out = out[1] if form == "tuple" else out["amount"]
+    mse = float(F.mse_loss(amount_out, amount[300:]))
+    assert best[f"val_{amt}_mse"] == pytest.approx(mse, rel=1e-4)           # raw units
+    variance = float(amount[:300].var(unbiased=False))
+    scores = out[0] if form == "tuple" else out["kind"]
+    assert best["val_loss"] == pytest.approx(float(F.cross_entropy(scores, y[300:])) + mse / variance, rel=1e-4)
 
 
 class Stream(IterableDataset):

@@ -377,9 +377,14 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
         return _model_loss(outputs, scores, targets, splits, metrics, ignore_index, target_key)
     if not isinstance(targets, torch.Tensor):
         if loss is None:
-            raise ConvergeError(f"cannot infer a loss for targets of type {type(targets).__name__}; "
-                                "define `loss` in the task")
-        objective = Objective(loss, "custom", {}, inferred=False, known_loss=False, description="custom targets")
+            objective = _per_head(outputs, targets, splits, ignore_index)
+            if objective is None:
+                raise ConvergeError(f"cannot infer a loss for targets of type {type(targets).__name__} and outputs "
+                                    f"{describe(outputs)}; return one output per target (a tuple of as many "
+                                    f"tensors, or a dict with the same keys), or define `loss` in the task")
+        else:
+            objective = Objective(loss, "custom", {}, inferred=False, known_loss=False,
+                                  description="custom targets")
     else:
         objective = _decide(loss, scores, targets, splits, ignore_index)
         if loss is None and objective.kind in ("binary", "multilabel") and _ends_in_sigmoid(model, inputs, amp,
@@ -404,8 +409,9 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
     for name in [*metric_fns, *objective.derived]:
         if name == "loss" or not name.isidentifier():
             raise ConvergeError(f"metric name {name!r} must be an identifier other than 'loss'")
-    on_outputs = frozenset(name for name, fn in metrics.items() if objective.loss_on_outputs and not is_stateful(fn)
-                           and _gives_number(fn, outputs, targets))
+    on_outputs = objective.metrics_on_outputs | frozenset(
+        name for name, fn in metrics.items()
+        if objective.loss_on_outputs and not is_stateful(fn) and _gives_number(fn, outputs, targets))
     check_metrics({name: fn for name, fn in metrics.items() if name not in on_outputs}, scores, targets)
     objective = replace(objective, metric_fns=metric_fns, metrics_on_outputs=on_outputs)
     check_missing_targets(model, splits, objective, amp=amp, device=device)
@@ -630,6 +636,94 @@ def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: d
         objective = replace(objective, description=f"{objective.description} (targets {skipped} are padding: "
                                                    f"the loss skips them)")
     return objective
+
+
+# --- several heads, no loss of the task's own -----------------------------------------------------------
+@dataclass(frozen=True)
+class HeadsLoss:
+    """One inferred loss per head, summed; a regression head's MSE is divided by the variance of its training
+    targets, so that each head's constant prediction scores about 1 (a cross-entropy over 10 classes starts at
+    2.3): a head in raw units (an amount of about 300, whose MSE starts near 1e5) would otherwise be all the
+    sum sees. ``heads``: (key, loss, divisor) per head."""
+
+    heads: tuple[tuple[Any, Callable, float], ...]
+
+    def __call__(self, outputs: Any, targets: Any) -> torch.Tensor:
+        return sum(loss(outputs[key], targets[key]) / divisor for key, loss, divisor in self.heads)
+
+
+@dataclass(frozen=True)
+class OnHead:
+    """A metric of one head, given everything the model returned and every target."""
+
+    metric: Callable
+    key: Any
+
+    def __call__(self, outputs: Any, targets: Any) -> torch.Tensor:
+        return self.metric(outputs[self.key], targets[self.key])
+
+
+def _r2(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """R² of a head over the split it is given (the mean over its target columns)."""
+    outputs, targets = _rows(outputs).float(), _rows(targets).float().view(len(outputs), -1)
+    residual = ((outputs - targets) ** 2).sum(0)
+    total = ((targets - targets.mean(0)) ** 2).sum(0).clamp(min=1e-12)
+    return (1 - residual / total).mean()
+
+
+def _head_keys(outputs: Any, targets: Any) -> list | None:
+    """The heads when outputs and targets pair up one to one: tuples (or lists) of one length, or dicts with one
+    set of keys; else None."""
+    if isinstance(targets, dict) and isinstance(outputs, dict) and set(outputs) == set(targets):
+        return list(targets)
+    if isinstance(targets, (tuple, list)) and isinstance(outputs, (tuple, list)) and len(outputs) == len(targets):
+        return list(range(len(targets)))
+    return None
+
+
+def _head_view(split, key) -> Any:
+    """A split whose targets are one head's, for the facts the kind rule reads (a split whose targets are not in
+    memory as it is: the facts then come from the probe)."""
+    held = _held_targets(split)
+    return TensorSplit(None, held[key], split.name) if held is not None else split
+
+
+def _per_head(outputs: Any, targets: Any, splits: dict, ignore_index: int) -> Objective | None:
+    """Targets per head and no loss: each head's loss and metrics are inferred as for one head
+    (`decide_kind`), and the losses summed (`HeadsLoss`); metrics are named after the head ("digit_accuracy"
+    for a dict's key "digit", "head0_accuracy" for a tuple's first). None when outputs and targets do not pair
+    up head by head."""
+    keys = _head_keys(outputs, targets)
+    if keys is None or not all(isinstance(outputs[k], torch.Tensor) and isinstance(targets[k], torch.Tensor)
+                               for k in keys):
+        return None
+    heads, metrics, said = [], {}, []
+    for key in keys:
+        name = str(key) if isinstance(key, str) else f"head{key}"
+        try:
+            head = _decide(None, outputs[key], targets[key],
+                           {split_name: _head_view(split, key) for split_name, split in splits.items()}, ignore_index)
+        except ConvergeError as exc:
+            raise ConvergeError(f"{name}: {exc}") from exc
+        divisor = _target_variance(splits["train"], key, targets[key]) if head.kind == "regression" else 1.0
+        heads.append((key, head.loss_fn, divisor))
+        head_metrics = {"mse": mean_squared_error, "r2": _r2} if head.kind == "regression" else head.metric_fns
+        metrics.update({f"{name}_{metric}": OnHead(fn, key) for metric, fn in head_metrics.items()})
+        said.append(f"{name}: {head.description}" + (f" / {divisor:.4g} (its training targets' variance)"
+                                                       if divisor != 1.0 else ""))
+    return Objective(HeadsLoss(tuple(heads)), "custom", metrics, inferred=False, known_loss=False,
+                     loss_on_outputs=True, metrics_on_outputs=frozenset(metrics),
+                     description=f"{len(keys)} heads, one loss each, summed ({'; '.join(said)})")
+
+
+def _target_variance(split, key, probe_targets: torch.Tensor) -> float:
+    """The variance of one head's training targets (the mean over its columns; the probe's when they are not
+    in memory); 1 when it is not a positive number."""
+    held = _held_targets(split)
+    targets = held[key] if held is not None else probe_targets
+    values = _rows(targets.float())
+    variance = float(values.var(dim=0, unbiased=False).mean()) if len(values) > 1 else 1.0
+    return variance if math.isfinite(variance) and variance > 0 else 1.0
 
 
 def _probability_rows(split, probe_targets: torch.Tensor) -> bool:
