@@ -306,9 +306,19 @@ def probe_kind(task, model: nn.Module, train_batches) -> tuple[str, Callable]:
                 value = None
             if isinstance(value, torch.Tensor) and value.numel() == 1:
                 return _own_kind(task.loss, out, y), task.loss
+    if task.loss is None and not isinstance(y, torch.Tensor):
+        return "custom", _sum_of_heads(raw, y)
     kind = _own_kind(task.loss, out, y) if task.loss is not None else infer_kind(out, y)
     base = task.loss if task.loss is not None else inferred_loss(kind)
     return kind, lambda raw, y: base(scores(raw), y)
+
+
+def _sum_of_heads(raw: Any, y: Any) -> Callable:
+    """Targets per head and no loss: each head's standard loss, summed in raw units, as a hand loop adds a
+    cross-entropy and an MSE (scored by that sum)."""
+    keys = list(y) if isinstance(y, dict) else list(range(len(y)))
+    losses = {key: inferred_loss(infer_kind(raw[key], y[key])) for key in keys}
+    return lambda raw, y: sum(losses[key](raw[key], y[key]) for key in keys)
 
 
 def _own_kind(loss: Callable, out: torch.Tensor, y: Any) -> str:
