@@ -565,3 +565,55 @@ def test_a_batch_of_targets_per_head_counts_its_samples_in_the_training_loss():
     labels, amounts = torch.zeros(4, dtype=torch.long), torch.zeros(4)
     assert _rows((labels, amounts)) == 4 and _rows({"label": labels, "amount": amounts}) == 4
     assert _rows(labels) == 4 and rows_in((labels, amounts)) == 4 and rows_in(("not", "tensors")) is None
+
+
+def _price_and_class(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    price = 250_000 + 60_000 * x[:, 0] - 20_000 * x[:, 1] + 5_000 * torch.randn(n, generator=g)
+    return x, {"price": price, "kind": (x[:, 2] + x[:, 3] > 0).long()}
+
+
+class PriceAndKind(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 32), nn.ReLU())
+        self.price, self.kind = nn.Linear(32, 1), nn.Linear(32, 2)
+
+    def forward(self, x):
+        h = self.body(x)
+        return {"price": self.price(h).squeeze(-1), "kind": self.kind(h)}
+
+
+def test_a_head_in_raw_units_trains_on_standardized_targets_and_predicts_in_them(tmp_path):
+    """A price head in dollars (mean 2.5e5, std 6e4) beside a class head, no loss: its last nn.Linear trains on
+    z (a hook maps it back while the model trains), and the map is folded in at the end: the returned model
+    and best.safetensors predict dollars, as the summary scored them. Without it the head stayed at R2 -10.
+    A resumed run standardizes as it did at its start and ends where the uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    train, val = _price_and_class(600, 0), _price_and_class(200, 1)
+
+    def run(out, epochs, resume=False):
+        torch.manual_seed(0)
+        return converge.fit(PriceAndKind(), train, val, out=out, max_epochs=epochs, resume=resume, **QUICK)
+
+    result = run(tmp_path / "run", 40)
+    remedy = next(e for e in result.events if e["event"] == "remedy" and e["remedy"] == "standardize_targets")
+    assert remedy["detail"]["applied"] and [h["head"] for h in remedy["detail"]["heads"]] == ["price"]
+    assert remedy["detail"]["heads"][0]["layer"] == "price"
+    best = result.summary["best"]
+    assert best["val_price_r2"] > 0.9 and best["val_kind_accuracy"] > 0.9
+    assert not any(module._forward_hooks for module in result.model.modules())   # folded instead
+    fresh = PriceAndKind()
+    fresh.load_state_dict(load_file(tmp_path / "run" / "best.safetensors"))
+    for model in (result.model.eval(), fresh.eval()):
+        with torch.no_grad():
+            price = model(val[0])["price"]
+        assert float(F.mse_loss(price, val[1]["price"])) == pytest.approx(best["val_price_mse"], rel=1e-4)
+
+    short = run(tmp_path / "resumed", 6)
+    assert short.summary["epochs"] == 6
+    resumed = run(tmp_path / "resumed", 12, resume=True)
+    straight = run(tmp_path / "straight", 12)
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in straight.history]

@@ -387,6 +387,63 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
     return name if gap <= tolerance * (float(wanted.abs().max()) + 1.0) else None
 
 
+@torch.no_grad()
+def foldable_head_layer(model: nn.Module, probe: Any, key: Any, mean: torch.Tensor, std: torch.Tensor,
+                        tolerance: float = 1e-3) -> str | None:
+    """For a model with several outputs (a tuple, list or dict of tensors): the name of the nn.Linear whose
+    output is the output ``key`` (the last one a forward of ``probe`` calls whose output holds exactly its
+    values, with ``mean.numel()`` outputs), when folding y = z * std + mean into it makes the model give that
+    output so mapped and leaves the others as they were. None when there is no such layer. Neither the model
+    nor its train/eval modes change."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe = _moved(probe, device)
+    names = {module: name or "(model)" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    calls: list[tuple[str, torch.Tensor]] = []
+    handles = [module.register_forward_hook(lambda module, args, out: calls.append((names[module], out)))
+               for module in names]
+    try:
+        with _probing(model, handles):
+            expected = call_model(model, probe)
+            for handle in handles:
+                handle.remove()
+            head = expected[key]
+            if not isinstance(head, torch.Tensor) or head.ndim == 0 or head.shape[0] == 0:
+                return None
+            name = next((name for name, out in reversed(calls) if isinstance(out, torch.Tensor) and
+                         out.numel() == head.numel() and torch.equal(out.reshape(-1), head.reshape(-1))), None)
+            layer = None if name is None else model if name == "(model)" else model.get_submodule(name)
+            if layer is None or layer.out_features != mean.numel() or head.numel() != head.shape[0] * mean.numel():
+                return None
+            folded_layer = copy.deepcopy(layer)
+            fold_target_standardization(folded_layer, mean, std, "(model)")
+            folding = layer.register_forward_hook(lambda module, args, out: folded_layer(args[0]))
+            try:
+                folded = call_model(model, probe)
+            finally:
+                folding.remove()
+    except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
+        return None
+    others = [k for k in (expected if isinstance(expected, dict) else range(len(expected))) if k != key]
+    if not all(isinstance(folded[k], torch.Tensor) and torch.equal(folded[k], expected[k]) for k in others) or \
+            folded[key].shape != head.shape or not bool(torch.isfinite(head).all()):
+        return None
+    wanted = target_units(head.float(), mean, std)
+    gap = float((folded[key].float() - wanted).abs().max())
+    return name if gap <= tolerance * (float(wanted.abs().max()) + 1.0) else None
+
+
+class InTargetUnits:
+    """A forward hook that maps an nn.Linear's output z to y = z * std + mean: the layer trains on standardized
+    targets while the model gives the targets' units, until `fold_target_standardization` folds the map into
+    it and the hook is removed."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        return target_units(out, self.mean, self.std)
+
+
 def target_standardization(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of regression targets, their plain std (no cap): per column of [N] or [N, K] targets, or per
     K over every step of per-step targets [N, T, K] (a forecast of every hour, made by one per-step nn.Linear

@@ -18,7 +18,9 @@ from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.doctor.run import (check_all, class_labels, common_numeric_part, label_issues, matrix_columns,
-                                 samples_from_splits, unscaled_targets)
+                                 samples_from_splits, unscaled_head_targets, unscaled_targets)
+from converge.engine.objective import HeadsLoss
+from converge.standardize import InTargetUnits, foldable_head_layer
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -41,6 +43,10 @@ class Prepared:
     unscaled: Finding | None = None  # what the standardization answers
     target_standardization: tuple[torch.Tensor, torch.Tensor] | None = None   # regression targets' (mean, std)
     target_layer: str | None = None  # the last nn.Linear that maps z back to the user's units
+    # targets per head: each standardized head's (mean, std, the nn.Linear whose output it is), and the hooks
+    # that map those layers' z back to the targets' units while the model trains
+    head_scales: dict = field(default_factory=dict)
+    head_hooks: list = field(default_factory=list)
 
 
 def before_training(model: nn.Module, splits: dict, *, objective=None, recorded_targets: dict | None = None,
@@ -162,6 +168,11 @@ def scale_findings(train, seed: int) -> list[Finding]:
 def _line(remedy: rx.Remedy) -> str:
     """The one console line that says what a remedy did."""
     detail = remedy.detail
+    if remedy.remedy == "standardize_targets" and "heads" in detail:
+        said = ", ".join(f"{h['head']} (mean {h['mean'][0]:.3g}, std {h['std'][0]:.3g})" for h in detail["heads"])
+        return (f"standardize: the targets of head(s) {said} standardized with training-split statistics: their "
+                f"layer trains on z and gives y = z * std + mean; losses and metrics are in the targets' units, "
+                f"{detail['export']}; --no-standardize turns this off")
     if remedy.remedy == "standardize_targets":
         if not detail.get("applied"):
             return f"standardize: targets left as they are ({detail['finding']}): {detail['reason']}"
@@ -274,6 +285,8 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
     standardized (the unscaled_features rule, on the target columns). ``recorded``: a resumed run's
     decision and statistics. None when there is nothing to say (not such a task)."""
     by = "--fix" if prepared.explicit else "default"
+    if objective is not None and isinstance(objective.loss_fn, HeadsLoss):
+        return _standardize_head_targets(prepared, model, objective, by, by_default=by_default, recorded=recorded)
     if recorded is not None:
         if not recorded.get("applied"):
             return None
@@ -303,6 +316,55 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
         "mean": mean.tolist(), "std": std.tolist(), "finding": unscaled,
         "export": f"folded into layer {layer!r} of best.safetensors, which predicts in the targets' units",
         "turn_off": "converge train --no-standardize, fit(standardize=False)"})
+
+
+def _standardize_head_targets(prepared: Prepared, model: nn.Module, objective, by: str, *, by_default: bool,
+                              recorded: dict | None) -> rx.Remedy | None:
+    """Targets per head and no loss (`HeadsLoss`): a regression head whose targets are far from standardized
+    (a price in dollars) trains its last nn.Linear on z = (y - mean) / std: a hook maps the layer's output back
+    to y = z * std + mean while the model trains (so the loss and metrics see the targets' units, and the
+    loss's division by the targets' variance makes it the MSE of z), and the map is folded into the layer at
+    the end. Without it such a head would have to grow its outputs to the targets' scale by steps of about the
+    LR (a price head stayed at R2 -10). ``recorded``: a resumed run's decision, applied as it was."""
+    if recorded is not None:
+        if not recorded.get("applied"):
+            return None
+        for head in recorded["heads"]:
+            _hook_head(prepared, model, head["key"], torch.tensor(head["mean"]), torch.tensor(head["std"]),
+                       head["layer"])
+        return rx.Remedy("standardize_targets", dict(recorded))
+    found = unscaled_head_targets(prepared.splits, objective) if (by_default or prepared.explicit) else {}
+    if not found:
+        return None
+    train = prepared.splits["train"]
+    inputs, _ = train.probe(16)
+    applied, refused = [], []
+    for key, finding in found.items():
+        name = str(key) if isinstance(key, str) else f"head{key}"
+        mean, std = rx.target_standardization(train.targets[key])
+        layer = foldable_head_layer(model, inputs, key, mean, std)
+        if layer is None:
+            refused.append(name)
+            continue
+        _hook_head(prepared, model, key, mean, std, layer)
+        applied.append({"head": name, "key": key, "layer": layer, "mean": mean.tolist(), "std": std.tolist(),
+                        "finding": finding.message})
+    if not applied:
+        return rx.Remedy("standardize_targets", {
+            "applied": False, "by": by, "finding": next(iter(found.values())).message,
+            "reason": f"no nn.Linear gives the output of {', '.join(refused)} alone, so the exported weights would "
+                      f"not predict in its targets' units; standardize them in data()"})
+    return rx.Remedy("standardize_targets", {
+        "applied": True, "by": by, "statistics": "training split", "heads": applied,
+        **({"left": refused} if refused else {}),
+        "export": "folded into each head's layer of best.safetensors, which predicts in the targets' units",
+        "turn_off": "converge train --no-standardize, fit(standardize=False)"})
+
+
+def _hook_head(prepared: Prepared, model: nn.Module, key, mean: torch.Tensor, std: torch.Tensor, layer: str) -> None:
+    module = model if layer == "(model)" else model.get_submodule(layer)
+    prepared.head_hooks.append(module.register_forward_hook(InTargetUnits(mean, std)))
+    prepared.head_scales[key] = (mean, std, layer)
 
 
 def _apply_targets(prepared: Prepared, mean: torch.Tensor, std: torch.Tensor, layer: str) -> None:
@@ -399,7 +461,7 @@ def exporter(model: nn.Module, prepared: Prepared) -> Callable[[dict], dict] | N
     linear layer and the targets' into the last, so best.safetensors takes raw inputs and predicts in the
     targets' units from its first write on. None when there is nothing to fold."""
     inputs = prepared is not None and prepared.standardization is not None and prepared.layer is not None
-    targets = prepared is not None and prepared.target_standardization is not None
+    targets = prepared is not None and (prepared.target_standardization is not None or bool(prepared.head_scales))
     if not (inputs or targets):
         return None
     import copy
@@ -423,6 +485,8 @@ def _fold(model: nn.Module, prepared: Prepared, *, inputs: bool) -> None:
         rx.fold_standardization(model, *prepared.standardization, prepared.layer, prepared.offset)
     if prepared.target_standardization is not None:
         rx.fold_target_standardization(model, *prepared.target_standardization, prepared.target_layer)
+    for mean, std, layer in prepared.head_scales.values():
+        rx.fold_target_standardization(model, mean, std, layer)
 
 
 def after_training(result, prepared: Prepared | None):
@@ -432,6 +496,10 @@ def after_training(result, prepared: Prepared | None):
         return result
     if prepared.target_standardization is not None:
         rx.fold_target_standardization(result.model, *prepared.target_standardization, prepared.target_layer)
+    for handle in prepared.head_hooks:   # folded instead: the model predicts in the targets' units by itself
+        handle.remove()
+    for mean, std, layer in prepared.head_scales.values():
+        rx.fold_target_standardization(result.model, mean, std, layer)
     if prepared.standardization is None:
         return result
     from converge.io.atomic import atomic_write_text

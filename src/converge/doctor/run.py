@@ -266,7 +266,7 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
         if objective is not None and not (objective.inferred or objective.model_loss):
             findings = [_masked_targets(f) if f.code == "nonfinite_values" else f for f in findings]
         target_scale = unscaled_targets(splits, objective, loss)
-        findings += target_scale
+        findings += target_scale + list(unscaled_head_targets(splits, objective).values())
         train = samples["train"]
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         counted, unit = _counted(train, objective)
@@ -396,6 +396,30 @@ def unscaled_targets(splits: dict, objective: Objective | None, loss: Callable |
                     f.message.replace("inputs are", "targets are").replace("feature", "target column"),
                     f.evidence, UNSCALED_TARGETS_FIX)
             for f in dc.unscaled_features(targets.reshape(len(targets), -1).double())]
+
+
+def unscaled_head_targets(splits: dict, objective: Objective | None) -> dict:
+    """Targets per head and no loss (`HeadsLoss`): each regression head whose in-memory floating-point targets
+    are far from standardized (the inputs' rule), as {head key: finding}. `converge train` standardizes them
+    by default, head by head (`converge.doctor.in_train`)."""
+    from converge.engine.objective import HeadsLoss, mean_squared_error
+
+    if objective is None or not isinstance(objective.loss_fn, HeadsLoss) or \
+            not all(isinstance(s, TensorSplit) for s in splits.values()):
+        return {}
+    found = {}
+    for key, loss, _ in objective.loss_fn.heads:
+        if loss is not mean_squared_error:
+            continue
+        parts = [s.targets[key] for s in splits.values()]
+        if not all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in parts):
+            continue
+        targets, name = parts[0], str(key) if isinstance(key, str) else f"head{key}"
+        for f in dc.unscaled_features(targets.reshape(len(targets), -1).double()):
+            found[key] = Finding("unscaled_targets", f.severity, f"{name}: " + f.message.replace(
+                "inputs are", "targets are").replace("feature", "target column"), {**f.evidence, "head": name},
+                UNSCALED_TARGETS_FIX.replace("into the model's last nn.Linear", "into the head's last nn.Linear"))
+    return found
 
 
 def matrix_columns(inputs: Any) -> int | None:
