@@ -571,7 +571,8 @@ def _price_and_class(n, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=g)
     price = 250_000 + 60_000 * x[:, 0] - 20_000 * x[:, 1] + 5_000 * torch.randn(n, generator=g)
-    return x, {"price": price, "kind": (x[:, 2] + x[:, 3] > 0).long()}
+    raw = x * torch.tensor([400.0, 1.0, 30.0, 0.01]) + torch.tensor([1800.0, 3.0, 40.0, 0.0])   # square feet, ...
+    return raw, {"price": price, "kind": (x[:, 2] + x[:, 3] > 0).long()}
 
 
 class PriceAndKind(nn.Module):
@@ -586,10 +587,11 @@ class PriceAndKind(nn.Module):
 
 
 def test_a_head_in_raw_units_trains_on_standardized_targets_and_predicts_in_them(tmp_path):
-    """A price head in dollars (mean 2.5e5, std 6e4) beside a class head, no loss: its last nn.Linear trains on
-    z (a hook maps it back while the model trains), and the map is folded in at the end: the returned model
-    and best.safetensors predict dollars, as the summary scored them. Without it the head stayed at R2 -10.
-    A resumed run standardizes as it did at its start and ends where the uninterrupted run ends."""
+    """A price head in dollars (mean 2.5e5, std 6e4) beside a class head, no loss, raw input columns: the
+    price head's last nn.Linear trains on z (a hook maps it back while the model trains) and the inputs are
+    standardized, both folded in at the end: the returned model and best.safetensors take the raw columns and
+    predict dollars, as the summary scored them. Without it the head stayed at R2 -10. A resumed run
+    standardizes as it did at its start and ends where the uninterrupted run ends."""
     from safetensors.torch import load_file
 
     train, val = _price_and_class(600, 0), _price_and_class(200, 1)
@@ -602,6 +604,8 @@ def test_a_head_in_raw_units_trains_on_standardized_targets_and_predicts_in_them
     remedy = next(e for e in result.events if e["event"] == "remedy" and e["remedy"] == "standardize_targets")
     assert remedy["detail"]["applied"] and [h["head"] for h in remedy["detail"]["heads"]] == ["price"]
     assert remedy["detail"]["heads"][0]["layer"] == "price"
+    inputs = next(e for e in result.events if e["event"] == "remedy" and e["remedy"] == "standardize_features")
+    assert inputs["detail"]["applied"] and inputs["detail"]["layer"] == "body.0"
     best = result.summary["best"]
     assert best["val_price_r2"] > 0.9 and best["val_kind_accuracy"] > 0.9
     assert not any(module._forward_hooks for module in result.model.modules())   # folded instead

@@ -145,13 +145,15 @@ def _set_weight(layer: nn.Module, name: str, value: torch.Tensor) -> None:
 
 @torch.no_grad()
 def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   tolerance: float = 1e-3) -> str | None:
+                   tolerance: float = 1e-3, several_outputs: bool = False) -> str | None:
     """The name of the layer into which z = (x - mean) / std can be folded, for any model (not only
     nn.Sequential): the first nn.Linear or recurrent layer called on the raw input itself, on a forward of
     ``probe`` (a few raw rows), and only when the folded model on raw rows gives what the model gives on
     standardized rows (largest difference at most ``tolerance`` x (largest output + 1); this rules out inputs
     that also reach the model another way). None when there is no such layer. Neither the model (its
-    parameters are folded for the check and put back) nor its train/eval modes change."""
+    parameters are folded for the check and put back) nor its train/eval modes change. ``several_outputs``: a
+    model that returns a tuple, list or dict of tensors is judged on every one of them (else it is not
+    folded into: its heads' scales are its loss's business, unless converge chose that loss head by head)."""
     device = next((p.device for p in model.parameters()), probe.device)
     probe = probe.to(device)
     found = first_linear(model, mean.numel())
@@ -163,12 +165,13 @@ def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, st
         return None
     standardized = standardize(probe, mean.to(probe.dtype), std.to(probe.dtype))
     return name if _fold_matches(model, layer, mean, std, 0, lambda: model(standardized), lambda: model(probe),
-                                 tolerance) else None
+                                 tolerance, several_outputs=several_outputs) else None
 
 
 @torch.no_grad()
 def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: torch.Tensor, offset: int,
-                  on_standardized: Callable[[], Any], on_raw: Callable[[], Any], tolerance: float) -> bool:
+                  on_standardized: Callable[[], Any], on_raw: Callable[[], Any], tolerance: float, *,
+                  several_outputs: bool = False) -> bool:
     """Whether, with the standardization folded into ``layer`` (from input column ``offset``), the model on
     raw inputs (``on_raw``) gives what it gives on standardized ones (``on_standardized``): largest
     difference at most ``tolerance`` x (largest output + 1). The layer's parameters and every module's
@@ -190,11 +193,29 @@ def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: t
         layer.load_state_dict(saved)
         for module, training in modes.items():
             module.training = training
+    if several_outputs and not isinstance(expected, torch.Tensor):
+        pairs = list(zip(_leaves(expected), _leaves(folded)))
+        return bool(pairs) and len(pairs) == len(_leaves(expected)) and \
+            all(_close(want, got, tolerance) for want, got in pairs)
+    return _close(expected, folded, tolerance)
+
+
+def _close(expected: Any, folded: Any, tolerance: float) -> bool:
+    """Two outputs of one shape within ``tolerance`` x (largest expected value + 1), the expected all finite."""
     if not isinstance(expected, torch.Tensor) or not isinstance(folded, torch.Tensor) or \
             expected.shape != folded.shape or not bool(torch.isfinite(expected).all()):
         return False
     gap = float((folded.float() - expected.float()).abs().max()) if expected.numel() else 0.0
     return gap <= tolerance * (float(expected.float().abs().max()) + 1.0)
+
+
+def _leaves(value: Any) -> list:
+    """The tensors (and anything else) of a tuple, list or dict of outputs, in order."""
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
 
 
 def _first_reader_called(model: nn.Module, probe: torch.Tensor,

@@ -79,7 +79,7 @@ def before_training(model: nn.Module, splits: dict, *, objective=None, recorded_
             scale = scale_findings(splits["train"], seed) if recorded is None else []
         prepared.unscaled = next(iter(scale), None)
         for name in _remedies(scale + prepared.findings, fix, drop_label_issues, standardize, recorded):
-            remedy = _APPLY[name](prepared, model, seed, objective)
+            remedy = _APPLY[name](prepared, model, seed, objective if objective is not None else run_objective)
             prepared.remedies.append(remedy)
         targets = _standardize_targets(prepared, model, run_objective, loss, by_default=standardize,
                                        recorded=recorded_targets)
@@ -217,7 +217,10 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> 
                                  "these too", prepared)
     # a sequence: per feature over every step, which the layer that reads each step can absorb
     mean, std = rx.standardization(train.inputs, per_position=not sequences)
-    layer = rx.foldable_layer(model, train.inputs[:16], mean, std)
+    # one loss per head chosen by converge (`HeadsLoss`): the heads' scales are converge's too (a raw head's
+    # targets are standardized as well), so a model with several outputs takes standardized inputs
+    several = objective is not None and isinstance(objective.loss_fn, HeadsLoss)
+    layer = rx.foldable_layer(model, train.inputs[:16], mean, std, several_outputs=several)
     if layer is None and sequences and prepared.explicit:   # --fix on another layout: per position, hooked
         sequences = False
         mean, std = rx.standardization(train.inputs)
