@@ -253,7 +253,6 @@ def test_a_rise_within_the_validation_noise_is_not_overfitting(test, named):
         assert overfit[0]["evidence"]["rise_t"] == pytest.approx(test.t, abs=1e-3)
     live = live_findings(history(BREAST_TRAIN, BREAST_VAL), [], rise_test=test)
     assert any(f["code"] == "overfitting" for f in live) == named
-    assert diagnosis.rise_since_best(history(BREAST_TRAIN, BREAST_VAL))
 
 
 def test_a_restart_whose_rise_was_within_the_noise_is_not_overfitting():
@@ -275,7 +274,9 @@ def test_a_restart_whose_rise_was_within_the_noise_is_not_overfitting():
     assert evidence["val_loss_last"] == 0.721 and evidence["rise_t"] == 4.0 and evidence["rise_significant"]
 
 
-def test_a_rise_too_small_for_the_thresholds_is_not_tested():
-    """`rise_since_best` says when the Trainer should score weights at all: not on a run at its best."""
-    assert not diagnosis.rise_since_best(history([1.0, 0.8, 0.6, 0.5, 0.4], [1.0, 0.8, 0.7, 0.65, 0.6]))
-    assert not diagnosis.rise_since_best([])
+def test_a_rise_too_small_for_the_thresholds_is_not_made_one_by_its_test():
+    """The test is read only when the rise's thresholds hold: a run at its best is no overfitting whatever the
+    parts say."""
+    at_best = history([1.0, 0.8, 0.6, 0.5, 0.4], [1.0, 0.8, 0.7, 0.65, 0.6])
+    assert "overfitting" not in [f["code"] for f in live_findings(at_best, [], rise_test=_rise(5.0))]
+    assert live_findings([], [], rise_test=_rise(5.0)) == []

@@ -364,30 +364,35 @@ def add_standardize_hook(model: nn.Module, mean: torch.Tensor, std: torch.Tensor
 # makes its output (W' = std W, b' = std b + mean, per output column), it predicts in the user's units.
 @torch.no_grad()
 def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: torch.Tensor,
-                        tolerance: float = 1e-3) -> str | None:
+                        tolerance: float = 1e-3, key: Any = None) -> str | None:
     """The name of the nn.Linear whose output is the model's output (the last one a forward of ``probe``
     calls, with ``mean.numel()`` outputs), when folding y = z * std + mean into it makes the model give
     its outputs so mapped (largest difference at most ``tolerance`` x (largest output + 1); this rules out
-    a last layer followed by anything but a reshape). None when there is no such layer. Neither the model
-    nor its train/eval modes change."""
+    a last layer followed by anything but a reshape). None when there is no such layer. ``key``: of a model
+    with several outputs (a tuple, list or dict of tensors), the output ``key``: its layer is the last one
+    called whose output holds exactly that output's values, and the fold must leave the other outputs as they
+    were. Neither the model nor its train/eval modes change."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     probe = _moved(probe, device)
     names = {module: name or "(model)" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-    calls: list[str] = []
-    handles = [module.register_forward_hook(lambda module, args, out: calls.append(names[module]))
+    calls: list[tuple[str, Any]] = []
+    handles = [module.register_forward_hook(lambda module, args, out: calls.append((names[module], out)))
                for module in names]
     try:
         with _probing(model, handles):
             expected = call_model(model, probe)
             for handle in handles:
                 handle.remove()
-            if not calls or not isinstance(expected, torch.Tensor) or expected.shape[0] == 0:
+            head = expected if key is None else expected[key]
+            if not calls or not isinstance(head, torch.Tensor) or head.ndim == 0 or head.shape[0] == 0:
                 return None
-            name = calls[-1]
-            layer = model if name == "(model)" else model.get_submodule(name)
-            per_row = expected.numel() == expected.shape[0] * mean.numel()
-            per_step = expected.ndim >= 3 and expected.shape[-1] == mean.numel()   # a per-step nn.Linear
-            if layer.out_features != mean.numel() or not (per_row or per_step):
+            name = calls[-1][0] if key is None else next(
+                (name for name, out in reversed(calls) if isinstance(out, torch.Tensor) and
+                 out.numel() == head.numel() and torch.equal(out.reshape(-1), head.reshape(-1))), None)
+            layer = None if name is None else model if name == "(model)" else model.get_submodule(name)
+            per_row = head.numel() == head.shape[0] * mean.numel()
+            per_step = head.ndim >= 3 and head.shape[-1] == mean.numel()   # a per-step nn.Linear
+            if layer is None or layer.out_features != mean.numel() or not (per_row or per_step):
                 return None
             # The fold itself, on a copy of the layer: a parametrized weight (weight_norm) takes it through its
             # right_inverse, and one whose forward would undo it (spectral_norm) fails the check below.
@@ -400,56 +405,16 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
                 folding.remove()
     except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
         return None
-    if not isinstance(folded, torch.Tensor) or folded.shape != expected.shape or \
-            not bool(torch.isfinite(expected).all()):
+    others = [] if key is None else [k for k in (expected if isinstance(expected, dict) else range(len(expected)))
+                                     if k != key]
+    if not all(isinstance(folded[k], torch.Tensor) and torch.equal(folded[k], expected[k]) for k in others):
         return None
-    wanted = target_units(expected.float(), mean, std)
-    gap = float((folded.float() - wanted).abs().max())
-    return name if gap <= tolerance * (float(wanted.abs().max()) + 1.0) else None
-
-
-@torch.no_grad()
-def foldable_head_layer(model: nn.Module, probe: Any, key: Any, mean: torch.Tensor, std: torch.Tensor,
-                        tolerance: float = 1e-3) -> str | None:
-    """For a model with several outputs (a tuple, list or dict of tensors): the name of the nn.Linear whose
-    output is the output ``key`` (the last one a forward of ``probe`` calls whose output holds exactly its
-    values, with ``mean.numel()`` outputs), when folding y = z * std + mean into it makes the model give that
-    output so mapped and leaves the others as they were. None when there is no such layer. Neither the model
-    nor its train/eval modes change."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    probe = _moved(probe, device)
-    names = {module: name or "(model)" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-    calls: list[tuple[str, torch.Tensor]] = []
-    handles = [module.register_forward_hook(lambda module, args, out: calls.append((names[module], out)))
-               for module in names]
-    try:
-        with _probing(model, handles):
-            expected = call_model(model, probe)
-            for handle in handles:
-                handle.remove()
-            head = expected[key]
-            if not isinstance(head, torch.Tensor) or head.ndim == 0 or head.shape[0] == 0:
-                return None
-            name = next((name for name, out in reversed(calls) if isinstance(out, torch.Tensor) and
-                         out.numel() == head.numel() and torch.equal(out.reshape(-1), head.reshape(-1))), None)
-            layer = None if name is None else model if name == "(model)" else model.get_submodule(name)
-            if layer is None or layer.out_features != mean.numel() or head.numel() != head.shape[0] * mean.numel():
-                return None
-            folded_layer = copy.deepcopy(layer)
-            fold_target_standardization(folded_layer, mean, std, "(model)")
-            folding = layer.register_forward_hook(lambda module, args, out: folded_layer(args[0]))
-            try:
-                folded = call_model(model, probe)
-            finally:
-                folding.remove()
-    except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
-        return None
-    others = [k for k in (expected if isinstance(expected, dict) else range(len(expected))) if k != key]
-    if not all(isinstance(folded[k], torch.Tensor) and torch.equal(folded[k], expected[k]) for k in others) or \
-            folded[key].shape != head.shape or not bool(torch.isfinite(head).all()):
+    folded_head = folded if key is None else folded[key]
+    if not isinstance(folded_head, torch.Tensor) or folded_head.shape != head.shape or \
+            not bool(torch.isfinite(head).all()):
         return None
     wanted = target_units(head.float(), mean, std)
-    gap = float((folded[key].float() - wanted).abs().max())
+    gap = float((folded_head.float() - wanted).abs().max())
     return name if gap <= tolerance * (float(wanted.abs().max()) + 1.0) else None
 
 

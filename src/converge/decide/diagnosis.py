@@ -112,7 +112,8 @@ def diagnose_run(history: list[dict], events: list[dict], *, status: str | None,
     ``baseline_loss``: the loss of the best constant prediction on the training targets; ``fit``: the kept
     weights' values on the training split (``train_loss``, ``train_accuracy``, ...) and on validation
     (``val_...``); ``reference_loss``: the validation loss a small proxy model reaches on the same data;
-    ``rise_test``: the last weights' validation loss against the kept ones', part by part (`rise_since_best`)."""
+    ``rise_test``: the last weights' validation loss against the kept ones', part by part (read only when the
+    rise's thresholds hold)."""
     collapsed = collapse(history, events, baseline_loss) if status is not None else None
     status_finding = _status_finding(history, events, status, monitor, mode, patience, max_epochs)
     if collapsed is not None and not collapsed.late and status_finding is not None and \
@@ -150,12 +151,6 @@ def live_findings(history: list[dict], events: list[dict], *, weight_decay: floa
                         _overfitting(history, events, weight_decay, kept_epoch=kept, monitor=monitor,
                                      rise_test=rise_test)) if f]
 
-
-def rise_since_best(history: list[dict]) -> bool:
-    """Whether the validation loss has risen since its best epoch as the overfitting *rise* asks (the module
-    text): then the weights that made it are worth scoring against the kept ones, part by part of the
-    validation split (``rise_test``), to tell overfitting from a few samples' noise."""
-    return _overfitting_rise(history, "") is not None
 
 
 # --- status ------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.doctor.run import (check_all, class_labels, common_numeric_part, label_issues, matrix_columns,
                                  samples_from_splits, unscaled_head_targets, unscaled_targets)
-from converge.engine.objective import HeadsLoss
-from converge.standardize import InTargetUnits, foldable_head_layer
+from converge.engine.objective import HeadsLoss, head_name
+from converge.standardize import InTargetUnits
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -343,9 +343,9 @@ def _standardize_head_targets(prepared: Prepared, model: nn.Module, objective, b
     inputs, _ = train.probe(16)
     applied, refused = [], []
     for key, finding in found.items():
-        name = str(key) if isinstance(key, str) else f"head{key}"
+        name = head_name(key)
         mean, std = rx.target_standardization(train.targets[key])
-        layer = foldable_head_layer(model, inputs, key, mean, std)
+        layer = rx.foldable_last_layer(model, inputs, mean, std, key=key)
         if layer is None:
             refused.append(name)
             continue

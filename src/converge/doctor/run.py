@@ -22,7 +22,8 @@ from converge.doctor._sample import Sample, sample_of, sample_split
 from converge.doctor.label_noise import find_label_issues, label_noise_finding, out_of_sample_probs, proxy_error
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.engine.objective import Objective, loss_family, recognize_loss, resolve_objective
+from converge.engine.objective import (HeadsLoss, Objective, head_name, loss_family, mean_squared_error,
+                                      recognize_loss, resolve_objective)
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.standardize import (default_layout, first_batch_norm, foldable_last_layer, foldable_layer,
@@ -391,10 +392,18 @@ def unscaled_targets(splits: dict, objective: Objective | None, loss: Callable |
     if not all(isinstance(s, TensorSplit) and isinstance(s.targets, torch.Tensor) and
                s.targets.dtype.is_floating_point for s in splits.values()):
         return []
-    targets = splits["train"].targets
+    return _unscaled_target_columns(splits["train"].targets)
+
+
+def _unscaled_target_columns(targets: torch.Tensor, head: str | None = None) -> list[Finding]:
+    """The inputs' scale rule (`unscaled_features`) on the columns of regression targets, said of targets (of
+    the head ``head``, when there are several)."""
+    fix = UNSCALED_TARGETS_FIX if head is None else \
+        UNSCALED_TARGETS_FIX.replace("into the model's last nn.Linear", "into the head's last nn.Linear")
     return [Finding("unscaled_targets", f.severity,
+                    (f"{head}: " if head else "") +
                     f.message.replace("inputs are", "targets are").replace("feature", "target column"),
-                    f.evidence, UNSCALED_TARGETS_FIX)
+                    {**f.evidence, **({"head": head} if head else {})}, fix)
             for f in dc.unscaled_features(targets.reshape(len(targets), -1).double())]
 
 
@@ -402,8 +411,6 @@ def unscaled_head_targets(splits: dict, objective: Objective | None) -> dict:
     """Targets per head and no loss (`HeadsLoss`): each regression head whose in-memory floating-point targets
     are far from standardized (the inputs' rule), as {head key: finding}. `converge train` standardizes them
     by default, head by head (`converge.doctor.in_train`)."""
-    from converge.engine.objective import HeadsLoss, mean_squared_error
-
     if objective is None or not isinstance(objective.loss_fn, HeadsLoss) or \
             not all(isinstance(s, TensorSplit) for s in splits.values()):
         return {}
@@ -414,11 +421,7 @@ def unscaled_head_targets(splits: dict, objective: Objective | None) -> dict:
         parts = [s.targets[key] for s in splits.values()]
         if not all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in parts):
             continue
-        targets, name = parts[0], str(key) if isinstance(key, str) else f"head{key}"
-        for f in dc.unscaled_features(targets.reshape(len(targets), -1).double()):
-            found[key] = Finding("unscaled_targets", f.severity, f"{name}: " + f.message.replace(
-                "inputs are", "targets are").replace("feature", "target column"), {**f.evidence, "head": name},
-                UNSCALED_TARGETS_FIX.replace("into the model's last nn.Linear", "into the head's last nn.Linear"))
+        found.update((key, finding) for finding in _unscaled_target_columns(parts[0], head_name(key)))
     return found
 
 

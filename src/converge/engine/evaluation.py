@@ -93,9 +93,13 @@ def _part_size(split, batch_size: int) -> int:
 def _parts_of(batch_losses: list[tuple[float, float]], count: int) -> list[float]:
     """The loss of ``count`` runs of neighbouring batches (fewer with fewer batches), each the weighted mean of
     its batches' losses; ``batch_losses``: (loss x weight, weight) per batch."""
-    cuts = [round(i * len(batch_losses) / count) for i in range(count + 1)]
-    runs = [batch_losses[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
-    return [sum(s for s, _ in run) / w for run in runs if (w := sum(w for _, w in run)) > 0]
+    return [sum(s for s, _ in run) / w for run in _runs(batch_losses, count) if (w := sum(w for _, w in run)) > 0]
+
+
+def _runs(items: list, count: int) -> list[list]:
+    """``items`` cut in order into ``count`` runs of neighbours as equal as can be (fewer with fewer items)."""
+    cuts = [round(i * len(items) / count) for i in range(count + 1)]
+    return [items[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 class _OneBatch:
@@ -127,6 +131,5 @@ def scored_in_parts(model: nn.Module, split, objective: Objective, key: str, *, 
         scored = evaluate(model, _OneBatch(inputs, targets), objective, batch_size=size, amp=amp, device=device)
         values.append(float(scored[key]))
     if len(values) > parts:  # a DataLoader with its own batch size: neighbouring batches averaged together
-        cuts = [round(i * len(values) / parts) for i in range(parts + 1)]
-        values = [statistics.fmean(values[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+        values = [statistics.fmean(run) for run in _runs(values, parts)]
     return values if len(values) >= 2 and all(math.isfinite(v) for v in values) else None

@@ -31,7 +31,6 @@ from converge.decide import ConvergencePolicy, ConvergenceTracker
 from converge.decide.divergence import GuardPolicy
 from converge.decide.cadence import estimated_cost, negligible
 from converge.decide.plateau import negligible_gain
-from converge.decide.diagnosis import rise_since_best
 from converge.decide.significance import PairedRise, paired_rise
 from converge.engine import device as dev
 from converge.engine.clock import RunClock
@@ -404,7 +403,7 @@ class Trainer:
     def _restart_if_overfit(self) -> list[str]:
         """At an LR cut after overfitting, the cut LR goes on from the best weights (`restart_if_overfit`)."""
         note = restart_if_overfit(self.history, self.tracker, model=self.weights, best_state=self.best_state,
-                                  event=self._event, monitor=self.monitor_key, rise_test=self._rise_test)
+                                  event=self._event, monitor=self.monitor_key, rise=self._rise_test())
         if note is not None:
             self._val_parts = self._best_val_parts   # the weights are the kept ones again
             if self.guard is not None:
@@ -432,11 +431,9 @@ class Trainer:
         the validation loss is told once the current weights' is measured above the kept ones' by more than
         the validation split's noise (`_rise_test`)."""
         notes = []
-        live = dict(weight_decay=self.config.weight_decay, monitor=self.monitor_key, mode=self.config.mode)
-        found = new_live_findings(self.history, self.events, **live)
-        if any(f.code == "overfitting" for f in found) and rise_since_best(self.history):
-            found = new_live_findings(self.history, self.events, rise_test=self._rise_test(), **live)
-        for finding in found:
+        for finding in new_live_findings(self.history, self.events, weight_decay=self.config.weight_decay,
+                                         monitor=self.monitor_key, mode=self.config.mode,
+                                         rise_test=self._rise_test()):
             self._event("diagnosis", code=finding.code, message=finding.message, fix=finding.fix)
             notes.append(finding.code)
         return notes
@@ -453,7 +450,7 @@ class Trainer:
         finished = self.status is not Status.INTERRUPTED
         # The final checkpoint holds the last weights, so `resume --max-epochs` can carry on from them.
         self._checkpoint(final=True, restoring=finished and self.restore_best)
-        rise = self._rise_test() if finished and rise_since_best(self.history) else None
+        rise = self._rise_test() if finished else None   # the last weights' parts, before the kept ones load
         if finished and self.restore_best:
             self.weights.load_state_dict(self.best_state)
             self._event("restored_best", best_epoch=self.tracker.best_epoch, monitor=self.monitor_key,

@@ -671,6 +671,11 @@ def _r2(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (1 - residual / total).mean()
 
 
+def head_name(key: Any) -> str:
+    """How a head is named in metrics and messages: a dict's key, or "head0" for a tuple's first."""
+    return str(key) if isinstance(key, str) else f"head{key}"
+
+
 def _head_keys(outputs: Any, targets: Any) -> list | None:
     """The heads when outputs and targets pair up one to one: tuples (or lists) of one length, or dicts with one
     set of keys; else None."""
@@ -699,7 +704,7 @@ def _per_head(outputs: Any, targets: Any, splits: dict, ignore_index: int) -> Ob
         return None
     heads, metrics, said = [], {}, []
     for key in keys:
-        name = str(key) if isinstance(key, str) else f"head{key}"
+        name = head_name(key)
         try:
             head = _decide(None, outputs[key], targets[key],
                            {split_name: _head_view(split, key) for split_name, split in splits.items()}, ignore_index)

@@ -94,22 +94,20 @@ def decide_epoch(record: dict, *, monitor: str, tracker, model: nn.Module, optim
 
 
 def restart_if_overfit(history: list[dict], tracker, *, model: nn.Module, best_state: dict | None,
-                       event: Callable[..., None], monitor: str,
-                       rise_test: Callable[[], PairedRise | None] | None = None) -> str | None:
+                       event: Callable[..., None], monitor: str, rise: PairedRise | None = None) -> str | None:
     """At an LR cut: when the run has overfit since its best epoch (`decide.diagnosis.overfitted_since_best`),
     load the best weights, so the cut LR goes on from them and not from where overfitting took them, and log
     ``restarted_from_best``; the tracker measures progress from the best value from then on
     (`ConvergenceTracker.went_back_to_best`). Returns the epoch line's note, or None when nothing was done (no
     overfitting, or the current weights are the best). The caller's guard must learn the loss level again
-    (``rebase``). ``rise_test``: the weights being left against the best ones, part by part of the validation
+    (``rebase``). ``rise``: the weights being left against the best ones, part by part of the validation
     split; the event keeps what it says, so that the diagnosis does not call a rise within the noise
     overfitting (the restart itself does not wait for it: going on from the best weights costs nothing)."""
     drift = overfitted_since_best(history)
     if drift is None or best_state is None or tracker.best_epoch == tracker.epochs:
         return None
-    measured = rise_test() if rise_test is not None else None
     model.load_state_dict(best_state)
     tracker.went_back_to_best()
     event("restarted_from_best", best_epoch=tracker.best_epoch, monitor=monitor, value=tracker.best, **drift,
-          **(measured.evidence() if measured is not None else {}))
+          **(rise.evidence() if rise is not None else {}))
     return f"from epoch {tracker.best_epoch}'s weights"
