@@ -173,3 +173,19 @@ def test_rollback_works_with_datasets_accumulation_mixed_precision_and_clipping(
     if variant == "clip":
         assert rollbacks[0]["previous_clip_grad"] == 1.0 and rollbacks[0]["clip_grad"] == 0.5
     assert result.summary["best"]["val_loss"] <= clean_run.summary["best"]["val_loss"] * 1.1 + 1e-3
+
+
+def test_a_rollback_goes_to_the_last_epoch_end_when_its_checkpoint_was_put_off(tmp_path, monkeypatch):
+    """Which checkpoints are written follows the wall clock; a rollback must not: a small state's epoch end is
+    the guard's target even when its checkpoint was put off, so the run matches one without a folder."""
+    import converge.engine.recorder as recorder
+
+    train, val = blobs()
+    options = {**FIXED, "max_epochs": 4}
+    memory = converge.fit(mlp(), train, val, loss=PlantedLoss("spike", at=[60]), **options)
+    monkeypatch.setattr(recorder, "checkpoint_due", lambda *args, **kwargs: False)   # every one put off
+    folder = converge.fit(mlp(), train, val, loss=PlantedLoss("spike", at=[60]), out=tmp_path / "run", **options)
+    rollbacks = [e for e in folder.events if e["event"] == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["to_step"] > 0
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in memory.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in folder.history] == strip

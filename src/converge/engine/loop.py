@@ -621,6 +621,7 @@ class Trainer:
             return
         state = self._checkpoint_state()
         if not (final or start or self.record.checkpoint_due(state=state)):
+            self._remember_small(state)
             return
         state = self._weights_once(state)
         if final:
@@ -628,6 +629,21 @@ class Trainer:
         if self.record.save_checkpoint(state, wait=final or start, settled=final):
             if guard is not None:
                 guard.remember_on_disk(folder)
+        else:
+            self._remember_small(state)
+
+    def _remember_small(self, state: dict) -> None:
+        """A checkpoint that was not written (put off by the cadence, or the last one still being written):
+        a small state becomes the guard's target in memory all the same. Which checkpoints are written
+        follows the wall clock (a loaded machine's slow writes put some off), and a rollback to an older one
+        would make the same command give other weights from one run to the next; a copy of a state this
+        small costs less than the checkpoint that was put off. A large state's copy would sit beside
+        training's peak memory: its target stays the newest checkpoint. One process only (the ranks of a
+        data-parallel run share rank 0's target)."""
+        if self.guard is None or self.world is not None:
+            return
+        if negligible(estimated_cost(ckpt.state_bytes(state))):
+            self._remember_copy()
 
     def _remember_start(self) -> None:
         """The guard's first target: the checkpoint resumed from, or (before the first checkpoint) a copy
