@@ -233,14 +233,17 @@ def _rise(t: float, parts: int = 16) -> significance.PairedRise:
     return significance.PairedRise(rise=t * 0.01, standard_error=0.01, parts=parts)
 
 
-@pytest.mark.parametrize("test, named", [
-    (None, True),          # not measured (a front door that cannot score weights): the thresholds alone
-    (_rise(1.0), False),   # the breast-cancer run's end: 1.0 standard errors, its test loss +1.5 %
-    (_rise(1.75), False),  # just under the one-sided 5 % t of 15 degrees of freedom (1.753)
-    (_rise(2.48), True),   # a binary task whose test loss rose 27 % with its validation loss
-    (_rise(2.0, parts=4), False),  # 4 parts: 2.353 needed
+@pytest.mark.parametrize("test, named, named_live", [
+    (None, True, True),          # not measured (a front door that cannot score weights): the thresholds alone
+    (_rise(1.0), False, False),  # the breast-cancer run's end: 1.0 standard errors, its test loss +1.5 %
+    (_rise(1.75), False, False),  # just under the one-sided 5 % t of 15 degrees of freedom (1.753)
+    # a binary task whose test loss rose 27 % with its validation loss; live, this history's rise has been
+    # tested at 8 epochs, and the eighth look must pass the 0.625 % level (2.837)
+    (_rise(2.48), True, False),
+    (_rise(2.9), True, True),
+    (_rise(2.0, parts=4), False, False),  # 4 parts: 2.353 needed
 ])
-def test_a_rise_within_the_validation_noise_is_not_overfitting(test, named):
+def test_a_rise_within_the_validation_noise_is_not_overfitting(test, named, named_live):
     """bench/newuser/binary_breast_cancer.py (91 validation rows): the validation loss rose 29 % after epoch 1
     while the training loss fell 77 %; scored part by part, the last weights were 1.0 standard errors above
     the kept ones, and the test loss of the last weights was 0.0824 against 0.0812."""
@@ -252,7 +255,20 @@ def test_a_rise_within_the_validation_noise_is_not_overfitting(test, named):
         assert overfit[0]["evidence"]["rise_significant"] is True
         assert overfit[0]["evidence"]["rise_t"] == pytest.approx(test.t, abs=1e-3)
     live = live_findings(history(BREAST_TRAIN, BREAST_VAL), [], rise_test=test)
-    assert any(f["code"] == "overfitting" for f in live) == named
+    assert any(f["code"] == "overfitting" for f in live) == named_live
+
+
+def test_the_live_rise_counts_the_epochs_it_was_tested_at():
+    """The live diagnosis tests a rise each epoch it passes the thresholds (breast cancer: from epoch 4, the third
+    after its best, on; before, no look yet counts as one); each such epoch is a look, and the count starts again
+    at a new best."""
+    h = history(BREAST_TRAIN, BREAST_VAL)
+    assert [diagnosis.rise_looks(h[:k]) for k in range(2, len(h) + 1)] == [1, 1, 1, 2, 3, 4, 5, 6, 7, 8]
+    recovered = history(BREAST_TRAIN + [0.03, 0.029], BREAST_VAL + [0.05, 0.0505])   # a new best, then one epoch
+    assert diagnosis.rise_looks(recovered) == 1
+    told = live_findings(h[:4], [], rise_test=_rise(1.8))     # the first look: 1.753 needed
+    assert [f["evidence"].get("rise_looks") for f in told if f["code"] == "overfitting"] == [None]
+    assert not [f for f in live_findings(h[:8], [], rise_test=_rise(1.8)) if f["code"] == "overfitting"]
 
 
 def test_a_restart_whose_rise_was_within_the_noise_is_not_overfitting():

@@ -216,7 +216,8 @@ class Monitor:
         found = new_live_findings(self.history, self.events, weight_decay=self._weight_decay(),
                                   monitor=self.monitor, mode=self.tracker.policy.mode)
         for finding in found:
-            self._event("diagnosis", code=finding.code, message=finding.message, fix=finding.fix)
+            self._event("diagnosis", code=finding.code, message=finding.message, fix=finding.fix,
+                        evidence=finding.evidence)
         return [f.code for f in found]
 
     def _stop(self, status: Status, reason: str, **evidence) -> None:

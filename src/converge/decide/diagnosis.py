@@ -57,6 +57,7 @@ Status codes come first, then problems; every problem that applies is named, eac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from converge.decide.collapse import Collapse, collapse
@@ -147,9 +148,23 @@ def live_findings(history: list[dict], events: list[dict], *, weight_decay: floa
     """The problems worth telling while the run still trains. ``monitor``/``mode`` say which epoch's weights
     are kept, so that a fix can name it; ``rise_test`` as for `diagnose_run`, with the current weights."""
     kept = _best(history, monitor, mode)[0]
+    if rise_test is not None:
+        rise_test = dataclasses.replace(rise_test, looks=rise_looks(history))
     return [f for f in (_lr_too_high(history, events),
                         _overfitting(history, events, weight_decay, kept_epoch=kept, monitor=monitor,
                                      rise_test=rise_test)) if f]
+
+
+def rise_looks(history: list[dict]) -> int:
+    """How many times the live diagnosis has tested the current rise, this epoch included: the epochs since
+    the best validation loss at which the rise passed the thresholds (where the test is made). Each look is
+    another chance for the split's noise to pass the test (`PairedRise.looks`)."""
+    finite = [r for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
+    if not finite:
+        return 1
+    best = min(range(len(finite)), key=lambda i: finite[i]["val_loss"])
+    looks = sum(1 for end in range(best + 2, len(finite) + 1) if _overfitting_rise(finite[:end], "") is not None)
+    return max(1, looks)
 
 
 

@@ -16,12 +16,9 @@ import math
 import statistics
 from dataclasses import dataclass
 
-# One-sided 95 % quantiles of Student's t by degrees of freedom (parts - 1): with 16 parts the standard error is
-# itself estimated from 15 differences, and the normal 1.645 would call too many rises real.
-T_ONE_SIDED_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833,
-                  10: 1.812, 11: 1.796, 12: 1.782, 13: 1.771, 14: 1.761, 15: 1.753, 16: 1.746, 17: 1.740,
-                  18: 1.734, 19: 1.729, 20: 1.725, 25: 1.708, 30: 1.697}
-T_ONE_SIDED_95_LARGE = 1.645
+# One-sided, at the 5 % level. The t of Student's distribution, not the normal 1.645: with 16 parts the standard
+# error is itself estimated from 15 differences, and the normal quantile would call too many rises real.
+LEVEL = 0.05
 
 
 def paired_standard_error(a: tuple[float, ...] | list[float], b: tuple[float, ...] | list[float]) -> float | None:
@@ -35,13 +32,41 @@ def paired_standard_error(a: tuple[float, ...] | list[float], b: tuple[float, ..
     return statistics.stdev(differences) / math.sqrt(len(differences))
 
 
-def t_needed(degrees_of_freedom: int) -> float:
-    """The t a one-sided difference must reach to be called real at the 5 % level (the table's nearest lower
-    entry for degrees of freedom it does not list: the larger, more cautious value)."""
+def t_upper_tail(t: float, degrees_of_freedom: int) -> float:
+    """P(T > t) for Student's t with a whole number of degrees of freedom, from its closed form (Abramowitz
+    and Stegun 26.7.3-4: a finite series in the cosine of atan(t / sqrt(df)); exact, no library needed)."""
+    df = degrees_of_freedom
+    theta = math.atan(abs(t) / math.sqrt(df))
+    cos2, sin = math.cos(theta) ** 2, math.sin(theta)
+    term = total = 1.0
+    if df % 2:
+        for k in range(1, (df - 1) // 2):
+            term *= 2 * k / (2 * k + 1) * cos2
+            total += term
+        inside = 2 / math.pi * (theta + (sin * math.cos(theta) * total if df > 1 else 0.0))
+    else:
+        for k in range(1, df // 2):
+            term *= (2 * k - 1) / (2 * k) * cos2
+            total += term
+        inside = sin * total
+    tail = (1 - inside) / 2   # P(|T| < |t|) is ``inside``; half the rest lies above
+    return tail if t >= 0 else 1 - tail
+
+
+def t_needed(degrees_of_freedom: int, level: float = LEVEL) -> float:
+    """The t a one-sided difference must reach to be called real at ``level``: the quantile of Student's t,
+    found by bisection on its exact tail."""
     if degrees_of_freedom < 1:
         raise ValueError(f"degrees of freedom must be at least 1, got {degrees_of_freedom}")
-    listed = [df for df in T_ONE_SIDED_95 if df <= degrees_of_freedom]
-    return T_ONE_SIDED_95[max(listed)] if degrees_of_freedom <= max(T_ONE_SIDED_95) else T_ONE_SIDED_95_LARGE
+    if not 0 < level < 0.5:
+        raise ValueError(f"level must lie between 0 and 0.5, got {level}")
+    low, high = 0.0, 1.0
+    while t_upper_tail(high, degrees_of_freedom) > level:
+        low, high = high, high * 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_upper_tail(middle, degrees_of_freedom) > level else (low, middle)
+    return high
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,11 @@ class PairedRise:
     rise: float              # the mean part-by-part difference (after - before)
     standard_error: float
     parts: int
+    # How many times this rise has been tested: the live diagnosis tests it at each epoch it passes the
+    # thresholds (`diagnosis.rise_looks`). Each look is another chance for noise to pass, so each is held to
+    # LEVEL / looks (Bonferroni). Without it, breast cancer was told overfitting live at t = 1.91 (the fourth
+    # look), where the end of the run measured 1.01.
+    looks: int = 1
 
     @property
     def t(self) -> float:
@@ -60,7 +90,7 @@ class PairedRise:
 
     @property
     def needed(self) -> float:
-        return t_needed(self.parts - 1)
+        return t_needed(self.parts - 1, LEVEL / self.looks)
 
     @property
     def significant(self) -> bool:
@@ -69,16 +99,18 @@ class PairedRise:
     def evidence(self) -> dict:
         """What a finding or an event says of the test (a t without noise to divide by is None: JSON has no
         infinity)."""
-        return {"rise_t": round(self.t, 3) if math.isfinite(self.t) else None, "rise_t_needed": self.needed,
-                "rise_parts": self.parts, "rise_significant": self.significant}
+        return {"rise_t": round(self.t, 3) if math.isfinite(self.t) else None, "rise_t_needed": round(self.needed, 3),
+                "rise_parts": self.parts, **({"rise_looks": self.looks} if self.looks > 1 else {}),
+                "rise_significant": self.significant}
 
 
-def paired_rise(after: list[float] | None, before: list[float] | None) -> PairedRise | None:
+def paired_rise(after: list[float] | None, before: list[float] | None, *, looks: int = 1) -> PairedRise | None:
     """The paired rise from ``before`` to ``after`` (the same parts of one split, scored with two sets of
-    weights); None when the parts cannot say (missing, unpaired, fewer than two, not finite)."""
+    weights); None when the parts cannot say (missing, unpaired, fewer than two, not finite). ``looks``: see
+    `PairedRise.looks`."""
     if not after or not before:
         return None
     error = paired_standard_error(after, before)
     if error is None:
         return None
-    return PairedRise(statistics.fmean(a - b for a, b in zip(after, before)), error, len(after))
+    return PairedRise(statistics.fmean(a - b for a, b in zip(after, before)), error, len(after), max(1, looks))

@@ -429,12 +429,14 @@ class Trainer:
     def _live_diagnosis(self) -> list[str]:
         """Tell a problem (overfitting, an LR too high) the first epoch it shows, not only at the end. A rise of
         the validation loss is told once the current weights' is measured above the kept ones' by more than
-        the validation split's noise (`_rise_test`)."""
+        the validation split's noise (`_rise_test`), held to a stricter level for each epoch it was already
+        tested (`live_findings`)."""
         notes = []
         for finding in new_live_findings(self.history, self.events, weight_decay=self.config.weight_decay,
                                          monitor=self.monitor_key, mode=self.config.mode,
                                          rise_test=self._rise_test()):
-            self._event("diagnosis", code=finding.code, message=finding.message, fix=finding.fix)
+            self._event("diagnosis", code=finding.code, message=finding.message, fix=finding.fix,
+                        evidence=finding.evidence)
             notes.append(finding.code)
         return notes
 
