@@ -135,9 +135,12 @@ EXPECTED = {
                                   "race's 40 steps favour the arm that fits the amount's scale"),
     "arcface_digits": Expect(any_of=("converged",),
                              why="an embedding under an ArcFace loss that holds the class centres (its parameters)"),
-    "digit_ink_uncertainty": Expect(exact=("converged",),
+    "digit_ink_uncertainty": Expect(exact=("converged",), reach=False,
                                     why="a class head and a raw ink head under learned uncertainty weights (the "
-                                        "loss's parameters), metrics on the tuple of heads"),
+                                        "loss's parameters), metrics on the tuple of heads; the ink is the sum of "
+                                        "the raw pixels, fit less exactly from standardized inputs, and its error "
+                                        "is most of this loss (2.52 against the classic loop's 1.33, seed 0, "
+                                        "digit accuracy 0.968)"),
     "coral_ordinal": Expect(exact=("converged",), why="CORAL threshold logits, the user's BCE and monitored MAE"),
     "stream": Expect(exact=("converged",), why="an endless IterableDataset"),
     "clean_digits_lr8": Expect(any_of=("lr_too_high", "collapsed"), reach=False,

@@ -621,3 +621,75 @@ def test_a_head_in_raw_units_trains_on_standardized_targets_and_predicts_in_them
     resumed = run(tmp_path / "resumed", 12, resume=True)
     straight = run(tmp_path / "straight", 12)
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in straight.history]
+
+
+def _own_price_and_kind_loss(out, targets):
+    """A user's loss on the two heads: a cross-entropy plus the MSE of the price in thousands of dollars."""
+    return F.cross_entropy(out["kind"], targets["kind"]) + F.mse_loss(out["price"] / 1000, targets["price"] / 1000)
+
+
+def test_a_loss_of_the_tasks_own_on_several_heads_gets_standardized_inputs_and_head_targets(tmp_path):
+    """The same raw columns and dollar prices under the user's own loss: inputs standardized (the fold checked
+    on both heads' outputs), the price head trained on z through a hook (the loss reads it as a prediction of
+    the price: it is smallest where the head equals the targets), both folded in at the end, so the returned
+    model and best.safetensors take raw columns and predict dollars. Before, the inputs stayed raw and the
+    head grew toward the dollars by steps of about the LR. A resumed run re-applies the head's statistics."""
+    from safetensors.torch import load_file
+
+    train, val = _price_and_class(600, 0), _price_and_class(200, 1)
+
+    def run(out, epochs, resume=False):
+        torch.manual_seed(0)
+        return converge.fit(PriceAndKind(), train, val, out=out, loss=_own_price_and_kind_loss, max_epochs=epochs,
+                            resume=resume, **QUICK)
+
+    result = run(tmp_path / "run", 40)
+    remedies = {e["remedy"]: e["detail"] for e in result.events if e["event"] == "remedy"}
+    assert remedies["standardize_features"]["applied"] and remedies["standardize_features"]["layer"] == "body.0"
+    heads = remedies["standardize_targets"]["heads"]
+    assert [(h["head"], h["layer"]) for h in heads] == [("price", "price")]
+    assert not any(module._forward_hooks for module in result.model.modules())
+    fresh = PriceAndKind()
+    fresh.load_state_dict(load_file(tmp_path / "run" / "best.safetensors"))
+    for model in (result.model.eval(), fresh.eval()):
+        with torch.no_grad():
+            loss = _own_price_and_kind_loss(model(val[0]), val[1])
+        assert float(loss) == pytest.approx(result.summary["best"]["val_loss"], rel=1e-4)
+    # R2 of the price above 0.9: the MSE in thousands of dollars well under the price's variance (3600)
+    assert result.summary["best"]["val_loss"] < 0.1 * float((val[1]["price"] / 1000).var())
+
+    short = run(tmp_path / "resumed", 6)
+    assert short.summary["epochs"] == 6
+    resumed = run(tmp_path / "resumed", 12, resume=True)
+    straight = run(tmp_path / "straight", 12)
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in straight.history]
+
+
+def test_a_head_the_loss_does_not_read_as_a_prediction_keeps_its_outputs():
+    """A Poisson head on log-rates (counts about 40): its outputs are not predictions of the counts, so its
+    layer is not mapped to the counts' units (that would start every log-rate near 40); a model with one
+    output is left to the one-output rule."""
+    from converge.doctor.in_train import Prepared, _own_loss_heads
+    from converge.data import TensorSplit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g)
+    counts = torch.poisson(40 * torch.exp(0.3 * x[:, 0]), generator=g)
+    price = 250_000 + 60_000 * x[:, 1]
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rate, self.price = nn.Linear(4, 1), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.rate(x).squeeze(-1), self.price(x).squeeze(-1)
+
+    def loss(out, targets):
+        return F.poisson_nll_loss(out[0], targets[0]) + F.mse_loss(out[1], targets[1])
+
+    splits = {name: TensorSplit(x, (counts, price), name) for name in ("train", "val")}
+    found = _own_loss_heads(Prepared(dict(splits), loss), TwoHeads(), loss)
+    assert list(found) == [1] and found[1].code == "unscaled_targets"
+    one = {name: TensorSplit(x, price, name) for name in ("train", "val")}
+    assert _own_loss_heads(Prepared(dict(one), F.mse_loss), nn.Linear(4, 1), F.mse_loss) is None

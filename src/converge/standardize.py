@@ -145,15 +145,14 @@ def _set_weight(layer: nn.Module, name: str, value: torch.Tensor) -> None:
 
 @torch.no_grad()
 def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   tolerance: float = 1e-3, several_outputs: bool = False) -> str | None:
+                   tolerance: float = 1e-3) -> str | None:
     """The name of the layer into which z = (x - mean) / std can be folded, for any model (not only
     nn.Sequential): the first nn.Linear or recurrent layer called on the raw input itself, on a forward of
     ``probe`` (a few raw rows), and only when the folded model on raw rows gives what the model gives on
     standardized rows (largest difference at most ``tolerance`` x (largest output + 1); this rules out inputs
     that also reach the model another way). None when there is no such layer. Neither the model (its
-    parameters are folded for the check and put back) nor its train/eval modes change. ``several_outputs``: a
-    model that returns a tuple, list or dict of tensors is judged on every one of them (else it is not
-    folded into: its heads' scales are its loss's business, unless converge chose that loss head by head)."""
+    parameters are folded for the check and put back) nor its train/eval modes change. A model that returns
+    a tuple, list or dict of tensors is judged on every one of them."""
     device = next((p.device for p in model.parameters()), probe.device)
     probe = probe.to(device)
     found = first_linear(model, mean.numel())
@@ -165,13 +164,12 @@ def foldable_layer(model: nn.Module, probe: torch.Tensor, mean: torch.Tensor, st
         return None
     standardized = standardize(probe, mean.to(probe.dtype), std.to(probe.dtype))
     return name if _fold_matches(model, layer, mean, std, 0, lambda: model(standardized), lambda: model(probe),
-                                 tolerance, several_outputs=several_outputs) else None
+                                 tolerance) else None
 
 
 @torch.no_grad()
 def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: torch.Tensor, offset: int,
-                  on_standardized: Callable[[], Any], on_raw: Callable[[], Any], tolerance: float, *,
-                  several_outputs: bool = False) -> bool:
+                  on_standardized: Callable[[], Any], on_raw: Callable[[], Any], tolerance: float) -> bool:
     """Whether, with the standardization folded into ``layer`` (from input column ``offset``), the model on
     raw inputs (``on_raw``) gives what it gives on standardized ones (``on_standardized``): largest
     difference at most ``tolerance`` x (largest output + 1). The layer's parameters and every module's
@@ -185,7 +183,7 @@ def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: t
         expected = on_standardized()
         _fold_into(layer, mean, std, offset)
         folded = on_raw()
-    except Exception:   # a model whose output is not one tensor: not judged, not folded  # noqa: BLE001
+    except Exception:   # a model that fails on the probe: not judged, not folded  # noqa: BLE001
         return False
     finally:
         if not had_bias:
@@ -193,7 +191,7 @@ def _fold_matches(model: nn.Module, layer: nn.Module, mean: torch.Tensor, std: t
         layer.load_state_dict(saved)
         for module, training in modes.items():
             module.training = training
-    if several_outputs and not isinstance(expected, torch.Tensor):
+    if not isinstance(expected, torch.Tensor):   # several outputs (heads): every one must be kept
         pairs = list(zip(_leaves(expected), _leaves(folded)))
         return bool(pairs) and len(pairs) == len(_leaves(expected)) and \
             all(_close(want, got, tolerance) for want, got in pairs)
@@ -232,7 +230,7 @@ def _first_reader_called(model: nn.Module, probe: torch.Tensor,
 
     handles = [module.register_forward_pre_hook(record) for module in names]
     try:
-        with _probing(model, handles), torch.no_grad():
+        with probing(model, handles), torch.no_grad():
             model(probe)
     except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
         return None
@@ -286,7 +284,7 @@ def foldable_part(model: nn.Module, probe: Any, key, mean: torch.Tensor, std: to
 
     handles = [module.register_forward_pre_hook(record) for module in names]
     try:
-        with _probing(model, handles):
+        with probing(model, handles):
             call_model(model, probe)
     except Exception:   # noqa: BLE001 -- a model that cannot be probed this way is not folded into
         return None
@@ -314,7 +312,7 @@ def first_batch_norm(model: nn.Module, probe: Any) -> str | None:
 
 
 @contextmanager
-def _probing(model: nn.Module, handles: list):
+def probing(model: nn.Module, handles: list = ()):
     """A probe's forward in eval mode with ``handles``' hooks; afterwards, also when it fails, the hooks are
     gone and every module is back in its own train/eval mode."""
     modes = {module: module.training for module in model.modules()}
@@ -379,7 +377,7 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
     handles = [module.register_forward_hook(lambda module, args, out: calls.append((names[module], out)))
                for module in names]
     try:
-        with _probing(model, handles):
+        with probing(model, handles):
             expected = call_model(model, probe)
             for handle in handles:
                 handle.remove()

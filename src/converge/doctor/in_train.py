@@ -18,9 +18,12 @@ from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.doctor.run import (check_all, class_labels, common_numeric_part, label_issues, matrix_columns,
-                                 samples_from_splits, unscaled_head_targets, unscaled_targets)
-from converge.engine.objective import HeadsLoss, head_name
-from converge.standardize import InTargetUnits
+                                 samples_from_splits, unscaled_head_targets, unscaled_target_columns,
+                                 unscaled_targets)
+from converge.calling import call_model
+from converge.engine.loss_probe import predicts_targets
+from converge.engine.objective import HeadsLoss, head_keys, head_name
+from converge.standardize import InTargetUnits, probing
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -217,10 +220,7 @@ def _standardize(prepared: Prepared, model: nn.Module, seed: int, objective) -> 
                                  "these too", prepared)
     # a sequence: per feature over every step, which the layer that reads each step can absorb
     mean, std = rx.standardization(train.inputs, per_position=not sequences)
-    # one loss per head chosen by converge (`HeadsLoss`): the heads' scales are converge's too (a raw head's
-    # targets are standardized as well), so a model with several outputs takes standardized inputs
-    several = objective is not None and isinstance(objective.loss_fn, HeadsLoss)
-    layer = rx.foldable_layer(model, train.inputs[:16], mean, std, several_outputs=several)
+    layer = rx.foldable_layer(model, train.inputs[:16], mean, std)
     if layer is None and sequences and prepared.explicit:   # --fix on another layout: per position, hooked
         sequences = False
         mean, std = rx.standardization(train.inputs)
@@ -288,8 +288,16 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
     standardized (the unscaled_features rule, on the target columns). ``recorded``: a resumed run's
     decision and statistics. None when there is nothing to say (not such a task)."""
     by = "--fix" if prepared.explicit else "default"
-    if objective is not None and isinstance(objective.loss_fn, HeadsLoss):
-        return _standardize_head_targets(prepared, model, objective, by, by_default=by_default, recorded=recorded)
+    wanted = by_default or prepared.explicit
+    if recorded is not None and "heads" in recorded:
+        return _standardize_head_targets(prepared, model, {}, by, recorded=recorded)
+    if objective is not None and isinstance(objective.loss_fn, HeadsLoss) and recorded is None:
+        found = unscaled_head_targets(prepared.splits, objective) if wanted else {}
+        return _standardize_head_targets(prepared, model, found, by, recorded=None)
+    if loss is not None and recorded is None:
+        found = _own_loss_heads(prepared, model, loss) if wanted else None
+        if found is not None:   # a model with several outputs: its heads', not the one-output path
+            return _standardize_head_targets(prepared, model, found, by, recorded=None)
     if recorded is not None:
         if not recorded.get("applied"):
             return None
@@ -321,14 +329,14 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
         "turn_off": "converge train --no-standardize, fit(standardize=False)"})
 
 
-def _standardize_head_targets(prepared: Prepared, model: nn.Module, objective, by: str, *, by_default: bool,
+def _standardize_head_targets(prepared: Prepared, model: nn.Module, found: dict, by: str, *,
                               recorded: dict | None) -> rx.Remedy | None:
-    """Targets per head and no loss (`HeadsLoss`): a regression head whose targets are far from standardized
-    (a price in dollars) trains its last nn.Linear on z = (y - mean) / std: a hook maps the layer's output back
-    to y = z * std + mean while the model trains (so the loss and metrics see the targets' units, and the
-    loss's division by the targets' variance makes it the MSE of z), and the map is folded into the layer at
-    the end. Without it such a head would have to grow its outputs to the targets' scale by steps of about the
-    LR (a price head stayed at R2 -10). ``recorded``: a resumed run's decision, applied as it was."""
+    """Regression heads whose targets are far from standardized (a price in dollars), ``found`` as {head key:
+    finding}: each trains its last nn.Linear on z = (y - mean) / std: a hook maps the layer's output back to
+    y = z * std + mean while the model trains (so the loss and metrics see the targets' units; under
+    `HeadsLoss` its division by the targets' variance makes it the MSE of z), and the map is folded into the
+    layer at the end. Without it such a head would have to grow its outputs to the targets' scale by steps of
+    about the LR (a price head stayed at R2 -10). ``recorded``: a resumed run's decision, applied as it was."""
     if recorded is not None:
         if not recorded.get("applied"):
             return None
@@ -336,7 +344,6 @@ def _standardize_head_targets(prepared: Prepared, model: nn.Module, objective, b
             _hook_head(prepared, model, head["key"], torch.tensor(head["mean"]), torch.tensor(head["std"]),
                        head["layer"])
         return rx.Remedy("standardize_targets", dict(recorded))
-    found = unscaled_head_targets(prepared.splits, objective) if (by_default or prepared.explicit) else {}
     if not found:
         return None
     train = prepared.splits["train"]
@@ -362,6 +369,49 @@ def _standardize_head_targets(prepared: Prepared, model: nn.Module, objective, b
         **({"left": refused} if refused else {}),
         "export": "folded into each head's layer of best.safetensors, which predicts in the targets' units",
         "turn_off": "converge train --no-standardize, fit(standardize=False)"})
+
+
+def _own_loss_heads(prepared: Prepared, model: nn.Module, loss: Callable) -> dict | None:
+    """A loss of the task's own on a model with several outputs that pair up with its targets (tuples of one
+    length, or dicts with one set of keys): the heads whose in-memory float targets are far from standardized
+    (the inputs' rule) and whose output the loss reads as a prediction in the targets' units
+    (`predicts_targets`, the other heads held at the model's outputs: an MSE or L1 term, not a log-rate), as
+    {head key: finding}. None when the model does not have such paired outputs (the one-output path then
+    decides); {} when it has, and no head needs it."""
+    splits = prepared.splits
+    if not all(isinstance(s, TensorSplit) for s in splits.values()):
+        return None
+    inputs, targets = splits["train"].probe(64)
+    try:
+        with torch.no_grad(), probing(model):
+            outputs = call_model(model, inputs)
+    except Exception:   # noqa: BLE001 -- the run itself will say what is wrong with the model
+        return None
+    keys = head_keys(outputs, targets)
+    if keys is None:
+        return None
+    found = {}
+    for key in keys:
+        head, wanted = outputs[key], targets[key]
+        held = [s.targets[key] for s in splits.values()]
+        if not (isinstance(head, torch.Tensor) and isinstance(wanted, torch.Tensor) and head.numel() == wanted.numel()
+                and all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in held)):
+            continue
+        unscaled = unscaled_target_columns(held[0], head_name(key))
+        if unscaled and predicts_targets(_with_head(loss, outputs, targets, key), head, wanted):
+            found[key] = unscaled[0]
+    return found
+
+
+def _with_head(loss: Callable, outputs, targets, key) -> Callable:
+    """``loss`` as a function of head ``key``'s output alone, the other heads at ``outputs``."""
+    def on_head(head: torch.Tensor, _targets) -> torch.Tensor:
+        if isinstance(outputs, dict):
+            return loss({**outputs, key: head}, targets)
+        replaced = list(outputs)
+        replaced[key] = head
+        return loss(type(outputs)(replaced) if isinstance(outputs, tuple) else replaced, targets)
+    return on_head
 
 
 def _hook_head(prepared: Prepared, model: nn.Module, key, mean: torch.Tensor, std: torch.Tensor, layer: str) -> None:

@@ -392,10 +392,10 @@ def unscaled_targets(splits: dict, objective: Objective | None, loss: Callable |
     if not all(isinstance(s, TensorSplit) and isinstance(s.targets, torch.Tensor) and
                s.targets.dtype.is_floating_point for s in splits.values()):
         return []
-    return _unscaled_target_columns(splits["train"].targets)
+    return unscaled_target_columns(splits["train"].targets)
 
 
-def _unscaled_target_columns(targets: torch.Tensor, head: str | None = None) -> list[Finding]:
+def unscaled_target_columns(targets: torch.Tensor, head: str | None = None) -> list[Finding]:
     """The inputs' scale rule (`unscaled_features`) on the columns of regression targets, said of targets (of
     the head ``head``, when there are several)."""
     fix = UNSCALED_TARGETS_FIX if head is None else \
@@ -421,7 +421,7 @@ def unscaled_head_targets(splits: dict, objective: Objective | None) -> dict:
         parts = [s.targets[key] for s in splits.values()]
         if not all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in parts):
             continue
-        found.update((key, finding) for finding in _unscaled_target_columns(parts[0], head_name(key)))
+        found.update((key, finding) for finding in unscaled_target_columns(parts[0], head_name(key)))
     return found
 
 

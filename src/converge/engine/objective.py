@@ -676,7 +676,7 @@ def head_name(key: Any) -> str:
     return str(key) if isinstance(key, str) else f"head{key}"
 
 
-def _head_keys(outputs: Any, targets: Any) -> list | None:
+def head_keys(outputs: Any, targets: Any) -> list | None:
     """The heads when outputs and targets pair up one to one: tuples (or lists) of one length, or dicts with one
     set of keys; else None."""
     if isinstance(targets, dict) and isinstance(outputs, dict) and set(outputs) == set(targets):
@@ -698,7 +698,7 @@ def _per_head(outputs: Any, targets: Any, splits: dict, ignore_index: int) -> Ob
     (`decide_kind`), and the losses summed (`HeadsLoss`); metrics are named after the head ("digit_accuracy"
     for a dict's key "digit", "head0_accuracy" for a tuple's first). None when outputs and targets do not pair
     up head by head."""
-    keys = _head_keys(outputs, targets)
+    keys = head_keys(outputs, targets)
     if keys is None or not all(isinstance(outputs[k], torch.Tensor) and isinstance(targets[k], torch.Tensor)
                                for k in keys):
         return None
