@@ -693,3 +693,31 @@ def test_a_head_the_loss_does_not_read_as_a_prediction_keeps_its_outputs():
     assert list(found) == [1] and found[1].code == "unscaled_targets"
     one = {name: TensorSplit(x, price, name) for name in ("train", "val")}
     assert _own_loss_heads(Prepared(dict(one), F.mse_loss), nn.Linear(4, 1), F.mse_loss) is None
+
+
+def test_one_target_tensor_meets_the_one_output_of_its_shape():
+    """An autoencoder returns (reconstruction, code) against its raw inputs as targets: the reconstruction is the
+    head that predicts them (its layer then trains on standardized targets); two outputs of the targets' shape
+    leave it undecided, and nothing is hooked."""
+    from converge.data import TensorSplit
+    from converge.doctor.in_train import Prepared, _head_targets, _own_loss_heads
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 3, generator=g) * torch.tensor([20.0, 200.0, 0.5]) + torch.tensor([60.0, 2000.0, 1.5])
+
+    class AE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = nn.Linear(3, 2), nn.Linear(2, 3)
+
+        def forward(self, x):
+            code = self.enc(x)
+            return self.dec(code), code
+
+    def loss(out, target):
+        return F.mse_loss(out[0], target) + 1e-3 * out[1].pow(2).mean()
+
+    prepared = Prepared({name: TensorSplit(x, x.clone(), name) for name in ("train", "val")}, loss)
+    found = _own_loss_heads(prepared, AE(), loss)
+    assert list(found) == [0] and prepared.head_targets == {0: None}
+    assert _head_targets((x, x), x) == {} and _head_targets({"a": x, "b": x[:, :2]}, x) == {"a": None}

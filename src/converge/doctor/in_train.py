@@ -50,6 +50,8 @@ class Prepared:
     # that map those layers' z back to the targets' units while the model trains
     head_scales: dict = field(default_factory=dict)
     head_hooks: list = field(default_factory=list)
+    # a head's targets when they are not under its own key: None for all of them (`_own_loss_heads`)
+    head_targets: dict = field(default_factory=dict)
 
 
 def before_training(model: nn.Module, splits: dict, *, objective=None, recorded_targets: dict | None = None,
@@ -351,7 +353,8 @@ def _standardize_head_targets(prepared: Prepared, model: nn.Module, found: dict,
     applied, refused = [], []
     for key, finding in found.items():
         name = head_name(key)
-        mean, std = rx.target_standardization(train.targets[key])
+        target_key = prepared.head_targets.get(key, key)
+        mean, std = rx.target_standardization(train.targets if target_key is None else train.targets[target_key])
         layer = rx.foldable_last_layer(model, inputs, mean, std, key=key)
         if layer is None:
             refused.append(name)
@@ -372,12 +375,13 @@ def _standardize_head_targets(prepared: Prepared, model: nn.Module, found: dict,
 
 
 def _own_loss_heads(prepared: Prepared, model: nn.Module, loss: Callable) -> dict | None:
-    """A loss of the task's own on a model with several outputs that pair up with its targets (tuples of one
-    length, or dicts with one set of keys): the heads whose in-memory float targets are far from standardized
-    (the inputs' rule) and whose output the loss reads as a prediction in the targets' units
-    (`predicts_targets`, the other heads held at the model's outputs: an MSE or L1 term, not a log-rate), as
-    {head key: finding}. None when the model does not have such paired outputs (the one-output path then
-    decides); {} when it has, and no head needs it."""
+    """A loss of the task's own on a model with several outputs: the heads whose in-memory float targets are
+    far from standardized (the inputs' rule) and whose output the loss reads as a prediction in the targets'
+    units (`predicts_targets`, the other heads held at the model's outputs: an MSE or L1 term, not a
+    log-rate), as {head key: finding}. A head's targets are its own where outputs and targets pair up (tuples
+    of one length, or dicts with one set of keys), or all of them where one target tensor meets outputs of
+    which exactly one has its shape (an autoencoder's (reconstruction, code)). None when the model has one
+    output (the one-output path decides)."""
     splits = prepared.splits
     if not all(isinstance(s, TensorSplit) for s in splits.values()):
         return None
@@ -387,20 +391,33 @@ def _own_loss_heads(prepared: Prepared, model: nn.Module, loss: Callable) -> dic
             outputs = call_model(model, inputs)
     except Exception:   # noqa: BLE001 -- the run itself will say what is wrong with the model
         return None
-    keys = head_keys(outputs, targets)
-    if keys is None:
+    if not isinstance(outputs, (tuple, list, dict)):
         return None
     found = {}
-    for key in keys:
-        head, wanted = outputs[key], targets[key]
-        held = [s.targets[key] for s in splits.values()]
+    for key, target_key in _head_targets(outputs, targets).items():
+        head = outputs[key]
+        wanted, held = (targets, [s.targets for s in splits.values()]) if target_key is None else \
+            (targets[target_key], [s.targets[target_key] for s in splits.values()])
         if not (isinstance(head, torch.Tensor) and isinstance(wanted, torch.Tensor) and head.numel() == wanted.numel()
                 and all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in held)):
             continue
         unscaled = unscaled_target_columns(held[0], head_name(key))
         if unscaled and predicts_targets(_with_head(loss, outputs, targets, key), head, wanted):
             found[key] = unscaled[0]
+            prepared.head_targets[key] = target_key
     return found
+
+
+def _head_targets(outputs, targets) -> dict:
+    """{output key: its targets' key, None for all the targets} (`_own_loss_heads`)."""
+    keys = head_keys(outputs, targets)
+    if keys is not None:
+        return {key: key for key in keys}
+    if isinstance(targets, torch.Tensor):
+        leaves = outputs.keys() if isinstance(outputs, dict) else range(len(outputs))
+        same = [key for key in leaves if isinstance(outputs[key], torch.Tensor) and outputs[key].shape == targets.shape]
+        return {same[0]: None} if len(same) == 1 else {}
+    return {}
 
 
 def _with_head(loss: Callable, outputs, targets, key) -> Callable:
