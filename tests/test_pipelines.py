@@ -720,4 +720,39 @@ def test_one_target_tensor_meets_the_one_output_of_its_shape():
     prepared = Prepared({name: TensorSplit(x, x.clone(), name) for name in ("train", "val")}, loss)
     found = _own_loss_heads(prepared, AE(), loss)
     assert list(found) == [0] and prepared.head_targets == {0: None}
-    assert _head_targets((x, x), x) == {} and _head_targets({"a": x, "b": x[:, :2]}, x) == {"a": None}
+    assert _head_targets({"a": x, "b": x[:, :2]}, x) == {"a": None}
+    twice = Prepared(dict(prepared.splits), loss)
+
+    class Twice(AE):
+        def forward(self, x):
+            return self.dec(self.enc(x)), self.dec(self.enc(x))
+
+    def both(out, target):
+        return F.mse_loss(out[0], target) + F.l1_loss(out[1], target)
+
+    assert _own_loss_heads(twice, Twice(), both) == {} and twice.head_targets == {}
+
+
+def test_of_a_mean_and_a_log_variance_the_mean_is_the_head_that_predicts():
+    """A Gaussian likelihood on (mean, log-variance), both of the targets' shape: the loss is smallest where the
+    mean equals the targets, not where the log-variance does, so the mean's layer alone is mapped."""
+    from converge.data import TensorSplit
+    from converge.doctor.in_train import Prepared, _own_loss_heads
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g)
+    minutes = 40 + 15 * x[:, 0] + torch.randn(300, generator=g)
+
+    class MeanAndLogVar(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mean, self.log_var = nn.Linear(4, 1), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.mean(x).squeeze(-1), self.log_var(x).squeeze(-1)
+
+    def nll(out, target):
+        return F.gaussian_nll_loss(out[0], target, out[1].exp())
+
+    prepared = Prepared({name: TensorSplit(x, minutes, name) for name in ("train", "val")}, nll)
+    assert list(_own_loss_heads(prepared, MeanAndLogVar(), nll)) == [0] and prepared.head_targets == {0: None}

@@ -379,9 +379,10 @@ def _own_loss_heads(prepared: Prepared, model: nn.Module, loss: Callable) -> dic
     far from standardized (the inputs' rule) and whose output the loss reads as a prediction in the targets'
     units (`predicts_targets`, the other heads held at the model's outputs: an MSE or L1 term, not a
     log-rate), as {head key: finding}. A head's targets are its own where outputs and targets pair up (tuples
-    of one length, or dicts with one set of keys), or all of them where one target tensor meets outputs of
-    which exactly one has its shape (an autoencoder's (reconstruction, code)). None when the model has one
-    output (the one-output path decides)."""
+    of one length, or dicts with one set of keys); where one target tensor meets several outputs, they are
+    the targets of the one output of their shape that the loss reads as their prediction (an autoencoder's
+    (reconstruction, code); a Gaussian likelihood's (mean, log-variance), whose variance is not a
+    prediction of the targets). None when the model has one output (the one-output path decides)."""
     splits = prepared.splits
     if not all(isinstance(s, TensorSplit) for s in splits.values()):
         return None
@@ -393,7 +394,7 @@ def _own_loss_heads(prepared: Prepared, model: nn.Module, loss: Callable) -> dic
         return None
     if not isinstance(outputs, (tuple, list, dict)):
         return None
-    found = {}
+    found, shared = {}, []
     for key, target_key in _head_targets(outputs, targets).items():
         head = outputs[key]
         wanted, held = (targets, [s.targets for s in splits.values()]) if target_key is None else \
@@ -405,18 +406,24 @@ def _own_loss_heads(prepared: Prepared, model: nn.Module, loss: Callable) -> dic
         if unscaled and predicts_targets(_with_head(loss, outputs, targets, key), head, wanted):
             found[key] = unscaled[0]
             prepared.head_targets[key] = target_key
+            if target_key is None:
+                shared.append(key)
+    if len(shared) > 1:   # two outputs the loss reads as predictions of the same targets: which one is not said
+        for key in shared:
+            del found[key], prepared.head_targets[key]
     return found
 
 
 def _head_targets(outputs, targets) -> dict:
-    """{output key: its targets' key, None for all the targets} (`_own_loss_heads`)."""
+    """{output key: its targets' key, None for all the targets} (`_own_loss_heads`): the pairs, or every output
+    of the shape of one target tensor."""
     keys = head_keys(outputs, targets)
     if keys is not None:
         return {key: key for key in keys}
     if isinstance(targets, torch.Tensor):
         leaves = outputs.keys() if isinstance(outputs, dict) else range(len(outputs))
-        same = [key for key in leaves if isinstance(outputs[key], torch.Tensor) and outputs[key].shape == targets.shape]
-        return {same[0]: None} if len(same) == 1 else {}
+        return {key: None for key in leaves
+                if isinstance(outputs[key], torch.Tensor) and outputs[key].shape == targets.shape}
     return {}
 
 
