@@ -159,13 +159,14 @@ def rise_looks(history: list[dict]) -> int:
     """How many times the live diagnosis has tested the current rise, this epoch included: the epochs since
     the best validation loss at which the rise passed the thresholds (where the test is made). Each look is
     another chance for the split's noise to pass the test (`PairedRise.looks`)."""
-    finite = [r for r in history if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
+    finite = _finite_losses(history)
     if not finite:
         return 1
-    best = min(range(len(finite)), key=lambda i: finite[i]["val_loss"])
-    looks = sum(1 for end in range(best + 2, len(finite) + 1) if _overfitting_rise(finite[:end], "") is not None)
+    best = min(finite, key=lambda item: item[1])
+    at = finite.index(best)
+    looks = sum(1 for index in range(max(at + 1, MIN_EPOCHS_AFTER_BEST), len(finite))
+                if _rise_beyond_thresholds(best, finite[index], finite[0]) is not None)
     return max(1, looks)
-
 
 
 # --- status ------------------------------------------------------------------------------------------
@@ -290,27 +291,15 @@ def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = 
                       fall: float = TRAIN_FALL, rise_test: PairedRise | None = None) -> Finding | None:
     """The overfitting *rise* (module text); none when ``rise_test`` (the last weights against the kept ones,
     part by part of the validation split) says the rise is within the split's noise."""
-    val = [(r["epoch"], r.get("val_loss"), r.get("train_loss")) for r in history]
-    finite = [(e, v, t) for e, v, t in val if _finite(v) and _finite(t)]
+    finite = _finite_losses(history)
     if len(finite) < MIN_EPOCHS_AFTER_BEST + 1:
         return None
-    best_epoch, best_val, train_at_best = min(finite, key=lambda item: item[1])
+    best_epoch, best_val, train_at_best = best = min(finite, key=lambda item: item[1])
     last_epoch, last_val, last_train = finite[-1]
-    if last_epoch - best_epoch < MIN_EPOCHS_AFTER_BEST:
+    measured = _rise_beyond_thresholds(best, finite[-1], finite[0], rise, fall)
+    if measured is None:
         return None
-    start = max(finite[0][1], finite[0][2])
-    signed = best_val <= 0 or train_at_best <= 0
-    if signed:
-        # A loss that reaches zero or below (the negative log-likelihood of real values) has no ratio to
-        # its best; its rise and fall are shares of what it had gained from the first epoch until then.
-        val_gain, train_gain = start - best_val, start - train_at_best
-        if val_gain <= 0 or train_gain <= 0:
-            return None
-        val_rise, train_fall = (last_val - best_val) / val_gain, (train_at_best - last_train) / train_gain
-    else:
-        val_rise, train_fall = last_val / best_val - 1, 1 - last_train / train_at_best
-    if val_rise <= rise or train_fall <= fall or (not signed and last_val - best_val <= RISE_OF_START * start):
-        return None
+    val_rise, train_fall, signed = measured
     if rise_test is not None and not rise_test.significant:
         return None
     evidence = {"best_val_epoch": best_epoch, "val_loss_at_best": best_val, "val_loss_last": last_val,
@@ -327,6 +316,37 @@ def _overfitting_rise(history: list[dict], decay: str, kept_epoch: int | None = 
     return finding("overfitting", f"overfitting: {said}", evidence,
                    f"{decay}, get more data or augment it, or use a smaller model; "
                    f"{_kept_text(kept_epoch, monitor)}")
+
+
+def _finite_losses(history: list[dict]) -> list[tuple]:
+    """(epoch, validation loss, training loss) of the epochs where both are finite numbers."""
+    val = [(r["epoch"], r.get("val_loss"), r.get("train_loss")) for r in history]
+    return [(e, v, t) for e, v, t in val if _finite(v) and _finite(t)]
+
+
+def _rise_beyond_thresholds(best: tuple, last: tuple, first: tuple, rise: float = OVERFIT_RISE,
+                            fall: float = TRAIN_FALL) -> tuple[float, float, bool] | None:
+    """(validation rise, training fall, measured as signed shares) from the ``best`` epoch to the ``last``,
+    each (epoch, validation loss, training loss), ``first`` the first epoch's, when the rise and the fall pass
+    their thresholds at least ``MIN_EPOCHS_AFTER_BEST`` epochs after the best; else None."""
+    best_epoch, best_val, train_at_best = best
+    last_epoch, last_val, last_train = last
+    if last_epoch - best_epoch < MIN_EPOCHS_AFTER_BEST:
+        return None
+    start = max(first[1], first[2])
+    signed = best_val <= 0 or train_at_best <= 0
+    if signed:
+        # A loss that reaches zero or below (the negative log-likelihood of real values) has no ratio to
+        # its best; its rise and fall are shares of what it had gained from the first epoch until then.
+        val_gain, train_gain = start - best_val, start - train_at_best
+        if val_gain <= 0 or train_gain <= 0:
+            return None
+        val_rise, train_fall = (last_val - best_val) / val_gain, (train_at_best - last_train) / train_gain
+    else:
+        val_rise, train_fall = last_val / best_val - 1, 1 - last_train / train_at_best
+    if val_rise <= rise or train_fall <= fall or (not signed and last_val - best_val <= RISE_OF_START * start):
+        return None
+    return val_rise, train_fall, signed
 
 
 def overfitted_since_best(history: list[dict]) -> dict | None:
