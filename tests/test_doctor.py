@@ -1386,3 +1386,33 @@ def test_a_model_that_draws_new_views_on_every_call_is_not_called_a_bug():
     assert [f.severity for f in found] == ["info"] and "changes from one call to the next" in found[0].message
     found = mc.cannot_overfit_batch(Noisy(ignore=True), x, y, F.cross_entropy, steps=60, lrs=(1e-3,))
     assert [f.severity for f in found] == ["error"]
+
+
+def test_a_head_the_tasks_own_loss_reads_as_raw_targets_is_named(tmp_path):
+    """Two heads under the user's loss: a class and a price in dollars. The doctor names the price head's raw
+    targets, as `converge train` then standardizes them; the class head (labels) is not named."""
+    body = '''
+def data():
+    x, y = _blobs()
+    price = 250_000 + 60_000 * x[:, 0]
+    return tuple((a[0], (a[1], p)) for a, p in zip(_split(x, y), (price[:180], price[180:240], price[240:])))
+
+class Heads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 32), nn.ReLU())
+        self.kind, self.price = nn.Linear(32, 3), nn.Linear(32, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.kind(h), self.price(h).squeeze(-1)
+
+def model():
+    return Heads()
+
+def loss(outputs, targets):
+    return torch.nn.functional.cross_entropy(outputs[0], targets[0]) + \\
+        torch.nn.functional.mse_loss(outputs[1] / 1000, targets[1] / 1000)
+'''
+    found = [f for f in run_doctor(_write(tmp_path, body, "heads"), cheap=True) if f.code == "unscaled_targets"]
+    assert [f.evidence["head"] for f in found] == ["head1"] and found[0].message.startswith("head1: targets")

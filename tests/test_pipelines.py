@@ -700,7 +700,8 @@ def test_one_target_tensor_meets_the_one_output_of_its_shape():
     head that predicts them (its layer then trains on standardized targets); two outputs of the targets' shape
     leave it undecided, and nothing is hooked."""
     from converge.data import TensorSplit
-    from converge.doctor.in_train import Prepared, _head_targets, _own_loss_heads
+    from converge.doctor.in_train import Prepared, _own_loss_heads
+    from converge.doctor.run import _head_targets
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 3, generator=g) * torch.tensor([20.0, 200.0, 0.5]) + torch.tensor([60.0, 2000.0, 1.5])

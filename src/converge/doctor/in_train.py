@@ -18,12 +18,10 @@ from converge.doctor import remedies as rx
 from converge.decide.findings import Finding, at_least, ranked
 from converge.decide.task_kind import IGNORE_INDEX
 from converge.doctor.run import (check_all, class_labels, common_numeric_part, label_issues, matrix_columns,
-                                 samples_from_splits, unscaled_head_targets, unscaled_target_columns,
+                                 own_loss_head_targets, samples_from_splits, unscaled_head_targets,
                                  unscaled_targets)
-from converge.calling import call_model
-from converge.engine.loss_probe import predicts_targets
-from converge.engine.objective import HeadsLoss, head_keys, head_name
-from converge.standardize import InTargetUnits, probing
+from converge.engine.objective import HeadsLoss, head_name
+from converge.standardize import InTargetUnits
 from converge.io.runfolder import DOCTOR_FINDINGS, REMEDIES, STANDARDIZE, RunFolder
 from converge.rng import capture_rng, restore_rng
 from converge.status import Status
@@ -375,67 +373,13 @@ def _standardize_head_targets(prepared: Prepared, model: nn.Module, found: dict,
 
 
 def _own_loss_heads(prepared: Prepared, model: nn.Module, loss: Callable) -> dict | None:
-    """A loss of the task's own on a model with several outputs: the heads whose in-memory float targets are
-    far from standardized (the inputs' rule) and whose output the loss reads as a prediction in the targets'
-    units (`predicts_targets`, the other heads held at the model's outputs: an MSE or L1 term, not a
-    log-rate), as {head key: finding}. A head's targets are its own where outputs and targets pair up (tuples
-    of one length, or dicts with one set of keys); where one target tensor meets several outputs, they are
-    the targets of the one output of their shape that the loss reads as their prediction (an autoencoder's
-    (reconstruction, code); a Gaussian likelihood's (mean, log-variance), whose variance is not a
-    prediction of the targets). None when the model has one output (the one-output path decides)."""
-    splits = prepared.splits
-    if not all(isinstance(s, TensorSplit) for s in splits.values()):
+    """`own_loss_head_targets` on the prepared splits, each head's targets' key kept for its statistics."""
+    found = own_loss_head_targets(model, prepared.splits, loss)
+    if found is None:
         return None
-    inputs, targets = splits["train"].probe(64)
-    try:
-        with torch.no_grad(), probing(model):
-            outputs = call_model(model, inputs)
-    except Exception:   # noqa: BLE001 -- the run itself will say what is wrong with the model
-        return None
-    if not isinstance(outputs, (tuple, list, dict)):
-        return None
-    found, shared = {}, []
-    for key, target_key in _head_targets(outputs, targets).items():
-        head = outputs[key]
-        wanted, held = (targets, [s.targets for s in splits.values()]) if target_key is None else \
-            (targets[target_key], [s.targets[target_key] for s in splits.values()])
-        if not (isinstance(head, torch.Tensor) and isinstance(wanted, torch.Tensor) and head.numel() == wanted.numel()
-                and all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in held)):
-            continue
-        unscaled = unscaled_target_columns(held[0], head_name(key))
-        if unscaled and predicts_targets(_with_head(loss, outputs, targets, key), head, wanted):
-            found[key] = unscaled[0]
-            prepared.head_targets[key] = target_key
-            if target_key is None:
-                shared.append(key)
-    if len(shared) > 1:   # two outputs the loss reads as predictions of the same targets: which one is not said
-        for key in shared:
-            del found[key], prepared.head_targets[key]
-    return found
-
-
-def _head_targets(outputs, targets) -> dict:
-    """{output key: its targets' key, None for all the targets} (`_own_loss_heads`): the pairs, or every output
-    of the shape of one target tensor."""
-    keys = head_keys(outputs, targets)
-    if keys is not None:
-        return {key: key for key in keys}
-    if isinstance(targets, torch.Tensor):
-        leaves = outputs.keys() if isinstance(outputs, dict) else range(len(outputs))
-        return {key: None for key in leaves
-                if isinstance(outputs[key], torch.Tensor) and outputs[key].shape == targets.shape}
-    return {}
-
-
-def _with_head(loss: Callable, outputs, targets, key) -> Callable:
-    """``loss`` as a function of head ``key``'s output alone, the other heads at ``outputs``."""
-    def on_head(head: torch.Tensor, _targets) -> torch.Tensor:
-        if isinstance(outputs, dict):
-            return loss({**outputs, key: head}, targets)
-        replaced = list(outputs)
-        replaced[key] = head
-        return loss(type(outputs)(replaced) if isinstance(outputs, tuple) else replaced, targets)
-    return on_head
+    findings, targets_of = found
+    prepared.head_targets.update(targets_of)
+    return findings
 
 
 def _hook_head(prepared: Prepared, model: nn.Module, key, mean: torch.Tensor, std: torch.Tensor, layer: str) -> None:

@@ -22,13 +22,15 @@ from converge.doctor._sample import Sample, sample_of, sample_split
 from converge.doctor.label_noise import find_label_issues, label_noise_finding, out_of_sample_probs, proxy_error
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.engine.objective import (HeadsLoss, Objective, head_name, loss_family, mean_squared_error,
+from converge.calling import call_model
+from converge.engine.loss_probe import predicts_targets
+from converge.engine.objective import (HeadsLoss, Objective, head_keys, head_name, loss_family, mean_squared_error,
                                       recognize_loss, resolve_objective)
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
 from converge.standardize import (default_layout, first_batch_norm, foldable_last_layer, foldable_layer,
-                                  foldable_part, numeric_part, standardization, standardize, target_standardization,
-                                  with_part)
+                                  foldable_part, numeric_part, probing, standardization, standardize,
+                                  target_standardization, with_part)
 
 CHEAP_CODES = ("nonfinite_values", "class_imbalance", "unscaled_features", "unscaled_targets", "constant_features",
                "outliers",
@@ -277,6 +279,9 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
             scaled = [f for f in findings if f.code == "unscaled_features"]
             trained_on, said = _as_trained(model_copy, splits, inputs=bool(scaled), targets=bool(target_scale)) \
                 if like_training else (splits, "")
+            # on the inputs training sees: a head's term is read beside the others', which raw inputs can swamp
+            own_heads = own_loss_head_targets(model_copy, trained_on, loss) if loss is not None else None
+            findings += list(own_heads[0].values()) if own_heads else []
             cross_entropy = objective.inferred if loss is None else loss_family(loss) == "cross_entropy"
             model_found = model_findings(model_copy, trained_on, objective, cheap=cheap, seed=seed,
                                          progress=progress, scale_targets=bool(target_scale),
@@ -423,6 +428,71 @@ def unscaled_head_targets(splits: dict, objective: Objective | None) -> dict:
             continue
         found.update((key, finding) for finding in unscaled_target_columns(parts[0], head_name(key)))
     return found
+
+
+def own_loss_head_targets(model: nn.Module, splits: dict, loss: Callable) -> tuple[dict, dict] | None:
+    """A loss of the task's own on a model with several outputs: the heads whose in-memory float targets are
+    far from standardized (the inputs' rule) and whose output the loss reads as a prediction in the targets'
+    units (`predicts_targets`, the other heads held at the model's outputs: an MSE or L1 term, not a
+    log-rate), as {head key: finding}. A head's targets are its own where outputs and targets pair up (tuples
+    of one length, or dicts with one set of keys); where one target tensor meets several outputs, they are
+    the targets of the one output of their shape that the loss reads as their prediction (an autoencoder's
+    (reconstruction, code); a Gaussian likelihood's (mean, log-variance), whose variance is not a
+    prediction of the targets). Returns ({head key: finding}, {head key: its targets' key, None for all of
+    them}); None when the model has one output (the one-output path decides). `converge train` trains such a
+    head on standardized targets by default (`converge.doctor.in_train`)."""
+    if not all(isinstance(s, TensorSplit) for s in splits.values()):
+        return None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs, targets = map_tensors(lambda t: t.to(device), splits["train"].probe(64))
+    try:
+        with torch.no_grad(), probing(model):
+            outputs = call_model(model, inputs)
+    except Exception:   # noqa: BLE001 -- the run itself will say what is wrong with the model
+        return None
+    if not isinstance(outputs, (tuple, list, dict)):
+        return None
+    found, targets_of, shared = {}, {}, []
+    for key, target_key in _head_targets(outputs, targets).items():
+        head = outputs[key]
+        wanted, held = (targets, [s.targets for s in splits.values()]) if target_key is None else \
+            (targets[target_key], [s.targets[target_key] for s in splits.values()])
+        if not (isinstance(head, torch.Tensor) and isinstance(wanted, torch.Tensor) and head.numel() == wanted.numel()
+                and all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in held)):
+            continue
+        unscaled = unscaled_target_columns(held[0].cpu(), head_name(key))
+        if unscaled and predicts_targets(_with_head(loss, outputs, targets, key), head, wanted):
+            found[key], targets_of[key] = unscaled[0], target_key
+            if target_key is None:
+                shared.append(key)
+    if len(shared) > 1:   # two outputs the loss reads as predictions of the same targets: which one is not said
+        for key in shared:
+            del found[key], targets_of[key]
+    return found, targets_of
+
+
+def _head_targets(outputs, targets) -> dict:
+    """{output key: its targets' key, None for all the targets} (`_own_loss_heads`): the pairs, or every output
+    of the shape of one target tensor."""
+    keys = head_keys(outputs, targets)
+    if keys is not None:
+        return {key: key for key in keys}
+    if isinstance(targets, torch.Tensor):
+        leaves = outputs.keys() if isinstance(outputs, dict) else range(len(outputs))
+        return {key: None for key in leaves
+                if isinstance(outputs[key], torch.Tensor) and outputs[key].shape == targets.shape}
+    return {}
+
+
+def _with_head(loss: Callable, outputs, targets, key) -> Callable:
+    """``loss`` as a function of head ``key``'s output alone, the other heads at ``outputs``."""
+    def on_head(head: torch.Tensor, _targets) -> torch.Tensor:
+        if isinstance(outputs, dict):
+            return loss({**outputs, key: head}, targets)
+        replaced = list(outputs)
+        replaced[key] = head
+        return loss(type(outputs)(replaced) if isinstance(outputs, tuple) else replaced, targets)
+    return on_head
 
 
 def matrix_columns(inputs: Any) -> int | None:
