@@ -279,3 +279,16 @@ def test_a_run_folder_deleted_under_a_data_parallel_run_is_one_line_and_status_2
     assert process.returncode == 2 and len(lines) == 1, err[-2000:]
     assert lines[0].startswith("error: cannot write") and "deleted" in lines[0]
     assert not out.exists()
+
+
+def test_the_automatic_choice_runs_on_rank_0_alone_and_the_run_goes_on(tmp_path):
+    """Every knob automatic under --nproc 2: rank 0 races the arms by itself while the other rank waits for its
+    choice. An arm's Trainer joined the process group (DDP) and waited for the waiting rank: the run hung."""
+    task = tmp_path / "task.py"
+    task.write_text(TASK)
+    command = [sys.executable, "-m", "converge", "train", str(task), "--out", str(tmp_path / "two"),
+               "--max-epochs", "2", "--device", "cpu", "--quiet", "--nproc", "2"]
+    run_ok(command)
+    events = [e["event"] for e in logged(tmp_path / "two", "events.jsonl")]
+    assert "race_rung" in events and "chose_optimizer" in events and "chose_lr" in events
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["epochs"] == 2

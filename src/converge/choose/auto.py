@@ -417,7 +417,8 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
     arm_objective = dataclasses.replace(objective, known_loss=False)
     arm_model = copy.deepcopy(model)
     with left_as_they_are(loss_parameters(objective.loss_fn, arm_model)):  # a loss's own: trained, then put back
-        trainer = Trainer(arm_model, race_splits, arm_config, arm_objective, restore_best=False, max_steps=budget)
+        trainer = Trainer(arm_model, race_splits, arm_config, arm_objective, restore_best=False, max_steps=budget,
+                          alone=True)   # under torchrun rank 0 races alone (`assembly._choose`)
         trainer.run()
     if trainer.status is Status.INTERRUPTED:  # Ctrl-C: stop tuning; finished stages are saved
         raise KeyboardInterrupt

@@ -68,7 +68,7 @@ class Trainer:
     def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, objective: Objective, *,
                  recorder: RunRecorder | None = None, epoch_judge: Callable[[dict], str | None] | None = None,
                  restore_best: bool = True, tuning_epochs: float = 0.0, started: float | None = None,
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, alone: bool = False) -> None:
         if config.auto_knobs:
             raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.choose)")
         self.config, self.objective = config, objective
@@ -81,8 +81,10 @@ class Trainer:
         dev.check_amp(config.amp, self.device)
         self.model = model.to(self.device)
         # Under torchrun: forward/backward go through DDP (it averages gradients across ranks); everything
-        # else (state, evaluation, export) uses the plain module.
-        self.world = current_world(self.device)
+        # else (state, evaluation, export) uses the plain module. ``alone``: this process trains by itself
+        # all the same (a tuning arm that rank 0 runs while the other ranks wait for its choice: wrapped in
+        # DDP, its first collective waited for them, and `converge train --nproc` with an automatic knob hung).
+        self.world = None if alone else current_world(self.device)
         self.train_model = self.model if self.world is None else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # A loss with trainable parameters of its own trains them with the model's, and they are kept and
