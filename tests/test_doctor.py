@@ -1416,3 +1416,34 @@ def loss(outputs, targets):
 '''
     found = [f for f in run_doctor(_write(tmp_path, body, "heads"), cheap=True) if f.code == "unscaled_targets"]
     assert [f.evidence["head"] for f in found] == ["head1"] and found[0].message.startswith("head1: targets")
+
+
+def test_a_head_sharing_its_last_layer_is_said_to_stay_raw(tmp_path):
+    """A price and a logit as two columns of one nn.Linear: training cannot map the price column alone (its
+    remedy says `left`), so the doctor's fix does not promise it."""
+    body = '''
+def data():
+    x, y = _blobs()
+    price = 250_000 + 60_000 * x[:, 0]
+    high = (y > 0).float()
+    return tuple((a[0], (p, h)) for a, p, h in zip(_split(x, y), (price[:180], price[180:240], price[240:]),
+                                                 (high[:180], high[180:240], high[240:])))
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, x):
+        out = self.net(x)
+        return out[:, 0], out[:, 1]
+
+def model():
+    return Shared()
+
+def loss(outputs, targets):
+    return torch.nn.functional.mse_loss(outputs[0] / 1000, targets[0] / 1000) + \\
+        torch.nn.functional.binary_cross_entropy_with_logits(outputs[1], targets[1])
+'''
+    found = [f for f in run_doctor(_write(tmp_path, body, "shared"), cheap=True) if f.code == "unscaled_targets"]
+    assert [f.evidence["head"] for f in found] == ["head0"] and found[0].fix.startswith("converge train leaves")

@@ -269,7 +269,7 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
         if objective is not None and not (objective.inferred or objective.model_loss):
             findings = [_masked_targets(f) if f.code == "nonfinite_values" else f for f in findings]
         target_scale = unscaled_targets(splits, objective, loss)
-        findings += target_scale + list(unscaled_head_targets(splits, objective).values())
+        findings += target_scale + as_training_acts(model_copy, splits, unscaled_head_targets(splits, objective))
         train = samples["train"]
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         counted, unit = _counted(train, objective)
@@ -281,7 +281,7 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
                 if like_training else (splits, "")
             # on the inputs training sees: a head's term is read beside the others', which raw inputs can swamp
             own_heads = own_loss_head_targets(model_copy, trained_on, loss) if loss is not None else None
-            findings += list(own_heads[0].values()) if own_heads else []
+            findings += as_training_acts(model_copy, trained_on, *own_heads) if own_heads else []
             cross_entropy = objective.inferred if loss is None else loss_family(loss) == "cross_entropy"
             model_found = model_findings(model_copy, trained_on, objective, cheap=cheap, seed=seed,
                                          progress=progress, scale_targets=bool(target_scale),
@@ -384,6 +384,29 @@ UNSCALED_TARGETS_FIX = ("converge train and converge.fit standardize them by def
                         "statistics and fold y = z * std + mean into the model's last nn.Linear (predictions, "
                         "losses and metrics stay in the targets' units; unless --no-standardize / "
                         "standardize=False); otherwise scale them in data()")
+
+HEAD_LEFT_RAW_FIX = ("converge train leaves these targets raw: no nn.Linear gives this head's output alone (it "
+                     "shares its last layer with another output); scale them in data(), or give the head an "
+                     "nn.Linear of its own")
+
+
+def as_training_acts(model: nn.Module, splits: dict, found: dict, targets_of: dict | None = None) -> list[Finding]:
+    """The heads' findings of ``found`` ({head key: finding}; a head's targets under ``targets_of[key]``, None
+    for all of them, or else under its own key), each with the fix training will apply: a head whose output
+    no nn.Linear gives alone keeps its raw targets (`converge.doctor.in_train`), and its fix says so."""
+    if not found:
+        return []
+    train = splits["train"]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = map_tensors(lambda t: t.to(device), train.probe(16)[0])
+    said = []
+    for key, finding in found.items():
+        target_key = key if targets_of is None else targets_of[key]
+        targets = train.targets if target_key is None else train.targets[target_key]
+        mean, std = target_standardization(targets.cpu())
+        foldable = foldable_last_layer(model, inputs, mean.to(device), std.to(device), key=key) is not None
+        said.append(finding if foldable else replace(finding, fix=HEAD_LEFT_RAW_FIX))
+    return said
 
 
 def unscaled_targets(splits: dict, objective: Objective | None, loss: Callable | None) -> list[Finding]:
