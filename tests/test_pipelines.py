@@ -757,3 +757,16 @@ def test_of_a_mean_and_a_log_variance_the_mean_is_the_head_that_predicts():
 
     prepared = Prepared({name: TensorSplit(x, minutes, name) for name in ("train", "val")}, nll)
     assert list(_own_loss_heads(prepared, MeanAndLogVar(), nll)) == [0] and prepared.head_targets == {0: None}
+
+    from collections import namedtuple
+    Gaussian = namedtuple("Gaussian", "mean log_var")
+
+    class Named(MeanAndLogVar):
+        def forward(self, x):
+            return Gaussian(*super().forward(x))
+
+    def named_nll(out, target):
+        return F.gaussian_nll_loss(out.mean, target, out.log_var.exp())
+
+    named = Prepared(dict(prepared.splits), named_nll)
+    assert list(_own_loss_heads(named, Named(), named_nll)) == [0]   # a namedtuple of outputs, read by name

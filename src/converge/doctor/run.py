@@ -495,8 +495,8 @@ def own_loss_head_targets(model: nn.Module, splits: dict, loss: Callable) -> tup
 
 
 def _head_targets(outputs, targets) -> dict:
-    """{output key: its targets' key, None for all the targets} (`_own_loss_heads`): the pairs, or every output
-    of the shape of one target tensor."""
+    """{output key: its targets' key, None for all the targets} (`own_loss_head_targets`): the pairs, or every
+    output of the shape of one target tensor."""
     keys = head_keys(outputs, targets)
     if keys is not None:
         return {key: key for key in keys}
@@ -514,6 +514,8 @@ def _with_head(loss: Callable, outputs, targets, key) -> Callable:
             return loss({**outputs, key: head}, targets)
         replaced = list(outputs)
         replaced[key] = head
+        if hasattr(outputs, "_fields"):   # a namedtuple takes its fields one by one
+            return loss(type(outputs)(*replaced), targets)
         return loss(type(outputs)(replaced) if isinstance(outputs, tuple) else replaced, targets)
     return on_head
 
