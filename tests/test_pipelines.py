@@ -770,3 +770,41 @@ def test_of_a_mean_and_a_log_variance_the_mean_is_the_head_that_predicts():
 
     named = Prepared(dict(prepared.splits), named_nll)
     assert list(_own_loss_heads(named, Named(), named_nll)) == [0]   # a namedtuple of outputs, read by name
+
+
+def test_a_namedtuple_of_outputs_trains_as_a_tuple_does(tmp_path):
+    """torchvision's Inception returns InceptionOutputs(logits, aux_logits), a namedtuple: it was rebuilt from one
+    generator ("missing 1 required positional argument") wherever converge copies or moves outputs. With raw
+    input columns and a price head read by name, it trains as the same model returning a plain tuple."""
+    from collections import namedtuple
+
+    Out = namedtuple("Out", "price kind")
+
+    class Named(PriceAndKind):
+        def forward(self, x):
+            out = super().forward(x)
+            return Out(out["price"], out["kind"])
+
+    class Plain(PriceAndKind):
+        def forward(self, x):
+            out = super().forward(x)
+            return out["price"], out["kind"]
+
+    def by_name(out, targets):
+        return F.mse_loss(out.price / 1000, targets[0] / 1000) + F.cross_entropy(out.kind, targets[1])
+
+    def by_position(out, targets):
+        return F.mse_loss(out[0] / 1000, targets[0] / 1000) + F.cross_entropy(out[1], targets[1])
+
+    def as_tuple(split):
+        return split[0], (split[1]["price"], split[1]["kind"])
+
+    train, val = as_tuple(_price_and_class(600, 0)), as_tuple(_price_and_class(200, 1))
+    results = []
+    for build, loss in ((Named, by_name), (Plain, by_position)):
+        torch.manual_seed(0)
+        results.append(converge.fit(build(), train, val, loss=loss, max_epochs=8, **QUICK))
+    named, plain = results
+    heads = next(e for e in named.events if e["event"] == "remedy" and e["remedy"] == "standardize_targets")
+    assert [h["key"] for h in heads["detail"]["heads"]] == [0]
+    assert [r["val_loss"] for r in named.history] == pytest.approx([r["val_loss"] for r in plain.history], rel=1e-6)

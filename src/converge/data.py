@@ -58,12 +58,19 @@ def first_rows(inputs: Any, targets: Any, rows: int) -> tuple[Any, Any]:
     return map_tensors(lambda t: t[:rows], inputs), map_tensors(lambda t: t[:rows], targets)
 
 
+def like(value: tuple | list, items: Any) -> tuple | list:
+    """``items`` as a tuple or list of ``value``'s own type: a namedtuple (torchvision's Inception returns one)
+    takes its fields one by one, where a plain tuple or list takes one iterable."""
+    items = list(items)
+    return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+
+
 def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
     """``fn`` applied to every tensor of a tensor, tuple/list or dict of them (other values kept)."""
     if isinstance(value, torch.Tensor):
         return fn(value)
     if isinstance(value, (tuple, list)):
-        return type(value)(map_tensors(fn, v) for v in value)
+        return like(value, (map_tensors(fn, v) for v in value))
     if isinstance(value, dict):
         return {k: map_tensors(fn, v) for k, v in value.items()}
     return value
@@ -100,7 +107,7 @@ def joined(parts: list) -> Any:
     if isinstance(first, dict):
         return {key: joined([p[key] for p in parts]) for key in first}
     if isinstance(first, (tuple, list)):
-        return type(first)(joined([p[i] for p in parts]) for i in range(len(first)))
+        return like(first, (joined([p[i] for p in parts]) for i in range(len(first))))
     raise TypeError(f"cannot join batches of type {type(first).__name__}")
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from converge.calling import call_model
+from converge.data import like
 
 
 # The largest standard score a training value may get. A feature that is nearly constant with rare large
@@ -252,7 +253,7 @@ def with_part(inputs: Any, key, value: torch.Tensor) -> Any:
     """``inputs`` (a tuple, list or dict) with the part at ``key`` replaced."""
     if isinstance(inputs, dict):
         return {**inputs, key: value}
-    return type(inputs)(value if i == key else part for i, part in enumerate(inputs))
+    return like(inputs, (value if i == key else part for i, part in enumerate(inputs)))
 
 
 @torch.no_grad()
@@ -452,7 +453,7 @@ def _moved(inputs: Any, device: torch.device) -> Any:
     if isinstance(inputs, dict):
         return {key: _moved(value, device) for key, value in inputs.items()}
     if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_moved(value, device) for value in inputs)
+        return like(inputs, (_moved(value, device) for value in inputs))
     return inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from converge.data import (TARGET_KEY, LoaderSplit, TensorSplit, prepare_targets, first_rows, make_split,
+from converge.data import (TARGET_KEY, LoaderSplit, TensorSplit, like, prepare_targets, first_rows, make_split,
                            map_tensors, one_row_per_sample, tensors_of)
 from converge.errors import ConvergeError
 from converge.doctor.thresholds import MAX_ROWS
@@ -99,7 +99,7 @@ def _concat(parts: list) -> Any:
     if isinstance(first, torch.Tensor):
         return torch.cat(parts)
     if isinstance(first, (tuple, list)):
-        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+        return like(first, (_concat([p[i] for p in parts]) for i in range(len(first))))
     if isinstance(first, dict):
         return {key: _concat([p[key] for p in parts]) for key in first}
     raise TypeError(f"cannot join batches of {type(first).__name__}")

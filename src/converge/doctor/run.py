@@ -12,8 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from converge.data import (TARGET_KEY, TensorSplit, as_float64, first_rows, is_classification, map_tensors, tensors_of,
-                           wants_float64)
+from converge.data import (TARGET_KEY, TensorSplit, as_float64, first_rows, is_classification, like, map_tensors,
+                           tensors_of, wants_float64)
 from converge.doctor import data_checks as dc
 from converge.doctor import model_checks as mc
 from converge.doctor import thresholds as T
@@ -512,11 +512,7 @@ def _with_head(loss: Callable, outputs, targets, key) -> Callable:
     def on_head(head: torch.Tensor, _targets) -> torch.Tensor:
         if isinstance(outputs, dict):
             return loss({**outputs, key: head}, targets)
-        replaced = list(outputs)
-        replaced[key] = head
-        if hasattr(outputs, "_fields"):   # a namedtuple takes its fields one by one
-            return loss(type(outputs)(*replaced), targets)
-        return loss(type(outputs)(replaced) if isinstance(outputs, tuple) else replaced, targets)
+        return loss(like(outputs, (head if i == key else part for i, part in enumerate(outputs))), targets)
     return on_head
 
 

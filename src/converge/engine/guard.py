@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from converge.data import like
 from converge.decide.divergence import Alarm, GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict
 from converge.engine.optim import WARMUP_BASE, current_lr, per_group, scale_lr
 from converge.engine.progress import EpochProgress
@@ -277,7 +278,7 @@ def copied(value, device: torch.device | str | None = None):
     if isinstance(value, dict):
         return {key: copied(item, device) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(copied(item, device) for item in value)
+        return like(value, (copied(item, device) for item in value))
     return value
 
 

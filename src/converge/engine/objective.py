@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from converge.calling import call_model
-from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, prepare_targets, rows_in, split_batch,
-                           tensors_of)
+from converge.data import (LoaderSplit, TensorSplit, joined, like, map_tensors, prepare_targets, rows_in,
+                           split_batch, tensors_of)
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
@@ -491,7 +491,7 @@ def _to(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
+        return like(value, (_to(v, device) for v in value))
     if isinstance(value, dict):
         return {k: _to(v, device) for k, v in value.items()}
     return value
