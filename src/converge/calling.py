@@ -1,7 +1,7 @@
 """How a model is called on a batch of inputs: ``model(x)``, ``model(*x)`` for several inputs, and for a dict
 of inputs ``model(**x)`` (the Hugging Face convention) or ``model(x)`` for a ``forward`` that takes the batch
 dict whole. Every place that runs a model on inputs (training, evaluation, the probes, the doctor, the
-standardization's probe) calls it this one way."""
+standardization's probe) calls it this one way. And how a tuple of inputs or outputs is rebuilt (`like`)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,10 @@ def _forward_takes_dict(cls: type, keys: frozenset) -> bool:
     positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     return not keys <= named and bool(positional) and positional[0].name not in keys
+
+
+def like(value: tuple | list, items: Any) -> tuple | list:
+    """``items`` as a tuple or list of ``value``'s own type: a namedtuple (torchvision's Inception returns one)
+    takes its fields one by one, where a plain tuple or list takes one iterable."""
+    items = list(items)
+    return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)

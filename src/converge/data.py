@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler,
                               SequentialSampler, TensorDataset)
 
+from converge.calling import like
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
 
@@ -56,13 +57,6 @@ def first_rows(inputs: Any, targets: Any, rows: int) -> tuple[Any, Any]:
     if not one_row_per_sample(inputs, targets):
         return inputs, targets
     return map_tensors(lambda t: t[:rows], inputs), map_tensors(lambda t: t[:rows], targets)
-
-
-def like(value: tuple | list, items: Any) -> tuple | list:
-    """``items`` as a tuple or list of ``value``'s own type: a namedtuple (torchvision's Inception returns one)
-    takes its fields one by one, where a plain tuple or list takes one iterable."""
-    items = list(items)
-    return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
 
 
 def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from converge.calling import call_model
-from converge.data import like
+from converge.calling import call_model, like
 
 
 # The largest standard score a training value may get. A feature that is nearly constant with rare large

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from converge.data import (TARGET_KEY, LoaderSplit, TensorSplit, like, prepare_targets, first_rows, make_split,
+from converge.calling import like
+from converge.data import (TARGET_KEY, LoaderSplit, TensorSplit, prepare_targets, first_rows, make_split,
                            map_tensors, one_row_per_sample, tensors_of)
 from converge.errors import ConvergeError
 from converge.doctor.thresholds import MAX_ROWS

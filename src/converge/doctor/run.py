@@ -12,8 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from converge.data import (TARGET_KEY, TensorSplit, as_float64, first_rows, is_classification, like, map_tensors,
-                           tensors_of, wants_float64)
+from converge.data import (TARGET_KEY, TensorSplit, as_float64, first_rows, is_classification, map_tensors, tensors_of,
+                           wants_float64)
 from converge.doctor import data_checks as dc
 from converge.doctor import model_checks as mc
 from converge.doctor import thresholds as T
@@ -22,7 +22,7 @@ from converge.doctor._sample import Sample, sample_of, sample_split
 from converge.doctor.label_noise import find_label_issues, label_noise_finding, out_of_sample_probs, proxy_error
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.calling import call_model
+from converge.calling import call_model, like
 from converge.engine.loss_probe import predicts_targets
 from converge.engine.objective import (HeadsLoss, Objective, head_keys, head_name, loss_family, mean_squared_error,
                                       recognize_loss, resolve_objective)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from converge.data import like
+from converge.calling import like
 from converge.decide.divergence import Alarm, GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict
 from converge.engine.optim import WARMUP_BASE, current_lr, per_group, scale_lr
 from converge.engine.progress import EpochProgress

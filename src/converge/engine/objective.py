@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converge.calling import call_model
-from converge.data import (LoaderSplit, TensorSplit, joined, like, map_tensors, prepare_targets, rows_in,
-                           split_batch, tensors_of)
+from converge.calling import call_model, like
+from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, prepare_targets, rows_in, split_batch,
+                           tensors_of)
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
