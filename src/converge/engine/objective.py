@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converge.calling import call_model, like
+from converge.calling import call_model
 from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, prepare_targets, rows_in, split_batch,
                            tensors_of)
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
@@ -488,13 +488,7 @@ def imbalance_metrics(objective: Objective, train) -> dict[str, Callable]:
 
 
 def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (tuple, list)):
-        return like(value, (_to(v, device) for v in value))
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    return value
+    return map_tensors(lambda t: t.to(device), value)
 
 
 def _model_loss(outputs, scores, targets, splits: dict, metrics: dict, ignore_index: int,
