@@ -413,12 +413,13 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
                                     min_lr=None, patience=max(config.patience, 10**6), checkpoint_seconds=1e9,
                                     guard=False)  # a diverging arm must lose, not be rescued
     race_splits = {name: split for name, split in splits.items() if name != "test"}
-    # An arm's own end-of-run diagnosis is never read: no constant-prediction baseline for it.
+    # An arm's own end-of-run diagnosis is never read: not made (``judged``), and no constant-prediction
+    # baseline for it.
     arm_objective = dataclasses.replace(objective, known_loss=False)
     arm_model = copy.deepcopy(model)
     with left_as_they_are(loss_parameters(objective.loss_fn, arm_model)):  # a loss's own: trained, then put back
         trainer = Trainer(arm_model, race_splits, arm_config, arm_objective, restore_best=False, max_steps=budget,
-                          alone=True)   # under torchrun rank 0 races alone (`assembly._choose`)
+                          alone=True, judged=False)   # under torchrun rank 0 races alone (`assembly._choose`)
         trainer.run()
     if trainer.status is Status.INTERRUPTED:  # Ctrl-C: stop tuning; finished stages are saved
         raise KeyboardInterrupt

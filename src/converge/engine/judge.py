@@ -150,8 +150,9 @@ class RunJudge:
     def _fit_values(self, evaluate: Callable[..., dict], best_record: dict) -> dict | None:
         """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
         the generalization gap. One pass over the training split; not for a stream, nor for a loss without
-        a known meaning (a race's arms)."""
-        if not self.objective.known_loss or getattr(self.splits["train"], "stream", False):
+        a known meaning."""
+        objective = self.objective
+        if not (objective.known_loss or objective.constant_by_search) or getattr(self.splits["train"], "stream", False):
             return None
         return {**evaluate("train", prefix="train_"), **best_record}
 

@@ -68,7 +68,7 @@ class Trainer:
     def __init__(self, model: nn.Module, splits: dict, config: TrainConfig, objective: Objective, *,
                  recorder: RunRecorder | None = None, epoch_judge: Callable[[dict], str | None] | None = None,
                  restore_best: bool = True, tuning_epochs: float = 0.0, started: float | None = None,
-                 max_steps: int | None = None, alone: bool = False) -> None:
+                 max_steps: int | None = None, alone: bool = False, judged: bool = True) -> None:
         if config.auto_knobs:
             raise ValueError(f"choose {', '.join(config.auto_knobs)} before building a Trainer (converge.choose)")
         self.config, self.objective = config, objective
@@ -85,6 +85,9 @@ class Trainer:
         # all the same (a tuning arm that rank 0 runs while the other ranks wait for its choice: wrapped in
         # DDP, its first collective waited for them, and `converge train --nproc` with an automatic knob hung).
         self.world = None if alone else current_world(self.device)
+        # ``judged``: False for a tuning arm, whose end-of-run judgement no one reads (no reference model
+        # trained beside it, no diagnosis at its end)
+        self.judged = judged
         self.train_model = self.model if self.world is None else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # A loss with trainable parameters of its own trains them with the model's, and they are kept and
@@ -154,7 +157,7 @@ class Trainer:
         self.console.start(self.config.max_epochs)
         self.record.start(first_epoch=self.epoch + 1, fresh=not self.history and self.step == 0, step=self.step,
                           params=self.config.to_dict())
-        if self.status is None:
+        if self.status is None and self.judged:
             self.judge.start_reference(self.model, self.device)  # the end-of-run yardstick, beside training
         try:
             with StopSignals() as signals:
@@ -464,7 +467,7 @@ class Trainer:
         summary.update(self.judge.conclude(
             evaluate=self.evaluate, model=self.model, history=self.history, events=self.events, status=self.status,
             config=self.config, monitor=self.monitor_key, best_record=self.best_record, epoch=self.epoch,
-            world=self.world, rise_test=rise) if finished else {"diagnosis": []})
+            world=self.world, rise_test=rise) if finished and self.judged else {"diagnosis": []})
         if not finished:
             self.judge.stop_reference()
         if self.judge.reference_failure is not None:

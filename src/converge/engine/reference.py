@@ -3,10 +3,12 @@
 The constant prediction says whether a model learned anything; it cannot say whether a model learned what
 the data allows (a linear model on a nonlinear target beats a constant easily). The reference here is a
 cheap proxy of known capacity: a one-hidden-layer MLP (``HIDDEN`` ReLU units) on standardized, flattened
-inputs, trained with AdamW for a fixed budget (about a second on a CPU) on (at most ``MAX_ROWS`` of) the training split; its best
-validation loss, scored by the task's own loss, is the reference. It is built only when both splits are
-tensors in memory with one floating-point input tensor of at most ``MAX_FEATURES`` features, and for the
-inferred objectives (classification, binary, multilabel, regression); otherwise there is none (None).
+inputs, trained with AdamW for a fixed budget (about a second on a CPU) on (at most ``MAX_ROWS`` of) the
+training split; its best validation loss, scored by the task's own loss, is the reference. It is built only when both splits are
+tensors in memory with one floating-point input tensor of at most ``MAX_FEATURES`` features, for the
+classification, binary, multilabel and regression kinds, under converge's own loss or the task's standard
+loss, with its options or without (a ``pos_weight``, class weights, label smoothing: the reference trains
+and is scored under the same loss); otherwise there is none (None).
 
 The reference is never wider than the user's model where that model is deliberately narrow: when one of
 the model's layers outputs fewer values per sample than both its input and its output have (a bottleneck,
@@ -110,8 +112,8 @@ def bottleneck_width(model: nn.Module | None, x: torch.Tensor) -> int | None:
 def applies(splits: dict, objective: Objective) -> bool:
     """Whether there can be a reference for this task (see the module text; some cases are only known once
     the data is looked at: then `reference_loss` says None)."""
-    return objective.known_loss and objective.kind in KINDS and "val" in splits and \
-        _tensors(splits["train"]) is not None and _tensors(splits["val"]) is not None
+    return (objective.known_loss or objective.constant_by_search) and objective.kind in KINDS and "val" in splits \
+        and _tensors(splits["train"]) is not None and _tensors(splits["val"]) is not None
 
 
 def reference_width(splits: dict, model: nn.Module | None) -> int:
