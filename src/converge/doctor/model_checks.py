@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from converge.doctor import thresholds as T
+from converge.data import map_tensors, tensors_of
 from converge.decide.findings import Finding, rounded
 from converge.engine.objective import Objective, call_model, scores_of
-from converge.engine.optim import adamw
+from converge.engine.optim import EagerLBFGS, adamw
 from converge.standardize import target_units
 
 
@@ -186,22 +187,75 @@ def soft_label_floor(targets, objective: Objective) -> float | None:
     return floor if math.isfinite(floor) else None
 
 
+def outputs_floor(model: nn.Module, inputs, targets, loss_fn, *, steps: int = T.FLOOR_STEPS,
+                  seconds: float = T.OVERFIT_SECONDS) -> float | None:
+    """The least loss on this batch that any outputs reach: the model's own outputs on it, freed from the
+    model (each floating-point tensor the loss is given becomes a parameter), moved by L-BFGS, which needs no
+    step size (targets in the thousands of kWh, from outputs near 0). No model can go lower, so a model's
+    loss is judged above it. It is the floor of losses whose floor is not known in advance: a cross-entropy
+    with label smoothing inside the task's own loss (a GRU's running sum of digits, smoothing 0.05: 2.306 ->
+    0.288 on one batch, the smoothing's floor about 0.28, was called a bug by the bound 0.1x its start), a
+    penalty that does not depend on the outputs. None for a loss the model computes itself, one that refuses
+    detached outputs, or more than ``FLOOR_ELEMENTS`` output values."""
+    objective = loss_fn if isinstance(loss_fn, Objective) else None
+    if objective is not None and (objective.model_loss or objective.target_key):
+        return None
+    score = objective.loss_fn if objective is not None else loss_fn
+    try:
+        score = copy.deepcopy(score)   # its own copy: a loss that counts its calls, or holds parameters
+    except Exception:   # noqa: BLE001 -- a loss that cannot be copied is called as it is
+        pass
+    deadline = time.monotonic() + seconds
+    try:
+        model = copy.deepcopy(model).eval()
+        with torch.no_grad():
+            outputs = call_model(model, inputs)
+        given = outputs if objective is not None and objective.loss_on_outputs else scores_of(outputs)
+        free = [t.detach().float().clone().requires_grad_() for t in tensors_of(given) if t.is_floating_point()]
+        if not free or sum(t.numel() for t in free) > T.FLOOR_ELEMENTS:
+            return None
+        order = iter(free)
+        outputs_at = map_tensors(lambda t: next(order) if t.is_floating_point() else t.detach(), given)
+        search = EagerLBFGS(free, lr=1.0, max_iter=T.FLOOR_CHUNK, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure():
+            search.zero_grad()
+            value = score(outputs_at, targets)
+            value.backward()
+            return value
+
+        with torch.enable_grad():
+            for _ in range(math.ceil(steps / T.FLOOR_CHUNK)):
+                search.step(closure)
+                if time.monotonic() > deadline:
+                    break
+        with torch.no_grad():
+            least = score(outputs_at, targets)
+    except Exception:   # noqa: BLE001 -- a loss or model that does not take this: no floor, the bound as it was
+        return None
+    if not (isinstance(least, torch.Tensor) and least.numel() == 1):
+        return None
+    least = float(least)
+    return least if math.isfinite(least) else None
+
+
 def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *, steps: int = T.OVERFIT_STEPS,
                          lrs: tuple = T.OVERFIT_LRS, ratio: float = T.OVERFIT_RATIO,
                          seconds: float = T.OVERFIT_SECONDS, floor: float | None = None) -> list[Finding]:
     """Train copies of the model on this one batch with Adam (one LR after another); the loss (in eval
     mode) must fall below ``ratio`` times its start, or, above a ``floor`` no model can pass (the batch's
-    `next_token_floor` or `soft_label_floor`), to within ``ratio`` of the way from its start down to it. A model that cannot
-    memorise one small batch has a bug (inputs ignored, gradients cut) or too little capacity. Each LR gets
-    at most ``seconds``: a slow model that has not got there by then is not judged (said as information),
-    never failed."""
+    `next_token_floor` or `soft_label_floor`), to within ``ratio`` of the way from its start down to it. A
+    model that misses that is judged again above the floor its outputs themselves reach (`outputs_floor`)
+    before it is failed. A model that cannot memorise one small batch has a bug (inputs ignored, gradients
+    cut) or too little capacity. Each LR gets at most ``seconds``: a slow model that has not got there by
+    then is not judged (said as information), never failed."""
     low = floor or 0.0
     tried = []
     for lr in lrs:
         start, end, used = _overfit(copy.deepcopy(model), inputs, targets, loss_fn, lr, steps, ratio, seconds,
                                     low)
         tried.append({"lr": lr, "start_loss": rounded(start), "end_loss": rounded(end), "steps": used})
-        if math.isfinite(end) and end <= low + ratio * (start - low):
+        if _reached(start, end, low, ratio):
             return []
     evidence = {"batch_size": len(targets), "ratio_bound": ratio, "tries": tried, "seconds_per_lr": seconds}
     bound = f"{ratio:g}x its start"
@@ -212,6 +266,16 @@ def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *
         return [Finding("cannot_overfit_batch", "info",
                         f"not judged: fitting one batch of {len(targets)} samples took longer than {seconds:g} s per "
                         f"LR before the loss fell to {bound}", evidence, "")]
+    reachable = outputs_floor(model, inputs, targets, loss_fn, seconds=seconds)
+    judged = [t for t in tried if t["end_loss"] is not None and t["start_loss"] is not None]
+    if reachable is not None and reachable > low:
+        evidence["outputs_floor"] = rounded(reachable)
+    # a floor above what the model itself reached is no floor (the search fell short): the bound stays
+    if reachable is not None and reachable > low and judged and reachable <= min(t["end_loss"] for t in judged):
+        if any(_reached(t["start_loss"], t["end_loss"], reachable, ratio) for t in judged):
+            return []
+        bound = (f"{ratio:g}x of the way from its start to {reachable:.4g}, the least its outputs themselves "
+                 f"reach on this batch")
     if _draws_at_random(model, inputs, targets, loss_fn):
         return [Finding("cannot_overfit_batch", "info",
                         f"not judged: the loss on one batch of {len(targets)} samples changes from one call to the "
@@ -221,6 +285,10 @@ def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *
                     f"the model cannot fit a single batch of {len(targets)} samples: the loss stays above "
                     f"{bound} after {steps} Adam steps", evidence,
                     "look for a bug (inputs detached or ignored, a wrong loss, frozen layers) or add capacity")]
+
+
+def _reached(start: float, end: float, floor: float, ratio: float) -> bool:
+    return math.isfinite(end) and end <= floor + ratio * (start - floor)
 
 
 def _draws_at_random(model: nn.Module, inputs, targets, loss_fn) -> bool:
@@ -274,7 +342,7 @@ def _overfit(model, inputs, targets, loss_fn, lr, steps, ratio, seconds=math.inf
         out_of_time = time.monotonic() > deadline
         if step % 25 == 0 or step == steps or out_of_time:  # an eval-mode loss (no dropout) every 25 steps
             end = eval_loss()
-            if end <= floor + ratio * (start - floor) or out_of_time:
+            if _reached(start, end, floor, ratio) or out_of_time:
                 return start, end, step
     return start, end, steps
 

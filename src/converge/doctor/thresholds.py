@@ -31,6 +31,7 @@ these defaults; tests/test_doctor.py pins them with tables.
 | OVERFIT_LRS | (1e-3, 1e-2) | the learning rates tried in turn |
 | OVERFIT_SECONDS | 15 | at most this long per LR; a model slower than that is not judged (info) |
 | OVERFIT_RATIO | 0.1 | the loss must fall below this fraction of its start |
+| FLOOR_STEPS / FLOOR_CHUNK / FLOOR_ELEMENTS | 200 / 25 / 2,000,000 | when the model fails, the batch's outputs themselves (freed from the model, at most this many values) are moved by L-BFGS for at most this many iterations (in chunks, each LR's time limit checked between them): the least loss any outputs reach, a floor the model's loss is judged above (a loss with label smoothing inside cannot fall below its smoothing's entropy) |
 | VANISHING_RATIO / EXPLODING_RATIO | 1e-3 / 1e3 | first layer's gradient norm / last layer's, below / above |
 | EXPLODING_RELATIVE | 100.0 | a layer's gradient norm above this multiple of its weights' norm |
 | DEAD_WARN_FRACTION | 0.5 | a ReLU layer with at least this fraction of units never active on a batch |
@@ -68,6 +69,9 @@ OVERFIT_BATCH = 32
 OVERFIT_STEPS = 200
 OVERFIT_LRS = (1e-3, 1e-2)
 OVERFIT_RATIO = 0.1
+FLOOR_STEPS = 200
+FLOOR_CHUNK = 25
+FLOOR_ELEMENTS = 2_000_000
 VANISHING_RATIO = 1e-3
 EXPLODING_RATIO = 1e3
 EXPLODING_RELATIVE = 100.0
