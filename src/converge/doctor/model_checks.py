@@ -266,12 +266,13 @@ def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *
         return [Finding("cannot_overfit_batch", "info",
                         f"not judged: fitting one batch of {len(targets)} samples took longer than {seconds:g} s per "
                         f"LR before the loss fell to {bound}", evidence, "")]
-    reachable = outputs_floor(model, inputs, targets, loss_fn, seconds=seconds)
     judged = [t for t in tried if t["end_loss"] is not None and t["start_loss"] is not None]
-    if reachable is not None and reachable > low:
+    reachable = outputs_floor(model, inputs, targets, loss_fn, seconds=seconds) if judged else None
+    # a floor within FLOOR_NEGLIGIBLE of the way down is the bound as it was (a plain loss: about 0); one
+    # above what the model itself reached is no floor (the search fell short)
+    if reachable is not None and reachable > low + T.FLOOR_NEGLIGIBLE * (max(t["start_loss"] for t in judged) - low):
         evidence["outputs_floor"] = rounded(reachable)
-    # a floor above what the model itself reached is no floor (the search fell short): the bound stays
-    if reachable is not None and reachable > low and judged and reachable <= min(t["end_loss"] for t in judged):
+    if "outputs_floor" in evidence and reachable <= min(t["end_loss"] for t in judged):
         if any(_reached(t["start_loss"], t["end_loss"], reachable, ratio) for t in judged):
             return []
         bound = (f"{ratio:g}x of the way from its start to {reachable:.4g}, the least its outputs themselves "
