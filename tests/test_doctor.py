@@ -1434,6 +1434,44 @@ def test_a_model_at_its_losss_own_floor_is_not_called_a_bug():
     assert found[0].evidence["outputs_floor"] == pytest.approx(0.28, abs=0.01)
 
 
+VIBRATION_TASK = """
+import math
+import torch
+from torch import nn
+
+
+def _windows(n, g):
+    state = torch.randint(0, 4, (n,), generator=g)
+    t = torch.arange(128).float() / 128
+    freq = torch.tensor([3.0, 7.0, 7.0, 13.0])[state][:, None]
+    amp = torch.tensor([0.2, 0.2, 0.8, 0.5])[state][:, None]
+    base = amp * torch.sin(2 * math.pi * freq * t + 2 * math.pi * torch.rand(n, 1, generator=g))
+    x = torch.stack([base, 0.5 * base.roll(5, 1), 9.81 + 0.3 * base], 1)   # gravity on z
+    return x + 0.3 * torch.randn(n, 3, 128, generator=g), state
+
+
+def model():
+    return nn.Sequential(nn.Conv1d(3, 16, 7, padding=3), nn.ReLU(), nn.MaxPool1d(4),
+                         nn.Conv1d(16, 32, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                         nn.Linear(32, 4))
+
+
+def data():
+    g = torch.Generator().manual_seed(4)
+    return _windows(400, g), _windows(100, g)
+"""
+
+
+def test_channels_first_windows_are_fitted_as_training_sees_them(tmp_path):
+    """Raw accelerometer windows [N, 3, 128] into a Conv1d (training reaches accuracy 1.0 on them). The overfit
+    check standardized every [N, T, F] tensor as sequences of feature vectors, here statistics per time index
+    pooled over the three channels, which squashed the signals beside gravity's 9.81 on z: "the model cannot
+    fit a single batch", an error, on every seed. It now standardizes only what the model's first layer reads
+    as features, as training does."""
+    findings = run_doctor(_write(tmp_path, VIBRATION_TASK, "vibration"))
+    assert "cannot_overfit_batch" not in _codes(findings), [f.to_dict() for f in findings]
+
+
 def test_a_head_the_tasks_own_loss_reads_as_raw_targets_is_named(tmp_path):
     """Two heads under the user's loss: a class and a price in dollars. The doctor names the price head's raw
     targets, as `converge train` then standardizes them; the class head (labels) is not named."""
