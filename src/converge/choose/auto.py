@@ -413,8 +413,8 @@ def _race_arm(model, splits, config, objective, arm, decay, batch_size, steps_pe
                                     min_lr=None, patience=max(config.patience, 10**6), checkpoint_seconds=1e9,
                                     guard=False)  # a diverging arm must lose, not be rescued
     race_splits = {name: split for name, split in splits.items() if name != "test"}
-    # An arm's own end-of-run diagnosis is never read: not made (``judged``), and no constant-prediction
-    # baseline for it.
+    # An arm's own end-of-run diagnosis is never read: no constant-prediction baseline for it, and no judgement
+    # at its end (``judged``).
     arm_objective = dataclasses.replace(objective, known_loss=False)
     arm_model = copy.deepcopy(model)
     with left_as_they_are(loss_parameters(objective.loss_fn, arm_model)):  # a loss's own: trained, then put back

@@ -4,11 +4,11 @@ The constant prediction says whether a model learned anything; it cannot say whe
 the data allows (a linear model on a nonlinear target beats a constant easily). The reference here is a
 cheap proxy of known capacity: a one-hidden-layer MLP (``HIDDEN`` ReLU units) on standardized, flattened
 inputs, trained with AdamW for a fixed budget (about a second on a CPU) on (at most ``MAX_ROWS`` of) the
-training split; its best validation loss, scored by the task's own loss, is the reference. It is built only when both splits are
-tensors in memory with one floating-point input tensor of at most ``MAX_FEATURES`` features, for the
-classification, binary, multilabel and regression kinds, under converge's own loss or the task's standard
-loss, with its options or without (a ``pos_weight``, class weights, label smoothing: the reference trains
-and is scored under the same loss); otherwise there is none (None).
+training split; its best validation loss, scored by the task's own loss, is the reference. It is built only
+when both splits are tensors in memory with one floating-point input tensor of at most ``MAX_FEATURES``
+features, for the classification, binary, multilabel and regression kinds, under converge's own loss or the
+task's standard loss, with its options or without (a ``pos_weight``, class weights, label smoothing: the
+reference trains and is scored under the same loss); otherwise there is none (None).
 
 The reference is never wider than the user's model where that model is deliberately narrow: when one of
 the model's layers outputs fewer values per sample than both its input and its output have (a bottleneck,
