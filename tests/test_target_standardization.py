@@ -112,7 +112,7 @@ def _split_objective(kind="regression", inferred=True):
 @pytest.mark.parametrize("targets, kind, loss, standardized", [
     (torch.randn(50, 1) * 80 + 150, "regression", None, True),          # raw units, MSE inferred
     (torch.randn(50, 1) * 80 + 150, "regression", nn.MSELoss(), True),   # the task's own MSE
-    (torch.randn(50, 1) * 80 + 150, "regression", nn.L1Loss(), False),   # another loss: its meaning may change
+    (torch.randn(50, 1) * 80 + 150, "regression", nn.L1Loss(), False),   # not in the data: its meaning would change
     (torch.randn(50, 1), "regression", None, False),                     # already on a unit scale
     (torch.randn(50, 2) * torch.tensor([1.0, 500.0]), "regression", None, True),   # one raw column is enough
     (torch.randint(0, 3, (50,)), "classification", None, False),
@@ -196,6 +196,76 @@ def test_resume_reuses_the_recorded_statistics_exactly(tmp_path):
     stopped = run(tmp_path / "run", InterruptedNet)
     assert stopped.status == "interrupted"
     resumed = run(tmp_path / "run", Net, resume=True)
+    strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert strip(resumed.history) == strip(reference.history)
+    assert (tmp_path / "run" / "best.safetensors").read_bytes() == \
+        (tmp_path / "reference" / "best.safetensors").read_bytes()
+
+
+# --- one output under a loss of the task's own ----------------------------------------------------------
+SCALES = torch.tensor([250.0, 2.0, 4000.0])   # kg/h, %, kWh
+
+
+def plant(n=300, seed=0):
+    """Three outputs in units three orders apart (about 1800, 96 and 51000), from standardized features."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    z = torch.stack([torch.tanh(x[:, c] + 0.5 * x[:, c + 1]) for c in range(3)], 1)
+    z = z + 0.1 * torch.randn(n, 3, generator=g)
+    y = torch.tensor([1800.0, 96.0, 51000.0]) + SCALES * z
+    return (x[:180], y[:180]), (x[180:240], y[180:240]), (x[240:], y[240:])
+
+
+def weighted_squares(pred, target):
+    """Each squared error over its column's variance, as a user writes it: its meaning needs raw units."""
+    return (((pred - target) / SCALES.to(pred.device)) ** 2).mean()
+
+
+def test_one_output_under_an_own_loss_trains_on_standardized_targets_through_a_hook(tmp_path):
+    """The loss sees the targets' units while the last layer trains on z: the outputs start at the targets'
+    scale instead of near 0. Kept raw before, such a task ran its 1000 epochs once (the race picked SGD)."""
+    splits = plant()
+    result = _fit(lambda: Net(3), splits, loss=weighted_squares, out=tmp_path / "run", max_epochs=30)
+    (remedy,) = [r for r in json.loads((tmp_path / "run" / "remedies.json").read_text())
+                 if r["remedy"] == "standardize_targets"]
+    (head,) = remedy["detail"]["heads"]
+    assert remedy["detail"]["applied"] and head["key"] is None and head["layer"] == "layers.2"
+    assert head["mean"] == pytest.approx(splits[0][1].mean(0).tolist(), rel=1e-5)
+    # the returned model and best.safetensors predict in the targets' units and give the reported loss
+    x, y = splits[2]
+    exported = Net(3)
+    converge.load_weights(tmp_path / "run" / "best.safetensors", exported)
+    with torch.no_grad():
+        for model in (result.model, exported):
+            assert float(weighted_squares(model(x), y)) == pytest.approx(result.summary["test"]["loss"], rel=1e-4)
+    raw = _fit(lambda: Net(3), splits, loss=weighted_squares, max_epochs=30, standardize=False)
+    assert result.summary["test"]["loss"] < 0.5 * raw.summary["test"]["loss"]
+
+
+class InterruptedPlant(Net):
+    AT = 6 + 3   # step 3 of epoch 2
+
+    def __init__(self):
+        super().__init__(3)
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.AT:
+                os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(x)
+
+
+def test_one_output_under_an_own_loss_resumes_with_the_recorded_statistics(tmp_path):
+    splits = plant()
+
+    def run(out, model, resume=False):
+        return _fit(model, splits, loss=weighted_squares, out=out, resume=resume, device="cpu")
+
+    reference = run(tmp_path / "reference", lambda: Net(3))
+    assert run(tmp_path / "run", InterruptedPlant).status == "interrupted"
+    resumed = run(tmp_path / "run", lambda: Net(3), resume=True)
     strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
     assert strip(resumed.history) == strip(reference.history)
     assert (tmp_path / "run" / "best.safetensors").read_bytes() == \

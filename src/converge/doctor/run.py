@@ -283,7 +283,8 @@ def check_all(model: nn.Module, samples: dict[str, Sample], *, loss: Callable | 
             trained_on, said = _as_trained(model_copy, splits, inputs=bool(scaled), targets=bool(target_scale)) \
                 if like_training else (splits, "")
             # on the inputs training sees: a head's term is read beside the others', which raw inputs can swamp
-            own_heads = own_loss_head_targets(model_copy, trained_on, loss) if loss is not None else None
+            own_heads = own_loss_head_targets(model_copy, trained_on, loss, one_output=not target_scale) \
+                if loss is not None else None
             findings += as_training_acts(model_copy, trained_on, *own_heads) if own_heads else []
             cross_entropy = objective.inferred if loss is None else loss_family(loss) == "cross_entropy"
             model_found = model_findings(model_copy, trained_on, objective, cheap=cheap, seed=seed,
@@ -456,7 +457,8 @@ def unscaled_head_targets(splits: dict, objective: Objective | None) -> dict:
     return found
 
 
-def own_loss_head_targets(model: nn.Module, splits: dict, loss: Callable) -> tuple[dict, dict] | None:
+def own_loss_head_targets(model: nn.Module, splits: dict, loss: Callable, *, one_output: bool = False
+                          ) -> tuple[dict, dict] | None:
     """A loss of the task's own on a model with several outputs: the heads whose in-memory float targets are
     far from standardized (the inputs' rule) and whose output the loss reads as a prediction in the targets'
     units (`predicts_targets`, the other heads held at the model's outputs: an MSE or L1 term, not a
@@ -465,7 +467,9 @@ def own_loss_head_targets(model: nn.Module, splits: dict, loss: Callable) -> tup
     the targets of the one output of their shape that the loss reads as their prediction (an autoencoder's
     (reconstruction, code); a Gaussian likelihood's (mean, log-variance), whose variance is not a
     prediction of the targets). Returns ({head key: finding}, {head key: its targets' key, None for all of
-    them}); None when the model has one output (the one-output path decides). `converge train` trains such a
+    them}); None when the model has one output (the one-output path decides), unless ``one_output``: then the
+    one output is the head, under the key None, where the loss reads it as a prediction of the whole targets
+    (a weighted squared error of three plant outputs in kg/h, % and kWh). `converge train` trains such a
     head on standardized targets by default (`converge.doctor.in_train`)."""
     if not all(isinstance(s, TensorSplit) for s in splits.values()):
         return None
@@ -476,18 +480,19 @@ def own_loss_head_targets(model: nn.Module, splits: dict, loss: Callable) -> tup
             outputs = call_model(model, inputs)
     except Exception:   # noqa: BLE001 -- the run itself will say what is wrong with the model
         return None
-    if not isinstance(outputs, (tuple, list, dict)):
+    alone = isinstance(outputs, torch.Tensor)
+    if not (isinstance(outputs, (tuple, list, dict)) or (alone and one_output)):
         return None
     found, targets_of, shared = {}, {}, []
-    for key, target_key in _head_targets(outputs, targets).items():
-        head = outputs[key]
+    for key, target_key in ({None: None} if alone else _head_targets(outputs, targets)).items():
+        head = outputs if alone else outputs[key]
         wanted, held = (targets, [s.targets for s in splits.values()]) if target_key is None else \
             (targets[target_key], [s.targets[target_key] for s in splits.values()])
         if not (isinstance(head, torch.Tensor) and isinstance(wanted, torch.Tensor) and head.numel() == wanted.numel()
                 and all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in held)):
             continue
-        unscaled = unscaled_target_columns(held[0].cpu(), head_name(key))
-        if unscaled and predicts_targets(_with_head(loss, outputs, targets, key), head, wanted):
+        unscaled = unscaled_target_columns(held[0].cpu(), None if alone else head_name(key))
+        if unscaled and predicts_targets(loss if alone else _with_head(loss, outputs, targets, key), head, wanted):
             found[key], targets_of[key] = unscaled[0], target_key
             if target_key is None:
                 shared.append(key)
