@@ -146,6 +146,9 @@ DATA_CASES = [
     # data that does not fit the model
     ("too-few-features", "x, y = _xy(); return (x[:, :5], y), (x[:, :5], y)",
      ["the model fails on a batch of inputs of shape", "5)"]),
+    # 8-bit values into a float layer: PyTorch says only that the types differ
+    ("uint8-inputs", "x, y = _xy(); x = (x.abs() * 40).to(torch.uint8); return (x, y), (x, y)",
+     ["the model fails on a batch", "the inputs are uint8", "x.float() / 255"]),
     # (N, 1) labels are read as (N,) (issue 11); two label columns fit no kind
     ("targets-wrong-shape", "x, y = _xy(); y = torch.stack([y, y], 1); return (x, y), (x, y)",
      ["integer targets of shape (64, 2)", "(64, 3)", "labels (N,)"]),

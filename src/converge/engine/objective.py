@@ -570,9 +570,20 @@ def _probe(model: nn.Module, inputs: Any, amp: str, device: torch.device, extra:
             return call_model(model, inputs, extra)
     except Exception as exc:
         raise ConvergeError(f"the model fails on a batch of inputs {describe(inputs)}: "
-                            f"{type(exc).__name__}: {exc}") from exc
+                            f"{type(exc).__name__}: {str(exc).strip()}{_dtype_hint(inputs, exc)}") from exc
     finally:
         model.train(was_training)
+
+
+def _dtype_hint(inputs: Any, exc: Exception) -> str:
+    """What to do when the model failed on integer inputs it reads as numbers (8-bit images into a Conv2d):
+    PyTorch says only that the types differ."""
+    integer = [t for t in tensors_of(inputs) if not t.dtype.is_floating_point and t.dtype != torch.bool]
+    if not integer or "type" not in str(exc).lower():
+        return ""
+    kind = str(integer[0].dtype).replace("torch.", "")
+    return (f" (the inputs are {kind}: if they are numbers such as pixels, make them float in data(), "
+            f"e.g. x.float() / 255, or in forward)")
 
 
 def _decide(loss: Callable | None, scores: Any, targets: torch.Tensor, splits: dict, ignore_index: int) -> Objective:
