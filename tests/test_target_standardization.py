@@ -174,8 +174,8 @@ class InterruptedNet(Net):
 
     AT = 6 + 3   # 6 steps per epoch: step 3 of epoch 2
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, outputs=1):
+        super().__init__(outputs)
         self.calls = 0
 
     def forward(self, x):
@@ -242,21 +242,6 @@ def test_one_output_under_an_own_loss_trains_on_standardized_targets_through_a_h
     assert result.summary["test"]["loss"] < 0.5 * raw.summary["test"]["loss"]
 
 
-class InterruptedPlant(Net):
-    AT = 6 + 3   # step 3 of epoch 2
-
-    def __init__(self):
-        super().__init__(3)
-        self.calls = 0
-
-    def forward(self, x):
-        if self.training and torch.is_grad_enabled():
-            self.calls += 1
-            if self.calls == self.AT:
-                os.kill(os.getpid(), signal.SIGINT)
-        return super().forward(x)
-
-
 def test_one_output_under_an_own_loss_resumes_with_the_recorded_statistics(tmp_path):
     splits = plant()
 
@@ -264,7 +249,7 @@ def test_one_output_under_an_own_loss_resumes_with_the_recorded_statistics(tmp_p
         return _fit(model, splits, loss=weighted_squares, out=out, resume=resume, device="cpu")
 
     reference = run(tmp_path / "reference", lambda: Net(3))
-    assert run(tmp_path / "run", InterruptedPlant).status == "interrupted"
+    assert run(tmp_path / "run", lambda: InterruptedNet(3)).status == "interrupted"
     resumed = run(tmp_path / "run", lambda: Net(3), resume=True)
     strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
     assert strip(resumed.history) == strip(reference.history)
