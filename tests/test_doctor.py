@@ -183,8 +183,11 @@ def test_planted_fault_is_found(tmp_path, code):
     json.dumps(finding.to_dict())  # JSON-ready
 
 
-def test_standardized_or_own_loss_regression_targets_are_not_called_unscaled(tmp_path):
-    """Only targets that `converge train` would standardize: float targets under the mean-squared error."""
+def test_only_targets_that_training_standardizes_are_called_unscaled(tmp_path):
+    """Float targets under the mean-squared error, or under a loss of the task's own that reads the output as
+    a prediction of them (`converge train` trains that output on standardized targets through a hook); not
+    targets already on a unit scale, nor an own loss that scales them itself (its output is no prediction
+    of the raw targets)."""
     scaled = '''
 def data():
     x, _ = _blobs()
@@ -197,8 +200,13 @@ def model():
 def loss(outputs, targets):
     return torch.nn.functional.l1_loss(outputs, targets)
 '''
-    for name, body in (("scaled", scaled), ("own_loss", own_loss)):
-        assert "unscaled_targets" not in _codes(run_doctor(_write(tmp_path, body, name), cheap=True)), name
+    scaled_inside = PLANTED["unscaled_targets"] + '''
+def loss(outputs, targets):
+    return torch.nn.functional.l1_loss(outputs, (targets - 300.0) / 120.0)
+'''
+    for name, body, named in (("scaled", scaled, False), ("own_loss", own_loss, True),
+                              ("scaled_inside", scaled_inside, False)):
+        assert ("unscaled_targets" in _codes(run_doctor(_write(tmp_path, body, name), cheap=True))) is named, name
 
 
 def test_clean_blobs_have_no_warnings(tmp_path):
@@ -1205,7 +1213,10 @@ def test_raw_targets_under_an_own_loss_are_fitted_from_their_scale(tmp_path, ign
     against the classic loop's 66,000) never met that. Started at the targets' scale, the model fits the
     batch; one that ignores its inputs still cannot go below the targets' mean."""
     findings, found = _overfit_verdict(tmp_path / "energy.py", ENERGY_TASK, ignore_inputs, flagged)
-    assert "unscaled_targets" not in [f.code for f in findings]     # an own loss: training keeps them raw
+    # the Huber loss reads the output as a prediction of the raw kWh: training trains it on standardized
+    # targets through a hook (the loss keeps its delta in kWh), and the doctor says so
+    (named,) = [f for f in findings if f.code == "unscaled_targets"]
+    assert "standardize them by default" in named.fix
     if flagged:
         assert "first_from_outputs_near_0" in found[0].evidence
 
