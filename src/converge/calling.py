@@ -1,14 +1,16 @@
 """How a model is called on a batch of inputs: ``model(x)``, ``model(*x)`` for several inputs, and for a dict
 of inputs ``model(**x)`` (the Hugging Face convention) or ``model(x)`` for a ``forward`` that takes the batch
 dict whole. Every place that runs a model on inputs (training, evaluation, the probes, the doctor, the
-standardization's probe) calls it this one way. And how a tuple of inputs or outputs is rebuilt (`like`)."""
+standardization's probe) calls it this one way. And how a structure of tensors (inputs, outputs, a state) is
+walked and rebuilt: `map_tensors`, `move_to`, `like`."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from torch import nn
 
 
@@ -55,3 +57,19 @@ def like(value: tuple | list, items: Any) -> tuple | list:
     takes its fields one by one, where a plain tuple or list takes one iterable."""
     items = list(items)
     return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
+    """``fn`` applied to every tensor of a tensor, tuple/list or dict of them (other values kept)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return like(value, (map_tensors(fn, v) for v in value))
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    return value
+
+
+def move_to(value: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """Every tensor of ``value`` on ``device``."""
+    return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), value)

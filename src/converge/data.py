@@ -15,14 +15,14 @@ targets are the ``target_key`` entry, "labels" by default). A split may be given
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler,
                               SequentialSampler, TensorDataset)
 
-from converge.calling import like
+from converge.calling import like, map_tensors, move_to  # noqa: F401 -- their home is calling; re-exported
 from converge.errors import ConvergeError
 from converge.rng import capture_rng, restore_rng, seed_everything
 
@@ -57,17 +57,6 @@ def first_rows(inputs: Any, targets: Any, rows: int) -> tuple[Any, Any]:
     if not one_row_per_sample(inputs, targets):
         return inputs, targets
     return map_tensors(lambda t: t[:rows], inputs), map_tensors(lambda t: t[:rows], targets)
-
-
-def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
-    """``fn`` applied to every tensor of a tensor, tuple/list or dict of them (other values kept)."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (tuple, list)):
-        return like(value, (map_tensors(fn, v) for v in value))
-    if isinstance(value, dict):
-        return {k: map_tensors(fn, v) for k, v in value.items()}
-    return value
 
 
 def tensors_of(value: Any) -> list[torch.Tensor]:
@@ -110,10 +99,6 @@ def rows_in(value: Any) -> int | None:
     dimension of its first tensor; None when it has no tensor with one."""
     parts = tensors_of(value)
     return int(parts[0].shape[0]) if parts and parts[0].ndim else None
-
-
-def move_to(value: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), value)
 
 
 def _as_tensor(array: Any, name: str, role: str) -> torch.Tensor:

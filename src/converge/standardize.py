@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from converge.calling import call_model, like
+from converge.calling import call_model, like, move_to
 
 
 # The largest standard score a training value may get. A feature that is nearly constant with rare large
@@ -266,7 +266,7 @@ def foldable_part(model: nn.Module, probe: Any, key, mean: torch.Tensor, std: to
     gives what the model gives with the part standardized (as `foldable_layer`); None otherwise. Neither
     the model nor its train/eval modes change."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    probe = _moved(probe, device)
+    probe = move_to(probe, device)
     part = probe[key]
     features = part.shape[1]
     names = {module: name or "(model)" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
@@ -371,7 +371,7 @@ def foldable_last_layer(model: nn.Module, probe: Any, mean: torch.Tensor, std: t
     called whose output holds exactly that output's values, and the fold must leave the other outputs as they
     were. Neither the model nor its train/eval modes change."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    probe = _moved(probe, device)
+    probe = move_to(probe, device)
     names = {module: name or "(model)" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     calls: list[tuple[str, Any]] = []
     handles = [module.register_forward_hook(lambda module, args, out: calls.append((names[module], out)))
@@ -446,14 +446,6 @@ def target_units(values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *,
     shaped = rows if rows.shape[1] == mean.numel() else values
     mean, std = mean.to(shaped), std.to(shaped)
     return ((shaped - mean) / std if inverse else shaped * std + mean).reshape(values.shape)
-
-
-def _moved(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, dict):
-        return {key: _moved(value, device) for key, value in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return like(inputs, (_moved(value, device) for value in inputs))
-    return inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
 
 
 def _target_folded(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from converge.doctor._sample import Sample, sample_of, sample_split
 from converge.doctor.label_noise import find_label_issues, label_noise_finding, out_of_sample_probs, proxy_error
 from converge.engine import device as dev
 from converge.decide.task_kind import IGNORE_INDEX
-from converge.calling import call_model, like
+from converge.calling import call_model, move_to
 from converge.engine.loss_probe import predicts_targets
 from converge.engine.objective import (HeadsLoss, Objective, head_keys, head_name, loss_family, mean_squared_error,
                                       recognize_loss, resolve_objective)
@@ -402,7 +402,7 @@ def as_training_acts(model: nn.Module, splits: dict, found: dict, targets_of: di
         return []
     train = splits["train"]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    inputs = map_tensors(lambda t: t.to(device), train.probe(16)[0])
+    inputs = move_to(train.probe(16)[0], device)
     said = []
     for key, finding in found.items():
         target_key = key if targets_of is None else targets_of[key]
@@ -474,7 +474,7 @@ def own_loss_head_targets(model: nn.Module, splits: dict, loss: Callable, *, one
     if not all(isinstance(s, TensorSplit) for s in splits.values()):
         return None
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    inputs, targets = map_tensors(lambda t: t.to(device), splits["train"].probe(64))
+    inputs, targets = move_to(splits["train"].probe(64), device)
     try:
         with torch.no_grad(), probing(model):
             outputs = call_model(model, inputs)
@@ -517,11 +517,7 @@ def _head_targets(outputs, targets) -> dict:
 
 def _with_head(loss: Callable, outputs, targets, key) -> Callable:
     """``loss`` as a function of head ``key``'s output alone, the other heads at ``outputs``."""
-    def on_head(head: torch.Tensor, _targets) -> torch.Tensor:
-        if isinstance(outputs, dict):
-            return loss({**outputs, key: head}, targets)
-        return loss(like(outputs, (head if i == key else part for i, part in enumerate(outputs))), targets)
-    return on_head
+    return lambda head, _targets: loss(with_part(outputs, key, head), targets)
 
 
 def matrix_columns(inputs: Any) -> int | None:

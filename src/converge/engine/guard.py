@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from converge.calling import like
+from converge.calling import map_tensors
 from converge.decide.divergence import Alarm, GuardPolicy, LossWatch, clip_after_rollback, rollback_verdict
 from converge.engine.optim import WARMUP_BASE, current_lr, per_group, scale_lr
 from converge.engine.progress import EpochProgress
@@ -273,13 +273,7 @@ class DivergenceGuard:
 
 def copied(value, device: torch.device | str | None = None):
     """``value`` (a state: nested dicts, lists and tuples) with every tensor copied (onto ``device``)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device if device is not None else value.device, copy=True)
-    if isinstance(value, dict):
-        return {key: copied(item, device) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return like(value, (copied(item, device) for item in value))
-    return value
+    return map_tensors(lambda t: t.detach().to(device if device is not None else t.device, copy=True), value)
 
 
 def _same_tensors(state: dict, other: dict) -> bool:

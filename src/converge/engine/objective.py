@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from converge.calling import call_model
-from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, prepare_targets, rows_in, split_batch,
-                           tensors_of)
+from converge.data import (LoaderSplit, TensorSplit, joined, map_tensors, move_to, prepare_targets, rows_in,
+                           split_batch, tensors_of)
 from converge.decide.task_kind import IGNORE_INDEX, Kind, TargetFacts, decide_kind, soft_labels
 from converge.engine import device as dev
 from converge.engine import loss_probe
@@ -369,7 +369,7 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
     place_loss(loss, device)
     size = probe_size if isinstance(probe_size, int) else 64
     inputs, targets = splits["train"].probe(min(size, 256))
-    inputs, targets = _to(inputs, device), _to(targets, device)
+    inputs, targets = move_to(inputs, device), move_to(targets, device)
     passes = loss is None and isinstance(inputs, dict) and takes_keyword(model, target_key)
     outputs = _probe(model, inputs, amp, device, {target_key: targets} if passes else None)
     scores = scores_of(outputs)
@@ -436,10 +436,10 @@ def check_missing_targets(model: nn.Module, splits: dict, objective: Objective, 
                                 f"a loss of your own that masks them (missing targets)")
         rows = torch.nonzero(missing).reshape(-1)[:32]
         inputs = map_tensors(lambda t: t[rows.to(t.device)], split.inputs)
-        outputs = _probe(model, _to(inputs, device), amp, device)
+        outputs = _probe(model, move_to(inputs, device), amp, device)
         with torch.no_grad():
             value = objective.loss_fn(outputs if objective.loss_on_outputs else scores_of(outputs),
-                                      _to(targets[rows.to(targets.device)], device))
+                                      move_to(targets[rows.to(targets.device)], device))
         if not (isinstance(value, torch.Tensor) and value.numel() == 1 and bool(torch.isfinite(value))):
             raise ConvergeError(f"{name} targets contain {count} NaN value(s), and the task's loss gives "
                                 f"{float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else value} "
@@ -485,10 +485,6 @@ def imbalance_metrics(objective: Objective, train) -> dict[str, Callable]:
     classes = 2 if objective.kind == "binary" else objective.classes
     options = dict(threshold=threshold, ignore_index=objective.ignore_index)
     return {"balanced_accuracy": BalancedAccuracy(classes, **options), "macro_f1": MacroF1(classes, **options)}
-
-
-def _to(value: Any, device: torch.device) -> Any:
-    return map_tensors(lambda t: t.to(device), value)
 
 
 def _model_loss(outputs, scores, targets, splits: dict, metrics: dict, ignore_index: int,
