@@ -15,9 +15,9 @@ from torch import nn
 from converge.doctor import thresholds as T
 from converge.data import map_tensors, tensors_of
 from converge.decide.findings import Finding, rounded
-from converge.engine.objective import Objective, call_model, scores_of
-from converge.engine.optim import EagerLBFGS, adamw
-from converge.standardize import target_units
+from converge.engine.objective import Objective, call_model, minimize, scores_of
+from converge.engine.optim import adamw
+from converge.standardize import probing, target_units
 
 
 def forward(model: nn.Module, inputs):
@@ -187,8 +187,7 @@ def soft_label_floor(targets, objective: Objective) -> float | None:
     return floor if math.isfinite(floor) else None
 
 
-def outputs_floor(model: nn.Module, inputs, targets, loss_fn, *, steps: int = T.FLOOR_STEPS,
-                  seconds: float = T.OVERFIT_SECONDS) -> float | None:
+def outputs_floor(model: nn.Module, inputs, targets, loss_fn, *, steps: int = T.FLOOR_STEPS) -> float | None:
     """The least loss on this batch that any outputs reach: the model's own outputs on it, freed from the
     model (each floating-point tensor the loss is given becomes a parameter), moved by L-BFGS, which needs no
     step size (targets in the thousands of kWh, from outputs near 0). No model can go lower, so a model's
@@ -205,10 +204,8 @@ def outputs_floor(model: nn.Module, inputs, targets, loss_fn, *, steps: int = T.
         score = copy.deepcopy(score)   # its own copy: a loss that counts its calls, or holds parameters
     except Exception:   # noqa: BLE001 -- a loss that cannot be copied is called as it is
         pass
-    deadline = time.monotonic() + seconds
     try:
-        model = copy.deepcopy(model).eval()
-        with torch.no_grad():
+        with torch.no_grad(), probing(model):
             outputs = call_model(model, inputs)
         given = outputs if objective is not None and objective.loss_on_outputs else scores_of(outputs)
         free = [t.detach().float().clone().requires_grad_() for t in tensors_of(given) if t.is_floating_point()]
@@ -216,19 +213,7 @@ def outputs_floor(model: nn.Module, inputs, targets, loss_fn, *, steps: int = T.
             return None
         order = iter(free)
         outputs_at = map_tensors(lambda t: next(order) if t.is_floating_point() else t.detach(), given)
-        search = EagerLBFGS(free, lr=1.0, max_iter=T.FLOOR_CHUNK, history_size=20, line_search_fn="strong_wolfe")
-
-        def closure():
-            search.zero_grad()
-            value = score(outputs_at, targets)
-            value.backward()
-            return value
-
-        with torch.enable_grad():
-            for _ in range(math.ceil(steps / T.FLOOR_CHUNK)):
-                search.step(closure)
-                if time.monotonic() > deadline:
-                    break
+        minimize(free, lambda: score(outputs_at, targets), steps=steps, history=T.FLOOR_HISTORY)
         with torch.no_grad():
             least = score(outputs_at, targets)
     except Exception:   # noqa: BLE001 -- a loss or model that does not take this: no floor, the bound as it was
@@ -267,7 +252,7 @@ def cannot_overfit_batch(model: nn.Module, inputs, targets, loss_fn: Callable, *
                         f"not judged: fitting one batch of {len(targets)} samples took longer than {seconds:g} s per "
                         f"LR before the loss fell to {bound}", evidence, "")]
     judged = [t for t in tried if t["end_loss"] is not None and t["start_loss"] is not None]
-    reachable = outputs_floor(model, inputs, targets, loss_fn, seconds=seconds) if judged else None
+    reachable = outputs_floor(model, inputs, targets, loss_fn) if judged else None
     # a floor within FLOOR_NEGLIGIBLE of the way down is the bound as it was (a plain loss: about 0); one
     # above what the model itself reached is no floor (the search fell short)
     if reachable is not None and reachable > low + T.FLOOR_NEGLIGIBLE * (max(t["start_loss"] for t in judged) - low):

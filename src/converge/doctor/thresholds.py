@@ -31,7 +31,7 @@ these defaults; tests/test_doctor.py pins them with tables.
 | OVERFIT_LRS | (1e-3, 1e-2) | the learning rates tried in turn |
 | OVERFIT_SECONDS | 15 | at most this long per LR; a model slower than that is not judged (info) |
 | OVERFIT_RATIO | 0.1 | the loss must fall below this fraction of its start |
-| FLOOR_STEPS / FLOOR_CHUNK / FLOOR_ELEMENTS | 200 / 25 / 2,000,000 | when the model fails, the batch's outputs themselves (freed from the model, at most this many values) are moved by L-BFGS for at most this many iterations (in chunks, each LR's time limit checked between them): the least loss any outputs reach, a floor the model's loss is judged above (a loss with label smoothing inside cannot fall below its smoothing's entropy) |
+| FLOOR_STEPS / FLOOR_HISTORY / FLOOR_ELEMENTS | 200 / 20 / 2,000,000 | when the model fails, the batch's outputs themselves (freed from the model, at most this many values) are moved by L-BFGS for at most this many iterations, remembering this many steps (memory: two copies of the outputs per step): the least loss any outputs reach, a floor the model's loss is judged above (a loss with label smoothing inside cannot fall below its smoothing's entropy) |
 | FLOOR_NEGLIGIBLE | 0.01 | a floor of the outputs within this share of the way from the start down to the known floor (0 for most losses) is not used: the bound is as without it |
 | VANISHING_RATIO / EXPLODING_RATIO | 1e-3 / 1e3 | first layer's gradient norm / last layer's, below / above |
 | EXPLODING_RELATIVE | 100.0 | a layer's gradient norm above this multiple of its weights' norm |
@@ -71,7 +71,7 @@ OVERFIT_STEPS = 200
 OVERFIT_LRS = (1e-3, 1e-2)
 OVERFIT_RATIO = 0.1
 FLOOR_STEPS = 200
-FLOOR_CHUNK = 25
+FLOOR_HISTORY = 20
 FLOOR_ELEMENTS = 2_000_000
 FLOOR_NEGLIGIBLE = 0.01
 VANISHING_RATIO = 1e-3

@@ -1130,7 +1130,7 @@ def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> flo
         return link(constant.reshape(where).expand(rows, *per_sample))
 
     try:
-        _minimize([constant], lambda: objective.loss_fn(outputs(len(searched)), searched))
+        minimize([constant], lambda: objective.loss_fn(outputs(len(searched)), searched))
         with torch.no_grad():   # near its optimum the loss is flat: the sample's optimum scores the split
             value = float(objective.loss_fn(outputs(len(scored)), scored))
     except (RuntimeError, ValueError):   # shapes the loss does not take as given: no baseline, as before
@@ -1138,9 +1138,12 @@ def searched_constant_loss(targets: torch.Tensor, objective: "Objective") -> flo
     return value if math.isfinite(value) else None
 
 
-def _minimize(constants: list[torch.Tensor], loss_at: Callable[[], torch.Tensor]) -> None:
-    """``constants`` moved to the minimum of ``loss_at()`` by L-BFGS (a convex problem in a few numbers)."""
-    search = EagerLBFGS(constants, lr=1.0, max_iter=SEARCH_STEPS, line_search_fn="strong_wolfe")
+def minimize(constants: list[torch.Tensor], loss_at: Callable[[], torch.Tensor], *, steps: int = SEARCH_STEPS,
+             history: int = 100) -> None:
+    """``constants`` moved to the minimum of ``loss_at()`` by L-BFGS, which needs no step size: a convex problem
+    in a few numbers (the best constant output), or a batch's outputs freed from their model (the doctor's
+    floor of a loss). ``history``: the L-BFGS memory, two copies of ``constants`` per step remembered."""
+    search = EagerLBFGS(constants, lr=1.0, max_iter=steps, history_size=history, line_search_fn="strong_wolfe")
 
     def closure():
         search.zero_grad()
@@ -1215,7 +1218,7 @@ def own_constant_loss(split, objective: "Objective", sample: Any = None) -> floa
 
     state = capture_rng()
     try:
-        _minimize(constants, lambda: loss_fn(outputs(), targets))
+        minimize(constants, lambda: loss_fn(outputs(), targets))
         value = loss_fn(outputs(), targets)
         value = float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else math.nan
     except Exception:   # a loss that does not take constants (shapes, devices, types): no scale  # noqa: BLE001
