@@ -80,7 +80,7 @@ class RunJudge:
     def learn_baseline(self, world: World | None = None) -> float | None:
         """After the first epoch (every rank: a collective under torchrun): the constant prediction's loss, or
         None for a loss without a known meaning."""
-        if not (self.objective.known_loss or self.objective.constant_by_search):
+        if not self.objective.standard_loss:
             return None
         if not isinstance(self.target_stats, TargetStats):
             self.baseline_loss = in_memory_constant_loss(self.splits["train"], self.objective)
@@ -151,8 +151,7 @@ class RunJudge:
         """The kept weights on the training split (eval mode: no dropout) beside their validation values, for
         the generalization gap. One pass over the training split; not for a stream, nor for a loss without
         a known meaning."""
-        objective = self.objective
-        if not (objective.known_loss or objective.constant_by_search) or getattr(self.splits["train"], "stream", False):
+        if not self.objective.standard_loss or getattr(self.splits["train"], "stream", False):
             return None
         return {**evaluate("train", prefix="train_"), **best_record}
 

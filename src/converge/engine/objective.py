@@ -81,6 +81,13 @@ class Objective:
     output_template: Any = None
 
     @property
+    def standard_loss(self) -> bool:
+        """converge's own loss, or the task's standard loss with or without options (class weights,
+        ``pos_weight``, label smoothing): the constant prediction's loss is known or searched, a reference
+        model can train under it, and the kept weights can be scored on the training split beside validation."""
+        return self.known_loss or self.constant_by_search
+
+    @property
     def mean_over_samples(self) -> bool:
         """Whether a batch's loss is a mean over what counts in it (converge's own losses; a task's standard
         loss with the mean reduction), so that a split's loss does not depend on how the split is batched.
@@ -398,7 +405,7 @@ def resolve_objective(model: nn.Module, splits: dict, loss: Callable | None, met
                             f"task's own ({getattr(loss, '__name__', type(loss).__name__)}), on all the model "
                             f"returns")
     check_outputs_fit(objective, outputs if objective.loss_on_outputs else scores, targets)
-    if not (objective.known_loss or objective.constant_by_search or objective.model_loss):
+    if not (objective.standard_loss or objective.model_loss):
         objective = replace(objective, output_template=_one_row(outputs if objective.loss_on_outputs else scores))
     if loss is not None:   # a loss converge chose aligns its targets as it likes: nothing to tell
         objective = replace(objective, description=objective.description + alignment_note(objective.loss_fn,
@@ -1039,7 +1046,7 @@ def _held_targets(split) -> Any:
 def in_memory_constant_loss(split, objective: "Objective") -> float | None:
     """The constant prediction's loss on a split's targets when they are held in memory (None: a loss of
     unknown meaning, or targets that only a pass over a Dataset would give)."""
-    targets = targets_in_memory(split) if objective.known_loss or objective.constant_by_search else None
+    targets = targets_in_memory(split) if objective.standard_loss else None
     return _constant_loss(targets, objective) if targets is not None else None
 
 
@@ -1060,7 +1067,7 @@ def sampled_constant_loss(split, objective: "Objective", rows: int = TUNING_SAMP
     0.6902), and without the constant the race took SGD by that noise; it never left the level (test accuracy
     0.514, against 1.0 for AdamW at 1e-3). None for a loss of unknown meaning, a stream, a user's DataLoader
     (its batches are its own business), targets that are not one tensor per sample, or a Dataset that fails."""
-    if not (objective.known_loss or objective.constant_by_search) or not isinstance(split, LoaderSplit) or \
+    if not objective.standard_loss or not isinstance(split, LoaderSplit) or \
             split.stream or split.user_loader:
         return None
     dataset = split.source

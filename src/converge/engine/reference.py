@@ -112,8 +112,8 @@ def bottleneck_width(model: nn.Module | None, x: torch.Tensor) -> int | None:
 def applies(splits: dict, objective: Objective) -> bool:
     """Whether there can be a reference for this task (see the module text; some cases are only known once
     the data is looked at: then `reference_loss` says None)."""
-    return (objective.known_loss or objective.constant_by_search) and objective.kind in KINDS and "val" in splits \
-        and _tensors(splits["train"]) is not None and _tensors(splits["val"]) is not None
+    return objective.standard_loss and objective.kind in KINDS and "val" in splits and \
+        _tensors(splits["train"]) is not None and _tensors(splits["val"]) is not None
 
 
 def reference_width(splits: dict, model: nn.Module | None) -> int:
