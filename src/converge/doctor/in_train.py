@@ -296,10 +296,6 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
     if objective is not None and isinstance(objective.loss_fn, HeadsLoss) and recorded is None:
         found = unscaled_head_targets(prepared.splits, objective) if wanted else {}
         return _standardize_head_targets(prepared, model, found, by, recorded=None)
-    if loss is not None and recorded is None:
-        found = _own_loss_heads(prepared, model, loss) if wanted else None
-        if found is not None:   # a model with several outputs: its heads', not the one-output path
-            return _standardize_head_targets(prepared, model, found, by, recorded=None)
     if recorded is not None:
         if not recorded.get("applied"):
             return None
@@ -308,14 +304,16 @@ def _standardize_targets(prepared: Prepared, model: nn.Module, objective, loss: 
         std = torch.tensor(recorded["std"], dtype=train.targets.dtype)
         _apply_targets(prepared, mean, std, recorded["layer"])
         return rx.Remedy("standardize_targets", dict(recorded))
-    found = unscaled_targets(prepared.splits, objective, loss) if (by_default or prepared.explicit) else []
-    if not found and loss is not None and wanted:
-        # one output under a loss of the task's own that reads it as a prediction of raw targets: trained on
-        # their standardized values through a hook, so the loss still sees the targets' units (its weights,
-        # a Huber delta in kWh); it used to stay raw, and a race decided at the raw scale picked SGD, which
-        # took three plant outputs in kg/h, % and kWh 1000 epochs to a loss 140x the other seeds'
-        heads = _own_loss_heads(prepared, model, loss, one_output=True)
-        return _standardize_head_targets(prepared, model, heads, by, recorded=None) if heads else None
+    found = unscaled_targets(prepared.splits, objective, loss) if wanted else []
+    if loss is not None and wanted:
+        # the heads of several outputs, or the one output unless the MSE path below takes it, that a loss of the
+        # task's own reads as predictions of raw targets: trained on z through a hook, so the loss still sees
+        # the targets' units (its weights, a Huber delta in kWh). One output used to stay raw, and a race
+        # decided at the raw scale picked SGD, which took three plant outputs in kg/h, % and kWh 1000 epochs
+        # to a loss 140x the other seeds'
+        heads = _own_loss_heads(prepared, model, loss, one_output=not found)
+        if heads is not None:
+            return _standardize_head_targets(prepared, model, heads, by, recorded=None)
     if not found:
         return None
     unscaled = found[0].message
